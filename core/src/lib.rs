@@ -1,1 +1,14 @@
+//! jimbus domain logic, free of sockets, files and runtimes so that it can be
+//! tested and benchmarked on plain byte buffers.
+//!
+//! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
+//! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
+//! deduplication ([`dedup`]) and the on-disk record format ([`record`]). It must
+//! never perform I/O or depend on an async runtime.
 
+pub mod adapt;
+pub mod dedup;
+pub mod ingest;
+pub mod json;
+pub mod record;
+pub mod topic;

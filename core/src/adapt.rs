@@ -1,0 +1,521 @@
+//! Turns one event object of the field mod's JSON dialect into a protobuf `Event`.
+//!
+//! Known types get their typed payload message; every key that has no typed field
+//! goes into the message's `extra` Struct, so nothing the mod sent is dropped.
+//! Fields are lenient where the dialect is (numbers as strings inside arrays, `{}`
+//! for an empty list, non-finite numbers) and strict where a value cannot mean what
+//! the field says: a wrong type is a [`FieldError`] naming the field path. This
+//! module reads bytes and builds messages; it must never assign sessions, sequences
+//! or server time, which belong to the shard that owns the session.
+
+use crate::json::{JsonError, Kind, Reader};
+use jimbus_proto::events::{self as pb, event::Payload};
+use prost_types::Struct;
+use std::borrow::Cow;
+
+/// A value that does not fit its field, with the field's path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct FieldError {
+    /// Dotted path from the event object, e.g. `payload.jokers[1].position`.
+    pub path: String,
+    pub reason: String,
+    /// Byte offset of the value in the body.
+    pub offset: usize,
+    /// True when the body itself is not readable past this point.
+    pub syntax: bool,
+}
+
+impl From<JsonError> for FieldError {
+    fn from(e: JsonError) -> Self {
+        FieldError {
+            path: String::new(),
+            reason: e.reason,
+            offset: e.offset,
+            syntax: e.syntax,
+        }
+    }
+}
+
+impl FieldError {
+    fn within(mut self, segment: &str) -> Self {
+        self.path = match (self.path.is_empty(), self.path.starts_with('[')) {
+            (true, _) => segment.to_string(),
+            (false, true) => format!("{segment}{}", self.path),
+            (false, false) => format!("{segment}.{}", self.path),
+        };
+        self
+    }
+}
+
+type Result<T> = std::result::Result<T, FieldError>;
+
+/// Epoch milliseconds of 2001-01-01: client timestamps below it are game-clock readings.
+const EPOCH_FLOOR_MS: f64 = 978_307_200_000.0;
+
+fn mismatch(r: &mut Reader<'_>, want: &str) -> FieldError {
+    let found = r.peek().map(Kind::name).unwrap_or("nothing");
+    FieldError {
+        path: String::new(),
+        reason: format!("expected {want}, found {found}"),
+        offset: r.offset(),
+        syntax: false,
+    }
+}
+
+/// Runs `read` on the value of `key`, prefixing any error with the key.
+fn field<'a, T>(
+    r: &mut Reader<'a>,
+    key: &str,
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+) -> Result<T> {
+    read(r).map_err(|e| e.within(key))
+}
+
+/// A double: a number, a bare non-finite token, or a string holding a number
+/// (arrays of scalars arrive as strings; proto JSON writes "Infinity" and "NaN").
+pub fn number(r: &mut Reader<'_>) -> Result<f64> {
+    match r.peek()? {
+        Kind::Number => Ok(r.number()?),
+        Kind::String => {
+            let at = r.offset();
+            let text = r.string()?;
+            parse_number_text(&text).ok_or(FieldError {
+                path: String::new(),
+                reason: format!("expected a number, found the string {text:?}"),
+                offset: at,
+                syntax: false,
+            })
+        }
+        _ => Err(mismatch(r, "a number")),
+    }
+}
+
+fn parse_number_text(text: &str) -> Option<f64> {
+    match text {
+        "Infinity" | "inf" => Some(f64::INFINITY),
+        "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+        "NaN" | "nan" | "-nan" => Some(f64::NAN),
+        _ => text.trim().parse().ok().filter(|_| !text.trim().is_empty()),
+    }
+}
+
+/// An int32 count: a number (or numeric string) that is integral and in range.
+pub fn int32(r: &mut Reader<'_>) -> Result<i32> {
+    let at = r.offset();
+    let value = number(r)?;
+    if value.fract() == 0.0 && value >= i32::MIN as f64 && value <= i32::MAX as f64 {
+        Ok(value as i32)
+    } else {
+        Err(FieldError {
+            path: String::new(),
+            reason: format!("expected an integer, found {value}"),
+            offset: at,
+            syntax: false,
+        })
+    }
+}
+
+fn uint64(r: &mut Reader<'_>) -> Result<u64> {
+    let at = r.offset();
+    let value = number(r)?;
+    if value.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&value) {
+        Ok(value as u64)
+    } else {
+        Err(FieldError {
+            path: String::new(),
+            reason: format!("expected a non-negative integer, found {value}"),
+            offset: at,
+            syntax: false,
+        })
+    }
+}
+
+/// A string; numbers are accepted and written as Lua would print integers.
+pub fn text(r: &mut Reader<'_>) -> Result<String> {
+    match r.peek()? {
+        Kind::String => Ok(r.string()?.into_owned()),
+        Kind::Number => Ok(format_number(r.number()?)),
+        _ => Err(mismatch(r, "a string")),
+    }
+}
+
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        value.to_string()
+    }
+}
+
+/// A boolean, or the strings "true"/"false" that arrays of booleans become.
+pub fn flag(r: &mut Reader<'_>) -> Result<bool> {
+    match r.peek()? {
+        Kind::Bool => Ok(r.boolean()?),
+        Kind::String => {
+            let at = r.offset();
+            match r.string()?.as_ref() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                other => Err(FieldError {
+                    path: String::new(),
+                    reason: format!("expected a boolean, found the string {other:?}"),
+                    offset: at,
+                    syntax: false,
+                }),
+            }
+        }
+        _ => Err(mismatch(r, "a boolean")),
+    }
+}
+
+/// A list (`[...]`, or `{}` for an empty one) with each element read by `item`.
+pub fn list<'a, T>(
+    r: &mut Reader<'a>,
+    mut item: impl FnMut(&mut Reader<'a>) -> Result<T>,
+) -> Result<Vec<T>> {
+    if !matches!(r.peek()?, Kind::Array | Kind::Object) {
+        return Err(mismatch(r, "a list"));
+    }
+    let mut out = Vec::new();
+    r.array(|r, i| {
+        out.push(item(r).map_err(|e| e.within(&format!("[{i}]")))?);
+        Ok::<_, FieldError>(())
+    })?;
+    Ok(out)
+}
+
+fn texts(r: &mut Reader<'_>) -> Result<Vec<String>> {
+    list(r, text)
+}
+
+/// An object read key by key; `on_key` handles known keys and returns false for
+/// the others, which are kept in `extra`.
+fn object<'a>(
+    r: &mut Reader<'a>,
+    extra: &mut Option<Struct>,
+    mut on_key: impl FnMut(&mut Reader<'a>, &str) -> Result<bool>,
+) -> Result<()> {
+    if r.peek()? != Kind::Object {
+        return Err(mismatch(r, "an object"));
+    }
+    r.object(|r, key: Cow<'a, str>| {
+        let known = field(r, &key, |r| on_key(r, &key))?;
+        if !known {
+            let value = field(r, &key, |r| Ok(r.value()?))?;
+            extra
+                .get_or_insert_with(Struct::default)
+                .fields
+                .insert(key.into_owned(), value);
+        }
+        Ok(())
+    })
+}
+
+/// A Struct, for fields that hold free-form objects.
+fn free_object(r: &mut Reader<'_>) -> Result<Struct> {
+    match r.peek()? {
+        Kind::Object => Ok(r.object_value()?),
+        _ => Err(mismatch(r, "an object")),
+    }
+}
+
+/// Declares a payload reader: each `"key" => field: reader` line maps a JSON key
+/// to a typed field; every other key lands in `extra`.
+macro_rules! payload_reader {
+    ($name:ident, $msg:ty { $($key:literal => $field:ident : $read:expr),* $(,)? }) => {
+        fn $name(r: &mut Reader<'_>) -> Result<$msg> {
+            let mut m = <$msg>::default();
+            let mut extra = None;
+            object(r, &mut extra, |r, key| {
+                match key {
+                    $($key => m.$field = $read(r)?,)*
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            })?;
+            m.extra = extra;
+            Ok(m)
+        }
+    };
+}
+
+fn some<T>(
+    read: impl Fn(&mut Reader<'_>) -> Result<T>,
+) -> impl Fn(&mut Reader<'_>) -> Result<Option<T>> {
+    move |r| read(r).map(Some)
+}
+
+payload_reader!(joker, pb::Joker { "name" => name: text, "id" => id: text, "position" => position: int32 });
+payload_reader!(card, pb::Card { "rank" => rank: text, "suit" => suit: text, "enhancements" => enhancements: texts });
+payload_reader!(blind, pb::Blind { "name" => name: text, "chips" => chips: number });
+payload_reader!(deck, pb::DeckSummary { "cards_remaining" => cards_remaining: int32, "size" => size: int32 });
+payload_reader!(heartbeat, pb::HeartbeatEvent {
+    "version" => mod_version: text, "uptime" => uptime: number,
+    "headless" => headless: flag, "game_state" => game_state: text,
+});
+payload_reader!(game_state, pb::GameStateEvent {
+    "game_state" => phase: text, "phase" => phase: text, "ante" => ante: int32, "round" => round: int32,
+    "money" => money: number, "chips" => chips: number, "mult" => mult: number, "score" => score: number,
+    "hands_remaining" => hands_remaining: int32, "discards_remaining" => discards_remaining: int32,
+    "blind" => blind: some(blind), "jokers" => jokers: |r: &mut Reader<'_>| list(r, joker),
+    "hand" => hand: |r: &mut Reader<'_>| list(r, card), "deck" => deck: some(deck),
+});
+payload_reader!(money_changed, pb::MoneyChangedEvent {
+    "old_value" => old_value: number, "new_value" => new_value: number, "difference" => difference: number,
+});
+payload_reader!(score_changed, pb::ScoreChangedEvent {
+    "old_chips" => old_chips: number, "new_chips" => new_chips: number,
+    "old_mult" => old_mult: number, "new_mult" => new_mult: number,
+});
+payload_reader!(hand_played, pb::HandPlayedEvent {
+    "hands_remaining" => hands_remaining: int32, "hand_number" => hand_number: int32,
+    "hand_type" => hand_type: text, "cards" => cards: texts,
+});
+payload_reader!(cards_discarded, pb::CardsDiscardedEvent {
+    "discards_remaining" => discards_remaining: int32, "cards" => cards: texts,
+});
+payload_reader!(jokers_changed, pb::JokersChangedEvent {
+    "old_count" => old_count: int32, "new_count" => new_count: int32,
+    "jokers" => jokers: |r: &mut Reader<'_>| list(r, joker),
+});
+payload_reader!(round_changed, pb::RoundChangedEvent { "round" => round: int32, "ante" => ante: int32 });
+payload_reader!(phase_changed, pb::PhaseChangedEvent { "old_phase" => old_phase: text, "new_phase" => new_phase: text });
+payload_reader!(round_complete, pb::RoundCompleteEvent {
+    "score" => score: number, "ante" => ante: int32, "round" => round: int32, "money" => money: number,
+});
+payload_reader!(joker_trigger, pb::JokerTriggerEvent { "joker_name" => joker_name: text, "timestamp" => trigger_time_ms: number });
+payload_reader!(hand_eval_start, pb::HandEvalStart { "hand_type" => hand_type: text, "cards" => cards: texts });
+payload_reader!(scoring_joker, pb::ScoringJokerTrigger {
+    "joker" => joker: some(joker), "score_contribution" => score_contribution: number,
+    "trigger_index" => trigger_index: int32, "chips" => chips: number, "mult" => mult: number,
+    "money" => money: number, "context" => context: text, "parent" => parent: text,
+});
+payload_reader!(score_update, pb::ScoreUpdate { "score_before" => score_before: number, "score_after" => score_after: number });
+payload_reader!(mult_update, pb::MultUpdate {
+    "mult_before" => mult_before: number, "mult_after" => mult_after: number, "source" => source: text,
+});
+payload_reader!(chips_update, pb::ChipsUpdate {
+    "chips_before" => chips_before: number, "chips_after" => chips_after: number, "source" => source: text,
+});
+payload_reader!(hand_eval_complete, pb::HandEvalComplete {
+    "duration_ms" => duration_ms: number, "final_chips" => final_chips: number,
+    "final_mult" => final_mult: number, "triggers" => triggers: int32,
+});
+payload_reader!(decision_request, pb::DecisionRequest {
+    "request_id" => request_id: text, "available_actions" => available_actions: texts,
+    "time_limit_ms" => time_limit_ms: int32, "game_state" => game_state: some(free_object),
+});
+payload_reader!(decision_response, pb::DecisionResponse {
+    "request_id" => request_id: text, "action" => action: text, "params" => params: some(free_object),
+});
+payload_reader!(error_event, pb::ErrorEvent { "message" => message: text, "stack" => stack: text });
+payload_reader!(connection_test, pb::ConnectionTestEvent { "message" => message: text });
+
+/// Reads the payload object of an event of `event_type`/`subtype`.
+fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str) -> Result<Payload> {
+    use pb::learning_decision_event::Kind as Decision;
+    use pb::scoring_event::Step;
+    let scoring = |step| Payload::Scoring(pb::ScoringEvent { step: Some(step) });
+    let decision = |kind| Payload::LearningDecision(pb::LearningDecisionEvent { kind: Some(kind) });
+    Ok(match (event_type, subtype) {
+        ("HEARTBEAT", _) => Payload::Heartbeat(heartbeat(r)?),
+        ("GAME_STATE", _) => Payload::GameState(game_state(r)?),
+        ("MONEY_CHANGED", _) => Payload::MoneyChanged(money_changed(r)?),
+        ("SCORE_CHANGED", _) => Payload::ScoreChanged(score_changed(r)?),
+        ("HAND_PLAYED", _) => Payload::HandPlayed(hand_played(r)?),
+        ("CARDS_DISCARDED", _) => Payload::CardsDiscarded(cards_discarded(r)?),
+        ("JOKERS_CHANGED", _) => Payload::JokersChanged(jokers_changed(r)?),
+        ("ROUND_CHANGED", _) => Payload::RoundChanged(round_changed(r)?),
+        ("PHASE_CHANGED", _) => Payload::PhaseChanged(phase_changed(r)?),
+        ("ROUND_COMPLETE", _) => Payload::RoundComplete(round_complete(r)?),
+        ("JOKER_TRIGGER", _) => Payload::JokerTrigger(joker_trigger(r)?),
+        ("SCORING", "HAND_EVAL_START") => scoring(Step::HandEvalStart(hand_eval_start(r)?)),
+        ("SCORING", "JOKER_TRIGGER") => scoring(Step::JokerTrigger(scoring_joker(r)?)),
+        ("SCORING", "SCORE_UPDATE") => scoring(Step::ScoreUpdate(score_update(r)?)),
+        ("SCORING", "MULT_UPDATE") => scoring(Step::MultUpdate(mult_update(r)?)),
+        ("SCORING", "CHIPS_UPDATE") => scoring(Step::ChipsUpdate(chips_update(r)?)),
+        ("SCORING", "HAND_EVAL_COMPLETE") => {
+            scoring(Step::HandEvalComplete(hand_eval_complete(r)?))
+        }
+        ("LEARNING_DECISION", "REQUEST") => decision(Decision::Request(decision_request(r)?)),
+        ("LEARNING_DECISION", "RESPONSE") => decision(Decision::Response(decision_response(r)?)),
+        ("ERROR", _) => Payload::Error(error_event(r)?),
+        ("connection_test", _) => Payload::ConnectionTest(connection_test(r)?),
+        _ => Payload::Generic(pb::GenericEvent {
+            payload: Some(free_object(r)?),
+        }),
+    })
+}
+
+/// The payload for an event that sent none: typed and empty, so subscribers can
+/// still match on the type.
+fn empty_payload(event_type: &str, subtype: &str) -> Payload {
+    typed_payload(&mut Reader::new(b"{}"), event_type, subtype)
+        .unwrap_or(Payload::Generic(pb::GenericEvent::default()))
+}
+
+/// Reads one event object. The reader must be placed on the object.
+///
+/// The payload may come before `type` (keys arrive in any order), so its span is
+/// noted and read once the type is known.
+pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
+    let mut event = pb::Event::default();
+    let mut timing = pb::Timing::default();
+    let mut extra = None;
+    let mut payload_at: Option<(usize, u32)> = None;
+    object(r, &mut extra, |r, key| {
+        match key {
+            "type" => event.event_type = text(r)?,
+            "subtype" => event.subtype = text(r)?,
+            "source" => event.source = text(r)?,
+            "event_id" => event.event_id = text(r)?,
+            "session_id" => event.session_id = text(r)?,
+            "sequence" => event.client_sequence = uint64(r)?,
+            "timestamp" => timing.client_timestamp_ms = number(r)?,
+            "game_time_ms" => timing.game_time_ms = number(r)?,
+            "version" => event.version = int32(r)?,
+            "debug" => event.debug = flag(r)?,
+            "priority" => match text(r)?.as_str() {
+                "high" => event.priority = pb::Priority::High as i32,
+                "low" => event.priority = pb::Priority::Low as i32,
+                _ => return Ok(false),
+            },
+            "payload" | "data" if r.peek()? == Kind::Null => return Ok(false),
+            "payload" | "data" if payload_at.is_none() || key == "payload" => {
+                if payload_at.is_some() {
+                    return Ok(false);
+                }
+                event.payload_field = if key == "payload" {
+                    pb::PayloadField::Payload
+                } else {
+                    pb::PayloadField::Data
+                } as i32;
+                payload_at = Some((r.offset(), r.depth()));
+                r.skip()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    if event.event_type.is_empty() {
+        return Err(FieldError {
+            path: "type".into(),
+            reason: "required".into(),
+            offset: r.offset(),
+            syntax: false,
+        });
+    }
+    timing.client_clock = client_clock(timing.client_timestamp_ms) as i32;
+    event.timing = Some(timing);
+    event.extra = extra;
+    let payload = match payload_at {
+        Some((offset, depth)) => {
+            let key = if event.payload_field == pb::PayloadField::Data as i32 {
+                "data"
+            } else {
+                "payload"
+            };
+            let mut sub = Reader::new(body);
+            sub.rewind(offset, depth);
+            field(&mut sub, key, |r| {
+                typed_payload(r, &event.event_type, &event.subtype)
+            })?
+        }
+        None => empty_payload(&event.event_type, &event.subtype),
+    };
+    event.payload = Some(payload);
+    Ok(event)
+}
+
+fn client_clock(timestamp_ms: f64) -> pb::ClientClock {
+    if timestamp_ms == 0.0 || !timestamp_ms.is_finite() {
+        pb::ClientClock::Unspecified
+    } else if timestamp_ms < EPOCH_FLOOR_MS {
+        pb::ClientClock::GameMs
+    } else {
+        pb::ClientClock::EpochMs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(body: &str) -> Result<pb::Event> {
+        read_event(&mut Reader::new(body.as_bytes()), body.as_bytes())
+    }
+
+    #[test]
+    fn payload_before_type_is_typed() {
+        let e = event(
+            r#"{"payload":{"old_value":1,"new_value":2,"difference":1},"type":"MONEY_CHANGED"}"#,
+        )
+        .unwrap();
+        let Some(Payload::MoneyChanged(m)) = e.payload else {
+            panic!("{e:?}")
+        };
+        assert_eq!((m.old_value, m.new_value, m.difference), (1.0, 2.0, 1.0));
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_in_extra() {
+        let e = event(r#"{"type":"GAME_STATE","shiny":true,"payload":{"ante":1,"consumables":{},"levels":["1","2"]}}"#).unwrap();
+        assert!(e.extra.unwrap().fields.contains_key("shiny"));
+        let Some(Payload::GameState(g)) = e.payload else {
+            panic!()
+        };
+        let extra = g.extra.unwrap();
+        assert!(extra.fields.contains_key("consumables"));
+        assert!(extra.fields.contains_key("levels"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field_path() {
+        let err =
+            event(r#"{"type":"GAME_STATE","payload":{"jokers":[{"name":"J","position":"left"}]}}"#)
+                .unwrap_err();
+        assert_eq!(err.path, "payload.jokers[0].position");
+        assert!(err.reason.contains("expected a number"), "{err}");
+        let err = event(r#"{"type":"GAME_STATE","payload":{"ante":1.5}}"#).unwrap_err();
+        assert_eq!(err.path, "payload.ante");
+    }
+
+    #[test]
+    fn missing_type_is_reported() {
+        assert_eq!(event(r#"{"payload":{}}"#).unwrap_err().path, "type");
+    }
+
+    #[test]
+    fn data_replaces_payload_for_connection_test() {
+        let e = event(r#"{"data":{"message":"x"},"type":"connection_test"}"#).unwrap();
+        assert_eq!(e.payload_field, pb::PayloadField::Data as i32);
+        let Some(Payload::ConnectionTest(c)) = e.payload else {
+            panic!()
+        };
+        assert_eq!(c.message, "x");
+    }
+
+    #[test]
+    fn clocks_are_told_apart() {
+        let game = event(r#"{"type":"JOKER_TRIGGER","timestamp":5.695104598999}"#).unwrap();
+        assert_eq!(
+            game.timing.unwrap().client_clock,
+            pb::ClientClock::GameMs as i32
+        );
+        let epoch = event(r#"{"type":"HEARTBEAT","timestamp":1795531353000}"#).unwrap();
+        assert_eq!(
+            epoch.timing.unwrap().client_clock,
+            pb::ClientClock::EpochMs as i32
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_generic_and_lossless() {
+        let e = event(r#"{"type":"NEW_THING","payload":{"a":[1,{"b":inf}]}}"#).unwrap();
+        let Some(Payload::Generic(g)) = e.payload else {
+            panic!()
+        };
+        assert!(g.payload.unwrap().fields.contains_key("a"));
+    }
+}

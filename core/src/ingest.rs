@@ -1,0 +1,288 @@
+//! Decodes one HTTP request body of the field mod's API into events.
+//!
+//! A body is either one event (`POST {url}`) or a batch envelope
+//! (`POST {url}/batch`). An event that does not fit its fields is rejected alone,
+//! with the byte range of its raw JSON so the caller can dead-letter it; a body
+//! that cannot be read at all is a [`BodyError`] with a byte offset. This module
+//! must never decide a session, a sequence or a status code.
+
+use crate::adapt::{self, FieldError};
+use crate::json::{JsonError, Kind, Reader};
+use jimbus_proto::events as pb;
+use std::ops::Range;
+
+/// Which endpoint the body arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/v1/events`: one event object.
+    Single,
+    /// `POST /api/v1/events/batch`: an envelope with an `events` list.
+    Batch,
+}
+
+/// The batch envelope's own fields.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Envelope {
+    pub batch_id: String,
+    pub source: String,
+    /// A newer mod names its session on the envelope; an event's own id wins.
+    pub session_id: String,
+    pub timestamp_ms: f64,
+}
+
+/// An event that was read, with where its JSON lies in the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent {
+    pub event: pb::Event,
+    pub raw: Range<usize>,
+}
+
+/// An event that was refused, with its index in the batch and its raw bytes' range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedEvent {
+    pub index: usize,
+    pub error: FieldError,
+    pub raw: Range<usize>,
+}
+
+/// Everything in one body.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DecodedBody {
+    pub envelope: Envelope,
+    pub events: Vec<DecodedEvent>,
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// A body that cannot be accepted at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is empty")]
+    Empty,
+    /// The JSON cannot be read past `offset`.
+    #[error("malformed JSON: {0}")]
+    Syntax(JsonError),
+    /// The single event, or the envelope, has a field that does not fit.
+    #[error("{0}")]
+    Field(FieldError),
+}
+
+impl BodyError {
+    /// The byte offset the error points at, when there is one.
+    pub fn offset(&self) -> Option<usize> {
+        match self {
+            BodyError::Empty => None,
+            BodyError::Syntax(e) => Some(e.offset),
+            BodyError::Field(e) => Some(e.offset),
+        }
+    }
+
+    /// The field path the error names, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            BodyError::Field(e) if !e.path.is_empty() => Some(&e.path),
+            _ => None,
+        }
+    }
+}
+
+fn classify(e: FieldError) -> BodyError {
+    if e.syntax {
+        BodyError::Syntax(JsonError {
+            offset: e.offset,
+            reason: e.reason,
+            syntax: true,
+        })
+    } else {
+        BodyError::Field(e)
+    }
+}
+
+/// Decodes a request body.
+pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::Empty);
+    }
+    let mut reader = Reader::new(body);
+    let decoded = match endpoint {
+        Endpoint::Single => {
+            let start = skip_ws(body, 0);
+            let event = adapt::read_event(&mut reader, body).map_err(classify)?;
+            let raw = start..reader.offset();
+            DecodedBody {
+                events: vec![DecodedEvent { event, raw }],
+                ..DecodedBody::default()
+            }
+        }
+        Endpoint::Batch => decode_batch(&mut reader, body)?,
+    };
+    reader.finish().map_err(BodyError::Syntax)?;
+    Ok(decoded)
+}
+
+fn skip_ws(body: &[u8], from: usize) -> usize {
+    from + body[from..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count()
+}
+
+fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyError> {
+    let mut out = DecodedBody::default();
+    let mut saw_events = false;
+    if r.peek().map_err(BodyError::Syntax)? != Kind::Object {
+        return Err(BodyError::Field(FieldError {
+            path: String::new(),
+            reason: "expected a batch object".into(),
+            offset: r.offset(),
+            syntax: false,
+        }));
+    }
+    let result = r.object(|r, key| {
+        let in_key = |e: FieldError| FieldError {
+            path: key.to_string(),
+            ..e
+        };
+        match key.as_ref() {
+            "events" => {
+                saw_events = true;
+                read_events(r, body, &mut out).map_err(|e| {
+                    if e.path.is_empty() {
+                        in_key(e)
+                    } else {
+                        e
+                    }
+                })
+            }
+            "batch_id" => adapt::text(r)
+                .map(|v| out.envelope.batch_id = v)
+                .map_err(in_key),
+            "source" => adapt::text(r)
+                .map(|v| out.envelope.source = v)
+                .map_err(in_key),
+            "session_id" => adapt::text(r)
+                .map(|v| out.envelope.session_id = v)
+                .map_err(in_key),
+            "timestamp" => adapt::number(r)
+                .map(|v| out.envelope.timestamp_ms = v)
+                .map_err(in_key),
+            _ => Ok(r.skip()?),
+        }
+    });
+    result.map_err(classify)?;
+    if !saw_events {
+        return Err(BodyError::Field(FieldError {
+            path: "events".into(),
+            reason: "required".into(),
+            offset: 0,
+            syntax: false,
+        }));
+    }
+    Ok(out)
+}
+
+fn read_events(r: &mut Reader<'_>, body: &[u8], out: &mut DecodedBody) -> Result<(), FieldError> {
+    if !matches!(r.peek()?, Kind::Array | Kind::Object) {
+        let found = r.peek()?.name();
+        return Err(FieldError {
+            path: String::new(),
+            reason: format!("expected a list, found {found}"),
+            offset: r.offset(),
+            syntax: false,
+        });
+    }
+    r.array(|r, index| {
+        let start = skip_ws(body, r.offset());
+        let depth = r.depth();
+        match adapt::read_event(r, body) {
+            Ok(event) => out.events.push(DecodedEvent {
+                event,
+                raw: start..r.offset(),
+            }),
+            Err(e) if e.syntax => return Err(e),
+            Err(e) => {
+                r.rewind(start, depth);
+                r.skip()?;
+                let error = FieldError {
+                    path: format!("events[{index}].{}", e.path)
+                        .trim_end_matches('.')
+                        .into(),
+                    ..e
+                };
+                out.rejected.push(RejectedEvent {
+                    index,
+                    error,
+                    raw: start..r.offset(),
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_event_in_a_batch_is_rejected_alone() {
+        let body = br#"{"events":[{"type":"MONEY_CHANGED","payload":{"new_value":"rich"}},{"type":"HEARTBEAT"}],"batch_id":"b"}"#;
+        let d = decode_body(body, Endpoint::Batch).unwrap();
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.rejected.len(), 1);
+        let rejected = &d.rejected[0];
+        assert_eq!(rejected.index, 0);
+        assert_eq!(rejected.error.path, "events[0].payload.new_value");
+        assert_eq!(
+            &body[rejected.raw.clone()],
+            br#"{"type":"MONEY_CHANGED","payload":{"new_value":"rich"}}"#
+        );
+        assert_eq!(&body[d.events[0].raw.clone()], br#"{"type":"HEARTBEAT"}"#);
+        assert_eq!(d.envelope.batch_id, "b");
+    }
+
+    #[test]
+    fn non_object_event_is_rejected_with_its_index() {
+        let d = decode_body(br#"{"events":[1,{"type":"HEARTBEAT"}]}"#, Endpoint::Batch).unwrap();
+        assert_eq!(d.rejected[0].index, 0);
+        assert_eq!(d.events.len(), 1);
+    }
+
+    #[test]
+    fn empty_table_is_an_empty_batch() {
+        let d = decode_body(br#"{"batch_id":"x","events":{}}"#, Endpoint::Batch).unwrap();
+        assert!(d.events.is_empty() && d.rejected.is_empty());
+    }
+
+    #[test]
+    fn syntax_error_fails_the_body_with_offset() {
+        let err =
+            decode_body(br#"{"events":[{"type":"A"},{"type":]}"#, Endpoint::Batch).unwrap_err();
+        assert!(matches!(err, BodyError::Syntax(_)));
+        assert_eq!(err.offset(), Some(32));
+    }
+
+    #[test]
+    fn missing_events_and_trailing_garbage_are_errors() {
+        assert_eq!(
+            decode_body(br#"{"batch_id":"x"}"#, Endpoint::Batch)
+                .unwrap_err()
+                .field(),
+            Some("events")
+        );
+        assert!(matches!(
+            decode_body(br#"{"type":"A"} x"#, Endpoint::Single),
+            Err(BodyError::Syntax(_))
+        ));
+        assert_eq!(decode_body(b"  ", Endpoint::Single), Err(BodyError::Empty));
+    }
+
+    #[test]
+    fn a_single_wrong_type_names_the_field() {
+        let err = decode_body(
+            br#"{"type":"ROUND_CHANGED","payload":{"round":[]}}"#,
+            Endpoint::Single,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("payload.round"));
+    }
+}

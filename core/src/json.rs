@@ -1,0 +1,642 @@
+//! A pull reader for the field mod's JSON dialect, straight from the request buffer.
+//!
+//! It accepts strict JSON plus every quirk of the BalatroMCP encoder: bare `inf`,
+//! `-inf`, `nan`, `-nan` (and `Infinity`/`NaN`), raw control characters inside
+//! strings, and unescaped object keys where they can be read unambiguously. Strings
+//! are borrowed from the buffer unless they contain escapes. The reader never builds
+//! a tree for the caller; [`Reader::value`] builds a `prost_types::Value` only where
+//! the caller asks for one (unknown keys). It must never guess: input that has two
+//! readings is a [`JsonError`] with the byte offset.
+
+use prost_types::value::Kind as ValueKind;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// Deeper nesting than this is refused rather than risking the stack.
+pub const MAX_DEPTH: u32 = 512;
+
+/// What went wrong, and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason} at byte {offset}")]
+pub struct JsonError {
+    /// Byte offset into the body.
+    pub offset: usize,
+    pub reason: String,
+    /// A syntax error makes the rest of the body unreadable; a value error (bad
+    /// UTF-8 in a string) spoils only the value it is in.
+    pub syntax: bool,
+}
+
+/// The JSON type of the next value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Object => "object",
+            Kind::Array => "array",
+            Kind::String => "string",
+            Kind::Number => "number",
+            Kind::Bool => "boolean",
+            Kind::Null => "null",
+        }
+    }
+}
+
+/// Reads one JSON document from a byte buffer.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    depth: u32,
+}
+
+const NON_FINITE: &[(&[u8], f64)] = &[
+    (b"-Infinity", f64::NEG_INFINITY),
+    (b"Infinity", f64::INFINITY),
+    (b"-inf", f64::NEG_INFINITY),
+    (b"inf", f64::INFINITY),
+    (b"-nan", f64::NAN),
+    (b"nan", f64::NAN),
+    (b"NaN", f64::NAN),
+];
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    /// The current byte offset.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves back to an offset this reader has already passed (to skip a value
+    /// whose contents the caller rejected).
+    pub fn rewind(&mut self, offset: usize, depth: u32) {
+        self.pos = offset;
+        self.depth = depth;
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The bytes between two offsets.
+    pub fn slice(&self, start: usize, end: usize) -> &'a [u8] {
+        &self.buf[start..end]
+    }
+
+    fn syntax(&self, reason: impl Into<String>) -> JsonError {
+        JsonError {
+            offset: self.pos,
+            reason: reason.into(),
+            syntax: true,
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.buf.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek_byte(&mut self) -> Result<u8, JsonError> {
+        self.skip_ws();
+        self.buf
+            .get(self.pos)
+            .copied()
+            .ok_or_else(|| self.syntax("unexpected end of body"))
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), JsonError> {
+        if self.peek_byte()? == byte {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.syntax(format!("expected `{}`", byte as char)))
+        }
+    }
+
+    /// The kind of the next value, without consuming it.
+    pub fn peek(&mut self) -> Result<Kind, JsonError> {
+        Ok(match self.peek_byte()? {
+            b'{' => Kind::Object,
+            b'[' => Kind::Array,
+            b'"' => Kind::String,
+            b't' | b'f' => Kind::Bool,
+            b'n' if self.buf[self.pos..].starts_with(b"null") => Kind::Null,
+            b'-' | b'0'..=b'9' | b'i' | b'I' | b'n' | b'N' => Kind::Number,
+            _ => return Err(self.syntax("expected a value")),
+        })
+    }
+
+    /// Checks that nothing but white space follows the document.
+    pub fn finish(&mut self) -> Result<(), JsonError> {
+        self.skip_ws();
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(self.syntax("unexpected data after the JSON document"))
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), JsonError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.syntax(format!("nesting deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
+    }
+
+    /// Reads an object, calling `on_key` for each key with the reader placed on its
+    /// value. `on_key` must consume the value.
+    pub fn object<E: From<JsonError>>(
+        &mut self,
+        mut on_key: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.expect(b'{')?;
+        self.enter()?;
+        if self.peek_byte()? == b'}' {
+            self.pos += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.key()?;
+            self.expect(b':')?;
+            on_key(self, key)?;
+            match self.peek_byte()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(self.syntax("expected `,` or `}` in object").into()),
+            }
+        }
+    }
+
+    /// Reads an array, calling `on_item` with the index and the reader placed on
+    /// each element. The field mod writes an empty list as `{}`, which is accepted
+    /// here as an empty array.
+    pub fn array<E: From<JsonError>>(
+        &mut self,
+        mut on_item: impl FnMut(&mut Self, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.peek_byte()? == b'{' {
+            return self.object(|r, key| {
+                Err(r
+                    .syntax(format!("expected a list, found an object with key `{key}`"))
+                    .into())
+            });
+        }
+        self.expect(b'[')?;
+        self.enter()?;
+        if self.peek_byte()? == b']' {
+            self.pos += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        let mut index = 0;
+        loop {
+            on_item(self, index)?;
+            index += 1;
+            match self.peek_byte()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                _ => return Err(self.syntax("expected `,` or `]` in array").into()),
+            }
+        }
+    }
+
+    /// Reads an object key. The field mod does not escape keys, so a key ends at the
+    /// first `"` that is followed by `:`. A key with a backslash is read with JSON
+    /// escapes when that is the only valid reading; when both the escaped and the
+    /// literal reading are valid and differ, the body is ambiguous and refused.
+    fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        if self.peek_byte()? != b'"' {
+            return Err(self.syntax("expected a string key"));
+        }
+        let start = self.pos + 1;
+        let mut end = start;
+        loop {
+            let Some(found) = memchr::memchr(b'"', &self.buf[end..]) else {
+                self.pos = self.buf.len();
+                return Err(self.syntax("unterminated key"));
+            };
+            let quote = end + found;
+            let mut after = quote + 1;
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.buf.get(after) {
+                after += 1;
+            }
+            let escaped = quote > start
+                && self.buf[quote - 1] == b'\\'
+                && !even_backslashes_before(self.buf, start, quote);
+            if self.buf.get(after) == Some(&b':') && !escaped {
+                self.pos = quote + 1;
+                return self.key_text(start, quote);
+            }
+            end = quote + 1;
+        }
+    }
+
+    fn key_text(&self, start: usize, end: usize) -> Result<Cow<'a, str>, JsonError> {
+        let raw = &self.buf[start..end];
+        let literal = std::str::from_utf8(raw).map_err(|_| JsonError {
+            offset: start,
+            reason: "key is not UTF-8".into(),
+            syntax: true,
+        })?;
+        if !raw.contains(&b'\\') {
+            return Ok(Cow::Borrowed(literal));
+        }
+        match unescape(raw, start) {
+            Ok(text) if text == literal => Ok(Cow::Borrowed(literal)),
+            Ok(_) if raw.contains(&b'"') && !all_quotes_escaped(raw) => Ok(Cow::Borrowed(literal)),
+            Ok(_) => Err(JsonError {
+                offset: start,
+                reason: format!("ambiguous key `{literal}`: it reads both as escaped JSON and as an unescaped field-mod key"),
+                syntax: true,
+            }),
+            Err(_) => Ok(Cow::Borrowed(literal)),
+        }
+    }
+
+    /// Reads a string value. The field mod escapes only `\\`, `"`, `\n`, `\r` and
+    /// `\t` and leaves other control characters raw; both are accepted, as are all
+    /// standard JSON escapes.
+    pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        self.expect(b'"')?;
+        let start = self.pos;
+        let end = self.string_end()?;
+        self.pos = end + 1;
+        let raw = &self.buf[start..end];
+        if raw.contains(&b'\\') {
+            return unescape(raw, start).map(Cow::Owned);
+        }
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|e| JsonError {
+                offset: start + e.valid_up_to(),
+                reason: "string is not UTF-8".into(),
+                syntax: false,
+            })
+    }
+
+    /// The offset of the closing quote of the string starting at `self.pos`.
+    fn string_end(&self) -> Result<usize, JsonError> {
+        let mut at = self.pos;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.buf[at..]) {
+                Some(i) if self.buf[at + i] == b'"' => return Ok(at + i),
+                Some(i) => at += i + 2,
+                None => break,
+            }
+            if at > self.buf.len() {
+                break;
+            }
+        }
+        Err(JsonError {
+            offset: self.buf.len(),
+            reason: "unterminated string".into(),
+            syntax: true,
+        })
+    }
+
+    /// Reads a number, including the bare non-finite tokens of Lua's `tostring`.
+    pub fn number(&mut self) -> Result<f64, JsonError> {
+        self.skip_ws();
+        let rest = &self.buf[self.pos..];
+        for (token, value) in NON_FINITE {
+            if rest.starts_with(token)
+                && !rest.get(token.len()).is_some_and(u8::is_ascii_alphanumeric)
+            {
+                self.pos += token.len();
+                return Ok(*value);
+            }
+        }
+        let len = rest
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .unwrap_or(rest.len());
+        let text = std::str::from_utf8(&rest[..len]).unwrap_or_default();
+        if !is_json_number(text) {
+            return Err(self.syntax("invalid number"));
+        }
+        let value = text
+            .parse::<f64>()
+            .map_err(|_| self.syntax("invalid number"))?;
+        self.pos += len;
+        Ok(value)
+    }
+
+    pub fn boolean(&mut self) -> Result<bool, JsonError> {
+        self.skip_ws();
+        for (token, value) in [(&b"true"[..], true), (&b"false"[..], false)] {
+            if self.buf[self.pos..].starts_with(token) {
+                self.pos += token.len();
+                return Ok(value);
+            }
+        }
+        Err(self.syntax("expected `true` or `false`"))
+    }
+
+    pub fn null(&mut self) -> Result<(), JsonError> {
+        self.skip_ws();
+        if self.buf[self.pos..].starts_with(b"null") {
+            self.pos += 4;
+            Ok(())
+        } else {
+            Err(self.syntax("expected `null`"))
+        }
+    }
+
+    /// Skips one value, checking its syntax but not the UTF-8 of its strings.
+    pub fn skip(&mut self) -> Result<(), JsonError> {
+        match self.peek()? {
+            Kind::Object => self.object(|r, _| r.skip()),
+            Kind::Array => self.array(|r, _| r.skip()),
+            Kind::String => {
+                self.pos += 1;
+                self.pos = self.string_end()? + 1;
+                Ok(())
+            }
+            Kind::Number => self.number().map(drop),
+            Kind::Bool => self.boolean().map(drop),
+            Kind::Null => self.null(),
+        }
+    }
+
+    /// Reads one value into a protobuf `Value`, for keys that have no typed field.
+    pub fn value(&mut self) -> Result<prost_types::Value, JsonError> {
+        let kind = match self.peek()? {
+            Kind::Object => ValueKind::StructValue(self.object_value()?),
+            Kind::Array => {
+                let mut values = Vec::new();
+                self.array(|r, _| {
+                    values.push(r.value()?);
+                    Ok::<_, JsonError>(())
+                })?;
+                ValueKind::ListValue(prost_types::ListValue { values })
+            }
+            Kind::String => ValueKind::StringValue(self.string()?.into_owned()),
+            Kind::Number => ValueKind::NumberValue(self.number()?),
+            Kind::Bool => ValueKind::BoolValue(self.boolean()?),
+            Kind::Null => {
+                self.null()?;
+                ValueKind::NullValue(0)
+            }
+        };
+        Ok(prost_types::Value { kind: Some(kind) })
+    }
+
+    /// Reads an object into a protobuf `Struct`.
+    pub fn object_value(&mut self) -> Result<prost_types::Struct, JsonError> {
+        let mut fields = BTreeMap::new();
+        self.object(|r, key| {
+            fields.insert(key.into_owned(), r.value()?);
+            Ok::<_, JsonError>(())
+        })?;
+        Ok(prost_types::Struct { fields })
+    }
+}
+
+fn even_backslashes_before(buf: &[u8], start: usize, quote: usize) -> bool {
+    buf[start..quote]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count()
+        % 2
+        == 0
+}
+
+fn all_quotes_escaped(raw: &[u8]) -> bool {
+    raw.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'"')
+        .all(|(i, _)| !even_backslashes_before(raw, 0, i))
+}
+
+fn is_json_number(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match digits.find(['e', 'E']) {
+        Some(i) => (&digits[..i], Some(&digits[i + 1..])),
+        None => (digits, None),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (mantissa, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    all_digits(int)
+        && !(int.len() > 1 && int.starts_with('0'))
+        && frac.is_none_or(all_digits)
+        && exponent.is_none_or(|e| all_digits(e.strip_prefix(['+', '-']).unwrap_or(e)))
+}
+
+/// Decodes JSON escapes in a string body; raw control characters pass through.
+fn unescape(raw: &[u8], base: usize) -> Result<String, JsonError> {
+    let err = |at: usize, reason: &str, syntax: bool| JsonError {
+        offset: base + at,
+        reason: reason.into(),
+        syntax,
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let Some(&escape) = raw.get(i + 1) else {
+            return Err(err(i, "dangling backslash", true));
+        };
+        i += 2;
+        let ch = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let (ch, used) = unicode_escape(&raw[i..])
+                    .ok_or_else(|| err(i - 2, "invalid \\u escape", true))?;
+                i += used;
+                ch
+            }
+            _ => return Err(err(i - 2, "invalid escape", true)),
+        };
+        let mut tmp = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
+    }
+    String::from_utf8(out)
+        .map_err(|e| err(e.utf8_error().valid_up_to(), "string is not UTF-8", false))
+}
+
+/// Decodes the hex digits after `\u` (and a following low surrogate), returning
+/// the character and how many bytes were used.
+fn unicode_escape(rest: &[u8]) -> Option<(char, usize)> {
+    let hex = |s: &[u8]| {
+        std::str::from_utf8(s.get(..4)?)
+            .ok()
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+    };
+    let high = hex(rest)?;
+    if (0xD800..0xDC00).contains(&high) {
+        if rest.get(4..6) == Some(b"\\u") {
+            let low = hex(&rest[6..])?;
+            if (0xDC00..0xE000).contains(&low) {
+                let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                return char::from_u32(code).map(|c| (c, 10));
+            }
+        }
+        return Some(('\u{FFFD}', 4));
+    }
+    Some((char::from_u32(high).unwrap_or('\u{FFFD}'), 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_value(text: &str) -> Result<prost_types::Value, JsonError> {
+        let mut r = Reader::new(text.as_bytes());
+        let v = r.value()?;
+        r.finish()?;
+        Ok(v)
+    }
+
+    fn number(v: &prost_types::Value) -> f64 {
+        match v.kind {
+            Some(ValueKind::NumberValue(n)) => n,
+            _ => panic!("not a number: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_lua_numbers_and_non_finite_tokens() {
+        for (text, want) in [
+            ("42", 42.0_f64),
+            ("-0", -0.0),
+            ("1e-07", 1e-7),
+            ("1.2345678901235e+17", 1.2345678901235e17),
+        ] {
+            let got = number(&read_value(text).unwrap());
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+        }
+        assert_eq!(number(&read_value("inf").unwrap()), f64::INFINITY);
+        assert_eq!(number(&read_value("-inf").unwrap()), f64::NEG_INFINITY);
+        assert!(number(&read_value("nan").unwrap()).is_nan());
+        assert!(number(&read_value("-nan").unwrap()).is_nan());
+        assert!(number(&read_value("NaN").unwrap()).is_nan());
+    }
+
+    #[test]
+    fn rejects_malformed_numbers_with_offset() {
+        for text in [
+            "[1, 01]",
+            "[1, 1.]",
+            "[1, .5]",
+            "[1, +1]",
+            "[1, infinity]",
+            "[1, 1e]",
+        ] {
+            let err = read_value(text).unwrap_err();
+            assert!(err.syntax, "{text}");
+            assert_eq!(err.offset, 4, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn raw_control_characters_pass_through() {
+        let text = "\"bell\u{7} esc\u{1b} soh\u{1}\"";
+        let mut r = Reader::new(text.as_bytes());
+        assert_eq!(r.string().unwrap(), "bell\u{7} esc\u{1b} soh\u{1}");
+    }
+
+    #[test]
+    fn escapes_decode() {
+        let mut r = Reader::new(br#""a\"b\\c\n\t\u00e9\ud83d\ude00""#);
+        assert_eq!(r.string().unwrap(), "a\"b\\c\n\té😀");
+    }
+
+    #[test]
+    fn unescaped_key_with_quote_is_recovered() {
+        let mut r = Reader::new(br#"{"say "hi"":1,"b":2}"#);
+        let s = r.object_value().unwrap();
+        assert!(s.fields.contains_key("say \"hi\""), "{:?}", s.fields.keys());
+        assert!(s.fields.contains_key("b"));
+    }
+
+    #[test]
+    fn key_with_invalid_escape_is_literal() {
+        let mut r = Reader::new(br#"{"C:\mods":1}"#);
+        let s = r.object_value().unwrap();
+        assert!(s.fields.contains_key("C:\\mods"));
+    }
+
+    #[test]
+    fn ambiguous_key_is_refused_with_offset() {
+        let body = br#"{"a\\b":1}"#;
+        let err = Reader::new(body).object_value().unwrap_err();
+        assert!(err.reason.contains("ambiguous"), "{err}");
+        assert_eq!(err.offset, 2);
+    }
+
+    #[test]
+    fn empty_object_reads_as_empty_list() {
+        let mut r = Reader::new(b"{}");
+        let mut n = 0;
+        r.array(|r, _| {
+            n += 1;
+            r.skip()
+        })
+        .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn depth_is_limited() {
+        let body = "[".repeat(MAX_DEPTH as usize + 1);
+        let err = read_value(&body).unwrap_err();
+        assert!(err.reason.contains("nesting"));
+    }
+
+    #[test]
+    fn truncated_body_reports_end() {
+        let err = read_value(r#"{"a":[1,2"#).unwrap_err();
+        assert_eq!(err.offset, 9);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_is_a_value_error() {
+        let mut r = Reader::new(b"[\"ok\xff\"]");
+        let err = r.value().unwrap_err();
+        assert!(!err.syntax);
+        let mut r = Reader::new(b"[\"ok\xff\"]");
+        r.skip().unwrap();
+    }
+}

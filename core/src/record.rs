@@ -1,0 +1,255 @@
+//! The on-disk frame of one log record.
+//!
+//! ```text
+//! +-------+--------+---------+-----------+------+-----------+----------+-------+---------+
+//! | crc32c| len u32| offset  | time_us   | kind | topic_len | reserved | topic | message |
+//! | u32 LE| LE     | u64 LE  | u64 LE    | u8   | u16 LE    | u8       | bytes | bytes   |
+//! +-------+--------+---------+-----------+------+-----------+----------+-------+---------+
+//! ```
+//! `len` counts the topic and message bytes; the CRC32C covers everything after
+//! the crc field. Headers are read and written through zerocopy, in place. A frame
+//! that runs past the end of the data is torn (a write that did not finish); one
+//! whose CRC does not match is corrupt. This module must never touch a file.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// The fixed part of every record.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct RecordHeader {
+    pub crc: U32,
+    pub len: U32,
+    pub offset: U64,
+    pub time_us: U64,
+    pub kind: u8,
+    pub topic_len: U16,
+    pub reserved: u8,
+}
+
+pub const HEADER_LEN: usize = std::mem::size_of::<RecordHeader>();
+
+/// A larger record than this is refused on write and treated as corrupt on read.
+pub const MAX_RECORD_LEN: usize = 64 << 20;
+
+/// What a record's message bytes hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A `jimbot.events.v1.Event`.
+    Event = 1,
+    /// A `jimbot.events.v1.BalatroGameStateEvent`.
+    Aggregated = 2,
+    /// A `jimbot.bus.v1.DeadLetter`.
+    DeadLetter = 3,
+}
+
+impl RecordKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Event),
+            2 => Some(Self::Aggregated),
+            3 => Some(Self::DeadLetter),
+            _ => None,
+        }
+    }
+}
+
+/// One record, borrowed from the buffer it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset: u64,
+    pub time_us: u64,
+    pub kind: RecordKind,
+    pub topic: &'a str,
+    pub message: &'a [u8],
+}
+
+impl Record<'_> {
+    /// The bytes this record takes in a segment.
+    pub fn framed_len(&self) -> usize {
+        HEADER_LEN + self.topic.len() + self.message.len()
+    }
+}
+
+/// Why the data at some position is not a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frame runs past the end of the data: an unfinished write.
+    #[error("torn record: {needed} bytes needed, {available} available")]
+    Torn { needed: usize, available: usize },
+    #[error("record checksum mismatch")]
+    Checksum,
+    #[error("record is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// Appends a framed record to `out`.
+pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let header = RecordHeader {
+        crc: U32::new(0),
+        len: U32::new((record.topic.len() + record.message.len()) as u32),
+        offset: U64::new(record.offset),
+        time_us: U64::new(record.time_us),
+        kind: record.kind as u8,
+        topic_len: U16::new(record.topic.len() as u16),
+        reserved: 0,
+    };
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(record.topic.as_bytes());
+    out.extend_from_slice(record.message);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads the record at the start of `data`.
+pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
+    let (header, rest) = RecordHeader::ref_from_prefix(data).map_err(|_| FrameError::Torn {
+        needed: HEADER_LEN,
+        available: data.len(),
+    })?;
+    let len = header.len.get() as usize;
+    if len > MAX_RECORD_LEN {
+        return Err(FrameError::Malformed("length over the maximum"));
+    }
+    if rest.len() < len {
+        return Err(FrameError::Torn {
+            needed: HEADER_LEN + len,
+            available: data.len(),
+        });
+    }
+    if crc32c::crc32c(&data[4..HEADER_LEN + len]) != header.crc.get() {
+        return Err(FrameError::Checksum);
+    }
+    let topic_len = header.topic_len.get() as usize;
+    if topic_len > len {
+        return Err(FrameError::Malformed("topic longer than the record"));
+    }
+    let kind = RecordKind::from_u8(header.kind).ok_or(FrameError::Malformed("unknown kind"))?;
+    let topic = std::str::from_utf8(&rest[..topic_len])
+        .map_err(|_| FrameError::Malformed("topic is not UTF-8"))?;
+    Ok(Record {
+        offset: header.offset.get(),
+        time_us: header.time_us.get(),
+        kind,
+        topic,
+        message: &rest[topic_len..len],
+    })
+}
+
+/// Where valid records stop in a segment's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Length of the valid prefix.
+    pub valid_len: usize,
+    /// Records in the valid prefix.
+    pub records: usize,
+    /// Why scanning stopped before the end, if it did.
+    pub stopped: Option<FrameError>,
+}
+
+/// Walks records from the start of `data`, calling `each` for every valid one,
+/// and stops at the first torn or corrupt frame.
+pub fn scan<'a>(data: &'a [u8], mut each: impl FnMut(usize, &Record<'a>)) -> ScanEnd {
+    let mut at = 0;
+    let mut records = 0;
+    while at < data.len() {
+        match decode(&data[at..]) {
+            Ok(record) => {
+                each(at, &record);
+                at += record.framed_len();
+                records += 1;
+            }
+            Err(e) => {
+                return ScanEnd {
+                    valid_len: at,
+                    records,
+                    stopped: Some(e),
+                }
+            }
+        }
+    }
+    ScanEnd {
+        valid_len: at,
+        records,
+        stopped: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn records() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        proptest::collection::vec(
+            (
+                "[a-z.]{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..200),
+            ),
+            1..20,
+        )
+    }
+
+    fn encode_all(items: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut ends = Vec::new();
+        for (i, (topic, message)) in items.iter().enumerate() {
+            encode(
+                &Record {
+                    offset: i as u64,
+                    time_us: 7,
+                    kind: RecordKind::Event,
+                    topic,
+                    message,
+                },
+                &mut out,
+            );
+            ends.push(out.len());
+        }
+        (out, ends)
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(items in records()) {
+            let (data, _) = encode_all(&items);
+            let mut seen = Vec::new();
+            let end = scan(&data, |_, r| seen.push((r.topic.to_string(), r.message.to_vec(), r.offset)));
+            prop_assert_eq!(end.stopped, None);
+            prop_assert_eq!(end.valid_len, data.len());
+            for (i, (topic, message, offset)) in seen.into_iter().enumerate() {
+                prop_assert_eq!(&topic, &items[i].0);
+                prop_assert_eq!(&message, &items[i].1);
+                prop_assert_eq!(offset, i as u64);
+            }
+        }
+
+        #[test]
+        fn truncation_keeps_exactly_the_whole_records(items in records(), cut in any::<prop::sample::Index>()) {
+            let (data, ends) = encode_all(&items);
+            let cut = cut.index(data.len() + 1);
+            let end = scan(&data[..cut], |_, _| {});
+            let whole = ends.iter().filter(|&&e| e <= cut).count();
+            prop_assert_eq!(end.records, whole);
+            prop_assert_eq!(end.valid_len, if whole == 0 { 0 } else { ends[whole - 1] });
+            if cut != end.valid_len {
+                let is_torn = matches!(end.stopped, Some(FrameError::Torn { .. }));
+                prop_assert!(is_torn);
+            }
+        }
+
+        #[test]
+        fn corruption_is_never_served(items in records(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let (mut data, ends) = encode_all(&items);
+            let at = at.index(data.len());
+            data[at] ^= flip;
+            let end = scan(&data, |_, _| {});
+            let damaged = ends.iter().position(|&e| e > at).unwrap();
+            // Every record before the damaged one survives; the damaged one never does.
+            prop_assert_eq!(end.records, damaged);
+            prop_assert!(end.stopped.is_some());
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Sessions, topic names, subscription patterns and the session-to-shard map.
+//!
+//! A topic is dot-separated tokens: `balatro.<session>.<event_type>`,
+//! `balatro.<session>.aggregated` and `deadletter`. Patterns use NATS wildcards
+//! (`*` one token, `>` the rest). Every topic of a session maps to the same shard,
+//! which is what keeps a session in order. This module must never hold state.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+/// The topic of everything that could not be accepted.
+pub const DEADLETTER: &str = "deadletter";
+
+/// The session key of a client that named none. Field mods send no session id,
+/// and a mod's requests each use a new connection, so the best stable key is the
+/// peer's IP address plus the `source` it reports: game instances on one host that
+/// run field mods share a session (their events still keep arrival order).
+pub fn derived_session(peer: IpAddr, source: &str) -> String {
+    let source = if source.is_empty() { "unknown" } else { source };
+    format!("{peer}-{source}")
+}
+
+/// Makes a value usable as one topic token: `.`, `*`, `>` and white space become `_`.
+pub fn token(value: &str) -> Cow<'_, str> {
+    let bad = |c: char| matches!(c, '.' | '*' | '>') || c.is_whitespace();
+    if value.is_empty() {
+        Cow::Borrowed("_")
+    } else if value.contains(bad) {
+        Cow::Owned(value.replace(bad, "_"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// `balatro.<session>.<event_type>`.
+pub fn raw_topic(session: &str, event_type: &str) -> String {
+    format!("balatro.{}.{}", token(session), token(event_type))
+}
+
+/// `balatro.<session>.aggregated`.
+pub fn aggregated_topic(session: &str) -> String {
+    format!("balatro.{}.aggregated", token(session))
+}
+
+/// The shard that owns a session.
+pub fn shard_for(session: &str, shards: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(session.as_bytes()) % shards.max(1) as u64) as usize
+}
+
+/// A subscription pattern in NATS syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    tokens: Vec<String>,
+}
+
+/// A pattern that is not well formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("the pattern is empty")]
+    Empty,
+    #[error("token {0} is empty")]
+    EmptyToken(usize),
+    #[error("`>` may only be the last token")]
+    TailNotLast,
+    #[error("token {0} mixes a wildcard with other characters")]
+    MixedWildcard(usize),
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        let tokens: Vec<String> = text.split('.').map(str::to_string).collect();
+        for (i, t) in tokens.iter().enumerate() {
+            if t.is_empty() {
+                return Err(PatternError::EmptyToken(i));
+            }
+            if (t.contains('*') || t.contains('>')) && t.len() > 1 {
+                return Err(PatternError::MixedWildcard(i));
+            }
+            if t == ">" && i + 1 != tokens.len() {
+                return Err(PatternError::TailNotLast);
+            }
+        }
+        Ok(Self { tokens })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for pattern in &self.tokens {
+            match (pattern.as_str(), parts.next()) {
+                (">", Some(_)) => return true,
+                (_, None) => return false,
+                ("*", Some(_)) => {}
+                (literal, Some(part)) if literal == part => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.tokens.join("."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        let p = |s| Pattern::parse(s).unwrap();
+        assert!(p("balatro.*.SCORING").matches("balatro.s1.SCORING"));
+        assert!(!p("balatro.*.SCORING").matches("balatro.s1.SCORING.x"));
+        assert!(p("balatro.s1.>").matches("balatro.s1.aggregated"));
+        assert!(!p("balatro.s1.>").matches("balatro.s1"));
+        assert!(p(">").matches("deadletter"));
+        assert!(!p("balatro.*").matches("balatro.s1.A"));
+    }
+
+    #[test]
+    fn malformed_patterns_are_refused() {
+        assert_eq!(Pattern::parse("a.>.b"), Err(PatternError::TailNotLast));
+        assert_eq!(Pattern::parse("a..b"), Err(PatternError::EmptyToken(1)));
+        assert_eq!(Pattern::parse("a.b*"), Err(PatternError::MixedWildcard(1)));
+    }
+
+    #[test]
+    fn tokens_never_split_a_topic() {
+        assert_eq!(
+            raw_topic("127.0.0.1-BalatroMCP", "SCORING"),
+            "balatro.127_0_0_1-BalatroMCP.SCORING"
+        );
+        assert_eq!(aggregated_topic("a b"), "balatro.a_b.aggregated");
+    }
+
+    proptest! {
+        #[test]
+        fn every_session_topic_matches_its_session_pattern(session in "\\PC{1,20}", kind in "[A-Za-z_.]{1,12}") {
+            let topic = raw_topic(&session, &kind);
+            let session_pattern = Pattern::parse(&format!("balatro.{}.>", token(&session))).unwrap();
+            prop_assert!(session_pattern.matches(&topic));
+            prop_assert!(Pattern::parse("balatro.*.*").unwrap().matches(&topic));
+            prop_assert_eq!(topic.split('.').count(), 3);
+        }
+
+        #[test]
+        fn shard_is_stable_and_in_range(session in ".*", shards in 1usize..64) {
+            let s = shard_for(&session, shards);
+            prop_assert!(s < shards);
+            prop_assert_eq!(s, shard_for(&session, shards));
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The field mod's dialect, end to end through the core decoder: every compat
+//! fixture (copied from the old mod's own encoder output), and property tests that
+//! a Rust model of that encoder, and strict JSON, both read back exactly.
+
+use jimbus_core::ingest::{decode_body, Endpoint};
+use jimbus_core::json::Reader;
+use jimbus_proto::events::event::Payload;
+use jimbus_proto::events::scoring_event::Step;
+use proptest::prelude::*;
+use prost_types::value::Kind;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 30, "fixtures missing from {dir:?}");
+    out
+}
+
+#[test]
+fn every_fixture_decodes_without_rejections() {
+    for (name, body) in fixtures() {
+        if name == "health_probe.json" {
+            continue;
+        }
+        let endpoint = if name.starts_with("batch_") {
+            Endpoint::Batch
+        } else {
+            Endpoint::Single
+        };
+        let decoded = decode_body(&body, endpoint).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            decoded.rejected.is_empty(),
+            "{name}: {:?}",
+            decoded.rejected
+        );
+        if endpoint == Endpoint::Single {
+            assert_eq!(decoded.events.len(), 1, "{name}");
+        }
+    }
+}
+
+#[test]
+fn cascade_batch_keeps_all_fifty_events_in_order_despite_a_shared_event_id() {
+    let body = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/compat/batch_cascade50.json"),
+    )
+    .unwrap();
+    let decoded = decode_body(&body, Endpoint::Batch).unwrap();
+    assert_eq!(decoded.events.len(), 50);
+    let stamps: Vec<f64> = decoded
+        .events
+        .iter()
+        .map(|e| e.event.timing.as_ref().unwrap().client_timestamp_ms)
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    let last = decoded.events.last().unwrap();
+    let Some(Payload::Scoring(s)) = &last.event.payload else {
+        panic!()
+    };
+    let Some(Step::HandEvalComplete(c)) = &s.step else {
+        panic!()
+    };
+    assert_eq!(c.final_mult, f64::INFINITY);
+    assert_eq!(c.triggers, 48);
+}
+
+#[test]
+fn quirk_values_survive() {
+    let all: BTreeMap<_, _> = fixtures().into_iter().collect();
+    let single = |name: &str| {
+        decode_body(&all[name], Endpoint::Single)
+            .unwrap()
+            .events
+            .remove(0)
+            .event
+    };
+
+    let Some(Payload::ScoreChanged(s)) = single("quirk_inf_score.json").payload else {
+        panic!()
+    };
+    assert_eq!(
+        (s.new_chips, s.new_mult, s.old_chips, s.old_mult),
+        (f64::INFINITY, f64::INFINITY, 1e308, 1e300)
+    );
+
+    let Some(Payload::Error(e)) = single("quirk_control_chars.json").payload else {
+        panic!()
+    };
+    assert_eq!(
+        e.message,
+        "bell\u{7} backspace\u{8} formfeed\u{c} soh\u{1} esc\u{1b} end"
+    );
+
+    let Some(Payload::JokersChanged(j)) = single("quirk_unicode.json").payload else {
+        panic!()
+    };
+    assert_eq!(j.jokers[0].name, "Jöker ☺ 小丑");
+
+    let Some(Payload::GameState(g)) = single("quirk_big_numbers.json").payload else {
+        panic!()
+    };
+    assert_eq!(g.chips, 1.2345678901235e17);
+    assert_eq!(g.money.to_bits(), (-0.0f64).to_bits());
+    assert_eq!(g.mult, 1e-7);
+    let extra = g.extra.unwrap();
+    assert!(matches!(extra.fields["neg"].kind, Some(Kind::NumberValue(v)) if v == -17.0));
+    assert!(matches!(extra.fields["ratio"].kind, Some(Kind::NumberValue(v)) if v == 0.1));
+
+    let Some(Payload::GameState(g)) = single("quirk_empty_tables.json").payload else {
+        panic!()
+    };
+    assert!(g.jokers.is_empty() && g.hand.is_empty());
+
+    let e = single("quirk_no_payload.json");
+    assert!(matches!(e.payload, Some(Payload::Heartbeat(_))));
+}
+
+/// A JSON value as the Lua encoder sees a table tree.
+#[derive(Debug, Clone)]
+enum Lua {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    Table(BTreeMap<String, Lua>),
+    List(Vec<Lua>),
+}
+
+fn lua_number(n: f64) -> String {
+    if n.is_nan() {
+        "nan".into()
+    } else if n.is_infinite() {
+        if n > 0.0 { "inf" } else { "-inf" }.into()
+    } else if n == 0.0 && n.is_sign_negative() {
+        "-0".into()
+    } else if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n:e}")
+    }
+}
+
+/// A model of the field mod's encoder: only `\\ " \n \r \t` escaped, keys raw,
+/// scalar arrays as arrays of strings, `{}` for empty tables.
+fn encode_lua(v: &Lua, out: &mut String) {
+    match v {
+        Lua::Num(n) => out.push_str(&lua_number(*n)),
+        Lua::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Lua::Str(s) => {
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        Lua::Table(m) if m.is_empty() => out.push_str("{}"),
+        Lua::Table(m) => {
+            out.push('{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!("\"{k}\":"));
+                encode_lua(v, out);
+            }
+            out.push('}');
+        }
+        Lua::List(items) if items.is_empty() => out.push_str("{}"),
+        Lua::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    Lua::Num(n) => out.push_str(&format!("\"{}\"", lua_number(*n))),
+                    Lua::Bool(b) => out.push_str(&format!("\"{b}\"")),
+                    other => encode_lua(other, out),
+                }
+            }
+            out.push(']');
+        }
+    }
+}
+
+/// What the reader must return for a Lua value.
+fn expected(v: &Lua, in_list: bool) -> prost_types::Value {
+    let kind = match v {
+        Lua::Num(n) if in_list => Kind::StringValue(lua_number(*n)),
+        Lua::Bool(b) if in_list => Kind::StringValue(b.to_string()),
+        Lua::Num(n) => Kind::NumberValue(*n),
+        Lua::Bool(b) => Kind::BoolValue(*b),
+        Lua::Str(s) => Kind::StringValue(s.clone()),
+        Lua::Table(m) if m.is_empty() => Kind::StructValue(Default::default()),
+        Lua::Table(m) => Kind::StructValue(prost_types::Struct {
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), expected(v, false)))
+                .collect(),
+        }),
+        Lua::List(items) if items.is_empty() => Kind::StructValue(Default::default()),
+        Lua::List(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(|v| expected(v, true)).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// Equality that treats NaN as equal to NaN, and compares numbers bit for bit
+/// otherwise (so -0 and 0 differ).
+fn same(a: &prost_types::Value, b: &prost_types::Value) -> bool {
+    match (&a.kind, &b.kind) {
+        (Some(Kind::NumberValue(x)), Some(Kind::NumberValue(y))) => {
+            (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
+        }
+        (Some(Kind::StructValue(x)), Some(Kind::StructValue(y))) => {
+            x.fields.len() == y.fields.len()
+                && x.fields
+                    .iter()
+                    .all(|(k, v)| y.fields.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Some(Kind::ListValue(x)), Some(Kind::ListValue(y))) => {
+            x.values.len() == y.values.len()
+                && x.values.iter().zip(&y.values).all(|(v, w)| same(v, w))
+        }
+        (x, y) => x == y,
+    }
+}
+
+fn lua_strategy() -> impl Strategy<Value = Lua> {
+    let number = prop_oneof![
+        any::<i32>().prop_map(|n| n as f64),
+        (-1e300f64..1e300).prop_map(|n| format!("{n:.13e}").parse().unwrap()),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(f64::NAN),
+        Just(-0.0),
+    ];
+    // Strings may hold any character but the few the encoder cannot produce raw.
+    let text = "[^\\\\\"]{0,12}|[\\x01-\\x1f \"\\\\a-z☺]{0,8}";
+    let leaf = prop_oneof![
+        number.prop_map(Lua::Num),
+        text.prop_map(Lua::Str),
+        any::<bool>().prop_map(Lua::Bool)
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::btree_map("[a-z_][a-z0-9_ ]{0,8}", inner.clone(), 0..5)
+                .prop_map(Lua::Table),
+            proptest::collection::vec(inner, 0..5).prop_map(Lua::List),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_field_mod_encoder_reads_back(value in lua_strategy()) {
+        let mut text = String::new();
+        encode_lua(&value, &mut text);
+        let mut reader = Reader::new(text.as_bytes());
+        let got = reader.value().map_err(|e| TestCaseError::fail(format!("{e} in {text}")))?;
+        reader.finish().unwrap();
+        prop_assert!(same(&got, &expected(&value, false)), "{text}\n{got:?}");
+    }
+
+    #[test]
+    fn strict_json_reads_like_serde_json(value in any::<Vec<(String, i64, f64, bool)>>()) {
+        let json = serde_json::json!(value
+            .iter()
+            .map(|(s, i, f, b)| serde_json::json!({"s": s, "i": i, "f": if f.is_finite() { serde_json::json!(f) } else { serde_json::Value::Null }, "b": b}))
+            .collect::<Vec<_>>());
+        let text = serde_json::to_string(&json).unwrap();
+        let got = Reader::new(text.as_bytes()).value().unwrap();
+        let Some(Kind::ListValue(list)) = got.kind else { panic!() };
+        prop_assert_eq!(list.values.len(), value.len());
+        for (v, (s, i, f, b)) in list.values.iter().zip(&value) {
+            let Some(Kind::StructValue(obj)) = &v.kind else { panic!() };
+            prop_assert_eq!(&obj.fields["s"].kind, &Some(Kind::StringValue(s.clone())));
+            prop_assert_eq!(&obj.fields["i"].kind, &Some(Kind::NumberValue(*i as f64)));
+            prop_assert_eq!(&obj.fields["b"].kind, &Some(Kind::BoolValue(*b)));
+            if f.is_finite() {
+                prop_assert_eq!(&obj.fields["f"].kind, &Some(Kind::NumberValue(*f)));
+            }
+        }
+    }
+}
