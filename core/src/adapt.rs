@@ -28,12 +28,7 @@ pub struct FieldError {
 
 impl From<JsonError> for FieldError {
     fn from(e: JsonError) -> Self {
-        FieldError {
-            path: String::new(),
-            reason: e.reason,
-            offset: e.offset,
-            syntax: e.syntax,
-        }
+        FieldError { path: String::new(), reason: e.reason, offset: e.offset, syntax: e.syntax }
     }
 }
 
@@ -64,11 +59,7 @@ fn mismatch(r: &mut Reader<'_>, want: &str) -> FieldError {
 }
 
 /// Runs `read` on the value of `key`, prefixing any error with the key.
-fn field<'a, T>(
-    r: &mut Reader<'a>,
-    key: &str,
-    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
-) -> Result<T> {
+fn field<'a, T>(r: &mut Reader<'a>, key: &str, read: impl FnOnce(&mut Reader<'a>) -> Result<T>) -> Result<T> {
     read(r).map_err(|e| e.within(key))
 }
 
@@ -170,10 +161,7 @@ pub fn flag(r: &mut Reader<'_>) -> Result<bool> {
 }
 
 /// A list (`[...]`, or `{}` for an empty one) with each element read by `item`.
-pub fn list<'a, T>(
-    r: &mut Reader<'a>,
-    mut item: impl FnMut(&mut Reader<'a>) -> Result<T>,
-) -> Result<Vec<T>> {
+pub fn list<'a, T>(r: &mut Reader<'a>, mut item: impl FnMut(&mut Reader<'a>) -> Result<T>) -> Result<Vec<T>> {
     if !matches!(r.peek()?, Kind::Array | Kind::Object) {
         return Err(mismatch(r, "a list"));
     }
@@ -203,10 +191,7 @@ fn object<'a>(
         let known = field(r, &key, |r| on_key(r, &key))?;
         if !known {
             let value = field(r, &key, |r| Ok(r.value()?))?;
-            extra
-                .get_or_insert_with(Struct::default)
-                .fields
-                .insert(key.into_owned(), value);
+            extra.get_or_insert_with(Struct::default).fields.insert(key.into_owned(), value);
         }
         Ok(())
     })
@@ -240,9 +225,7 @@ macro_rules! payload_reader {
     };
 }
 
-fn some<T>(
-    read: impl Fn(&mut Reader<'_>) -> Result<T>,
-) -> impl Fn(&mut Reader<'_>) -> Result<Option<T>> {
+fn some<T>(read: impl Fn(&mut Reader<'_>) -> Result<T>) -> impl Fn(&mut Reader<'_>) -> Result<Option<T>> {
     move |r| read(r).map(Some)
 }
 
@@ -335,24 +318,19 @@ fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str) -> Result<
         ("SCORING", "SCORE_UPDATE") => scoring(Step::ScoreUpdate(score_update(r)?)),
         ("SCORING", "MULT_UPDATE") => scoring(Step::MultUpdate(mult_update(r)?)),
         ("SCORING", "CHIPS_UPDATE") => scoring(Step::ChipsUpdate(chips_update(r)?)),
-        ("SCORING", "HAND_EVAL_COMPLETE") => {
-            scoring(Step::HandEvalComplete(hand_eval_complete(r)?))
-        }
+        ("SCORING", "HAND_EVAL_COMPLETE") => scoring(Step::HandEvalComplete(hand_eval_complete(r)?)),
         ("LEARNING_DECISION", "REQUEST") => decision(Decision::Request(decision_request(r)?)),
         ("LEARNING_DECISION", "RESPONSE") => decision(Decision::Response(decision_response(r)?)),
         ("ERROR", _) => Payload::Error(error_event(r)?),
         ("connection_test", _) => Payload::ConnectionTest(connection_test(r)?),
-        _ => Payload::Generic(pb::GenericEvent {
-            payload: Some(free_object(r)?),
-        }),
+        _ => Payload::Generic(pb::GenericEvent { payload: Some(free_object(r)?) }),
     })
 }
 
 /// The payload for an event that sent none: typed and empty, so subscribers can
 /// still match on the type.
 fn empty_payload(event_type: &str, subtype: &str) -> Payload {
-    typed_payload(&mut Reader::new(b"{}"), event_type, subtype)
-        .unwrap_or(Payload::Generic(pb::GenericEvent::default()))
+    typed_payload(&mut Reader::new(b"{}"), event_type, subtype).unwrap_or(Payload::Generic(pb::GenericEvent::default()))
 }
 
 /// Reads one event object. The reader must be placed on the object.
@@ -386,11 +364,8 @@ pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
                 if payload_at.is_some() {
                     return Ok(false);
                 }
-                event.payload_field = if key == "payload" {
-                    pb::PayloadField::Payload
-                } else {
-                    pb::PayloadField::Data
-                } as i32;
+                event.payload_field =
+                    if key == "payload" { pb::PayloadField::Payload } else { pb::PayloadField::Data } as i32;
                 payload_at = Some((r.offset(), r.depth()));
                 r.skip()?;
             }
@@ -399,28 +374,17 @@ pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
         Ok(true)
     })?;
     if event.event_type.is_empty() {
-        return Err(FieldError {
-            path: "type".into(),
-            reason: "required".into(),
-            offset: r.offset(),
-            syntax: false,
-        });
+        return Err(FieldError { path: "type".into(), reason: "required".into(), offset: r.offset(), syntax: false });
     }
     timing.client_clock = client_clock(timing.client_timestamp_ms) as i32;
     event.timing = Some(timing);
     event.extra = extra;
     let payload = match payload_at {
         Some((offset, depth)) => {
-            let key = if event.payload_field == pb::PayloadField::Data as i32 {
-                "data"
-            } else {
-                "payload"
-            };
+            let key = if event.payload_field == pb::PayloadField::Data as i32 { "data" } else { "payload" };
             let mut sub = Reader::new(body);
             sub.rewind(offset, depth);
-            field(&mut sub, key, |r| {
-                typed_payload(r, &event.event_type, &event.subtype)
-            })?
+            field(&mut sub, key, |r| typed_payload(r, &event.event_type, &event.subtype))?
         }
         None => empty_payload(&event.event_type, &event.subtype),
     };
@@ -448,23 +412,17 @@ mod tests {
 
     #[test]
     fn payload_before_type_is_typed() {
-        let e = event(
-            r#"{"payload":{"old_value":1,"new_value":2,"difference":1},"type":"MONEY_CHANGED"}"#,
-        )
-        .unwrap();
-        let Some(Payload::MoneyChanged(m)) = e.payload else {
-            panic!("{e:?}")
-        };
+        let e = event(r#"{"payload":{"old_value":1,"new_value":2,"difference":1},"type":"MONEY_CHANGED"}"#).unwrap();
+        let Some(Payload::MoneyChanged(m)) = e.payload else { panic!("{e:?}") };
         assert_eq!((m.old_value, m.new_value, m.difference), (1.0, 2.0, 1.0));
     }
 
     #[test]
     fn unknown_keys_are_kept_in_extra() {
-        let e = event(r#"{"type":"GAME_STATE","shiny":true,"payload":{"ante":1,"consumables":{},"levels":["1","2"]}}"#).unwrap();
+        let e = event(r#"{"type":"GAME_STATE","shiny":true,"payload":{"ante":1,"consumables":{},"levels":["1","2"]}}"#)
+            .unwrap();
         assert!(e.extra.unwrap().fields.contains_key("shiny"));
-        let Some(Payload::GameState(g)) = e.payload else {
-            panic!()
-        };
+        let Some(Payload::GameState(g)) = e.payload else { panic!() };
         let extra = g.extra.unwrap();
         assert!(extra.fields.contains_key("consumables"));
         assert!(extra.fields.contains_key("levels"));
@@ -472,9 +430,7 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field_path() {
-        let err =
-            event(r#"{"type":"GAME_STATE","payload":{"jokers":[{"name":"J","position":"left"}]}}"#)
-                .unwrap_err();
+        let err = event(r#"{"type":"GAME_STATE","payload":{"jokers":[{"name":"J","position":"left"}]}}"#).unwrap_err();
         assert_eq!(err.path, "payload.jokers[0].position");
         assert!(err.reason.contains("expected a number"), "{err}");
         let err = event(r#"{"type":"GAME_STATE","payload":{"ante":1.5}}"#).unwrap_err();
@@ -490,32 +446,22 @@ mod tests {
     fn data_replaces_payload_for_connection_test() {
         let e = event(r#"{"data":{"message":"x"},"type":"connection_test"}"#).unwrap();
         assert_eq!(e.payload_field, pb::PayloadField::Data as i32);
-        let Some(Payload::ConnectionTest(c)) = e.payload else {
-            panic!()
-        };
+        let Some(Payload::ConnectionTest(c)) = e.payload else { panic!() };
         assert_eq!(c.message, "x");
     }
 
     #[test]
     fn clocks_are_told_apart() {
         let game = event(r#"{"type":"JOKER_TRIGGER","timestamp":5.695104598999}"#).unwrap();
-        assert_eq!(
-            game.timing.unwrap().client_clock,
-            pb::ClientClock::GameMs as i32
-        );
+        assert_eq!(game.timing.unwrap().client_clock, pb::ClientClock::GameMs as i32);
         let epoch = event(r#"{"type":"HEARTBEAT","timestamp":1795531353000}"#).unwrap();
-        assert_eq!(
-            epoch.timing.unwrap().client_clock,
-            pb::ClientClock::EpochMs as i32
-        );
+        assert_eq!(epoch.timing.unwrap().client_clock, pb::ClientClock::EpochMs as i32);
     }
 
     #[test]
     fn unknown_type_is_generic_and_lossless() {
         let e = event(r#"{"type":"NEW_THING","payload":{"a":[1,{"b":inf}]}}"#).unwrap();
-        let Some(Payload::Generic(g)) = e.payload else {
-            panic!()
-        };
+        let Some(Payload::Generic(g)) = e.payload else { panic!() };
         assert!(g.payload.unwrap().fields.contains_key("a"));
     }
 }

@@ -36,11 +36,7 @@ pub struct DedupWindow {
 
 impl DedupWindow {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            seen: HashSet::with_capacity(capacity.min(1 << 16)),
-            order: VecDeque::new(),
-            capacity,
-        }
+        Self { seen: HashSet::with_capacity(capacity.min(1 << 16)), order: VecDeque::new(), capacity }
     }
 
     pub fn contains(&self, key: DedupKey) -> bool {

@@ -33,6 +33,8 @@ pub struct Envelope {
 /// An event that was read, with where its JSON lies in the body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent {
+    /// Position in the batch (0 for a single event).
+    pub index: usize,
     pub event: pb::Event,
     pub raw: Range<usize>,
 }
@@ -87,11 +89,7 @@ impl BodyError {
 
 fn classify(e: FieldError) -> BodyError {
     if e.syntax {
-        BodyError::Syntax(JsonError {
-            offset: e.offset,
-            reason: e.reason,
-            syntax: true,
-        })
+        BodyError::Syntax(JsonError { offset: e.offset, reason: e.reason, syntax: true })
     } else {
         BodyError::Field(e)
     }
@@ -108,10 +106,7 @@ pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyE
             let start = skip_ws(body, 0);
             let event = adapt::read_event(&mut reader, body).map_err(classify)?;
             let raw = start..reader.offset();
-            DecodedBody {
-                events: vec![DecodedEvent { event, raw }],
-                ..DecodedBody::default()
-            }
+            DecodedBody { events: vec![DecodedEvent { index: 0, event, raw }], ..DecodedBody::default() }
         }
         Endpoint::Batch => decode_batch(&mut reader, body)?,
     };
@@ -120,10 +115,7 @@ pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyE
 }
 
 fn skip_ws(body: &[u8], from: usize) -> usize {
-    from + body[from..]
-        .iter()
-        .take_while(|b| b.is_ascii_whitespace())
-        .count()
+    from + body[from..].iter().take_while(|b| b.is_ascii_whitespace()).count()
 }
 
 fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyError> {
@@ -138,33 +130,16 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyErro
         }));
     }
     let result = r.object(|r, key| {
-        let in_key = |e: FieldError| FieldError {
-            path: key.to_string(),
-            ..e
-        };
+        let in_key = |e: FieldError| FieldError { path: key.to_string(), ..e };
         match key.as_ref() {
             "events" => {
                 saw_events = true;
-                read_events(r, body, &mut out).map_err(|e| {
-                    if e.path.is_empty() {
-                        in_key(e)
-                    } else {
-                        e
-                    }
-                })
+                read_events(r, body, &mut out).map_err(|e| if e.path.is_empty() { in_key(e) } else { e })
             }
-            "batch_id" => adapt::text(r)
-                .map(|v| out.envelope.batch_id = v)
-                .map_err(in_key),
-            "source" => adapt::text(r)
-                .map(|v| out.envelope.source = v)
-                .map_err(in_key),
-            "session_id" => adapt::text(r)
-                .map(|v| out.envelope.session_id = v)
-                .map_err(in_key),
-            "timestamp" => adapt::number(r)
-                .map(|v| out.envelope.timestamp_ms = v)
-                .map_err(in_key),
+            "batch_id" => adapt::text(r).map(|v| out.envelope.batch_id = v).map_err(in_key),
+            "source" => adapt::text(r).map(|v| out.envelope.source = v).map_err(in_key),
+            "session_id" => adapt::text(r).map(|v| out.envelope.session_id = v).map_err(in_key),
+            "timestamp" => adapt::number(r).map(|v| out.envelope.timestamp_ms = v).map_err(in_key),
             _ => Ok(r.skip()?),
         }
     });
@@ -194,25 +169,14 @@ fn read_events(r: &mut Reader<'_>, body: &[u8], out: &mut DecodedBody) -> Result
         let start = skip_ws(body, r.offset());
         let depth = r.depth();
         match adapt::read_event(r, body) {
-            Ok(event) => out.events.push(DecodedEvent {
-                event,
-                raw: start..r.offset(),
-            }),
+            Ok(event) => out.events.push(DecodedEvent { index, event, raw: start..r.offset() }),
             Err(e) if e.syntax => return Err(e),
             Err(e) => {
                 r.rewind(start, depth);
                 r.skip()?;
-                let error = FieldError {
-                    path: format!("events[{index}].{}", e.path)
-                        .trim_end_matches('.')
-                        .into(),
-                    ..e
-                };
-                out.rejected.push(RejectedEvent {
-                    index,
-                    error,
-                    raw: start..r.offset(),
-                });
+                let error =
+                    FieldError { path: format!("events[{index}].{}", e.path).trim_end_matches('.').into(), ..e };
+                out.rejected.push(RejectedEvent { index, error, raw: start..r.offset() });
             }
         }
         Ok(())
@@ -232,10 +196,7 @@ mod tests {
         let rejected = &d.rejected[0];
         assert_eq!(rejected.index, 0);
         assert_eq!(rejected.error.path, "events[0].payload.new_value");
-        assert_eq!(
-            &body[rejected.raw.clone()],
-            br#"{"type":"MONEY_CHANGED","payload":{"new_value":"rich"}}"#
-        );
+        assert_eq!(&body[rejected.raw.clone()], br#"{"type":"MONEY_CHANGED","payload":{"new_value":"rich"}}"#);
         assert_eq!(&body[d.events[0].raw.clone()], br#"{"type":"HEARTBEAT"}"#);
         assert_eq!(d.envelope.batch_id, "b");
     }
@@ -255,34 +216,21 @@ mod tests {
 
     #[test]
     fn syntax_error_fails_the_body_with_offset() {
-        let err =
-            decode_body(br#"{"events":[{"type":"A"},{"type":]}"#, Endpoint::Batch).unwrap_err();
+        let err = decode_body(br#"{"events":[{"type":"A"},{"type":]}"#, Endpoint::Batch).unwrap_err();
         assert!(matches!(err, BodyError::Syntax(_)));
         assert_eq!(err.offset(), Some(32));
     }
 
     #[test]
     fn missing_events_and_trailing_garbage_are_errors() {
-        assert_eq!(
-            decode_body(br#"{"batch_id":"x"}"#, Endpoint::Batch)
-                .unwrap_err()
-                .field(),
-            Some("events")
-        );
-        assert!(matches!(
-            decode_body(br#"{"type":"A"} x"#, Endpoint::Single),
-            Err(BodyError::Syntax(_))
-        ));
+        assert_eq!(decode_body(br#"{"batch_id":"x"}"#, Endpoint::Batch).unwrap_err().field(), Some("events"));
+        assert!(matches!(decode_body(br#"{"type":"A"} x"#, Endpoint::Single), Err(BodyError::Syntax(_))));
         assert_eq!(decode_body(b"  ", Endpoint::Single), Err(BodyError::Empty));
     }
 
     #[test]
     fn a_single_wrong_type_names_the_field() {
-        let err = decode_body(
-            br#"{"type":"ROUND_CHANGED","payload":{"round":[]}}"#,
-            Endpoint::Single,
-        )
-        .unwrap_err();
+        let err = decode_body(br#"{"type":"ROUND_CHANGED","payload":{"round":[]}}"#, Endpoint::Single).unwrap_err();
         assert_eq!(err.field(), Some("payload.round"));
     }
 }

@@ -70,11 +70,7 @@ const NON_FINITE: &[(&[u8], f64)] = &[
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self {
-            buf,
-            pos: 0,
-            depth: 0,
-        }
+        Self { buf, pos: 0, depth: 0 }
     }
 
     /// The current byte offset.
@@ -99,11 +95,7 @@ impl<'a> Reader<'a> {
     }
 
     fn syntax(&self, reason: impl Into<String>) -> JsonError {
-        JsonError {
-            offset: self.pos,
-            reason: reason.into(),
-            syntax: true,
-        }
+        JsonError { offset: self.pos, reason: reason.into(), syntax: true }
     }
 
     fn skip_ws(&mut self) {
@@ -114,10 +106,7 @@ impl<'a> Reader<'a> {
 
     fn peek_byte(&mut self) -> Result<u8, JsonError> {
         self.skip_ws();
-        self.buf
-            .get(self.pos)
-            .copied()
-            .ok_or_else(|| self.syntax("unexpected end of body"))
+        self.buf.get(self.pos).copied().ok_or_else(|| self.syntax("unexpected end of body"))
     }
 
     fn expect(&mut self, byte: u8) -> Result<(), JsonError> {
@@ -197,11 +186,8 @@ impl<'a> Reader<'a> {
         mut on_item: impl FnMut(&mut Self, usize) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.peek_byte()? == b'{' {
-            return self.object(|r, key| {
-                Err(r
-                    .syntax(format!("expected a list, found an object with key `{key}`"))
-                    .into())
-            });
+            return self
+                .object(|r, key| Err(r.syntax(format!("expected a list, found an object with key `{key}`")).into()));
         }
         self.expect(b'[')?;
         self.enter()?;
@@ -246,9 +232,8 @@ impl<'a> Reader<'a> {
             while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.buf.get(after) {
                 after += 1;
             }
-            let escaped = quote > start
-                && self.buf[quote - 1] == b'\\'
-                && !even_backslashes_before(self.buf, start, quote);
+            let escaped =
+                quote > start && self.buf[quote - 1] == b'\\' && !even_backslashes_before(self.buf, start, quote);
             if self.buf.get(after) == Some(&b':') && !escaped {
                 self.pos = quote + 1;
                 return self.key_text(start, quote);
@@ -272,7 +257,9 @@ impl<'a> Reader<'a> {
             Ok(_) if raw.contains(&b'"') && !all_quotes_escaped(raw) => Ok(Cow::Borrowed(literal)),
             Ok(_) => Err(JsonError {
                 offset: start,
-                reason: format!("ambiguous key `{literal}`: it reads both as escaped JSON and as an unescaped field-mod key"),
+                reason: format!(
+                    "ambiguous key `{literal}`: it reads both as escaped JSON and as an unescaped field-mod key"
+                ),
                 syntax: true,
             }),
             Err(_) => Ok(Cow::Borrowed(literal)),
@@ -291,13 +278,11 @@ impl<'a> Reader<'a> {
         if raw.contains(&b'\\') {
             return unescape(raw, start).map(Cow::Owned);
         }
-        std::str::from_utf8(raw)
-            .map(Cow::Borrowed)
-            .map_err(|e| JsonError {
-                offset: start + e.valid_up_to(),
-                reason: "string is not UTF-8".into(),
-                syntax: false,
-            })
+        std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|e| JsonError {
+            offset: start + e.valid_up_to(),
+            reason: "string is not UTF-8".into(),
+            syntax: false,
+        })
     }
 
     /// The offset of the closing quote of the string starting at `self.pos`.
@@ -313,11 +298,7 @@ impl<'a> Reader<'a> {
                 break;
             }
         }
-        Err(JsonError {
-            offset: self.buf.len(),
-            reason: "unterminated string".into(),
-            syntax: true,
-        })
+        Err(JsonError { offset: self.buf.len(), reason: "unterminated string".into(), syntax: true })
     }
 
     /// Reads a number, including the bare non-finite tokens of Lua's `tostring`.
@@ -325,9 +306,7 @@ impl<'a> Reader<'a> {
         self.skip_ws();
         let rest = &self.buf[self.pos..];
         for (token, value) in NON_FINITE {
-            if rest.starts_with(token)
-                && !rest.get(token.len()).is_some_and(u8::is_ascii_alphanumeric)
-            {
+            if rest.starts_with(token) && !rest.get(token.len()).is_some_and(u8::is_ascii_alphanumeric) {
                 self.pos += token.len();
                 return Ok(*value);
             }
@@ -340,9 +319,7 @@ impl<'a> Reader<'a> {
         if !is_json_number(text) {
             return Err(self.syntax("invalid number"));
         }
-        let value = text
-            .parse::<f64>()
-            .map_err(|_| self.syntax("invalid number"))?;
+        let value = text.parse::<f64>().map_err(|_| self.syntax("invalid number"))?;
         self.pos += len;
         Ok(value)
     }
@@ -419,20 +396,11 @@ impl<'a> Reader<'a> {
 }
 
 fn even_backslashes_before(buf: &[u8], start: usize, quote: usize) -> bool {
-    buf[start..quote]
-        .iter()
-        .rev()
-        .take_while(|&&b| b == b'\\')
-        .count()
-        % 2
-        == 0
+    buf[start..quote].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
 }
 
 fn all_quotes_escaped(raw: &[u8]) -> bool {
-    raw.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'"')
-        .all(|(i, _)| !even_backslashes_before(raw, 0, i))
+    raw.iter().enumerate().filter(|(_, &b)| b == b'"').all(|(i, _)| !even_backslashes_before(raw, 0, i))
 }
 
 fn is_json_number(text: &str) -> bool {
@@ -454,11 +422,7 @@ fn is_json_number(text: &str) -> bool {
 
 /// Decodes JSON escapes in a string body; raw control characters pass through.
 fn unescape(raw: &[u8], base: usize) -> Result<String, JsonError> {
-    let err = |at: usize, reason: &str, syntax: bool| JsonError {
-        offset: base + at,
-        reason: reason.into(),
-        syntax,
-    };
+    let err = |at: usize, reason: &str, syntax: bool| JsonError { offset: base + at, reason: reason.into(), syntax };
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -482,8 +446,7 @@ fn unescape(raw: &[u8], base: usize) -> Result<String, JsonError> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                let (ch, used) = unicode_escape(&raw[i..])
-                    .ok_or_else(|| err(i - 2, "invalid \\u escape", true))?;
+                let (ch, used) = unicode_escape(&raw[i..]).ok_or_else(|| err(i - 2, "invalid \\u escape", true))?;
                 i += used;
                 ch
             }
@@ -492,18 +455,13 @@ fn unescape(raw: &[u8], base: usize) -> Result<String, JsonError> {
         let mut tmp = [0u8; 4];
         out.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
     }
-    String::from_utf8(out)
-        .map_err(|e| err(e.utf8_error().valid_up_to(), "string is not UTF-8", false))
+    String::from_utf8(out).map_err(|e| err(e.utf8_error().valid_up_to(), "string is not UTF-8", false))
 }
 
 /// Decodes the hex digits after `\u` (and a following low surrogate), returning
 /// the character and how many bytes were used.
 fn unicode_escape(rest: &[u8]) -> Option<(char, usize)> {
-    let hex = |s: &[u8]| {
-        std::str::from_utf8(s.get(..4)?)
-            .ok()
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-    };
+    let hex = |s: &[u8]| std::str::from_utf8(s.get(..4)?).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
     let high = hex(rest)?;
     if (0xD800..0xDC00).contains(&high) {
         if rest.get(4..6) == Some(b"\\u") {
@@ -538,12 +496,9 @@ mod tests {
 
     #[test]
     fn reads_lua_numbers_and_non_finite_tokens() {
-        for (text, want) in [
-            ("42", 42.0_f64),
-            ("-0", -0.0),
-            ("1e-07", 1e-7),
-            ("1.2345678901235e+17", 1.2345678901235e17),
-        ] {
+        for (text, want) in
+            [("42", 42.0_f64), ("-0", -0.0), ("1e-07", 1e-7), ("1.2345678901235e+17", 1.2345678901235e17)]
+        {
             let got = number(&read_value(text).unwrap());
             assert_eq!(got.to_bits(), want.to_bits(), "{text}");
         }
@@ -556,14 +511,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_numbers_with_offset() {
-        for text in [
-            "[1, 01]",
-            "[1, 1.]",
-            "[1, .5]",
-            "[1, +1]",
-            "[1, infinity]",
-            "[1, 1e]",
-        ] {
+        for text in ["[1, 01]", "[1, 1.]", "[1, .5]", "[1, +1]", "[1, infinity]", "[1, 1e]"] {
             let err = read_value(text).unwrap_err();
             assert!(err.syntax, "{text}");
             assert_eq!(err.offset, 4, "{text}: {err}");

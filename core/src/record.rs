@@ -105,19 +105,14 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
 
 /// Reads the record at the start of `data`.
 pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
-    let (header, rest) = RecordHeader::ref_from_prefix(data).map_err(|_| FrameError::Torn {
-        needed: HEADER_LEN,
-        available: data.len(),
-    })?;
+    let (header, rest) = RecordHeader::ref_from_prefix(data)
+        .map_err(|_| FrameError::Torn { needed: HEADER_LEN, available: data.len() })?;
     let len = header.len.get() as usize;
     if len > MAX_RECORD_LEN {
         return Err(FrameError::Malformed("length over the maximum"));
     }
     if rest.len() < len {
-        return Err(FrameError::Torn {
-            needed: HEADER_LEN + len,
-            available: data.len(),
-        });
+        return Err(FrameError::Torn { needed: HEADER_LEN + len, available: data.len() });
     }
     if crc32c::crc32c(&data[4..HEADER_LEN + len]) != header.crc.get() {
         return Err(FrameError::Checksum);
@@ -127,8 +122,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
         return Err(FrameError::Malformed("topic longer than the record"));
     }
     let kind = RecordKind::from_u8(header.kind).ok_or(FrameError::Malformed("unknown kind"))?;
-    let topic = std::str::from_utf8(&rest[..topic_len])
-        .map_err(|_| FrameError::Malformed("topic is not UTF-8"))?;
+    let topic = std::str::from_utf8(&rest[..topic_len]).map_err(|_| FrameError::Malformed("topic is not UTF-8"))?;
     Ok(Record {
         offset: header.offset.get(),
         time_us: header.time_us.get(),
@@ -161,20 +155,10 @@ pub fn scan<'a>(data: &'a [u8], mut each: impl FnMut(usize, &Record<'a>)) -> Sca
                 at += record.framed_len();
                 records += 1;
             }
-            Err(e) => {
-                return ScanEnd {
-                    valid_len: at,
-                    records,
-                    stopped: Some(e),
-                }
-            }
+            Err(e) => return ScanEnd { valid_len: at, records, stopped: Some(e) },
         }
     }
-    ScanEnd {
-        valid_len: at,
-        records,
-        stopped: None,
-    }
+    ScanEnd { valid_len: at, records, stopped: None }
 }
 
 #[cfg(test)]
@@ -183,29 +167,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn records() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
-        proptest::collection::vec(
-            (
-                "[a-z.]{0,20}",
-                proptest::collection::vec(any::<u8>(), 0..200),
-            ),
-            1..20,
-        )
+        proptest::collection::vec(("[a-z.]{0,20}", proptest::collection::vec(any::<u8>(), 0..200)), 1..20)
     }
 
     fn encode_all(items: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<usize>) {
         let mut out = Vec::new();
         let mut ends = Vec::new();
         for (i, (topic, message)) in items.iter().enumerate() {
-            encode(
-                &Record {
-                    offset: i as u64,
-                    time_us: 7,
-                    kind: RecordKind::Event,
-                    topic,
-                    message,
-                },
-                &mut out,
-            );
+            encode(&Record { offset: i as u64, time_us: 7, kind: RecordKind::Event, topic, message }, &mut out);
             ends.push(out.len());
         }
         (out, ends)

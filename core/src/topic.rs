@@ -132,10 +132,7 @@ mod tests {
 
     #[test]
     fn tokens_never_split_a_topic() {
-        assert_eq!(
-            raw_topic("127.0.0.1-BalatroMCP", "SCORING"),
-            "balatro.127_0_0_1-BalatroMCP.SCORING"
-        );
+        assert_eq!(raw_topic("127.0.0.1-BalatroMCP", "SCORING"), "balatro.127_0_0_1-BalatroMCP.SCORING");
         assert_eq!(aggregated_topic("a b"), "balatro.a_b.aggregated");
     }
 

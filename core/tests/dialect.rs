@@ -17,12 +17,7 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
         .collect();
     out.sort();
     assert!(out.len() >= 30, "fixtures missing from {dir:?}");
@@ -35,17 +30,9 @@ fn every_fixture_decodes_without_rejections() {
         if name == "health_probe.json" {
             continue;
         }
-        let endpoint = if name.starts_with("batch_") {
-            Endpoint::Batch
-        } else {
-            Endpoint::Single
-        };
+        let endpoint = if name.starts_with("batch_") { Endpoint::Batch } else { Endpoint::Single };
         let decoded = decode_body(&body, endpoint).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            decoded.rejected.is_empty(),
-            "{name}: {:?}",
-            decoded.rejected
-        );
+        assert!(decoded.rejected.is_empty(), "{name}: {:?}", decoded.rejected);
         if endpoint == Endpoint::Single {
             assert_eq!(decoded.events.len(), 1, "{name}");
         }
@@ -54,26 +41,17 @@ fn every_fixture_decodes_without_rejections() {
 
 #[test]
 fn cascade_batch_keeps_all_fifty_events_in_order_despite_a_shared_event_id() {
-    let body = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/compat/batch_cascade50.json"),
-    )
-    .unwrap();
+    let body =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat/batch_cascade50.json"))
+            .unwrap();
     let decoded = decode_body(&body, Endpoint::Batch).unwrap();
     assert_eq!(decoded.events.len(), 50);
-    let stamps: Vec<f64> = decoded
-        .events
-        .iter()
-        .map(|e| e.event.timing.as_ref().unwrap().client_timestamp_ms)
-        .collect();
+    let stamps: Vec<f64> =
+        decoded.events.iter().map(|e| e.event.timing.as_ref().unwrap().client_timestamp_ms).collect();
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     let last = decoded.events.last().unwrap();
-    let Some(Payload::Scoring(s)) = &last.event.payload else {
-        panic!()
-    };
-    let Some(Step::HandEvalComplete(c)) = &s.step else {
-        panic!()
-    };
+    let Some(Payload::Scoring(s)) = &last.event.payload else { panic!() };
+    let Some(Step::HandEvalComplete(c)) = &s.step else { panic!() };
     assert_eq!(c.final_mult, f64::INFINITY);
     assert_eq!(c.triggers, 48);
 }
@@ -81,38 +59,18 @@ fn cascade_batch_keeps_all_fifty_events_in_order_despite_a_shared_event_id() {
 #[test]
 fn quirk_values_survive() {
     let all: BTreeMap<_, _> = fixtures().into_iter().collect();
-    let single = |name: &str| {
-        decode_body(&all[name], Endpoint::Single)
-            .unwrap()
-            .events
-            .remove(0)
-            .event
-    };
+    let single = |name: &str| decode_body(&all[name], Endpoint::Single).unwrap().events.remove(0).event;
 
-    let Some(Payload::ScoreChanged(s)) = single("quirk_inf_score.json").payload else {
-        panic!()
-    };
-    assert_eq!(
-        (s.new_chips, s.new_mult, s.old_chips, s.old_mult),
-        (f64::INFINITY, f64::INFINITY, 1e308, 1e300)
-    );
+    let Some(Payload::ScoreChanged(s)) = single("quirk_inf_score.json").payload else { panic!() };
+    assert_eq!((s.new_chips, s.new_mult, s.old_chips, s.old_mult), (f64::INFINITY, f64::INFINITY, 1e308, 1e300));
 
-    let Some(Payload::Error(e)) = single("quirk_control_chars.json").payload else {
-        panic!()
-    };
-    assert_eq!(
-        e.message,
-        "bell\u{7} backspace\u{8} formfeed\u{c} soh\u{1} esc\u{1b} end"
-    );
+    let Some(Payload::Error(e)) = single("quirk_control_chars.json").payload else { panic!() };
+    assert_eq!(e.message, "bell\u{7} backspace\u{8} formfeed\u{c} soh\u{1} esc\u{1b} end");
 
-    let Some(Payload::JokersChanged(j)) = single("quirk_unicode.json").payload else {
-        panic!()
-    };
+    let Some(Payload::JokersChanged(j)) = single("quirk_unicode.json").payload else { panic!() };
     assert_eq!(j.jokers[0].name, "Jöker ☺ 小丑");
 
-    let Some(Payload::GameState(g)) = single("quirk_big_numbers.json").payload else {
-        panic!()
-    };
+    let Some(Payload::GameState(g)) = single("quirk_big_numbers.json").payload else { panic!() };
     assert_eq!(g.chips, 1.2345678901235e17);
     assert_eq!(g.money.to_bits(), (-0.0f64).to_bits());
     assert_eq!(g.mult, 1e-7);
@@ -120,9 +78,7 @@ fn quirk_values_survive() {
     assert!(matches!(extra.fields["neg"].kind, Some(Kind::NumberValue(v)) if v == -17.0));
     assert!(matches!(extra.fields["ratio"].kind, Some(Kind::NumberValue(v)) if v == 0.1));
 
-    let Some(Payload::GameState(g)) = single("quirk_empty_tables.json").payload else {
-        panic!()
-    };
+    let Some(Payload::GameState(g)) = single("quirk_empty_tables.json").payload else { panic!() };
     assert!(g.jokers.is_empty() && g.hand.is_empty());
 
     let e = single("quirk_no_payload.json");
@@ -213,15 +169,12 @@ fn expected(v: &Lua, in_list: bool) -> prost_types::Value {
         Lua::Str(s) => Kind::StringValue(s.clone()),
         Lua::Table(m) if m.is_empty() => Kind::StructValue(Default::default()),
         Lua::Table(m) => Kind::StructValue(prost_types::Struct {
-            fields: m
-                .iter()
-                .map(|(k, v)| (k.clone(), expected(v, false)))
-                .collect(),
+            fields: m.iter().map(|(k, v)| (k.clone(), expected(v, false))).collect(),
         }),
         Lua::List(items) if items.is_empty() => Kind::StructValue(Default::default()),
-        Lua::List(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(|v| expected(v, true)).collect(),
-        }),
+        Lua::List(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.iter().map(|v| expected(v, true)).collect() })
+        }
     };
     prost_types::Value { kind: Some(kind) }
 }
@@ -235,13 +188,10 @@ fn same(a: &prost_types::Value, b: &prost_types::Value) -> bool {
         }
         (Some(Kind::StructValue(x)), Some(Kind::StructValue(y))) => {
             x.fields.len() == y.fields.len()
-                && x.fields
-                    .iter()
-                    .all(|(k, v)| y.fields.get(k).is_some_and(|w| same(v, w)))
+                && x.fields.iter().all(|(k, v)| y.fields.get(k).is_some_and(|w| same(v, w)))
         }
         (Some(Kind::ListValue(x)), Some(Kind::ListValue(y))) => {
-            x.values.len() == y.values.len()
-                && x.values.iter().zip(&y.values).all(|(v, w)| same(v, w))
+            x.values.len() == y.values.len() && x.values.iter().zip(&y.values).all(|(v, w)| same(v, w))
         }
         (x, y) => x == y,
     }
@@ -258,15 +208,10 @@ fn lua_strategy() -> impl Strategy<Value = Lua> {
     ];
     // Strings may hold any character but the few the encoder cannot produce raw.
     let text = "[^\\\\\"]{0,12}|[\\x01-\\x1f \"\\\\a-z☺]{0,8}";
-    let leaf = prop_oneof![
-        number.prop_map(Lua::Num),
-        text.prop_map(Lua::Str),
-        any::<bool>().prop_map(Lua::Bool)
-    ];
+    let leaf = prop_oneof![number.prop_map(Lua::Num), text.prop_map(Lua::Str), any::<bool>().prop_map(Lua::Bool)];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
-            proptest::collection::btree_map("[a-z_][a-z0-9_ ]{0,8}", inner.clone(), 0..5)
-                .prop_map(Lua::Table),
+            proptest::collection::btree_map("[a-z_][a-z0-9_ ]{0,8}", inner.clone(), 0..5).prop_map(Lua::Table),
             proptest::collection::vec(inner, 0..5).prop_map(Lua::List),
         ]
     })

@@ -1,1 +1,11 @@
+//! The jimbus server: glommio shards with their durable logs and the field mod's
+//! HTTP API, and the tonic gRPC edge on a small tokio runtime, bridged by flume.
+//! The binary (`src/main.rs`) only parses the command line and calls in here.
 
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod log;
+pub mod server;
+pub mod shard;
+pub mod telemetry;

@@ -1,0 +1,176 @@
+//! Server configuration: command-line flags, `JIMBUS_*` environment variables and
+//! an optional TOML file, resolved in that order of precedence into [`ServeConfig`].
+//! This module must never start anything.
+
+use crate::http::HttpOptions;
+use crate::log::{FsyncMode, LogOptions};
+use crate::shard::PumpOptions;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `jimbus serve`. Each may also come from the environment or `--config`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flags, with `_` for `-`).
+    #[arg(long, env = "JIMBUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address for the mod API, health and metrics [default: 127.0.0.1:8080].
+    #[arg(long, env = "JIMBUS_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// gRPC address [default: 127.0.0.1:50051].
+    #[arg(long, env = "JIMBUS_GRPC")]
+    pub grpc: Option<SocketAddr>,
+    /// Directory of the durable log [default: ./jimbus-data].
+    #[arg(long, env = "JIMBUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Shards (executors pinned to cores) [default: every online core].
+    #[arg(long, env = "JIMBUS_SHARDS")]
+    pub shards: Option<usize>,
+    /// When appends reach the disk: never, batch (one fdatasync per group commit) or always [default: batch].
+    #[arg(long, env = "JIMBUS_FSYNC", value_enum)]
+    pub fsync: Option<FsyncMode>,
+    /// The mod's event_bus_url path [default: /api/v1/events].
+    #[arg(long, env = "JIMBUS_INGEST_PATH")]
+    pub ingest_path: Option<String>,
+    /// Largest request body in bytes; larger bodies get 413 [default: 8388608].
+    #[arg(long, env = "JIMBUS_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Open HTTP connections per shard; more get 503 [default: 4096].
+    #[arg(long, env = "JIMBUS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may stay silent before it is closed [default: 30].
+    #[arg(long, env = "JIMBUS_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a request body may take to arrive before 408 [default: 30].
+    #[arg(long, env = "JIMBUS_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Request bytes in flight per shard before 503 [default: 67108864].
+    #[arg(long, env = "JIMBUS_INFLIGHT_LIMIT")]
+    pub inflight_limit: Option<usize>,
+    /// Commands queued per shard before 503 [default: 4096].
+    #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Segment size in bytes before a new segment starts [default: 67108864].
+    #[arg(long, env = "JIMBUS_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Retried event ids remembered per shard [default: 1000000].
+    #[arg(long, env = "JIMBUS_DEDUP_WINDOW")]
+    pub dedup_window: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    http: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    fsync: Option<FsyncMode>,
+    ingest_path: Option<String>,
+    max_body: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    inflight_limit: Option<usize>,
+    queue_capacity: Option<usize>,
+    segment_bytes: Option<u64>,
+    dedup_window: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub queue_capacity: usize,
+    pub log: LogOptions,
+    pub pump: PumpOptions,
+    pub http_options: HttpOptions,
+}
+
+impl ServeArgs {
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => FileConfig::default(),
+        };
+        let shards =
+            self.shards.or(file.shards).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if shards == 0 || shards > 1024 {
+            return Err(ConfigError::Invalid(format!("--shards must be between 1 and 1024, not {shards}")));
+        }
+        let ingest_path = self.ingest_path.clone().or(file.ingest_path).unwrap_or_else(|| "/api/v1/events".into());
+        if !ingest_path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!("--ingest-path must start with '/', not {ingest_path:?}")));
+        }
+        Ok(ServeConfig {
+            http: self.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
+            grpc: self.grpc.or(file.grpc).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
+            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()),
+            shards,
+            queue_capacity: self.queue_capacity.or(file.queue_capacity).unwrap_or(4096).max(1),
+            log: LogOptions {
+                fsync: self.fsync.or(file.fsync).unwrap_or(FsyncMode::Batch),
+                segment_bytes: self.segment_bytes.or(file.segment_bytes).unwrap_or(64 << 20).max(4096),
+                tail_cache_bytes: 8 << 20,
+            },
+            pump: PumpOptions {
+                max_batch: 1024,
+                dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000),
+            },
+            http_options: HttpOptions {
+                ingest_path,
+                body_limit: self.max_body.or(file.max_body).unwrap_or(8 << 20),
+                idle_timeout: Duration::from_secs(self.idle_timeout.or(file.idle_timeout).unwrap_or(30).max(1)),
+                body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
+                max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096).max(1),
+                inflight_limit: self.inflight_limit.or(file.inflight_limit).unwrap_or(64 << 20),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jimbus.toml");
+        std::fs::write(&path, "shards = 3\nhttp = \"127.0.0.1:9000\"\nfsync = \"always\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), shards: Some(2), ..Default::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.http.port(), 9000);
+        assert_eq!(config.log.fsync, FsyncMode::Always);
+        assert_eq!(config.grpc.port(), 50051);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jimbus.toml");
+        std::fs::write(&path, "shard = 3\n").unwrap();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("shard"), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The tonic edge: `jimbot.bus.v1.EventBusService`, gRPC health and reflection.
+//!
+//! It runs on its own small tokio runtime and reaches the glommio shards only
+//! through [`ShardRouter`]'s flume queues: publishes are appended by the shard
+//! that owns each session and answered once durable; a subscription is opened on
+//! every shard, whose tasks feed one bounded flume channel per subscriber (a slow
+//! subscriber waits, it is never buffered without bound). The request id
+//! (`x-request-id` metadata, or a new one) becomes the events' correlation id and
+//! is echoed in the response metadata. This module must never hold shard state.
+
+use crate::shard::{now_micros, timestamp, AppendItem, ItemOutcome, ShardCommand, ShardError, ShardRouter, Start};
+use jimbus_core::topic::Pattern;
+use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
+use jimbus_proto::bus::{self, StartPosition};
+use jimbus_proto::events as pb;
+use jimbus_proto::validate::Validate;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+/// Deliveries buffered per subscriber before its shard tasks wait.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// The EventBusService over the shards.
+pub struct BusService {
+    router: ShardRouter,
+}
+
+fn request_id<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
+    if let Ok(value) = id.parse() {
+        response.metadata_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn unavailable(e: ShardError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+/// The outcome of publishing a list of events.
+#[derive(Default)]
+struct Published {
+    accepted: u32,
+    duplicates: u32,
+    rejected: Vec<bus::Rejection>,
+}
+
+impl BusService {
+    pub fn new(router: ShardRouter) -> Self {
+        Self { router }
+    }
+
+    /// Validates, stamps and appends events; `first_index` numbers them across a stream.
+    async fn publish_events(
+        &self,
+        events: Vec<pb::Event>,
+        correlation: &str,
+        first_index: u32,
+        out: &mut Published,
+    ) -> Result<(), Status> {
+        let received = timestamp(now_micros());
+        let mut per_shard: Vec<Vec<AppendItem>> = (0..self.router.shards()).map(|_| Vec::new()).collect();
+        for (i, mut event) in events.into_iter().enumerate() {
+            if event.correlation_id.is_empty() {
+                event.correlation_id = correlation.to_string();
+            }
+            event.timing.get_or_insert_with(Default::default).received_at = Some(received);
+            if let Err(violations) = event.validate() {
+                out.rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
+                continue;
+            }
+            per_shard[self.router.shard_for(&event.session_id)].push(AppendItem::Event(Box::new(event)));
+        }
+        for (shard, items) in per_shard.into_iter().enumerate().filter(|(_, items)| !items.is_empty()) {
+            let outcomes = self.router.append(shard, items).await.map_err(unavailable)?;
+            for outcome in outcomes {
+                match outcome {
+                    ItemOutcome::Stored { .. } => out.accepted += 1,
+                    ItemOutcome::Duplicate => out.duplicates += 1,
+                }
+            }
+        }
+        metrics::counter!("jimbus_grpc_events_accepted_total").increment(out.accepted as u64);
+        Ok(())
+    }
+}
+
+fn start_of(request: &bus::SubscribeRequest) -> Result<Start, Status> {
+    Ok(match StartPosition::try_from(request.start).unwrap_or_default() {
+        StartPosition::Unspecified | StartPosition::Latest => Start::Latest,
+        StartPosition::Earliest => Start::Earliest,
+        StartPosition::Offset => Start::Offset(request.start_offset),
+        StartPosition::Time => {
+            let t = request
+                .start_time
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("start_time: required for START_POSITION_TIME"))?;
+            Start::TimeMicros((t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000)
+        }
+    })
+}
+
+type DeliveryStream = Pin<Box<dyn Stream<Item = Result<bus::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventBusService for BusService {
+    async fn publish(&self, request: Request<bus::PublishRequest>) -> Result<Response<bus::PublishResponse>, Status> {
+        let id = request_id(&request);
+        let mut out = Published::default();
+        self.publish_events(request.into_inner().events, &id, 0, &mut out).await?;
+        let response =
+            bus::PublishResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
+        Ok(with_request_id(Response::new(response), &id))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<tonic::Streaming<bus::PublishBatchRequest>>,
+    ) -> Result<Response<bus::PublishBatchResponse>, Status> {
+        let id = request_id(&request);
+        let mut stream = request.into_inner();
+        let mut out = Published::default();
+        let mut index = 0u32;
+        while let Some(message) = stream.next().await {
+            let events = message?.events;
+            let count = events.len() as u32;
+            self.publish_events(events, &id, index, &mut out).await?;
+            index += count;
+        }
+        let response =
+            bus::PublishBatchResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
+        Ok(with_request_id(Response::new(response), &id))
+    }
+
+    type SubscribeStream = DeliveryStream;
+
+    async fn subscribe(&self, request: Request<bus::SubscribeRequest>) -> Result<Response<DeliveryStream>, Status> {
+        let id = request_id(&request);
+        let request = request.into_inner();
+        if let Err(violations) = request.validate() {
+            return Err(Status::invalid_argument(violations.to_string()));
+        }
+        let pattern =
+            Pattern::parse(&request.pattern).map_err(|e| Status::invalid_argument(format!("pattern: {e}")))?;
+        if !request.durable_name.is_empty() {
+            return Err(Status::unimplemented(
+                "durable_name: durable subscriptions are not available yet; subscribe without a name (at-most-once from the chosen start)",
+            ));
+        }
+        let start = start_of(&request)?;
+        let (deliveries, receiver) = flume::bounded(SUBSCRIBER_BUFFER);
+        let opened = self.router.broadcast(|| ShardCommand::Subscribe {
+            pattern: pattern.clone(),
+            start,
+            deliveries: deliveries.clone(),
+        });
+        if !opened {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        tracing::info!(request_id = %id, pattern = %pattern, "subscription opened");
+        let stream: DeliveryStream = Box::pin(receiver.into_stream().map(Ok));
+        Ok(with_request_id(Response::new(stream), &id))
+    }
+
+    async fn ack(&self, _request: Request<bus::AckRequest>) -> Result<Response<bus::AckResponse>, Status> {
+        Err(Status::unimplemented(
+            "durable_name: acknowledgements belong to durable subscriptions, which are not available yet",
+        ))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<bus::ListTopicsRequest>,
+    ) -> Result<Response<bus::ListTopicsResponse>, Status> {
+        let pattern = request.into_inner().pattern;
+        let pattern = if pattern.is_empty() {
+            None
+        } else {
+            Some(Pattern::parse(&pattern).map_err(|e| Status::invalid_argument(format!("pattern: {e}")))?)
+        };
+        let (reply, answers) = flume::unbounded();
+        if !self.router.broadcast(|| ShardCommand::ListTopics { reply: reply.clone() }) {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        drop(reply);
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        while let Ok(topics) = answers.recv_async().await {
+            for (name, count) in topics {
+                *totals.entry(name).or_default() += count;
+            }
+        }
+        let topics = totals
+            .into_iter()
+            .filter(|(name, _)| pattern.as_ref().is_none_or(|p| p.matches(name)))
+            .map(|(name, events)| bus::TopicInfo { name, events })
+            .collect();
+        Ok(Response::new(bus::ListTopicsResponse { topics }))
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: ShardRouter,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<EventBusServiceServer<BusService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jimbus_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set is valid");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(EventBusServiceServer::new(BusService::new(router)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Binds the gRPC address (on the tokio runtime).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

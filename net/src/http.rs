@@ -1,0 +1,545 @@
+//! The HTTP/1.1 edge on each shard: the field mod's API, health, readiness and metrics.
+//!
+//! [`Listener`] accepts on the shard's SO_REUSEPORT socket and caps connections;
+//! [`Handler`] serves one connection through hyper over glommio's TcpStream. A
+//! request body is read into `Bytes` (hyper's own buffer, not copied again),
+//! decoded by `jimbus-core`, and its events are sent to the shards that own their
+//! sessions. The answer is 2xx only after every event is durable; what cannot be
+//! accepted is dead-lettered first, then refused with a precise 4xx. Overload
+//! and storage failures are 503 with `Retry-After`. This module must never touch
+//! the log or shard state directly: it only sends commands.
+
+use crate::shard::{now_micros, timestamp, AppendItem, ItemOutcome, ShardError, ShardRouter};
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use jimbus_core::ingest::{decode_body, BodyError, DecodedBody, Endpoint};
+use jimbus_core::topic;
+use jimbus_proto::bus;
+use jimbus_proto::validate::Validate;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Limits and paths of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The mod's `event_bus_url` path (default `/api/v1/events`).
+    pub ingest_path: String,
+    /// Largest request body accepted (413 beyond it).
+    pub body_limit: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A body that takes longer than this to arrive gets 408.
+    pub body_timeout: Duration,
+    /// Connections per shard; more get 503 and are closed.
+    pub max_connections: usize,
+    /// Request bytes a shard holds in flight before it answers 503.
+    pub inflight_limit: usize,
+}
+
+/// Process-wide state the HTTP edge reads: readiness, stopping, metrics.
+pub struct Control {
+    pub ready: AtomicBool,
+    pub stopping: AtomicBool,
+    /// Woken when `stopping` is set.
+    pub stop: event_listener::Event,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// State shared by the connections of one shard.
+pub struct Listener {
+    shard: usize,
+    router: ShardRouter,
+    options: HttpOptions,
+    control: Arc<Control>,
+    /// Open connections, capped by `options.max_connections`.
+    connections: Cell<usize>,
+    /// Request bytes being handled, capped by `options.inflight_limit`.
+    inflight: Cell<usize>,
+    /// Woken when the last connection closes.
+    idle: event_listener::Event,
+}
+
+type Body = Full<Bytes>;
+
+impl Listener {
+    pub fn new(shard: usize, router: ShardRouter, options: HttpOptions, control: Arc<Control>) -> Rc<Self> {
+        Rc::new(Self {
+            shard,
+            router,
+            options,
+            control,
+            connections: Cell::new(0),
+            inflight: Cell::new(0),
+            idle: event_listener::Event::new(),
+        })
+    }
+
+    /// Accepts connections until the process stops, then waits for open
+    /// connections to finish their requests.
+    pub async fn run(self: Rc<Self>, socket: TcpListener) {
+        loop {
+            let stop = self.control.stop.listen();
+            if self.control.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let accepted = futures_lite::future::or(async { Some(socket.accept().await) }, async {
+                stop.await;
+                None
+            })
+            .await;
+            match accepted {
+                Some(Ok(stream)) => self.clone().spawn_connection(stream),
+                Some(Err(e)) => tracing::warn!(shard = self.shard, error = %e, "accept failed"),
+                None => break,
+            }
+        }
+        drop(socket);
+        while self.connections.get() > 0 {
+            let idle = self.idle.listen();
+            if self.connections.get() > 0 {
+                idle.await;
+            }
+        }
+    }
+
+    fn spawn_connection(self: Rc<Self>, mut stream: TcpStream) {
+        if self.connections.get() >= self.options.max_connections {
+            metrics::counter!("jimbus_http_connections_refused_total").increment(1);
+            glommio::spawn_local(async move {
+                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let _ = stream.close().await;
+            })
+            .detach();
+            return;
+        }
+        self.connections.set(self.connections.get() + 1);
+        glommio::spawn_local(async move {
+            let handler = Handler { listener: self.clone(), peer: stream.peer_addr().ok() };
+            handler.serve(stream).await;
+            self.connections.set(self.connections.get() - 1);
+            if self.connections.get() == 0 {
+                self.idle.notify(usize::MAX);
+            }
+        })
+        .detach();
+    }
+}
+
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 63\r\n\r\n{\"status\":\"error\",\"error\":\"too many connections, retry later\"}\n";
+
+/// One connection.
+struct Handler {
+    listener: Rc<Listener>,
+    peer: Option<SocketAddr>,
+}
+
+impl Handler {
+    async fn serve(self, stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(self.listener.options.idle_timeout));
+        let control = self.listener.control.clone();
+        let this = Rc::new(self);
+        let service = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.route(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .pipeline_flush(true)
+            .serve_connection(GlommioIo::new(stream), service);
+        let mut conn = std::pin::pin!(conn);
+        let stop = control.stop.listen();
+        if control.stopping.load(Ordering::Acquire) {
+            conn.as_mut().graceful_shutdown();
+        }
+        let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        let result = match finished {
+            Some(result) => result,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            if !e.is_incomplete_message() {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().trim_end_matches('/');
+        let ingest = self.listener.options.ingest_path.trim_end_matches('/');
+        let endpoint = match path.strip_prefix(ingest) {
+            Some("") => Some(Endpoint::Single),
+            Some("/batch") => Some(Endpoint::Batch),
+            _ => None,
+        };
+        let started = std::time::Instant::now();
+        let response = match (req.method(), path, endpoint) {
+            (&Method::POST, _, Some(endpoint)) => self.ingest(req, endpoint).await,
+            (&Method::POST, p, None) if p == format!("{ingest}/health") => self.health_probe(req).await,
+            (&Method::GET, "/health", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&Method::GET, "/ready", _) => self.readiness(),
+            (&Method::GET, "/metrics", _) => self.metrics(),
+            (_, p, _) if endpoint.is_some() || p == format!("{ingest}/health") => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None, None);
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+                r
+            }
+            (_, "/health" | "/ready" | "/metrics", _) => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET", None, None);
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+                r
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such endpoint", None, None),
+        };
+        metrics::counter!("jimbus_http_requests_total", "status" => response.status().as_str().to_string())
+            .increment(1);
+        metrics::histogram!("jimbus_http_request_seconds").record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    fn readiness(&self) -> Response<Body> {
+        if self.listener.control.ready.load(Ordering::Acquire)
+            && !self.listener.control.stopping.load(Ordering::Acquire)
+        {
+            json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+        } else {
+            unavailable("not ready")
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut r = Response::new(Full::new(Bytes::from(self.listener.control.metrics.render())));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        r
+    }
+
+    /// `POST {url}/health`: the mod's breaker probe. Ready means it may send again.
+    async fn health_probe(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Err(response) = self.read_body(req).await {
+            return response;
+        }
+        self.readiness()
+    }
+
+    /// Reads a request body within the size and time limits.
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+        let limit = self.listener.options.body_limit;
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(too_large(limit));
+        }
+        let timeout = self.listener.options.body_timeout;
+        let collect = Limited::new(req.into_body(), limit).collect();
+        let body = futures_lite::future::or(async { Some(collect.await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        match body {
+            None => Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {timeout:?}"),
+                None,
+                None,
+            )),
+            Some(Ok(collected)) => Ok(collected.to_bytes()),
+            Some(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
+            Some(Err(e)) => {
+                Err(error(StatusCode::BAD_REQUEST, &format!("the body could not be read: {e}"), None, None))
+            }
+        }
+    }
+
+    async fn ingest(&self, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let span = tracing::info_span!("ingest", request_id = %request_id, peer = ?self.peer, path = %req.uri().path());
+        let _entered = span.enter();
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let reserve = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit);
+        let Some(_budget) = InflightGuard::take(&self.listener, reserve) else {
+            metrics::counter!("jimbus_http_overload_total").increment(1);
+            return unavailable("the server is at its in-flight limit, retry later");
+        };
+        let origin = req.uri().path().to_string();
+        let mut response = match self.read_body(req).await {
+            Err(response) => response,
+            Ok(body) => self.accept(body, endpoint, &request_id, origin).await,
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+
+    /// Decodes, stores and answers one body.
+    async fn accept(&self, body: Bytes, endpoint: Endpoint, request_id: &str, origin: String) -> Response<Body> {
+        let received = now_micros();
+        let letter = |reason: String, raw: Bytes, session_id: String| {
+            AppendItem::DeadLetter(Box::new(bus::DeadLetter {
+                reason,
+                raw,
+                origin: origin.clone(),
+                correlation_id: request_id.to_string(),
+                received_at: Some(timestamp(received)),
+                session_id,
+            }))
+        };
+        let decoded = match decode_body(&body, endpoint) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::info!(error = %e, "refused a body");
+                let stored =
+                    self.store(vec![(self.listener.shard, letter(e.to_string(), body.clone(), String::new()))]).await;
+                return match stored {
+                    Ok(_) => body_error(&e),
+                    Err(response) => response,
+                };
+            }
+        };
+        let (items, mut rejected) = self.prepare(decoded, &body, request_id, received, &letter);
+        if endpoint == Endpoint::Single && !rejected.is_empty() {
+            let stored = self.store(items).await;
+            let (_, message) = rejected.remove(0);
+            return match stored {
+                Ok(_) => error(StatusCode::BAD_REQUEST, &message, None, field_of(&message)),
+                Err(response) => response,
+            };
+        }
+        match self.store(items).await {
+            Ok((accepted, duplicates)) => {
+                let rejected: Vec<_> =
+                    rejected.iter().map(|(index, error)| serde_json::json!({"index": index, "error": error})).collect();
+                metrics::counter!("jimbus_events_accepted_total").increment(accepted as u64);
+                metrics::counter!("jimbus_events_rejected_total").increment(rejected.len() as u64);
+                let body = serde_json::json!({"status": "ok", "accepted": accepted, "duplicates": duplicates, "rejected": rejected});
+                json(StatusCode::OK, body.to_string())
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// Stamps each event, resolves its session and shard, and turns rejected
+    /// events into dead letters. Returns the items in request order, and the
+    /// rejected indexes with their errors.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        decoded: DecodedBody,
+        body: &Bytes,
+        request_id: &str,
+        received: u64,
+        letter: &dyn Fn(String, Bytes, String) -> AppendItem,
+    ) -> (Vec<(usize, AppendItem)>, Vec<(usize, String)>) {
+        let envelope = decoded.envelope;
+        let mut items = Vec::with_capacity(decoded.events.len() + decoded.rejected.len());
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        let mut ordered: Vec<(usize, Result<_, (String, std::ops::Range<usize>)>)> = decoded
+            .events
+            .into_iter()
+            .map(|e| (e.index, Ok(e)))
+            .chain(decoded.rejected.into_iter().map(|r| (r.index, Err((r.error.to_string(), r.raw)))))
+            .collect();
+        ordered.sort_by_key(|(index, _)| *index);
+        for (index, entry) in ordered {
+            match entry {
+                Ok(decoded_event) => {
+                    let mut event = decoded_event.event;
+                    if event.session_id.is_empty() {
+                        event.session_id = if envelope.session_id.is_empty() {
+                            let source = if event.source.is_empty() { &envelope.source } else { &event.source };
+                            let ip = self.peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+                            topic::derived_session(ip, source)
+                        } else {
+                            envelope.session_id.clone()
+                        };
+                    }
+                    event.correlation_id = request_id.to_string();
+                    event.timing.get_or_insert_with(Default::default).received_at = Some(timestamp(received));
+                    if !envelope.batch_id.is_empty() {
+                        event.metadata.insert("batch_id".into(), envelope.batch_id.clone());
+                    }
+                    if let Err(violations) = event.validate() {
+                        let message = format!("events[{index}]: {violations}");
+                        let raw = body.slice(decoded_event.raw);
+                        items.push((self.listener.shard, letter(message.clone(), raw, event.session_id)));
+                        rejected.push((index, message));
+                        continue;
+                    }
+                    let shard = self.listener.router.shard_for(&event.session_id);
+                    items.push((shard, AppendItem::Event(Box::new(event))));
+                }
+                Err((message, raw)) => {
+                    items.push((self.listener.shard, letter(message.clone(), body.slice(raw), String::new())));
+                    rejected.push((index, message));
+                }
+            }
+        }
+        (items, rejected)
+    }
+
+    /// Sends items to their shards and waits until all are durable. Returns
+    /// (stored events, duplicates), or the 503 to answer.
+    async fn store(&self, items: Vec<(usize, AppendItem)>) -> Result<(usize, usize), Response<Body>> {
+        let router = &self.listener.router;
+        let mut per_shard: Vec<Vec<AppendItem>> = (0..router.shards()).map(|_| Vec::new()).collect();
+        for (shard, item) in items {
+            per_shard[shard].push(item);
+        }
+        let mut waits = Vec::new();
+        for (shard, items) in per_shard.into_iter().enumerate().filter(|(_, items)| !items.is_empty()) {
+            let events = items.iter().filter(|i| matches!(i, AppendItem::Event(_))).count();
+            match router.try_append(shard, items) {
+                Ok(answer) => waits.push((events, answer)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shedding load");
+                    metrics::counter!("jimbus_http_overload_total").increment(1);
+                    return Err(unavailable("the server is overloaded, retry later"));
+                }
+            }
+        }
+        let (mut stored, mut duplicates) = (0, 0);
+        for (events, answer) in waits {
+            match answer.recv_async().await.unwrap_or(Err(ShardError::Stopped)) {
+                Ok(outcomes) => {
+                    let dups = outcomes.iter().filter(|o| **o == ItemOutcome::Duplicate).count();
+                    duplicates += dups;
+                    stored += events - dups;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "append failed");
+                    return Err(unavailable(&e.to_string()));
+                }
+            }
+        }
+        Ok((stored, duplicates))
+    }
+}
+
+/// Holds a share of the shard's in-flight byte budget for one request.
+struct InflightGuard<'a> {
+    listener: &'a Listener,
+    bytes: usize,
+}
+
+impl<'a> InflightGuard<'a> {
+    fn take(listener: &'a Listener, bytes: usize) -> Option<Self> {
+        let now = listener.inflight.get();
+        if now > 0 && now + bytes > listener.options.inflight_limit {
+            return None;
+        }
+        listener.inflight.set(now + bytes);
+        Some(Self { listener, bytes })
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.listener.inflight.set(self.listener.inflight.get() - self.bytes);
+    }
+}
+
+fn field_of(message: &str) -> Option<String> {
+    let (path, _) = message.split_once(": ")?;
+    Some(path.to_string())
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str, offset: Option<usize>, field: Option<String>) -> Response<Body> {
+    let mut body = serde_json::json!({"status": "error", "error": message});
+    if let Some(offset) = offset {
+        body["offset"] = offset.into();
+    }
+    if let Some(field) = field {
+        body["field"] = field.into();
+    }
+    json(status, body.to_string())
+}
+
+fn body_error(e: &BodyError) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string))
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than {limit} bytes"), None, None)
+}
+
+fn unavailable(message: &str) -> Response<Body> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small
+/// owned buffer into hyper's cursor, so hyper's spare capacity is never
+/// zero-filled first (glommio wants an initialised slice).
+struct GlommioIo {
+    stream: TcpStream,
+    scratch: Box<[u8]>,
+}
+
+impl GlommioIo {
+    fn new(stream: TcpStream) -> Self {
+        Self { stream, scratch: vec![0; 16 * 1024].into_boxed_slice() }
+    }
+}
+
+impl hyper::rt::Read for GlommioIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let want = buf.remaining().min(this.scratch.len());
+        match Pin::new(&mut this.stream).poll_read(cx, &mut this.scratch[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&this.scratch[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for GlommioIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+    }
+}

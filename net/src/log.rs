@@ -1,0 +1,408 @@
+//! One shard's durable log: append-only segment files with group commit.
+//!
+//! The shard's pump is the only writer ([`SegmentWriter`]): it stages records,
+//! then [`SegmentWriter::commit`] writes them with one io_uring write and one
+//! `fdatasync` (in `batch` mode), so every request waiting on that commit is
+//! acknowledged together. Readers (subscriptions on the same shard) go through
+//! [`LogIndex`], which maps offsets to segment positions and keeps the newest
+//! records in memory; they never write. Recovery scans every segment at start,
+//! truncates a torn or corrupt tail at the last valid CRC, and reports it.
+//! This module must never acknowledge anything itself: it tells the pump what is
+//! durable and the pump answers clients.
+
+use bytes::Bytes;
+use glommio::io::{BufferedFile, OpenOptions};
+use jimbus_core::record::{self, FrameError, Record, RecordKind};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// When appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Never fdatasync: acknowledged events can be lost on power failure (benchmarks only).
+    Never,
+    /// One fdatasync per group commit, before any of its events is acknowledged.
+    Batch,
+    /// One write and one fdatasync per record.
+    Always,
+}
+
+/// Tunables of a shard's log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub fsync: FsyncMode,
+    /// A segment is closed and a new one started once it grows past this size.
+    pub segment_bytes: u64,
+    /// Newest records kept in memory for subscribers, in bytes.
+    pub tail_cache_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("glommio I/O failed: {0}")]
+    Glommio(String),
+}
+
+impl<T: std::fmt::Debug> From<glommio::GlommioError<T>> for LogError {
+    fn from(e: glommio::GlommioError<T>) -> Self {
+        match e {
+            glommio::GlommioError::IoError(io) => LogError::Io(io),
+            other => LogError::Glommio(other.to_string()),
+        }
+    }
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    /// Bytes cut from segment tails, and why.
+    pub truncated: Vec<(PathBuf, u64, String)>,
+}
+
+struct Segment {
+    base: u64,
+    file: Rc<BufferedFile>,
+    /// File position of each record, in offset order from `base`.
+    positions: Vec<u32>,
+    len: u64,
+}
+
+/// Offsets, positions and the in-memory tail, shared by the writer and readers
+/// of one shard (same thread, short borrows, never held across an await).
+pub struct LogIndex {
+    segments: Vec<Segment>,
+    /// Offset of the next record to be committed.
+    end: u64,
+    tail_first: u64,
+    tail: VecDeque<Bytes>,
+    tail_bytes: usize,
+    tail_cap: usize,
+    /// Every 64th record's (time, offset), for time-based starts.
+    time_marks: Vec<(u64, u64)>,
+    /// Woken after every commit.
+    pub committed: event_listener::Event,
+}
+
+pub type SharedIndex = Rc<RefCell<LogIndex>>;
+
+impl LogIndex {
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    pub fn start(&self) -> u64 {
+        self.segments.first().map_or(self.end, |s| s.base)
+    }
+
+    /// The first offset whose record may have been written at or after `time_us`.
+    pub fn offset_near_time(&self, time_us: u64) -> u64 {
+        let i = self.time_marks.partition_point(|(t, _)| *t < time_us);
+        if i == 0 {
+            self.start()
+        } else {
+            self.time_marks[i - 1].1
+        }
+    }
+
+    fn push_tail(&mut self, offset: u64, frame: Bytes) {
+        if self.tail.is_empty() {
+            self.tail_first = offset;
+        }
+        self.tail_bytes += frame.len();
+        self.tail.push_back(frame);
+        while self.tail_bytes > self.tail_cap && self.tail.len() > 1 {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_bytes -= old.len();
+                self.tail_first += 1;
+            }
+        }
+    }
+
+    /// Where `offset` lives on disk: the file, the position, and how many bytes
+    /// may be read from there to the end of the segment.
+    fn locate(&self, offset: u64) -> Option<(Rc<BufferedFile>, u64, u64, u64)> {
+        let i = self.segments.partition_point(|s| s.base <= offset).checked_sub(1)?;
+        let segment = &self.segments[i];
+        let index = (offset - segment.base) as usize;
+        match segment.positions.get(index) {
+            Some(&pos) => Some((segment.file.clone(), offset, pos as u64, segment.len - pos as u64)),
+            // A gap left by a truncated segment: continue at the next one.
+            None => self.segments.get(i + 1).map(|next| (next.file.clone(), next.base, 0, next.len)),
+        }
+    }
+}
+
+/// Reads up to `max` framed records starting at `from`. Returns the frames and
+/// the offset after the last one.
+pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(Vec<Bytes>, u64), LogError> {
+    let located = {
+        let log = index.borrow();
+        let from = from.max(log.start());
+        if from >= log.end {
+            return Ok((Vec::new(), from));
+        }
+        if from >= log.tail_first && !log.tail.is_empty() {
+            let skip = (from - log.tail_first) as usize;
+            let frames: Vec<Bytes> = log.tail.iter().skip(skip).take(max).cloned().collect();
+            let next = from + frames.len() as u64;
+            return Ok((frames, next));
+        }
+        log.locate(from)
+    };
+    let Some((file, first, pos, available)) = located else { return Ok((Vec::new(), from)) };
+    let chunk = available.min(256 * 1024).max(record::HEADER_LEN as u64);
+    let data = file.read_at(pos, chunk as usize).await?;
+    let mut bytes = Bytes::copy_from_slice(&data);
+    if let Err(FrameError::Torn { needed, .. }) = record::decode(&bytes) {
+        // One record larger than the chunk: read exactly that record.
+        bytes = Bytes::copy_from_slice(&file.read_at(pos, needed).await?);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while frames.len() < max {
+        let Ok(rec) = record::decode(&bytes[at..]) else { break };
+        let len = rec.framed_len();
+        frames.push(bytes.slice(at..at + len));
+        at += len;
+    }
+    let next = first + frames.len() as u64;
+    Ok((frames, next))
+}
+
+/// The single writer of a shard's log.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    options: LogOptions,
+    index: SharedIndex,
+    /// Encoded records waiting for the next commit.
+    staged: Vec<u8>,
+    staged_ends: Vec<usize>,
+    last_time_us: u64,
+}
+
+impl SegmentWriter {
+    /// Opens (creating if needed) the log in `dir`, recovering what is there.
+    /// `each` sees every valid record, oldest first, so the shard can rebuild
+    /// its sequences, dedup window and topic counts.
+    pub async fn open(
+        dir: &Path,
+        options: LogOptions,
+        mut each: impl FnMut(&Record<'_>),
+    ) -> Result<(Self, RecoveryReport), LogError> {
+        std::fs::create_dir_all(dir)?;
+        let mut report = RecoveryReport::default();
+        let mut segments = Vec::new();
+        let mut time_marks = Vec::new();
+        let mut last_time_us = 0;
+        let mut end = 0;
+        for (base, path) in segment_paths(dir)? {
+            let data = std::fs::read(&path)?;
+            let mut positions = Vec::new();
+            let scan = record::scan(&data, |pos, rec| {
+                if positions.len() % 64 == 0 {
+                    time_marks.push((rec.time_us, rec.offset));
+                }
+                positions.push(pos as u32);
+                last_time_us = last_time_us.max(rec.time_us);
+                end = rec.offset + 1;
+                each(rec);
+            });
+            if let Some(reason) = &scan.stopped {
+                let cut = data.len() - scan.valid_len;
+                tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, cut_bytes = cut, %reason, "truncating log tail");
+                metrics::counter!("jimbus_log_truncated_bytes_total").increment(cut as u64);
+                std::fs::OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_len as u64)?;
+                report.truncated.push((path.clone(), cut as u64, reason.to_string()));
+            }
+            report.records += scan.records as u64;
+            end = end.max(base + positions.len() as u64);
+            let file = open_rw(&path).await?;
+            segments.push(Segment { base, file: Rc::new(file), positions, len: scan.valid_len as u64 });
+        }
+        report.segments = segments.len();
+        let index = Rc::new(RefCell::new(LogIndex {
+            segments,
+            end,
+            tail_first: end,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_cap: options.tail_cache_bytes,
+            time_marks,
+            committed: event_listener::Event::new(),
+        }));
+        let mut writer =
+            Self { dir: dir.to_path_buf(), options, index, staged: Vec::new(), staged_ends: Vec::new(), last_time_us };
+        if writer.index.borrow().segments.is_empty() {
+            writer.start_segment(end).await?;
+        }
+        metrics::counter!("jimbus_log_recovered_records_total").increment(report.records);
+        Ok((writer, report))
+    }
+
+    pub fn index(&self) -> SharedIndex {
+        self.index.clone()
+    }
+
+    /// The offset the next staged record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.index.borrow().end + self.staged_ends.len() as u64
+    }
+
+    /// A receive time that never goes backwards within the shard, so time-based
+    /// starts can search by offset.
+    pub fn monotonic_time_us(&mut self, now_us: u64) -> u64 {
+        self.last_time_us = self.last_time_us.max(now_us);
+        self.last_time_us
+    }
+
+    /// Adds a record to the next commit and returns its offset.
+    pub fn stage(&mut self, kind: RecordKind, topic: &str, message: &[u8], time_us: u64) -> u64 {
+        let offset = self.next_offset();
+        record::encode(&Record { offset, time_us, kind, topic, message }, &mut self.staged);
+        self.staged_ends.push(self.staged.len());
+        offset
+    }
+
+    pub fn staged_records(&self) -> usize {
+        self.staged_ends.len()
+    }
+
+    /// Writes every staged record and makes it durable per the fsync mode. On
+    /// error nothing staged counts as written: the file is cut back and the
+    /// offsets are reused.
+    pub async fn commit(&mut self) -> Result<(), LogError> {
+        if self.staged_ends.is_empty() {
+            return Ok(());
+        }
+        let data = Bytes::from(std::mem::take(&mut self.staged));
+        let ends = std::mem::take(&mut self.staged_ends);
+        let (file, start_len) = {
+            let log = self.index.borrow();
+            let active = log.segments.last().expect("a log always has an active segment");
+            (active.file.clone(), active.len)
+        };
+        if let Err(e) = self.write_durably(&file, &data, &ends, start_len).await {
+            // Cut back whatever reached the file so a retry is not stored twice.
+            let _ = file.truncate(start_len).await;
+            return Err(e);
+        }
+        self.publish(data, &ends, start_len);
+        let active_len = self.index.borrow().segments.last().map_or(0, |s| s.len);
+        if active_len >= self.options.segment_bytes {
+            let next = self.index.borrow().end;
+            self.start_segment(next).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_durably(&self, file: &BufferedFile, data: &[u8], ends: &[usize], at: u64) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
+        match self.options.fsync {
+            FsyncMode::Always => {
+                let mut from = 0;
+                for &end in ends {
+                    write_all(file, &data[from..end], at + from as u64).await?;
+                    file.fdatasync().await?;
+                    from = end;
+                }
+            }
+            FsyncMode::Batch => {
+                write_all(file, data, at).await?;
+                file.fdatasync().await?;
+            }
+            FsyncMode::Never => write_all(file, data, at).await?,
+        }
+        metrics::histogram!("jimbus_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("jimbus_log_commit_records").record(ends.len() as f64);
+        Ok(())
+    }
+
+    /// Makes committed records visible to readers.
+    fn publish(&mut self, data: Bytes, ends: &[usize], start_len: u64) {
+        let mut log = self.index.borrow_mut();
+        let mut from = 0;
+        for &end in ends {
+            let offset = log.end;
+            let frame = data.slice(from..end);
+            if let Ok(rec) = record::decode(&frame) {
+                if offset % 64 == 0 {
+                    log.time_marks.push((rec.time_us, offset));
+                }
+            }
+            let segment = log.segments.last_mut().expect("active segment");
+            segment.positions.push((start_len + from as u64) as u32);
+            log.push_tail(offset, frame);
+            log.end += 1;
+            from = end;
+        }
+        if let Some(segment) = log.segments.last_mut() {
+            segment.len = start_len + data.len() as u64;
+        }
+        metrics::counter!("jimbus_log_appended_records_total").increment(ends.len() as u64);
+        metrics::counter!("jimbus_log_appended_bytes_total").increment(data.len() as u64);
+        log.committed.notify(usize::MAX);
+    }
+
+    async fn start_segment(&mut self, base: u64) -> Result<(), LogError> {
+        let path = self.dir.join(format!("{base:020}.log"));
+        let file = open_rw(&path).await?;
+        // The new file's directory entry must be durable before anything in it is acknowledged.
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.index.borrow_mut().segments.push(Segment { base, file: Rc::new(file), positions: Vec::new(), len: 0 });
+        Ok(())
+    }
+
+    /// Flushes and syncs the active segment (on shutdown).
+    pub async fn sync(&self) -> Result<(), LogError> {
+        let file = self.index.borrow().segments.last().map(|s| s.file.clone());
+        if let Some(file) = file {
+            file.fdatasync().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn open_rw(path: &Path) -> Result<BufferedFile, LogError> {
+    Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
+}
+
+async fn write_all(file: &BufferedFile, data: &[u8], mut at: u64) -> Result<(), LogError> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let written = file.write_at(rest.to_vec(), at).await?;
+        if written == 0 {
+            return Err(LogError::Io(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "segment write wrote nothing",
+            )));
+        }
+        rest = &rest[written..];
+        at += written as u64;
+    }
+    Ok(())
+}
+
+/// Segment files in `dir`, by base offset.
+fn segment_paths(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let base = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(base) = base {
+            out.push((base, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,226 @@
+//! The `jimbus` command: `serve` runs the server; `tail`, `publish` and `health`
+//! are small clients of it. Errors become one line on stderr and an exit code
+//! (2 for a usage error, 1 for anything else).
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use jimbus_core::ingest::{decode_body, Endpoint};
+use jimbus_net::config::ServeArgs;
+use jimbus_net::http::Control;
+use jimbus_net::server::Server;
+use jimbus_net::telemetry::{self, LogFormat};
+use jimbus_proto::bus;
+use jimbus_proto::bus::event_bus_service_client::EventBusServiceClient;
+use std::io::{BufRead, Read, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jimbus: the event bus of the Balatro self-play system.
+///
+/// BalatroMCP mods post game events over HTTP; jimbus keeps them in a durable,
+/// sharded log and serves them to gRPC subscribers.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "JIMBUS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTP for mods, gRPC for subscribers) on the embedded durable log.
+    Serve(ServeArgs),
+    /// Subscribe over gRPC and print one JSON line per delivery.
+    Tail {
+        /// Topic pattern with NATS wildcards, e.g. 'balatro.*.SCORING' or '>'.
+        pattern: String,
+        /// gRPC endpoint of the server.
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "JIMBUS_GRPC_URL")]
+        grpc: String,
+        /// Start from the oldest retained event instead of new ones.
+        #[arg(long)]
+        from_start: bool,
+        /// Exit after this many deliveries.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Publish events over gRPC: each argument, or each line of stdin, is one
+    /// event object in the mod's JSON dialect.
+    Publish {
+        /// Events; when none are given, stdin is read line by line.
+        events: Vec<String>,
+        /// gRPC endpoint of the server.
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "JIMBUS_GRPC_URL")]
+        grpc: String,
+        /// Session for events that name none.
+        #[arg(long, default_value = "cli")]
+        session: String,
+    },
+    /// Exit 0 when the server answers its health check (for container HEALTHCHECKs).
+    Health {
+        /// The health URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("invalid arguments"));
+            std::process::exit(2);
+        }
+    };
+    telemetry::init_logs(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Tail { pattern, grpc, from_start, count } => tail(pattern, grpc, from_start, count),
+        Command::Publish { events, grpc, session } => publish(events, grpc, session),
+        Command::Health { url } => health(&url),
+    };
+    if let Err(e) = result {
+        eprintln!("jimbus: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("jimbus: {e}");
+            std::process::exit(2);
+        }
+    };
+    raise_memlock_limit();
+    let control = Arc::new(Control {
+        ready: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        stop: event_listener::Event::new(),
+        metrics: telemetry::init_metrics(),
+    });
+    let server = Server::start(config, control)?;
+    wait_for_signal()?;
+    server.stop();
+    Ok(())
+}
+
+/// glommio registers I/O buffers, which counts against RLIMIT_MEMLOCK; raise the
+/// soft limit to the hard one (containers need `--ulimit memlock=-1`).
+fn raise_memlock_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        Ok(())
+    })
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn tail(pattern: String, grpc: String, from_start: bool, count: Option<u64>) -> anyhow::Result<()> {
+    let descriptor = jimbus_proto::descriptor_pool()
+        .get_message_by_name("jimbot.bus.v1.SubscribeResponse")
+        .context("the descriptor pool lacks SubscribeResponse")?;
+    client_runtime()?.block_on(async move {
+        let mut client =
+            EventBusServiceClient::connect(grpc.clone()).await.with_context(|| format!("cannot connect to {grpc}"))?;
+        let start = if from_start { bus::StartPosition::Earliest } else { bus::StartPosition::Latest };
+        let request = bus::SubscribeRequest { pattern, start: start as i32, ..Default::default() };
+        let mut stream = client.subscribe(request).await?.into_inner();
+        let mut seen = 0;
+        let stdout = std::io::stdout();
+        while count.is_none_or(|n| seen < n) {
+            let Some(delivery) = stream.message().await? else { break };
+            let bytes = prost::Message::encode_to_vec(&delivery);
+            let message = prost_reflect::DynamicMessage::decode(descriptor.clone(), bytes.as_slice())?;
+            let mut out = stdout.lock();
+            serde_json::to_writer(&mut out, &message)?;
+            writeln!(out)?;
+            out.flush()?;
+            seen += 1;
+        }
+        Ok(())
+    })
+}
+
+fn publish(events: Vec<String>, grpc: String, session: String) -> anyhow::Result<()> {
+    let lines = if events.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    } else {
+        events
+    };
+    let mut decoded = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let body = decode_body(line.as_bytes(), Endpoint::Single).map_err(|e| anyhow::anyhow!("event {i}: {e}"))?;
+        let mut event = body.events.into_iter().next().map(|d| d.event).context("no event")?;
+        if event.session_id.is_empty() {
+            event.session_id = session.clone();
+        }
+        decoded.push(event);
+    }
+    let response = client_runtime()?.block_on(async move {
+        let mut client =
+            EventBusServiceClient::connect(grpc.clone()).await.with_context(|| format!("cannot connect to {grpc}"))?;
+        anyhow::Ok(client.publish(bus::PublishRequest { events: decoded }).await?.into_inner())
+    })?;
+    let rejected: Vec<_> =
+        response.rejected.iter().map(|r| serde_json::json!({"index": r.index, "error": r.error})).collect();
+    println!(
+        "{}",
+        serde_json::json!({"accepted": response.accepted, "duplicates": response.duplicates, "rejected": rejected})
+    );
+    if !response.rejected.is_empty() {
+        bail!("{} events were rejected", response.rejected.len());
+    }
+    Ok(())
+}
+
+fn health(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs are supported")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(())
+    } else {
+        bail!("{url} answered {status:?}")
+    }
+}

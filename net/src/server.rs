@@ -1,0 +1,209 @@
+//! Starts and stops a jimbus server: one pinned glommio executor per shard, each
+//! with its log, its pump and its HTTP listener on the shared SO_REUSEPORT port,
+//! and one thread with a small tokio runtime for the gRPC edge.
+//!
+//! Stopping is ordered so nothing acknowledged is lost: stop accepting, let open
+//! HTTP requests finish, give gRPC calls a grace period, then let every pump apply
+//! what is queued, commit, fsync and exit. This module must never handle a
+//! request itself.
+
+use crate::config::ServeConfig;
+use crate::http::{Control, Listener};
+use crate::shard::{Shard, ShardCommand, ShardRouter};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("shard {shard} failed to start: {reason}")]
+    ShardStart { shard: usize, reason: String },
+    #[error("cannot start the gRPC edge on {addr}: {reason}")]
+    Grpc { addr: SocketAddr, reason: String },
+    #[error("cannot spawn a thread: {0}")]
+    Thread(String),
+}
+
+/// Where a running server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// A running server.
+pub struct Server {
+    pub bound: Bound,
+    control: Arc<Control>,
+    router: ShardRouter,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    drained: flume::Receiver<usize>,
+    grpc: JoinHandle<()>,
+    grpc_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    /// Starts every shard, then the gRPC edge, and marks the server ready.
+    pub fn start(config: ServeConfig, control: Arc<Control>) -> Result<Self, ServerError> {
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..config.shards).map(|_| flume::bounded(config.queue_capacity)).unzip();
+        let router = ShardRouter::new(queues);
+        let (drained_tx, drained) = flume::unbounded();
+        let mut shards = Vec::new();
+        let mut http = config.http;
+        for (id, queue) in receivers.into_iter().enumerate() {
+            let (started_tx, started) = flume::bounded(1);
+            let handle =
+                spawn_shard(id, &config, http, queue, router.clone(), control.clone(), started_tx, drained_tx.clone())?;
+            match started.recv() {
+                Ok(Ok(addr)) => http = addr,
+                Ok(Err(reason)) => return Err(ServerError::ShardStart { shard: id, reason }),
+                Err(_) => return Err(ServerError::ShardStart { shard: id, reason: "the executor exited".into() }),
+            }
+            shards.push(handle);
+        }
+        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, router.clone())?;
+        control.ready.store(true, Ordering::Release);
+        let bound = Bound { http, grpc: grpc_addr };
+        tracing::info!(http = %bound.http, grpc = %bound.grpc, shards = config.shards, data_dir = %config.data_dir.display(), "jimbus ready");
+        Ok(Self { bound, control, router, shards, drained, grpc, grpc_stop })
+    }
+
+    /// Stops in order and waits until everything is durable.
+    pub fn stop(self) {
+        tracing::info!("stopping: no new connections, draining requests");
+        self.control.ready.store(false, Ordering::Release);
+        self.control.stopping.store(true, Ordering::Release);
+        self.control.stop.notify(usize::MAX);
+        for _ in 0..self.shards.len() {
+            let _ = self.drained.recv_timeout(Duration::from_secs(30));
+        }
+        let _ = self.grpc_stop.send(());
+        let _ = self.grpc.join();
+        let (done_tx, done) = flume::unbounded();
+        self.router.broadcast(|| ShardCommand::Shutdown { done: done_tx.clone() });
+        for _ in 0..self.shards.len() {
+            let _ = done.recv_timeout(Duration::from_secs(30));
+        }
+        drop(self.router);
+        for shard in self.shards {
+            let _ = shard.join();
+        }
+        tracing::info!("stopped; every acknowledged event is on disk");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_shard(
+    id: usize,
+    config: &ServeConfig,
+    http: SocketAddr,
+    queue: flume::Receiver<ShardCommand>,
+    router: ShardRouter,
+    control: Arc<Control>,
+    started: flume::Sender<Result<SocketAddr, String>>,
+    drained: flume::Sender<usize>,
+) -> Result<glommio::ExecutorJoinHandle<()>, ServerError> {
+    let dir = config.data_dir.join(format!("shard-{id:03}"));
+    let (log, pump, http_options) = (config.log.clone(), config.pump.clone(), config.http_options.clone());
+    let cpus = allowed_cpus();
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
+        .name(&format!("shard-{id}"))
+        .io_memory(2 << 20);
+    let handle = builder
+        .spawn(move || async move {
+            let shard = match Shard::open(id, &dir, log, pump).await {
+                Ok(shard) => shard,
+                Err(e) => {
+                    let _ = started.send(Err(format!("cannot open the log in {}: {e}", dir.display())));
+                    return;
+                }
+            };
+            let socket = match glommio::net::TcpListener::bind(http) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    let _ = started.send(Err(format!("cannot listen on {http}: {e}")));
+                    return;
+                }
+            };
+            let _ = started.send(socket.local_addr().map_err(|e| e.to_string()));
+            let pump = glommio::spawn_local(shard.run(queue));
+            Listener::new(id, router, http_options, control).run(socket).await;
+            let _ = drained.send(id);
+            pump.await;
+        })
+        .map_err(|e| ServerError::Thread(e.to_string()))?;
+    Ok(handle)
+}
+
+type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
+
+fn spawn_grpc(addr: SocketAddr, router: ShardRouter) -> Result<GrpcThread, ServerError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = flume::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name("grpc-edge".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("grpc")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match crate::grpc::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+                let serve = tokio::spawn(crate::grpc::serve(listener, router, async move {
+                    let _ = stop_rx.await;
+                    let _ = grace_tx.send(());
+                }));
+                // Subscriptions never end on their own: after the stop signal,
+                // give unary calls a grace period, then close everything.
+                tokio::select! {
+                    result = serve => if let Ok(Err(e)) = result { tracing::error!(error = %e, "gRPC edge failed") },
+                    _ = async { let _ = grace_rx.await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })
+        .map_err(|e| ServerError::Thread(e.to_string()))?;
+    match bound_rx.recv() {
+        Ok(Ok(bound)) => Ok((thread, bound, stop_tx)),
+        Ok(Err(reason)) => Err(ServerError::Grpc { addr, reason }),
+        Err(_) => Err(ServerError::Grpc { addr, reason: "the gRPC thread exited".into() }),
+    }
+}
+
+/// The CPUs this process may run on (a container's cpuset may be smaller than
+/// the machine), so each shard is pinned to one it is allowed to use.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the zeroed set we pass for this process (pid 0).
+    let cpus = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect::<Vec<_>>()
+    };
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}

@@ -1,0 +1,389 @@
+//! A shard: the single writer of the sessions it owns.
+//!
+//! Every mutation of a shard arrives as a [`ShardCommand`] on its one flume
+//! queue, from HTTP handlers on any shard and from the tokio gRPC edge alike, and
+//! is applied by the shard's pump in arrival order: sequence numbers, dedup and
+//! the log need no locks. The pump drains whatever is queued (up to a cap) into
+//! one group commit, so batches grow with queue depth and shrink to one under
+//! light load, and answers every command of the commit once it is durable.
+//! Subscriptions are tasks on the shard that read its log. A shard must never
+//! reach into another shard's state; it only sends commands.
+
+use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
+use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
+use jimbus_core::record::{self, RecordKind};
+use jimbus_core::topic::{self, Pattern};
+use jimbus_proto::bus;
+use jimbus_proto::events as pb;
+use prost::Message;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One thing to append.
+#[derive(Debug)]
+pub enum AppendItem {
+    /// A client event whose `session_id` is set; the shard assigns its sequence.
+    Event(Box<pb::Event>),
+    /// Something that could not be accepted, kept on `deadletter`.
+    DeadLetter(Box<bus::DeadLetter>),
+}
+
+/// What happened to one appended item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Stored {
+        offset: u64,
+    },
+    /// Already stored (a retry): acknowledged, not stored again.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardError {
+    #[error("the log could not make the events durable: {0}")]
+    Storage(String),
+    #[error("the shard is shutting down")]
+    Stopped,
+}
+
+/// Where a subscription starts on each shard.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    Latest,
+    Earliest,
+    Offset(u64),
+    TimeMicros(u64),
+}
+
+pub type AppendReply = flume::Sender<Result<Vec<ItemOutcome>, ShardError>>;
+
+/// A request to a shard's pump.
+pub enum ShardCommand {
+    Append { items: Vec<AppendItem>, reply: AppendReply },
+    Subscribe { pattern: Pattern, start: Start, deliveries: flume::Sender<bus::SubscribeResponse> },
+    ListTopics { reply: flume::Sender<Vec<(String, u64)>> },
+    Shutdown { done: flume::Sender<()> },
+}
+
+/// How to reach every shard. Cheap to clone; `Send`, so the gRPC edge holds one.
+#[derive(Clone)]
+pub struct ShardRouter {
+    queues: Vec<flume::Sender<ShardCommand>>,
+}
+
+/// A shard's queue is full: the caller should shed load.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is overloaded")]
+pub struct Overloaded(pub usize);
+
+impl ShardRouter {
+    pub fn new(queues: Vec<flume::Sender<ShardCommand>>) -> Self {
+        Self { queues }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn shard_for(&self, session: &str) -> usize {
+        topic::shard_for(session, self.queues.len())
+    }
+
+    /// Queues an append on `shard` without waiting for room.
+    pub fn try_append(
+        &self,
+        shard: usize,
+        items: Vec<AppendItem>,
+    ) -> Result<flume::Receiver<Result<Vec<ItemOutcome>, ShardError>>, Overloaded> {
+        let (reply, answer) = flume::bounded(1);
+        self.queues[shard].try_send(ShardCommand::Append { items, reply }).map_err(|_| Overloaded(shard))?;
+        Ok(answer)
+    }
+
+    /// Queues an append on `shard`, waiting for room (for gRPC publishers, whose
+    /// stream flow control then pushes back).
+    pub async fn append(&self, shard: usize, items: Vec<AppendItem>) -> Result<Vec<ItemOutcome>, ShardError> {
+        let (reply, answer) = flume::bounded(1);
+        self.queues[shard].send_async(ShardCommand::Append { items, reply }).await.map_err(|_| ShardError::Stopped)?;
+        answer.recv_async().await.map_err(|_| ShardError::Stopped)?
+    }
+
+    pub fn broadcast(&self, make: impl Fn() -> ShardCommand) -> bool {
+        self.queues.iter().all(|q| q.send(make()).is_ok())
+    }
+
+    pub fn queue_depth(&self, shard: usize) -> usize {
+        self.queues[shard].len()
+    }
+}
+
+/// Tunables of a shard's pump.
+#[derive(Debug, Clone)]
+pub struct PumpOptions {
+    /// Most commands folded into one group commit.
+    pub max_batch: usize,
+    /// Retry ids remembered per shard.
+    pub dedup_window: usize,
+}
+
+/// The state the pump owns.
+pub struct Shard {
+    id: usize,
+    writer: SegmentWriter,
+    options: PumpOptions,
+    next_sequence: HashMap<String, u64>,
+    dedup: DedupWindow,
+    topics: HashMap<String, u64>,
+    scratch: Vec<u8>,
+}
+
+/// The client's view of an event, for deduplication: server stamps removed.
+fn client_key(event: &pb::Event) -> Option<DedupKey> {
+    let mut view = event.clone();
+    view.sequence = 0;
+    view.correlation_id.clear();
+    view.metadata.clear();
+    if let Some(timing) = view.timing.as_mut() {
+        timing.received_at = None;
+        timing.published_at = None;
+    }
+    dedup_key(&view)
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn timestamp(micros: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: (micros / 1_000_000) as i64, nanos: ((micros % 1_000_000) * 1000) as i32 }
+}
+
+impl Shard {
+    /// Opens the shard's log and rebuilds sequences, dedup and topics from it.
+    pub async fn open(
+        id: usize,
+        writer_dir: &std::path::Path,
+        log: crate::log::LogOptions,
+        options: PumpOptions,
+    ) -> Result<Self, LogError> {
+        let mut next_sequence = HashMap::new();
+        let mut dedup = DedupWindow::new(options.dedup_window);
+        let mut topics: HashMap<String, u64> = HashMap::new();
+        let (writer, report) = SegmentWriter::open(writer_dir, log, |rec| {
+            *topics.entry(rec.topic.to_string()).or_default() += 1;
+            if rec.kind != RecordKind::Event {
+                return;
+            }
+            if let Ok(event) = pb::Event::decode(rec.message) {
+                let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
+                *next = (*next).max(event.sequence + 1);
+                if let Some(key) = client_key(&event) {
+                    dedup.insert(key);
+                }
+            }
+        })
+        .await?;
+        tracing::info!(shard = id, segments = report.segments, records = report.records, truncated = ?report.truncated, "log recovered");
+        Ok(Self { id, writer, options, next_sequence, dedup, topics, scratch: Vec::new() })
+    }
+
+    pub fn index(&self) -> SharedIndex {
+        self.writer.index()
+    }
+
+    /// Applies commands until a shutdown command arrives or every sender is gone.
+    pub async fn run(mut self, queue: flume::Receiver<ShardCommand>) {
+        let shard = self.id.to_string();
+        while let Ok(first) = queue.recv_async().await {
+            let mut commands = vec![first];
+            while commands.len() < self.options.max_batch {
+                match queue.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            metrics::gauge!("jimbus_shard_queue_depth", "shard" => shard.clone()).set(queue.len() as f64);
+            metrics::gauge!("jimbus_shard_batch_size", "shard" => shard.clone()).set(commands.len() as f64);
+            if let Some(done) = self.apply(commands).await {
+                if let Err(e) = self.writer.sync().await {
+                    tracing::error!(shard = self.id, error = %e, "final sync failed");
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Applies a batch of commands with one commit; returns the shutdown waiter
+    /// when the batch held a shutdown command.
+    async fn apply(&mut self, commands: Vec<ShardCommand>) -> Option<flume::Sender<()>> {
+        let mut pending = Vec::new();
+        let mut shutdown = None;
+        let mut keys = Vec::new();
+        let sequences_before = self.next_sequence.clone();
+        for command in commands {
+            match command {
+                ShardCommand::Append { items, reply } => {
+                    let outcomes = items.into_iter().map(|item| self.stage(item, &mut keys)).collect::<Vec<_>>();
+                    pending.push((reply, outcomes));
+                }
+                ShardCommand::Subscribe { pattern, start, deliveries } => {
+                    glommio::spawn_local(subscription(self.id, self.index(), pattern, start, deliveries)).detach();
+                }
+                ShardCommand::ListTopics { reply } => {
+                    let _ = reply.send(self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect());
+                }
+                ShardCommand::Shutdown { done } => shutdown = Some(done),
+            }
+        }
+        let result = self.writer.commit().await;
+        match result {
+            Ok(()) => {
+                for key in keys {
+                    self.dedup.insert(key);
+                }
+                for (reply, outcomes) in pending {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
+                metrics::counter!("jimbus_log_commit_failures_total").increment(1);
+                self.next_sequence = sequences_before;
+                for (reply, _) in pending {
+                    let _ = reply.send(Err(ShardError::Storage(e.to_string())));
+                }
+            }
+        }
+        shutdown
+    }
+
+    /// Stages one item: assigns its sequence and offset, or recognises a retry.
+    fn stage(&mut self, item: AppendItem, keys: &mut Vec<DedupKey>) -> ItemOutcome {
+        let now = self.writer.monotonic_time_us(now_micros());
+        match item {
+            AppendItem::Event(mut event) => {
+                let key = client_key(&event);
+                if key.is_some_and(|k| self.dedup.contains(k)) {
+                    metrics::counter!("jimbus_events_duplicate_total").increment(1);
+                    return ItemOutcome::Duplicate;
+                }
+                keys.extend(key);
+                let next = self.next_sequence.entry(event.session_id.clone()).or_insert(1);
+                event.sequence = *next;
+                *next += 1;
+                event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
+                let topic = topic::raw_topic(&event.session_id, &event.event_type);
+                self.stage_message(RecordKind::Event, topic, &*event, now)
+            }
+            AppendItem::DeadLetter(letter) => {
+                metrics::counter!("jimbus_deadletter_total").increment(1);
+                self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER.to_string(), &*letter, now)
+            }
+        }
+    }
+
+    fn stage_message(&mut self, kind: RecordKind, topic: String, message: &impl Message, now: u64) -> ItemOutcome {
+        self.scratch.clear();
+        message.encode(&mut self.scratch).expect("a Vec grows as needed");
+        let offset = self.writer.stage(kind, &topic, &self.scratch, now);
+        *self.topics.entry(topic).or_default() += 1;
+        ItemOutcome::Stored { offset }
+    }
+}
+
+/// Resolves a start position to an offset on this shard.
+async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
+    let (first, end) = {
+        let log = index.borrow();
+        (log.start(), log.end())
+    };
+    match start {
+        Start::Latest => end,
+        Start::Earliest => first,
+        Start::Offset(offset) => offset.clamp(first, end),
+        Start::TimeMicros(t) => {
+            let mut at = index.borrow().offset_near_time(t);
+            loop {
+                let Ok((frames, next)) = read_frames(index, at, 256).await else { return at };
+                if frames.is_empty() {
+                    return at;
+                }
+                for frame in &frames {
+                    match record::decode(frame) {
+                        Ok(rec) if rec.time_us >= t => return rec.offset,
+                        _ => {}
+                    }
+                }
+                at = next;
+            }
+        }
+    }
+}
+
+/// Builds the delivery for one record.
+fn delivery(shard: usize, rec: &record::Record<'_>) -> Option<bus::SubscribeResponse> {
+    use bus::subscribe_response::Body;
+    let body = match rec.kind {
+        RecordKind::Event => Body::Event(pb::Event::decode(rec.message).ok()?),
+        RecordKind::Aggregated => Body::Aggregated(pb::BalatroGameStateEvent::decode(rec.message).ok()?),
+        RecordKind::DeadLetter => Body::DeadLetter(bus::DeadLetter::decode(rec.message).ok()?),
+    };
+    Some(bus::SubscribeResponse {
+        topic: rec.topic.to_string(),
+        partition: shard as u32,
+        offset: rec.offset,
+        delivery_count: 1,
+        body: Some(body),
+    })
+}
+
+/// Streams the records of this shard that match `pattern` to one subscriber,
+/// waiting for room in its channel (so a slow subscriber slows only itself and
+/// never makes the shard buffer), until the subscriber goes away.
+async fn subscription(
+    shard: usize,
+    index: SharedIndex,
+    pattern: Pattern,
+    start: Start,
+    out: flume::Sender<bus::SubscribeResponse>,
+) {
+    let index: Rc<_> = index;
+    let mut cursor = start_offset(&index, start).await;
+    metrics::gauge!("jimbus_subscriptions").increment(1.0);
+    'outer: while !out.is_disconnected() {
+        let listener = index.borrow().committed.listen();
+        if cursor >= index.borrow().end() {
+            let idle = glommio::timer::Timer::new(Duration::from_secs(1));
+            futures_lite::future::or(async { listener.await }, async {
+                idle.await;
+            })
+            .await;
+            continue;
+        }
+        let (frames, next) = match read_frames(&index, cursor, 512).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(shard, error = %e, "subscription read failed");
+                break;
+            }
+        };
+        if frames.is_empty() {
+            cursor = next.max(cursor + 1).min(index.borrow().end());
+            continue;
+        }
+        for frame in &frames {
+            let Ok(rec) = record::decode(frame) else { continue };
+            if !pattern.matches(rec.topic) {
+                continue;
+            }
+            let Some(delivery) = delivery(shard, &rec) else { continue };
+            if out.send_async(delivery).await.is_err() {
+                break 'outer;
+            }
+        }
+        cursor = next;
+    }
+    metrics::gauge!("jimbus_subscriptions").decrement(1.0);
+}
