@@ -1,0 +1,158 @@
+//! The HTTP edge under bad input and misbehaving clients: every case gets its
+//! precise status and message, nothing refused is lost (it is dead-lettered), and
+//! the server stays up. Also keep-alive, pipelining, chunked bodies and
+//! `Expect: 100-continue`.
+
+mod harness;
+
+use harness::{request, HttpConn, Jimbus};
+use jimbus_proto::bus::subscribe_response::Body;
+use std::io::Write;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_json_is_400_with_offset_and_dead_lettered() {
+    let server = Jimbus::start(&[]);
+    let body = br#"{"events":[{"type":"HEARTBEAT"},{"type":]}"#;
+    let response = server.post("/api/v1/events/batch", body);
+    assert_eq!(response.status, 400);
+    let answer = response.json();
+    assert_eq!(answer["offset"], 40, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("malformed JSON"), "{answer}");
+    let letters = server.read_all("deadletter", 1).await;
+    let Some(Body::DeadLetter(letter)) = &letters[0].body else { panic!() };
+    assert_eq!(&letter.raw[..], &body[..]);
+    assert!(letter.reason.contains("byte 40"));
+    assert_eq!(letter.origin, "/api/v1/events/batch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_types_name_the_field() {
+    let server = Jimbus::start(&[]);
+    let response = server.post("/api/v1/events", br#"{"type":"GAME_STATE","payload":{"ante":"one"}}"#);
+    assert_eq!(response.status, 400);
+    let answer = response.json();
+    assert_eq!(answer["field"], "payload.ante", "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("expected a number"), "{answer}");
+
+    let response = server.post("/api/v1/events", br#"{"payload":{}}"#);
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["field"], "type");
+
+    let too_long = format!(r#"{{"type":"HEARTBEAT","session_id":"{}"}}"#, "s".repeat(300));
+    let response = server.post("/api/v1/events", too_long.as_bytes());
+    assert_eq!(response.status, 400);
+    assert!(response.json()["error"].as_str().unwrap().contains("session_id: max_len=256"), "{}", response.json());
+    assert_eq!(server.read_all("deadletter", 3).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_bad_event_does_not_fail_its_batch() {
+    let server = Jimbus::start(&[]);
+    let body = br#"{"batch_id":"b1","source":"BalatroMCP","events":[{"type":"HEARTBEAT"},{"type":"ROUND_CHANGED","payload":{"round":{}}},{"type":"HEARTBEAT"}]}"#;
+    let response = server.post("/api/v1/events/batch", body);
+    assert_eq!(response.status, 200);
+    let answer = response.json();
+    assert_eq!(answer["accepted"], 2);
+    assert_eq!(answer["rejected"][0]["index"], 1);
+    assert_eq!(answer["rejected"][0]["error"], "events[1].payload.round: expected a number, found object");
+    let letters = server.read_all("deadletter", 1).await;
+    let Some(Body::DeadLetter(letter)) = &letters[0].body else { panic!() };
+    assert_eq!(&letter.raw[..], &br#"{"type":"ROUND_CHANGED","payload":{"round":{}}}"#[..]);
+    assert_eq!(server.read_all("balatro.>", 2).await.len(), 2);
+}
+
+#[test]
+fn oversized_bodies_get_413_by_length_and_by_chunks() {
+    let server = Jimbus::start(&["--max-body", "1000"]);
+    let big = vec![b' '; 2000];
+    let response = server.post("/api/v1/events", &big);
+    assert_eq!(response.status, 413);
+    assert!(response.json()["error"].as_str().unwrap().contains("1000 bytes"));
+
+    let mut conn = HttpConn::open(server.http);
+    let mut chunked = b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 500, " ".repeat(500)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    conn.send(&chunked);
+    assert_eq!(conn.read_response().status, 413);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn a_stalled_body_gets_408_and_a_silent_connection_is_closed() {
+    let server = Jimbus::start(&["--body-timeout", "1", "--idle-timeout", "2"]);
+    let mut conn = HttpConn::open(server.http);
+    conn.send(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"type\":");
+    let response = conn.read_response();
+    assert_eq!(response.status, 408);
+    assert!(response.json()["error"].as_str().unwrap().contains("did not arrive"));
+
+    let mut silent = HttpConn::open(server.http);
+    assert!(silent.is_closed(), "an idle connection must be closed by the server");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn too_many_connections_get_503() {
+    let server = Jimbus::start(&["--shards", "1", "--max-connections", "2"]);
+    let mut held: Vec<HttpConn> = (0..2).map(|_| HttpConn::open(server.http)).collect();
+    // Make sure both are being served before opening the third.
+    for conn in &mut held {
+        conn.send(&request("GET", "/health", b"", &[]));
+        assert_eq!(conn.read_response().status, 200);
+    }
+    let mut third = HttpConn::open(server.http);
+    let response = third.read_response();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    drop(held);
+}
+
+#[test]
+fn keep_alive_pipelining_chunked_and_expect_continue() {
+    let server = Jimbus::start(&[]);
+    let event = br#"{"type":"HEARTBEAT","source":"BalatroMCP"}"#;
+    let mut conn = HttpConn::open(server.http);
+    // Two pipelined requests in one write, then a third on the same connection.
+    let mut both = request("POST", "/api/v1/events", event, &[]);
+    both.extend(request("POST", "/api/v1/events", event, &[]));
+    conn.send(&both);
+    assert_eq!(conn.read_response().status, 200);
+    assert_eq!(conn.read_response().status, 200);
+    conn.send(&request("GET", "/ready", b"", &[]));
+    assert_eq!(conn.read_response().status, 200);
+
+    let mut chunked = b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in event.chunks(7) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    conn.send(&chunked);
+    assert_eq!(conn.read_response().json()["accepted"], 1);
+
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        event.len()
+    );
+    conn.send(head.as_bytes());
+    assert_eq!(conn.read_response().status, 100);
+    conn.reader.get_mut().write_all(event).unwrap();
+    assert_eq!(conn.read_response().status, 200);
+}
+
+#[test]
+fn routes_methods_health_and_metrics() {
+    let server = Jimbus::start(&[]);
+    assert_eq!(server.get("/api/v1/events").status, 405);
+    assert_eq!(server.post("/nope", b"{}").status, 404);
+    assert_eq!(server.post("/api/v1/events/health", b"{}").status, 200);
+    assert_eq!(server.get("/ready").status, 200);
+    assert_eq!(server.post("/api/v1/events", b"").status, 400);
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(metrics.contains("jimbus_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("status=\"405\""), "{metrics}");
+}
