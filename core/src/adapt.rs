@@ -238,9 +238,10 @@ payload_reader!(heartbeat, pb::HeartbeatEvent {
     "headless" => headless: flag, "game_state" => game_state: text,
 });
 payload_reader!(game_state, pb::GameStateEvent {
-    "game_state" => phase: text, "phase" => phase: text, "ante" => ante: int32, "round" => round: int32,
-    "money" => money: number, "chips" => chips: number, "mult" => mult: number, "score" => score: number,
-    "hands_remaining" => hands_remaining: int32, "discards_remaining" => discards_remaining: int32,
+    "game_state" => phase: text, "phase" => phase: text, "ante" => ante: some(int32), "round" => round: some(int32),
+    "money" => money: some(number), "chips" => chips: some(number), "mult" => mult: some(number),
+    "score" => score: some(number), "hands_remaining" => hands_remaining: some(int32),
+    "discards_remaining" => discards_remaining: some(int32),
     "blind" => blind: some(blind), "jokers" => jokers: |r: &mut Reader<'_>| list(r, joker),
     "hand" => hand: |r: &mut Reader<'_>| list(r, card), "deck" => deck: some(deck),
 });

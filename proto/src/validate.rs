@@ -71,10 +71,7 @@ impl FieldPath {
                 Segment::Index(i) => path.push_str(&format!("[{i}]")),
             }
         }
-        Violation {
-            path,
-            rule: rule.to_string(),
-        }
+        Violation { path, rule: rule.to_string() }
     }
 }
 
