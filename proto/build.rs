@@ -195,42 +195,37 @@ fn value_check(field: &FieldDescriptorProto, rules: &Rules) -> String {
 
 fn field_check(message: &DescriptorProto, field: &FieldDescriptorProto, rules: &Rules) -> Result<String, String> {
     let name = field.name();
-    let member = name;
-    let mut code = format!("        path.push_field(\"{name}\");\n");
-    let repeated = field.label() == Label::Repeated;
-    if repeated {
+    let checks = value_check(field, rules);
+    let mut body = String::new();
+    if field.label() == Label::Repeated {
         if let Some(n) = rules.max_items {
-            let _ = writeln!(code, "if self.{member}.len() > {n} {{ out.push(path.violation(\"max_items={n}\")); }}");
+            let _ = writeln!(body, "if self.{name}.len() > {n} {{ out.push(path.violation(\"max_items={n}\")); }}");
         }
-        if !is_map(message, field) {
-            let checks = value_check(field, rules);
-            if !checks.is_empty() {
-                let _ = writeln!(
-                    code,
-                    "for (i, v) in self.{member}.iter().enumerate() {{ path.push_index(i);\n{checks}path.pop(); }}"
-                );
-            }
+        if !is_map(message, field) && !checks.is_empty() {
+            let _ = writeln!(
+                body,
+                "for (i, v) in self.{name}.iter().enumerate() {{ path.push_index(i);\n{checks}path.pop(); }}"
+            );
         }
-    } else if field.r#type() == Type::Message {
-        let checks = value_check(field, rules);
-        let missing = if rules.required { "out.push(path.violation(\"required\"));" } else { "" };
-        let _ = writeln!(code, "match &self.{member} {{ Some(v) => {{ {checks} }} None => {{ {missing} }} }}");
-    } else if field.proto3_optional() {
-        let checks = value_check(field, rules);
+    } else if field.r#type() == Type::Message || field.proto3_optional() {
+        if rules.required {
+            let _ = writeln!(body, "if self.{name}.is_none() {{ out.push(path.violation(\"required\")); }}");
+        }
         if !checks.is_empty() {
-            let _ = writeln!(code, "if let Some(v) = &self.{member} {{\n{checks}}}");
+            let _ = writeln!(body, "if let Some(v) = &self.{name} {{\n{checks}}}");
         }
     } else {
         if rules.required && matches!(field.r#type(), Type::String | Type::Bytes) {
-            let _ = writeln!(code, "if self.{member}.is_empty() {{ out.push(path.violation(\"required\")); }}");
+            let _ = writeln!(body, "if self.{name}.is_empty() {{ out.push(path.violation(\"required\")); }}");
         }
-        let checks = value_check(field, rules);
         if !checks.is_empty() {
-            let _ = writeln!(code, "{{ let v = &self.{member};\n{checks}}}");
+            let _ = writeln!(body, "{{ let v = &self.{name};\n{checks}}}");
         }
     }
-    code += "        path.pop();\n";
-    Ok(code)
+    if body.is_empty() {
+        return Ok(body);
+    }
+    Ok(format!("        path.push_field(\"{name}\");\n{body}        path.pop();\n"))
 }
 
 fn oneof_check(package: &str, message: &DescriptorProto, oneof: &str, oneof_index: i32, rules: &Rules) -> String {

@@ -8,7 +8,10 @@
 //! (`x-request-id` metadata, or a new one) becomes the events' correlation id and
 //! is echoed in the response metadata. This module must never hold shard state.
 
-use crate::shard::{now_micros, timestamp, AppendItem, ItemOutcome, ShardCommand, ShardError, ShardRouter, Start};
+use crate::consumer::ConsumerOptions;
+use crate::shard::{
+    now_micros, timestamp, AppendItem, Durable, ItemOutcome, ShardCommand, ShardError, ShardRouter, Start,
+};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::bus::{self, StartPosition};
@@ -111,6 +114,22 @@ fn start_of(request: &bus::SubscribeRequest) -> Result<Start, Status> {
     })
 }
 
+/// The durable consumer a request names, with its flow control (0 means default).
+fn durable_of(request: &bus::SubscribeRequest) -> Option<Durable> {
+    if request.durable_name.is_empty() {
+        return None;
+    }
+    let defaults = ConsumerOptions::default();
+    let ack_wait_ms =
+        request.ack_wait.as_ref().map_or(0, |d| d.seconds.max(0) as u64 * 1000 + d.nanos.max(0) as u64 / 1_000_000);
+    let options = ConsumerOptions {
+        max_in_flight: if request.max_in_flight == 0 { defaults.max_in_flight } else { request.max_in_flight as usize },
+        ack_wait_ms: if ack_wait_ms == 0 { defaults.ack_wait_ms } else { ack_wait_ms },
+        max_deliver: if request.max_deliver == 0 { defaults.max_deliver } else { request.max_deliver },
+    };
+    Some(Durable { name: request.durable_name.clone(), options })
+}
+
 type DeliveryStream = Pin<Box<dyn Stream<Item = Result<bus::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -153,16 +172,15 @@ impl EventBusService for BusService {
         }
         let pattern =
             Pattern::parse(&request.pattern).map_err(|e| Status::invalid_argument(format!("pattern: {e}")))?;
-        if !request.durable_name.is_empty() {
-            return Err(Status::unimplemented(
-                "durable_name: durable subscriptions are not available yet; subscribe without a name (at-most-once from the chosen start)",
-            ));
-        }
+        let durable = durable_of(&request);
         let start = start_of(&request)?;
-        let (deliveries, receiver) = flume::bounded(SUBSCRIBER_BUFFER);
+        let buffer =
+            durable.as_ref().map_or(SUBSCRIBER_BUFFER, |d| d.options.max_in_flight.clamp(1, SUBSCRIBER_BUFFER));
+        let (deliveries, receiver) = flume::bounded(buffer);
         let opened = self.router.broadcast(|| ShardCommand::Subscribe {
             pattern: pattern.clone(),
             start,
+            durable: durable.clone(),
             deliveries: deliveries.clone(),
         });
         if !opened {
@@ -173,10 +191,24 @@ impl EventBusService for BusService {
         Ok(with_request_id(Response::new(stream), &id))
     }
 
-    async fn ack(&self, _request: Request<bus::AckRequest>) -> Result<Response<bus::AckResponse>, Status> {
-        Err(Status::unimplemented(
-            "durable_name: acknowledgements belong to durable subscriptions, which are not available yet",
-        ))
+    async fn ack(&self, request: Request<bus::AckRequest>) -> Result<Response<bus::AckResponse>, Status> {
+        let request = request.into_inner();
+        if let Err(violations) = request.validate() {
+            return Err(Status::invalid_argument(violations.to_string()));
+        }
+        let mut per_shard: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+        for position in request.positions {
+            let shard = position.partition as usize;
+            if shard >= self.router.shards() {
+                return Err(Status::invalid_argument(format!("positions: partition {shard} does not exist")));
+            }
+            per_shard.entry(shard).or_default().push(position.offset);
+        }
+        let mut acked = 0;
+        for (shard, offsets) in per_shard {
+            acked += self.router.ack(shard, request.durable_name.clone(), offsets).await.map_err(unavailable)?;
+        }
+        Ok(Response::new(bus::AckResponse { acked }))
     }
 
     async fn list_topics(

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
 pub mod config;
+pub mod consumer;
 pub mod grpc;
 pub mod http;
 pub mod log;

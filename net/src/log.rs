@@ -206,7 +206,7 @@ impl SegmentWriter {
             let data = std::fs::read(&path)?;
             let mut positions = Vec::new();
             let scan = record::scan(&data, |pos, rec| {
-                if positions.len() % 64 == 0 {
+                if positions.len().is_multiple_of(64) {
                     time_marks.push((rec.time_us, rec.offset));
                 }
                 positions.push(pos as u32);
@@ -332,7 +332,7 @@ impl SegmentWriter {
             let offset = log.end;
             let frame = data.slice(from..end);
             if let Ok(rec) = record::decode(&frame) {
-                if offset % 64 == 0 {
+                if offset.is_multiple_of(64) {
                     log.time_marks.push((rec.time_us, offset));
                 }
             }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (HTTP for mods, gRPC for subscribers) on the embedded durable log.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Subscribe over gRPC and print one JSON line per delivery.
     Tail {
         /// Topic pattern with NATS wildcards, e.g. 'balatro.*.SCORING' or '>'.
@@ -82,7 +82,7 @@ fn main() {
     };
     telemetry::init_logs(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Tail { pattern, grpc, from_start, count } => tail(pattern, grpc, from_start, count),
         Command::Publish { events, grpc, session } => publish(events, grpc, session),
         Command::Health { url } => health(&url),

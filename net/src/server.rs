@@ -115,7 +115,7 @@ fn spawn_shard(
         .io_memory(2 << 20);
     let handle = builder
         .spawn(move || async move {
-            let shard = match Shard::open(id, &dir, log, pump).await {
+            let shard = match Shard::open(id, &dir, log, pump, router.clone()).await {
                 Ok(shard) => shard,
                 Err(e) => {
                     let _ = started.send(Err(format!("cannot open the log in {}: {e}", dir.display())));

@@ -9,6 +9,7 @@
 //! Subscriptions are tasks on the shard that read its log. A shard must never
 //! reach into another shard's state; it only sends commands.
 
+use crate::consumer::{self, Consumer, ConsumerOptions, SharedConsumer};
 use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
 use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
 use jimbus_core::record::{self, RecordKind};
@@ -16,7 +17,9 @@ use jimbus_core::topic::{self, Pattern};
 use jimbus_proto::bus;
 use jimbus_proto::events as pb;
 use prost::Message;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,12 +61,37 @@ pub enum Start {
 
 pub type AppendReply = flume::Sender<Result<Vec<ItemOutcome>, ShardError>>;
 
+/// A named subscription's identity and flow control.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub name: String,
+    pub options: ConsumerOptions,
+}
+
 /// A request to a shard's pump.
 pub enum ShardCommand {
-    Append { items: Vec<AppendItem>, reply: AppendReply },
-    Subscribe { pattern: Pattern, start: Start, deliveries: flume::Sender<bus::SubscribeResponse> },
-    ListTopics { reply: flume::Sender<Vec<(String, u64)>> },
-    Shutdown { done: flume::Sender<()> },
+    Append {
+        items: Vec<AppendItem>,
+        reply: AppendReply,
+    },
+    Subscribe {
+        pattern: Pattern,
+        start: Start,
+        durable: Option<Durable>,
+        deliveries: flume::Sender<bus::SubscribeResponse>,
+    },
+    /// Acknowledges offsets of a durable consumer; answered once the acks are on disk.
+    Ack {
+        name: String,
+        offsets: Vec<u64>,
+        reply: flume::Sender<Result<u32, ShardError>>,
+    },
+    ListTopics {
+        reply: flume::Sender<Vec<(String, u64)>>,
+    },
+    Shutdown {
+        done: flume::Sender<()>,
+    },
 }
 
 /// How to reach every shard. Cheap to clone; `Send`, so the gRPC edge holds one.
@@ -109,6 +137,14 @@ impl ShardRouter {
         answer.recv_async().await.map_err(|_| ShardError::Stopped)?
     }
 
+    /// Acknowledges offsets of a durable consumer on `shard`.
+    pub async fn ack(&self, shard: usize, name: String, offsets: Vec<u64>) -> Result<u32, ShardError> {
+        let queue = self.queues.get(shard).ok_or(ShardError::Stopped)?;
+        let (reply, answer) = flume::bounded(1);
+        queue.send_async(ShardCommand::Ack { name, offsets, reply }).await.map_err(|_| ShardError::Stopped)?;
+        answer.recv_async().await.map_err(|_| ShardError::Stopped)?
+    }
+
     pub fn broadcast(&self, make: impl Fn() -> ShardCommand) -> bool {
         self.queues.iter().all(|q| q.send(make()).is_ok())
     }
@@ -130,7 +166,10 @@ pub struct PumpOptions {
 /// The state the pump owns.
 pub struct Shard {
     id: usize,
+    dir: PathBuf,
+    router: ShardRouter,
     writer: SegmentWriter,
+    consumers: BTreeMap<String, SharedConsumer>,
     options: PumpOptions,
     next_sequence: HashMap<String, u64>,
     dedup: DedupWindow,
@@ -163,14 +202,15 @@ impl Shard {
     /// Opens the shard's log and rebuilds sequences, dedup and topics from it.
     pub async fn open(
         id: usize,
-        writer_dir: &std::path::Path,
+        dir: &std::path::Path,
         log: crate::log::LogOptions,
         options: PumpOptions,
+        router: ShardRouter,
     ) -> Result<Self, LogError> {
         let mut next_sequence = HashMap::new();
         let mut dedup = DedupWindow::new(options.dedup_window);
         let mut topics: HashMap<String, u64> = HashMap::new();
-        let (writer, report) = SegmentWriter::open(writer_dir, log, |rec| {
+        let (writer, report) = SegmentWriter::open(dir, log, |rec| {
             *topics.entry(rec.topic.to_string()).or_default() += 1;
             if rec.kind != RecordKind::Event {
                 return;
@@ -185,7 +225,47 @@ impl Shard {
         })
         .await?;
         tracing::info!(shard = id, segments = report.segments, records = report.records, truncated = ?report.truncated, "log recovered");
-        Ok(Self { id, writer, options, next_sequence, dedup, topics, scratch: Vec::new() })
+        let mut consumers = BTreeMap::new();
+        for (name, record) in consumer::load(dir)? {
+            if let Some(restored) = Consumer::restore(name.clone(), record) {
+                let shared = Rc::new(RefCell::new(restored));
+                glommio::spawn_local(consumer::deliver(id, writer.index(), shared.clone(), router.clone())).detach();
+                consumers.insert(name, shared);
+            }
+        }
+        let dir = dir.to_path_buf();
+        Ok(Self { id, dir, router, writer, consumers, options, next_sequence, dedup, topics, scratch: Vec::new() })
+    }
+
+    /// The lowest offset a durable consumer still needs (retention keeps it).
+    pub fn oldest_unacked(&self) -> Option<u64> {
+        self.consumers.values().map(|c| c.borrow().ack_floor()).min()
+    }
+
+    /// Joins (or creates, starting at `start`) a durable consumer.
+    fn join_consumer(
+        &mut self,
+        durable: Durable,
+        pattern: Pattern,
+        start: u64,
+        member: flume::Sender<bus::SubscribeResponse>,
+    ) -> bool {
+        let created = !self.consumers.contains_key(&durable.name);
+        let index = self.index();
+        let shared = self.consumers.entry(durable.name.clone()).or_insert_with(|| {
+            let consumer = Consumer::new(durable.name.clone(), pattern, durable.options, start);
+            Rc::new(RefCell::new(consumer))
+        });
+        shared.borrow_mut().add_member(member);
+        if created {
+            glommio::spawn_local(consumer::deliver(self.id, index, shared.clone(), self.router.clone())).detach();
+        }
+        created
+    }
+
+    async fn save_consumers(&self) -> std::io::Result<()> {
+        let records = self.consumers.iter().map(|(name, c)| (name.clone(), c.borrow().record())).collect();
+        consumer::save(&self.dir, &records).await
     }
 
     pub fn index(&self) -> SharedIndex {
@@ -219,6 +299,8 @@ impl Shard {
     /// when the batch held a shutdown command.
     async fn apply(&mut self, commands: Vec<ShardCommand>) -> Option<flume::Sender<()>> {
         let mut pending = Vec::new();
+        let mut acks = Vec::new();
+        let mut consumers_changed = false;
         let mut shutdown = None;
         let mut keys = Vec::new();
         let sequences_before = self.next_sequence.clone();
@@ -228,14 +310,30 @@ impl Shard {
                     let outcomes = items.into_iter().map(|item| self.stage(item, &mut keys)).collect::<Vec<_>>();
                     pending.push((reply, outcomes));
                 }
-                ShardCommand::Subscribe { pattern, start, deliveries } => {
+                ShardCommand::Subscribe { pattern, start, durable: None, deliveries } => {
                     glommio::spawn_local(subscription(self.id, self.index(), pattern, start, deliveries)).detach();
+                }
+                ShardCommand::Subscribe { pattern, start, durable: Some(durable), deliveries } => {
+                    let first = start_offset_now(&self.index(), start);
+                    consumers_changed |= self.join_consumer(durable, pattern, first, deliveries);
+                }
+                ShardCommand::Ack { name, offsets, reply } => {
+                    let acked = self.consumers.get(&name).map_or(0, |c| {
+                        let mut c = c.borrow_mut();
+                        offsets.into_iter().filter(|&o| c.ack(o)).count() as u32
+                    });
+                    consumers_changed |= acked > 0;
+                    acks.push((reply, acked));
                 }
                 ShardCommand::ListTopics { reply } => {
                     let _ = reply.send(self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect());
                 }
                 ShardCommand::Shutdown { done } => shutdown = Some(done),
             }
+        }
+        let saved = if consumers_changed { self.save_consumers().await.map_err(|e| e.to_string()) } else { Ok(()) };
+        for (reply, acked) in acks {
+            let _ = reply.send(saved.clone().map(|_| acked).map_err(ShardError::Storage));
         }
         let result = self.writer.commit().await;
         match result {
@@ -293,6 +391,17 @@ impl Shard {
     }
 }
 
+/// Resolves a start position at once (a time start uses the coarse time index).
+fn start_offset_now(index: &SharedIndex, start: Start) -> u64 {
+    let log = index.borrow();
+    match start {
+        Start::Latest => log.end(),
+        Start::Earliest => log.start(),
+        Start::Offset(offset) => offset.clamp(log.start(), log.end()),
+        Start::TimeMicros(t) => log.offset_near_time(t),
+    }
+}
+
 /// Resolves a start position to an offset on this shard.
 async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
     let (first, end) = {
@@ -323,7 +432,7 @@ async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
 }
 
 /// Builds the delivery for one record.
-fn delivery(shard: usize, rec: &record::Record<'_>) -> Option<bus::SubscribeResponse> {
+pub fn delivery(shard: usize, rec: &record::Record<'_>) -> Option<bus::SubscribeResponse> {
     use bus::subscribe_response::Body;
     let body = match rec.kind {
         RecordKind::Event => Body::Event(pb::Event::decode(rec.message).ok()?),
@@ -356,7 +465,7 @@ async fn subscription(
         let listener = index.borrow().committed.listen();
         if cursor >= index.borrow().end() {
             let idle = glommio::timer::Timer::new(Duration::from_secs(1));
-            futures_lite::future::or(async { listener.await }, async {
+            futures_lite::future::or(listener, async {
                 idle.await;
             })
             .await;

@@ -79,7 +79,7 @@ async fn every_fixture_is_accepted_and_delivered_in_order() {
     assert!(
         matches!(&connection.payload, Some(Payload::ConnectionTest(c)) if c.message == "Testing event bus connection")
     );
-    let float_clock = by_name("quirk_float_timestamp.json").timing.clone().unwrap();
+    let float_clock = by_name("quirk_float_timestamp.json").timing.unwrap();
     assert_eq!(float_clock.client_timestamp_ms, 5.695104598999);
     assert_eq!(float_clock.client_clock, pb::ClientClock::GameMs as i32);
 }
