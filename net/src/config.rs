@@ -3,7 +3,7 @@
 //! This module must never start anything.
 
 use crate::http::HttpOptions;
-use crate::log::{FsyncMode, LogOptions};
+use crate::log::{FsyncMode, LogOptions, Retention};
 use crate::shard::PumpOptions;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -58,6 +58,14 @@ pub struct ServeArgs {
     /// Retried event ids remembered per shard [default: 1000000].
     #[arg(long, env = "JIMBUS_DEDUP_WINDOW")]
     pub dedup_window: Option<usize>,
+    /// Delete closed segments whose newest record is older than this many seconds
+    /// (never data a durable consumer has not acknowledged) [default: keep forever].
+    #[arg(long, env = "JIMBUS_RETENTION_SECONDS")]
+    pub retention_seconds: Option<u64>,
+    /// Delete the oldest closed segments while a shard's log is larger than this
+    /// many bytes (never data a durable consumer has not acknowledged) [default: no limit].
+    #[arg(long, env = "JIMBUS_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +85,8 @@ struct FileConfig {
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
+    retention_seconds: Option<u64>,
+    retention_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +141,10 @@ impl ServeArgs {
                 fsync: self.fsync.or(file.fsync).unwrap_or(FsyncMode::Batch),
                 segment_bytes: self.segment_bytes.or(file.segment_bytes).unwrap_or(64 << 20).max(4096),
                 tail_cache_bytes: 8 << 20,
+                retention: Retention {
+                    max_age: self.retention_seconds.or(file.retention_seconds).map(Duration::from_secs),
+                    max_bytes: self.retention_bytes.or(file.retention_bytes),
+                },
             },
             pump: PumpOptions {
                 max_batch: 1024,

@@ -38,6 +38,26 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// Newest records kept in memory for subscribers, in bytes.
     pub tail_cache_bytes: usize,
+    pub retention: Retention,
+}
+
+/// How long closed segments are kept. Limits apply to the shard's whole log
+/// (its segments mix the topics of the sessions it owns) and are enforced by
+/// deleting whole segments, oldest first; the active segment is never deleted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    /// Delete a segment once its newest record is older than this.
+    pub max_age: Option<std::time::Duration>,
+    /// Delete the oldest segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
+}
+
+/// A segment retention deleted.
+#[derive(Debug, Clone)]
+pub struct RemovedSegment {
+    pub path: PathBuf,
+    pub records: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +92,8 @@ struct Segment {
     /// File position of each record, in offset order from `base`.
     positions: Vec<u32>,
     len: u64,
+    /// Receive time of its newest record, for age retention.
+    last_time_us: u64,
 }
 
 /// Offsets, positions and the in-memory tail, shared by the writer and readers
@@ -205,7 +227,9 @@ impl SegmentWriter {
         for (base, path) in segment_paths(dir)? {
             let data = std::fs::read(&path)?;
             let mut positions = Vec::new();
+            let mut segment_time_us = 0;
             let scan = record::scan(&data, |pos, rec| {
+                segment_time_us = segment_time_us.max(rec.time_us);
                 if positions.len().is_multiple_of(64) {
                     time_marks.push((rec.time_us, rec.offset));
                 }
@@ -224,7 +248,8 @@ impl SegmentWriter {
             report.records += scan.records as u64;
             end = end.max(base + positions.len() as u64);
             let file = open_rw(&path).await?;
-            segments.push(Segment { base, file: Rc::new(file), positions, len: scan.valid_len as u64 });
+            let len = scan.valid_len as u64;
+            segments.push(Segment { base, file: Rc::new(file), positions, len, last_time_us: segment_time_us });
         }
         report.segments = segments.len();
         let index = Rc::new(RefCell::new(LogIndex {
@@ -296,8 +321,13 @@ impl SegmentWriter {
         self.publish(data, &ends, start_len);
         let active_len = self.index.borrow().segments.last().map_or(0, |s| s.len);
         if active_len >= self.options.segment_bytes {
+            // The records above are durable whatever happens here, so a failed
+            // roll must not fail the commit: the active segment grows instead,
+            // and the next commit tries again.
             let next = self.index.borrow().end;
-            self.start_segment(next).await?;
+            if let Err(e) = self.start_segment(next).await {
+                tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing");
+            }
         }
         Ok(())
     }
@@ -331,12 +361,12 @@ impl SegmentWriter {
         for &end in ends {
             let offset = log.end;
             let frame = data.slice(from..end);
-            if let Ok(rec) = record::decode(&frame) {
-                if offset.is_multiple_of(64) {
-                    log.time_marks.push((rec.time_us, offset));
-                }
+            let time_us = record::decode(&frame).map_or(0, |rec| rec.time_us);
+            if offset.is_multiple_of(64) {
+                log.time_marks.push((time_us, offset));
             }
             let segment = log.segments.last_mut().expect("active segment");
+            segment.last_time_us = segment.last_time_us.max(time_us);
             segment.positions.push((start_len + from as u64) as u32);
             log.push_tail(offset, frame);
             log.end += 1;
@@ -351,12 +381,44 @@ impl SegmentWriter {
     }
 
     async fn start_segment(&mut self, base: u64) -> Result<(), LogError> {
-        let path = self.dir.join(format!("{base:020}.log"));
+        let path = self.dir.join(segment_name(base));
         let file = open_rw(&path).await?;
         // The new file's directory entry must be durable before anything in it is acknowledged.
         std::fs::File::open(&self.dir)?.sync_all()?;
-        self.index.borrow_mut().segments.push(Segment { base, file: Rc::new(file), positions: Vec::new(), len: 0 });
+        let segment = Segment { base, file: Rc::new(file), positions: Vec::new(), len: 0, last_time_us: 0 };
+        self.index.borrow_mut().segments.push(segment);
         Ok(())
+    }
+
+    /// Deletes closed segments that retention no longer keeps, oldest first,
+    /// but never one holding an offset at or above `keep_from` (the lowest
+    /// offset a durable consumer has not acknowledged). Readers that still hold
+    /// a deleted segment's file keep reading it until they let go.
+    pub fn enforce_retention(&mut self, now_us: u64, keep_from: u64) -> Result<Vec<RemovedSegment>, LogError> {
+        let policy = self.options.retention;
+        let mut removed = Vec::new();
+        let mut log = self.index.borrow_mut();
+        let mut total: u64 = log.segments.iter().map(|s| s.len).sum();
+        while log.segments.len() > 1 {
+            let (oldest, next) = (&log.segments[0], &log.segments[1]);
+            let too_old = policy.max_age.is_some_and(|age| oldest.last_time_us + age.as_micros() as u64 <= now_us);
+            let too_big = policy.max_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) || next.base > keep_from {
+                break;
+            }
+            let path = self.dir.join(segment_name(oldest.base));
+            std::fs::remove_file(&path)?;
+            let gone = log.segments.remove(0);
+            total -= gone.len;
+            removed.push(RemovedSegment { path, records: gone.positions.len() as u64, bytes: gone.len });
+        }
+        let start = log.start();
+        log.time_marks.retain(|&(_, offset)| offset >= start);
+        for segment in &removed {
+            tracing::info!(segment = %segment.path.display(), records = segment.records, bytes = segment.bytes, "retention deleted segment");
+            metrics::counter!("jimbus_log_retention_deleted_bytes_total").increment(segment.bytes);
+        }
+        Ok(removed)
     }
 
     /// Flushes and syncs the active segment (on shutdown).
@@ -387,6 +449,10 @@ async fn write_all(file: &BufferedFile, data: &[u8], mut at: u64) -> Result<(), 
         at += written as u64;
     }
     Ok(())
+}
+
+fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
 }
 
 /// Segment files in `dir`, by base offset.

@@ -89,6 +89,8 @@ pub enum ShardCommand {
     ListTopics {
         reply: flume::Sender<Vec<(String, u64)>>,
     },
+    /// Periodic housekeeping: age retention.
+    Maintain,
     Shutdown {
         done: flume::Sender<()>,
     },
@@ -149,6 +151,16 @@ impl ShardRouter {
         self.queues.iter().all(|q| q.send(make()).is_ok())
     }
 
+    /// Asks `shard` for housekeeping every `every`, until it stops.
+    async fn maintain_every(self, shard: usize, every: Duration) {
+        loop {
+            glommio::timer::sleep(every).await;
+            if self.queues[shard].send_async(ShardCommand::Maintain).await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn queue_depth(&self, shard: usize) -> usize {
         self.queues[shard].len()
     }
@@ -207,6 +219,7 @@ impl Shard {
         options: PumpOptions,
         router: ShardRouter,
     ) -> Result<Self, LogError> {
+        let log_retention_age = log.retention.max_age;
         let mut next_sequence = HashMap::new();
         let mut dedup = DedupWindow::new(options.dedup_window);
         let mut topics: HashMap<String, u64> = HashMap::new();
@@ -233,6 +246,10 @@ impl Shard {
                 consumers.insert(name, shared);
             }
         }
+        if let Some(age) = log_retention_age {
+            let every = (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
+        }
         let dir = dir.to_path_buf();
         Ok(Self { id, dir, router, writer, consumers, options, next_sequence, dedup, topics, scratch: Vec::new() })
     }
@@ -240,6 +257,15 @@ impl Shard {
     /// The lowest offset a durable consumer still needs (retention keeps it).
     pub fn oldest_unacked(&self) -> Option<u64> {
         self.consumers.values().map(|c| c.borrow().ack_floor()).min()
+    }
+
+    /// Deletes what retention no longer keeps, sparing every offset a durable
+    /// consumer has not acknowledged.
+    fn enforce_retention(&mut self) {
+        let keep_from = self.oldest_unacked().unwrap_or(u64::MAX);
+        if let Err(e) = self.writer.enforce_retention(now_micros(), keep_from) {
+            tracing::error!(shard = self.id, error = %e, "retention failed; segments kept");
+        }
     }
 
     /// Joins (or creates, starting at `start`) a durable consumer.
@@ -328,6 +354,7 @@ impl Shard {
                 ShardCommand::ListTopics { reply } => {
                     let _ = reply.send(self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect());
                 }
+                ShardCommand::Maintain => {}
                 ShardCommand::Shutdown { done } => shutdown = Some(done),
             }
         }
@@ -343,6 +370,9 @@ impl Shard {
                 }
                 for (reply, outcomes) in pending {
                     let _ = reply.send(Ok(outcomes));
+                }
+                if saved.is_ok() {
+                    self.enforce_retention();
                 }
             }
             Err(e) => {

@@ -37,6 +37,12 @@ impl Jimbus {
         Self::launch(data_dir, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap(), extra, Some(temp))
     }
 
+    /// Starts a server on a data directory the caller prepared (and cleans up).
+    pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(data_dir, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap(), extra, None)
+    }
+
     fn launch(
         data_dir: PathBuf,
         http: SocketAddr,

@@ -1,0 +1,106 @@
+//! A full disk through the real binary: the log lives on a small tmpfs; when it
+//! fills, ingest answers 503 with `Retry-After` and acknowledges nothing it did
+//! not store; when space returns, the same requests succeed and nothing
+//! acknowledged before is lost. Mounting needs root (or CAP_SYS_ADMIN), which
+//! CI has; the test says so plainly if it is missing.
+
+mod harness;
+
+use harness::Jimbus;
+use jimbus_proto::bus::subscribe_response::Body;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TMPFS_BYTES: u64 = 1 << 20;
+
+/// A tmpfs mounted for the test's lifetime.
+struct Tmpfs {
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Self {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = parent.path().join("disk");
+        std::fs::create_dir(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "this test mounts a tmpfs and needs root or CAP_SYS_ADMIN");
+        Self { dir, _parent: parent }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Fills the file system until writes fail, leaving `spare` bytes.
+fn fill(path: &Path, spare: u64) {
+    let free = free_bytes(path.parent().unwrap());
+    std::fs::write(path, vec![0u8; free.saturating_sub(spare) as usize]).expect("filler fits");
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().expect("df runs");
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output")
+}
+
+fn batch(from: usize, n: usize) -> Vec<u8> {
+    let events: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"d-{i}","type":"GAME_STATE","session_id":"disk","payload":{{"money":{i},"note":"{}"}}}}"#,
+                "y".repeat(200)
+            )
+        })
+        .collect();
+    format!(r#"{{"events":[{}]}}"#, events.join(",")).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_503_loses_nothing_and_recovers_when_space_returns() {
+    let disk = Tmpfs::mount(TMPFS_BYTES);
+    let data = disk.dir.join("data");
+    let server = Jimbus::start_in(data.clone(), &["--shards", "1", "--segment-bytes", "65536"]);
+    let filler = disk.dir.join("filler");
+    fill(&filler, 64 * 1024);
+
+    let mut acked = 0;
+    let refused = loop {
+        let response = server.post("/api/v1/events/batch", &batch(acked, 20));
+        match response.status {
+            200 => acked += 20,
+            503 => break response,
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&response.body)),
+        }
+        assert!(acked < 10_000, "the disk never filled");
+    };
+    assert!(acked > 0, "some events fit before the disk filled");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.json()["error"].as_str().unwrap().contains("durable"), "{}", refused.json());
+    // Still full: still refused, and the server is up.
+    assert_eq!(server.post("/api/v1/events/batch", &batch(acked, 20)).status, 503);
+    assert_eq!(server.get("/health").status, 200);
+
+    std::fs::remove_file(&filler).unwrap();
+    let retried = server.post("/api/v1/events/batch", &batch(acked, 20));
+    assert_eq!(retried.status, 200, "{}", String::from_utf8_lossy(&retried.body));
+    assert_eq!(retried.json()["accepted"], 20, "the refused batch was not stored before");
+    let total = acked + 20;
+    let stored = server.read_all("balatro.disk.>", total).await;
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|d| match &d.body {
+            Some(Body::Event(e)) => e.event_id.clone(),
+            other => panic!("not an event: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, (0..total).map(|i| format!("d-{i}")).collect::<Vec<_>>());
+    drop(server);
+}
