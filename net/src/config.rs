@@ -46,9 +46,10 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive before 408 [default: 30].
     #[arg(long, env = "JIMBUS_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Request bytes in flight per shard before 503 [default: 67108864].
-    #[arg(long, env = "JIMBUS_INFLIGHT_LIMIT")]
-    pub inflight_limit: Option<usize>,
+    /// Bytes of memory the server may grant to request bodies in flight, across
+    /// all shards; when spent, requests get 503 with Retry-After [default: 268435456].
+    #[arg(long, env = "JIMBUS_MEMORY_BUDGET")]
+    pub memory_budget: Option<u64>,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -81,7 +82,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     idle_timeout: Option<u64>,
     body_timeout: Option<u64>,
-    inflight_limit: Option<usize>,
+    memory_budget: Option<u64>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
@@ -110,6 +111,7 @@ pub struct ServeConfig {
     pub log: LogOptions,
     pub pump: PumpOptions,
     pub http_options: HttpOptions,
+    pub memory_budget: u64,
 }
 
 impl ServeArgs {
@@ -150,13 +152,13 @@ impl ServeArgs {
                 max_batch: 1024,
                 dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000),
             },
+            memory_budget: self.memory_budget.or(file.memory_budget).unwrap_or(256 << 20),
             http_options: HttpOptions {
                 ingest_path,
                 body_limit: self.max_body.or(file.max_body).unwrap_or(8 << 20),
                 idle_timeout: Duration::from_secs(self.idle_timeout.or(file.idle_timeout).unwrap_or(30).max(1)),
                 body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096).max(1),
-                inflight_limit: self.inflight_limit.or(file.inflight_limit).unwrap_or(64 << 20),
             },
         })
     }

@@ -16,6 +16,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body, BodyError, DecodedBody, Endpoint};
 use jimbus_core::topic;
 use jimbus_proto::bus;
@@ -42,8 +43,6 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Connections per shard; more get 503 and are closed.
     pub max_connections: usize,
-    /// Request bytes a shard holds in flight before it answers 503.
-    pub inflight_limit: usize,
 }
 
 /// Process-wide state the HTTP edge reads: readiness, stopping, metrics.
@@ -53,6 +52,9 @@ pub struct Control {
     /// Woken when `stopping` is set.
     pub stop: event_listener::Event,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Every request body is granted memory here before it is read; when the
+    /// budget is spent, requests get 503 with `Retry-After`.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// State shared by the connections of one shard.
@@ -63,8 +65,6 @@ pub struct Listener {
     control: Arc<Control>,
     /// Open connections, capped by `options.max_connections`.
     connections: Cell<usize>,
-    /// Request bytes being handled, capped by `options.inflight_limit`.
-    inflight: Cell<usize>,
     /// Woken when the last connection closes.
     idle: event_listener::Event,
 }
@@ -79,7 +79,6 @@ impl Listener {
             options,
             control,
             connections: Cell::new(0),
-            inflight: Cell::new(0),
             idle: event_listener::Event::new(),
         })
     }
@@ -224,6 +223,9 @@ impl Handler {
     }
 
     fn metrics(&self) -> Response<Body> {
+        let budget = &self.listener.control.budget;
+        metrics::gauge!("jimbus_budget_limit_bytes").set(budget.limit() as f64);
+        metrics::gauge!("jimbus_budget_used_bytes").set(budget.used() as f64);
         let mut r = Response::new(Full::new(Bytes::from(self.listener.control.metrics.render())));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         r
@@ -278,9 +280,10 @@ impl Handler {
         let _entered = span.enter();
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let reserve = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit);
-        let Some(_budget) = InflightGuard::take(&self.listener, reserve) else {
+        let Some(_grant) = self.listener.control.budget.request(reserve as u64, reserve as u64) else {
             metrics::counter!("jimbus_http_overload_total").increment(1);
-            return unavailable("the server is at its in-flight limit, retry later");
+            metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
+            return unavailable("the server's memory budget is spent, retry later");
         };
         let origin = req.uri().path().to_string();
         let mut response = match self.read_body(req).await {
@@ -434,29 +437,6 @@ impl Handler {
             }
         }
         Ok((stored, duplicates))
-    }
-}
-
-/// Holds a share of the shard's in-flight byte budget for one request.
-struct InflightGuard<'a> {
-    listener: &'a Listener,
-    bytes: usize,
-}
-
-impl<'a> InflightGuard<'a> {
-    fn take(listener: &'a Listener, bytes: usize) -> Option<Self> {
-        let now = listener.inflight.get();
-        if now > 0 && now + bytes > listener.options.inflight_limit {
-            return None;
-        }
-        listener.inflight.set(now + bytes);
-        Some(Self { listener, bytes })
-    }
-}
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.listener.inflight.set(self.listener.inflight.get() - self.bytes);
     }
 }
 

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_net::config::ServeArgs;
+use jimbus_core::budget::MemoryBudget;
 use jimbus_net::http::Control;
 use jimbus_net::server::Server;
 use jimbus_net::telemetry::{self, LogFormat};
@@ -107,6 +108,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stopping: AtomicBool::new(false),
         stop: event_listener::Event::new(),
         metrics: telemetry::init_metrics(),
+        budget: MemoryBudget::new(config.memory_budget),
     });
     let server = Server::start(config, control)?;
     wait_for_signal()?;

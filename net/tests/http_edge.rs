@@ -156,3 +156,41 @@ fn routes_methods_health_and_metrics() {
     assert!(metrics.contains("jimbus_http_requests_total"), "{metrics}");
     assert!(metrics.contains("status=\"405\""), "{metrics}");
 }
+
+/// A single event padded with a long string to exactly `len` bytes.
+fn padded_event(id: &str, len: usize) -> Vec<u8> {
+    let head = format!(r#"{{"event_id":"{id}","type":"HEARTBEAT","payload":{{"pad":""#);
+    let tail = r#""}}"#;
+    let mut body = head.into_bytes();
+    body.resize(len - tail.len(), b'p');
+    body.extend_from_slice(tail.as_bytes());
+    body
+}
+
+#[test]
+fn a_spent_memory_budget_is_503_until_the_holder_finishes() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "100000"]);
+    let big = padded_event("holder", 90_000);
+    let mut holder = HttpConn::open(server.http);
+    holder.send(
+        format!("POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", big.len())
+            .as_bytes(),
+    );
+    // The server asks for the body only once its memory is granted.
+    let mut interim = String::new();
+    std::io::BufRead::read_line(&mut holder.reader, &mut interim).unwrap();
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    std::io::BufRead::read_line(&mut holder.reader, &mut String::new()).unwrap();
+
+    let small = padded_event("waiter", 20_000);
+    let refused = server.post("/api/v1/events", &small);
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.json()["error"].as_str().unwrap().contains("memory budget"), "{}", refused.json());
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(metrics.contains("jimbus_budget_used_bytes 90000"), "the holder's grant is visible");
+
+    holder.send(&big);
+    assert_eq!(holder.read_response().status, 200);
+    assert_eq!(server.post("/api/v1/events", &small).status, 200, "the budget came back");
+}

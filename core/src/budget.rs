@@ -1,0 +1,170 @@
+//! The memory budget: one byte budget shared by every shard and the gRPC edge.
+//!
+//! A component asks for memory *before* it queues work ([`MemoryBudget::request`]),
+//! and the answer mirrors the Resource Coordinator's RequestResource: all of it
+//! ([`GrantStatus::Granted`]), part of it but at least the stated minimum
+//! ([`GrantStatus::Partial`], so a batch can shrink), or nothing ([`None`], the
+//! caller sheds load: 429/503 at HTTP, flow control on gRPC). A [`Grant`] gives
+//! its bytes back when dropped, so nothing leaks on an error path. The counter
+//! is one atomic updated by compare-and-swap, so threads never block on it; the
+//! counter type is a parameter so that loom can check the protocol. This module
+//! must never allocate on behalf of the caller or wait for memory to free up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The atomic operations the budget needs (std's `AtomicU64`, or loom's in tests).
+pub trait Counter: Send + Sync {
+    fn new(value: u64) -> Self;
+    fn load(&self) -> u64;
+    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
+    fn fetch_sub(&self, value: u64) -> u64;
+    fn fetch_add(&self, value: u64) -> u64;
+}
+
+impl Counter for AtomicU64 {
+    fn new(value: u64) -> Self {
+        AtomicU64::new(value)
+    }
+    fn load(&self) -> u64 {
+        AtomicU64::load(self, Ordering::Acquire)
+    }
+    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+    fn fetch_sub(&self, value: u64) -> u64 {
+        AtomicU64::fetch_sub(self, value, Ordering::AcqRel)
+    }
+    fn fetch_add(&self, value: u64) -> u64 {
+        AtomicU64::fetch_add(self, value, Ordering::Relaxed)
+    }
+}
+
+/// How much of a request was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantStatus {
+    Granted,
+    Partial,
+}
+
+/// A global byte budget.
+pub struct MemoryBudget<C: Counter = AtomicU64> {
+    limit: u64,
+    used: C,
+    denied: C,
+}
+
+impl<C: Counter> std::fmt::Debug for MemoryBudget<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget").field("limit", &self.limit).field("used", &self.used.load()).finish()
+    }
+}
+
+impl<C: Counter> MemoryBudget<C> {
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { limit, used: C::new(0), denied: C::new(0) })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load()
+    }
+
+    /// Requests refused so far.
+    pub fn denials(&self) -> u64 {
+        self.denied.load()
+    }
+
+    /// Grants `want` bytes, or as many as are free if that is at least `min`;
+    /// `None` when fewer than `min` are free.
+    pub fn request(self: &Arc<Self>, want: u64, min: u64) -> Option<Grant<C>> {
+        let min = min.min(want);
+        let mut used = self.used.load();
+        loop {
+            let free = self.limit.saturating_sub(used);
+            // A request for nothing, or one that fits in nothing, always succeeds.
+            let take = want.min(free);
+            if take < min {
+                self.denied.fetch_add(1);
+                return None;
+            }
+            match self.used.compare_exchange_weak(used, used + take) {
+                Ok(_) => {
+                    let status = if take == want { GrantStatus::Granted } else { GrantStatus::Partial };
+                    return Some(Grant { budget: self.clone(), bytes: take, status });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Bytes held from a [`MemoryBudget`]; given back on drop.
+pub struct Grant<C: Counter = AtomicU64> {
+    budget: Arc<MemoryBudget<C>>,
+    bytes: u64,
+    status: GrantStatus,
+}
+
+impl<C: Counter> Grant<C> {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn status(&self) -> GrantStatus {
+        self.status
+    }
+
+    /// Gives back what is no longer needed, keeping `keep` bytes.
+    pub fn shrink_to(&mut self, keep: u64) {
+        if keep < self.bytes {
+            self.budget.used.fetch_sub(self.bytes - keep);
+            self.bytes = keep;
+        }
+    }
+}
+
+impl<C: Counter> std::fmt::Debug for Grant<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant").field("bytes", &self.bytes).field("status", &self.status).finish()
+    }
+}
+
+impl<C: Counter> Drop for Grant<C> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_in_full_then_in_part_then_denies() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let a = budget.request(60, 60).expect("fits");
+        assert_eq!((a.bytes(), a.status()), (60, GrantStatus::Granted));
+        let b = budget.request(60, 10).expect("part fits");
+        assert_eq!((b.bytes(), b.status()), (40, GrantStatus::Partial));
+        assert!(budget.request(1, 1).is_none());
+        assert_eq!(budget.denials(), 1);
+        drop(a);
+        assert_eq!(budget.used(), 40);
+    }
+
+    #[test]
+    fn shrinking_gives_back_the_difference() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let mut grant = budget.request(80, 80).unwrap();
+        grant.shrink_to(30);
+        assert_eq!(budget.used(), 30);
+        grant.shrink_to(50);
+        assert_eq!(grant.bytes(), 30, "shrinking never grows");
+        drop(grant);
+        assert_eq!(budget.used(), 0);
+    }
+}
