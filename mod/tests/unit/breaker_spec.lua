@@ -1,0 +1,68 @@
+-- The circuit breaker state machine and the backoff.
+local fakes = require("fakes")
+local breaker = require("bmcp.breaker")
+local backoff = require("bmcp.backoff")
+
+describe("breaker", function()
+  it("stays closed below the threshold and resets the count on success", function()
+    local b = breaker.new({ threshold = 3, reset_ms = 100 })
+    b:failure(0); b:failure(1)
+    assert.equal("closed", b.state)
+    b:success(2); b:failure(3); b:failure(4)
+    assert.equal("closed", b.state)
+    assert.equal("send", b:allow(5))
+  end)
+
+  it("opens after 3 consecutive failures and waits the reset timeout", function()
+    local b = breaker.new({ threshold = 3, reset_ms = 100 })
+    b:failure(0); b:failure(1); b:failure(2)
+    assert.equal("open", b.state)
+    local action, left = b:allow(50)
+    assert.equal("wait", action); assert.equal(52, left)
+  end)
+
+  it("goes half-open after the timeout: probe first, then one trial, success closes", function()
+    local b = breaker.new({ threshold = 3, reset_ms = 100 })
+    for t = 0, 2 do b:failure(t) end
+    assert.equal("probe", b:allow(102))
+    assert.equal("half_open", b.state)
+    b:probe_result(true, 103)
+    assert.equal("send", b:allow(103))
+    b:success(104)
+    assert.equal("closed", b.state); assert.equal(0, b.failures)
+  end)
+
+  it("re-opens when the probe or the trial fails", function()
+    local b = breaker.new({ threshold = 3, reset_ms = 100 })
+    for t = 0, 2 do b:failure(t) end
+    assert.equal("probe", b:allow(200))
+    b:probe_result(false, 200)
+    assert.equal("open", b.state)
+    assert.equal("wait", (b:allow(250)))
+    assert.equal("probe", b:allow(300))
+    b:probe_result(true, 300)
+    b:failure(301) -- the trial batch failed
+    assert.equal("open", b.state)
+    assert.equal("wait", (b:allow(350)))
+  end)
+
+  it("can be forced open", function()
+    local b = breaker.new({ threshold = 3, reset_ms = 100 })
+    b:force_open(10)
+    assert.equal("wait", (b:allow(20)))
+  end)
+end)
+
+describe("backoff", function()
+  it("doubles from the base up to the cap", function()
+    local f = backoff.new({ base_ms = 100, max_ms = 1000, jitter = 0, random = function() return 0 end })
+    assert.same({ 100, 200, 400, 800, 1000, 1000 }, { f(1), f(2), f(3), f(4), f(5), f(20) })
+  end)
+
+  it("subtracts up to the jitter fraction", function()
+    local f = backoff.new({ base_ms = 100, max_ms = 1000, jitter = 0.5, random = function() return 0.999999 end })
+    assert.is_true(f(1) > 50 - 1e-3 and f(1) <= 100)
+    local g = backoff.new({ base_ms = 100, max_ms = 1000, jitter = 0.5, random = math.random })
+    for _ = 1, 100 do local d = g(3); assert.is_true(d >= 200 and d <= 400) end
+  end)
+end)
