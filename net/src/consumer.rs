@@ -13,7 +13,8 @@
 //! the pump like any append).
 
 use crate::log::{read_frames, SharedIndex};
-use crate::shard::{AppendItem, ShardRouter};
+use crate::bus::{AppendItem, Bus, ConsumerOptions};
+use crate::shard::ShardRouter;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
@@ -22,20 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// Flow-control settings of a durable consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConsumerOptions {
-    pub max_in_flight: usize,
-    pub ack_wait_ms: u64,
-    pub max_deliver: u32,
-}
-
-impl Default for ConsumerOptions {
-    fn default() -> Self {
-        Self { max_in_flight: 1000, ack_wait_ms: 30_000, max_deliver: 5 }
-    }
-}
 
 /// What is persisted of a consumer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -199,7 +186,7 @@ fn glommio_io<T: std::fmt::Debug>(e: glommio::GlommioError<T>) -> std::io::Error
 /// Sends one consumer's records to its members until the shard stops.
 pub async fn deliver(shard: usize, index: SharedIndex, consumer: SharedConsumer, router: ShardRouter) {
     loop {
-        dead_letter_exhausted(shard, &index, &consumer, &router).await;
+        dead_letter_exhausted(&index, &consumer, &router).await;
         let committed = index.borrow().committed.listen();
         let woken = consumer.borrow().wake.listen();
         let next = pick_next(&index, &consumer).await;
@@ -285,7 +272,7 @@ async fn send(shard: usize, consumer: &SharedConsumer, offset: u64, count: u32, 
     }
 }
 
-async fn dead_letter_exhausted(shard: usize, index: &SharedIndex, consumer: &SharedConsumer, router: &ShardRouter) {
+async fn dead_letter_exhausted(index: &SharedIndex, consumer: &SharedConsumer, router: &ShardRouter) {
     let exhausted = consumer.borrow_mut().expire(Instant::now());
     for (offset, count) in exhausted {
         let Ok((frames, _)) = read_frames(index, offset, 1).await else { continue };
@@ -299,7 +286,7 @@ async fn dead_letter_exhausted(shard: usize, index: &SharedIndex, consumer: &Sha
             ..Default::default()
         };
         let kept = rec.kind == RecordKind::DeadLetter
-            || router.append(shard, vec![AppendItem::DeadLetter(Box::new(letter))]).await.is_ok();
+            || Bus::append(router, vec![AppendItem::DeadLetter(Box::new(letter))]).await.is_ok();
         if kept {
             metrics::counter!("jimbus_consumer_dead_lettered_total").increment(1);
             consumer.borrow_mut().done(offset);

@@ -1,17 +1,15 @@
 //! The tonic edge: `jimbot.bus.v1.EventBusService`, gRPC health and reflection.
 //!
-//! It runs on its own small tokio runtime and reaches the glommio shards only
-//! through [`ShardRouter`]'s flume queues: publishes are appended by the shard
-//! that owns each session and answered once durable; a subscription is opened on
-//! every shard, whose tasks feed one bounded flume channel per subscriber (a slow
-//! subscriber waits, it is never buffered without bound). The request id
+//! It runs on its own small tokio runtime and reaches the bus only through the
+//! [`Bus`] interface (flume queues to the glommio shards on the embedded log):
+//! publishes are answered once durable, and each subscription is one bounded
+//! flume channel (a slow subscriber waits, it is never buffered without bound). The request id
 //! (`x-request-id` metadata, or a new one) becomes the events' correlation id and
 //! is echoed in the response metadata. This module must never hold shard state.
 
-use crate::consumer::ConsumerOptions;
-use crate::shard::{
-    now_micros, timestamp, AppendItem, Durable, ItemOutcome, ShardCommand, ShardError, ShardRouter, Start,
-};
+use crate::bus::{AppendItem, Bus, BusError, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::shard::{now_micros, timestamp};
+use std::sync::Arc;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::bus::{self, StartPosition};
@@ -27,7 +25,7 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// The EventBusService over the shards.
 pub struct BusService {
-    router: ShardRouter,
+    bus: Arc<dyn Bus>,
 }
 
 fn request_id<T>(request: &Request<T>) -> String {
@@ -47,8 +45,11 @@ fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
     response
 }
 
-fn unavailable(e: ShardError) -> Status {
-    Status::unavailable(e.to_string())
+fn status_of(e: BusError) -> Status {
+    match e {
+        BusError::InvalidArgument(message) => Status::invalid_argument(message),
+        other => Status::unavailable(other.to_string()),
+    }
 }
 
 /// The outcome of publishing a list of events.
@@ -60,8 +61,8 @@ struct Published {
 }
 
 impl BusService {
-    pub fn new(router: ShardRouter) -> Self {
-        Self { router }
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self { bus }
     }
 
     /// Validates, stamps and appends events; `first_index` numbers them across a stream.
@@ -73,7 +74,7 @@ impl BusService {
         out: &mut Published,
     ) -> Result<(), Status> {
         let received = timestamp(now_micros());
-        let mut per_shard: Vec<Vec<AppendItem>> = (0..self.router.shards()).map(|_| Vec::new()).collect();
+        let mut items = Vec::with_capacity(events.len());
         for (i, mut event) in events.into_iter().enumerate() {
             if event.correlation_id.is_empty() {
                 event.correlation_id = correlation.to_string();
@@ -83,15 +84,12 @@ impl BusService {
                 out.rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
                 continue;
             }
-            per_shard[self.router.shard_for(&event.session_id)].push(AppendItem::Event(Box::new(event)));
+            items.push(AppendItem::Event(Box::new(event)));
         }
-        for (shard, items) in per_shard.into_iter().enumerate().filter(|(_, items)| !items.is_empty()) {
-            let outcomes = self.router.append(shard, items).await.map_err(unavailable)?;
-            for outcome in outcomes {
-                match outcome {
-                    ItemOutcome::Stored { .. } => out.accepted += 1,
-                    ItemOutcome::Duplicate => out.duplicates += 1,
-                }
+        for outcome in self.bus.append(items).await.map_err(status_of)? {
+            match outcome {
+                ItemOutcome::Stored { .. } => out.accepted += 1,
+                ItemOutcome::Duplicate => out.duplicates += 1,
             }
         }
         metrics::counter!("jimbus_grpc_events_accepted_total").increment(out.accepted as u64);
@@ -176,17 +174,9 @@ impl EventBusService for BusService {
         let start = start_of(&request)?;
         let buffer =
             durable.as_ref().map_or(SUBSCRIBER_BUFFER, |d| d.options.max_in_flight.clamp(1, SUBSCRIBER_BUFFER));
-        let (deliveries, receiver) = flume::bounded(buffer);
-        let opened = self.router.broadcast(|| ShardCommand::Subscribe {
-            pattern: pattern.clone(),
-            start,
-            durable: durable.clone(),
-            deliveries: deliveries.clone(),
-        });
-        if !opened {
-            return Err(Status::unavailable("the server is shutting down"));
-        }
-        tracing::info!(request_id = %id, pattern = %pattern, "subscription opened");
+        let pattern_text = pattern.to_string();
+        let receiver = self.bus.subscribe(Subscription { pattern, start, durable, buffer }).map_err(status_of)?;
+        tracing::info!(request_id = %id, pattern = %pattern_text, "subscription opened");
         let stream: DeliveryStream = Box::pin(receiver.into_stream().map(Ok));
         Ok(with_request_id(Response::new(stream), &id))
     }
@@ -196,18 +186,8 @@ impl EventBusService for BusService {
         if let Err(violations) = request.validate() {
             return Err(Status::invalid_argument(violations.to_string()));
         }
-        let mut per_shard: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
-        for position in request.positions {
-            let shard = position.partition as usize;
-            if shard >= self.router.shards() {
-                return Err(Status::invalid_argument(format!("positions: partition {shard} does not exist")));
-            }
-            per_shard.entry(shard).or_default().push(position.offset);
-        }
-        let mut acked = 0;
-        for (shard, offsets) in per_shard {
-            acked += self.router.ack(shard, request.durable_name.clone(), offsets).await.map_err(unavailable)?;
-        }
+        let positions = request.positions.iter().map(|p| (p.partition, p.offset)).collect();
+        let acked = self.bus.ack(request.durable_name, positions).await.map_err(status_of)?;
         Ok(Response::new(bus::AckResponse { acked }))
     }
 
@@ -221,17 +201,7 @@ impl EventBusService for BusService {
         } else {
             Some(Pattern::parse(&pattern).map_err(|e| Status::invalid_argument(format!("pattern: {e}")))?)
         };
-        let (reply, answers) = flume::unbounded();
-        if !self.router.broadcast(|| ShardCommand::ListTopics { reply: reply.clone() }) {
-            return Err(Status::unavailable("the server is shutting down"));
-        }
-        drop(reply);
-        let mut totals = std::collections::BTreeMap::<String, u64>::new();
-        while let Ok(topics) = answers.recv_async().await {
-            for (name, count) in topics {
-                *totals.entry(name).or_default() += count;
-            }
-        }
+        let totals = self.bus.topics().await.map_err(status_of)?;
         let topics = totals
             .into_iter()
             .filter(|(name, _)| pattern.as_ref().is_none_or(|p| p.matches(name)))
@@ -244,7 +214,7 @@ impl EventBusService for BusService {
 /// Serves gRPC on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    router: ShardRouter,
+    bus: Arc<dyn Bus>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -258,7 +228,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(EventBusServiceServer::new(BusService::new(router)))
+        .add_service(EventBusServiceServer::new(BusService::new(bus)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -9,7 +9,8 @@
 //! and storage failures are 503 with `Retry-After`. This module must never touch
 //! the log or shard state directly: it only sends commands.
 
-use crate::shard::{now_micros, timestamp, AppendItem, ItemOutcome, ShardError, ShardRouter};
+use crate::bus::{AppendItem, Bus, ItemOutcome};
+use crate::shard::{now_micros, timestamp};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -60,7 +61,7 @@ pub struct Control {
 /// State shared by the connections of one shard.
 pub struct Listener {
     shard: usize,
-    router: ShardRouter,
+    bus: Arc<dyn Bus>,
     options: HttpOptions,
     control: Arc<Control>,
     /// Open connections, capped by `options.max_connections`.
@@ -72,10 +73,10 @@ pub struct Listener {
 type Body = Full<Bytes>;
 
 impl Listener {
-    pub fn new(shard: usize, router: ShardRouter, options: HttpOptions, control: Arc<Control>) -> Rc<Self> {
+    pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, control: Arc<Control>) -> Rc<Self> {
         Rc::new(Self {
             shard,
-            router,
+            bus,
             options,
             control,
             connections: Cell::new(0),
@@ -314,7 +315,7 @@ impl Handler {
             Err(e) => {
                 tracing::info!(error = %e, "refused a body");
                 let stored =
-                    self.store(vec![(self.listener.shard, letter(e.to_string(), body.clone(), String::new()))]).await;
+                    self.store(vec![letter(e.to_string(), body.clone(), String::new())]).await;
                 return match stored {
                     Ok(_) => body_error(&e),
                     Err(response) => response,
@@ -354,7 +355,7 @@ impl Handler {
         request_id: &str,
         received: u64,
         letter: &dyn Fn(String, Bytes, String) -> AppendItem,
-    ) -> (Vec<(usize, AppendItem)>, Vec<(usize, String)>) {
+    ) -> (Vec<AppendItem>, Vec<(usize, String)>) {
         let envelope = decoded.envelope;
         let mut items = Vec::with_capacity(decoded.events.len() + decoded.rejected.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
@@ -386,15 +387,14 @@ impl Handler {
                     if let Err(violations) = event.validate() {
                         let message = format!("events[{index}]: {violations}");
                         let raw = body.slice(decoded_event.raw);
-                        items.push((self.listener.shard, letter(message.clone(), raw, event.session_id)));
+                        items.push(letter(message.clone(), raw, event.session_id));
                         rejected.push((index, message));
                         continue;
                     }
-                    let shard = self.listener.router.shard_for(&event.session_id);
-                    items.push((shard, AppendItem::Event(Box::new(event))));
+                    items.push(AppendItem::Event(Box::new(event)));
                 }
                 Err((message, raw)) => {
-                    items.push((self.listener.shard, letter(message.clone(), body.slice(raw), String::new())));
+                    items.push(letter(message.clone(), body.slice(raw), String::new()));
                     rejected.push((index, message));
                 }
             }
@@ -404,36 +404,22 @@ impl Handler {
 
     /// Sends items to their shards and waits until all are durable. Returns
     /// (stored events, duplicates), or the 503 to answer.
-    async fn store(&self, items: Vec<(usize, AppendItem)>) -> Result<(usize, usize), Response<Body>> {
-        let router = &self.listener.router;
-        let mut per_shard: Vec<Vec<AppendItem>> = (0..router.shards()).map(|_| Vec::new()).collect();
-        for (shard, item) in items {
-            per_shard[shard].push(item);
-        }
-        let mut waits = Vec::new();
-        for (shard, items) in per_shard.into_iter().enumerate().filter(|(_, items)| !items.is_empty()) {
-            let events = items.iter().filter(|i| matches!(i, AppendItem::Event(_))).count();
-            match router.try_append(shard, items) {
-                Ok(answer) => waits.push((events, answer)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "shedding load");
-                    metrics::counter!("jimbus_http_overload_total").increment(1);
-                    return Err(unavailable("the server is overloaded, retry later"));
-                }
-            }
-        }
+    async fn store(&self, items: Vec<AppendItem>) -> Result<(usize, usize), Response<Body>> {
+        let events: Vec<bool> = items.iter().map(|i| matches!(i, AppendItem::Event(_))).collect();
+        let appending = self.listener.bus.try_append(items).map_err(|e| {
+            tracing::warn!(error = %e, "shedding load");
+            metrics::counter!("jimbus_http_overload_total").increment(1);
+            unavailable(&e.to_string())
+        })?;
+        let outcomes = appending.await.map_err(|e| {
+            tracing::error!(error = %e, "append failed");
+            unavailable(&e.to_string())
+        })?;
         let (mut stored, mut duplicates) = (0, 0);
-        for (events, answer) in waits {
-            match answer.recv_async().await.unwrap_or(Err(ShardError::Stopped)) {
-                Ok(outcomes) => {
-                    let dups = outcomes.iter().filter(|o| **o == ItemOutcome::Duplicate).count();
-                    duplicates += dups;
-                    stored += events - dups;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "append failed");
-                    return Err(unavailable(&e.to_string()));
-                }
+        for (outcome, _) in outcomes.iter().zip(&events).filter(|(_, is_event)| **is_event) {
+            match outcome {
+                ItemOutcome::Stored { .. } => stored += 1,
+                ItemOutcome::Duplicate => duplicates += 1,
             }
         }
         Ok((stored, duplicates))

@@ -131,7 +131,7 @@ fn spawn_shard(
             };
             let _ = started.send(socket.local_addr().map_err(|e| e.to_string()));
             let pump = glommio::spawn_local(shard.run(queue));
-            Listener::new(id, router, http_options, control).run(socket).await;
+            Listener::new(id, Arc::new(router), http_options, control).run(socket).await;
             let _ = drained.send(id);
             pump.await;
         })
@@ -169,7 +169,7 @@ fn spawn_grpc(addr: SocketAddr, router: ShardRouter) -> Result<GrpcThread, Serve
                 };
                 let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-                let serve = tokio::spawn(crate::grpc::serve(listener, router, async move {
+                let serve = tokio::spawn(crate::grpc::serve(listener, Arc::new(router), async move {
                     let _ = stop_rx.await;
                     let _ = grace_tx.send(());
                 }));

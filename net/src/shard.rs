@@ -9,7 +9,8 @@
 //! Subscriptions are tasks on the shard that read its log. A shard must never
 //! reach into another shard's state; it only sends commands.
 
-use crate::consumer::{self, Consumer, ConsumerOptions, SharedConsumer};
+use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Start, Subscription};
+use crate::consumer::{self, Consumer, SharedConsumer};
 use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
 use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
 use jimbus_core::record::{self, RecordKind};
@@ -23,50 +24,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// One thing to append.
-#[derive(Debug)]
-pub enum AppendItem {
-    /// A client event whose `session_id` is set; the shard assigns its sequence.
-    Event(Box<pb::Event>),
-    /// Something that could not be accepted, kept on `deadletter`.
-    DeadLetter(Box<bus::DeadLetter>),
-}
-
-/// What happened to one appended item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemOutcome {
-    Stored {
-        offset: u64,
-    },
-    /// Already stored (a retry): acknowledged, not stored again.
-    Duplicate,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ShardError {
-    #[error("the log could not make the events durable: {0}")]
-    Storage(String),
-    #[error("the shard is shutting down")]
-    Stopped,
-}
-
-/// Where a subscription starts on each shard.
-#[derive(Debug, Clone, Copy)]
-pub enum Start {
-    Latest,
-    Earliest,
-    Offset(u64),
-    TimeMicros(u64),
-}
-
-pub type AppendReply = flume::Sender<Result<Vec<ItemOutcome>, ShardError>>;
-
-/// A named subscription's identity and flow control.
-#[derive(Debug, Clone)]
-pub struct Durable {
-    pub name: String,
-    pub options: ConsumerOptions,
-}
+pub type AppendReply = flume::Sender<AppendAnswer>;
 
 /// A request to a shard's pump.
 pub enum ShardCommand {
@@ -84,7 +42,7 @@ pub enum ShardCommand {
     Ack {
         name: String,
         offsets: Vec<u64>,
-        reply: flume::Sender<Result<u32, ShardError>>,
+        reply: flume::Sender<Result<u32, BusError>>,
     },
     ListTopics {
         reply: flume::Sender<Vec<(String, u64)>>,
@@ -102,10 +60,7 @@ pub struct ShardRouter {
     queues: Vec<flume::Sender<ShardCommand>>,
 }
 
-/// A shard's queue is full: the caller should shed load.
-#[derive(Debug, thiserror::Error)]
-#[error("shard {0} is overloaded")]
-pub struct Overloaded(pub usize);
+type AppendAnswer = Result<Vec<ItemOutcome>, BusError>;
 
 impl ShardRouter {
     pub fn new(queues: Vec<flume::Sender<ShardCommand>>) -> Self {
@@ -120,31 +75,42 @@ impl ShardRouter {
         topic::shard_for(session, self.queues.len())
     }
 
-    /// Queues an append on `shard` without waiting for room.
-    pub fn try_append(
-        &self,
-        shard: usize,
-        items: Vec<AppendItem>,
-    ) -> Result<flume::Receiver<Result<Vec<ItemOutcome>, ShardError>>, Overloaded> {
-        let (reply, answer) = flume::bounded(1);
-        self.queues[shard].try_send(ShardCommand::Append { items, reply }).map_err(|_| Overloaded(shard))?;
-        Ok(answer)
+    /// Splits `items` by owning shard, keeping each item's place in the request.
+    fn split(&self, items: Vec<AppendItem>) -> Vec<(usize, Vec<usize>, Vec<AppendItem>)> {
+        let mut parts: Vec<(usize, Vec<usize>, Vec<AppendItem>)> = Vec::new();
+        for (place, item) in items.into_iter().enumerate() {
+            let shard = self.shard_for(item.session());
+            match parts.iter_mut().find(|(s, _, _)| *s == shard) {
+                Some((_, places, items)) => {
+                    places.push(place);
+                    items.push(item);
+                }
+                None => parts.push((shard, vec![place], vec![item])),
+            }
+        }
+        parts
     }
 
-    /// Queues an append on `shard`, waiting for room (for gRPC publishers, whose
-    /// stream flow control then pushes back).
-    pub async fn append(&self, shard: usize, items: Vec<AppendItem>) -> Result<Vec<ItemOutcome>, ShardError> {
-        let (reply, answer) = flume::bounded(1);
-        self.queues[shard].send_async(ShardCommand::Append { items, reply }).await.map_err(|_| ShardError::Stopped)?;
-        answer.recv_async().await.map_err(|_| ShardError::Stopped)?
+    /// Waits for every shard's answer and puts the outcomes back in request order.
+    fn gather(waits: Vec<(Vec<usize>, flume::Receiver<AppendAnswer>)>, len: usize) -> BusFuture<Vec<ItemOutcome>> {
+        Box::pin(async move {
+            let mut outcomes = vec![ItemOutcome::Duplicate; len];
+            for (places, answer) in waits {
+                let answered = answer.recv_async().await.map_err(|_| BusError::Stopped)??;
+                for (place, outcome) in places.into_iter().zip(answered) {
+                    outcomes[place] = outcome;
+                }
+            }
+            Ok(outcomes)
+        })
     }
 
     /// Acknowledges offsets of a durable consumer on `shard`.
-    pub async fn ack(&self, shard: usize, name: String, offsets: Vec<u64>) -> Result<u32, ShardError> {
-        let queue = self.queues.get(shard).ok_or(ShardError::Stopped)?;
+    async fn ack_on(&self, shard: usize, name: String, offsets: Vec<u64>) -> Result<u32, BusError> {
+        let queue = self.queues.get(shard).ok_or(BusError::Stopped)?;
         let (reply, answer) = flume::bounded(1);
-        queue.send_async(ShardCommand::Ack { name, offsets, reply }).await.map_err(|_| ShardError::Stopped)?;
-        answer.recv_async().await.map_err(|_| ShardError::Stopped)?
+        queue.send_async(ShardCommand::Ack { name, offsets, reply }).await.map_err(|_| BusError::Stopped)?;
+        answer.recv_async().await.map_err(|_| BusError::Stopped)?
     }
 
     pub fn broadcast(&self, make: impl Fn() -> ShardCommand) -> bool {
@@ -163,6 +129,86 @@ impl ShardRouter {
 
     pub fn queue_depth(&self, shard: usize) -> usize {
         self.queues[shard].len()
+    }
+}
+
+impl Bus for ShardRouter {
+    fn try_append(&self, items: Vec<AppendItem>) -> Result<BusFuture<Vec<ItemOutcome>>, BusError> {
+        let len = items.len();
+        let mut waits = Vec::new();
+        for (shard, places, items) in self.split(items) {
+            let (reply, answer) = flume::bounded(1);
+            self.queues[shard].try_send(ShardCommand::Append { items, reply }).map_err(|_| BusError::Overloaded)?;
+            waits.push((places, answer));
+        }
+        Ok(Self::gather(waits, len))
+    }
+
+    fn append(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>> {
+        let router = self.clone();
+        Box::pin(async move {
+            let len = items.len();
+            let mut waits = Vec::new();
+            for (shard, places, items) in router.split(items) {
+                let (reply, answer) = flume::bounded(1);
+                let command = ShardCommand::Append { items, reply };
+                router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
+                waits.push((places, answer));
+            }
+            Self::gather(waits, len).await
+        })
+    }
+
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<bus::SubscribeResponse>, BusError> {
+        let (deliveries, receiver) = flume::bounded(subscription.buffer.max(1));
+        let opened = self.broadcast(|| ShardCommand::Subscribe {
+            pattern: subscription.pattern.clone(),
+            start: subscription.start,
+            durable: subscription.durable.clone(),
+            deliveries: deliveries.clone(),
+        });
+        if opened {
+            Ok(receiver)
+        } else {
+            Err(BusError::Stopped)
+        }
+    }
+
+    fn ack(&self, durable: String, positions: Vec<(u32, u64)>) -> BusFuture<u32> {
+        let router = self.clone();
+        Box::pin(async move {
+            let mut per_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+            for (partition, offset) in positions {
+                let shard = partition as usize;
+                if shard >= router.shards() {
+                    return Err(BusError::InvalidArgument(format!("positions: partition {shard} does not exist")));
+                }
+                per_shard.entry(shard).or_default().push(offset);
+            }
+            let mut acked = 0;
+            for (shard, offsets) in per_shard {
+                acked += router.ack_on(shard, durable.clone(), offsets).await?;
+            }
+            Ok(acked)
+        })
+    }
+
+    fn topics(&self) -> BusFuture<Vec<(String, u64)>> {
+        let (reply, answers) = flume::unbounded();
+        let asked = self.broadcast(|| ShardCommand::ListTopics { reply: reply.clone() });
+        drop(reply);
+        Box::pin(async move {
+            if !asked {
+                return Err(BusError::Stopped);
+            }
+            let mut totals = BTreeMap::<String, u64>::new();
+            while let Ok(topics) = answers.recv_async().await {
+                for (name, count) in topics {
+                    *totals.entry(name).or_default() += count;
+                }
+            }
+            Ok(totals.into_iter().collect())
+        })
     }
 }
 
@@ -360,7 +406,7 @@ impl Shard {
         }
         let saved = if consumers_changed { self.save_consumers().await.map_err(|e| e.to_string()) } else { Ok(()) };
         for (reply, acked) in acks {
-            let _ = reply.send(saved.clone().map(|_| acked).map_err(ShardError::Storage));
+            let _ = reply.send(saved.clone().map(|_| acked).map_err(BusError::Storage));
         }
         let result = self.writer.commit().await;
         match result {
@@ -380,7 +426,7 @@ impl Shard {
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.next_sequence = sequences_before;
                 for (reply, _) in pending {
-                    let _ = reply.send(Err(ShardError::Storage(e.to_string())));
+                    let _ = reply.send(Err(BusError::Storage(e.to_string())));
                 }
             }
         }
@@ -417,7 +463,7 @@ impl Shard {
         message.encode(&mut self.scratch).expect("a Vec grows as needed");
         let offset = self.writer.stage(kind, &topic, &self.scratch, now);
         *self.topics.entry(topic).or_default() += 1;
-        ItemOutcome::Stored { offset }
+        ItemOutcome::Stored { partition: self.id as u32, offset }
     }
 }
 
