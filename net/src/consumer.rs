@@ -36,6 +36,9 @@ pub struct ConsumerRecord {
 struct InFlight {
     deadline: Instant,
     count: u32,
+    /// Who has it: if that client goes away, it is sent again at once rather
+    /// than after the ack deadline.
+    member: flume::Sender<bus::SubscribeResponse>,
 }
 
 /// One durable consumer on one shard.
@@ -148,6 +151,13 @@ impl Consumer {
 
     fn drop_closed_members(&mut self) {
         self.members.retain(|m| !m.is_disconnected());
+        let orphaned: Vec<u64> =
+            self.in_flight.iter().filter(|(_, f)| f.member.is_disconnected()).map(|(o, _)| *o).collect();
+        for offset in orphaned {
+            if let Some(flight) = self.in_flight.remove(&offset) {
+                self.redeliver.insert(offset, flight.count);
+            }
+        }
     }
 }
 
@@ -260,8 +270,10 @@ async fn send(shard: usize, consumer: &SharedConsumer, offset: u64, count: u32, 
             }
             c.next_member = (c.next_member + 1) % c.members.len();
             let ack_wait = Duration::from_millis(c.options.ack_wait_ms);
-            c.in_flight.insert(offset, InFlight { deadline: Instant::now() + ack_wait, count: count + 1 });
-            c.members[c.next_member].clone()
+            let member = c.members[c.next_member].clone();
+            let flight = InFlight { deadline: Instant::now() + ack_wait, count: count + 1, member: member.clone() };
+            c.in_flight.insert(offset, flight);
+            member
         };
         match member.send_async(delivery.clone()).await {
             Ok(()) => return,
@@ -300,6 +312,13 @@ async fn dead_letter_exhausted(index: &SharedIndex, consumer: &SharedConsumer, r
 mod tests {
     use super::*;
 
+    fn flight(deadline: Instant, count: u32) -> InFlight {
+        // A member that is still listening (the receiver is leaked on purpose).
+        let (member, listening) = flume::unbounded();
+        std::mem::forget(listening);
+        InFlight { deadline, count, member }
+    }
+
     fn consumer() -> Consumer {
         Consumer::new(
             "c".into(),
@@ -313,7 +332,7 @@ mod tests {
     fn the_floor_advances_only_over_contiguous_acks() {
         let mut c = consumer();
         for o in 0..4 {
-            c.in_flight.insert(o, InFlight { deadline: Instant::now(), count: 1 });
+            c.in_flight.insert(o, flight(Instant::now(), 1));
         }
         assert!(c.ack(1));
         assert_eq!(c.ack_floor(), 0);
@@ -331,8 +350,8 @@ mod tests {
     fn expiry_redelivers_then_exhausts() {
         let mut c = consumer();
         let past = Instant::now() - Duration::from_secs(1);
-        c.in_flight.insert(5, InFlight { deadline: past, count: 1 });
-        c.in_flight.insert(6, InFlight { deadline: past, count: 2 });
+        c.in_flight.insert(5, flight(past, 1));
+        c.in_flight.insert(6, flight(past, 2));
         let exhausted = c.expire(Instant::now());
         assert_eq!(exhausted, vec![(6, 2)]);
         assert_eq!(c.redeliver.get(&5), Some(&1));
@@ -340,9 +359,22 @@ mod tests {
     }
 
     #[test]
+    fn what_a_departed_member_held_is_sent_again_at_once() {
+        let mut c = consumer();
+        let later = Instant::now() + Duration::from_secs(60);
+        let (gone, receiver) = flume::unbounded();
+        drop(receiver);
+        c.in_flight.insert(7, InFlight { deadline: later, count: 1, member: gone });
+        c.in_flight.insert(8, flight(later, 1));
+        c.drop_closed_members();
+        assert_eq!(c.redeliver.get(&7), Some(&1));
+        assert!(c.in_flight.contains_key(&8), "a listening member keeps its delivery");
+    }
+
+    #[test]
     fn a_record_round_trips_through_persistence() {
         let mut c = consumer();
-        c.in_flight.insert(3, InFlight { deadline: Instant::now(), count: 1 });
+        c.in_flight.insert(3, flight(Instant::now(), 1));
         c.ack(3);
         let restored = Consumer::restore("c".into(), c.record()).unwrap();
         assert_eq!(restored.ack_floor, 0);

@@ -126,10 +126,6 @@ impl ShardRouter {
             }
         }
     }
-
-    pub fn queue_depth(&self, shard: usize) -> usize {
-        self.queues[shard].len()
-    }
 }
 
 impl Bus for ShardRouter {
@@ -236,7 +232,7 @@ pub struct Shard {
 }
 
 /// The client's view of an event, for deduplication: server stamps removed.
-fn client_key(event: &pb::Event) -> Option<DedupKey> {
+pub(crate) fn client_key(event: &pb::Event) -> Option<DedupKey> {
     let mut view = event.clone();
     view.sequence = 0;
     view.correlation_id.clear();
