@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Limits and paths of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -74,14 +75,7 @@ type Body = Full<Bytes>;
 
 impl Listener {
     pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, control: Arc<Control>) -> Rc<Self> {
-        Rc::new(Self {
-            shard,
-            bus,
-            options,
-            control,
-            connections: Cell::new(0),
-            idle: event_listener::Event::new(),
-        })
+        Rc::new(Self { shard, bus, options, control, connections: Cell::new(0), idle: event_listener::Event::new() })
     }
 
     /// Accepts connections until the process stops, then waits for open
@@ -278,7 +272,12 @@ impl Handler {
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("ingest", request_id = %request_id, peer = ?self.peer, path = %req.uri().path());
-        let _entered = span.enter();
+        // Instrumented, never entered across an await: on a shard's one thread an
+        // entered span would become the parent of every request interleaved with it.
+        self.ingest_traced(req, endpoint, request_id).instrument(span).await
+    }
+
+    async fn ingest_traced(&self, req: Request<Incoming>, endpoint: Endpoint, request_id: String) -> Response<Body> {
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let reserve = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit);
         let Some(_grant) = self.listener.control.budget.request(reserve as u64, reserve as u64) else {
@@ -314,8 +313,7 @@ impl Handler {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::info!(error = %e, "refused a body");
-                let stored =
-                    self.store(vec![letter(e.to_string(), body.clone(), String::new())]).await;
+                let stored = self.store(vec![letter(e.to_string(), body.clone(), String::new())]).await;
                 return match stored {
                     Ok(_) => body_error(&e),
                     Err(response) => response,

@@ -9,9 +9,12 @@
 //! Subscriptions are tasks on the shard that read its log. A shard must never
 //! reach into another shard's state; it only sends commands.
 
+use crate::aggregation::AggregationStage;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Start, Subscription};
 use crate::consumer::{self, Consumer, SharedConsumer};
 use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
+use jimbus_core::aggregate::{AggregateConfig, ConfigError};
+use jimbus_core::budget::MemoryBudget;
 use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::{self, Pattern};
@@ -22,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type AppendReply = flume::Sender<AppendAnswer>;
@@ -211,10 +215,26 @@ impl Bus for ShardRouter {
 /// Tunables of a shard's pump.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
-    /// Most commands folded into one group commit.
-    pub max_batch: usize,
     /// Retry ids remembered per shard.
     pub dedup_window: usize,
+    /// Windows, cascades and the adaptive batch size (its `batch.max_batch` caps
+    /// the commands folded into one group commit).
+    pub aggregate: AggregateConfig,
+}
+
+/// Why a shard could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardOpenError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("aggregation settings: {0}")]
+    Aggregate(#[from] ConfigError),
+}
+
+impl From<std::io::Error> for ShardOpenError {
+    fn from(e: std::io::Error) -> Self {
+        ShardOpenError::Log(LogError::Io(e))
+    }
 }
 
 /// The state the pump owns.
@@ -224,11 +244,13 @@ pub struct Shard {
     router: ShardRouter,
     writer: SegmentWriter,
     consumers: BTreeMap<String, SharedConsumer>,
-    options: PumpOptions,
     next_sequence: HashMap<String, u64>,
     dedup: DedupWindow,
     topics: HashMap<String, u64>,
     scratch: Vec<u8>,
+    aggregation: AggregationStage,
+    /// Events staged in the current commit, for aggregation once durable.
+    fresh: Vec<(u64, Box<pb::Event>)>,
 }
 
 /// The client's view of an event, for deduplication: server stamps removed.
@@ -260,7 +282,8 @@ impl Shard {
         log: crate::log::LogOptions,
         options: PumpOptions,
         router: ShardRouter,
-    ) -> Result<Self, LogError> {
+        budget: &Arc<MemoryBudget>,
+    ) -> Result<Self, ShardOpenError> {
         let log_retention_age = log.retention.max_age;
         let mut next_sequence = HashMap::new();
         let mut dedup = DedupWindow::new(options.dedup_window);
@@ -293,7 +316,20 @@ impl Shard {
             glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
         }
         let dir = dir.to_path_buf();
-        Ok(Self { id, dir, router, writer, consumers, options, next_sequence, dedup, topics, scratch: Vec::new() })
+        let aggregation = AggregationStage::new(id, options.aggregate.clone(), budget)?;
+        Ok(Self {
+            id,
+            dir,
+            router,
+            writer,
+            consumers,
+            next_sequence,
+            dedup,
+            topics,
+            scratch: Vec::new(),
+            aggregation,
+            fresh: Vec::new(),
+        })
     }
 
     /// The lowest offset a durable consumer still needs (retention keeps it).
@@ -340,27 +376,74 @@ impl Shard {
         self.writer.index()
     }
 
-    /// Applies commands until a shutdown command arrives or every sender is gone.
+    /// Applies commands until a shutdown command arrives or every sender is
+    /// gone, waking also when the aggregator's timers are due.
     pub async fn run(mut self, queue: flume::Receiver<ShardCommand>) {
-        let shard = self.id.to_string();
-        while let Ok(first) = queue.recv_async().await {
-            let mut commands = vec![first];
-            while commands.len() < self.options.max_batch {
-                match queue.try_recv() {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
-            }
-            metrics::gauge!("jimbus_shard_queue_depth", "shard" => shard.clone()).set(queue.len() as f64);
-            metrics::gauge!("jimbus_shard_batch_size", "shard" => shard.clone()).set(commands.len() as f64);
+        loop {
+            let commands = match self.next_commands(&queue).await {
+                Some(commands) => commands,
+                None => break,
+            };
             if let Some(done) = self.apply(commands).await {
-                if let Err(e) = self.writer.sync().await {
-                    tracing::error!(shard = self.id, error = %e, "final sync failed");
-                }
+                self.stop().await;
                 let _ = done.send(());
                 return;
             }
         }
+        self.stop().await;
+    }
+
+    /// Waits for commands or the aggregator's next deadline, then drains as
+    /// many commands as the adaptive batch size allows (possibly none, when
+    /// only a timer is due). `None` when every sender is gone.
+    async fn next_commands(&mut self, queue: &flume::Receiver<ShardCommand>) -> Option<Vec<ShardCommand>> {
+        let first = match self.aggregation.deadline() {
+            Some(deadline) => {
+                let timer = async {
+                    glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+                    Ok::<_, flume::RecvError>(None)
+                };
+                futures_lite::future::or(async { queue.recv_async().await.map(Some) }, timer).await
+            }
+            None => queue.recv_async().await.map(Some),
+        };
+        let first = first.ok()?;
+        let limit = self.aggregation.batch_size(queue.len() + usize::from(first.is_some()));
+        let mut commands: Vec<ShardCommand> = first.into_iter().collect();
+        while commands.len() < limit {
+            match queue.try_recv() {
+                Ok(command) => commands.push(command),
+                Err(_) => break,
+            }
+        }
+        Some(commands)
+    }
+
+    /// Flushes the aggregator and syncs the log.
+    async fn stop(&mut self) {
+        self.aggregation.flush_all();
+        self.commit_aggregated().await;
+        if let Err(e) = self.writer.sync().await {
+            tracing::error!(shard = self.id, error = %e, "final sync failed");
+        }
+    }
+
+    /// Writes what aggregation produced; what the log refuses is kept for the next try.
+    async fn commit_aggregated(&mut self) {
+        let messages = self.aggregation.take_pending();
+        if messages.is_empty() {
+            return;
+        }
+        let now = self.writer.monotonic_time_us(now_micros());
+        for aggregated in &messages {
+            let topic = topic::aggregated_topic(&aggregated.session);
+            self.stage_message(RecordKind::Aggregated, topic, &aggregated.message, now);
+        }
+        if let Err(e) = self.writer.commit().await {
+            tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
+            self.aggregation.restore_pending(messages);
+        }
+        self.aggregation.export_metrics();
     }
 
     /// Applies a batch of commands with one commit; returns the shutdown waiter
@@ -416,16 +499,21 @@ impl Shard {
                 if saved.is_ok() {
                     self.enforce_retention();
                 }
+                let fresh = std::mem::take(&mut self.fresh);
+                self.aggregation.offer(&fresh);
             }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.next_sequence = sequences_before;
+                self.fresh.clear();
                 for (reply, _) in pending {
                     let _ = reply.send(Err(BusError::Storage(e.to_string())));
                 }
             }
         }
+        self.aggregation.tick();
+        self.commit_aggregated().await;
         shutdown
     }
 
@@ -445,7 +533,9 @@ impl Shard {
                 *next += 1;
                 event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
                 let topic = topic::raw_topic(&event.session_id, &event.event_type);
-                self.stage_message(RecordKind::Event, topic, &*event, now)
+                let outcome = self.stage_message(RecordKind::Event, topic, &*event, now);
+                self.fresh.push((event.sequence, event));
+                outcome
             }
             AppendItem::DeadLetter(letter) => {
                 metrics::counter!("jimbus_deadletter_total").increment(1);

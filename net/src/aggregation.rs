@@ -1,0 +1,135 @@
+//! A shard's aggregation stage: it feeds raw events to the pure
+//! [`Aggregator`] once they are durable, holds the aggregated messages until
+//! the log has them, tells the pump when the aggregator's timers are due, and
+//! exports the aggregator's counters and the adaptive batch size as metrics.
+//!
+//! It must never see an event before the raw stream has it durably (so a
+//! failed commit, which the client retries, cannot be aggregated twice), and
+//! it must never drop a message the log refused: refused messages go back and
+//! are written with the next commit. What it holds in memory is lost on a
+//! crash: hands still open then are on the raw stream only.
+
+use jimbus_core::aggregate::{AggregateConfig, AggregateStats, Aggregated, Aggregator, BatchSizer, ConfigError};
+use jimbus_core::budget::{Grant, MemoryBudget};
+use jimbus_proto::events as pb;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One shard's aggregator and what it has produced but not yet logged.
+pub struct AggregationStage {
+    aggregator: Aggregator,
+    sizer: BatchSizer,
+    origin: Instant,
+    pending: Vec<Aggregated>,
+    shard: String,
+    exported: AggregateStats,
+    /// The aggregator's share of the memory budget, held for the shard's life.
+    _grant: Option<Grant>,
+}
+
+impl AggregationStage {
+    /// Builds the stage, asking `budget` for the aggregator's memory (taking
+    /// what is free down to a sixteenth of it).
+    pub fn new(shard: usize, config: AggregateConfig, budget: &Arc<MemoryBudget>) -> Result<Self, ConfigError> {
+        let want = config.memory_budget as u64;
+        let grant = budget.request(want, want / 16);
+        let granted = grant.as_ref().map_or(0, Grant::bytes) as usize;
+        if granted < config.memory_budget {
+            tracing::warn!(
+                shard,
+                granted,
+                wanted = want,
+                "aggregation runs on a smaller memory budget than configured"
+            );
+        }
+        let sizer = BatchSizer::new(config.batch);
+        let mut aggregator = Aggregator::new(config)?;
+        aggregator.set_memory_budget(granted);
+        Ok(Self {
+            aggregator,
+            sizer,
+            origin: Instant::now(),
+            pending: Vec::new(),
+            shard: shard.to_string(),
+            exported: AggregateStats::default(),
+            _grant: grant,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// The number of commands the pump should drain next, from its queue depth.
+    pub fn batch_size(&mut self, queue_depth: usize) -> usize {
+        let size = self.sizer.observe(queue_depth);
+        metrics::gauge!("jimbus_shard_queue_depth", "shard" => self.shard.clone()).set(queue_depth as f64);
+        metrics::gauge!("jimbus_shard_batch_target", "shard" => self.shard.clone()).set(size as f64);
+        size
+    }
+
+    /// Offers events that just became durable, in log order.
+    pub fn offer(&mut self, events: &[(u64, Box<pb::Event>)]) {
+        let now = self.now();
+        for (sequence, event) in events {
+            if let Err(e) = self.aggregator.offer(&event.session_id, *sequence, event, now, &mut self.pending) {
+                // Sequences come from this shard's own counter, so this is a bug, not bad input.
+                tracing::error!(shard = %self.shard, error = %e, "aggregation refused an event");
+                metrics::counter!("jimbus_aggregate_refused_total").increment(1);
+            }
+        }
+    }
+
+    /// Runs the aggregator's timers (window ends, gaps, timeouts, eviction).
+    pub fn tick(&mut self) {
+        let now = self.now();
+        self.aggregator.tick(now, &mut self.pending);
+    }
+
+    /// Flushes every session (on shutdown).
+    pub fn flush_all(&mut self) {
+        self.aggregator.flush_all(&mut self.pending);
+    }
+
+    /// When the pump must wake for the aggregator's timers.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.aggregator.next_deadline().map(|d| self.origin + d)
+    }
+
+    /// Messages to write with the next commit.
+    pub fn take_pending(&mut self) -> Vec<Aggregated> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Puts back messages the log refused, ahead of anything newer.
+    pub fn restore_pending(&mut self, mut refused: Vec<Aggregated>) {
+        refused.append(&mut self.pending);
+        self.pending = refused;
+    }
+
+    /// Exports what the counters gained since the last export.
+    pub fn export_metrics(&mut self) {
+        let now = self.aggregator.stats();
+        let before = std::mem::replace(&mut self.exported, now);
+        let shard = &self.shard;
+        let counters = [
+            ("jimbus_aggregate_messages_total", now.messages - before.messages),
+            ("jimbus_aggregate_hands_complete_total", now.hands_complete - before.hands_complete),
+            ("jimbus_aggregate_cascades_incomplete_total", now.cascades_incomplete - before.cascades_incomplete),
+            ("jimbus_aggregate_cascade_splits_total", now.cascade_splits - before.cascade_splits),
+            ("jimbus_aggregate_game_states_coalesced_total", now.game_states_coalesced - before.game_states_coalesced),
+            (
+                "jimbus_aggregate_sessions_evicted_total",
+                now.evicted_idle + now.evicted_capacity - before.evicted_idle - before.evicted_capacity,
+            ),
+        ];
+        for (name, gained) in counters {
+            if gained > 0 {
+                metrics::counter!(name, "shard" => shard.clone()).increment(gained);
+            }
+        }
+        metrics::gauge!("jimbus_aggregate_sessions", "shard" => shard.clone()).set(self.aggregator.sessions() as f64);
+        metrics::gauge!("jimbus_aggregate_bytes_held", "shard" => shard.clone())
+            .set(self.aggregator.bytes_held() as f64);
+    }
+}
