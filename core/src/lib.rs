@@ -3,10 +3,13 @@
 //!
 //! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
 //! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
-//! deduplication ([`dedup`]) and the on-disk record format ([`record`]). It must
-//! never perform I/O or depend on an async runtime.
+//! deduplication ([`dedup`]), the on-disk record format ([`record`]), the
+//! memory budget ([`budget`]) and aggregation ([`aggregate`]). It must never
+//! perform I/O or depend on an async runtime.
 
 pub mod adapt;
+pub mod aggregate;
+pub mod budget;
 pub mod dedup;
 pub mod ingest;
 pub mod json;

@@ -37,7 +37,10 @@ impl AppendItem {
 /// What happened to one appended item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemOutcome {
-    Stored { partition: u32, offset: u64 },
+    Stored {
+        partition: u32,
+        offset: u64,
+    },
     /// Already stored (a retry): acknowledged, not stored again.
     Duplicate,
 }

@@ -3,8 +3,10 @@
 //! This module must never start anything.
 
 use crate::http::HttpOptions;
+use crate::jetstream::JetStreamOptions;
 use crate::log::{FsyncMode, LogOptions, Retention};
 use crate::shard::PumpOptions;
+use jimbus_core::aggregate::{AggregateConfig, BatchConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +52,21 @@ pub struct ServeArgs {
     /// all shards; when spent, requests get 503 with Retry-After [default: 268435456].
     #[arg(long, env = "JIMBUS_MEMORY_BUDGET")]
     pub memory_budget: Option<u64>,
+    /// Length of a session's aggregation window, in milliseconds [default: 100].
+    #[arg(long, env = "JIMBUS_AGGREGATE_WINDOW_MS")]
+    pub aggregate_window_ms: Option<u64>,
+    /// Bracketless joker triggers further apart than this many milliseconds are
+    /// separate cascades [default: 50].
+    #[arg(long, env = "JIMBUS_LEGACY_GAP_MS")]
+    pub legacy_gap_ms: Option<u64>,
+    /// A hand with no HAND_EVAL_COMPLETE and no event for this many milliseconds is
+    /// published as incomplete [default: 5000].
+    #[arg(long, env = "JIMBUS_CASCADE_TIMEOUT_MS")]
+    pub cascade_timeout_ms: Option<u64>,
+    /// Most commands a shard folds into one group commit; the batch grows toward
+    /// it as the shard's queue deepens [default: 1024].
+    #[arg(long, env = "JIMBUS_MAX_BATCH")]
+    pub max_batch: Option<usize>,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -67,6 +84,13 @@ pub struct ServeArgs {
     /// many bytes (never data a durable consumer has not acknowledged) [default: no limit].
     #[arg(long, env = "JIMBUS_RETENTION_BYTES")]
     pub retention_bytes: Option<u64>,
+    /// Run on NATS JetStream instead of the embedded log:
+    /// `nats://host:port[,host:port...]` [default: the embedded log in --data-dir].
+    #[arg(long, env = "JIMBUS_BUS")]
+    pub bus: Option<String>,
+    /// Replicas of the JetStream stream [default: 3 when several URLs are given, else 1].
+    #[arg(long, env = "JIMBUS_BUS_REPLICAS")]
+    pub bus_replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,11 +107,17 @@ struct FileConfig {
     idle_timeout: Option<u64>,
     body_timeout: Option<u64>,
     memory_budget: Option<u64>,
+    aggregate_window_ms: Option<u64>,
+    legacy_gap_ms: Option<u64>,
+    cascade_timeout_ms: Option<u64>,
+    max_batch: Option<usize>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
     retention_seconds: Option<u64>,
     retention_bytes: Option<u64>,
+    bus: Option<String>,
+    bus_replicas: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +142,54 @@ pub struct ServeConfig {
     pub pump: PumpOptions,
     pub http_options: HttpOptions,
     pub memory_budget: u64,
+    /// `Some` runs on NATS JetStream instead of the embedded log.
+    pub bus: Option<JetStreamOptions>,
+}
+
+/// Parses `--bus`: comma-separated NATS URLs (`nats://` is added to a bare host:port).
+fn jetstream_options(
+    urls: &str,
+    replicas: Option<usize>,
+    retention: &Retention,
+) -> Result<JetStreamOptions, ConfigError> {
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| if u.contains("://") { u.to_string() } else { format!("nats://{u}") })
+        .collect();
+    if urls.is_empty() || urls.iter().any(|u| !(u.starts_with("nats://") || u.starts_with("tls://"))) {
+        return Err(ConfigError::Invalid(format!("--bus takes nats://host:port[,host:port...], not {urls:?}")));
+    }
+    let replicas = replicas.unwrap_or(if urls.len() > 1 { 3 } else { 1 });
+    if !(1..=5).contains(&replicas) {
+        return Err(ConfigError::Invalid(format!("--bus-replicas must be between 1 and 5, not {replicas}")));
+    }
+    Ok(JetStreamOptions {
+        urls,
+        replicas,
+        publish_timeout: Duration::from_secs(3),
+        max_age: retention.max_age,
+        max_bytes: retention.max_bytes,
+        startup_timeout: Duration::from_secs(30),
+    })
 }
 
 impl ServeArgs {
+    fn aggregate_config(&self, file: &FileConfig) -> AggregateConfig {
+        let ms =
+            |flag: Option<u64>, key: Option<u64>, default: u64| Duration::from_millis(flag.or(key).unwrap_or(default));
+        let defaults = AggregateConfig::default();
+        AggregateConfig {
+            window: ms(self.aggregate_window_ms, file.aggregate_window_ms, 100),
+            legacy_gap: ms(self.legacy_gap_ms, file.legacy_gap_ms, 50),
+            cascade_timeout: ms(self.cascade_timeout_ms, file.cascade_timeout_ms, 5000),
+            memory_budget: 16 << 20,
+            batch: BatchConfig { max_batch: self.max_batch.or(file.max_batch).unwrap_or(1024), ..defaults.batch },
+            ..defaults
+        }
+    }
+
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => {
@@ -124,6 +199,7 @@ impl ServeArgs {
             }
             None => FileConfig::default(),
         };
+        let aggregate = self.aggregate_config(&file);
         let shards =
             self.shards.or(file.shards).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if shards == 0 || shards > 1024 {
@@ -133,7 +209,16 @@ impl ServeArgs {
         if !ingest_path.starts_with('/') {
             return Err(ConfigError::Invalid(format!("--ingest-path must start with '/', not {ingest_path:?}")));
         }
+        let retention = Retention {
+            max_age: self.retention_seconds.or(file.retention_seconds).map(Duration::from_secs),
+            max_bytes: self.retention_bytes.or(file.retention_bytes),
+        };
+        let bus = match self.bus.clone().or(file.bus.clone()) {
+            Some(urls) => Some(jetstream_options(&urls, self.bus_replicas.or(file.bus_replicas), &retention)?),
+            None => None,
+        };
         Ok(ServeConfig {
+            bus,
             http: self.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
             grpc: self.grpc.or(file.grpc).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
             data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()),
@@ -148,10 +233,7 @@ impl ServeArgs {
                     max_bytes: self.retention_bytes.or(file.retention_bytes),
                 },
             },
-            pump: PumpOptions {
-                max_batch: 1024,
-                dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000),
-            },
+            pump: PumpOptions { aggregate, dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000) },
             memory_budget: self.memory_budget.or(file.memory_budget).unwrap_or(256 << 20),
             http_options: HttpOptions {
                 ingest_path,
@@ -179,6 +261,19 @@ mod tests {
         assert_eq!(config.http.port(), 9000);
         assert_eq!(config.log.fsync, FsyncMode::Always);
         assert_eq!(config.grpc.port(), 50051);
+    }
+
+    #[test]
+    fn the_bus_flag_selects_jetstream_with_replicas_by_cluster_size() {
+        let one = ServeArgs { bus: Some("127.0.0.1:4222".into()), ..Default::default() }.resolve().unwrap();
+        let one = one.bus.unwrap();
+        assert_eq!((one.urls, one.replicas), (vec!["nats://127.0.0.1:4222".to_string()], 1));
+        let three = ServeArgs { bus: Some("nats://a:1,nats://b:2,nats://c:3".into()), ..Default::default() };
+        assert_eq!(three.resolve().unwrap().bus.unwrap().replicas, 3);
+        let chosen = ServeArgs { bus: Some("nats://a:1,b:2".into()), bus_replicas: Some(1), ..Default::default() };
+        assert_eq!(chosen.resolve().unwrap().bus.unwrap().replicas, 1);
+        assert!(ServeArgs { bus: Some("http://a:1".into()), ..Default::default() }.resolve().is_err());
+        assert!(ServeArgs::default().resolve().unwrap().bus.is_none());
     }
 
     #[test]

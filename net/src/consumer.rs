@@ -12,8 +12,8 @@
 //! The delivery task reads the log; it never writes it (dead letters go through
 //! the pump like any append).
 
-use crate::log::{read_frames, SharedIndex};
 use crate::bus::{AppendItem, Bus, ConsumerOptions};
+use crate::log::{read_frames, SharedIndex};
 use crate::shard::ShardRouter;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;

@@ -9,7 +9,6 @@
 
 use crate::bus::{AppendItem, Bus, BusError, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
 use crate::shard::{now_micros, timestamp};
-use std::sync::Arc;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::bus::{self, StartPosition};
@@ -17,6 +16,7 @@ use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 

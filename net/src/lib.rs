@@ -2,11 +2,13 @@
 //! HTTP API, and the tonic gRPC edge on a small tokio runtime, bridged by flume.
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
+pub mod aggregation;
 pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod grpc;
 pub mod http;
+pub mod jetstream;
 pub mod log;
 pub mod server;
 pub mod shard;

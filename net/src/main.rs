@@ -4,9 +4,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_net::config::ServeArgs;
-use jimbus_core::budget::MemoryBudget;
 use jimbus_net::http::Control;
 use jimbus_net::server::Server;
 use jimbus_net::telemetry::{self, LogFormat};

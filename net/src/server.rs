@@ -1,14 +1,18 @@
 //! Starts and stops a jimbus server: one pinned glommio executor per shard, each
 //! with its log, its pump and its HTTP listener on the shared SO_REUSEPORT port,
-//! and one thread with a small tokio runtime for the gRPC edge.
+//! and one thread with a small tokio runtime for the gRPC edge. With `--bus
+//! nats://…` the shards run only their HTTP listeners, and every edge uses the
+//! JetStream bus instead of the embedded log.
 //!
 //! Stopping is ordered so nothing acknowledged is lost: stop accepting, let open
 //! HTTP requests finish, give gRPC calls a grace period, then let every pump apply
 //! what is queued, commit, fsync and exit. This module must never handle a
 //! request itself.
 
+use crate::bus::Bus;
 use crate::config::ServeConfig;
 use crate::http::{Control, Listener};
+use crate::jetstream::JetStreamBus;
 use crate::shard::{Shard, ShardCommand, ShardRouter};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -25,6 +29,8 @@ pub enum ServerError {
     Grpc { addr: SocketAddr, reason: String },
     #[error("cannot spawn a thread: {0}")]
     Thread(String),
+    #[error("{0}")]
+    Bus(#[from] crate::jetstream::JetStreamError),
 }
 
 /// Where a running server listens.
@@ -43,6 +49,8 @@ pub struct Server {
     drained: flume::Receiver<usize>,
     grpc: JoinHandle<()>,
     grpc_stop: tokio::sync::oneshot::Sender<()>,
+    /// The JetStream bus, when it replaces the embedded log.
+    jetstream: Option<JetStreamBus>,
 }
 
 impl Server {
@@ -51,13 +59,19 @@ impl Server {
         let (queues, receivers): (Vec<_>, Vec<_>) =
             (0..config.shards).map(|_| flume::bounded(config.queue_capacity)).unzip();
         let router = ShardRouter::new(queues);
+        let jetstream = config.bus.clone().map(JetStreamBus::start).transpose()?;
+        let bus: Arc<dyn Bus> = match &jetstream {
+            Some(jetstream) => Arc::new(jetstream.clone()),
+            None => Arc::new(router.clone()),
+        };
+        let embedded = jetstream.is_none();
         let (drained_tx, drained) = flume::unbounded();
         let mut shards = Vec::new();
         let mut http = config.http;
         for (id, queue) in receivers.into_iter().enumerate() {
             let (started_tx, started) = flume::bounded(1);
-            let handle =
-                spawn_shard(id, &config, http, queue, router.clone(), control.clone(), started_tx, drained_tx.clone())?;
+            let shard = ShardStart { id, http, queue, router: router.clone(), bus: bus.clone(), embedded };
+            let handle = spawn_shard(shard, &config, control.clone(), started_tx, drained_tx.clone())?;
             match started.recv() {
                 Ok(Ok(addr)) => http = addr,
                 Ok(Err(reason)) => return Err(ServerError::ShardStart { shard: id, reason }),
@@ -65,11 +79,20 @@ impl Server {
             }
             shards.push(handle);
         }
-        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, router.clone())?;
+        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, bus)?;
         control.ready.store(true, Ordering::Release);
+        if let Some(jetstream) = &jetstream {
+            // Ready follows the cluster: a bus without quorum is not ready.
+            let control = control.clone();
+            jetstream.on_availability(move |up| {
+                if !control.stopping.load(Ordering::Acquire) {
+                    control.ready.store(up, Ordering::Release);
+                }
+            });
+        }
         let bound = Bound { http, grpc: grpc_addr };
         tracing::info!(http = %bound.http, grpc = %bound.grpc, shards = config.shards, data_dir = %config.data_dir.display(), "jimbus ready");
-        Ok(Self { bound, control, router, shards, drained, grpc, grpc_stop })
+        Ok(Self { bound, control, router, shards, drained, grpc, grpc_stop, jetstream })
     }
 
     /// Stops in order and waits until everything is durable.
@@ -83,6 +106,16 @@ impl Server {
         }
         let _ = self.grpc_stop.send(());
         let _ = self.grpc.join();
+        if let Some(jetstream) = self.jetstream {
+            // Nothing is kept here: every acknowledged event is already in JetStream.
+            jetstream.stop();
+            drop(self.router);
+            for shard in self.shards {
+                let _ = shard.join();
+            }
+            tracing::info!("stopped");
+            return;
+        }
         let (done_tx, done) = flume::unbounded();
         self.router.broadcast(|| ShardCommand::Shutdown { done: done_tx.clone() });
         for _ in 0..self.shards.len() {
@@ -96,31 +129,45 @@ impl Server {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_shard(
+/// What one shard starts with.
+struct ShardStart {
     id: usize,
-    config: &ServeConfig,
     http: SocketAddr,
     queue: flume::Receiver<ShardCommand>,
     router: ShardRouter,
+    /// What its HTTP listener appends to.
+    bus: Arc<dyn Bus>,
+    /// Whether it opens its log and runs its pump (false on the JetStream bus).
+    embedded: bool,
+}
+
+fn spawn_shard(
+    start: ShardStart,
+    config: &ServeConfig,
     control: Arc<Control>,
     started: flume::Sender<Result<SocketAddr, String>>,
     drained: flume::Sender<usize>,
 ) -> Result<glommio::ExecutorJoinHandle<()>, ServerError> {
+    let ShardStart { id, http, queue, router, bus, embedded } = start;
     let dir = config.data_dir.join(format!("shard-{id:03}"));
     let (log, pump, http_options) = (config.log.clone(), config.pump.clone(), config.http_options.clone());
+    let budget = control.budget.clone();
     let cpus = allowed_cpus();
     let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
         .name(&format!("shard-{id}"))
         .io_memory(2 << 20);
     let handle = builder
         .spawn(move || async move {
-            let shard = match Shard::open(id, &dir, log, pump, router.clone()).await {
-                Ok(shard) => shard,
-                Err(e) => {
-                    let _ = started.send(Err(format!("cannot open the log in {}: {e}", dir.display())));
-                    return;
+            let shard = if embedded {
+                match Shard::open(id, &dir, log, pump, router.clone(), &budget).await {
+                    Ok(shard) => Some(shard),
+                    Err(e) => {
+                        let _ = started.send(Err(format!("cannot open the log in {}: {e}", dir.display())));
+                        return;
+                    }
                 }
+            } else {
+                None
             };
             let socket = match glommio::net::TcpListener::bind(http) {
                 Ok(socket) => socket,
@@ -130,10 +177,12 @@ fn spawn_shard(
                 }
             };
             let _ = started.send(socket.local_addr().map_err(|e| e.to_string()));
-            let pump = glommio::spawn_local(shard.run(queue));
-            Listener::new(id, Arc::new(router), http_options, control).run(socket).await;
+            let pump = shard.map(|shard| glommio::spawn_local(shard.run(queue)));
+            Listener::new(id, bus, http_options, control).run(socket).await;
             let _ = drained.send(id);
-            pump.await;
+            if let Some(pump) = pump {
+                pump.await;
+            }
         })
         .map_err(|e| ServerError::Thread(e.to_string()))?;
     Ok(handle)
@@ -141,7 +190,7 @@ fn spawn_shard(
 
 type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
 
-fn spawn_grpc(addr: SocketAddr, router: ShardRouter) -> Result<GrpcThread, ServerError> {
+fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>) -> Result<GrpcThread, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new()
@@ -169,7 +218,7 @@ fn spawn_grpc(addr: SocketAddr, router: ShardRouter) -> Result<GrpcThread, Serve
                 };
                 let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-                let serve = tokio::spawn(crate::grpc::serve(listener, Arc::new(router), async move {
+                let serve = tokio::spawn(crate::grpc::serve(listener, bus, async move {
                     let _ = stop_rx.await;
                     let _ = grace_tx.send(());
                 }));

@@ -173,8 +173,11 @@ fn a_spent_memory_budget_is_503_until_the_holder_finishes() {
     let big = padded_event("holder", 90_000);
     let mut holder = HttpConn::open(server.http);
     holder.send(
-        format!("POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", big.len())
-            .as_bytes(),
+        format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
     );
     // The server asks for the body only once its memory is granted.
     let mut interim = String::new();

@@ -147,7 +147,11 @@ async fn assert_delivered(server: &Jimbus, lua: &Lua, session: &str) -> Vec<pb::
     let want_ids: Vec<&str> = expected.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(got_ids.len(), want_ids.len(), "events missing for {session}");
     let first_diff = got_ids.iter().zip(&want_ids).position(|(g, w)| g != w);
-    assert!(first_diff.is_none(), "order or identity differs at {first_diff:?}: got {:?}", &got_ids[..10.min(got_ids.len())]);
+    assert!(
+        first_diff.is_none(),
+        "order or identity differs at {first_diff:?}: got {:?}",
+        &got_ids[..10.min(got_ids.len())]
+    );
     for (i, (event, want)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(event.session_id, session);
         assert_eq!(event.client_sequence, want.sequence, "client sequence of event {i}");
