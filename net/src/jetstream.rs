@@ -283,7 +283,7 @@ fn outbound(item: AppendItem) -> (String, PublishMessage) {
     let now = now_micros();
     match item {
         AppendItem::Event(mut event) => {
-            let key = client_key(&event);
+            let key = client_key(&mut event);
             event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
             let subject = topic::raw_topic(&event.session_id, &event.event_type);
             let mut message = PublishMessage::build().payload(event.encode_to_vec().into()).header(KIND, "event");
@@ -770,7 +770,7 @@ mod tests {
         let outbound = message.outbound_message(subject);
         let headers = outbound.headers.unwrap();
         let id = headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
-        assert_eq!(id, format!("{:032x}", client_key(&event).unwrap()));
+        assert_eq!(id, format!("{:032x}", client_key(&mut event.clone()).unwrap()));
         let stored = pb::Event::decode(outbound.payload).unwrap();
         assert!(stored.timing.unwrap().published_at.is_some());
     }

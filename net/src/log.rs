@@ -306,7 +306,10 @@ impl SegmentWriter {
         if self.staged_ends.is_empty() {
             return Ok(());
         }
-        let data = Bytes::from(std::mem::take(&mut self.staged));
+        // The next commit is likely as large as this one: start it at this size
+        // rather than growing (and copying) from nothing.
+        let next = Vec::with_capacity(self.staged.len());
+        let data = Bytes::from(std::mem::replace(&mut self.staged, next));
         let ends = std::mem::take(&mut self.staged_ends);
         let (file, start_len) = {
             let log = self.index.borrow();

@@ -253,17 +253,23 @@ pub struct Shard {
     fresh: Vec<(u64, Box<pb::Event>)>,
 }
 
-/// The client's view of an event, for deduplication: server stamps removed.
-pub(crate) fn client_key(event: &pb::Event) -> Option<DedupKey> {
-    let mut view = event.clone();
-    view.sequence = 0;
-    view.correlation_id.clear();
-    view.metadata.clear();
-    if let Some(timing) = view.timing.as_mut() {
-        timing.received_at = None;
-        timing.published_at = None;
+/// The client's view of an event, for deduplication: the key of the event with
+/// the server's stamps taken out. They are put back afterwards, so the hot path
+/// never clones an event to hash it.
+pub(crate) fn client_key(event: &mut pb::Event) -> Option<DedupKey> {
+    let sequence = std::mem::take(&mut event.sequence);
+    let correlation_id = std::mem::take(&mut event.correlation_id);
+    let metadata = std::mem::take(&mut event.metadata);
+    let stamps = event.timing.as_mut().map(|t| (t.received_at.take(), t.published_at.take()));
+    let key = dedup_key(event);
+    event.sequence = sequence;
+    event.correlation_id = correlation_id;
+    event.metadata = metadata;
+    if let (Some(timing), Some((received_at, published_at))) = (event.timing.as_mut(), stamps) {
+        timing.received_at = received_at;
+        timing.published_at = published_at;
     }
-    dedup_key(&view)
+    key
 }
 
 pub fn now_micros() -> u64 {
@@ -293,10 +299,10 @@ impl Shard {
             if rec.kind != RecordKind::Event {
                 return;
             }
-            if let Ok(event) = pb::Event::decode(rec.message) {
+            if let Ok(mut event) = pb::Event::decode(rec.message) {
                 let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
                 *next = (*next).max(event.sequence + 1);
-                if let Some(key) = client_key(&event) {
+                if let Some(key) = client_key(&mut event) {
                     dedup.insert(key);
                 }
             }
@@ -522,7 +528,7 @@ impl Shard {
         let now = self.writer.monotonic_time_us(now_micros());
         match item {
             AppendItem::Event(mut event) => {
-                let key = client_key(&event);
+                let key = client_key(&mut event);
                 if key.is_some_and(|k| self.dedup.contains(k)) {
                     metrics::counter!("jimbus_events_duplicate_total").increment(1);
                     return ItemOutcome::Duplicate;

@@ -153,9 +153,13 @@ impl Jimbus {
 
     /// One HTTP request on a new connection.
     pub fn post(&self, path: &str, body: &[u8]) -> HttpResponse {
-        let mut conn = HttpConn::open(self.http);
-        conn.send(&request("POST", path, body, &[]));
-        conn.read_response()
+        let answer = TcpStream::connect(self.http).ok().and_then(|stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+            let mut conn = HttpConn { reader: BufReader::new(stream) };
+            conn.send(&request("POST", path, body, &[]));
+            conn.try_read_response()
+        });
+        answer.unwrap_or_else(|| panic!("no answer to POST {path}; server log:\n{}", self.log_text()))
     }
 
     pub fn get(&self, path: &str) -> HttpResponse {
