@@ -47,10 +47,13 @@ pub fn shard_for(session: &str, shards: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(session.as_bytes()) % shards.max(1) as u64) as usize
 }
 
-/// A subscription pattern in NATS syntax.
+/// A subscription pattern in NATS syntax, optionally followed by exclusions:
+/// `balatro.> -balatro.*.aggregated` is every raw topic (subjects never contain
+/// spaces, so the space-separated form cannot be mistaken for a subject).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
     tokens: Vec<String>,
+    except: Vec<Vec<String>>,
 }
 
 /// A pattern that is not well formed.
@@ -64,46 +67,74 @@ pub enum PatternError {
     TailNotLast,
     #[error("token {0} mixes a wildcard with other characters")]
     MixedWildcard(usize),
+    #[error("{0:?}: only exclusions (`-pattern`) may follow the pattern")]
+    NotAnExclusion(String),
 }
 
 impl Pattern {
     pub fn parse(text: &str) -> Result<Self, PatternError> {
-        if text.is_empty() {
-            return Err(PatternError::Empty);
-        }
-        let tokens: Vec<String> = text.split('.').map(str::to_string).collect();
-        for (i, t) in tokens.iter().enumerate() {
-            if t.is_empty() {
-                return Err(PatternError::EmptyToken(i));
-            }
-            if (t.contains('*') || t.contains('>')) && t.len() > 1 {
-                return Err(PatternError::MixedWildcard(i));
-            }
-            if t == ">" && i + 1 != tokens.len() {
-                return Err(PatternError::TailNotLast);
-            }
-        }
-        Ok(Self { tokens })
+        let mut parts = text.split_whitespace();
+        let tokens = parse_tokens(parts.next().ok_or(PatternError::Empty)?)?;
+        let except = parts
+            .map(|part| match part.strip_prefix('-') {
+                Some(excluded) => parse_tokens(excluded),
+                None => Err(PatternError::NotAnExclusion(part.to_string())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { tokens, except })
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        let mut parts = topic.split('.');
-        for pattern in &self.tokens {
-            match (pattern.as_str(), parts.next()) {
-                (">", Some(_)) => return true,
-                (_, None) => return false,
-                ("*", Some(_)) => {}
-                (literal, Some(part)) if literal == part => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
+        matches_tokens(&self.tokens, topic) && !self.except.iter().any(|e| matches_tokens(e, topic))
     }
+
+    /// The pattern without its exclusions, for backends whose filters have none
+    /// (they apply [`Pattern::matches`] to what the filter lets through).
+    pub fn subject(&self) -> String {
+        self.tokens.join(".")
+    }
+}
+
+fn parse_tokens(text: &str) -> Result<Vec<String>, PatternError> {
+    if text.is_empty() {
+        return Err(PatternError::Empty);
+    }
+    let tokens: Vec<String> = text.split('.').map(str::to_string).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            return Err(PatternError::EmptyToken(i));
+        }
+        if (t.contains('*') || t.contains('>')) && t.len() > 1 {
+            return Err(PatternError::MixedWildcard(i));
+        }
+        if t == ">" && i + 1 != tokens.len() {
+            return Err(PatternError::TailNotLast);
+        }
+    }
+    Ok(tokens)
+}
+
+fn matches_tokens(tokens: &[String], topic: &str) -> bool {
+    let mut parts = topic.split('.');
+    for pattern in tokens {
+        match (pattern.as_str(), parts.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (literal, Some(part)) if literal == part => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
 }
 
 impl std::fmt::Display for Pattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.tokens.join("."))
+        f.write_str(&self.tokens.join("."))?;
+        for excluded in &self.except {
+            write!(f, " -{}", excluded.join("."))?;
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +152,17 @@ mod tests {
         assert!(!p("balatro.s1.>").matches("balatro.s1"));
         assert!(p(">").matches("deadletter"));
         assert!(!p("balatro.*").matches("balatro.s1.A"));
+    }
+
+    #[test]
+    fn exclusions_remove_topics_and_survive_display() {
+        let raw = Pattern::parse("balatro.> -balatro.*.aggregated").unwrap();
+        assert!(raw.matches("balatro.s1.SCORING"));
+        assert!(!raw.matches("balatro.s1.aggregated"));
+        assert_eq!(raw.subject(), "balatro.>");
+        assert_eq!(Pattern::parse(&raw.to_string()).unwrap(), raw);
+        assert_eq!(Pattern::parse("a.> b"), Err(PatternError::NotAnExclusion("b".into())));
+        assert_eq!(Pattern::parse("a.> -"), Err(PatternError::Empty));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// it as the shard's queue deepens [default: 1024].
     #[arg(long, env = "JIMBUS_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Microseconds a group commit waits for more events once it has some, to
+    /// make fewer, larger commits; 0 commits at once [default: 0].
+    #[arg(long, env = "JIMBUS_COMMIT_LINGER_US")]
+    pub commit_linger_us: Option<u64>,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -111,6 +115,7 @@ struct FileConfig {
     legacy_gap_ms: Option<u64>,
     cascade_timeout_ms: Option<u64>,
     max_batch: Option<usize>,
+    commit_linger_us: Option<u64>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
@@ -233,7 +238,13 @@ impl ServeArgs {
                     max_bytes: self.retention_bytes.or(file.retention_bytes),
                 },
             },
-            pump: PumpOptions { aggregate, dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000) },
+            pump: PumpOptions {
+                aggregate,
+                dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000),
+                linger: Duration::from_micros(
+                    self.commit_linger_us.or(file.commit_linger_us).unwrap_or(0).min(1_000_000),
+                ),
+            },
             memory_budget: self.memory_budget.or(file.memory_budget).unwrap_or(256 << 20),
             http_options: HttpOptions {
                 ingest_path,

@@ -416,7 +416,7 @@ fn check_consumer_name(name: &str) -> Result<(), BusError> {
 
 /// The consumer filter of a jimbus pattern; `>` is the whole stream.
 fn filter_of(pattern: &Pattern) -> String {
-    let text = pattern.to_string();
+    let text = pattern.subject();
     if text == ">" {
         String::new()
     } else {
@@ -491,6 +491,9 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
                 };
                 let Ok(sequence) = message.info().map(|i| i.stream_sequence) else { continue };
                 start = Start::Offset(sequence + 1);
+                if !pattern.matches(&message.subject) {
+                    continue; // excluded: the consumer filter cannot say so
+                }
                 let Some(delivery) = delivery(&message.message, sequence, 1) else { continue };
                 if out.send_async(delivery).await.is_err() {
                     break;
@@ -557,6 +560,10 @@ async fn durable_member(
                     _ = gone(&out) => break,
                 };
                 match next {
+                    Some(Ok(message)) if !pattern.matches(&message.subject) => {
+                        // Excluded by the pattern: done for this consumer.
+                        let _ = message.ack().await;
+                    }
                     Some(Ok(message)) => {
                         if !hand_out(&shared, &durable.name, member, message, &out).await {
                             break;

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub type AppendReply = flume::Sender<AppendAnswer>;
 
@@ -217,6 +217,8 @@ impl Bus for ShardRouter {
 pub struct PumpOptions {
     /// Retry ids remembered per shard.
     pub dedup_window: usize,
+    /// How long a group commit waits for more commands once it has one (0: not at all).
+    pub linger: Duration,
     /// Windows, cascades and the adaptive batch size (its `batch.max_batch` caps
     /// the commands folded into one group commit).
     pub aggregate: AggregateConfig,
@@ -249,6 +251,7 @@ pub struct Shard {
     topics: HashMap<String, u64>,
     scratch: Vec<u8>,
     aggregation: AggregationStage,
+    linger: Duration,
     /// Events staged in the current commit, for aggregation once durable.
     fresh: Vec<(u64, Box<pb::Event>)>,
 }
@@ -334,6 +337,7 @@ impl Shard {
             topics,
             scratch: Vec::new(),
             aggregation,
+            linger: options.linger,
             fresh: Vec::new(),
         })
     }
@@ -403,23 +407,22 @@ impl Shard {
     /// many commands as the adaptive batch size allows (possibly none, when
     /// only a timer is due). `None` when every sender is gone.
     async fn next_commands(&mut self, queue: &flume::Receiver<ShardCommand>) -> Option<Vec<ShardCommand>> {
-        let first = match self.aggregation.deadline() {
-            Some(deadline) => {
-                let timer = async {
-                    glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
-                    Ok::<_, flume::RecvError>(None)
-                };
-                futures_lite::future::or(async { queue.recv_async().await.map(Some) }, timer).await
-            }
-            None => queue.recv_async().await.map(Some),
-        };
-        let first = first.ok()?;
+        let first = recv_until(queue, self.aggregation.deadline()).await.ok()?;
         let limit = self.aggregation.batch_size(queue.len() + usize::from(first.is_some()));
         let mut commands: Vec<ShardCommand> = first.into_iter().collect();
+        // With a linger, a commit waits that long for company once it has work.
+        let linger_end = (!commands.is_empty() && !self.linger.is_zero()).then(|| Instant::now() + self.linger);
         while commands.len() < limit {
-            match queue.try_recv() {
-                Ok(command) => commands.push(command),
-                Err(_) => break,
+            let next = match queue.try_recv() {
+                Ok(command) => Some(command),
+                Err(_) => match linger_end {
+                    Some(end) if Instant::now() < end => recv_until(queue, Some(end)).await.ok().flatten(),
+                    _ => None,
+                },
+            };
+            match next {
+                Some(command) => commands.push(command),
+                None => break,
             }
         }
         Some(commands)
@@ -557,6 +560,19 @@ impl Shard {
         *self.topics.entry(topic).or_default() += 1;
         ItemOutcome::Stored { partition: self.id as u32, offset }
     }
+}
+
+/// The next command, or `None` once `deadline` passes; an error when every sender is gone.
+async fn recv_until(
+    queue: &flume::Receiver<ShardCommand>,
+    deadline: Option<Instant>,
+) -> Result<Option<ShardCommand>, flume::RecvError> {
+    let Some(deadline) = deadline else { return queue.recv_async().await.map(Some) };
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Ok(None)
+    };
+    futures_lite::future::or(async { queue.recv_async().await.map(Some) }, timer).await
 }
 
 /// Resolves a start position at once (a time start uses the coarse time index).

@@ -204,3 +204,20 @@ async fn the_field_mods_cascade_fixture_becomes_one_hand_with_depth() {
     assert!(info.depth > 0, "copy jokers deepen the cascade: {info:?}");
     assert!(hands[0].triggers.windows(2).all(|w| w[0].sequence < w[1].sequence));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_chooses_the_raw_or_the_aggregated_stream() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let mut game = Game::new("choose");
+    game.state(7.0, 1);
+    game.hand(20);
+    game.post(&server);
+    let aggregated = hands(&server, "choose", 1).await;
+    assert_eq!(aggregated.len(), 1);
+    // The aggregated messages are in the log among the raw events; the exclusion keeps them out.
+    let raw = server.read_all("balatro.choose.> -balatro.*.aggregated", 23).await;
+    assert_eq!(raw.len(), 23);
+    assert!(raw.iter().all(|d| matches!(d.body, Some(Body::Event(_)))), "only raw events");
+    let only_aggregated = server.read_all("balatro.*.aggregated", 1).await;
+    assert!(matches!(only_aggregated[0].body, Some(Body::Aggregated(_))));
+}

@@ -14,6 +14,8 @@ from conftest import ROOT
 SUBSCRIBER = ROOT / "tools" / "subscriber.py"
 RUN_TIMEOUT_S = 60
 SESSION = "127.0.0.1-BalatroMCP"  # derived by the server: peer address + source
+# Every raw event; `>` alone also matches the aggregated messages (balatro.<session>.aggregated).
+RAW = "> -balatro.*.aggregated"
 
 # Bodies as the field mod writes them: keys in any order, bare inf/nan, `{}` for
 # an empty list, arrays of scalars as strings, both timestamp clocks.
@@ -76,7 +78,7 @@ def test_prints_every_posted_event_in_order(jimbus):
     assert post(jimbus, "/api/v1/events", EVENTS[3])["accepted"] == 1
     post_batch(jimbus, EVENTS[4:])
 
-    result = run_subscriber(jimbus, "--pattern", ">", "--start", "earliest", "--count", "5", "--timeout", "30")
+    result = run_subscriber(jimbus, "--pattern", RAW, "--start", "earliest", "--count", "5", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     deliveries = lines_of(result)
     assert len(deliveries) == 5
@@ -122,7 +124,7 @@ def test_pattern_selects_one_event_type(jimbus):
 def test_live_subscription_sees_events_posted_after_it_subscribed(jimbus):
     post_batch(jimbus, EVENTS[:1])  # before the subscription: not delivered with --start latest
     process = subprocess.Popen(
-        subscriber_args(jimbus, "--pattern", ">", "--start", "latest", "--count", "2", "--timeout", "30"),
+        subscriber_args(jimbus, "--pattern", RAW, "--start", "latest", "--count", "2", "--timeout", "30"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -146,14 +148,14 @@ def test_live_subscription_sees_events_posted_after_it_subscribed(jimbus):
 def test_durable_subscriber_acks_and_resumes_after_them(jimbus):
     post_batch(jimbus, EVENTS[:3])
     first = run_subscriber(
-        jimbus, "--pattern", ">", "--durable", "trainer", "--start", "earliest", "--count", "3", "--timeout", "30"
+        jimbus, "--pattern", RAW, "--durable", "trainer", "--start", "earliest", "--count", "3", "--timeout", "30"
     )
     assert first.returncode == 0, first.stderr
     assert [d["event"]["eventId"] for d in lines_of(first)] == ["py-1", "py-2", "py-3"]
 
     post_batch(jimbus, EVENTS[3:])
     # No --start: a durable subscription resumes after its last acknowledged event.
-    second = run_subscriber(jimbus, "--pattern", ">", "--durable", "trainer", "--count", "2", "--timeout", "30")
+    second = run_subscriber(jimbus, "--pattern", RAW, "--durable", "trainer", "--count", "2", "--timeout", "30")
     assert second.returncode == 0, second.stderr
     deliveries = lines_of(second)
     assert [d["event"]["eventId"] for d in deliveries] == ["py-4", "py-5"]
@@ -162,14 +164,14 @@ def test_durable_subscriber_acks_and_resumes_after_them(jimbus):
 
 def test_offset_start_skips_earlier_events(jimbus):
     post_batch(jimbus, EVENTS)
-    result = run_subscriber(jimbus, "--pattern", ">", "--start", "offset:3", "--count", "2", "--timeout", "30")
+    result = run_subscriber(jimbus, "--pattern", RAW, "--start", "offset:3", "--count", "2", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     assert [d["event"]["eventId"] for d in lines_of(result)] == ["py-4", "py-5"]
 
 
 def test_exits_1_when_count_is_not_reached_in_time(jimbus):
     post_batch(jimbus, EVENTS[:1])
-    result = run_subscriber(jimbus, "--pattern", ">", "--start", "earliest", "--count", "2", "--timeout", "1")
+    result = run_subscriber(jimbus, "--pattern", RAW, "--start", "earliest", "--count", "2", "--timeout", "1")
     assert result.returncode == 1
     assert [d["event"]["eventId"] for d in lines_of(result)] == ["py-1"]
     assert "timed out" in result.stderr and "1 of 2" in result.stderr
