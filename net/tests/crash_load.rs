@@ -108,7 +108,8 @@ fn event_of(delivery: &bus::SubscribeResponse) -> &jimbus_proto::events::Event {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_under_load_loses_nothing_acknowledged() {
-    let mut server = Jimbus::start(&["--shards", "2"]);
+    // A linger makes commits gather more requests, so a kill lands among more of them.
+    let mut server = Jimbus::start(&["--shards", "2", "--commit-linger-us", "500"]);
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("kill schedule seed {seed}");
     let ledger = Arc::new(Ledger::default());
