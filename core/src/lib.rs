@@ -4,8 +4,9 @@
 //! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
 //! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
 //! deduplication ([`dedup`]), the on-disk record format ([`record`]), the
-//! memory budget ([`budget`]) and aggregation ([`aggregate`]). It must never
-//! perform I/O or depend on an async runtime.
+//! memory budget ([`budget`]), aggregation ([`aggregate`]) and the Resource
+//! Coordinator's pools ([`pools`]). It must never perform I/O or depend on an
+//! async runtime.
 
 pub mod adapt;
 pub mod aggregate;
@@ -13,5 +14,6 @@ pub mod budget;
 pub mod dedup;
 pub mod ingest;
 pub mod json;
+pub mod pools;
 pub mod record;
 pub mod topic;

@@ -7,6 +7,7 @@ use crate::jetstream::JetStreamOptions;
 use crate::log::{FsyncMode, LogOptions, Retention};
 use crate::shard::PumpOptions;
 use jimbus_core::aggregate::{AggregateConfig, BatchConfig};
+use jimbus_core::pools::PoolCapacity;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,10 @@ pub struct ServeArgs {
     /// make fewer, larger commits; 0 commits at once [default: 0].
     #[arg(long, env = "JIMBUS_COMMIT_LINGER_US")]
     pub commit_linger_us: Option<u64>,
+    /// Capacity of the pools the `jimbot.ResourceCoordinator` gRPC service lends out:
+    /// `gpu=N,cpu=N,claude_api=N,memory=BYTES` [default: every pool empty].
+    #[arg(long, env = "JIMBUS_RESOURCE_POOLS")]
+    pub resource_pools: Option<String>,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -116,6 +121,7 @@ struct FileConfig {
     cascade_timeout_ms: Option<u64>,
     max_batch: Option<usize>,
     commit_linger_us: Option<u64>,
+    resource_pools: Option<String>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
@@ -147,6 +153,7 @@ pub struct ServeConfig {
     pub pump: PumpOptions,
     pub http_options: HttpOptions,
     pub memory_budget: u64,
+    pub resource_pools: PoolCapacity,
     /// `Some` runs on NATS JetStream instead of the embedded log.
     pub bus: Option<JetStreamOptions>,
 }
@@ -245,6 +252,10 @@ impl ServeArgs {
                     self.commit_linger_us.or(file.commit_linger_us).unwrap_or(0).min(1_000_000),
                 ),
             },
+            resource_pools: PoolCapacity::parse(
+                self.resource_pools.as_deref().or(file.resource_pools.as_deref()).unwrap_or(""),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("--resource-pools: {e}")))?,
             memory_budget: self.memory_budget.or(file.memory_budget).unwrap_or(256 << 20),
             http_options: HttpOptions {
                 ingest_path,

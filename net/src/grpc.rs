@@ -9,6 +9,7 @@
 
 use crate::bus::{AppendItem, Bus, BusError, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
 use crate::shard::{now_micros, timestamp};
+use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::bus::{self, StartPosition};
@@ -215,6 +216,7 @@ impl EventBusService for BusService {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     bus: Arc<dyn Bus>,
+    pools: PoolCapacity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -229,6 +231,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(EventBusServiceServer::new(BusService::new(bus)))
+        .add_service(crate::coordinator::CoordinatorService::server(pools))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -6,6 +6,7 @@ pub mod aggregation;
 pub mod bus;
 pub mod config;
 pub mod consumer;
+pub mod coordinator;
 pub mod grpc;
 pub mod http;
 pub mod jetstream;

@@ -15,6 +15,7 @@ use crate::http::{Control, Listener};
 use crate::jetstream::JetStreamBus;
 use crate::shard::{Shard, ShardCommand, ShardRouter};
 use glommio::{LocalExecutorBuilder, Placement};
+use jimbus_core::pools::PoolCapacity;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,7 +80,7 @@ impl Server {
             }
             shards.push(handle);
         }
-        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, bus)?;
+        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, bus, config.resource_pools)?;
         control.ready.store(true, Ordering::Release);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
@@ -190,7 +191,7 @@ fn spawn_shard(
 
 type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
 
-fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>) -> Result<GrpcThread, ServerError> {
+fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>, pools: PoolCapacity) -> Result<GrpcThread, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new()
@@ -218,7 +219,7 @@ fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>) -> Result<GrpcThread, ServerE
                 };
                 let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-                let serve = tokio::spawn(crate::grpc::serve(listener, bus, async move {
+                let serve = tokio::spawn(crate::grpc::serve(listener, bus, pools, async move {
                     let _ = stop_rx.await;
                     let _ = grace_tx.send(());
                 }));
