@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// `gpu=N,cpu=N,claude_api=N,memory=BYTES` [default: every pool empty].
     #[arg(long, env = "JIMBUS_RESOURCE_POOLS")]
     pub resource_pools: Option<String>,
+    /// Serve CPU profiles at GET /debug/pprof/profile?seconds=N[&format=svg].
+    #[arg(long, env = "JIMBUS_ENABLE_PROFILING")]
+    pub enable_profiling: bool,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -122,6 +125,7 @@ struct FileConfig {
     max_batch: Option<usize>,
     commit_linger_us: Option<u64>,
     resource_pools: Option<String>,
+    enable_profiling: Option<bool>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
@@ -262,6 +266,7 @@ impl ServeArgs {
                 body_limit: self.max_body.or(file.max_body).unwrap_or(8 << 20),
                 idle_timeout: Duration::from_secs(self.idle_timeout.or(file.idle_timeout).unwrap_or(30).max(1)),
                 body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
+                profiling: self.enable_profiling || file.enable_profiling.unwrap_or(false),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096).max(1),
             },
         })

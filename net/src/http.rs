@@ -45,6 +45,8 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Connections per shard; more get 503 and are closed.
     pub max_connections: usize,
+    /// Serve CPU profiles at `/debug/pprof/profile`.
+    pub profiling: bool,
 }
 
 /// Process-wide state the HTTP edge reads: readiness, stopping, metrics.
@@ -189,6 +191,7 @@ impl Handler {
             (&Method::GET, "/health", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             (&Method::GET, "/ready", _) => self.readiness(),
             (&Method::GET, "/metrics", _) => self.metrics(),
+            (&Method::GET, "/debug/pprof/profile", _) => self.profile(req.uri().query()).await,
             (_, p, _) if endpoint.is_some() || p == format!("{ingest}/health") => {
                 let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None, None);
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -294,6 +297,35 @@ impl Handler {
             response.headers_mut().insert("x-request-id", value);
         }
         response
+    }
+
+    /// A CPU profile of the whole process (see [`crate::profile`]).
+    async fn profile(&self, query: Option<&str>) -> Response<Body> {
+        use crate::profile::{capture, parse_query, ProfileError};
+        if !self.listener.options.profiling {
+            return error(
+                StatusCode::NOT_FOUND,
+                "profiling is off: start the server with --enable-profiling",
+                None,
+                None,
+            );
+        }
+        let captured = match parse_query(query) {
+            Ok((length, format)) => capture(length, format).await,
+            Err(e) => Err(e),
+        };
+        match captured {
+            Ok((content_type, bytes)) => {
+                let mut r = Response::new(Full::new(Bytes::from(bytes)));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                r
+            }
+            Err(e @ ProfileError::BadQuery(_)) => error(StatusCode::BAD_REQUEST, &e.to_string(), None, None),
+            Err(e @ (ProfileError::Busy | ProfileError::NoSamples)) => {
+                error(StatusCode::CONFLICT, &e.to_string(), None, None)
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None, None),
+        }
     }
 
     /// Decodes, stores and answers one body.

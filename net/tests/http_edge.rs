@@ -197,3 +197,36 @@ fn a_spent_memory_budget_is_503_until_the_holder_finishes() {
     assert_eq!(holder.read_response().status, 200);
     assert_eq!(server.post("/api/v1/events", &small).status, 200, "the budget came back");
 }
+
+#[test]
+fn cpu_profiles_are_served_only_when_enabled() {
+    let off = Jimbus::start(&[]);
+    let refused = off.get("/debug/pprof/profile?seconds=1");
+    assert_eq!(refused.status, 404);
+    assert!(refused.json()["error"].as_str().unwrap().contains("--enable-profiling"));
+
+    let on = Jimbus::start(&["--enable-profiling"]);
+    // Keep the server busy while it samples, so there are stacks to draw.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, addr) = (stop.clone(), on.http);
+        std::thread::spawn(move || {
+            let mut conn = HttpConn::open(addr);
+            let body = br#"{"type":"HEARTBEAT","payload":{"uptime":1}}"#;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.send(&request("POST", "/api/v1/events", body, &[]));
+                assert_eq!(conn.read_response().status, 200);
+            }
+        })
+    };
+    let svg = on.get("/debug/pprof/profile?seconds=2&format=svg");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(svg.status, 200, "{}", String::from_utf8_lossy(&svg.body));
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    assert!(String::from_utf8_lossy(&svg.body).contains("<svg"), "{} bytes", svg.body.len());
+    let pprof = on.get("/debug/pprof/profile?seconds=1");
+    assert_eq!(pprof.header("content-type"), Some("application/octet-stream"));
+    assert!(!pprof.body.is_empty(), "a pprof protobuf");
+    assert_eq!(on.get("/debug/pprof/profile?seconds=999").status, 400);
+}
