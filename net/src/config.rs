@@ -167,6 +167,7 @@ fn jetstream_options(
     urls: &str,
     replicas: Option<usize>,
     retention: &Retention,
+    aggregate: AggregateConfig,
 ) -> Result<JetStreamOptions, ConfigError> {
     let urls: Vec<String> = urls
         .split(',')
@@ -188,6 +189,7 @@ fn jetstream_options(
         max_age: retention.max_age,
         max_bytes: retention.max_bytes,
         startup_timeout: Duration::from_secs(30),
+        aggregate,
     })
 }
 
@@ -230,7 +232,9 @@ impl ServeArgs {
             max_bytes: self.retention_bytes.or(file.retention_bytes),
         };
         let bus = match self.bus.clone().or(file.bus.clone()) {
-            Some(urls) => Some(jetstream_options(&urls, self.bus_replicas.or(file.bus_replicas), &retention)?),
+            Some(urls) => {
+                Some(jetstream_options(&urls, self.bus_replicas.or(file.bus_replicas), &retention, aggregate.clone())?)
+            }
             None => None,
         };
         Ok(ServeConfig {

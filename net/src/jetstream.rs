@@ -17,12 +17,14 @@
 //! own: a jimbus node in this mode holds no state that a restart could lose.
 
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::nats_aggregation::NatsAggregation;
 use crate::shard::{client_key, now_micros, timestamp};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
+use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::topic::{self, Pattern};
 use jimbus_proto::bus::{self, subscribe_response::Body};
 use jimbus_proto::events as pb;
@@ -54,6 +56,8 @@ pub struct JetStreamOptions {
     pub max_bytes: Option<u64>,
     /// How long startup keeps trying to reach the cluster and create the stream.
     pub startup_timeout: Duration,
+    /// Windows and cascades of the aggregated stream this node produces.
+    pub aggregate: AggregateConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,8 @@ pub enum JetStreamError {
     Runtime(String),
     #[error("cannot reach JetStream at {urls} within {waited:?}: {reason}")]
     Unreachable { urls: String, waited: Duration, reason: String },
+    #[error("aggregation settings: {0}")]
+    Aggregate(#[from] ConfigError),
 }
 
 /// One delivery of a durable consumer that this node handed out, until acked.
@@ -84,6 +90,7 @@ struct Shared {
     next_member: AtomicU64,
     /// Told the availability after every probe (readiness).
     reporters: Mutex<Vec<Report>>,
+    aggregation: Arc<NatsAggregation>,
 }
 
 /// The JetStream bus. Cheap to clone; every clone drives the same connection.
@@ -97,10 +104,12 @@ pub struct JetStreamBus {
 impl JetStreamBus {
     /// Starts the runtime, connects, and creates the stream if it is missing.
     pub fn start(options: JetStreamOptions) -> Result<Self, JetStreamError> {
+        let aggregation = NatsAggregation::new(options.aggregate.clone())?;
         let (runtime, stop) = spawn_runtime()?;
-        let shared = runtime.block_on(connect_until(&options))?;
+        let shared = runtime.block_on(connect_until(&options, aggregation.clone()))?;
         let bus = Self { shared: Arc::new(shared), runtime, stop: Arc::new(Mutex::new(Some(stop))) };
         bus.runtime.spawn(probe(bus.shared.clone()));
+        bus.runtime.spawn(aggregation.run(bus.shared.js.clone()));
         Ok(bus)
     }
 
@@ -164,10 +173,13 @@ fn spawn_runtime() -> Result<(tokio::runtime::Handle, std::sync::mpsc::Sender<()
 
 /// Connects and ensures the stream, retrying until `startup_timeout`: a cluster
 /// that is still electing at startup is not an error yet.
-async fn connect_until(options: &JetStreamOptions) -> Result<Shared, JetStreamError> {
+async fn connect_until(
+    options: &JetStreamOptions,
+    aggregation: Arc<NatsAggregation>,
+) -> Result<Shared, JetStreamError> {
     let started = tokio::time::Instant::now();
     loop {
-        let reason = match connect(options).await {
+        let reason = match connect(options, aggregation.clone()).await {
             Ok(shared) => return Ok(shared),
             Err(reason) => reason,
         };
@@ -180,7 +192,7 @@ async fn connect_until(options: &JetStreamOptions) -> Result<Shared, JetStreamEr
     }
 }
 
-async fn connect(options: &JetStreamOptions) -> Result<Shared, String> {
+async fn connect(options: &JetStreamOptions, aggregation: Arc<NatsAggregation>) -> Result<Shared, String> {
     let client = async_nats::ConnectOptions::new()
         .name("jimbus")
         .connection_timeout(Duration::from_secs(2))
@@ -203,6 +215,7 @@ async fn connect(options: &JetStreamOptions) -> Result<Shared, String> {
         watched: Mutex::new(HashSet::new()),
         next_member: AtomicU64::new(0),
         reporters: Mutex::new(Vec::new()),
+        aggregation,
     })
 }
 
@@ -279,11 +292,11 @@ fn note_availability(shared: &Shared, up: bool) {
 }
 
 /// The subject, headers and payload of one item.
-fn outbound(item: AppendItem) -> (String, PublishMessage) {
+fn outbound(item: &mut AppendItem) -> (String, PublishMessage) {
     let now = now_micros();
     match item {
-        AppendItem::Event(mut event) => {
-            let key = client_key(&mut event);
+        AppendItem::Event(event) => {
+            let key = client_key(event);
             event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
             let subject = topic::raw_topic(&event.session_id, &event.event_type);
             let mut message = PublishMessage::build().payload(event.encode_to_vec().into()).header(KIND, "event");
@@ -314,7 +327,8 @@ async fn publish_all(shared: Arc<Shared>, items: Vec<AppendItem>) -> Result<Vec<
     let count = items.len();
     let _in_flight = InFlight::new(&shared, count);
     let mut acks = Vec::with_capacity(count);
-    for item in items {
+    let mut items = items;
+    for item in &mut items {
         let (subject, message) = outbound(item);
         let ack = shared.js.send_publish(subject, message).await.map_err(|e| publish_error(&e, e.kind()))?;
         acks.push(ack);
@@ -329,6 +343,15 @@ async fn publish_all(shared: Arc<Shared>, items: Vec<AppendItem>) -> Result<Vec<
             ItemOutcome::Stored { partition: 0, offset: ack.sequence }
         });
     }
+    let stored: Vec<(u64, &pb::Event)> = items
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(item, outcome)| match (item, outcome) {
+            (AppendItem::Event(event), ItemOutcome::Stored { offset, .. }) => Some((*offset, &**event)),
+            _ => None,
+        })
+        .collect();
+    shared.aggregation.offer(&stored);
     Ok(outcomes)
 }
 
@@ -772,7 +795,7 @@ mod tests {
             event_type: "HEARTBEAT".into(),
             ..Default::default()
         };
-        let (subject, message) = outbound(AppendItem::Event(Box::new(event.clone())));
+        let (subject, message) = outbound(&mut AppendItem::Event(Box::new(event.clone())));
         assert_eq!(subject, "balatro.s.HEARTBEAT");
         let outbound = message.outbound_message(subject);
         let headers = outbound.headers.unwrap();

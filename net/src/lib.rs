@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod jetstream;
 pub mod log;
+pub mod nats_aggregation;
 pub mod profile;
 pub mod server;
 pub mod shard;

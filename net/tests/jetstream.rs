@@ -28,6 +28,31 @@ fn jimbus_on(nats: &Nats, extra: &[&str]) -> Jimbus {
 // --- the shared cases, on one JetStream server --------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
+async fn aggregation_cascades_of_100_500_and_5000_triggers_become_one_message_each() {
+    let nats = Nats::single();
+    cases::aggregation::cascades_of_100_500_and_5000_triggers_become_one_message_each(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregation_interleaved_sessions_keep_their_own_hands() {
+    let nats = Nats::single();
+    cases::aggregation::interleaved_sessions_keep_their_own_hands(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregation_a_hand_without_its_complete_is_published_incomplete_after_the_timeout() {
+    let nats = Nats::single();
+    let server = jimbus_on(&nats, &["--cascade-timeout-ms", "300"]);
+    cases::aggregation::a_hand_without_its_complete_is_published_incomplete_after_the_timeout(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregation_a_subscriber_chooses_the_raw_or_the_aggregated_stream() {
+    let nats = Nats::single();
+    cases::aggregation::a_subscriber_chooses_the_raw_or_the_aggregated_stream(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn compat_every_fixture_is_accepted_and_delivered_in_order() {
     let nats = Nats::single();
     cases::compat::every_fixture_is_accepted_and_delivered_in_order(&jimbus_on(&nats, &[])).await;

@@ -3,5 +3,6 @@
 
 #![allow(dead_code)]
 
+pub mod aggregation;
 pub mod compat;
 pub mod durable;
