@@ -28,6 +28,12 @@ fn jimbus_on(nats: &Nats, extra: &[&str]) -> Jimbus {
 // --- the shared cases, on one JetStream server --------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
+async fn durable_a_paused_slow_subscriber_catches_up_in_order() {
+    let nats = Nats::single();
+    cases::durable::a_paused_slow_subscriber_catches_up_in_order(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn aggregation_cascades_of_100_500_and_5000_triggers_become_one_message_each() {
     let nats = Nats::single();
     cases::aggregation::cascades_of_100_500_and_5000_triggers_become_one_message_each(&jimbus_on(&nats, &[])).await;

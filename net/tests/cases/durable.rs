@@ -139,3 +139,27 @@ pub async fn a_consumer_group_shares_the_events(server: &Jimbus) {
     want.sort();
     assert_eq!(ids, want, "every event exactly once across the group");
 }
+
+/// A subscriber that stops reading is paused (the bus waits on its bounded
+/// channel and on HTTP/2 flow control), never buffered without bound, and
+/// ingest goes on; when it reads again it catches up with everything, in order.
+pub async fn a_paused_slow_subscriber_catches_up_in_order(server: &Jimbus) {
+    let request = bus::SubscribeRequest {
+        pattern: "balatro.s0.> -balatro.*.aggregated".into(),
+        start: bus::StartPosition::Earliest as i32,
+        ..Default::default()
+    };
+    let mut stream = server.client().await.subscribe(request).await.expect("subscribe").into_inner();
+    // Far more than the subscriber's channel (1024) and the HTTP/2 windows hold.
+    let total = 15_000;
+    for from in (0..total).step_by(500) {
+        let response = server.post("/api/v1/events/batch", &batch(from, 500));
+        assert_eq!(response.status, 200, "ingest goes on while the subscriber sleeps");
+    }
+    let mut ids = Vec::new();
+    while ids.len() < total / 3 {
+        ids.push(id(&next(&mut stream).await.expect("the paused subscriber catches up")));
+    }
+    let expected: Vec<String> = (0..total).filter(|i| i % 3 == 0).map(|i| format!("e-{i}")).collect();
+    assert_eq!(ids, expected);
+}
