@@ -49,24 +49,34 @@ pub enum GrantStatus {
 
 /// A global byte budget.
 pub struct MemoryBudget<C: Counter = AtomicU64> {
-    limit: u64,
+    /// Changes when a remote coordinator grants a different share.
+    limit: C,
     used: C,
     denied: C,
 }
 
 impl<C: Counter> std::fmt::Debug for MemoryBudget<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryBudget").field("limit", &self.limit).field("used", &self.used.load()).finish()
+        f.debug_struct("MemoryBudget").field("limit", &self.limit.load()).field("used", &self.used.load()).finish()
     }
 }
 
 impl<C: Counter> MemoryBudget<C> {
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self { limit, used: C::new(0), denied: C::new(0) })
+        Arc::new(Self { limit: C::new(limit), used: C::new(0), denied: C::new(0) })
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load()
+    }
+
+    /// Sets a new limit. Grants already made stay valid: lowering the limit
+    /// only makes new requests wait for enough to be given back.
+    pub fn set_limit(&self, limit: u64) {
+        let mut current = self.limit.load();
+        while let Err(now) = self.limit.compare_exchange_weak(current, limit) {
+            current = now;
+        }
     }
 
     pub fn used(&self) -> u64 {
@@ -84,7 +94,7 @@ impl<C: Counter> MemoryBudget<C> {
         let min = min.min(want);
         let mut used = self.used.load();
         loop {
-            let free = self.limit.saturating_sub(used);
+            let free = self.limit.load().saturating_sub(used);
             // A request for nothing, or one that fits in nothing, always succeeds.
             let take = want.min(free);
             if take < min {
@@ -154,6 +164,16 @@ mod tests {
         assert_eq!(budget.denials(), 1);
         drop(a);
         assert_eq!(budget.used(), 40);
+    }
+
+    #[test]
+    fn a_lower_limit_holds_new_requests_until_grants_come_back() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let held = budget.request(80, 80).unwrap();
+        budget.set_limit(50);
+        assert!(budget.request(1, 1).is_none(), "80 held is over the new limit");
+        drop(held);
+        assert_eq!(budget.request(50, 50).map(|g| g.bytes()), Some(50));
     }
 
     #[test]

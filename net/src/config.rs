@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// Serve CPU profiles at GET /debug/pprof/profile?seconds=N[&format=svg].
     #[arg(long, env = "JIMBUS_ENABLE_PROFILING")]
     pub enable_profiling: bool,
+    /// Lease the memory budget from this remote jimbot.ResourceCoordinator
+    /// (http://host:port) instead of using --memory-budget alone; falls back to
+    /// --memory-budget while it is unreachable [default: none].
+    #[arg(long, env = "JIMBUS_RESOURCE_COORDINATOR")]
+    pub resource_coordinator: Option<String>,
     /// Commands queued per shard before 503 [default: 4096].
     #[arg(long, env = "JIMBUS_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -126,6 +131,7 @@ struct FileConfig {
     commit_linger_us: Option<u64>,
     resource_pools: Option<String>,
     enable_profiling: Option<bool>,
+    resource_coordinator: Option<String>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
     dedup_window: Option<usize>,
@@ -158,6 +164,8 @@ pub struct ServeConfig {
     pub http_options: HttpOptions,
     pub memory_budget: u64,
     pub resource_pools: PoolCapacity,
+    /// A remote coordinator to lease the memory budget from.
+    pub resource_coordinator: Option<String>,
     /// `Some` runs on NATS JetStream instead of the embedded log.
     pub bus: Option<JetStreamOptions>,
 }
@@ -260,6 +268,7 @@ impl ServeArgs {
                     self.commit_linger_us.or(file.commit_linger_us).unwrap_or(0).min(1_000_000),
                 ),
             },
+            resource_coordinator: self.resource_coordinator.clone().or(file.resource_coordinator.clone()),
             resource_pools: PoolCapacity::parse(
                 self.resource_pools.as_deref().or(file.resource_pools.as_deref()).unwrap_or(""),
             )

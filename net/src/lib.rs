@@ -13,6 +13,7 @@ pub mod jetstream;
 pub mod log;
 pub mod nats_aggregation;
 pub mod profile;
+pub mod remote_budget;
 pub mod server;
 pub mod shard;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use crate::http::{Control, Listener};
 use crate::jetstream::JetStreamBus;
 use crate::shard::{Shard, ShardCommand, ShardRouter};
 use glommio::{LocalExecutorBuilder, Placement};
+use jimbus_core::budget::MemoryBudget;
 use jimbus_core::pools::PoolCapacity;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -80,7 +81,8 @@ impl Server {
             }
             shards.push(handle);
         }
-        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(config.grpc, bus, config.resource_pools)?;
+        let (grpc, grpc_addr, grpc_stop) =
+            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &control))?;
         control.ready.store(true, Ordering::Release);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
@@ -191,7 +193,17 @@ fn spawn_shard(
 
 type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
 
-fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>, pools: PoolCapacity) -> Result<GrpcThread, ServerError> {
+/// The remote coordinator to lease the budget from, with the budget it sets.
+fn remote_lease(config: &ServeConfig, control: &Arc<Control>) -> Option<(String, Arc<MemoryBudget>)> {
+    config.resource_coordinator.clone().map(|url| (url, control.budget.clone()))
+}
+
+fn spawn_grpc(
+    addr: SocketAddr,
+    bus: Arc<dyn Bus>,
+    pools: PoolCapacity,
+    lease: Option<(String, Arc<MemoryBudget>)>,
+) -> Result<GrpcThread, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new()
@@ -218,6 +230,9 @@ fn spawn_grpc(addr: SocketAddr, bus: Arc<dyn Bus>, pools: PoolCapacity) -> Resul
                     }
                 };
                 let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                if let Some((url, budget)) = lease {
+                    tokio::spawn(crate::remote_budget::lease_from(url, budget));
+                }
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
                 let serve = tokio::spawn(crate::grpc::serve(listener, bus, pools, async move {
                     let _ = stop_rx.await;

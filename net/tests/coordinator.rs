@@ -101,3 +101,58 @@ fn a_malformed_pool_spec_is_one_line_and_exit_code_two() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--resource-pools") && stderr.contains("gpu=lots"), "{stderr}");
 }
+
+/// Polls `/metrics` until it shows `line` (a lease and a fallback take seconds by design).
+fn wait_for_metric(server: &Jimbus, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {line:?}:\n{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Posts `body` as a careful client does: headers with `Expect: 100-continue`
+/// first, the body only once the server asks for it.
+fn post_expecting(server: &Jimbus, body: &[u8]) -> u16 {
+    let mut conn = harness::HttpConn::open(server.http);
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.send(head.as_bytes());
+    let first = conn.read_response();
+    if first.status != 100 {
+        return first.status;
+    }
+    conn.send(body);
+    conn.read_response().status
+}
+
+fn event_of_size(len: usize) -> Vec<u8> {
+    let mut body = br#"{"type":"HEARTBEAT","payload":{"pad":""#.to_vec();
+    body.resize(len - 3, b'p');
+    body.extend_from_slice(br#""}}"#);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_coordinator_sets_the_budget_and_when_it_is_gone_the_local_one_returns() {
+    let mut coordinator = Jimbus::start(&["--resource-pools", "memory=40000000"]);
+    let url = coordinator.grpc_url();
+    // Each of the two shards' aggregators holds 16 MiB of whatever the budget is.
+    let server = Jimbus::start(&["--shards", "2", "--resource-coordinator", &url, "--memory-budget", "50000000"]);
+    wait_for_metric(&server, "jimbus_budget_limit_bytes 40000000");
+    let big = event_of_size(7_000_000);
+    assert_eq!(post_expecting(&server, &big), 503, "over what the lease leaves free");
+    assert_eq!(server.post("/api/v1/events", &event_of_size(1_000)).status, 200);
+
+    coordinator.kill9();
+    wait_for_metric(&server, "jimbus_budget_limit_bytes 50000000");
+    assert_eq!(post_expecting(&server, &big), 200, "the local budget is back");
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(metrics.contains("jimbus_coordinator_fallbacks_total"), "{metrics}");
+}

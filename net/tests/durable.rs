@@ -31,7 +31,6 @@ async fn a_consumer_group_shares_the_events() {
     durable::a_consumer_group_shares_the_events(&Jimbus::start(&["--shards", "2"])).await;
 }
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_slow_subscriber_catches_up_in_order() {
     durable::a_paused_slow_subscriber_catches_up_in_order(&Jimbus::start(&["--shards", "1"])).await;
