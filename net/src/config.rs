@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive before 408 [default: 30].
     #[arg(long, env = "JIMBUS_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
+    /// Seconds a request's headers may take to arrive before 408 [default: 10].
+    #[arg(long, env = "JIMBUS_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
     /// Bytes of memory the server may grant to request bodies in flight, across
     /// all shards; when spent, requests get 503 with Retry-After [default: 268435456].
     #[arg(long, env = "JIMBUS_MEMORY_BUDGET")]
@@ -123,6 +126,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     idle_timeout: Option<u64>,
     body_timeout: Option<u64>,
+    header_timeout: Option<u64>,
     memory_budget: Option<u64>,
     aggregate_window_ms: Option<u64>,
     legacy_gap_ms: Option<u64>,
@@ -278,6 +282,7 @@ impl ServeArgs {
                 ingest_path,
                 body_limit: self.max_body.or(file.max_body).unwrap_or(8 << 20),
                 idle_timeout: Duration::from_secs(self.idle_timeout.or(file.idle_timeout).unwrap_or(30).max(1)),
+                header_timeout: Duration::from_secs(self.header_timeout.or(file.header_timeout).unwrap_or(10).max(1)),
                 body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
                 profiling: self.enable_profiling || file.enable_profiling.unwrap_or(false),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096).max(1),

@@ -41,6 +41,8 @@ pub struct HttpOptions {
     pub body_limit: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A request whose headers take longer than this to arrive gets 408 (slowloris).
+    pub header_timeout: Duration,
     /// A body that takes longer than this to arrive gets 408.
     pub body_timeout: Duration,
     /// Connections per shard; more get 503 and are closed.
@@ -143,12 +145,15 @@ impl Handler {
     async fn serve(self, stream: TcpStream) {
         let _ = stream.set_read_timeout(Some(self.listener.options.idle_timeout));
         let control = self.listener.control.clone();
+        let header_timeout = self.listener.options.header_timeout;
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
             async move { Ok::<_, std::convert::Infallible>(this.route(req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(HeaderTimer)
+            .header_read_timeout(header_timeout)
             .keep_alive(true)
             .pipeline_flush(true)
             .serve_connection(GlommioIo::new(stream), service);
@@ -491,6 +496,32 @@ fn unavailable(message: &str) -> Response<Body> {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// hyper's timer, for the header read timeout. hyper wants `Send` sleeps, which
+/// glommio's timers are not; async-io's are (driven by its own small thread).
+#[derive(Clone)]
+struct HeaderTimer;
+
+struct HeaderSleep(async_io::Timer);
+
+impl std::future::Future for HeaderSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for HeaderSleep {}
+
+impl hyper::rt::Timer for HeaderTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeaderSleep(async_io::Timer::after(duration)))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeaderSleep(async_io::Timer::at(deadline)))
+    }
 }
 
 /// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small

@@ -230,3 +230,37 @@ fn cpu_profiles_are_served_only_when_enabled() {
     assert!(!pprof.body.is_empty(), "a pprof protobuf");
     assert_eq!(on.get("/debug/pprof/profile?seconds=999").status, 400);
 }
+
+#[test]
+fn headers_trickling_in_slower_than_the_header_timeout_end_the_connection() {
+    let server = Jimbus::start(&["--header-timeout", "1", "--idle-timeout", "30"]);
+    let mut conn = HttpConn::open(server.http);
+    conn.reader.get_ref().set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let started = std::time::Instant::now();
+    let header =
+        b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut ended = None;
+    // One byte every 200 ms: each read stays well inside the idle timeout.
+    for byte in header.iter() {
+        if conn.reader.get_mut().write_all(&[*byte]).is_err() {
+            ended = Some("the server closed the connection");
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut conn.reader, &mut buf) {
+            Ok(0) => {
+                ended = Some("the server closed the connection");
+                break;
+            }
+            Ok(n) => {
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "only a 408 may come back");
+                ended = Some("408");
+                break;
+            }
+            Err(_) => {} // nothing yet: the read timed out
+        }
+    }
+    let ended = ended.expect("a slowloris client was never cut off");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "cut off after {:?} ({ended})", started.elapsed());
+    assert_eq!(server.get("/health").status, 200);
+}
