@@ -2,9 +2,11 @@
 //!
 //! [`Listener`] accepts on the shard's SO_REUSEPORT socket and caps connections;
 //! [`Handler`] serves one connection through hyper over glommio's TcpStream. A
-//! request body is read into `Bytes` (hyper's own buffer, not copied again),
-//! decoded by `jimbus-core`, and its events are sent to the shards that own their
-//! sessions. The answer is 2xx only after every event is durable; what cannot be
+//! request body is a `Bytes` view of the connection's read buffer (hyper's
+//! `BytesMut`, which it reclaims and reuses once the request's views are dropped,
+//! so it is the connection's buffer pool; a body that spans several reads is
+//! gathered once), is decoded in place by `jimbus-core`, and its events are sent
+//! through the bus to the shards that own their sessions. The answer is 2xx only after every event is durable; what cannot be
 //! accepted is dead-lettered first, then refused with a precise 4xx. Overload
 //! and storage failures are 503 with `Retry-After`. This module must never touch
 //! the log or shard state directly: it only sends commands.
