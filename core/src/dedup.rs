@@ -61,6 +61,12 @@ impl DedupWindow {
         self.order.len()
     }
 
+    /// The remembered keys, oldest first (inserting them in this order into an
+    /// empty window rebuilds this one).
+    pub fn keys(&self) -> impl Iterator<Item = DedupKey> + '_ {
+        self.order.iter().copied()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

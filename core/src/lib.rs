@@ -3,14 +3,15 @@
 //!
 //! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
 //! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
-//! deduplication ([`dedup`]), the on-disk record format ([`record`]), the
-//! memory budget ([`budget`]), aggregation ([`aggregate`]) and the Resource
-//! Coordinator's pools ([`pools`]). It must never perform I/O or depend on an
-//! async runtime.
+//! deduplication ([`dedup`]), the on-disk record format ([`record`]), what a
+//! closed segment leaves for a fast restart ([`checkpoint`]), the memory budget
+//! ([`budget`]), aggregation ([`aggregate`]) and the Resource Coordinator's pools
+//! ([`pools`]). It must never perform I/O or depend on an async runtime.
 
 pub mod adapt;
 pub mod aggregate;
 pub mod budget;
+pub mod checkpoint;
 pub mod dedup;
 pub mod ingest;
 pub mod json;

@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
+use jimbus_core::checkpoint::SegmentIndex;
 use jimbus_core::record::{self, FrameError, Record, RecordKind};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -81,6 +82,8 @@ impl<T: std::fmt::Debug> From<glommio::GlommioError<T>> for LogError {
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
     pub segments: usize,
+    /// Closed segments read from their index instead of scanned.
+    pub indexed: usize,
     pub records: u64,
     /// Bytes cut from segment tails, and why.
     pub truncated: Vec<(PathBuf, u64, String)>,
@@ -207,15 +210,20 @@ pub struct SegmentWriter {
     staged: Vec<u8>,
     staged_ends: Vec<usize>,
     last_time_us: u64,
+    /// The base of a segment started since the caller last asked (see [`SegmentWriter::take_rolled`]).
+    rolled: Option<u64>,
 }
 
 impl SegmentWriter {
     /// Opens (creating if needed) the log in `dir`, recovering what is there.
-    /// `each` sees every valid record, oldest first, so the shard can rebuild
-    /// its sequences, dedup window and topic counts.
+    /// `each` sees every valid record at or after `replay_from`, oldest first, so
+    /// the shard can rebuild its sequences, dedup window and topic counts from
+    /// its checkpoint at `replay_from`. A closed segment wholly below it whose
+    /// index is intact is not read at all; every other segment is scanned.
     pub async fn open(
         dir: &Path,
         options: LogOptions,
+        replay_from: u64,
         mut each: impl FnMut(&Record<'_>),
     ) -> Result<(Self, RecoveryReport), LogError> {
         std::fs::create_dir_all(dir)?;
@@ -224,31 +232,22 @@ impl SegmentWriter {
         let mut time_marks = Vec::new();
         let mut last_time_us = 0;
         let mut end = 0;
-        for (base, path) in segment_paths(dir)? {
-            let data = std::fs::read(&path)?;
-            let mut positions = Vec::new();
-            let mut segment_time_us = 0;
-            let scan = record::scan(&data, |pos, rec| {
-                segment_time_us = segment_time_us.max(rec.time_us);
-                if positions.len().is_multiple_of(64) {
-                    time_marks.push((rec.time_us, rec.offset));
+        let paths = segment_paths(dir)?;
+        for (i, (base, path)) in paths.iter().enumerate() {
+            let (base, closed) = (*base, i + 1 < paths.len());
+            let index = if closed { usable_index(dir, base, path, replay_from) } else { None };
+            let (positions, len, segment_time_us) = match index {
+                Some(index) => {
+                    report.indexed += 1;
+                    time_marks.extend(index.time_marks);
+                    (index.positions, index.valid_len, index.last_time_us)
                 }
-                positions.push(pos as u32);
-                last_time_us = last_time_us.max(rec.time_us);
-                end = rec.offset + 1;
-                each(rec);
-            });
-            if let Some(reason) = &scan.stopped {
-                let cut = data.len() - scan.valid_len;
-                tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, cut_bytes = cut, %reason, "truncating log tail");
-                metrics::counter!("jimbus_log_truncated_bytes_total").increment(cut as u64);
-                std::fs::OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_len as u64)?;
-                report.truncated.push((path.clone(), cut as u64, reason.to_string()));
-            }
-            report.records += scan.records as u64;
+                None => scan_segment(path, replay_from, &mut time_marks, &mut report, &mut each)?,
+            };
+            report.records += positions.len() as u64;
+            last_time_us = last_time_us.max(segment_time_us);
             end = end.max(base + positions.len() as u64);
-            let file = open_rw(&path).await?;
-            let len = scan.valid_len as u64;
+            let file = open_rw(path).await?;
             segments.push(Segment { base, file: Rc::new(file), positions, len, last_time_us: segment_time_us });
         }
         report.segments = segments.len();
@@ -262,8 +261,15 @@ impl SegmentWriter {
             time_marks,
             committed: event_listener::Event::new(),
         }));
-        let mut writer =
-            Self { dir: dir.to_path_buf(), options, index, staged: Vec::new(), staged_ends: Vec::new(), last_time_us };
+        let mut writer = Self {
+            dir: dir.to_path_buf(),
+            options,
+            index,
+            staged: Vec::new(),
+            staged_ends: Vec::new(),
+            last_time_us,
+            rolled: None,
+        };
         if writer.index.borrow().segments.is_empty() {
             writer.start_segment(end).await?;
         }
@@ -328,8 +334,12 @@ impl SegmentWriter {
             // roll must not fail the commit: the active segment grows instead,
             // and the next commit tries again.
             let next = self.index.borrow().end;
-            if let Err(e) = self.start_segment(next).await {
-                tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing");
+            match self.start_segment(next).await {
+                Ok(()) => {
+                    self.write_index_of_closed();
+                    self.rolled = Some(next);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing"),
             }
         }
         Ok(())
@@ -393,6 +403,29 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// The base of the segment started since the last call, if one was: every
+    /// record below it is durable, so the caller may checkpoint its state there.
+    pub fn take_rolled(&mut self) -> Option<u64> {
+        self.rolled.take()
+    }
+
+    /// Writes `<base>.index` beside the segment just closed (the one before the
+    /// active one). It can always be rebuilt by a scan, so a failure is only logged.
+    fn write_index_of_closed(&self) {
+        let log = self.index.borrow();
+        let Some(closed) = log.segments.len().checked_sub(2).map(|i| &log.segments[i]) else { return };
+        let last = closed.base + closed.positions.len() as u64;
+        let index = SegmentIndex {
+            valid_len: closed.len,
+            last_time_us: closed.last_time_us,
+            positions: closed.positions.clone(),
+            time_marks: log.time_marks.iter().copied().filter(|(_, o)| (closed.base..last).contains(o)).collect(),
+        };
+        if let Err(e) = std::fs::write(self.dir.join(index_name(closed.base)), index.encode()) {
+            tracing::warn!(segment = closed.base, error = %e, "cannot write the segment index; the next start scans it");
+        }
+    }
+
     /// Deletes closed segments that retention no longer keeps, oldest first,
     /// but never one holding an offset at or above `keep_from` (the lowest
     /// offset a durable consumer has not acknowledged). Readers that still hold
@@ -411,6 +444,7 @@ impl SegmentWriter {
             }
             let path = self.dir.join(segment_name(oldest.base));
             std::fs::remove_file(&path)?;
+            let _ = std::fs::remove_file(self.dir.join(index_name(oldest.base)));
             let gone = log.segments.remove(0);
             total -= gone.len;
             removed.push(RemovedSegment { path, records: gone.positions.len() as u64, bytes: gone.len });
@@ -456,6 +490,50 @@ async fn write_all(file: &BufferedFile, data: &[u8], mut at: u64) -> Result<(), 
 
 fn segment_name(base: u64) -> String {
     format!("{base:020}.log")
+}
+
+fn index_name(base: u64) -> String {
+    format!("{base:020}.index")
+}
+
+/// The index of a closed segment when it can replace a scan: it decodes, it
+/// matches the file's size, and none of its records needs replaying.
+fn usable_index(dir: &Path, base: u64, segment: &Path, replay_from: u64) -> Option<SegmentIndex> {
+    let index = SegmentIndex::decode(&std::fs::read(dir.join(index_name(base))).ok()?).ok()?;
+    let size = std::fs::metadata(segment).ok()?.len();
+    (size == index.valid_len && base + index.positions.len() as u64 <= replay_from).then_some(index)
+}
+
+/// Scans one segment: positions, valid length and newest time; truncates a torn
+/// or corrupt tail; hands every record at or after `replay_from` to `each`.
+fn scan_segment(
+    path: &Path,
+    replay_from: u64,
+    time_marks: &mut Vec<(u64, u64)>,
+    report: &mut RecoveryReport,
+    each: &mut impl FnMut(&Record<'_>),
+) -> Result<(Vec<u32>, u64, u64), LogError> {
+    let data = std::fs::read(path)?;
+    let mut positions = Vec::new();
+    let mut segment_time_us = 0;
+    let scan = record::scan(&data, |pos, rec| {
+        segment_time_us = segment_time_us.max(rec.time_us);
+        if positions.len().is_multiple_of(64) {
+            time_marks.push((rec.time_us, rec.offset));
+        }
+        positions.push(pos as u32);
+        if rec.offset >= replay_from {
+            each(rec);
+        }
+    });
+    if let Some(reason) = &scan.stopped {
+        let cut = data.len() - scan.valid_len;
+        tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, cut_bytes = cut, %reason, "truncating log tail");
+        metrics::counter!("jimbus_log_truncated_bytes_total").increment(cut as u64);
+        std::fs::OpenOptions::new().write(true).open(path)?.set_len(scan.valid_len as u64)?;
+        report.truncated.push((path.to_path_buf(), cut as u64, reason.to_string()));
+    }
+    Ok((positions, scan.valid_len as u64, segment_time_us))
 }
 
 /// Segment files in `dir`, by base offset.

@@ -15,6 +15,7 @@ use crate::consumer::{self, Consumer, SharedConsumer};
 use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
+use jimbus_core::checkpoint::ShardCheckpoint;
 use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::{self, Pattern};
@@ -294,10 +295,18 @@ impl Shard {
         budget: &Arc<MemoryBudget>,
     ) -> Result<Self, ShardOpenError> {
         let log_retention_age = log.retention.max_age;
-        let mut next_sequence = HashMap::new();
+        let checkpoint = load_checkpoint(dir);
+        let replay_from = checkpoint.as_ref().map_or(0, |c| c.end);
         let mut dedup = DedupWindow::new(options.dedup_window);
-        let mut topics: HashMap<String, u64> = HashMap::new();
-        let (writer, report) = SegmentWriter::open(dir, log, |rec| {
+        let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
+        if let Some(checkpoint) = checkpoint {
+            next_sequence.extend(checkpoint.next_sequence);
+            topics.extend(checkpoint.topics);
+            checkpoint.dedup.into_iter().for_each(|key| {
+                dedup.insert(key);
+            });
+        }
+        let (writer, report) = SegmentWriter::open(dir, log, replay_from, |rec| {
             *topics.entry(rec.topic.to_string()).or_default() += 1;
             if rec.kind != RecordKind::Event {
                 return;
@@ -311,7 +320,15 @@ impl Shard {
             }
         })
         .await?;
-        tracing::info!(shard = id, segments = report.segments, records = report.records, truncated = ?report.truncated, "log recovered");
+        if writer.next_offset() < replay_from {
+            tracing::warn!(
+                shard = id,
+                checkpoint = replay_from,
+                log_end = writer.next_offset(),
+                "the log ends before its checkpoint: records were lost outside jimbus"
+            );
+        }
+        tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = replay_from, records = report.records, truncated = ?report.truncated, "log recovered");
         let mut consumers = BTreeMap::new();
         for (name, record) in consumer::load(dir)? {
             if let Some(restored) = Consumer::restore(name.clone(), record) {
@@ -345,6 +362,22 @@ impl Shard {
     /// The lowest offset a durable consumer still needs (retention keeps it).
     pub fn oldest_unacked(&self) -> Option<u64> {
         self.consumers.values().map(|c| c.borrow().ack_floor()).min()
+    }
+
+    /// After a commit that closed a segment, writes the shard's state as of the
+    /// new segment's base (tmp file, fsync, rename), so a restart replays only
+    /// from there. A failure is logged: the restart then scans more.
+    fn checkpoint_if_rolled(&mut self) {
+        let Some(end) = self.writer.take_rolled() else { return };
+        let checkpoint = ShardCheckpoint {
+            end,
+            next_sequence: self.next_sequence.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+            topics: self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect(),
+            dedup: self.dedup.keys().collect(),
+        };
+        if let Err(e) = write_durably(&self.dir.join(CHECKPOINT), &checkpoint.encode()) {
+            tracing::warn!(shard = self.id, error = %e, "cannot write the checkpoint; the next start replays more");
+        }
     }
 
     /// Deletes what retention no longer keeps, sparing every offset a durable
@@ -448,9 +481,12 @@ impl Shard {
             let topic = topic::aggregated_topic(&aggregated.session);
             self.stage_message(RecordKind::Aggregated, topic, &aggregated.message, now);
         }
-        if let Err(e) = self.writer.commit().await {
-            tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
-            self.aggregation.restore_pending(messages);
+        match self.writer.commit().await {
+            Ok(()) => self.checkpoint_if_rolled(),
+            Err(e) => {
+                tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
+                self.aggregation.restore_pending(messages);
+            }
         }
         self.aggregation.export_metrics();
     }
@@ -502,6 +538,7 @@ impl Shard {
                 for key in keys {
                     self.dedup.insert(key);
                 }
+                self.checkpoint_if_rolled();
                 for (reply, outcomes) in pending {
                     let _ = reply.send(Ok(outcomes));
                 }
@@ -560,6 +597,32 @@ impl Shard {
         *self.topics.entry(topic).or_default() += 1;
         ItemOutcome::Stored { partition: self.id as u32, offset }
     }
+}
+
+/// The shard's checkpoint file, beside its segments.
+const CHECKPOINT: &str = "checkpoint";
+
+/// The checkpoint to start from, if there is a readable one.
+fn load_checkpoint(dir: &std::path::Path) -> Option<ShardCheckpoint> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT)).ok()?;
+    match ShardCheckpoint::decode(&bytes) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "ignoring an unreadable checkpoint; replaying the whole log");
+            None
+        }
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, whole.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
 /// The next command, or `None` once `deadline` passes; an error when every sender is gone.

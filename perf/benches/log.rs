@@ -42,7 +42,7 @@ fn append(c: &mut Criterion) {
                 let messages = messages();
                 on_glommio(move || async move {
                     let dir = tempfile::tempdir().unwrap();
-                    let (mut writer, _) = SegmentWriter::open(dir.path(), options(fsync), |_| {}).await.unwrap();
+                    let (mut writer, _) = SegmentWriter::open(dir.path(), options(fsync), 0, |_| {}).await.unwrap();
                     let started = Instant::now();
                     for _ in 0..iters {
                         for m in &messages {
@@ -70,7 +70,7 @@ fn fan_out(c: &mut Criterion) {
                 on_glommio(move || async move {
                     let dir = tempfile::tempdir().unwrap();
                     let (mut writer, _) =
-                        SegmentWriter::open(dir.path(), options(FsyncMode::Never), |_| {}).await.unwrap();
+                        SegmentWriter::open(dir.path(), options(FsyncMode::Never), 0, |_| {}).await.unwrap();
                     for i in 0..RECORDS {
                         writer.stage(RecordKind::Event, "balatro.s.SCORING", &messages[i % GROUP], 1);
                     }
