@@ -13,14 +13,14 @@
 //! the pump like any append).
 
 use crate::bus::{AppendItem, Bus, ConsumerOptions};
-use crate::log::{read_frames, SharedIndex};
+use crate::log::{read_frames, replace_file, LogError, SharedIndex};
 use crate::shard::ShardRouter;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -174,23 +174,10 @@ pub fn load(dir: &Path) -> std::io::Result<BTreeMap<String, ConsumerRecord>> {
 /// sync of the directory, so a crash leaves the old or the new file, never half.
 pub async fn save(dir: &Path, records: &BTreeMap<String, ConsumerRecord>) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(records).map_err(std::io::Error::other)?;
-    let temp: PathBuf = dir.join("consumers.json.tmp");
-    let file = glommio::io::BufferedFile::create(&temp).await.map_err(glommio_io)?;
-    let mut at = 0;
-    while at < bytes.len() {
-        at += file.write_at(bytes[at..].to_vec(), at as u64).await.map_err(glommio_io)?;
-    }
-    file.fdatasync().await.map_err(glommio_io)?;
-    file.close().await.map_err(glommio_io)?;
-    std::fs::rename(&temp, dir.join("consumers.json"))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-fn glommio_io<T: std::fmt::Debug>(e: glommio::GlommioError<T>) -> std::io::Error {
-    match e {
-        glommio::GlommioError::IoError(io) => io,
+    replace_file(&dir.join("consumers.json"), &bytes).await.map_err(|e| match e {
+        LogError::Io(io) => io,
         other => std::io::Error::other(other.to_string()),
-    }
+    })
 }
 
 /// Sends one consumer's records to its members until the shard stops.

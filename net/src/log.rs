@@ -468,6 +468,23 @@ impl SegmentWriter {
     }
 }
 
+/// Replaces `path` with `bytes` through io_uring (a fresh temporary file,
+/// fdatasync, rename, directory sync), so that a crash leaves the old file or
+/// the new one, whole. Concurrent replacements of one path each use their own
+/// temporary file; the last rename wins.
+pub async fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{unique}"));
+    let file = BufferedFile::create(&tmp).await?;
+    write_all(&file, bytes, 0).await?;
+    file.fdatasync().await?;
+    file.close().await?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    Ok(())
+}
+
 async fn open_rw(path: &Path) -> Result<BufferedFile, LogError> {
     Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
 }

@@ -12,7 +12,7 @@
 use crate::aggregation::AggregationStage;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Start, Subscription};
 use crate::consumer::{self, Consumer, SharedConsumer};
-use crate::log::{read_frames, LogError, SegmentWriter, SharedIndex};
+use crate::log::{read_frames, replace_file, LogError, SegmentWriter, SharedIndex};
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::ShardCheckpoint;
@@ -365,8 +365,9 @@ impl Shard {
     }
 
     /// After a commit that closed a segment, writes the shard's state as of the
-    /// new segment's base (tmp file, fsync, rename), so a restart replays only
-    /// from there. A failure is logged: the restart then scans more.
+    /// new segment's base in the background (the pump does not wait for it), so
+    /// a restart replays only from there. A failure is logged: the restart then
+    /// replays more.
     fn checkpoint_if_rolled(&mut self) {
         let Some(end) = self.writer.take_rolled() else { return };
         let checkpoint = ShardCheckpoint {
@@ -375,9 +376,13 @@ impl Shard {
             topics: self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect(),
             dedup: self.dedup.keys().collect(),
         };
-        if let Err(e) = write_durably(&self.dir.join(CHECKPOINT), &checkpoint.encode()) {
-            tracing::warn!(shard = self.id, error = %e, "cannot write the checkpoint; the next start replays more");
-        }
+        let (path, bytes, shard) = (self.dir.join(CHECKPOINT), checkpoint.encode(), self.id);
+        glommio::spawn_local(async move {
+            if let Err(e) = replace_file(&path, &bytes).await {
+                tracing::warn!(shard, error = %e, "cannot write the checkpoint; the next start replays more");
+            }
+        })
+        .detach();
     }
 
     /// Deletes what retention no longer keeps, sparing every offset a durable
@@ -612,17 +617,6 @@ fn load_checkpoint(dir: &std::path::Path) -> Option<ShardCheckpoint> {
             None
         }
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, whole.
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
 }
 
 /// The next command, or `None` once `deadline` passes; an error when every sender is gone.
