@@ -21,8 +21,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = compiler.file_descriptor_set();
     std::fs::write(out.join("descriptor.bin"), compiler.encode_file_descriptor_set())?;
     std::fs::write(out.join("validate.rs"), generate_validators(&fds.file)?)?;
-    tonic_prost_build::configure().bytes(".jimbot.bus.v1.DeadLetter.raw").compile_fds(fds)?;
-    Ok(())
+    tonic_prost_build::configure().bytes(".jimbot.bus.v1.DeadLetter.raw").compile_fds(fds.clone())?;
+    Ok(compile_delivery_server(fds, &out)?)
+}
+
+/// Generates a second `EventBusService` server whose Subscribe streams
+/// `crate::delivery::EncodedDelivery` (wire-identical to `SubscribeResponse`),
+/// every other type being the one generated above.
+fn compile_delivery_server(mut fds: prost_types::FileDescriptorSet, out: &std::path::Path) -> std::io::Result<()> {
+    let dir = out.join("delivery_server");
+    std::fs::create_dir_all(&dir)?;
+    fds.file.retain(|f| f.name() == "jimbot/bus/v1/bus.proto");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(dir)
+        .extern_path(".jimbot.bus.v1.SubscribeResponse", "crate::delivery::EncodedDelivery")
+        .extern_path(".jimbot.bus.v1", "crate::jimbot::bus::v1")
+        .extern_path(".jimbot.events.v1", "crate::jimbot::events::v1")
+        .compile_fds(fds)
 }
 
 /// The rules of one field or oneof, parsed from its comment.

@@ -11,6 +11,7 @@
 
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
+use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::events as pb;
 use std::future::Future;
 use std::pin::Pin;
@@ -110,8 +111,9 @@ pub trait Bus: Send + Sync + 'static {
     /// control then pushes back).
     fn append(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>>;
 
-    /// Opens a subscription; deliveries arrive on the returned channel.
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<bus::SubscribeResponse>, BusError>;
+    /// Opens a subscription; deliveries arrive on the returned channel, their
+    /// bodies still encoded as stored.
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError>;
 
     /// Acknowledges positions of a durable consumer; resolves once persisted,
     /// with how many were newly acknowledged.

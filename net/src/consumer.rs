@@ -18,6 +18,7 @@ use crate::shard::ShardRouter;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
+use jimbus_proto::delivery::EncodedDelivery;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -38,7 +39,7 @@ struct InFlight {
     count: u32,
     /// Who has it: if that client goes away, it is sent again at once rather
     /// than after the ack deadline.
-    member: flume::Sender<bus::SubscribeResponse>,
+    member: flume::Sender<EncodedDelivery>,
 }
 
 /// One durable consumer on one shard.
@@ -56,7 +57,7 @@ pub struct Consumer {
     /// Offsets whose ack deadline passed, with their delivery count so far.
     redeliver: BTreeMap<u64, u32>,
     /// The clients sharing this consumer.
-    members: Vec<flume::Sender<bus::SubscribeResponse>>,
+    members: Vec<flume::Sender<EncodedDelivery>>,
     next_member: usize,
     /// Woken by acks and new members.
     wake: event_listener::Event,
@@ -101,7 +102,7 @@ impl Consumer {
         self.ack_floor
     }
 
-    pub fn add_member(&mut self, member: flume::Sender<bus::SubscribeResponse>) {
+    pub fn add_member(&mut self, member: flume::Sender<EncodedDelivery>) {
         self.members.push(member);
         self.wake.notify(usize::MAX);
     }
@@ -244,7 +245,7 @@ async fn pick_next(index: &SharedIndex, consumer: &SharedConsumer) -> Option<(u6
 /// Sends one record to a member, round robin; waits for room (flow control).
 async fn send(shard: usize, consumer: &SharedConsumer, offset: u64, count: u32, frame: &bytes::Bytes) {
     let Ok(rec) = record::decode(frame) else { return };
-    let Some(mut delivery) = crate::shard::delivery(shard, &rec) else { return };
+    let mut delivery = crate::shard::delivery(shard, frame, &rec);
     delivery.delivery_count = count + 1;
     loop {
         let member = {

@@ -11,8 +11,9 @@ use crate::bus::{AppendItem, Bus, BusError, ConsumerOptions, Durable, ItemOutcom
 use crate::shard::{now_micros, timestamp};
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
-use jimbus_proto::bus::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::bus::{self, StartPosition};
+use jimbus_proto::delivery::EncodedDelivery;
+use jimbus_proto::delivery_server::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
 use std::net::SocketAddr;
@@ -129,7 +130,7 @@ fn durable_of(request: &bus::SubscribeRequest) -> Option<Durable> {
     Some(Durable { name: request.durable_name.clone(), options })
 }
 
-type DeliveryStream = Pin<Box<dyn Stream<Item = Result<bus::SubscribeResponse, Status>> + Send>>;
+type DeliveryStream = Pin<Box<dyn Stream<Item = Result<EncodedDelivery, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventBusService for BusService {

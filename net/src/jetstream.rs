@@ -26,7 +26,8 @@ use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::topic::{self, Pattern};
-use jimbus_proto::bus::{self, subscribe_response::Body};
+use jimbus_proto::bus;
+use jimbus_proto::delivery::{BodyKind, EncodedDelivery};
 use jimbus_proto::events as pb;
 use prost::Message as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -391,7 +392,7 @@ impl Bus for JetStreamBus {
         self.run(publish_all(self.shared.clone(), items))
     }
 
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<bus::SubscribeResponse>, BusError> {
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
         if let Some(durable) = &subscription.durable {
             check_consumer_name(&durable.name)?;
         }
@@ -460,33 +461,31 @@ fn deliver_policy(start: Start) -> DeliverPolicy {
     }
 }
 
-/// Builds the delivery of one stored message, its `sequence` stamped with the
-/// stream sequence.
-fn delivery(message: &async_nats::Message, sequence: u64, delivered: u32) -> Option<bus::SubscribeResponse> {
+/// The delivery of one stored message, its `sequence` stamped with the stream
+/// sequence; the payload is handed on as stored, not decoded.
+fn delivery(message: &async_nats::Message, sequence: u64, delivered: u32) -> EncodedDelivery {
     let kind = message.headers.as_ref().and_then(|h| h.get(KIND)).map(|v| v.as_str().to_string());
     let subject = message.subject.as_str();
-    let body = match kind.as_deref() {
-        Some("deadletter") => Body::DeadLetter(bus::DeadLetter::decode(message.payload.clone()).ok()?),
-        Some("aggregated") => Body::Aggregated(pb::BalatroGameStateEvent::decode(message.payload.clone()).ok()?),
-        _ if subject == topic::DEADLETTER => Body::DeadLetter(bus::DeadLetter::decode(message.payload.clone()).ok()?),
-        _ => {
-            let mut event = pb::Event::decode(message.payload.clone()).ok()?;
-            event.sequence = sequence;
-            Body::Event(event)
-        }
+    let kind = match kind.as_deref() {
+        Some("deadletter") => BodyKind::DeadLetter,
+        Some("aggregated") => BodyKind::Aggregated,
+        _ if subject == topic::DEADLETTER => BodyKind::DeadLetter,
+        _ => BodyKind::Event,
     };
-    Some(bus::SubscribeResponse {
-        topic: subject.to_string(),
+    EncodedDelivery {
+        topic: bytes::Bytes::copy_from_slice(subject.as_bytes()),
         partition: 0,
         offset: sequence,
         delivery_count: delivered,
-        body: Some(body),
-    })
+        kind,
+        body: message.payload.clone(),
+        sequence_override: (kind == BodyKind::Event).then_some(sequence),
+    }
 }
 
 /// Resolves when the subscriber has gone away (checked every half second: a
 /// flume sender has no closed-notification of its own).
-async fn gone(out: &flume::Sender<bus::SubscribeResponse>) {
+async fn gone(out: &flume::Sender<EncodedDelivery>) {
     while !out.is_disconnected() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -494,7 +493,7 @@ async fn gone(out: &flume::Sender<bus::SubscribeResponse>) {
 
 /// An ephemeral subscription: an ordered consumer, recreated after the last
 /// sequence delivered whenever it fails, until the subscriber goes away.
-async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flume::Sender<bus::SubscribeResponse>) {
+async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flume::Sender<EncodedDelivery>) {
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
     let mut start = start;
     while !out.is_disconnected() {
@@ -517,8 +516,7 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
                 if !pattern.matches(&message.subject) {
                     continue; // excluded: the consumer filter cannot say so
                 }
-                let Some(delivery) = delivery(&message.message, sequence, 1) else { continue };
-                if out.send_async(delivery).await.is_err() {
+                if out.send_async(delivery(&message.message, sequence, 1)).await.is_err() {
                     break;
                 }
             },
@@ -569,7 +567,7 @@ async fn durable_member(
     durable: Durable,
     pattern: Pattern,
     start: Start,
-    out: flume::Sender<bus::SubscribeResponse>,
+    out: flume::Sender<EncodedDelivery>,
 ) {
     let member = shared.next_member.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
@@ -626,16 +624,12 @@ async fn hand_out(
     name: &str,
     member: u64,
     message: jetstream::Message,
-    out: &flume::Sender<bus::SubscribeResponse>,
+    out: &flume::Sender<EncodedDelivery>,
 ) -> bool {
     let Ok((sequence, delivered)) = message.info().map(|i| (i.stream_sequence, i.delivered.max(1) as u32)) else {
         return true;
     };
-    let Some(delivery) = delivery(&message.message, sequence, delivered) else {
-        // Undecodable: acknowledging it is the only way past it.
-        let _ = message.ack().await;
-        return true;
-    };
+    let delivery = delivery(&message.message, sequence, delivered);
     {
         let mut pending = shared.pending.lock().expect("pending lock");
         pending.entry(name.to_string()).or_default().insert(sequence, Pending { message, member });

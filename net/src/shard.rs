@@ -19,7 +19,7 @@ use jimbus_core::checkpoint::ShardCheckpoint;
 use jimbus_core::dedup::{dedup_key, DedupKey, DedupWindow};
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::{self, Pattern};
-use jimbus_proto::bus;
+use jimbus_proto::delivery::{BodyKind, EncodedDelivery};
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::cell::RefCell;
@@ -41,7 +41,7 @@ pub enum ShardCommand {
         pattern: Pattern,
         start: Start,
         durable: Option<Durable>,
-        deliveries: flume::Sender<bus::SubscribeResponse>,
+        deliveries: flume::Sender<EncodedDelivery>,
     },
     /// Acknowledges offsets of a durable consumer; answered once the acks are on disk.
     Ack {
@@ -160,7 +160,7 @@ impl Bus for ShardRouter {
         })
     }
 
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<bus::SubscribeResponse>, BusError> {
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
         let (deliveries, receiver) = flume::bounded(subscription.buffer.max(1));
         let opened = self.broadcast(|| ShardCommand::Subscribe {
             pattern: subscription.pattern.clone(),
@@ -400,7 +400,7 @@ impl Shard {
         durable: Durable,
         pattern: Pattern,
         start: u64,
-        member: flume::Sender<bus::SubscribeResponse>,
+        member: flume::Sender<EncodedDelivery>,
     ) -> bool {
         let created = !self.consumers.contains_key(&durable.name);
         let index = self.index();
@@ -672,21 +672,23 @@ async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
     }
 }
 
-/// Builds the delivery for one record.
-pub fn delivery(shard: usize, rec: &record::Record<'_>) -> Option<bus::SubscribeResponse> {
-    use bus::subscribe_response::Body;
-    let body = match rec.kind {
-        RecordKind::Event => Body::Event(pb::Event::decode(rec.message).ok()?),
-        RecordKind::Aggregated => Body::Aggregated(pb::BalatroGameStateEvent::decode(rec.message).ok()?),
-        RecordKind::DeadLetter => Body::DeadLetter(bus::DeadLetter::decode(rec.message).ok()?),
+/// The delivery of one record: views of the stored topic and message bytes
+/// of `frame`, which `rec` was decoded from. Nothing is decoded or copied.
+pub fn delivery(shard: usize, frame: &bytes::Bytes, rec: &record::Record<'_>) -> EncodedDelivery {
+    let kind = match rec.kind {
+        RecordKind::Event => BodyKind::Event,
+        RecordKind::Aggregated => BodyKind::Aggregated,
+        RecordKind::DeadLetter => BodyKind::DeadLetter,
     };
-    Some(bus::SubscribeResponse {
-        topic: rec.topic.to_string(),
+    EncodedDelivery {
+        topic: frame.slice_ref(rec.topic.as_bytes()),
         partition: shard as u32,
         offset: rec.offset,
         delivery_count: 1,
-        body: Some(body),
-    })
+        kind,
+        body: frame.slice_ref(rec.message),
+        sequence_override: None,
+    }
 }
 
 /// Streams the records of this shard that match `pattern` to one subscriber,
@@ -697,7 +699,7 @@ async fn subscription(
     index: SharedIndex,
     pattern: Pattern,
     start: Start,
-    out: flume::Sender<bus::SubscribeResponse>,
+    out: flume::Sender<EncodedDelivery>,
 ) {
     let index: Rc<_> = index;
     let mut cursor = start_offset(&index, start).await;
@@ -728,8 +730,7 @@ async fn subscription(
             if !pattern.matches(rec.topic) {
                 continue;
             }
-            let Some(delivery) = delivery(shard, &rec) else { continue };
-            if out.send_async(delivery).await.is_err() {
+            if out.send_async(delivery(shard, frame, &rec)).await.is_err() {
                 break 'outer;
             }
         }

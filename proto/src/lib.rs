@@ -5,6 +5,7 @@
 //!
 //! This crate only describes data. It must never do I/O or hold runtime state.
 
+pub mod delivery;
 pub mod validate;
 
 /// Generated code, one module per protobuf package.
@@ -21,6 +22,14 @@ pub mod jimbot {
         }
     }
     include!(concat!(env!("OUT_DIR"), "/jimbot.rs"));
+}
+
+/// The `EventBusService` server as jimbus serves it: the generated trait and
+/// service, with Subscribe streaming [`delivery::EncodedDelivery`] (the generated
+/// server in [`bus`] streams decoded `SubscribeResponse`s).
+#[allow(clippy::all, missing_docs)]
+pub mod delivery_server {
+    include!(concat!(env!("OUT_DIR"), "/delivery_server/jimbot.bus.v1.rs"));
 }
 
 pub use jimbot as coordinator;
