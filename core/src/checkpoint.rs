@@ -2,7 +2,8 @@
 //! the tail segment: the closed segment's index ([`SegmentIndex`]: record
 //! positions and time marks, beside the segment as `<base>.index`) and the
 //! shard's state at that point ([`ShardCheckpoint`]: next sequence per session,
-//! record count per topic, the dedup window's keys).
+//! record count per topic, and the offset from which a replay of the log
+//! rebuilds the dedup window).
 //!
 //! Both are little-endian binary with a magic, a version and a CRC32C trailer,
 //! so a torn or stale file is recognised and ignored (the caller then scans the
@@ -23,7 +24,9 @@ pub enum CheckpointError {
 }
 
 const INDEX_MAGIC: &[u8; 8] = b"JIDX\x00\x00\x00\x01";
-const CHECKPOINT_MAGIC: &[u8; 8] = b"JCKP\x00\x00\x00\x01";
+// Version 2 keeps where to rebuild the dedup window from instead of its keys;
+// a version 1 file is refused, and the shard then replays its whole log.
+const CHECKPOINT_MAGIC: &[u8; 8] = b"JCKP\x00\x00\x00\x02";
 
 /// The offset and time index of one closed segment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,8 +46,8 @@ pub struct ShardCheckpoint {
     pub end: u64,
     pub next_sequence: Vec<(String, u64)>,
     pub topics: Vec<(String, u64)>,
-    /// Dedup keys, oldest first.
-    pub dedup: Vec<u128>,
+    /// Where a replay must start to rebuild the dedup window (at most `end`).
+    pub dedup_from: u64,
 }
 
 struct Writer(Vec<u8>);
@@ -157,10 +160,7 @@ impl ShardCheckpoint {
         w.u64(self.end);
         w.pairs(&self.next_sequence);
         w.pairs(&self.topics);
-        w.u64(self.dedup.len() as u64);
-        for key in &self.dedup {
-            w.0.extend_from_slice(&key.to_le_bytes());
-        }
+        w.u64(self.dedup_from);
         w.finish()
     }
 
@@ -169,11 +169,8 @@ impl ShardCheckpoint {
         let end = r.u64()?;
         let next_sequence = r.pairs()?;
         let topics = r.pairs()?;
-        let n = r.count(16)?;
-        let dedup = (0..n)
-            .map(|_| Ok(u128::from_le_bytes(r.take(16)?.try_into().expect("16 bytes"))))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { end, next_sequence, topics, dedup })
+        let dedup_from = r.u64()?;
+        Ok(Self { end, next_sequence, topics, dedup_from })
     }
 }
 
@@ -184,8 +181,9 @@ mod tests {
 
     fn checkpoints() -> impl Strategy<Value = ShardCheckpoint> {
         let pairs = || proptest::collection::vec(("\\PC{0,12}", any::<u64>()), 0..8);
-        (any::<u64>(), pairs(), pairs(), proptest::collection::vec(any::<u128>(), 0..20))
-            .prop_map(|(end, next_sequence, topics, dedup)| ShardCheckpoint { end, next_sequence, topics, dedup })
+        (any::<u64>(), pairs(), pairs(), any::<u64>()).prop_map(|(end, next_sequence, topics, dedup_from)| {
+            ShardCheckpoint { end, next_sequence, topics, dedup_from }
+        })
     }
 
     fn indexes() -> impl Strategy<Value = SegmentIndex> {

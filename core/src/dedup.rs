@@ -4,13 +4,22 @@
 //! for many distinct events of a batch, so the id alone is not an identity. The key
 //! is the session, the id and a hash of the event's content as the client sent it
 //! (the protobuf encoding, whose map and Struct order is canonical, so JSON key
-//! order does not matter). The window is bounded by count: the oldest keys are
-//! forgotten first. Events without an id are never deduplicated. This module
-//! owns only the window; the shard that owns a session is its single writer.
+//! order does not matter). Events without an id are never deduplicated.
+//!
+//! The window is two generations of keys, each a hash table sized once for
+//! `capacity` keys: new keys go into the current one, and when it is full it
+//! becomes the previous one and the old previous one is dropped whole. So the
+//! most recent `capacity` keys are always remembered (up to twice as many are),
+//! no table ever grows or rehashes on the hot path, and memory is bounded by two
+//! tables. Each generation notes the log offset of its first key, so a restart
+//! rebuilds the window by replaying the log from [`DedupWindow::oldest_offset`].
+//! This module owns only the window; the shard that owns a session is its single
+//! writer.
 
 use jimbus_proto::events as pb;
 use prost::Message;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The identity of an event for deduplication.
 pub type DedupKey = u128;
@@ -26,49 +35,84 @@ pub fn dedup_key(event: &pb::Event) -> Option<DedupKey> {
     Some(xxhash_rust::xxh3::xxh3_128(&content))
 }
 
-/// The most recent keys, up to a fixed count.
+/// Keys are already uniform hashes: a table hashes them by folding, not again.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64 ^ (key >> 64) as u64;
+    }
+}
+
+type KeySet = HashSet<DedupKey, BuildHasherDefault<KeyHasher>>;
+
+/// One generation: its keys and the log offset of the first.
+#[derive(Debug, Default)]
+struct Generation {
+    keys: KeySet,
+    first_offset: Option<u64>,
+}
+
+impl Generation {
+    fn sized(capacity: usize) -> Self {
+        Self { keys: KeySet::with_capacity_and_hasher(capacity, Default::default()), first_offset: None }
+    }
+}
+
+/// The most recent keys: at least `capacity`, at most two full generations.
 #[derive(Debug)]
 pub struct DedupWindow {
-    seen: HashSet<DedupKey>,
-    order: VecDeque<DedupKey>,
+    current: Generation,
+    previous: Generation,
     capacity: usize,
 }
 
 impl DedupWindow {
     pub fn new(capacity: usize) -> Self {
-        Self { seen: HashSet::with_capacity(capacity.min(1 << 16)), order: VecDeque::new(), capacity }
+        Self { current: Generation::sized(capacity), previous: Generation::default(), capacity }
     }
 
     pub fn contains(&self, key: DedupKey) -> bool {
-        self.seen.contains(&key)
+        self.current.keys.contains(&key) || self.previous.keys.contains(&key)
     }
 
-    /// Remembers a key; returns false when it was already known.
-    pub fn insert(&mut self, key: DedupKey) -> bool {
-        if self.capacity == 0 || !self.seen.insert(key) {
+    /// Remembers the key of the record stored at `offset`; returns false when
+    /// it was already known.
+    pub fn insert(&mut self, key: DedupKey, offset: u64) -> bool {
+        if self.capacity == 0 || self.contains(key) {
             return false;
         }
-        self.order.push_back(key);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+        // The table's real capacity is at least `capacity`; filling it to there
+        // never reallocates.
+        if self.current.keys.len() >= self.capacity.max(self.current.keys.capacity()) {
+            self.previous = std::mem::replace(&mut self.current, Generation::sized(self.capacity));
         }
-        true
+        self.current.first_offset.get_or_insert(offset);
+        self.current.keys.insert(key)
+    }
+
+    /// Where a replay of the log must start to find every remembered key.
+    pub fn oldest_offset(&self) -> Option<u64> {
+        self.previous.first_offset.or(self.current.first_offset)
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    /// The remembered keys, oldest first (inserting them in this order into an
-    /// empty window rebuilds this one).
-    pub fn keys(&self) -> impl Iterator<Item = DedupKey> + '_ {
-        self.order.iter().copied()
+        self.current.keys.len() + self.previous.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len() == 0
     }
 }
 
@@ -98,19 +142,29 @@ mod tests {
     }
 
     proptest! {
+        /// Against a model of every insertion: a key is known exactly when it
+        /// was inserted (never forgotten among the last `cap`), memory stays
+        /// within two generations, and a replay from `oldest_offset` finds
+        /// every key the window still holds.
         #[test]
-        fn window_remembers_exactly_the_last_capacity_keys(keys in proptest::collection::vec(0u128..50, 0..200), cap in 1usize..20) {
+        fn window_remembers_the_last_capacity_keys(keys in proptest::collection::vec(0u128..300, 0..600), cap in 1usize..40) {
             let mut window = DedupWindow::new(cap);
-            let mut model: VecDeque<u128> = VecDeque::new();
+            let mut stored: Vec<u128> = Vec::new(); // keys in log order; offset = index
             for k in keys {
-                let fresh = !model.contains(&k);
-                prop_assert_eq!(window.insert(k), fresh);
-                if fresh {
-                    model.push_back(k);
-                    if model.len() > cap { model.pop_front(); }
+                let known = stored.contains(&k);
+                let recent = stored.iter().rev().take(cap).any(|&s| s == k);
+                prop_assert!(!recent || window.contains(k), "forgot a recent key");
+                prop_assert!(!window.contains(k) || known, "knows a key never inserted");
+                if window.insert(k, stored.len() as u64) {
+                    stored.push(k);
                 }
-                prop_assert_eq!(window.len(), model.len());
-                for m in &model { prop_assert!(window.contains(*m)); }
+                let real = DedupWindow::new(cap).current.keys.capacity();
+                prop_assert!(window.len() <= 2 * real);
+                let from = window.oldest_offset().unwrap_or(0) as usize;
+                let replayed: HashSet<u128> = stored[from.min(stored.len())..].iter().copied().collect();
+                for s in &stored {
+                    prop_assert!(!window.contains(*s) || replayed.contains(s), "a replay would miss a key");
+                }
             }
         }
     }

@@ -93,7 +93,10 @@ pub struct ServeArgs {
     /// Segment size in bytes before a new segment starts [default: 67108864].
     #[arg(long, env = "JIMBUS_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
-    /// Retried event ids remembered per shard [default: 1000000].
+    /// Retried event ids remembered per shard: at least this many of the most
+    /// recent, in two hash tables sized once for this many keys each (about
+    /// 17 bytes per slot, rounded up to a power of two: 17 MiB per shard at the
+    /// default) [default: 400000].
     #[arg(long, env = "JIMBUS_DEDUP_WINDOW")]
     pub dedup_window: Option<usize>,
     /// Delete closed segments whose newest record is older than this many seconds
@@ -267,7 +270,7 @@ impl ServeArgs {
             },
             pump: PumpOptions {
                 aggregate,
-                dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(1_000_000),
+                dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(400_000),
                 linger: Duration::from_micros(
                     self.commit_linger_us.or(file.commit_linger_us).unwrap_or(0).min(1_000_000),
                 ),

@@ -296,39 +296,43 @@ impl Shard {
     ) -> Result<Self, ShardOpenError> {
         let log_retention_age = log.retention.max_age;
         let checkpoint = load_checkpoint(dir);
-        let replay_from = checkpoint.as_ref().map_or(0, |c| c.end);
+        // The checkpoint holds sequences and topic counts as of `end`; the dedup
+        // window is rebuilt from the records at or after `dedup_from`.
+        let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
         let mut dedup = DedupWindow::new(options.dedup_window);
         let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
         if let Some(checkpoint) = checkpoint {
             next_sequence.extend(checkpoint.next_sequence);
             topics.extend(checkpoint.topics);
-            checkpoint.dedup.into_iter().for_each(|key| {
-                dedup.insert(key);
-            });
         }
-        let (writer, report) = SegmentWriter::open(dir, log, replay_from, |rec| {
-            *topics.entry(rec.topic.to_string()).or_default() += 1;
+        let (writer, report) = SegmentWriter::open(dir, log, dedup_from, |rec| {
+            let after_checkpoint = rec.offset >= end;
+            if after_checkpoint {
+                *topics.entry(rec.topic.to_string()).or_default() += 1;
+            }
             if rec.kind != RecordKind::Event {
                 return;
             }
             if let Ok(mut event) = pb::Event::decode(rec.message) {
-                let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
-                *next = (*next).max(event.sequence + 1);
+                if after_checkpoint {
+                    let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
+                    *next = (*next).max(event.sequence + 1);
+                }
                 if let Some(key) = client_key(&mut event) {
-                    dedup.insert(key);
+                    dedup.insert(key, rec.offset);
                 }
             }
         })
         .await?;
-        if writer.next_offset() < replay_from {
+        if writer.next_offset() < end {
             tracing::warn!(
                 shard = id,
-                checkpoint = replay_from,
+                checkpoint = end,
                 log_end = writer.next_offset(),
                 "the log ends before its checkpoint: records were lost outside jimbus"
             );
         }
-        tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = replay_from, records = report.records, truncated = ?report.truncated, "log recovered");
+        tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = dedup_from, records = report.records, truncated = ?report.truncated, "log recovered");
         let mut consumers = BTreeMap::new();
         for (name, record) in consumer::load(dir)? {
             if let Some(restored) = Consumer::restore(name.clone(), record) {
@@ -374,7 +378,7 @@ impl Shard {
             end,
             next_sequence: self.next_sequence.iter().map(|(s, n)| (s.clone(), *n)).collect(),
             topics: self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect(),
-            dedup: self.dedup.keys().collect(),
+            dedup_from: self.dedup.oldest_offset().unwrap_or(end).min(end),
         };
         let (path, bytes, shard) = (self.dir.join(CHECKPOINT), checkpoint.encode(), self.id);
         glommio::spawn_local(async move {
@@ -534,14 +538,19 @@ impl Shard {
             }
         }
         let saved = if consumers_changed { self.save_consumers().await.map_err(|e| e.to_string()) } else { Ok(()) };
+        if consumers_changed && saved.is_ok() {
+            // Before the acks are answered, so that once Ack returns nothing
+            // retention may delete is still on disk.
+            self.enforce_retention();
+        }
         for (reply, acked) in acks {
             let _ = reply.send(saved.clone().map(|_| acked).map_err(BusError::Storage));
         }
         let result = self.writer.commit().await;
         match result {
             Ok(()) => {
-                for key in keys {
-                    self.dedup.insert(key);
+                for (key, offset) in keys {
+                    self.dedup.insert(key, offset);
                 }
                 self.checkpoint_if_rolled();
                 for (reply, outcomes) in pending {
@@ -569,7 +578,7 @@ impl Shard {
     }
 
     /// Stages one item: assigns its sequence and offset, or recognises a retry.
-    fn stage(&mut self, item: AppendItem, keys: &mut Vec<DedupKey>) -> ItemOutcome {
+    fn stage(&mut self, item: AppendItem, keys: &mut Vec<(DedupKey, u64)>) -> ItemOutcome {
         let now = self.writer.monotonic_time_us(now_micros());
         match item {
             AppendItem::Event(mut event) => {
@@ -578,13 +587,15 @@ impl Shard {
                     metrics::counter!("jimbus_events_duplicate_total").increment(1);
                     return ItemOutcome::Duplicate;
                 }
-                keys.extend(key);
                 let next = self.next_sequence.entry(event.session_id.clone()).or_insert(1);
                 event.sequence = *next;
                 *next += 1;
                 event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
                 let topic = topic::raw_topic(&event.session_id, &event.event_type);
                 let outcome = self.stage_message(RecordKind::Event, topic, &*event, now);
+                if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
+                    keys.push((key, offset));
+                }
                 self.fresh.push((event.sequence, event));
                 outcome
             }
