@@ -123,6 +123,11 @@ impl Listener {
             return;
         }
         self.connections.set(self.connections.get() + 1);
+        // A response written while the previous one is unacknowledged must not
+        // wait for the client's delayed ACK (Nagle).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(shard = self.shard, error = %e, "cannot set TCP_NODELAY");
+        }
         glommio::spawn_local(async move {
             let handler = Handler { listener: self.clone(), peer: stream.peer_addr().ok() };
             handler.serve(stream).await;

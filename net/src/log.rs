@@ -227,6 +227,7 @@ impl SegmentWriter {
         mut each: impl FnMut(&Record<'_>),
     ) -> Result<(Self, RecoveryReport), LogError> {
         std::fs::create_dir_all(dir)?;
+        remove_stray_temporaries(dir)?;
         let mut report = RecoveryReport::default();
         let mut segments = Vec::new();
         let mut time_marks = Vec::new();
@@ -397,7 +398,7 @@ impl SegmentWriter {
         let path = self.dir.join(segment_name(base));
         let file = open_rw(&path).await?;
         // The new file's directory entry must be durable before anything in it is acknowledged.
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir).await?;
         let segment = Segment { base, file: Rc::new(file), positions: Vec::new(), len: 0, last_time_us: 0 };
         self.index.borrow_mut().segments.push(segment);
         Ok(())
@@ -421,9 +422,14 @@ impl SegmentWriter {
             positions: closed.positions.clone(),
             time_marks: log.time_marks.iter().copied().filter(|(_, o)| (closed.base..last).contains(o)).collect(),
         };
-        if let Err(e) = std::fs::write(self.dir.join(index_name(closed.base)), index.encode()) {
-            tracing::warn!(segment = closed.base, error = %e, "cannot write the segment index; the next start scans it");
-        }
+        let (path, bytes, segment) = (self.dir.join(index_name(closed.base)), index.encode(), closed.base);
+        // In the background: the pump does not wait for a file it can do without.
+        glommio::spawn_local(async move {
+            if let Err(e) = replace_file(&path, &bytes).await {
+                tracing::warn!(segment, error = %e, "cannot write the segment index; the next start scans it");
+            }
+        })
+        .detach();
     }
 
     /// Deletes closed segments that retention no longer keeps, oldest first,
@@ -475,13 +481,36 @@ impl SegmentWriter {
 pub async fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{unique}"));
+    let tmp = path.with_extension(format!("{TMP_PREFIX}{unique}"));
     let file = BufferedFile::create(&tmp).await?;
     write_all(&file, bytes, 0).await?;
     file.fdatasync().await?;
     file.close().await?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    glommio::io::rename(&tmp, path).await?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).await
+}
+
+/// The extension prefix of [`replace_file`]'s temporary files; one left by a
+/// crash is deleted when the log opens.
+const TMP_PREFIX: &str = "tmp";
+
+/// Makes `dir`'s entries durable, through io_uring: a blocking fsync of a
+/// directory can wait for a journal commit and would stall the whole shard.
+async fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    let dir = glommio::io::Directory::open(dir).await?;
+    dir.sync().await?;
+    dir.close().await?;
+    Ok(())
+}
+
+/// Deletes temporary files a crash left in `dir`.
+fn remove_stray_temporaries(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.starts_with(TMP_PREFIX)) {
+            std::fs::remove_file(&path)?;
+        }
+    }
     Ok(())
 }
 

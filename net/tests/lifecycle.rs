@@ -173,9 +173,12 @@ async fn a_restart_reads_closed_segments_from_their_index_and_replays_only_the_d
     assert_eq!(server.post("/api/v1/events/batch", &batch(300, 1)).json()["accepted"], 1);
     assert_eq!(sequences(&server.read_all("balatro.s1.>", 301).await).last(), Some(&301));
 
-    // A damaged index or checkpoint costs a scan, never data.
+    // A damaged index or checkpoint costs a scan, never data; a half-written
+    // replacement file is cleaned away.
     server.kill9();
     let dir = server.data_dir.join("shard-000");
+    let stray = dir.join("checkpoint.tmp42");
+    std::fs::write(&stray, b"half a checkpoint").unwrap();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "index") || path.file_name().is_some_and(|n| n == "checkpoint") {
@@ -185,6 +188,7 @@ async fn a_restart_reads_closed_segments_from_their_index_and_replays_only_the_d
         }
     }
     server.restart();
+    assert!(!stray.exists(), "the stray temporary file survived the restart");
     let rescanned = recovered_line(&server);
     assert_eq!(rescanned["from_index"], 0, "{rescanned}");
     assert_eq!(rescanned["replayed_from"], 0, "{rescanned}");

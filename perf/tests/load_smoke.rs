@@ -109,5 +109,9 @@ fn a_fixed_count_run_is_accepted_and_delivered_completely() {
     assert_eq!(report["http"]["requests"], EVENTS / 50, "one request per batch, no retries: {report:#}");
     assert!(report["http"]["latency_us"]["p99"].as_u64().is_some(), "{report:#}");
     assert!(report["e2e_latency_us"]["count"].as_u64() == Some(EVENTS), "{report:#}");
+    // `balatro.>` carries the aggregated stream too: one hand per batch, timed
+    // both from its send and from its arrival.
+    assert_eq!(report["e2e_aggregated_latency_us"]["count"], EVENTS / 50, "{report:#}");
+    assert_eq!(report["e2e_aggregated_from_arrival_us"]["count"], EVENTS / 50, "{report:#}");
     assert!(report["server"]["vm_hwm_kib"].as_u64().is_some_and(|k| k > 0), "{report:#}");
 }

@@ -564,12 +564,44 @@ struct Subscriber {
     seen: Mutex<Seen>,
     unique: AtomicU64,
     probe_seen: AtomicBool,
-    /// End-to-end latency of raw events posted over HTTP.
-    e2e_us: Mutex<Histogram<u64>>,
+    latencies: Mutex<Latencies>,
+}
+
+/// One subscriber's latency histograms (µs).
+struct Latencies {
+    /// End to end, raw events posted over HTTP.
+    raw: Histogram<u64>,
+    /// End to end, events published by gRPC producers.
+    grpc: Histogram<u64>,
     /// From the send time of a hand's last trigger to its aggregated message.
-    e2e_aggregated_us: Mutex<Histogram<u64>>,
-    /// End-to-end latency of events published by gRPC producers.
-    e2e_grpc_us: Mutex<Histogram<u64>>,
+    aggregated: Histogram<u64>,
+    /// From the server's arrival stamp (`received_at`) of a hand's last trigger
+    /// to its aggregated message: the aggregation target's own measure. The
+    /// generator and the server must share a clock (one machine).
+    aggregated_from_arrival: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        Self { raw: histogram(), grpc: histogram(), aggregated: histogram(), aggregated_from_arrival: histogram() }
+    }
+
+    fn len(&self) -> u64 {
+        self.raw.len() + self.grpc.len() + self.aggregated.len() + self.aggregated_from_arrival.len()
+    }
+
+    /// Moves `other`'s samples into these.
+    fn take(&mut self, other: &mut Latencies) {
+        for (mine, theirs) in [
+            (&mut self.raw, &mut other.raw),
+            (&mut self.grpc, &mut other.grpc),
+            (&mut self.aggregated, &mut other.aggregated),
+            (&mut self.aggregated_from_arrival, &mut other.aggregated_from_arrival),
+        ] {
+            mine.add(&*theirs).ok();
+            theirs.reset();
+        }
+    }
 }
 
 /// The part of a `SubscribeResponse` the generator reads. Decoding only these
@@ -609,6 +641,16 @@ struct SlimAggregated {
 struct SlimTrigger {
     #[prost(double, tag = "10")]
     client_timestamp_ms: f64,
+    #[prost(message, optional, tag = "11")]
+    received_at: Option<prost_types::Timestamp>,
+}
+
+fn unix_micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 async fn subscribe(grpc: &str, pattern: &str) -> Result<tonic::Streaming<SlimDelivery>> {
@@ -637,9 +679,7 @@ async fn run_subscriber(
     finished: Arc<AtomicBool>,
     http_sessions: u32,
 ) {
-    let mut local = histogram();
-    let mut local_grpc = histogram();
-    let mut local_aggregated = histogram();
+    let mut local = Latencies::new();
     loop {
         let message = tokio::select! {
             m = stream.message() => m,
@@ -673,7 +713,7 @@ async fn run_subscriber(
                     if let Some(t) = event.timing {
                         let us = ((now_ms - t.client_timestamp_ms) * 1000.0).max(1.0);
                         if us.is_finite() && us < 3.6e9 {
-                            if session < http_sessions { &mut local } else { &mut local_grpc }
+                            if session < http_sessions { &mut local.raw } else { &mut local.grpc }
                                 .saturating_record(us as u64);
                         }
                     }
@@ -683,23 +723,30 @@ async fn run_subscriber(
                 sub.aggregated.fetch_add(1, Relaxed);
                 let last = agg.triggers.iter().map(|t| t.client_timestamp_ms).fold(f64::NAN, f64::max);
                 if last.is_finite() && last > 0.0 && last <= now_ms {
-                    local_aggregated.saturating_record(((now_ms - last) * 1000.0).max(1.0) as u64);
+                    local.aggregated.saturating_record(((now_ms - last) * 1000.0).max(1.0) as u64);
+                }
+                let arrived = agg.triggers.iter().filter_map(|t| t.received_at.as_ref()).map(unix_micros).max();
+                if let Some(arrived) = arrived {
+                    local.aggregated_from_arrival.saturating_record((unix_micros_now() - arrived).max(1) as u64);
                 }
             }
             _ => {}
         }
-        if local.len() + local_grpc.len() + local_aggregated.len() >= 4096 {
-            sub.e2e_us.lock().unwrap().add(&local).ok();
-            sub.e2e_grpc_us.lock().unwrap().add(&local_grpc).ok();
-            sub.e2e_aggregated_us.lock().unwrap().add(&local_aggregated).ok();
-            local.reset();
-            local_grpc.reset();
-            local_aggregated.reset();
+        if local.len() >= 4096 {
+            sub.latencies.lock().unwrap().take(&mut local);
         }
     }
-    sub.e2e_us.lock().unwrap().add(&local).ok();
-    sub.e2e_grpc_us.lock().unwrap().add(&local_grpc).ok();
-    sub.e2e_aggregated_us.lock().unwrap().add(&local_aggregated).ok();
+    sub.latencies.lock().unwrap().take(&mut local);
+}
+
+/// One subscriber's latencies, as the report shows them.
+fn latency_report(l: &Latencies) -> serde_json::Value {
+    json!({
+        "e2e_latency_us": percentiles(&l.raw),
+        "e2e_grpc_latency_us": percentiles(&l.grpc),
+        "e2e_aggregated_latency_us": percentiles(&l.aggregated),
+        "e2e_aggregated_from_arrival_us": percentiles(&l.aggregated_from_arrival),
+    })
 }
 
 /// Finds the pid of the process listening on `port` (loopback or any address).
@@ -794,9 +841,7 @@ async fn run(args: Args) -> Result<()> {
             seen: Mutex::new(Seen::default()),
             unique: AtomicU64::new(0),
             probe_seen: AtomicBool::new(false),
-            e2e_us: Mutex::new(histogram()),
-            e2e_grpc_us: Mutex::new(histogram()),
-            e2e_aggregated_us: Mutex::new(histogram()),
+            latencies: Mutex::new(Latencies::new()),
         });
         subscriber_tasks.push(tokio::spawn(run_subscriber(
             stream,
@@ -964,19 +1009,14 @@ async fn run(args: Args) -> Result<()> {
     let vm_hwm_kib = server_pid.and_then(|p| proc_status_kib(p, "VmHWM:"));
 
     // Report.
-    let mut e2e = histogram();
-    let mut e2e_grpc = histogram();
-    let mut e2e_aggregated = histogram();
+    let mut all = Latencies::new();
     let mut sub_reports = Vec::new();
     let mut sub_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut checked_index = 0;
     for s in &subscribers {
-        let h = s.e2e_us.lock().unwrap();
-        e2e.add(&*h).ok();
-        let hg = s.e2e_grpc_us.lock().unwrap();
-        e2e_grpc.add(&*hg).ok();
-        let ha = s.e2e_aggregated_us.lock().unwrap();
-        e2e_aggregated.add(&*ha).ok();
+        let mut mine = s.latencies.lock().unwrap();
+        let report = latency_report(&mine);
+        all.take(&mut mine);
         let errors = s.errors.lock().unwrap().clone();
         merge_counts(&mut sub_errors, &errors);
         let lost_here = if s.raw {
@@ -991,9 +1031,7 @@ async fn run(args: Args) -> Result<()> {
             "unique_load_events": s.unique.load(Relaxed),
             "aggregated": s.aggregated.load(Relaxed),
             "lost": lost_here,
-            "e2e_latency_us": percentiles(&h),
-            "e2e_grpc_latency_us": percentiles(&hg),
-            "e2e_aggregated_latency_us": percentiles(&ha),
+            "latency": report,
             "errors": errors,
         }));
     }
@@ -1043,9 +1081,10 @@ async fn run(args: Args) -> Result<()> {
         "subscribers": sub_reports,
         "deliveries_per_s": subscribers.iter().map(|s| s.deliveries.load(Relaxed)).sum::<u64>() as f64
             / (secs + drain_elapsed.as_secs_f64()),
-        "e2e_latency_us": percentiles(&e2e),
-        "e2e_grpc_latency_us": percentiles(&e2e_grpc),
-        "e2e_aggregated_latency_us": percentiles(&e2e_aggregated),
+        "e2e_latency_us": percentiles(&all.raw),
+        "e2e_grpc_latency_us": percentiles(&all.grpc),
+        "e2e_aggregated_latency_us": percentiles(&all.aggregated),
+        "e2e_aggregated_from_arrival_us": percentiles(&all.aggregated_from_arrival),
         "drain_s": drain_elapsed.as_secs_f64(),
         "server": {
             "pid": server_pid,
@@ -1085,6 +1124,10 @@ fn print_summary(r: &Value) {
     }
     if r["e2e_aggregated_latency_us"]["count"].as_u64().unwrap_or(0) > 0 {
         println!("end to end    {} (last trigger sent to aggregated message)", lat(&r["e2e_aggregated_latency_us"]));
+        println!(
+            "              {} (last trigger's arrival to aggregated message)",
+            lat(&r["e2e_aggregated_from_arrival_us"])
+        );
     }
     let first_error = match r["first_error_s"].as_f64() {
         Some(t) => format!("; the first {t:.2} s into the load"),
