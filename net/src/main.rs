@@ -19,6 +19,18 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_t`.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Has mimalloc return freed memory to the OS after 10 ms (its v2 default)
+/// instead of v3's 1 s: under overload a second of retained peaks is about
+/// 100 MiB of RSS, for a few percent of throughput. `MIMALLOC_PURGE_DELAY`
+/// still overrides it.
+fn return_freed_memory_promptly() {
+    // SAFETY: sets an option's default value; mimalloc reads options atomically.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 10) };
+}
+
 /// jimbus: the event bus of the Balatro self-play system.
 ///
 /// BalatroMCP mods post game events over HTTP; jimbus keeps them in a durable,
@@ -72,6 +84,7 @@ enum Command {
 }
 
 fn main() {
+    return_freed_memory_promptly();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),

@@ -143,15 +143,16 @@ fn event_of_size(len: usize) -> Vec<u8> {
 async fn a_remote_coordinator_sets_the_budget_and_when_it_is_gone_the_local_one_returns() {
     let mut coordinator = Jimbus::start(&["--resource-pools", "memory=40000000"]);
     let url = coordinator.grpc_url();
-    // Each of the two shards' aggregators holds 16 MiB of whatever the budget is.
-    let server = Jimbus::start(&["--shards", "2", "--resource-coordinator", &url, "--memory-budget", "50000000"]);
+    // Each of the two shards' aggregators holds 16 MiB of whatever the budget
+    // is, and a request is granted six bytes per body byte.
+    let server = Jimbus::start(&["--shards", "2", "--resource-coordinator", &url, "--memory-budget", "80000000"]);
     wait_for_metric(&server, "jimbus_budget_limit_bytes 40000000");
     let big = event_of_size(7_000_000);
     assert_eq!(post_expecting(&server, &big), 503, "over what the lease leaves free");
     assert_eq!(server.post("/api/v1/events", &event_of_size(1_000)).status, 200);
 
     coordinator.kill9();
-    wait_for_metric(&server, "jimbus_budget_limit_bytes 50000000");
+    wait_for_metric(&server, "jimbus_budget_limit_bytes 80000000");
     assert_eq!(post_expecting(&server, &big), 200, "the local budget is back");
     let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
     assert!(metrics.contains("jimbus_coordinator_fallbacks_total"), "{metrics}");

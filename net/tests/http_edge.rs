@@ -169,7 +169,8 @@ fn padded_event(id: &str, len: usize) -> Vec<u8> {
 
 #[test]
 fn a_spent_memory_budget_is_503_until_the_holder_finishes() {
-    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "100000"]);
+    // A request is granted six bytes per body byte (its decoded events too).
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "600000"]);
     let big = padded_event("holder", 90_000);
     let mut holder = HttpConn::open(server.http);
     holder.send(
@@ -191,7 +192,7 @@ fn a_spent_memory_budget_is_503_until_the_holder_finishes() {
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(refused.json()["error"].as_str().unwrap().contains("memory budget"), "{}", refused.json());
     let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
-    assert!(metrics.contains("jimbus_budget_used_bytes 90000"), "the holder's grant is visible");
+    assert!(metrics.contains("jimbus_budget_used_bytes 540000"), "the holder's grant is visible");
 
     holder.send(&big);
     assert_eq!(holder.read_response().status, 200);
