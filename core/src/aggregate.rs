@@ -17,8 +17,9 @@
 //! carry are answered with [`Disposition::NotAggregated`] and are not held).
 //!
 //! # Windows
-//! A session's window opens with the first held event after the previous window
-//! and ends `window` later, or earlier when `max_window_events` events were held in
+//! A session's window opens when the first held event after the previous window
+//! arrived (its `arrived` time, which the caller may date back to when the
+//! server received it, never later than `now`) and ends `window` after that, or earlier when `max_window_events` events were held in
 //! it (size cap), or at once when a high-priority event arrives (`priority: high`
 //! on the event or `priority=high` in its metadata, ERROR, LEARNING_DECISION). At a
 //! window's end every closed cascade becomes one message, and game states offered
@@ -801,6 +802,21 @@ impl Aggregator {
         now: Duration,
         out: &mut Vec<Aggregated>,
     ) -> Result<Disposition, AggregateError> {
+        self.offer_arrived(session, seq, event, now, now, out)
+    }
+
+    /// [`Aggregator::offer`] for an event that arrived at `arrived`, before it
+    /// could be offered (it had to become durable first): a window it opens is
+    /// timed from `arrived`, so waiting for the log does not lengthen it.
+    pub fn offer_arrived(
+        &mut self,
+        session: &str,
+        seq: u64,
+        event: &pb::Event,
+        arrived: Duration,
+        now: Duration,
+        out: &mut Vec<Aggregated>,
+    ) -> Result<Disposition, AggregateError> {
         self.now = self.now.max(now);
         let now = self.now;
         let slot = match self.by_name.get(session) {
@@ -863,7 +879,7 @@ impl Aggregator {
         }
         if disposition == Disposition::Held {
             self.stats.events_held += 1;
-            sess.window_start.get_or_insert(now);
+            sess.window_start.get_or_insert(arrived.min(now));
             sess.window_events += 1;
         } else {
             self.stats.events_not_aggregated += 1;

@@ -68,11 +68,17 @@ impl AggregationStage {
         size
     }
 
-    /// Offers events that just became durable, in log order.
+    /// Offers events that just became durable, in log order, each dated from
+    /// when the server received it.
     pub fn offer(&mut self, events: &[(u64, Box<pb::Event>)]) {
         let now = self.now();
+        let wall_now = crate::shard::now_micros();
         for (sequence, event) in events {
-            if let Err(e) = self.aggregator.offer(&event.session_id, *sequence, event, now, &mut self.pending) {
+            let received = event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, micros_of);
+            let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
+            let offered =
+                self.aggregator.offer_arrived(&event.session_id, *sequence, event, arrived, now, &mut self.pending);
+            if let Err(e) = offered {
                 // Sequences come from this shard's own counter, so this is a bug, not bad input.
                 tracing::error!(shard = %self.shard, error = %e, "aggregation refused an event");
                 metrics::counter!("jimbus_aggregate_refused_total").increment(1);
@@ -132,4 +138,9 @@ impl AggregationStage {
         metrics::gauge!("jimbus_aggregate_bytes_held", "shard" => shard.clone())
             .set(self.aggregator.bytes_held() as f64);
     }
+}
+
+/// Microseconds since the Unix epoch of a timestamp (0 before it).
+fn micros_of(t: &prost_types::Timestamp) -> u64 {
+    (t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000
 }
