@@ -107,9 +107,12 @@ pub trait Bus: Send + Sync + 'static {
     /// order, once every item is durable.
     fn try_append(&self, items: Vec<AppendItem>) -> Result<BusFuture<Vec<ItemOutcome>>, BusError>;
 
-    /// Appends `items`, waiting for room (gRPC publishers, whose stream flow
-    /// control then pushes back).
-    fn append(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>>;
+    /// Queues `items`, waiting for room (gRPC publishers, whose stream flow
+    /// control then pushes back). Resolves once they are queued to the future
+    /// of their outcomes, which resolves once every item is durable. A caller
+    /// may queue more before awaiting that future: the bus keeps the order of
+    /// queueing.
+    fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>>;
 
     /// Opens a subscription; deliveries arrive on the returned channel, their
     /// bodies still encoded as stored.

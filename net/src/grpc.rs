@@ -7,7 +7,7 @@
 //! (`x-request-id` metadata, or a new one) becomes the events' correlation id and
 //! is echoed in the response metadata. This module must never hold shard state.
 
-use crate::bus::{AppendItem, Bus, BusError, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
 use crate::shard::{now_micros, timestamp};
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
@@ -21,6 +21,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+
+/// PublishBatch requests of one stream queued on the bus and not yet durable.
+const PUBLISH_PIPELINE: usize = 8;
 
 /// Deliveries buffered per subscriber before its shard tasks wait.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -67,14 +70,16 @@ impl BusService {
         Self { bus }
     }
 
-    /// Validates, stamps and appends events; `first_index` numbers them across a stream.
-    async fn publish_events(
+    /// Validates and stamps events and queues the valid ones; `first_index`
+    /// numbers them across a stream, and invalid ones go to `rejected`. Returns
+    /// the future of the queued events' outcomes.
+    async fn queue_events(
         &self,
         events: Vec<pb::Event>,
         correlation: &str,
         first_index: u32,
-        out: &mut Published,
-    ) -> Result<(), Status> {
+        rejected: &mut Vec<bus::Rejection>,
+    ) -> Result<BusFuture<Vec<ItemOutcome>>, Status> {
         let received = timestamp(now_micros());
         let mut items = Vec::with_capacity(events.len());
         for (i, mut event) in events.into_iter().enumerate() {
@@ -83,18 +88,23 @@ impl BusService {
             }
             event.timing.get_or_insert_with(Default::default).received_at = Some(received);
             if let Err(violations) = event.validate() {
-                out.rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
+                rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
                 continue;
             }
             items.push(AppendItem::Event(Box::new(event)));
         }
-        for outcome in self.bus.append(items).await.map_err(status_of)? {
-            match outcome {
-                ItemOutcome::Stored { .. } => out.accepted += 1,
-                ItemOutcome::Duplicate => out.duplicates += 1,
-            }
-        }
-        metrics::counter!("jimbus_grpc_events_accepted_total").increment(out.accepted as u64);
+        self.bus.append(items).await.map_err(status_of)
+    }
+}
+
+impl Published {
+    /// Counts the outcomes of one queued request once they are durable.
+    async fn settle(&mut self, outcomes: BusFuture<Vec<ItemOutcome>>) -> Result<(), Status> {
+        let outcomes = outcomes.await.map_err(status_of)?;
+        let stored = outcomes.iter().filter(|o| matches!(o, ItemOutcome::Stored { .. })).count() as u32;
+        self.accepted += stored;
+        self.duplicates += outcomes.len() as u32 - stored;
+        metrics::counter!("jimbus_grpc_events_accepted_total").increment(u64::from(stored));
         Ok(())
     }
 }
@@ -137,7 +147,8 @@ impl EventBusService for BusService {
     async fn publish(&self, request: Request<bus::PublishRequest>) -> Result<Response<bus::PublishResponse>, Status> {
         let id = request_id(&request);
         let mut out = Published::default();
-        self.publish_events(request.into_inner().events, &id, 0, &mut out).await?;
+        let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
+        out.settle(outcomes).await?;
         let response =
             bus::PublishResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
         Ok(with_request_id(Response::new(response), &id))
@@ -151,11 +162,21 @@ impl EventBusService for BusService {
         let mut stream = request.into_inner();
         let mut out = Published::default();
         let mut index = 0u32;
+        // Requests are queued in stream order while earlier ones are committed;
+        // past PUBLISH_PIPELINE unsettled requests the stream is not read,
+        // which pushes back on the publisher through HTTP/2 flow control.
+        let mut unsettled = std::collections::VecDeque::new();
         while let Some(message) = stream.next().await {
             let events = message?.events;
             let count = events.len() as u32;
-            self.publish_events(events, &id, index, &mut out).await?;
+            unsettled.push_back(self.queue_events(events, &id, index, &mut out.rejected).await?);
             index += count;
+            if unsettled.len() >= PUBLISH_PIPELINE {
+                out.settle(unsettled.pop_front().expect("not empty")).await?;
+            }
+        }
+        while let Some(outcomes) = unsettled.pop_front() {
+            out.settle(outcomes).await?;
         }
         let response =
             bus::PublishBatchResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };

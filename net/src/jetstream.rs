@@ -385,11 +385,17 @@ impl Bus for JetStreamBus {
         if self.shared.events_in_flight.load(Ordering::Acquire) + items.len() > MAX_EVENTS_IN_FLIGHT {
             return Err(BusError::Overloaded);
         }
-        Ok(self.append(items))
+        Ok(self.run(publish_all(self.shared.clone(), items)))
     }
 
-    fn append(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>> {
-        self.run(publish_all(self.shared.clone(), items))
+    /// Queued means stored here: acknowledgements of different requests could
+    /// complete out of order, and aggregation must see each session in order.
+    fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>> {
+        let stored = self.run(publish_all(self.shared.clone(), items));
+        Box::pin(async move {
+            let outcomes = stored.await?;
+            Ok(Box::pin(std::future::ready(Ok(outcomes))) as BusFuture<Vec<ItemOutcome>>)
+        })
     }
 
     fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {

@@ -145,7 +145,7 @@ impl Bus for ShardRouter {
         Ok(Self::gather(waits, len))
     }
 
-    fn append(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>> {
+    fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>> {
         let router = self.clone();
         Box::pin(async move {
             let len = items.len();
@@ -156,7 +156,7 @@ impl Bus for ShardRouter {
                 router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
                 waits.push((places, answer));
             }
-            Self::gather(waits, len).await
+            Ok(Self::gather(waits, len))
         })
     }
 

@@ -23,3 +23,9 @@ async fn explicit_session_ids_win_and_sessions_keep_their_own_order() {
     let server = Jimbus::start(&["--shards", "2"]);
     cases::compat::explicit_session_ids_win_and_sessions_keep_their_own_order(&server, true).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_batch_stream_keeps_each_sessions_order() {
+    let server = Jimbus::start(&["--shards", "2"]);
+    cases::compat::a_publish_batch_stream_keeps_each_sessions_order(&server).await;
+}

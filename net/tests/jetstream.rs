@@ -77,6 +77,12 @@ async fn compat_explicit_session_ids_win_and_sessions_keep_their_own_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn compat_a_publish_batch_stream_keeps_each_sessions_order() {
+    let nats = Nats::single();
+    cases::compat::a_publish_batch_stream_keeps_each_sessions_order(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn durable_a_consumer_resumes_after_a_jimbus_sigkill_at_its_last_ack() {
     let nats = Nats::single();
     let mut server = jimbus_on(&nats, &[]);

@@ -128,3 +128,52 @@ pub async fn explicit_session_ids_win_and_sessions_keep_their_own_order(server: 
         }
     }
 }
+
+/// One PublishBatch stream of 30 requests, each holding events of two
+/// sessions and one invalid event: every valid event is accepted, the invalid
+/// ones are named by their index in the whole stream, and each session's events
+/// arrive in the order they were streamed, however many requests were in flight.
+pub async fn a_publish_batch_stream_keeps_each_sessions_order(server: &Jimbus) {
+    use jimbus_proto::bus::PublishBatchRequest;
+    const REQUESTS: usize = 30;
+    const PER_REQUEST: usize = 20;
+    let mut requests = Vec::new();
+    let mut invalid = Vec::new();
+    for r in 0..REQUESTS {
+        let events = (0..PER_REQUEST)
+            .map(|k| {
+                let n = r * PER_REQUEST + k;
+                let session = if k == 7 { String::new() } else { format!("pb-{}", n % 2) };
+                if session.is_empty() {
+                    invalid.push(n as u32);
+                }
+                pb::Event {
+                    event_id: format!("pb-{n}"),
+                    event_type: "MONEY_CHANGED".into(),
+                    session_id: session,
+                    client_sequence: n as u64,
+                    payload: Some(Payload::MoneyChanged(pb::MoneyChangedEvent {
+                        new_value: n as f64,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        requests.push(PublishBatchRequest { events });
+    }
+    let mut client = server.client().await;
+    let response = client.publish_batch(tokio_stream::iter(requests)).await.expect("PublishBatch").into_inner();
+    let valid = REQUESTS * (PER_REQUEST - 1);
+    assert_eq!(response.accepted as usize, valid, "{:?}", response.rejected.first());
+    assert_eq!(response.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), invalid);
+    assert!(response.rejected.iter().all(|r| r.error == "session_id: required"), "{:?}", response.rejected[0]);
+    let deliveries = server.read_all("balatro.*.MONEY_CHANGED", valid).await;
+    for session in ["pb-0", "pb-1"] {
+        let order: Vec<u64> =
+            deliveries.iter().map(event).filter(|e| e.session_id == session).map(|e| e.client_sequence).collect();
+        let sent = (0..REQUESTS * PER_REQUEST).filter(|n| n % PER_REQUEST != 7 && format!("pb-{}", n % 2) == session);
+        assert_eq!(order.len(), sent.count(), "{session}");
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{session} out of order: {order:?}");
+    }
+}
