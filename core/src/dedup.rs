@@ -30,9 +30,13 @@ pub fn dedup_key(event: &pb::Event) -> Option<DedupKey> {
     if event.event_id.is_empty() {
         return None;
     }
-    let mut content = Vec::with_capacity(event.encoded_len());
-    event.encode(&mut content).ok()?;
-    Some(xxhash_rust::xxh3::xxh3_128(&content))
+    Some(dedup_key_of_encoding(&event.encode_to_vec()))
+}
+
+/// The key of a client event from its protobuf encoding (for callers that
+/// encode it anyway; [`dedup_key`] is this of `event.encode_to_vec()`).
+pub fn dedup_key_of_encoding(encoded: &[u8]) -> DedupKey {
+    xxhash_rust::xxh3::xxh3_128(encoded)
 }
 
 /// Keys are already uniform hashes: a table hashes them by folding, not again.
