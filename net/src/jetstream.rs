@@ -504,28 +504,34 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
     let mut start = start;
     while !out.is_disconnected() {
         match ordered_messages(&shared, &pattern, start).await {
-            Ok(mut messages) => loop {
-                let next = tokio::select! {
-                    next = messages.next() => next,
-                    _ = gone(&out) => break,
-                };
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "ephemeral subscription interrupted; resuming");
+            Ok(mut messages) => {
+                // One watch for the whole stream of messages: a new one per
+                // message would register and cancel a timer per message.
+                let subscriber_gone = gone(&out);
+                tokio::pin!(subscriber_gone);
+                loop {
+                    let next = tokio::select! {
+                        next = messages.next() => next,
+                        _ = &mut subscriber_gone => break,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "ephemeral subscription interrupted; resuming");
+                            break;
+                        }
+                        None => break,
+                    };
+                    let Ok(sequence) = message.info().map(|i| i.stream_sequence) else { continue };
+                    start = Start::Offset(sequence + 1);
+                    if !pattern.matches(&message.subject) {
+                        continue; // excluded: the consumer filter cannot say so
+                    }
+                    if out.send_async(delivery(&message.message, sequence, 1)).await.is_err() {
                         break;
                     }
-                    None => break,
-                };
-                let Ok(sequence) = message.info().map(|i| i.stream_sequence) else { continue };
-                start = Start::Offset(sequence + 1);
-                if !pattern.matches(&message.subject) {
-                    continue; // excluded: the consumer filter cannot say so
                 }
-                if out.send_async(delivery(&message.message, sequence, 1)).await.is_err() {
-                    break;
-                }
-            },
+            }
             Err(e) => tracing::warn!(error = %e, "cannot open an ephemeral subscription yet"),
         }
         tokio::select! {
@@ -581,25 +587,31 @@ async fn durable_member(
     let batch = durable.options.max_in_flight.clamp(1, 256);
     while !out.is_disconnected() {
         match durable_messages(&shared, &durable, &pattern, start, batch).await {
-            Ok(mut messages) => loop {
-                let next = tokio::select! {
-                    next = messages.next() => next,
-                    _ = gone(&out) => break,
-                };
-                match next {
-                    Some(Ok(message)) if !pattern.matches(&message.subject) => {
-                        // Excluded by the pattern: done for this consumer.
-                        let _ = message.ack().await;
-                    }
-                    Some(Ok(message)) => {
-                        if !hand_out(&shared, &durable.name, member, message, &out).await {
-                            break;
+            Ok(mut messages) => {
+                // One watch for the whole stream of messages: a new one per
+                // message would register and cancel a timer per message.
+                let subscriber_gone = gone(&out);
+                tokio::pin!(subscriber_gone);
+                loop {
+                    let next = tokio::select! {
+                        next = messages.next() => next,
+                        _ = &mut subscriber_gone => break,
+                    };
+                    match next {
+                        Some(Ok(message)) if !pattern.matches(&message.subject) => {
+                            // Excluded by the pattern: done for this consumer.
+                            let _ = message.ack().await;
                         }
+                        Some(Ok(message)) => {
+                            if !hand_out(&shared, &durable.name, member, message, &out).await {
+                                break;
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, consumer = %durable.name, "pull interrupted"),
+                        None => break,
                     }
-                    Some(Err(e)) => tracing::debug!(error = %e, consumer = %durable.name, "pull interrupted"),
-                    None => break,
                 }
-            },
+            }
             Err(e) => tracing::warn!(error = %e, consumer = %durable.name, "cannot open the durable consumer yet"),
         }
         tokio::select! {
