@@ -1,6 +1,6 @@
 -- An emulation of the OLD field BalatroMCP mod's networking, for compat tests.
 --
--- Owns: reproducing, from ../shared/compat/README.md, how the field mod talks:
+-- Owns: reproducing, from core/tests/fixtures/compat/DIALECT.md, how the field mod talks:
 -- its hand-written JSON encoder with all its quirks (arbitrary key order, arrays
 -- of scalars as strings, `{}` for empty tables, Lua tostring numbers including
 -- bare inf/-inf/nan, escaping only \\ \" \n \r \t, keys not escaped), its URLs
