@@ -497,6 +497,15 @@ async fn gone(out: &flume::Sender<EncodedDelivery>) {
     }
 }
 
+/// `messages` until the subscriber goes away: one watch for the whole stream,
+/// not a timer registered and cancelled per message.
+fn until_gone<'a, S: futures_util::Stream + 'a>(
+    messages: S,
+    out: &'a flume::Sender<EncodedDelivery>,
+) -> impl futures_util::Stream<Item = S::Item> + 'a {
+    messages.take_until(gone(out))
+}
+
 /// An ephemeral subscription: an ordered consumer, recreated after the last
 /// sequence delivered whenever it fails, until the subscriber goes away.
 async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flume::Sender<EncodedDelivery>) {
@@ -504,23 +513,15 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
     let mut start = start;
     while !out.is_disconnected() {
         match ordered_messages(&shared, &pattern, start).await {
-            Ok(mut messages) => {
-                // One watch for the whole stream of messages: a new one per
-                // message would register and cancel a timer per message.
-                let subscriber_gone = gone(&out);
-                tokio::pin!(subscriber_gone);
-                loop {
-                    let next = tokio::select! {
-                        next = messages.next() => next,
-                        _ = &mut subscriber_gone => break,
-                    };
+            Ok(messages) => {
+                let mut messages = std::pin::pin!(until_gone(messages, &out));
+                while let Some(next) = messages.next().await {
                     let message = match next {
-                        Some(Ok(message)) => message,
-                        Some(Err(e)) => {
+                        Ok(message) => message,
+                        Err(e) => {
                             tracing::warn!(error = %e, "ephemeral subscription interrupted; resuming");
                             break;
                         }
-                        None => break,
                     };
                     let Ok(sequence) = message.info().map(|i| i.stream_sequence) else { continue };
                     start = Start::Offset(sequence + 1);
@@ -587,28 +588,20 @@ async fn durable_member(
     let batch = durable.options.max_in_flight.clamp(1, 256);
     while !out.is_disconnected() {
         match durable_messages(&shared, &durable, &pattern, start, batch).await {
-            Ok(mut messages) => {
-                // One watch for the whole stream of messages: a new one per
-                // message would register and cancel a timer per message.
-                let subscriber_gone = gone(&out);
-                tokio::pin!(subscriber_gone);
-                loop {
-                    let next = tokio::select! {
-                        next = messages.next() => next,
-                        _ = &mut subscriber_gone => break,
-                    };
+            Ok(messages) => {
+                let mut messages = std::pin::pin!(until_gone(messages, &out));
+                while let Some(next) = messages.next().await {
                     match next {
-                        Some(Ok(message)) if !pattern.matches(&message.subject) => {
+                        Ok(message) if !pattern.matches(&message.subject) => {
                             // Excluded by the pattern: done for this consumer.
                             let _ = message.ack().await;
                         }
-                        Some(Ok(message)) => {
+                        Ok(message) => {
                             if !hand_out(&shared, &durable.name, member, message, &out).await {
                                 break;
                             }
                         }
-                        Some(Err(e)) => tracing::debug!(error = %e, consumer = %durable.name, "pull interrupted"),
-                        None => break,
+                        Err(e) => tracing::debug!(error = %e, consumer = %durable.name, "pull interrupted"),
                     }
                 }
             }
