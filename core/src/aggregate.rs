@@ -19,10 +19,10 @@
 //! # Windows
 //! A session's window opens when the first held event after the previous window
 //! arrived (its `arrived` time, which the caller may date back to when the
-//! server received it, never later than `now`) and ends `window` after that, or earlier when `max_window_events` events were held in
-//! it (size cap), or at once when a high-priority event arrives (`priority: high`
-//! on the event or `priority=high` in its metadata, ERROR, LEARNING_DECISION). At a
-//! window's end every closed cascade becomes one message, and game states offered
+//! server received it, never later than `now`) and ends `window` after that, or
+//! earlier when `max_window_events` events were held in it (size cap), or at
+//! once when a high-priority event arrives (`priority: high` on the event or
+//! `priority=high` in its metadata, ERROR, LEARNING_DECISION). At a window's end every closed cascade becomes one message, and game states offered
 //! since the last message are coalesced into the `base` of the first message (a
 //! state-only message, without triggers or cascade info, when no hand closed).
 //! An open hand is not flushed at window end; it stays open across windows.

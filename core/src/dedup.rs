@@ -41,7 +41,7 @@ pub fn dedup_key_of_encoding(encoded: &[u8]) -> DedupKey {
 
 /// Keys are already uniform hashes: a table hashes them by folding, not again.
 #[derive(Default)]
-pub struct KeyHasher(u64);
+struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -99,7 +99,7 @@ impl DedupWindow {
         }
         // The table's real capacity is at least `capacity`; filling it to there
         // never reallocates.
-        if self.current.keys.len() >= self.capacity.max(self.current.keys.capacity()) {
+        if self.current.keys.len() == self.current.keys.capacity() {
             self.previous = std::mem::replace(&mut self.current, Generation::sized(self.capacity));
         }
         self.current.first_offset.get_or_insert(offset);

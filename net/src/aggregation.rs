@@ -74,7 +74,8 @@ impl AggregationStage {
         let now = self.now();
         let wall_now = crate::shard::now_micros();
         for (sequence, event) in events {
-            let received = event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, micros_of);
+            let received =
+                event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, crate::shard::micros);
             let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
             let offered =
                 self.aggregator.offer_arrived(&event.session_id, *sequence, event, arrived, now, &mut self.pending);
@@ -138,9 +139,4 @@ impl AggregationStage {
         metrics::gauge!("jimbus_aggregate_bytes_held", "shard" => shard.clone())
             .set(self.aggregator.bytes_held() as f64);
     }
-}
-
-/// Microseconds since the Unix epoch of a timestamp (0 before it).
-fn micros_of(t: &prost_types::Timestamp) -> u64 {
-    (t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000
 }

@@ -8,7 +8,7 @@
 //! is echoed in the response metadata. This module must never hold shard state.
 
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
-use crate::shard::{now_micros, timestamp};
+use crate::shard::{micros, now_micros, timestamp};
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::{self, StartPosition};
@@ -119,7 +119,7 @@ fn start_of(request: &bus::SubscribeRequest) -> Result<Start, Status> {
                 .start_time
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("start_time: required for START_POSITION_TIME"))?;
-            Start::TimeMicros((t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000)
+            Start::TimeMicros(micros(t))
         }
     })
 }

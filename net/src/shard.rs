@@ -328,6 +328,11 @@ pub fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Microseconds since the Unix epoch of a timestamp (0 before it); the inverse of [`timestamp`].
+pub fn micros(t: &prost_types::Timestamp) -> u64 {
+    (t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000
+}
+
 pub fn timestamp(micros: u64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: (micros / 1_000_000) as i64, nanos: ((micros % 1_000_000) * 1000) as i32 }
 }
