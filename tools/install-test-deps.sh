@@ -20,6 +20,14 @@ APT_PACKAGES=(
   luajit lua-busted lua-socket lua-dkjson lua-cjson
   golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev golang-google-grpc-dev
 )
+# Each suite in tools/suites.d declares its own needs in tools/deps.d/<suite>.apt
+# (Debian packages), .pip (requirements for tools/.venv) and .sh (any other step).
+shopt -s nullglob
+for list in tools/deps.d/*.apt; do
+  while read -r package _; do
+    [[ -n "$package" && "$package" != \#* ]] && APT_PACKAGES+=("$package")
+  done <"$list"
+done
 installed() { [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == "installed" ]]; }
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -52,6 +60,11 @@ fi
 say "pip install -r tools/requirements.txt (tools/.venv)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tools/requirements.txt
 
+for list in tools/deps.d/*.pip; do
+  say "pip install -r $list (tools/.venv)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$list"
+done
+
 # --- npm -----------------------------------------------------------------------
 if [[ -f tools/node_modules/.package-lock.json && ! tools/package-lock.json -nt tools/node_modules/.package-lock.json ]]; then
   say "node modules present"
@@ -67,5 +80,11 @@ else
   say "cargo install --locked cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+
+# --- each suite's own steps ------------------------------------------------------
+for step in tools/deps.d/*.sh; do
+  say "$step"
+  bash "$step"
+done
 
 say "done"

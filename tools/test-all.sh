@@ -13,6 +13,8 @@
 #   mod           mod/run-tests.sh (the Lua mod's tests)
 #   python        pytest tools/tests (cross-language decoding, the example subscriber)
 #   dockerfile    hadolint
+# then every executable tools/suites.d/<name>.sh, in name order (each gets ROOT,
+# JIMBUS_BIN, PY and PATH with tools/.venv/bin first; exit 0 means passed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,6 +65,16 @@ suite rust rust_suite
 suite mod bash mod/run-tests.sh
 suite python python_suite
 suite dockerfile tools/lint-dockerfile.sh
+
+# Suites that live beside what they test (deploy files, the LÖVE harness, the
+# browser view, ...): one script each, so adding a suite touches no shared file.
+export ROOT PY
+export JIMBUS_BIN="${JIMBUS_BIN:-$ROOT/target/debug/jimbus}"
+for script in tools/suites.d/*.sh; do
+  [[ -x "$script" ]] || continue
+  name="$(basename "$script" .sh)"
+  suite "$name" "$script"
+done
 
 echo
 if [[ ${#failed[@]} -gt 0 ]]; then
