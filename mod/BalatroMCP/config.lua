@@ -3,7 +3,8 @@
 -- mod's, with its meaning and defaults; the rest are new. Every delay is in ms.
 return {
   enabled = true,
-  -- Where events go. Batches go to {url}/batch, health probes to {url}/health.
+  -- Where events go. Batches go to {url}/batch, health probes to {url}/health,
+  -- the connection test at start to {url}.
   event_bus_url = "http://localhost:8080/api/v1/events",
   -- How long the first event of a batch may wait for company.
   batch_window_ms = 100,
@@ -11,20 +12,25 @@ return {
   max_batch_size = 50,
   -- Attempts per batch before the breaker is forced open (the batch is kept).
   max_retries = 3,
-  -- First retry delay; the base of the exponential backoff.
+  -- First retry delay: the base of the exponential backoff (backoff_base_ms,
+  -- when set, takes its place).
   retry_delay_ms = 1000,
-  heartbeat_interval_ms = 30000,
+  heartbeat_interval_ms = 5000,
 
   -- New in this mod.
+  connection_test = true,       -- post the field mod's connection_test at start
   request_timeout_ms = 5000,
   breaker_threshold = 3,        -- consecutive failed requests that open the breaker
   breaker_reset_ms = 5000,      -- open -> half-open (health probe) after this long
-  backoff_base_ms = 1000,       -- base * 2^(attempt-1) ...
-  backoff_max_ms = 30000,       -- ... capped here ...
+  backoff_max_ms = 30000,       -- retry_delay_ms * 2^(attempt-1), capped here ...
   backoff_jitter = 0.2,         -- ... minus up to this fraction at random
-  memory_queue_cap = 10000,     -- events held in memory before spilling to disk
-  spill_file = "BalatroMCP/spill.jsonl", -- in the save folder (love.filesystem)
-  spill_max_bytes = 64 * 1024 * 1024,    -- beyond this (and a full memory queue) events are dropped, counted, logged
-  quit_flush_ms = 1000,         -- on quit, try this long to send; the rest stays in the spill file
+  memory_queue_cap = 10000,     -- events the worker holds in memory before spilling to disk
+  channel_cap = 50000,          -- events waiting for the worker beyond this are dropped (counted)
+  spill_dir = "BalatroMCP/spill", -- in the save folder (love.filesystem), one log per game instance
+  spill_max_bytes = 64 * 1024 * 1024, -- per instance; beyond this (and a full memory queue) events are dropped, counted, logged
+  lease_touch_ms = 5000,        -- how often a worker renews the lease on its spill logs
+  lease_stale_ms = 30000,       -- a log whose lease is older belongs to a game that is gone: adopted
+  quit_flush_ms = 150,          -- on quit, after writing everything pending to disk, try this long to send
+  quit_wait_ms = 200,           -- the longest the game waits for the worker when it quits
   stats_interval_ms = 1000,     -- how often the worker reports its counters to the game thread
 }

@@ -10,8 +10,11 @@
 --
 -- Owns: loading the mod's modules, resolving the config, starting the network
 -- worker thread with its module sources, creating the game-side client and
--- installing the hooks, and stopping the worker on quit. It must never send
--- HTTP or touch files after start-up: the worker does that, off the game thread.
+-- installing the hooks, watching the worker (its log, its counters, its death),
+-- and stopping it on quit. It must never send HTTP or touch files after
+-- start-up (the worker does that, off the game thread), never wait on the
+-- worker except at quit (at most quit_wait_ms), and never let the worker's
+-- failure reach the game: a dead worker means events are counted and dropped.
 
 local mod = SMODS and SMODS.current_mod or {}
 local base = mod.path or ""
@@ -19,8 +22,8 @@ local NFS = rawget(_G, "NFS") or (SMODS and SMODS.NFS)
 
 local MODULES = {
   "bmcp.vendor.rxi_json", "bmcp.json", "bmcp.events", "bmcp.settings", "bmcp.backoff",
-  "bmcp.breaker", "bmcp.fs", "bmcp.spillq", "bmcp.batcher", "bmcp.transport",
-  "bmcp.sender", "bmcp.worker_loop", "bmcp.client", "bmcp.scoring",
+  "bmcp.breaker", "bmcp.fs", "bmcp.spillfile", "bmcp.spillq", "bmcp.batcher", "bmcp.transport",
+  "bmcp.sender", "bmcp.worker_loop", "bmcp.client", "bmcp.scoring", "bmcp.gamestate",
 }
 
 local function read(rel)
@@ -47,20 +50,37 @@ local config = settings.resolve(defaults, mod.config)
 if config.enabled == false then return end
 
 local function log(msg)
-  local line = "[BalatroMCP] " .. tostring(msg)
-  if sendInfoMessage then sendInfoMessage(line, "BalatroMCP") else print(line) end
+  if sendInfoMessage then return sendInfoMessage(tostring(msg), "BalatroMCP") end
+  print("[BalatroMCP] " .. tostring(msg))
 end
 
--- Start the worker; a leftover spill file from the last run is replayed by it.
+local function game_ms() return love.timer.getTime() * 1000 end
+local events = require("bmcp.events")
+local session_id = events.new_session_id(game_ms)
+config.session_id = session_id
+
+-- Start the worker; logs other game instances left behind are replayed by it.
 local worker = love.thread.newThread(love.filesystem.newFileData(read("worker.lua"), "BalatroMCP/worker.lua"))
+local channels = {}
+for k, name in pairs(settings.channels) do channels[k] = love.thread.getChannel(name) end
 worker:start(json.encode(config), unpack(sources))
 
-local events_channel = love.thread.getChannel(settings.channels.events)
-local client = require("bmcp.client").new({
-  push = function(line) events_channel:push(line) end,
+local state = { dead = nil, quitting = false, stats = nil }
+local channel_cap = config.channel_cap or 50000
+local client
+client = require("bmcp.client").new({
+  push = function(line)
+    if state.dead then return false end
+    if channels.events:getCount() >= channel_cap then
+      client.drop_reason = "its channel holds " .. channel_cap .. " events"
+      return false
+    end
+    channels.events:push(line)
+    return true
+  end,
   heartbeat_interval_ms = config.heartbeat_interval_ms, log = log,
   builder_opts = {
-    game_ms = function() return love.timer.getTime() * 1000 end,
+    session_id = session_id, game_ms = game_ms,
     epoch_ms = (function()
       -- epoch ms with sub-second resolution: os.time() anchors the monotonic clock
       local t0, g0 = os.time() * 1000, love.timer.getTime()
@@ -68,28 +88,79 @@ local client = require("bmcp.client").new({
     end)(),
   },
 })
-local scoring = require("bmcp.scoring").new(client, function() return love.timer.getTime() * 1000 end)
-log("session " .. client:session_id() .. " -> " .. config.event_bus_url)
+local scoring = require("bmcp.scoring").new(client, game_ms)
+log("session " .. session_id .. " -> " .. config.event_bus_url)
 
-local log_channel = love.thread.getChannel(settings.channels.log)
-local function pump_worker_log()
+local function worker_died(err)
+  if state.dead then return end
+  state.dead = tostring(err or "stopped")
+  client.drop_reason = "the worker stopped"
+  log("network worker stopped: " .. state.dead .. "; the game goes on, events are counted and dropped")
+  -- whatever it had not taken yet is dropped too, and counted
+  local n = channels.events:getCount()
+  channels.events:clear()
+  client.dropped = client.dropped + n
+end
+
+-- A thread error reaches the game as love.threaderror, whose default raises:
+-- the worker's is caught here, every other thread's goes to the game's handler.
+local game_threaderror = love.threaderror
+love.threaderror = function(thread, err)
+  if thread == worker then return worker_died(err) end
+  if game_threaderror then return game_threaderror(thread, err) end
+end
+
+local function on_frame()
   for _ = 1, 20 do
-    local line = log_channel:pop()
+    local line = channels.log:pop()
     if not line then break end
     log(line)
   end
-  local err = worker:getError()
-  if err then log("worker error: " .. err) end
+  local stats = channels.stats:pop()
+  if stats then
+    local ok, t = pcall(json.decode, stats)
+    if ok then state.stats = t end
+  end
+  if not state.dead and not state.quitting and not worker:isRunning() then
+    worker_died(worker:getError() or "the worker thread ended")
+  end
 end
 
+-- Quit: the worker writes what is pending to disk and says "done"; the game
+-- waits for that at most quit_wait_ms, and the next start sends the rest.
 local function quit()
-  love.thread.getChannel(settings.channels.control):push("quit")
-  worker:wait()
-  pump_worker_log()
+  if state.quitting then return end
+  state.quitting = true
+  if not state.dead then
+    channels.control:push("quit")
+    channels.events:push("") -- wakes a worker waiting for events; not an event
+    channels.done:demand((config.quit_wait_ms or 200) / 1000)
+  end
+  on_frame()
 end
 
-BalatroMCP = { client = client, scoring = scoring, config = config, worker = worker, quit = quit }
+local function queue_idle()
+  local queues = G and G.E_MANAGER and G.E_MANAGER.queues
+  if type(queues) ~= "table" then return true end
+  for _, q in pairs(queues) do
+    if type(q) == "table" and #q > 0 then return false end
+  end
+  return true
+end
 
-assert(loadstring(read("hooks.lua"), "=hooks.lua"))().install({
-  client = client, scoring = scoring, log = log, on_frame = pump_worker_log, on_quit = quit,
+BalatroMCP = {
+  client = client, scoring = scoring, config = config, worker = worker, quit = quit,
+  session_id = session_id,
+  --- The counters: game side (emitted, dropped, worker state) and the worker's last report.
+  status = function()
+    return { session = session_id, emitted = client.emitted, dropped = client.dropped,
+             worker_alive = not state.dead, worker_error = state.dead, worker = state.stats }
+  end,
+  --- Sends a command to the worker ("flush"; "crash" kills it, for the tests).
+  control = function(cmd) channels.control:push(cmd); channels.events:push("") end,
+}
+
+BalatroMCP.missing_hooks = assert(loadstring(read("hooks.lua"), "=hooks.lua"))().install({
+  client = client, scoring = scoring, log = log, clock = game_ms, queue_idle = queue_idle,
+  on_frame = on_frame, on_quit = quit,
 })

@@ -5,8 +5,10 @@
 -- Steamodded loader), events arrive on a love.thread channel, HTTP goes through
 -- LuaSocket or lua-https, the spill file lives in the save folder via
 -- love.filesystem. Arguments: config JSON, then module name/source pairs.
--- It must never touch game state and never let an error pass silently: errors go
--- to the log channel and the thread's error (Thread:getError on the game side).
+-- The worker's instance id is the game's session id (config.session_id): it
+-- names this worker's spill log. It must never touch game state and never let
+-- an error pass silently: errors go to the log channel and the thread's error
+-- (the game side catches it in love.threaderror and goes on without a worker).
 
 local args = { ... }
 local config_json = args[1]
@@ -26,14 +28,12 @@ local function log(msg) log_channel:push(tostring(msg)) end
 local ok, err = xpcall(function()
   local sender = require("bmcp.sender")
   local fs = require("bmcp.fs").love(love.filesystem)
-  local dir = config.spill_file:match("^(.*)/[^/]*$")
-  if dir then fs.mkdir(dir) end
   local clock = function() return love.timer.getTime() * 1000 end
   math.randomseed(os.time() + math.floor(love.timer.getTime() * 1e6) % 1e6)
   local s = sender.new({
     config = config, transport = require("bmcp.transport").for_url(config.event_bus_url),
-    clock = clock, random = math.random, fs = fs, spill_path = config.spill_file, log = log,
-    inbox = nil, instance = string.format("%x%04x", os.time(), math.random(0, 0xffff)),
+    clock = clock, random = math.random, fs = fs, spill_dir = config.spill_dir, log = log,
+    inbox = nil, instance = config.session_id or string.format("w%x%04x", os.time(), math.random(0, 0xffff)),
     epoch_ms = function() return os.time() * 1000 end,
   })
   local inbox = require("bmcp.worker_loop").held_inbox(love.thread.getChannel(settings.channels.events))
@@ -41,6 +41,7 @@ local ok, err = xpcall(function()
   require("bmcp.worker_loop").run({
     sender = s, inbox = inbox, control = love.thread.getChannel(settings.channels.control),
     stats = love.thread.getChannel(settings.channels.stats), clock = clock,
+    done = love.thread.getChannel(settings.channels.done),
     idle_ms = 250, stats_interval_ms = config.stats_interval_ms, quit_flush_ms = config.quit_flush_ms,
   })
 end, debug.traceback)

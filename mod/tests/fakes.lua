@@ -32,19 +32,50 @@ function M.clock(start)
   return c
 end
 
---- In-memory files with the bmcp.fs interface.
+--- In-memory files with the bmcp.fs interface. `fs.full_after` (bytes) makes
+--- appends beyond that total fail after writing what fits, like a full disk;
+--- fs.clock_s is the file clock (modtimes), advanced by the tests.
 function M.memfs()
-  local files = {}
-  local fs = { files = files }
+  local files, mtimes = {}, {}
+  local fs = { files = files, mtimes = mtimes, clock_s = 1000 }
+  local function used()
+    local n = 0
+    for _, d in pairs(files) do n = n + #d end
+    return n
+  end
   function fs.read_at(path, off, n)
     local d = files[path]
     if not d then return nil end
     return d:sub(off + 1, off + n)
   end
-  function fs.append(path, data) files[path] = (files[path] or "") .. data; return true end
-  function fs.write(path, data) files[path] = data; return true end
-  function fs.remove(path) files[path] = nil end
+  function fs.append(path, data)
+    mtimes[path] = fs.clock_s
+    if fs.full_after and used() + #data > fs.full_after then
+      local fit = math.max(0, fs.full_after - used())
+      files[path] = (files[path] or "") .. data:sub(1, fit)
+      return nil, "No space left on device"
+    end
+    files[path] = (files[path] or "") .. data
+    return true
+  end
+  function fs.write(path, data)
+    if fs.full_after and used() - #(files[path] or "") + #data > fs.full_after then return nil, "No space left on device" end
+    files[path] = data; mtimes[path] = fs.clock_s; return true
+  end
+  function fs.remove(path) files[path] = nil; mtimes[path] = nil end
   function fs.size(path) return files[path] and #files[path] or nil end
+  function fs.mkdir() end
+  function fs.list(dir)
+    local names = {}
+    for path in pairs(files) do
+      local name = path:sub(1, #dir + 1) == dir .. "/" and path:sub(#dir + 2)
+      if name and not name:find("/") then names[#names + 1] = name end
+    end
+    table.sort(names)
+    return names
+  end
+  function fs.modtime(path) return files[path] and mtimes[path] or nil end
+  function fs.now() return fs.clock_s end
   return fs
 end
 
@@ -76,7 +107,7 @@ function M.config(over)
   local settings = require("bmcp.settings")
   local c = settings.resolve(dofile("mod/BalatroMCP/config.lua"), {
     event_bus_url = "http://test/api/v1/events", backoff_base_ms = 10, backoff_max_ms = 100,
-    backoff_jitter = 0, breaker_reset_ms = 500,
+    backoff_jitter = 0, breaker_reset_ms = 500, connection_test = false, claim_ms = 0,
   })
   for k, v in pairs(over or {}) do c[k] = v end
   return c
@@ -93,8 +124,8 @@ function M.sender(opts)
   local logs = {}
   local s = sender.new({
     config = M.config(opts.config), transport = transport, clock = clock.now,
-    random = function() return 0.5 end, fs = fs, spill_path = "spill.jsonl",
-    log = function(m) logs[#logs + 1] = m end, inbox = inbox, instance = "t",
+    random = function() return 0.5 end, fs = fs, spill_dir = "spill",
+    log = function(m) logs[#logs + 1] = m end, inbox = inbox, instance = opts.instance or "t",
     epoch_ms = function() return 1795531353000 end,
   })
   s.logs = logs

@@ -2,9 +2,9 @@
 -- talking HTTP (LuaSocket) to a real jimbus. Driven line by line on stdin, so a
 -- test in another language can script scenarios without sleeping.
 --
--- Usage: luajit mod/tests/harness.lua [URL] [SPILL_PATH] [key=value ...]
+-- Usage: luajit mod/tests/harness.lua [URL] [SPILL_DIR] [key=value ...]
 --   URL defaults to $JIMBUS_URL, then http://127.0.0.1:8080/api/v1/events;
---   SPILL_PATH defaults to a temp file; key=value overrides config.lua keys
+--   SPILL_DIR defaults to a temp directory; key=value overrides config.lua keys
 --   (numbers are converted), e.g. breaker_reset_ms=200 backoff_base_ms=20.
 --
 -- Commands (one per line) and replies (one JSON object per line on stdout):
@@ -23,9 +23,10 @@
 --   until_open MS  runs the worker until the breaker is open and every pending
 --                  event is in the spill file, or MS pass
 --                  -> {"until_open":"open"|"timeout", <stats>}
---   restart        simulates a game restart: the inbox, the worker and every
---                  in-memory event are discarded; a new worker loads the spill
---                  file; a new session NAME-rK starts -> {"restarted":true,"session":...}
+--   restart        simulates a game crash and restart: the inbox, the worker and
+--                  every in-memory event are discarded, the old worker's lease
+--                  is let go (as if it had gone stale); a new worker adopts its
+--                  spill log; a new session NAME-rK starts -> {"restarted":true,"session":...}
 --   stats          -> {"stats":true, <stats>}
 --   quit           exits 0
 -- <stats> = sent (requests answered 2xx), acked (events), pending, spilled,
@@ -44,13 +45,15 @@ local sender_mod = require("bmcp.sender")
 local worker_loop = require("bmcp.worker_loop")
 
 local url = arg[1] or os.getenv("JIMBUS_URL") or "http://127.0.0.1:8080/api/v1/events"
-local spill_path = arg[2] or os.tmpname()
+local spill_dir = arg[2] or os.tmpname() .. ".d"
 local overrides = {}
 for i = 3, #arg do
   local k, v = arg[i]:match("^([%w_]+)=(.*)$")
   if k then overrides[k] = tonumber(v) or v end
 end
 overrides.event_bus_url = url
+-- one worker at a time here: a restarted worker adopts the last one's log at once
+if overrides.claim_ms == nil then overrides.claim_ms = 0 end
 local defaults = dofile(arg[0]:gsub("[^/]*$", "") .. "../BalatroMCP/config.lua")
 local config = settings.resolve(defaults, overrides)
 
@@ -81,11 +84,12 @@ end
 local state = { restarts = 0 }
 
 local function new_worker()
+  if state.sender then state.sender.queue:release_leases() end
   state.channel = channel()
   state.inbox = worker_loop.held_inbox(state.channel)
   state.sender = sender_mod.new({
     config = config, transport = require("bmcp.transport").luasocket(), clock = clock,
-    random = math.random, fs = require("bmcp.fs").io(), spill_path = spill_path, log = log,
+    random = math.random, fs = require("bmcp.fs").io(), spill_dir = spill_dir, log = log,
     inbox = state.inbox, instance = string.format("h%x-%d", os.time(), state.restarts),
     epoch_ms = function() return math.floor(clock()) end,
   })

@@ -25,18 +25,23 @@ function T:hand_start(hand_type, cards)
     { hand_type = hand_type or "", cards = json.array(cards or {}) })
 end
 
---- joker: {name, id, position}; effect: {chips, mult, money, score_contribution, context}.
+--- joker: {name, id, position}; effect: {chips, mult, x_mult, money, repetitions,
+--- message, score_contribution, context, parent}.
 function T:trigger(joker, effect)
   effect = effect or {}
   if not self.active then
     return self.client:emit("JOKER_TRIGGER", nil,
-      { joker_name = joker and joker.name or "", context = effect.context, timestamp = self.clock_ms() },
+      { joker_name = joker and joker.name or "", context = effect.context, timestamp = self.clock_ms(),
+        position = joker and joker.position, chips = effect.chips, mult = effect.mult,
+        x_mult = effect.x_mult, money = effect.money },
       { priority = "low" })
   end
   self.triggers = self.triggers + 1
   return self.client:emit("SCORING", "JOKER_TRIGGER", {
     joker = joker, trigger_index = self.triggers, chips = effect.chips, mult = effect.mult,
-    money = effect.money, score_contribution = effect.score_contribution, context = effect.context,
+    x_mult = effect.x_mult, money = effect.money, repetitions = effect.repetitions,
+    message = effect.message, score_contribution = effect.score_contribution,
+    context = effect.context, parent = effect.parent,
   })
 end
 

@@ -8,6 +8,10 @@
 -- read the body and dead-lettered it whole (re-sending identical bytes can never
 -- succeed, so the batch is acked and counted as dead_lettered); 413 = the batch
 -- is split; anything else (408, 429, 5xx, wrong URL, no connection) = retry.
+-- Events the server rejected inside a 2xx answer (its "rejected" list, kept on
+-- its dead-letter topic) are logged one by one with their reasons. At start it
+-- posts the field mod's connection_test to {url}; every lease_touch_ms it renews
+-- the leases of its spill logs and adopts the logs of game instances that are gone.
 -- It must never block except inside the one transport call per step, never run on
 -- the game thread, and never drop or reorder an event (the queue enforces that).
 
@@ -15,6 +19,7 @@ local backoff = require("bmcp.backoff")
 local breaker = require("bmcp.breaker")
 local batcher = require("bmcp.batcher")
 local spillq = require("bmcp.spillq")
+local json = require("bmcp.json")
 
 local M = {}
 
@@ -28,22 +33,25 @@ function M.urls(event_bus_url)
 end
 
 --- opts: config (see config.lua), transport(req) -> res, clock() -> ms,
---- random() -> [0,1), fs (bmcp.fs adapter), spill_path, log(msg), inbox (has
---- pop() -> string|nil), instance, epoch_ms().
+--- random() -> [0,1), fs (bmcp.fs adapter), spill_dir, log(msg), inbox (has
+--- pop() -> string|nil), instance (names this worker's batches and spill log),
+--- epoch_ms().
 function M.new(opts)
   local c = opts.config
   local self = setmetatable({
     config = c, transport = opts.transport, clock = opts.clock,
     log = opts.log or print, inbox = opts.inbox,
-    next_attempt_at = 0, attempt = 0, split_to = nil,
+    next_attempt_at = 0, attempt = 0, split_to = nil, epoch_ms = opts.epoch_ms,
+    conn_test = c.connection_test ~= false, next_touch = 0,
     stats = { received = 0, requests = 0, sent = 0, acked = 0, failures = 0,
-              probes = 0, dead_lettered = 0, duplicates = 0 },
+              probes = 0, dead_lettered = 0, duplicates = 0, rejected = 0 },
   }, S)
-  local _, batch_url, health_url = M.urls(c.event_bus_url)
-  self.batch_url, self.health_url = batch_url, health_url
+  local base_url, batch_url, health_url = M.urls(c.event_bus_url)
+  self.base_url, self.batch_url, self.health_url = base_url, batch_url, health_url
   self.queue = spillq.new({
-    fs = opts.fs, path = opts.spill_path, mem_cap = c.memory_queue_cap,
-    disk_max_bytes = c.spill_max_bytes, log = self.log,
+    fs = opts.fs, dir = opts.spill_dir or c.spill_dir, instance = opts.instance,
+    mem_cap = c.memory_queue_cap, disk_max_bytes = c.spill_max_bytes,
+    lease_stale_s = (c.lease_stale_ms or 30000) / 1000, claim_ms = c.claim_ms, clock = opts.clock, log = self.log,
   })
   self.batcher = batcher.new({
     queue = self.queue, window_ms = c.batch_window_ms, max_batch_size = c.max_batch_size,
@@ -67,8 +75,10 @@ function S:intake(now)
   while true do
     local line = self.inbox:pop()
     if line == nil then break end
-    self.batcher:add(spillq.record(line, now))
-    n = n + 1
+    if line ~= "" then -- "" only wakes the worker (control commands)
+      self.batcher:add(spillq.record(line, now))
+      n = n + 1
+    end
   end
   self.stats.received = self.stats.received + n
   if n > 0 and self:unhealthy() then self.queue:spill() end
@@ -106,12 +116,30 @@ function S:_log_failure(batch, res, ms, what)
     tostring(res.status), tostring(res.err), ms))
 end
 
+-- Logs each event the server kept on its dead-letter topic instead of the bus.
+function S:_log_rejected(batch, body)
+  if not body or not body:find('"rejected"%s*:%s*%[%s*{') then return end
+  local ok, answer = pcall(json.decode, body)
+  if not ok or type(answer) ~= "table" or type(answer.rejected) ~= "table" then
+    self.log(string.format("batch %s: the server rejected events but its answer could not be read: %s",
+      batch.id, body:sub(1, 300)))
+    return
+  end
+  for _, r in ipairs(answer.rejected) do
+    local rec = type(r) == "table" and batch.records[(tonumber(r.index) or -1) + 1]
+    self.stats.rejected = self.stats.rejected + 1
+    self.log(string.format("batch %s: event %s (index %s) rejected by the server: %s",
+      batch.id, rec and rec.id or "?", tostring(type(r) == "table" and r.index), tostring(type(r) == "table" and r.error)))
+  end
+end
+
 function S:_on_success(batch, res)
   local n = #batch.records
   self.stats.sent = self.stats.sent + 1
   self.stats.acked = self.stats.acked + n
   local dups = res.body and tonumber(res.body:match('"duplicates"%s*:%s*(%d+)'))
   if dups then self.stats.duplicates = self.stats.duplicates + dups end
+  self:_log_rejected(batch, res.body)
   self.batcher:ack()
   self.breaker:success(self.clock())
   self.attempt, self.split_to = 0, nil
@@ -137,10 +165,8 @@ function S:_send(now)
   local batch = self.batcher:take()
   if not batch then return end
   if self.split_to and #batch.records > self.split_to then
-    -- the queue hands out a prefix; shrink the in-flight view to the split size
-    for i = #batch.records, self.split_to + 1, -1 do batch.records[i] = nil end
-    self.queue.inflight.recs = batch.records
-    self.queue.inflight.bytes = self:_prefix_bytes(batch.records)
+    -- the queue hands out a prefix; shrink the in-flight batch to the split size
+    self.queue:shrink(self.split_to)
     batch.last = batch.records[#batch.records].id
   end
   batch.attempt = batch.attempt + 1
@@ -160,17 +186,37 @@ function S:_send(now)
   self:_on_failure(batch, res, ms)
 end
 
-function S:_prefix_bytes(recs)
-  if self.queue.inflight.src ~= "disk" then return 0 end
-  local b = 0
-  for _, r in ipairs(recs) do b = b + #r.line + 1 end
-  return b
+--- The field mod's connection test: one POST of its body to {url}, once.
+function S:connection_test()
+  self.conn_test = false
+  local body = '{"type":"connection_test","timestamp":' .. json.encode_number(self.epoch_ms and self.epoch_ms() or os.time() * 1000)
+    .. ',"source":"BalatroMCP","data":{"message":"Testing event bus connection"}}'
+  local res, ms = post(self, self.base_url, body)
+  if is_2xx(res) then
+    self.log(string.format("connection test to %s: status %d in %dms", self.base_url, res.status, ms))
+  else
+    self.log(string.format("connection test to %s failed: status=%s err=%s duration=%dms",
+      self.base_url, tostring(res.status), tostring(res.err), ms))
+  end
+end
+
+-- Leases and orphans every lease_touch_ms; pending claims at every step.
+function S:_housekeeping(now)
+  if now < self.next_touch then
+    if next(self.queue.claims) then self.queue:adopt_orphans() end
+    return
+  end
+  self.next_touch = now + (self.config.lease_touch_ms or 5000)
+  self.queue:touch()
+  self.queue:adopt_orphans()
 end
 
 --- One step: intake, then at most one request. Returns ms until the next step
 --- has something to do (nil: idle until an event arrives).
 function S:step()
   local now = self.clock()
+  if self.conn_test then self:connection_test() end
+  self:_housekeeping(now)
   self:intake(now)
   local wait = self.batcher:wait_ms(now)
   if wait == nil then return nil end
@@ -193,9 +239,12 @@ function S:snapshot()
     received = self.stats.received, requests = self.stats.requests, sent = self.stats.sent,
     acked = self.stats.acked, failures = self.stats.failures, probes = self.stats.probes,
     duplicates = self.stats.duplicates, dead_lettered = self.stats.dead_lettered,
-    pending = q:len(), on_disk = q.disk_count, in_memory = q:mem_len(),
+    rejected = self.stats.rejected,
+    pending = q:len(), on_disk = q:disk_len(), in_memory = q:mem_len(),
     spilled = q.stats.spilled, replayed = q.stats.replayed, loaded = q.stats.loaded,
-    dropped = q.stats.dropped, breaker = self.breaker.state,
+    dropped = q.stats.dropped, spill_failures = q.stats.spill_failures, adopted = q.stats.adopted,
+    claims = q:claims_pending(),
+    breaker = self.breaker.state,
   }
 end
 

@@ -7,14 +7,16 @@
 local M = {}
 
 M.channels = { events = "balatromcp.events", control = "balatromcp.control",
-               stats = "balatromcp.stats", log = "balatromcp.log" }
+               stats = "balatromcp.stats", log = "balatromcp.log", done = "balatromcp.done" }
 
 --- defaults: the table config.lua returns; user: overrides (may be nil).
 function M.resolve(defaults, user)
   local c = {}
   for k, v in pairs(defaults or {}) do c[k] = v end
   for k, v in pairs(user or {}) do c[k] = v end
-  c.backoff_base_ms = c.backoff_base_ms or c.retry_delay_ms or 1000
+  -- retry_delay_ms (the field mod's key) is the backoff base unless
+  -- backoff_base_ms is set explicitly.
+  c.backoff_base_ms = (user and user.backoff_base_ms) or c.retry_delay_ms or 1000
   c.event_bus_url = (c.event_bus_url or "http://localhost:8080/api/v1/events"):gsub("/+$", "")
   return c
 end

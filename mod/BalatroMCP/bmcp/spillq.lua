@@ -1,40 +1,49 @@
--- The worker's pending-event queue: bounded memory, overflow to a spill file.
+-- The worker's pending-event queue: bounded memory, overflow to a spill log.
 --
 -- Owns: the order of every event not yet acknowledged by the server. The queue
--- is a disk part followed by a memory part; the disk part (one JSON event per
--- line, in the mod's save folder) always holds the OLDEST events, so spilling is
--- an append and order never changes. Events leave the queue only on commit()
--- (the server answered 2xx), so a failed batch simply stays at the front in its
--- original order. Acked disk lines are skipped by a byte offset kept in
--- "<path>.pos"; a game restart re-reads the file from there. If a crash loses the
--- offset, events are re-sent with their original ids and the server drops the
--- duplicates, which is the safe direction.
--- Drop policy: only when memory is at its cap AND the spill file is at its byte
--- limit is an incoming event dropped (the newest one); every drop is counted
--- and logged. It must never reorder events, never drop an event for any other
--- reason, and never run on the game thread (it does file I/O).
+-- is, in sending order: the logs other game instances left behind (adopted
+-- orphans, each replayed whole, in order), this instance's own spill log
+-- (bmcp.spillfile: framed, checksummed, per instance), then the memory part.
+-- The disk part always holds the OLDEST of this instance's events, so spilling
+-- is an append and order never changes. Events leave the queue only on commit()
+-- (the server answered 2xx), so a failed batch stays at the front in its order.
+-- What is on disk is known by reading it back, never by a counter: a log that
+-- reads back nothing more is finished, whatever was counted.
+-- Drop policy: only when memory is at its cap AND the spill log cannot take the
+-- event (byte limit reached, or the disk refuses the write) is an incoming
+-- event dropped (the newest one); every drop is counted and logged (the first,
+-- then every 1000th). It must never reorder one instance's events, never drop
+-- an event for any other reason, and never run on the game thread.
 
 local events = require("bmcp.events")
+local spillfile = require("bmcp.spillfile")
 
 local M = {}
 
 local Q = {}
 Q.__index = Q
 
---- opts: fs (bmcp.fs adapter), path, mem_cap, disk_max_bytes, chunk_bytes, log.
+--- opts: fs (bmcp.fs adapter), dir, instance, mem_cap, disk_max_bytes,
+--- seg_bytes, lease_stale_s, claim_ms, clock() ms (spill retry pacing, claims), log.
 function M.new(opts)
   local self = setmetatable({
-    fs = opts.fs, path = opts.path, pos_path = opts.path .. ".pos",
+    fs = opts.fs, dir = opts.dir, instance = opts.instance,
     mem_cap = opts.mem_cap or 5000,
     disk_max = opts.disk_max_bytes or 64 * 1024 * 1024,
-    chunk = opts.chunk_bytes or 256 * 1024,
+    lease_stale_s = opts.lease_stale_s or 30,
+    clock = opts.clock or function() return os.time() * 1000 end,
     log = opts.log or function() end,
     mem = {}, head = 1, tail = 0,
-    disk_off = 0, disk_size = 0, disk_count = 0,
-    inflight = nil,
-    stats = { spilled = 0, dropped = 0, replayed = 0, loaded = 0 },
+    inflight = nil, orphans = {}, claims = {}, spill_retry_at = 0,
+    claim_ms = opts.claim_ms or 500,
+    stats = { spilled = 0, dropped = 0, replayed = 0, loaded = 0, spill_failures = 0, adopted = 0 },
   }, Q)
-  self:_load()
+  if self.fs.mkdir then self.fs.mkdir(self.dir) end
+  self.file = spillfile.open({ fs = self.fs, dir = self.dir, instance = self.instance,
+                               seg_bytes = opts.seg_bytes, log = self.log })
+  self.file:touch(self.instance)
+  self.stats.loaded = self.file.count
+  self:adopt_orphans()
   return self
 end
 
@@ -44,12 +53,89 @@ function M.record(line, now)
   return { line = line, id = id or "?", session = session, seq = seq, t = now or 0 }
 end
 
+-- Claims a log: writes this instance's id into its lease.
+function Q:_claim(inst)
+  self.fs.write(self.dir .. "/" .. inst .. ".lease", self.instance .. "\n")
+end
+
+function Q:_owner(inst)
+  return (self.fs.read_at(self.dir .. "/" .. inst .. ".lease", 0, 256) or ""):match("^(.-)\n")
+end
+
+function Q:_adopt(inst)
+  local f = spillfile.open({ fs = self.fs, dir = self.dir, instance = inst, log = self.log })
+  self.orphans[#self.orphans + 1] = f
+  self.stats.loaded = self.stats.loaded + f.count
+  self.stats.adopted = self.stats.adopted + 1
+  self.log(string.format("spill log of %s adopted: %d events to replay", inst, f.count))
+end
+
+--- Takes over the logs of game instances that are gone (lease older than
+--- lease_stale_s, or released on quit) in two steps, so that two instances
+--- starting together do not both replay one log: it writes its id into the
+--- log's lease (which also makes the lease fresh for everyone else), and only
+--- claim_ms later, if the lease still names it, adopts the log; the last
+--- writer wins. Returns how many logs it adopted.
+function Q:adopt_orphans()
+  local now, have, n = self.clock(), {}, 0
+  for _, o in ipairs(self.orphans) do have[o.instance] = true end
+  for _, inst in ipairs(spillfile.orphans(self.fs, self.dir, self.instance, self.fs.now(), self.lease_stale_s)) do
+    if not have[inst] and not self.claims[inst] then
+      self:_claim(inst)
+      self.claims[inst] = now
+    end
+  end
+  for inst, at in pairs(self.claims) do
+    if now - at >= self.claim_ms then
+      self.claims[inst] = nil
+      if self:_owner(inst) == self.instance then
+        self:_adopt(inst)
+        n = n + 1
+      else
+        self.log(string.format("spill log of %s is replayed by %s", inst, tostring(self:_owner(inst))))
+      end
+    end
+  end
+  return n
+end
+
+--- Logs claimed but not yet adopted.
+function Q:claims_pending()
+  local n = 0
+  for _ in pairs(self.claims) do n = n + 1 end
+  return n
+end
+
+--- Renews the leases of the logs this instance owns.
+function Q:touch()
+  self.file:touch(self.instance)
+  for _, o in ipairs(self.orphans) do o:touch(self.instance) end
+end
+
+--- On quit: the logs are left for the next start, which may take them at once.
+function Q:release_leases()
+  self.file:release()
+  for _, o in ipairs(self.orphans) do o:release() end
+end
+
 function Q:mem_len() return self.tail - self.head + 1 end
-function Q:len() return self.disk_count + self:mem_len() end
+
+function Q:disk_len()
+  local n = self.file.count
+  for _, o in ipairs(self.orphans) do n = n + o.count end
+  return n
+end
+
+function Q:len() return self:disk_len() + self:mem_len() end
+
+function Q:has_disk()
+  if #self.orphans > 0 then return true end
+  return self.file:pending()
+end
 
 --- Arrival time of the oldest pending event (0 for spilled ones: they are due).
 function Q:oldest_time()
-  if self.disk_count > 0 then return 0 end
+  if self:has_disk() then return 0 end
   local r = self.mem[self.head]
   return r and r.t or nil
 end
@@ -57,18 +143,16 @@ end
 function Q:_drop(rec)
   self.stats.dropped = self.stats.dropped + 1
   local n = self.stats.dropped
-  -- log the first drop of a run and then every 1000th, so a long outage cannot
-  -- flood the log with one line per event
   if n == 1 or n % 1000 == 0 then
-    self.log(string.format("DROP event %s: memory (%d) and spill file (%d bytes) are full; %d dropped so far",
-      rec.id, self.mem_cap, self.disk_max, n))
+    self.log(string.format("DROP event %s: memory (%d) is full and the spill log cannot take it; %d dropped so far",
+      rec.id, self.mem_cap, n))
   end
 end
 
 --- Adds an event at the back. Returns false if it had to be dropped.
 function Q:push(rec)
   if self:mem_len() >= self.mem_cap then self:spill() end
-  if self:mem_len() >= self.mem_cap and not self.inflight then
+  if self:mem_len() >= self.mem_cap then
     self:_drop(rec)
     return false
   end
@@ -77,85 +161,85 @@ function Q:push(rec)
   return true
 end
 
--- Rewrites the file without its acked prefix. The offset is reset first: a crash
--- in between re-sends acked events (deduplicated) instead of skipping new ones.
-function Q:_compact()
-  if self.disk_off == 0 then return end
-  local rest = self.disk_size > self.disk_off
-    and self.fs.read_at(self.path, self.disk_off, self.disk_size - self.disk_off) or ""
-  self.fs.write(self.pos_path, "0")
-  self.fs.write(self.path, rest)
-  self.disk_off, self.disk_size = 0, #rest
-end
-
---- Moves every memory event to the end of the spill file (as many as fit).
---- A no-op while a batch is in flight: order depends on it.
+--- Moves memory events to the end of the spill log (as many as the byte limit
+--- allows). A no-op while a memory batch is in flight (order depends on it) and
+--- for a second after the disk refused a write.
 function Q:spill()
-  if self.inflight or self:mem_len() == 0 then return 0 end
+  if self:mem_len() == 0 or (self.inflight and self.inflight.src == "mem") then return 0 end
+  if self.clock() < self.spill_retry_at then return 0 end
   local lines, bytes = {}, 0
-  local room = self.disk_max - self.disk_size
-  if room < self:_mem_bytes() and self.disk_off > 0 then
-    self:_compact()
-    room = self.disk_max - self.disk_size
-  end
+  local room = self.disk_max - self.file:pending_bytes()
   for i = self.head, self.tail do
-    local n = #self.mem[i].line + 1
+    local n = #self.mem[i].line + 18
     if bytes + n > room then break end
     lines[#lines + 1] = self.mem[i].line
     bytes = bytes + n
   end
   if #lines == 0 then return 0 end
-  local ok, err = self.fs.append(self.path, table.concat(lines, "\n") .. "\n")
+  local ok, err = self.file:append(lines)
   if not ok then
-    self.log("spill to " .. self.path .. " failed: " .. tostring(err))
+    self.stats.spill_failures = self.stats.spill_failures + 1
+    self.spill_retry_at = self.clock() + 1000
+    local n = self.stats.spill_failures
+    if n == 1 or n % 100 == 0 then
+      self.log(string.format("spill to %s failed (%d times): %s", self.dir, n, tostring(err)))
+    end
     return 0
   end
   for i = self.head, self.head + #lines - 1 do self.mem[i] = nil end
   self.head = self.head + #lines
-  self.disk_size, self.disk_count = self.disk_size + bytes, self.disk_count + #lines
   self.stats.spilled = self.stats.spilled + #lines
   return #lines
 end
 
-function Q:_mem_bytes()
-  local b = 0
-  for i = self.head, self.tail do b = b + #self.mem[i].line + 1 end
-  return b
-end
-
--- Reads up to n complete lines from the acked offset on.
-function Q:_read_disk(n)
-  local recs, consumed, chunk = {}, 0, self.chunk
-  while #recs < n and self.disk_off + consumed < self.disk_size do
-    local start = self.disk_off + consumed
-    local data = self.fs.read_at(self.path, start, math.min(chunk, self.disk_size - start))
-    if not data or #data == 0 then break end
-    local pos, got = 1, false
-    while #recs < n do
-      local nl = data:find("\n", pos, true)
-      if not nl then break end
-      recs[#recs + 1] = M.record(data:sub(pos, nl - 1), 0)
-      consumed = consumed + (nl - pos + 1)
-      pos, got = nl + 1, true
-    end
-    if not got then chunk = chunk * 2 end -- one line longer than the chunk
+-- Reads a batch from a log; a log that reads back nothing is finished.
+function Q:_peek_log(f, n)
+  if not f:pending() then return nil end
+  local recs = f:read(n)
+  if #recs == 0 then
+    self.log(string.format("spill %s: nothing readable is left (%d counted); the log is closed", f.instance, f.count))
+    f:clear()
+    return nil
   end
-  return recs, consumed
+  for i, r in ipairs(recs) do
+    local rec = M.record(r.line, 0)
+    rec.seg, rec.off = r.seg, r.off
+    recs[i] = rec
+  end
+  return recs
 end
 
 --- The first n pending events, oldest first; they stay queued until commit().
 function Q:peek(n)
   if self.inflight then return self.inflight.recs end
-  local recs, bytes, src = {}, 0, "mem"
-  if self.disk_count > 0 then
-    recs, bytes = self:_read_disk(n)
-    src = "disk"
-  else
-    for i = self.head, math.min(self.tail, self.head + n - 1) do recs[#recs + 1] = self.mem[i] end
+  while #self.orphans > 0 do
+    local o = self.orphans[1]
+    local recs = self:_peek_log(o, n)
+    if recs then
+      self.inflight = { src = o, recs = recs }
+      return recs
+    end
+    o:clear()
+    o:release()
+    table.remove(self.orphans, 1)
   end
+  local recs = self:_peek_log(self.file, n)
+  if recs then
+    self.inflight = { src = self.file, recs = recs }
+    return recs
+  end
+  recs = {}
+  for i = self.head, math.min(self.tail, self.head + n - 1) do recs[#recs + 1] = self.mem[i] end
   if #recs == 0 then return recs end
-  self.inflight = { src = src, recs = recs, bytes = bytes }
+  self.inflight = { src = "mem", recs = recs }
   return recs
+end
+
+--- Keeps only the first k events of the in-flight batch (after a 413).
+function Q:shrink(k)
+  local recs = self.inflight and self.inflight.recs
+  if not recs then return end
+  for i = #recs, k + 1, -1 do recs[i] = nil end
 end
 
 --- The in-flight events were acknowledged: they leave the queue.
@@ -168,55 +252,14 @@ function Q:commit()
     self.head = self.head + #f.recs
     return
   end
-  self.disk_off = self.disk_off + f.bytes
-  self.disk_count = self.disk_count - #f.recs
+  local last = f.recs[#f.recs]
+  f.src:ack(last.seg, last.off, #f.recs)
   self.stats.replayed = self.stats.replayed + #f.recs
-  if self.disk_count == 0 then
-    self.fs.remove(self.path)
-    self.fs.remove(self.pos_path)
-    self.disk_off, self.disk_size = 0, 0
-  else
-    self.fs.write(self.pos_path, tostring(self.disk_off))
-  end
 end
 
 --- The in-flight events were not acknowledged: they stay at the front, in order.
 function Q:release()
   self.inflight = nil
-end
-
--- Counts the complete lines after the acked offset; drops a torn last line
--- (a crash during append) by rewriting the file without it.
-function Q:_load()
-  local size = self.fs.size(self.path)
-  if not size or size == 0 then return end
-  local off = tonumber(self.fs.read_at(self.pos_path, 0, 64) or "") or 0
-  if off > size then off = 0 end
-  local count, at, last_end = 0, off, off
-  while at < size do
-    local data = self.fs.read_at(self.path, at, math.min(self.chunk, size - at))
-    if not data or #data == 0 then break end
-    local pos = 1
-    while true do
-      local nl = data:find("\n", pos, true)
-      if not nl then break end
-      count, pos = count + 1, nl + 1
-      last_end = at + nl
-    end
-    at = at + #data
-  end
-  self.disk_off, self.disk_size, self.disk_count = off, last_end, count
-  if last_end < size then
-    self.log(string.format("spill file had a torn tail of %d bytes; it is ignored", size - last_end))
-    self:_compact()
-    if self.disk_off == 0 and self.fs.size(self.path) ~= self.disk_size then
-      self.fs.write(self.path, self.fs.read_at(self.path, 0, self.disk_size) or "")
-    end
-  end
-  self.stats.loaded = count
-  if count > 0 then
-    self.log(string.format("spill file %s: %d events to replay", self.path, count))
-  end
 end
 
 return M

@@ -2,10 +2,14 @@
 --
 -- Owns: alternating sender steps with waiting for new events (a blocking
 -- demand on the inbox with a timeout, so an idle worker costs nothing), reading
--- control commands ("flush", "quit"), publishing counters, and the shutdown
--- sequence: try to send for quit_flush_ms, then write whatever is still pending
--- to the spill file so the next start replays it. It must never touch the game
--- state and never exit while events are only in memory.
+-- control commands ("flush", "quit", and "crash", which raises outside the
+-- guard so the tests can kill a worker), publishing counters, surviving its own
+-- errors (a step that raises is logged and retried after a pause: the worker
+-- never stops sending because of one bad event or one bug), and the shutdown
+-- sequence: everything pending goes to the spill log first, then it tries to
+-- send for quit_flush_ms, then it says "done" (the game waits for that at most
+-- quit_wait_ms). It must never touch the game state and never finish while
+-- events are only in memory.
 
 local json = require("bmcp.json")
 
@@ -27,23 +31,41 @@ local function held_inbox(channel)
 end
 M.held_inbox = held_inbox
 
+-- One guarded sender step: returns the wait it asks for, or a pause after an error.
+local function guarded_step(s, opts, st)
+  local ok, wait = xpcall(function() return s:step() end, debug.traceback)
+  if ok then
+    st.errors = 0
+    return wait
+  end
+  st.errors, st.total_errors = st.errors + 1, (st.total_errors or 0) + 1
+  if st.total_errors <= 10 or st.total_errors % 100 == 0 then
+    s.log("worker step failed (" .. st.total_errors .. " so far), retrying: " .. tostring(wait))
+  end
+  pcall(function() s.queue:release() end)
+  return math.min(5000, 100 * 2 ^ math.min(st.errors, 6))
+end
+
 --- Runs until "quit" arrives on control or stop(sender) returns true.
 --- opts: sender, inbox (held_inbox), control (pop), stats (push/clear or nil),
---- clock() ms, idle_ms, stats_interval_ms, quit_flush_ms, stop(sender).
+--- done (push or nil), clock() ms, idle_ms, stats_interval_ms, quit_flush_ms, stop(sender).
 function M.run(opts)
   local s, clock = opts.sender, opts.clock
-  local last_stats = -math.huge
+  local last_stats, st = -math.huge, { errors = 0 }
   while true do
-    local wait = s:step()
+    local wait = guarded_step(s, opts, st)
     local cmd = opts.control and opts.control:pop()
     if cmd == "flush" then s.batcher:flush() end
     if cmd == "quit" then return M.shutdown(opts) end
+    if cmd == "crash" then error("worker crashed on request (control: crash)", 0) end
     if opts.stop and opts.stop(s) then return "stopped" end
     local now = clock()
     if opts.stats and now - last_stats >= (opts.stats_interval_ms or 1000) then
       last_stats = now
+      local snap = s:snapshot()
+      snap.step_errors = st.total_errors or 0
       opts.stats:clear()
-      opts.stats:push(json.encode(s:snapshot()))
+      opts.stats:push(json.encode(snap))
     end
     if wait ~= 0 then
       -- wake for new events at once, for timers when they fall due
@@ -53,17 +75,30 @@ function M.run(opts)
   end
 end
 
+--- Quit: spill first (so a killed process loses nothing), then send what it can.
 function M.shutdown(opts)
   local s, clock = opts.sender, opts.clock
-  local deadline = clock() + (opts.quit_flush_ms or 1000)
-  s.batcher:flush()
-  while clock() < deadline do
-    local wait = s:step()
-    if s.queue:len() == 0 or s:unhealthy() then break end
-    if wait and wait > 0 then opts.inbox.wait(math.min(wait, 50) / 1000) end
+  local deadline = clock() + (opts.quit_flush_ms or 150)
+  pcall(function()
+    s:intake(clock())
+    s.queue.spill_retry_at = 0
+    s.queue:spill()
+    s.batcher:flush()
+    while clock() < deadline do
+      local wait = s:step()
+      if s.queue:len() == 0 or s:unhealthy() then break end
+      if wait and wait > 0 then opts.inbox.wait(math.min(wait, 20) / 1000) end
+    end
+    s:intake(clock())
+    s.queue.spill_retry_at = 0
+    s.queue:spill()
+    s.queue:release_leases()
+  end)
+  if opts.stats then
+    opts.stats:clear()
+    opts.stats:push(json.encode(s:snapshot()))
   end
-  s:intake(clock())
-  s.queue:spill()
+  if opts.done then opts.done:push("done") end
   return "quit"
 end
 
