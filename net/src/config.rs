@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Serve CPU profiles at GET /debug/pprof/profile?seconds=N[&format=svg].
     #[arg(long, env = "JIMBUS_ENABLE_PROFILING")]
     pub enable_profiling: bool,
+    /// Do not serve the web view at GET /ui (the stream at /api/v1/stream stays).
+    #[arg(long, env = "JIMBUS_NO_UI")]
+    pub no_ui: bool,
     /// Lease the memory budget from this remote jimbot.ResourceCoordinator
     /// (http://host:port) instead of using --memory-budget alone; falls back to
     /// --memory-budget while it is unreachable [default: none].
@@ -138,6 +141,7 @@ struct FileConfig {
     commit_linger_us: Option<u64>,
     resource_pools: Option<String>,
     enable_profiling: Option<bool>,
+    no_ui: Option<bool>,
     resource_coordinator: Option<String>,
     queue_capacity: Option<usize>,
     segment_bytes: Option<u64>,
@@ -208,6 +212,14 @@ fn jetstream_options(
     })
 }
 
+/// Resolves a path setting against the working directory at start: glommio's
+/// directory calls reject relative paths (EBADF), and a path that meant the
+/// start directory must not change meaning later.
+fn absolute_path(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(&path)
+        .map_err(|e| ConfigError::Invalid(format!("cannot resolve {} against the working directory: {e}", path.display())))
+}
+
 impl ServeArgs {
     fn aggregate_config(&self, file: &FileConfig) -> AggregateConfig {
         let ms =
@@ -256,7 +268,7 @@ impl ServeArgs {
             bus,
             http: self.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
             grpc: self.grpc.or(file.grpc).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
-            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()),
+            data_dir: absolute_path(self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()))?,
             shards,
             queue_capacity: self.queue_capacity.or(file.queue_capacity).unwrap_or(4096).max(1),
             log: LogOptions {
@@ -288,6 +300,7 @@ impl ServeArgs {
                 header_timeout: Duration::from_secs(self.header_timeout.or(file.header_timeout).unwrap_or(10).max(1)),
                 body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
                 profiling: self.enable_profiling || file.enable_profiling.unwrap_or(false),
+                ui: !(self.no_ui || file.no_ui.unwrap_or(false)),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096).max(1),
             },
         })
@@ -322,6 +335,17 @@ mod tests {
         assert_eq!(chosen.resolve().unwrap().bus.unwrap().replicas, 1);
         assert!(ServeArgs { bus: Some("http://a:1".into()), ..Default::default() }.resolve().is_err());
         assert!(ServeArgs::default().resolve().unwrap().bus.is_none());
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_resolved_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let default = ServeArgs::default().resolve().unwrap();
+        assert_eq!(default.data_dir, cwd.join("jimbus-data"));
+        let dotted = ServeArgs { data_dir: Some("./x/y".into()), ..Default::default() }.resolve().unwrap();
+        assert!(dotted.data_dir.is_absolute() && dotted.data_dir.ends_with("x/y"), "{:?}", dotted.data_dir);
+        let absolute = ServeArgs { data_dir: Some("/var/lib/jimbus".into()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(absolute.data_dir, PathBuf::from("/var/lib/jimbus"));
     }
 
     #[test]

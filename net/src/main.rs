@@ -53,8 +53,8 @@ enum Command {
     Tail {
         /// Topic pattern with NATS wildcards, e.g. 'balatro.*.SCORING' or '>'.
         pattern: String,
-        /// gRPC endpoint of the server.
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "JIMBUS_GRPC_URL")]
+        /// gRPC endpoint of the server: host:port (as `serve --grpc` takes) or an http:// URL.
+        #[arg(long, default_value = "127.0.0.1:50051", env = "JIMBUS_GRPC_URL", value_parser = grpc_url)]
         grpc: String,
         /// Start from the oldest retained event instead of new ones.
         #[arg(long)]
@@ -68,8 +68,8 @@ enum Command {
     Publish {
         /// Events; when none are given, stdin is read line by line.
         events: Vec<String>,
-        /// gRPC endpoint of the server.
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "JIMBUS_GRPC_URL")]
+        /// gRPC endpoint of the server: host:port (as `serve --grpc` takes) or an http:// URL.
+        #[arg(long, default_value = "127.0.0.1:50051", env = "JIMBUS_GRPC_URL", value_parser = grpc_url)]
         grpc: String,
         /// Session for events that name none.
         #[arg(long, default_value = "cli")]
@@ -156,6 +156,16 @@ fn wait_for_signal() -> anyhow::Result<()> {
     })
 }
 
+/// Takes `host:port` as `serve --grpc` does, or a URL with its scheme, and gives
+/// the URL tonic connects to.
+fn grpc_url(endpoint: &str) -> Result<String, String> {
+    let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")) => Ok(url),
+        _ => Err(format!("expected host:port or http://host:port, not {endpoint:?}")),
+    }
+}
+
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -237,5 +247,19 @@ fn health(url: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{url} answered {status:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_url;
+
+    #[test]
+    fn grpc_endpoints_take_host_port_or_a_url() {
+        assert_eq!(grpc_url("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
+        assert_eq!(grpc_url("localhost:1").unwrap(), "http://localhost:1");
+        assert_eq!(grpc_url("http://[::1]:50051").unwrap(), "http://[::1]:50051");
+        assert!(grpc_url("nats://a:1").is_err());
+        assert!(grpc_url("").is_err());
     }
 }
