@@ -112,10 +112,17 @@ function Q:touch()
   for _, o in ipairs(self.orphans) do o:touch(self.instance) end
 end
 
---- On quit: the logs are left for the next start, which may take them at once.
+--- On quit: the logs are left for the next start, which may take them at
+--- once: every lease that still names this instance is removed, those of
+--- claims not yet confirmed included (a stale claim would hold a log back).
 function Q:release_leases()
-  self.file:release()
-  for _, o in ipairs(self.orphans) do o:release() end
+  local names = { self.instance }
+  for _, o in ipairs(self.orphans) do names[#names + 1] = o.instance end
+  for inst in pairs(self.claims) do names[#names + 1] = inst end
+  for _, inst in ipairs(names) do
+    if self:_owner(inst) == self.instance then self.fs.remove(self.dir .. "/" .. inst .. ".lease") end
+  end
+  self.claims = {}
 end
 
 function Q:mem_len() return self.tail - self.head + 1 end
