@@ -41,7 +41,7 @@ impl Lua {
         let mut child = Command::new("luajit")
             .arg(repo_root().join("mod/tests/harness.lua"))
             .arg(&url)
-            .arg(spill_dir.path().join("spill.jsonl"))
+            .arg(spill_dir.path().join("spill"))
             .args([
                 "breaker_reset_ms=150",
                 "backoff_base_ms=20",
