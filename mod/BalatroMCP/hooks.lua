@@ -153,14 +153,19 @@ local function install_scoring(ctx, st)
   local orig = type(Card) == "table" and Card.calculate_joker
   if type(orig) ~= "function" then log("cannot hook Card:calculate_joker"); return false end
   st.depth, st.parents, st.sent = 0, {}, setmetatable({}, { __mode = "k" })
+  -- The game calls this for every joker in every context, mostly for nothing:
+  -- the results pass through as varargs, with no table per call.
+  local function finish(self, context, ...)
+    st.parents[st.depth] = nil
+    st.depth = st.depth > 0 and st.depth - 1 or 0
+    local ret = ...
+    if ret ~= nil then safe(log, on_effect, ret, self, context, st.parents[st.depth]) end
+    return ...
+  end
   Card.calculate_joker = function(self, context, ...)
     st.depth = st.depth + 1
     st.parents[st.depth] = self
-    local results = pack(orig(self, context, ...))
-    st.parents[st.depth] = nil
-    st.depth = math.max(0, st.depth - 1)
-    if results[1] ~= nil then safe(log, on_effect, results[1], self, context, st.parents[st.depth]) end
-    return unpack(results, 1, results.n)
+    return finish(self, context, orig(self, context, ...))
   end
   return ok
 end

@@ -14,6 +14,7 @@ local json = require("bmcp.json")
 local M = {}
 
 local enc, num = json.encode_string, json.encode_number
+local format = string.format
 
 -- FNV-1a over a string, as 8 hex digits: mixes the entropy sources below.
 local function fnv_hex(s)
@@ -55,7 +56,11 @@ function M.new(opts)
   self.epoch_ms = opts.epoch_ms or function() return os.time() * 1000 end
   self.game_ms = opts.game_ms
   self.next_sequence = opts.first_sequence or 1
-  self.prefix = ',"session_id":' .. enc(self.session_id) .. ',"sequence":'
+  -- the parts every event shares, encoded once
+  local id_open = enc(self.session_id .. "-")
+  self.open = '{"event_id":' .. id_open:sub(1, -2)
+  self.prefix = '","session_id":' .. enc(self.session_id) .. ',"sequence":'
+  self.source_part = ',"source":' .. enc(self.source) .. ',"version":1,"timestamp":'
   return self
 end
 
@@ -66,13 +71,17 @@ end
 function Builder:build(event_type, subtype, payload, fields)
   local seq = self.next_sequence
   local id = self.session_id .. "-" .. seq
+  local seq_text = format("%d", seq)
   local parts = {
-    '{"event_id":', enc(id), self.prefix, num(seq),
-    ',"type":', enc(event_type),
+    self.open, seq_text, self.prefix, seq_text, ',"type":', enc(event_type),
   }
   if subtype then parts[#parts + 1] = ',"subtype":' .. enc(subtype) end
-  parts[#parts + 1] = ',"source":' .. enc(self.source) .. ',"version":1,"timestamp":' .. num(self.epoch_ms())
-  if self.game_ms then parts[#parts + 1] = ',"game_time_ms":' .. num(self.game_ms()) end
+  parts[#parts + 1] = self.source_part .. num(self.epoch_ms())
+  if self.game_ms then
+    -- to the microsecond, which needs no round trip check
+    local ms = self.game_ms()
+    parts[#parts + 1] = ',"game_time_ms":' .. (ms == ms and ms < 1e15 and ms > -1e15 and format("%.3f", ms) or num(ms))
+  end
   if fields then
     for k, v in pairs(fields) do parts[#parts + 1] = "," .. enc(k) .. ":" .. json.encode(v) end
   end

@@ -88,8 +88,24 @@ function json.valid_utf8(s)
   return concat(out)
 end
 
+-- Short strings repeat (keys, joker names, contexts): their encodings are
+-- kept, in a table that starts over once it holds 4096 of them.
+local string_cache, cached = {}, 0
+
 local function encode_string(s)
-  return '"' .. json.valid_utf8(s):gsub('[%z\1-\31\\"\127]', escape_char) .. '"'
+  local hit = string_cache[s]
+  if hit then return hit end
+  local out
+  if not s:find('[%z\1-\31\\"\127-\255]') then
+    out = '"' .. s .. '"' -- plain ASCII, nothing to escape
+  else
+    out = '"' .. json.valid_utf8(s):gsub('[%z\1-\31\\"\127]', escape_char) .. '"'
+  end
+  if #s <= 64 then
+    if cached >= 4096 then string_cache, cached = {}, 0 end
+    string_cache[s], cached = out, cached + 1
+  end
+  return out
 end
 json.encode_string = encode_string
 

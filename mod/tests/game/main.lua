@@ -3,9 +3,11 @@
 -- (steamodded.lua) and plays a scripted game (script.lua) headless.
 --
 -- Usage: love mod/tests/game [key=value ...]
---   mod=PATH          the mod folder (default: ../../BalatroMCP beside this folder)
+--   mod=PATH          the mod folder (default: ../../BalatroMCP beside this folder);
+--                     mod=none runs the game without it (the benchmark's baseline)
 --   url=URL           the mod's event_bus_url (default http://127.0.0.1:8080/api/v1/events)
---   scenario=NAME     round | game (rounds=N) | cascade (triggers=N) | replay
+--   scenario=NAME     round | game (rounds=N) | cascade (triggers=N) | replay |
+--                     bench (runs=N triggers=N: prints the scoring frames' times)
 --   wait=MODE         drain (default): after the script, until the worker has
 --                     sent everything; none: quit at once; dropped: until the
 --                     worker reports a drop; dead: until the worker is gone
@@ -25,10 +27,26 @@ local script = require("script")
 local steamodded = require("steamodded")
 
 local opts = {}
-local json -- the mod's encoder, once it is loaded
+local json -- the mod's encoder (or the vendored rxi one when the mod is not loaded)
 local function emit(t)
-  io.stdout:write("@@ ", json and json.encode(t) or tostring(t), "\n")
+  io.stdout:write("@@ ", json.encode(t), "\n")
   io.stdout:flush()
+end
+
+-- The game thread's own CPU time (the worker thread runs beside it).
+local ffi = require("ffi")
+ffi.cdef("typedef struct { long tv_sec; long tv_nsec; } bmcp_timespec; int clock_gettime(int, bmcp_timespec *);")
+local ts = ffi.new("bmcp_timespec")
+local function thread_cpu()
+  ffi.C.clock_gettime(3, ts) -- CLOCK_THREAD_CPUTIME_ID
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+local function median(t)
+  local s = {}
+  for i, v in ipairs(t) do s[i] = v end
+  table.sort(s)
+  return s[math.max(1, math.ceil(#s / 2))] or 0
 end
 
 Game()
@@ -72,11 +90,14 @@ end
 local function install_driver()
   local update, started = love.update, love.timer.getTime()
   local frames, max_ms, total_ms, played_at = 0, 0, 0, nil
+  local scoring_ms, scoring_cpu = {}, {} -- the frames that scored a hand: wall and CPU ms
   local timeout = tonumber(opts.timeout_s or 60)
   local function report(extra)
     local status = BalatroMCP and BalatroMCP.status() or {}
     local r = { event = "report", status = status, book = rules.book, frames = frames,
                 max_frame_ms = max_ms, mean_frame_ms = frames > 0 and total_ms / frames or 0,
+                scoring_frames = #scoring_ms, scoring_frame_median_ms = median(scoring_ms),
+                scoring_frame_median_cpu_ms = median(scoring_cpu),
                 actions = script.actions_run(), script_done = script.done(),
                 missing_hooks = BalatroMCP and BalatroMCP.missing_hooks or {} }
     for k, v in pairs(extra or {}) do r[k] = v end
@@ -91,9 +112,13 @@ local function install_driver()
     return w and w.pending == 0 and (w.claims or 0) == 0 and w.received == st.emitted - st.dropped
   end
   love.update = function(dt)
-    local t0 = love.timer.getTime()
+    local scored, t0, c0 = rules.scored, love.timer.getTime(), thread_cpu()
     update(dt)
     local ms = (love.timer.getTime() - t0) * 1000
+    if rules.scored > scored then
+      scoring_ms[#scoring_ms + 1] = ms
+      scoring_cpu[#scoring_cpu + 1] = (thread_cpu() - c0) * 1000
+    end
     frames, total_ms, max_ms = frames + 1, total_ms + ms, math.max(max_ms, ms)
     if script.done() and not played_at then
       played_at = love.timer.getTime()
@@ -122,9 +147,9 @@ function love.load(args)
   G:start_up()
   local config = { event_bus_url = opts.url or "http://127.0.0.1:8080/api/v1/events" }
   for k, v in pairs(opts.cfg) do config[k] = v end
-  local mod_path = opts.mod or (here():gsub("/+$", "") .. "/../../BalatroMCP")
-  steamodded.load_mod("BalatroMCP", mod_path, config)
-  json = package.loaded["bmcp.json"] or require("bmcp.json")
+  local default_path = here():gsub("/+$", "") .. "/../../BalatroMCP"
+  if opts.mod ~= "none" then steamodded.load_mod("BalatroMCP", opts.mod or default_path, config) end
+  json = package.loaded["bmcp.json"] or steamodded.rxi_json(default_path)
   install_driver()
   script.start(opts)
 end

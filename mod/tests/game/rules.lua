@@ -14,6 +14,7 @@
 local M = {}
 
 M.book = { hands = {}, money = {}, purchases = {}, discards = 0, rounds = 0, legacy = 0 }
+M.scored = 0 -- hands scored so far (the benchmark times the frames that score one)
 local book = M.book
 local current -- the hand being scored, in the book
 
@@ -153,6 +154,7 @@ function M.install()
 
   -- functions/state_events.lua: scores the played hand within this one call.
   function F.evaluate_play(e)
+    M.scored = M.scored + 1
     local text, _, poker_hands, scoring_hand = F.get_poker_hand_info(G.play.cards)
     current = { hand_type = text, triggers = {}, seen = setmetatable({}, { __mode = "k" }) }
     book.hands[#book.hands + 1] = current

@@ -61,6 +61,19 @@ function M.scenarios.cascade(opts)
     end
 end
 
+--- The benchmark: `runs` hands of `triggers` joker effects each, one hand per
+--- scoring frame (the driver times those frames).
+function M.scenarios.bench(opts)
+  local runs = tonumber(opts.runs or 30)
+  return { jokers = { "j_cascade:" .. tonumber(opts.triggers or 500) }, dollars = 4, hands = runs + 1, blind_chips = 1e300 },
+    function(list)
+      list[#list + 1] = { "BLIND_SELECT", function() G.FUNCS.select_blind({}) end }
+      for _ = 1, runs do
+        list[#list + 1] = { "SELECTING_HAND", function() highlight(1); G.FUNCS.play_cards_from_highlighted({}) end }
+      end
+    end
+end
+
 --- No game: the mod starts, replays what earlier games left, and idles.
 function M.scenarios.replay()
   return nil, function() end

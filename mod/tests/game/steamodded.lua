@@ -42,4 +42,10 @@ function M.load_mod(id, path, config)
   return mod
 end
 
+--- A JSON encoder for the harness's own output when no mod is loaded.
+function M.rxi_json(mod_path)
+  local path = mod_path:gsub("/+$", "") .. "/bmcp/vendor/rxi_json.lua"
+  return assert(loadstring(assert(NFS.read(path)), "=rxi_json"))()
+end
+
 return M
