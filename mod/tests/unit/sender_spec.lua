@@ -119,3 +119,38 @@ describe("breaker in the send loop", function()
     assert.equal(0, s.queue:mem_len())
   end)
 end)
+
+describe("answers and start-up", function()
+  it("logs each event the server rejected inside a 2xx answer, with its reason", function()
+    local body = '{"status":"ok","accepted":2,"duplicates":0,"rejected":[{"index":1,"error":"payload.ante: below 0"}]}'
+    local s, inbox, _, clock = fakes.sender({ transport = fakes.transport({ { status = 200, body = body, headers = {} } }) })
+    local ids = fakes.emit(inbox, 3)
+    fakes.run(s, clock, function() return s.queue:len() == 0 and inbox:getCount() == 0 end)
+    assert.equal(1, s.stats.rejected)
+    assert.truthy(s.logs[1]:match("event " .. ids[2]:gsub("%-", "%%-") .. " %(index 1%) rejected by the server: payload.ante: below 0"))
+  end)
+
+  it("waits retry_delay_ms before the first retry", function()
+    local at, clock = {}, fakes.clock(0)
+    local settings = require("bmcp.settings")
+    local c = settings.resolve(dofile("mod/BalatroMCP/config.lua"), { retry_delay_ms = 300, backoff_jitter = 0,
+      event_bus_url = "http://test/api/v1/events", connection_test = false, claim_ms = 0 })
+    local s, inbox = fakes.sender({ clock = clock, config = c,
+      transport = fakes.transport(function(_, n) at[n] = clock.now(); return n == 1 and fakes.down() or fakes.ok() end) })
+    fakes.emit(inbox, 1)
+    fakes.run(s, clock, function() return s.queue:len() == 0 and inbox:getCount() == 0 end)
+    local gap = at[2] - at[1]
+    assert.is_true(gap >= 300 and gap < 310, "first retry after " .. gap .. " ms")
+  end)
+
+  it("posts the field mod's connection_test to {url} once, at start", function()
+    local s, inbox, t, clock = fakes.sender({ config = { connection_test = true } })
+    fakes.emit(inbox, 1)
+    fakes.run(s, clock, function() return s.queue:len() == 0 and inbox:getCount() == 0 end)
+    assert.equal("http://test/api/v1/events", t.requests[1].url)
+    local body = require("cjson").decode(t.requests[1].body)
+    assert.same({ type = "connection_test", source = "BalatroMCP", data = { message = "Testing event bus connection" },
+                  timestamp = body.timestamp }, body)
+    assert.equal(2, #t.requests)
+  end)
+end)
