@@ -4,7 +4,8 @@
 //! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
 //! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
 //! deduplication ([`dedup`]), the on-disk record format ([`record`]), what a
-//! closed segment leaves for a fast restart ([`checkpoint`]), the memory budget
+//! closed segment leaves for a fast restart ([`checkpoint`]), what durable
+//! consumers persist ([`consumer_state`]), the memory budget
 //! ([`budget`]), aggregation ([`aggregate`]) and the Resource Coordinator's pools
 //! ([`pools`]). It must never perform I/O or depend on an async runtime.
 
@@ -12,6 +13,7 @@ pub mod adapt;
 pub mod aggregate;
 pub mod budget;
 pub mod checkpoint;
+pub mod consumer_state;
 pub mod dedup;
 pub mod ingest;
 pub mod json;

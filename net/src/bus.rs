@@ -57,6 +57,9 @@ pub enum BusError {
     Stopped,
     #[error("{0}")]
     InvalidArgument(String),
+    /// A limit of the server is reached (e.g. its number of durable consumers).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// Where a subscription starts.

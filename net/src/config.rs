@@ -2,6 +2,7 @@
 //! an optional TOML file, resolved in that order of precedence into [`ServeConfig`].
 //! This module must never start anything.
 
+use crate::consumer::DurableLimits;
 use crate::http::HttpOptions;
 use crate::jetstream::JetStreamOptions;
 use crate::log::{FsyncMode, LogOptions, Retention};
@@ -110,6 +111,15 @@ pub struct ServeArgs {
     /// many bytes (never data a durable consumer has not acknowledged) [default: no limit].
     #[arg(long, env = "JIMBUS_RETENTION_BYTES")]
     pub retention_bytes: Option<u64>,
+    /// Most durable consumer names the server keeps; a subscription that would
+    /// create one more gets RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "JIMBUS_MAX_DURABLES")]
+    pub max_durables: Option<usize>,
+    /// Remove a durable consumer that has had no subscriber connected and no
+    /// ack for this many seconds (counted from the server's start at the
+    /// earliest); 0 keeps them forever [default: 0].
+    #[arg(long, env = "JIMBUS_DURABLE_IDLE_EXPIRY_SECONDS")]
+    pub durable_idle_expiry_seconds: Option<u64>,
     /// Run on NATS JetStream instead of the embedded log:
     /// `nats://host:port[,host:port...]` [default: the embedded log in --data-dir].
     #[arg(long, env = "JIMBUS_BUS")]
@@ -148,6 +158,8 @@ struct FileConfig {
     dedup_window: Option<usize>,
     retention_seconds: Option<u64>,
     retention_bytes: Option<u64>,
+    max_durables: Option<usize>,
+    durable_idle_expiry_seconds: Option<u64>,
     bus: Option<String>,
     bus_replicas: Option<usize>,
 }
@@ -283,6 +295,14 @@ impl ServeArgs {
             pump: PumpOptions {
                 aggregate,
                 dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(400_000),
+                durables: DurableLimits {
+                    max_names: self.max_durables.or(file.max_durables).unwrap_or(1024),
+                    idle_expiry: self
+                        .durable_idle_expiry_seconds
+                        .or(file.durable_idle_expiry_seconds)
+                        .filter(|&s| s > 0)
+                        .map(Duration::from_secs),
+                },
                 linger: Duration::from_micros(
                     self.commit_linger_us.or(file.commit_linger_us).unwrap_or(0).min(1_000_000),
                 ),

@@ -1,38 +1,37 @@
 //! Durable consumers of one shard: what each named subscription has been sent,
 //! what it acknowledged, and what must be sent again.
 //!
-//! A durable consumer keeps an ack floor (every offset below it is done) and the
-//! acknowledged offsets above it, and persists both in `consumers.json` before an
-//! Ack is answered, so it resumes at its floor after a restart (at-least-once:
-//! what was delivered but not acked is delivered again). Deliveries not acked
-//! within `ack_wait` are sent again with a higher delivery count; after
-//! `max_deliver` deliveries the record is moved to `deadletter` and counted as
-//! done. At most `max_in_flight` deliveries are unacknowledged at once. Several
-//! clients may share one consumer (a group): each delivery goes to one of them.
-//! The delivery task reads the log; it never writes it (dead letters go through
-//! the pump like any append).
+//! A durable consumer keeps the offsets it is done with as an ack floor and the
+//! ranges done above it ([`DoneSet`]), so its state is proportional to what is
+//! in flight, not to how far it has read. Acks are appended to a journal and
+//! made durable before an Ack is answered ([`store`]), so a consumer resumes at
+//! its floor after a restart (at-least-once: what was delivered but not acked
+//! is delivered again). Deliveries not acked within `ack_wait` are sent again
+//! with a higher delivery count; after `max_deliver` deliveries the record is
+//! moved to `deadletter` and counted as done. At most `max_in_flight` (capped at
+//! [`MAX_IN_FLIGHT`]) deliveries are unacknowledged at once. Several clients may
+//! share one consumer (a group): each delivery goes to one of them. The
+//! delivery task reads the log; it never writes it (dead letters go through the
+//! pump like any append).
+
+pub mod store;
 
 use crate::bus::{AppendItem, Bus, ConsumerOptions};
-use crate::log::{read_frames, replace_file, LogError, SharedIndex};
+use crate::log::{read_frames, SharedIndex};
 use crate::shard::ShardRouter;
+use jimbus_core::consumer_state::{DoneSet, JournalEntry, SnapshotEntry};
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
 use jimbus_proto::delivery::EncodedDelivery;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// What is persisted of a consumer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ConsumerRecord {
-    pub pattern: String,
-    pub ack_floor: u64,
-    pub acked: Vec<u64>,
-    pub options: ConsumerOptions,
-}
+/// The most deliveries one consumer may hold unacknowledged, whatever a client
+/// asks: what is in flight is what its state grows with.
+pub const MAX_IN_FLIGHT: usize = 65_536;
 
 struct InFlight {
     deadline: Instant,
@@ -42,15 +41,90 @@ struct InFlight {
     member: flume::Sender<EncodedDelivery>,
 }
 
+/// Limits on a server's durable consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableLimits {
+    /// Most durable names a server keeps; a subscription that would create
+    /// one more is refused.
+    pub max_names: usize,
+    /// A consumer with no subscriber and no ack for this long is removed.
+    pub idle_expiry: Option<Duration>,
+}
+
+impl Default for DurableLimits {
+    fn default() -> Self {
+        Self { max_names: 1024, idle_expiry: None }
+    }
+}
+
+/// The durable names that exist on any shard, shared by the router (which
+/// refuses a new name past the limit before it reaches a shard) and the shards
+/// (which register what they restore or create and release what they remove).
+#[derive(Debug)]
+pub struct DurableNames {
+    max: std::sync::atomic::AtomicUsize,
+    /// Name → how many shards hold a consumer of that name (0: just reserved).
+    names: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Default for DurableNames {
+    fn default() -> Self {
+        Self { max: DurableLimits::default().max_names.into(), names: Default::default() }
+    }
+}
+
+impl DurableNames {
+    pub fn set_limit(&self, max: usize) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets `name` be subscribed: an existing name always, a new one while
+    /// fewer than the limit exist.
+    pub fn reserve(&self, name: &str) -> Result<(), String> {
+        let mut names = self.names.lock().expect("never poisoned: no panics under the lock");
+        if names.contains_key(name) {
+            return Ok(());
+        }
+        let max = self.max.load(std::sync::atomic::Ordering::Relaxed);
+        if names.len() >= max {
+            return Err(format!(
+                "this server already keeps {max} durable consumers (--max-durables); reuse a name, or let one expire (--durable-idle-expiry-seconds)"
+            ));
+        }
+        names.insert(name.to_string(), 0);
+        Ok(())
+    }
+
+    pub fn register(&self, name: &str) {
+        *self.names.lock().expect("never poisoned").entry(name.to_string()).or_default() += 1;
+    }
+
+    pub fn release(&self, name: &str) {
+        let mut names = self.names.lock().expect("never poisoned");
+        if let Some(held) = names.get_mut(name) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                names.remove(name);
+            }
+        }
+    }
+}
+
 /// One durable consumer on one shard.
 pub struct Consumer {
     pub name: String,
     pub pattern: Pattern,
     pub options: ConsumerOptions,
-    /// Every offset below this is done (acked, skipped or dead-lettered).
-    ack_floor: u64,
-    /// Done offsets at or above the floor.
-    acked: BTreeSet<u64>,
+    /// This life of the name (journal entries of an earlier one never apply).
+    pub incarnation: u64,
+    /// Offsets done with: acked, skipped (not matching) or dead-lettered.
+    done: DoneSet,
+    /// Offsets acked since the last journal entry.
+    unjournaled: Vec<u64>,
+    /// When a subscriber was last seen or an ack arrived (a start counts).
+    last_active: Instant,
+    /// Set when the consumer is removed: its delivery task ends.
+    removed: bool,
     /// The next offset never looked at.
     cursor: u64,
     in_flight: BTreeMap<u64, InFlight>,
@@ -66,13 +140,17 @@ pub struct Consumer {
 pub type SharedConsumer = Rc<RefCell<Consumer>>;
 
 impl Consumer {
-    pub fn new(name: String, pattern: Pattern, options: ConsumerOptions, start: u64) -> Self {
+    pub fn new(name: String, pattern: Pattern, options: ConsumerOptions, start: u64, incarnation: u64) -> Self {
+        let options = ConsumerOptions { max_in_flight: options.max_in_flight.clamp(1, MAX_IN_FLIGHT), ..options };
         Self {
             name,
             pattern,
             options,
-            ack_floor: start,
-            acked: BTreeSet::new(),
+            incarnation,
+            done: DoneSet::new(start),
+            unjournaled: Vec::new(),
+            last_active: Instant::now(),
+            removed: false,
             cursor: start,
             in_flight: BTreeMap::new(),
             redeliver: BTreeMap::new(),
@@ -82,27 +160,69 @@ impl Consumer {
         }
     }
 
-    pub fn restore(name: String, record: ConsumerRecord) -> Option<Self> {
-        let pattern = Pattern::parse(&record.pattern).ok()?;
-        let mut consumer = Self::new(name, pattern, record.options, record.ack_floor);
-        consumer.acked = record.acked.into_iter().filter(|&o| o >= record.ack_floor).collect();
+    pub fn restore(name: String, entry: SnapshotEntry<ConsumerOptions>, done: DoneSet) -> Option<Self> {
+        let pattern = Pattern::parse(&entry.pattern).ok()?;
+        let mut consumer = Self::new(name, pattern, entry.options, done.floor(), entry.incarnation);
+        consumer.done = done;
         Some(consumer)
     }
 
-    pub fn record(&self) -> ConsumerRecord {
-        ConsumerRecord {
+    pub fn record(&self) -> SnapshotEntry<ConsumerOptions> {
+        SnapshotEntry {
             pattern: self.pattern.to_string(),
-            ack_floor: self.ack_floor,
-            acked: self.acked.iter().copied().collect(),
+            ack_floor: self.done.floor(),
+            acked: Vec::new(),
+            acked_ranges: self.done.ranges().collect(),
             options: self.options,
+            incarnation: self.incarnation,
         }
     }
 
     pub fn ack_floor(&self) -> u64 {
-        self.ack_floor
+        self.done.floor()
+    }
+
+    /// Ranges kept above the floor: the size of this consumer's state.
+    pub fn range_count(&self) -> usize {
+        self.done.range_count()
+    }
+
+    /// The acks since the last call, with the floor after them, to journal.
+    pub fn take_journal_entry(&mut self) -> Option<JournalEntry> {
+        if self.unjournaled.is_empty() {
+            return None;
+        }
+        Some(JournalEntry {
+            name: self.name.clone(),
+            incarnation: self.incarnation,
+            floor: self.done.floor(),
+            offsets: std::mem::take(&mut self.unjournaled),
+        })
+    }
+
+    /// Whether no subscriber is connected and nothing was acked for `expiry`.
+    /// A connected subscriber counts as activity.
+    pub fn idle_for(&mut self, expiry: Duration, now: Instant) -> bool {
+        self.drop_closed_members();
+        if !self.members.is_empty() {
+            self.last_active = now;
+        }
+        now.saturating_duration_since(self.last_active) >= expiry
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Ends the consumer: its subscribers' streams close and its task stops.
+    pub fn remove(&mut self) {
+        self.removed = true;
+        self.members.clear();
+        self.wake.notify(usize::MAX);
     }
 
     pub fn add_member(&mut self, member: flume::Sender<EncodedDelivery>) {
+        self.last_active = Instant::now();
         self.members.push(member);
         self.wake.notify(usize::MAX);
     }
@@ -111,19 +231,12 @@ impl Consumer {
     pub fn ack(&mut self, offset: u64) -> bool {
         let pending = self.in_flight.remove(&offset).is_some() || self.redeliver.remove(&offset).is_some();
         if pending {
-            self.done(offset);
+            self.done.insert(offset);
+            self.unjournaled.push(offset);
+            self.last_active = Instant::now();
             self.wake.notify(usize::MAX);
         }
         pending
-    }
-
-    fn done(&mut self, offset: u64) {
-        if offset >= self.ack_floor {
-            self.acked.insert(offset);
-        }
-        while self.acked.remove(&self.ack_floor) {
-            self.ack_floor += 1;
-        }
     }
 
     /// Moves expired deliveries to the redelivery set; returns those that have
@@ -162,28 +275,10 @@ impl Consumer {
     }
 }
 
-/// Reads `consumers.json` from a shard's directory.
-pub fn load(dir: &Path) -> std::io::Result<BTreeMap<String, ConsumerRecord>> {
-    match std::fs::read(dir.join("consumers.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `consumers.json` durably: a temporary file, fdatasync, rename, and a
-/// sync of the directory, so a crash leaves the old or the new file, never half.
-pub async fn save(dir: &Path, records: &BTreeMap<String, ConsumerRecord>) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(records).map_err(std::io::Error::other)?;
-    replace_file(&dir.join("consumers.json"), &bytes).await.map_err(|e| match e {
-        LogError::Io(io) => io,
-        other => std::io::Error::other(other.to_string()),
-    })
-}
-
-/// Sends one consumer's records to its members until the shard stops.
+/// Sends one consumer's records to its members until the shard stops or the
+/// consumer is removed.
 pub async fn deliver(shard: usize, index: SharedIndex, consumer: SharedConsumer, router: ShardRouter) {
-    loop {
+    while !consumer.borrow().removed {
         dead_letter_exhausted(&index, &consumer, &router).await;
         let committed = index.borrow().committed.listen();
         let woken = consumer.borrow().wake.listen();
@@ -230,11 +325,11 @@ async fn pick_next(index: &SharedIndex, consumer: &SharedConsumer) -> Option<(u6
         for frame in frames {
             let Ok(rec) = record::decode(&frame) else { continue };
             c.cursor = rec.offset + 1;
-            if c.acked.contains(&rec.offset) || rec.offset < c.ack_floor {
+            if c.done.contains(rec.offset) {
                 continue;
             }
             if !c.pattern.matches(rec.topic) {
-                c.done(rec.offset);
+                c.done.insert(rec.offset);
                 continue;
             }
             return Some((rec.offset, 0, frame));
@@ -285,11 +380,15 @@ async fn dead_letter_exhausted(index: &SharedIndex, consumer: &SharedConsumer, r
             origin: rec.topic.to_string(),
             ..Default::default()
         };
+        // Done only once the dead letter is durable, not merely queued.
         let kept = rec.kind == RecordKind::DeadLetter
-            || Bus::append(router, vec![AppendItem::DeadLetter(Box::new(letter))]).await.is_ok();
+            || match Bus::append(router, vec![AppendItem::DeadLetter(Box::new(letter))]).await {
+                Ok(durable) => durable.await.is_ok(),
+                Err(_) => false,
+            };
         if kept {
             metrics::counter!("jimbus_consumer_dead_lettered_total").increment(1);
-            consumer.borrow_mut().done(offset);
+            consumer.borrow_mut().done.insert(offset);
         } else {
             consumer.borrow_mut().redeliver.insert(offset, count);
         }
@@ -313,6 +412,7 @@ mod tests {
             Pattern::parse(">").unwrap(),
             ConsumerOptions { max_in_flight: 2, ack_wait_ms: 10, max_deliver: 2 },
             0,
+            1,
         )
     }
 
@@ -331,7 +431,43 @@ mod tests {
         assert_eq!(c.ack_floor(), 2);
         assert!(c.ack(2));
         assert_eq!(c.ack_floor(), 4);
-        assert!(c.record().acked.is_empty());
+        assert!(c.record().acked_ranges.is_empty());
+        let journaled = c.take_journal_entry().unwrap();
+        assert_eq!((journaled.floor, journaled.offsets), (4, vec![1, 0, 3, 2]));
+        assert!(c.take_journal_entry().is_none(), "each ack is journaled once");
+    }
+
+    #[test]
+    fn skipped_records_and_acks_above_a_stuck_floor_stay_a_few_ranges() {
+        let mut c = consumer();
+        c.in_flight.insert(0, flight(Instant::now(), 1));
+        for o in 1..100_000 {
+            c.done.insert(o);
+        }
+        assert_eq!((c.ack_floor(), c.range_count()), (0, 1));
+        assert_eq!(c.record().acked_ranges, vec![(1, 100_000)]);
+        assert!(c.ack(0));
+        assert_eq!((c.ack_floor(), c.range_count()), (100_000, 0));
+    }
+
+    #[test]
+    fn a_consumer_is_idle_only_without_subscribers() {
+        let mut c = consumer();
+        let later = Instant::now() + Duration::from_secs(10);
+        assert!(c.idle_for(Duration::from_secs(5), later));
+        let (member, listening) = flume::unbounded();
+        c.add_member(member);
+        assert!(!c.idle_for(Duration::from_secs(5), later));
+        drop(listening);
+        assert!(!c.idle_for(Duration::from_secs(5), later), "the subscriber was there until now");
+        assert!(c.idle_for(Duration::from_secs(5), later + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_client_cannot_ask_for_unbounded_in_flight_state() {
+        let options = ConsumerOptions { max_in_flight: usize::MAX, ack_wait_ms: 10, max_deliver: 2 };
+        let c = Consumer::new("c".into(), Pattern::parse(">").unwrap(), options, 0, 1);
+        assert_eq!(c.options.max_in_flight, MAX_IN_FLIGHT);
     }
 
     #[test]
@@ -364,9 +500,10 @@ mod tests {
         let mut c = consumer();
         c.in_flight.insert(3, flight(Instant::now(), 1));
         c.ack(3);
-        let restored = Consumer::restore("c".into(), c.record()).unwrap();
-        assert_eq!(restored.ack_floor, 0);
-        assert_eq!(restored.acked, BTreeSet::from([3]));
-        assert_eq!(restored.cursor, 0);
+        let record = c.record();
+        let restored = Consumer::restore("c".into(), record.clone(), record.done()).unwrap();
+        assert_eq!(restored.ack_floor(), 0);
+        assert!(restored.done.contains(3) && !restored.done.contains(2));
+        assert_eq!((restored.cursor, restored.incarnation), (0, 1));
     }
 }

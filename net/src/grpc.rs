@@ -53,6 +53,7 @@ fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
 fn status_of(e: BusError) -> Status {
     match e {
         BusError::InvalidArgument(message) => Status::invalid_argument(message),
+        BusError::Exhausted(message) => Status::resource_exhausted(message),
         other => Status::unavailable(other.to_string()),
     }
 }

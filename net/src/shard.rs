@@ -11,7 +11,8 @@
 
 use crate::aggregation::AggregationStage;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Start, Subscription};
-use crate::consumer::{self, Consumer, SharedConsumer};
+use crate::consumer::store::{ConsumerStore, Restored};
+use crate::consumer::{self, Consumer, DurableLimits, DurableNames, SharedConsumer};
 use crate::log::{read_frames, replace_file, LogError, SegmentWriter, SharedIndex};
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
@@ -63,13 +64,15 @@ pub enum ShardCommand {
 #[derive(Clone)]
 pub struct ShardRouter {
     queues: Vec<flume::Sender<ShardCommand>>,
+    /// Durable names on any shard, to refuse one past the limit.
+    durables: Arc<DurableNames>,
 }
 
 type AppendAnswer = Result<Vec<ItemOutcome>, BusError>;
 
 impl ShardRouter {
     pub fn new(queues: Vec<flume::Sender<ShardCommand>>) -> Self {
-        Self { queues }
+        Self { queues, durables: Arc::default() }
     }
 
     pub fn shards(&self) -> usize {
@@ -161,6 +164,9 @@ impl Bus for ShardRouter {
     }
 
     fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
+        if let Some(durable) = &subscription.durable {
+            self.durables.reserve(&durable.name).map_err(BusError::Exhausted)?;
+        }
         let (deliveries, receiver) = flume::bounded(subscription.buffer.max(1));
         let opened = self.broadcast(|| ShardCommand::Subscribe {
             pattern: subscription.pattern.clone(),
@@ -223,6 +229,8 @@ pub struct PumpOptions {
     /// Windows, cascades and the adaptive batch size (its `batch.max_batch` caps
     /// the commands folded into one group commit).
     pub aggregate: AggregateConfig,
+    /// How many durable consumers, and how long an idle one is kept.
+    pub durables: DurableLimits,
 }
 
 /// Why a shard could not open.
@@ -247,6 +255,9 @@ pub struct Shard {
     router: ShardRouter,
     writer: SegmentWriter,
     consumers: BTreeMap<String, SharedConsumer>,
+    /// Where the consumers are persisted.
+    store: ConsumerStore,
+    durable_limits: DurableLimits,
     next_sequence: HashMap<String, u64>,
     dedup: DedupWindow,
     topics: HashMap<String, u64>,
@@ -386,13 +397,12 @@ impl Shard {
             );
         }
         tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = dedup_from, records = report.records, truncated = ?report.truncated, "log recovered");
-        let mut consumers = BTreeMap::new();
-        for (name, record) in consumer::load(dir)? {
-            if let Some(restored) = Consumer::restore(name.clone(), record) {
-                let shared = Rc::new(RefCell::new(restored));
-                glommio::spawn_local(consumer::deliver(id, writer.index(), shared.clone(), router.clone())).detach();
-                consumers.insert(name, shared);
-            }
+        let (store, restored, journaled) = ConsumerStore::load(dir)?;
+        let consumers = restore_consumers(id, &writer, &router, restored);
+        router.durables.set_limit(options.durables.max_names);
+        if let Some(expiry) = options.durables.idle_expiry {
+            let every = (expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
         }
         if let Some(age) = log_retention_age {
             let every = (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -400,12 +410,14 @@ impl Shard {
         }
         let dir = dir.to_path_buf();
         let aggregation = AggregationStage::new(id, options.aggregate.clone(), budget)?;
-        Ok(Self {
+        let mut shard = Self {
             id,
             dir,
             router,
             writer,
             consumers,
+            store,
+            durable_limits: options.durables,
             next_sequence,
             dedup,
             topics,
@@ -413,7 +425,12 @@ impl Shard {
             aggregation,
             linger: options.linger,
             fresh: Vec::new(),
-        })
+        };
+        if journaled {
+            // Fold the journal into a snapshot now, so it starts empty.
+            shard.save_consumers().await?;
+        }
+        Ok(shard)
     }
 
     /// The lowest offset a durable consumer still needs (retention keeps it).
@@ -461,20 +478,58 @@ impl Shard {
     ) -> bool {
         let created = !self.consumers.contains_key(&durable.name);
         let index = self.index();
+        // Unique per life of a name on this shard, even if the clock steps back.
+        let incarnation =
+            now_micros().max(self.consumers.values().map(|c| c.borrow().incarnation + 1).max().unwrap_or(0));
         let shared = self.consumers.entry(durable.name.clone()).or_insert_with(|| {
-            let consumer = Consumer::new(durable.name.clone(), pattern, durable.options, start);
+            let consumer = Consumer::new(durable.name.clone(), pattern, durable.options, start, incarnation);
             Rc::new(RefCell::new(consumer))
         });
         shared.borrow_mut().add_member(member);
         if created {
+            self.router.durables.register(&durable.name);
             glommio::spawn_local(consumer::deliver(self.id, index, shared.clone(), self.router.clone())).detach();
         }
         created
     }
 
-    async fn save_consumers(&self) -> std::io::Result<()> {
+    /// Writes every consumer to a new snapshot (which empties the journal).
+    async fn save_consumers(&mut self) -> std::io::Result<()> {
         let records = self.consumers.iter().map(|(name, c)| (name.clone(), c.borrow().record())).collect();
-        consumer::save(&self.dir, &records).await
+        self.store.compact(&records).await
+    }
+
+    /// Makes the acks applied since the last call durable: one journal
+    /// append, or a new snapshot when consumers came or went or the journal
+    /// has grown past its bound.
+    async fn persist_consumers(&mut self, snapshot: bool) -> std::io::Result<()> {
+        let entries: Vec<_> = self.consumers.values().filter_map(|c| c.borrow_mut().take_journal_entry()).collect();
+        let ranges: usize = self.consumers.values().map(|c| c.borrow().range_count()).sum();
+        metrics::gauge!("jimbus_consumer_state_ranges", "shard" => self.id.to_string()).set(ranges as f64);
+        if snapshot || self.store.needs_compaction() {
+            return self.save_consumers().await;
+        }
+        self.store.append(&entries).await
+    }
+
+    /// Removes consumers idle past the configured expiry; true if any was.
+    fn expire_idle_consumers(&mut self) -> bool {
+        let Some(expiry) = self.durable_limits.idle_expiry else { return false };
+        let now = Instant::now();
+        let idle: Vec<String> = self
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.borrow_mut().idle_for(expiry, now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &idle {
+            if let Some(consumer) = self.consumers.remove(name) {
+                consumer.borrow_mut().remove();
+                self.router.durables.release(name);
+                tracing::info!(shard = self.id, consumer = %name, idle_seconds = expiry.as_secs(), "durable consumer expired");
+            }
+        }
+        !idle.is_empty()
     }
 
     pub fn index(&self) -> SharedIndex {
@@ -525,6 +580,9 @@ impl Shard {
 
     /// Flushes the aggregator and syncs the log.
     async fn stop(&mut self) {
+        if let Err(e) = self.save_consumers().await {
+            tracing::warn!(shard = self.id, error = %e, "cannot snapshot the consumers; their journal is replayed at start");
+        }
         self.aggregation.flush_all();
         self.commit_aggregated().await;
         if let Err(e) = self.writer.sync().await {
@@ -559,6 +617,8 @@ impl Shard {
         let mut pending = Vec::new();
         let mut acks = Vec::new();
         let mut consumers_changed = false;
+        // Consumers created or removed: the snapshot is rewritten.
+        let mut consumers_replaced = false;
         let mut shutdown = None;
         let mut keys = Vec::new();
         let sequences_before = self.next_sequence.clone();
@@ -573,7 +633,9 @@ impl Shard {
                 }
                 ShardCommand::Subscribe { pattern, start, durable: Some(durable), deliveries } => {
                     let first = start_offset_now(&self.index(), start);
-                    consumers_changed |= self.join_consumer(durable, pattern, first, deliveries);
+                    let created = self.join_consumer(durable, pattern, first, deliveries);
+                    consumers_changed |= created;
+                    consumers_replaced |= created;
                 }
                 ShardCommand::Ack { name, offsets, reply } => {
                     let acked = self.consumers.get(&name).map_or(0, |c| {
@@ -586,11 +648,19 @@ impl Shard {
                 ShardCommand::ListTopics { reply } => {
                     let _ = reply.send(self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect());
                 }
-                ShardCommand::Maintain => {}
+                ShardCommand::Maintain => {
+                    let expired = self.expire_idle_consumers();
+                    consumers_changed |= expired;
+                    consumers_replaced |= expired;
+                }
                 ShardCommand::Shutdown { done } => shutdown = Some(done),
             }
         }
-        let saved = if consumers_changed { self.save_consumers().await.map_err(|e| e.to_string()) } else { Ok(()) };
+        let saved = if consumers_changed {
+            self.persist_consumers(consumers_replaced).await.map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
         if consumers_changed && saved.is_ok() {
             // Before the acks are answered, so that once Ack returns nothing
             // retention may delete is still on disk.
@@ -673,6 +743,27 @@ impl Shard {
         *self.topics.entry(topic).or_default() += 1;
         ItemOutcome::Stored { partition: self.id as u32, offset }
     }
+}
+
+/// Starts the delivery of every consumer read back from disk.
+fn restore_consumers(
+    id: usize,
+    writer: &SegmentWriter,
+    router: &ShardRouter,
+    restored: BTreeMap<String, Restored>,
+) -> BTreeMap<String, SharedConsumer> {
+    let mut consumers = BTreeMap::new();
+    for (name, (entry, done)) in restored {
+        let Some(restored) = Consumer::restore(name.clone(), entry, done) else {
+            tracing::warn!(shard = id, consumer = %name, "dropping a stored consumer whose pattern no longer parses");
+            continue;
+        };
+        let shared = Rc::new(RefCell::new(restored));
+        glommio::spawn_local(consumer::deliver(id, writer.index(), shared.clone(), router.clone())).detach();
+        router.durables.register(&name);
+        consumers.insert(name, shared);
+    }
+    consumers
 }
 
 /// The shard's checkpoint file, beside its segments.
