@@ -657,7 +657,10 @@ impl Shard {
             }
         }
         let saved = if consumers_changed {
-            self.persist_consumers(consumers_replaced).await.map_err(|e| e.to_string())
+            self.persist_consumers(consumers_replaced).await.map_err(|e| {
+                tracing::warn!(shard = self.id, error = %e, "cannot persist the durable consumers; their acks are refused");
+                e.to_string()
+            })
         } else {
             Ok(())
         };
