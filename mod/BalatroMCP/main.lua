@@ -126,6 +126,33 @@ local function on_frame()
   end
 end
 
+-- The worker did not answer in time (it is inside a request that hangs): the
+-- events it has not taken from the channel are written to a log of their own,
+-- "<session>~q", which sorts after the worker's so a replay keeps their order,
+-- and the worker's lease is let go so the next start adopts both at once. The
+-- only file I/O of the game thread, and only at quit.
+local function save_unsent()
+  local lines = {}
+  channels.events:performAtomic(function(ch)
+    while true do
+      local v = ch:pop()
+      if v == nil then break end
+      if v ~= "" then lines[#lines + 1] = v end
+    end
+  end)
+  local ok, err = pcall(function()
+    local fs = require("bmcp.fs").love(love.filesystem)
+    fs.mkdir(config.spill_dir)
+    local lease = config.spill_dir .. "/" .. session_id .. ".lease"
+    if (fs.read_at(lease, 0, 256) or ""):match("^(.-)\n") == session_id then fs.remove(lease) end
+    if #lines == 0 then return end
+    local f = require("bmcp.spillfile").open({ fs = fs, dir = config.spill_dir, instance = session_id .. "~q" })
+    assert(f:append(lines))
+  end)
+  log(string.format("the worker did not stop within %d ms: %d events it had not taken %s", config.quit_wait_ms or 200,
+    #lines, ok and "are saved for the next start" or ("could not be saved: " .. tostring(err))))
+end
+
 -- Quit: the worker writes what is pending to disk and says "done"; the game
 -- waits for that at most quit_wait_ms, and the next start sends the rest.
 local function quit()
@@ -134,7 +161,7 @@ local function quit()
   if not state.dead then
     channels.control:push("quit")
     channels.events:push("") -- wakes a worker waiting for events; not an event
-    channels.done:demand((config.quit_wait_ms or 200) / 1000)
+    if not channels.done:demand((config.quit_wait_ms or 200) / 1000) then save_unsent() end
   end
   on_frame()
 end

@@ -85,7 +85,11 @@ function Q:adopt_orphans()
       self.claims[inst] = now
     end
   end
-  for inst, at in pairs(self.claims) do
+  local claimed = {}
+  for inst in pairs(self.claims) do claimed[#claimed + 1] = inst end
+  table.sort(claimed) -- "<session>" before "<session>~q": replayed in the order written
+  for _, inst in ipairs(claimed) do
+    local at = self.claims[inst]
     if now - at >= self.claim_ms then
       self.claims[inst] = nil
       if self:_owner(inst) == self.instance then

@@ -3,8 +3,9 @@
 --
 -- Owns: the scenarios (which run, which jokers, which actions), waiting for the
 -- game to be ready for each action (its state, its event queue empty), and the
--- optional fault injection (crash the mod's worker after action N). It must
--- never call the mod except for the test-only BalatroMCP.control("crash").
+-- optional fault injection (crash the mod's worker after action N, and play
+-- the rest once the mod has noticed). It must never call the mod except for the
+-- test-only BalatroMCP.control("crash") and BalatroMCP.status().
 
 local rules = require("rules")
 
@@ -95,6 +96,10 @@ function M.step()
   local a = actions[index]
   if not a then return true end
   if not ready(a[1]) then return false end
+  -- after a crash, the rest of the game is played once the mod knows its worker is gone
+  if opts_g.crash_after and index > tonumber(opts_g.crash_after) and BalatroMCP.status().worker_alive then
+    return false
+  end
   a[2]()
   if opts_g.crash_after and index == tonumber(opts_g.crash_after) and BalatroMCP then
     BalatroMCP.control("crash")

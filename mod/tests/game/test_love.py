@@ -361,6 +361,24 @@ class LoveHarness(unittest.TestCase):
         self.assertEqual(len(hands(self, events)), 4)
         self.assertEqual(list((save / "love/BalatroHarness/BalatroMCP/spill").glob("*.q")), [], "the spill is gone")
 
+    def test_a_game_quitting_during_a_hung_request_loses_nothing(self):
+        hung = socket.socket()  # accepts connections (backlog) and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        self.addCleanup(hung.close)
+        save = self.tmp / "a"
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/api/v1/events"
+        g1 = self.game(save, "scenario=round", "wait=none", "url=" + url, *FAST, "cfg.request_timeout_ms=10000")
+        g1.finish(self)
+        quit1 = g1.find("quit")
+        self.assertLess(quit1["quit_ms"], 300, "quitting waits at most ~200 ms")
+        first = quit1["status"]
+        srv = self.server().start()
+        g2 = self.game(save, "scenario=replay", "url=" + srv.url, *FAST)
+        g2.finish(self)
+        events = srv.events(first["session"], first["emitted"])
+        sequences_whole(self, events, first["session"], first["emitted"])
+
     def test_two_games_sharing_a_save_folder_lose_nothing_through_an_outage(self):
         srv = self.server()
         save = self.tmp / "shared"
