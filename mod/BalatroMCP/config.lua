@@ -31,6 +31,7 @@ return {
   write_ahead = true,           -- events go to the spill log before each request, so a quit during a hung request loses nothing
   lease_touch_ms = 5000,        -- how often a worker renews the lease on its spill logs
   lease_stale_ms = 30000,       -- a log whose lease is older belongs to a game that is gone: adopted
+  claim_ms = 500,               -- a claimed log is adopted this long after the claim, if the claim still stands
   quit_flush_ms = 150,          -- on quit, after writing everything pending to disk, try this long to send
   quit_wait_ms = 200,           -- the longest the game waits for the worker when it quits
   stats_interval_ms = 1000,     -- how often the worker reports its counters to the game thread

@@ -221,7 +221,8 @@ function M.install(ctx)
   install_scoring(ctx, st)
   install_actions(ctx, st)
   -- The game's love.quit may refuse to quit (returns true): stop the worker only
-  -- when the game really quits.
+  -- when the game really quits. A game without one gets one.
+  if love.quit == nil then love.quit = function() end end
   wrap(love, "quit", "love.quit", ctx.log, nil, function(results)
     if not results[1] and ctx.on_quit then ctx.on_quit() end
   end)

@@ -184,6 +184,7 @@ function M.effect(ret)
     chips = num(ret.chip_mod) or num(ret.chips),
     mult = num(ret.mult_mod) or num(ret.mult) or num(ret.h_mult),
     x_mult = num(ret.Xmult_mod) or num(ret.x_mult) or num(ret.xmult) or num(ret.Xmult),
+    x_chips = num(ret.x_chips) or num(ret.xchips) or num(ret.Xchip_mod),
     money = num(ret.dollars) or num(ret.p_dollars),
     repetitions = num(ret.repetitions),
     message = str(message),

@@ -39,7 +39,7 @@ function T:trigger(joker, effect)
   self.triggers = self.triggers + 1
   return self.client:emit("SCORING", "JOKER_TRIGGER", {
     joker = joker, trigger_index = self.triggers, chips = effect.chips, mult = effect.mult,
-    x_mult = effect.x_mult, money = effect.money, repetitions = effect.repetitions,
+    x_mult = effect.x_mult, x_chips = effect.x_chips, money = effect.money, repetitions = effect.repetitions,
     message = effect.message, score_contribution = effect.score_contribution,
     context = effect.context, parent = effect.parent,
   })
