@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The mod (mod/BalatroMCP) in the game-layout harness (mod/tests/game) under real
 # LÖVE 11.4, headless, against the real jimbus ($JIMBUS_BIN): a round, a
-# 500-trigger hand, a whole game with the server down then a restart, two games
-# sharing one save folder through an outage, a full disk (a 64 KiB tmpfs: needs
-# root, which CI has), the worker killed mid-game, rejected events logged.
+# 500-trigger hand, a whole game with the server down then a restart, a quit
+# during a request that never answers, two games sharing one save folder through
+# an outage, a full disk with the server down and up (a 64 KiB tmpfs: needs root,
+# which CI has), the worker killed mid-game, rejected events logged.
 # Every check reads what the server stored back as a subscriber (jimbus tail).
 set -euo pipefail
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"

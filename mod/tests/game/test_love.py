@@ -429,6 +429,28 @@ class LoveHarness(unittest.TestCase):
         final = g.find("quit")["status"]["worker"]["dropped"]
         self.assertTrue(1 <= drops <= 1 + final // 1000, f"the first drop and every 1000th are logged: {drops}, {final}")
 
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "mounting a tmpfs needs root (CI runs as root)")
+    def test_a_full_disk_with_the_server_up_loses_nothing(self):
+        save = self.tmp / "full"
+        save.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(save)], check=True)
+        (save / "love/BalatroHarness/BalatroMCP/spill").mkdir(parents=True)
+        fd = os.open(save / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 512):  # until nothing more fits
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        srv = self.server().start()
+        g = self.game(save, "scenario=round", "url=" + srv.url, *FAST)
+        st = g.finish(self)["status"]
+        self.assertGreater(st["worker"]["spill_failures"], 0, "the disk refused the write-ahead")
+        self.assertEqual(st["dropped"] + st["worker"]["dropped"], 0)
+        events = srv.events(st["session"], st["emitted"])
+        sequences_whole(self, events, st["session"], st["emitted"])
+
     def test_the_game_goes_on_when_its_worker_dies(self):
         srv = self.server().start()
         g = self.game(self.tmp / "a", "scenario=game", "rounds=2", "crash_after=3", "wait=dead",
