@@ -1,6 +1,7 @@
-"""The Python example subscriber (tools/subscriber.py) against the real server:
-events posted over HTTP in the field mod's JSON dialect come out of the
-subscriber as one JSON line each, in order, with their values intact."""
+"""The Python subscriber against the real server: tools/subscriber.py, the shim
+that runs `jimbus-py tail` of the package in tools/python from the source tree.
+Events posted over HTTP in the field mod's JSON dialect come out as one JSON
+line each, in order, with their values intact; the old script's flags work."""
 
 from __future__ import annotations
 
@@ -175,6 +176,24 @@ def test_exits_1_when_count_is_not_reached_in_time(jimbus):
     assert result.returncode == 1
     assert [d["event"]["eventId"] for d in lines_of(result)] == ["py-1"]
     assert "timed out" in result.stderr and "1 of 2" in result.stderr
+
+
+def test_positional_pattern_as_jimbus_py_tail_takes_it(jimbus):
+    post_batch(jimbus, EVENTS)
+    result = run_subscriber(jimbus, "balatro.*.MONEY_CHANGED", "--start", "earliest", "--count", "1", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert [d["event"]["eventId"] for d in lines_of(result)] == ["py-2"]
+
+
+def test_unreachable_server_exits_1_with_a_clear_message():
+    result = subprocess.run(
+        [sys.executable, str(SUBSCRIBER), "--target", "127.0.0.1:1", "--count", "1", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 1
+    assert "could not connect to jimbus at 127.0.0.1:1" in result.stderr
 
 
 def test_bad_start_is_a_usage_error(jimbus):
