@@ -81,11 +81,8 @@ client = require("bmcp.client").new({
   heartbeat_interval_ms = config.heartbeat_interval_ms, log = log,
   builder_opts = {
     session_id = session_id, game_ms = game_ms,
-    epoch_ms = (function()
-      -- epoch ms with sub-second resolution: os.time() anchors the monotonic clock
-      local t0, g0 = os.time() * 1000, love.timer.getTime()
-      return function() return math.floor(t0 + (love.timer.getTime() - g0) * 1000) end
-    end)(),
+    -- epoch ms with sub-second resolution: os.time() anchors the monotonic clock
+    epoch_anchor_ms = os.time() * 1000 - game_ms(),
   },
 })
 local scoring = require("bmcp.scoring").new(client, game_ms)

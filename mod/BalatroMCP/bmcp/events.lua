@@ -14,7 +14,7 @@ local json = require("bmcp.json")
 local M = {}
 
 local enc, num = json.encode_string, json.encode_number
-local format = string.format
+local format, floor = string.format, math.floor
 
 -- FNV-1a over a string, as 8 hex digits: mixes the entropy sources below.
 local function fnv_hex(s)
@@ -47,6 +47,8 @@ local Builder = {}
 Builder.__index = Builder
 
 --- opts: session_id (optional), source ("BalatroMCP"), epoch_ms(), game_ms(),
+--- epoch_anchor_ms (with game_ms: the epoch time of game time 0, so that one
+--- clock read gives both timestamps; epoch_ms is then not called),
 --- first_sequence (default 1).
 function M.new(opts)
   opts = opts or {}
@@ -55,6 +57,7 @@ function M.new(opts)
   self.source = opts.source or "BalatroMCP"
   self.epoch_ms = opts.epoch_ms or function() return os.time() * 1000 end
   self.game_ms = opts.game_ms
+  self.anchor = opts.game_ms and opts.epoch_anchor_ms
   self.next_sequence = opts.first_sequence or 1
   -- the parts every event shares, encoded once
   local id_open = enc(self.session_id .. "-")
@@ -76,10 +79,10 @@ function Builder:build(event_type, subtype, payload, fields)
     self.open, seq_text, self.prefix, seq_text, ',"type":', enc(event_type),
   }
   if subtype then parts[#parts + 1] = ',"subtype":' .. enc(subtype) end
-  parts[#parts + 1] = self.source_part .. num(self.epoch_ms())
-  if self.game_ms then
+  local ms = self.game_ms and self.game_ms()
+  parts[#parts + 1] = self.source_part .. num(self.anchor and floor(self.anchor + ms) or self.epoch_ms())
+  if ms then
     -- to the microsecond, which needs no round trip check
-    local ms = self.game_ms()
     parts[#parts + 1] = ',"game_time_ms":' .. (ms == ms and ms < 1e15 and ms > -1e15 and format("%.3f", ms) or num(ms))
   end
   if fields then

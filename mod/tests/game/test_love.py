@@ -69,10 +69,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.http}/api/v1/events"
 
     def start(self):
-        log = open(os.path.join(self.data, "server.log"), "ab")
-        self.proc = subprocess.Popen(
-            [BIN, "serve", "--http", f"127.0.0.1:{self.http}", "--grpc", f"127.0.0.1:{self.grpc}",
-             "--data-dir", os.path.join(self.data, "d")], stdout=log, stderr=log)
+        with open(os.path.join(self.data, "server.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--http", f"127.0.0.1:{self.http}", "--grpc", f"127.0.0.1:{self.grpc}",
+                 "--data-dir", os.path.join(self.data, "d")], stdout=log, stderr=log)
         poll(self._ready, 30, "jimbus /ready")
         return self
 
@@ -175,6 +175,7 @@ class Game:
             self.proc.wait()
             raise AssertionError("the game did not finish:\n" + self.text())
         self.reader.join(5)
+        self.proc.stdout.close()
         return rc
 
     def text(self):
@@ -196,6 +197,9 @@ class Game:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(5)
+        if not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
 
 def sequences_whole(test, events, session, emitted):
