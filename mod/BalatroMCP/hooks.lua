@@ -142,7 +142,7 @@ local function install_scoring(ctx, st)
   end)
 
   local function on_effect(ret, card, context, parent)
-    if type(ret) ~= "table" or not is_joker(card) or st.sent[ret] then return end
+    if type(ret) ~= "table" or next(ret) == nil or not is_joker(card) or st.sent[ret] then return end
     st.sent[ret] = true
     local effect = gs.effect(ret)
     effect.context = gs.context_name(context, G.jokers)

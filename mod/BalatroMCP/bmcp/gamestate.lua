@@ -163,7 +163,10 @@ local CONTEXTS = { "repetition", "individual", "other_joker", "joker_main", "bef
                    "end_of_round", "discard", "pre_discard", "buying_card", "selling_card",
                    "setting_blind", "using_consumeable", "first_hand_drawn", "skip_blind",
                    "reroll_shop", "ending_shop", "open_booster", "playing_card_added",
-                   "cards_destroyed", "remove_playing_cards" }
+                   "cards_destroyed", "remove_playing_cards",
+                   -- Steamodded's scoring steps
+                   "post_trigger", "initial_scoring_step", "final_scoring_step", "main_scoring",
+                   "modify_scoring_hand", "debuffed_hand", "destroying_card", "press_play", "hand_drawn" }
 
 --- The kind of a calculate_joker context: the first flag it sets, in Balatro's
 --- scoring order. The joker_main pass of older versions has no flag: it is
