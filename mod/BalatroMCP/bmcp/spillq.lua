@@ -205,7 +205,13 @@ end
 
 -- Reads a batch from a log; a log that reads back nothing is finished.
 function Q:_peek_log(f, n)
-  if not f:pending() then return nil end
+  if not f:pending() then
+    if f.count ~= 0 then
+      self.log(string.format("spill %s: %d events counted but none on disk; the count is reset", f.instance, f.count))
+      f.count = 0
+    end
+    return nil
+  end
   local recs = f:read(n)
   if #recs == 0 then
     self.log(string.format("spill %s: nothing readable is left (%d counted); the log is closed", f.instance, f.count))

@@ -86,6 +86,8 @@ describe("spill queue", function()
     q.file.count = 50 -- the counter says more than the file holds
     assert.same(range(1, 5), drain(q))
     assert.is_false(q:has_disk())
+    assert.same({}, q:peek(10))
+    assert.equal(0, q:len()) -- nothing left to wait for
     fs.files["d/a.1.q"] = "not a frame at all" -- bytes on disk, nothing readable
     assert.same({}, q:peek(10))
     assert.is_false(q:has_disk())
