@@ -155,7 +155,7 @@ function M.game_state(G, globals)
     blind = blind and { name = str(blind.name) or "", chips = num(blind.chips) } or nil,
     jokers = M.jokers(G, true), hand = M.cards(G.hand), deck = deck,
     consumables = items(G.consumeables), shop = M.shop(G, g),
-    seed = str(pseudo.seed), stake = num(g.stake),
+    seed = str(pseudo.seed) or str(g.pseudorandom_seed), stake = num(g.stake),
   }
 end
 
