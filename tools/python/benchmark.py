@@ -6,7 +6,8 @@
 Starts $JIMBUS_BIN (default target/debug/jimbus) on loopback with a temporary
 data directory (or uses --target), publishes --events heartbeats with
 `Client.publish`, then consumes them from `earliest` and prints one line per
-mode with deliveries per second:
+mode with deliveries per second, and per second of this process's CPU time
+(the figure that does not depend on what else the machine runs):
   raw      grpcio alone (SubscribeResponse.FromString per message): the floor
   sync     jimbus.Client.subscribe, ephemeral
   durable  jimbus.Client.subscribe with a durable name and automatic batched acks
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,12 @@ from jimbus.aio import AsyncClient
 
 PATTERN = "balatro.bench.HEARTBEAT"
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, every thread (grpc's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -149,6 +157,7 @@ def main() -> int:
             took = publish(target, args.events)
             print(f"published {args.events} events in {took:.2f} s ({args.events / took:,.0f}/s)")
             for mode in args.modes.split(","):
+                cpu_before = cpu_seconds()
                 if mode == "raw":
                     elapsed = consume_raw(target, args.events)
                 elif mode == "sync":
@@ -161,7 +170,11 @@ def main() -> int:
                     elapsed = asyncio.run(consume_async(target, args.events))
                 else:
                     raise SystemExit(f"unknown mode {mode!r}")
-                print(f"{mode:8} {args.events} deliveries in {elapsed:.2f} s: {args.events / elapsed:,.0f}/s")
+                cpu = cpu_seconds() - cpu_before
+                print(
+                    f"{mode:10} {args.events} deliveries in {elapsed:.2f} s: {args.events / elapsed:,.0f}/s "
+                    f"(this process used {cpu:.2f} CPU s: {args.events / cpu:,.0f} per CPU second)"
+                )
         finally:
             if server is not None:
                 server.terminate()

@@ -9,7 +9,6 @@ by one background thread with a bounded number of positions outstanding.
 from __future__ import annotations
 
 import functools
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,7 +54,8 @@ class _AckSender:
     Bounded twice: `add` blocks while `max_pending` positions are queued or
     unanswered, and at most `max_requests` Ack requests are in flight at once.
     A failed ack is not retried: the server sends the delivery again and the
-    tracker flags it as a repeat.
+    tracker flags it as a repeat. One lock and a list, not a queue.Queue: `add`
+    runs once per delivery and must cost little more than an append.
     """
 
     def __init__(
@@ -70,8 +70,12 @@ class _AckSender:
         self._send = send
         self._tracker = tracker
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._interval = interval
-        self._queue: queue.Queue[Position | None] = queue.Queue(maxsize=max_pending)
+        self._cond = threading.Condition()
+        self._pending: list[Position] = []
+        self._outstanding = 0  # queued, or sent and not yet answered
+        self._closing = False
         self._slots = threading.BoundedSemaphore(max_requests)
         self.error: JimbusError | None = None
         self.sent = 0
@@ -81,76 +85,81 @@ class _AckSender:
     def add(self, position: Position) -> None:
         if self.error is not None:
             raise self.error
-        self._queue.put(position)
+        with self._cond:
+            while self._outstanding >= self._max_pending and not self._closing:
+                self._cond.wait()
+            self._pending.append(position)
+            self._outstanding += 1
+            if len(self._pending) == 1 or len(self._pending) >= self._max_batch:
+                self._cond.notify_all()
 
-    def _batch(self, first: Position) -> tuple[list[Position], bool]:
-        batch, stop = [first], False
-        deadline = time.monotonic() + self._interval
-        while len(batch) < self._max_batch:
-            try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                break
-            if item is None:
-                stop = True
-                break
-            batch.append(item)
-        return batch, stop
+    def _take(self) -> list[Position] | None:
+        """The next batch: waits for a first position, then up to `interval` for a full batch."""
+        with self._cond:
+            while not self._pending and not self._closing:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            deadline = time.monotonic() + self._interval
+            while len(self._pending) < self._max_batch and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            return batch
 
     def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                self._queue.task_done()
-                return
-            batch, stop = self._batch(first)
+        while (batch := self._take()) is not None:
             self._slots.acquire()
             try:
                 future = self._send(batch)
-            except Exception:
-                self._settle(batch, stop, None)
-                raise
-            future.add_done_callback(functools.partial(self._settled, batch, stop))
+            except Exception as error:  # the channel is closed
+                self._settle(batch, None, error)
+                continue
+            future.add_done_callback(functools.partial(self._settled, batch))
 
-    def _settled(self, batch: list[Position], stop: bool, future: AckFuture) -> None:
-        self._settle(batch, stop, future)
-
-    def _settle(self, batch: list[Position], stop: bool, future: AckFuture | None) -> None:
+    def _settled(self, batch: list[Position], future: AckFuture) -> None:
         """Runs when an Ack request is answered (on a grpc thread)."""
         try:
-            if future is not None:
-                future.result()
-                self._tracker.confirmed(batch)
-                self.sent += len(batch)
-        except grpc.RpcError as error:
+            future.result()
+        except Exception as error:
+            self._settle(batch, future, error)
+        else:
+            self._settle(batch, future, None)
+
+    def _settle(self, batch: list[Position], future: AckFuture | None, error: Exception | None) -> None:
+        if error is None:
+            self._tracker.confirmed(batch)
+            self.sent += len(batch)
+        elif isinstance(error, grpc.RpcError):
             code, details = status_of(error)
             if not is_retryable(code, details):
                 self.error = translate(code, details, "ack")
-        except Exception as error:  # a cancelled future, or a bug: stop adding, say why
+        else:
             self.error = JimbusError(f"ack failed: {error!r}")
-        finally:
-            self._slots.release()
-            for _ in range(len(batch) + stop):
-                self._queue.task_done()
+        self._slots.release()
+        with self._cond:
+            self._outstanding -= len(batch)
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None) -> bool:
         """Waits until every queued ack was answered; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
+        with self._cond:
+            while self._outstanding:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._queue.all_tasks_done.wait(left)
+                self._cond.wait(left)
         return True
 
     def close(self, timeout: float) -> None:
         self.flush(timeout)
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self._thread.join(timeout)
 
 
