@@ -51,6 +51,8 @@ pub struct HttpOptions {
     pub max_connections: usize,
     /// Serve CPU profiles at `/debug/pprof/profile`.
     pub profiling: bool,
+    /// Serve the web view at `/ui` ([`crate::ui`]).
+    pub ui: bool,
 }
 
 /// Process-wide state the HTTP edge reads: readiness, stopping, metrics.
@@ -129,7 +131,8 @@ impl Listener {
             tracing::debug!(shard = self.shard, error = %e, "cannot set TCP_NODELAY");
         }
         glommio::spawn_local(async move {
-            let handler = Handler { listener: self.clone(), peer: stream.peer_addr().ok() };
+            let handler =
+                Handler { listener: self.clone(), peer: stream.peer_addr().ok(), gate: crate::sse::WriteGate::new() };
             handler.serve(stream).await;
             self.connections.set(self.connections.get() - 1);
             if self.connections.get() == 0 {
@@ -152,6 +155,10 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconten
 struct Handler {
     listener: Rc<Listener>,
     peer: Option<SocketAddr>,
+    /// What the socket has taken, for an event stream's flow control; once
+    /// the connection carries a stream, which its client never answers, its
+    /// reads wait without the idle timeout.
+    gate: Rc<crate::sse::WriteGate>,
 }
 
 impl Handler {
@@ -159,17 +166,18 @@ impl Handler {
         let _ = stream.set_read_timeout(Some(self.listener.options.idle_timeout));
         let control = self.listener.control.clone();
         let header_timeout = self.listener.options.header_timeout;
+        let gate = self.gate.clone();
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.route(req).await) }
+            async move { Ok::<_, std::convert::Infallible>(this.route_browser(req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(HeaderTimer)
             .header_read_timeout(header_timeout)
             .keep_alive(true)
             .pipeline_flush(true)
-            .serve_connection(GlommioIo::new(stream), service);
+            .serve_connection(GlommioIo::new(stream, gate), service);
         let mut conn = std::pin::pin!(conn);
         let stop = control.stop.listen();
         if control.stopping.load(Ordering::Acquire) {
@@ -192,6 +200,19 @@ impl Handler {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
+    }
+
+    /// The browser's stream ([`crate::sse`]) and view ([`crate::ui`]); every
+    /// other request goes to [`Handler::route`].
+    async fn route_browser(&self, req: Request<Incoming>) -> crate::sse::Response {
+        let path = req.uri().path();
+        if path == "/api/v1/stream" {
+            return crate::sse::respond(&req, &self.listener.bus, &self.listener.control, &self.gate);
+        }
+        if self.listener.options.ui && (path == "/ui" || path.starts_with("/ui/")) {
+            return crate::ui::respond(&req).map(http_body_util::Either::Left);
+        }
+        self.route(req).await.map(http_body_util::Either::Left)
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -543,12 +564,13 @@ impl hyper::rt::Timer for HeaderTimer {
 /// zero-filled first (glommio wants an initialised slice).
 struct GlommioIo {
     stream: TcpStream,
+    gate: Rc<crate::sse::WriteGate>,
     scratch: Box<[u8]>,
 }
 
 impl GlommioIo {
-    fn new(stream: TcpStream) -> Self {
-        Self { stream, scratch: vec![0; 16 * 1024].into_boxed_slice() }
+    fn new(stream: TcpStream, gate: Rc<crate::sse::WriteGate>) -> Self {
+        Self { stream, gate, scratch: vec![0; 16 * 1024].into_boxed_slice() }
     }
 }
 
@@ -565,6 +587,14 @@ impl hyper::rt::Read for GlommioIo {
                 buf.put_slice(&this.scratch[..n]);
                 Poll::Ready(Ok(()))
             }
+            // An event stream's client sends nothing: its read goes on untimed
+            // (the stream's keepalive writes notice a vanished client).
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut && this.gate.is_streaming() => {
+                let _ = this.stream.set_read_timeout(None);
+                Pin::new(&mut this.stream)
+                    .poll_read(cx, &mut this.scratch[..want])
+                    .map_ok(|n| buf.put_slice(&this.scratch[..n]))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
@@ -573,7 +603,12 @@ impl hyper::rt::Read for GlommioIo {
 
 impl hyper::rt::Write for GlommioIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.gate.wrote(n);
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -16,4 +16,6 @@ pub mod profile;
 pub mod remote_budget;
 pub mod server;
 pub mod shard;
+pub mod sse;
 pub mod telemetry;
+pub mod ui;
