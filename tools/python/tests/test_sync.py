@@ -99,6 +99,27 @@ def test_hands_yield_typed_aggregated_hands_and_to_pandas(jimbus: Jimbus) -> Non
     assert not math.isnan(float(frame["chips_delta"][0]))
 
 
+def test_hands_skip_state_only_messages(jimbus: Jimbus) -> None:
+    state = events_pb2.Event(
+        event_id="gs-1",
+        event_type="GAME_STATE",
+        session_id="st",
+        game_state=events_pb2.GameStateEvent(phase="SELECTING_HAND", ante=3),
+    )
+    with Client(jimbus.grpc) as client:
+        client.publish([state])
+        # The window closes with no hand: a state-only message on the aggregated topic.
+        with client.subscribe("balatro.st.aggregated", start="earliest") as sub:
+            [only_state] = take(sub, 1)
+        assert only_state.aggregated is not None
+        assert not only_state.aggregated.HasField("cascade_info")
+        client.publish(hand("st", 1, ["Joker"]))
+        with client.hands("st", start="earliest", durable="hands") as hands:
+            [first] = take(hands, 1)
+    assert first.cascade_info.trigger_count == 1
+    assert first.base.ante == 3  # the merged game state rides along
+
+
 def test_durable_acks_after_the_loop_body_and_resumes_after_them(jimbus: Jimbus) -> None:
     with Client(jimbus.grpc) as client:
         # Only what is read: deliveries the server sent ahead to a closed subscription

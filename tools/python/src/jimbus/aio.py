@@ -101,7 +101,7 @@ class AsyncSubscription(Generic[T]):
     `await sub.open()` / `async with` (then it is registered before it returns)."""
 
     def __init__(
-        self, client: AsyncClient, options: SubscribeOptions, transform: Callable[[Delivery], T], reconnect: bool
+        self, client: AsyncClient, options: SubscribeOptions, transform: Callable[[Delivery], T | None], reconnect: bool
     ) -> None:
         self._client = client
         self.options = options
@@ -164,9 +164,14 @@ class AsyncSubscription(Generic[T]):
                     delivery = tracker.admit(message)
                     if delivery is None:
                         continue
+                    item = transform(delivery)
+                    if item is None:  # not for the caller (a state-only aggregated message)
+                        if self._acks is not None:
+                            await self._acks.add(delivery.position)
+                        continue
                     if manual:
                         self._handed_out.add(delivery.position)
-                    yield transform(delivery)
+                    yield item
                     if auto_acks is not None:
                         await auto_acks.add(delivery.position)
                     elif manual and len(self._handed_out) >= self._limit:
@@ -298,7 +303,8 @@ class AsyncClient:
         max_deliver: int = 0,
         reconnect: bool = True,
     ) -> AsyncSubscription[Hand]:
-        """As `Client.hands`: aggregated hands as BalatroGameStateEvent messages."""
+        """As `Client.hands`: aggregated hands as BalatroGameStateEvent messages
+        (state-only messages skipped)."""
         pattern = _core.hands_pattern(session)
         options = _core.subscribe_options(pattern, start, durable, auto_ack, max_in_flight, ack_wait, max_deliver)
         return AsyncSubscription(self, options, _hand_of, reconnect)
@@ -342,5 +348,7 @@ def _identity(delivery: Delivery) -> Delivery:
     return delivery
 
 
-def _hand_of(delivery: Delivery) -> Hand:
-    return delivery.message.aggregated
+def _hand_of(delivery: Delivery) -> Hand | None:
+    """The hand, or None for a message that carries only a coalesced game state."""
+    hand = delivery.message.aggregated
+    return hand if hand.HasField("cascade_info") else None

@@ -174,7 +174,7 @@ class Subscription(Generic[T]):
         self,
         client: Client,
         options: SubscribeOptions,
-        transform: Callable[[Delivery], T],
+        transform: Callable[[Delivery], T | None],
         reconnect: bool = True,
     ) -> None:
         self._client = client
@@ -249,9 +249,14 @@ class Subscription(Generic[T]):
                     delivery = tracker.admit(message)
                     if delivery is None:
                         continue
+                    item = transform(delivery)
+                    if item is None:  # not for the caller (a state-only aggregated message)
+                        if self._acks is not None:
+                            self._acks.add(delivery.position)
+                        continue
                     if manual:
                         self._handed_out.add(delivery.position)
-                    yield transform(delivery)
+                    yield item
                     if auto_acks is not None:
                         auto_acks.add(delivery.position)
                     elif manual and len(self._handed_out) >= self._limit:
@@ -410,7 +415,11 @@ class Client:
         reconnect: bool = True,
     ) -> Subscription[Hand]:
         """Aggregated hands of one session (or every one: "*") as BalatroGameStateEvent
-        messages, from `balatro.<session>.aggregated`; the options are subscribe's."""
+        messages, from `balatro.<session>.aggregated`; the options are subscribe's.
+
+        Only hands: a message that carries only a coalesced game state (a window
+        in which no hand closed) is skipped, and acked when durable. Subscribe
+        to the pattern itself to see those too."""
         pattern = _core.hands_pattern(session)
         options = _core.subscribe_options(pattern, start, durable, auto_ack, max_in_flight, ack_wait, max_deliver)
         return Subscription(self, options, _hand_of, reconnect)
@@ -491,5 +500,7 @@ def _identity(delivery: Delivery) -> Delivery:
     return delivery
 
 
-def _hand_of(delivery: Delivery) -> Hand:
-    return delivery.message.aggregated
+def _hand_of(delivery: Delivery) -> Hand | None:
+    """The hand, or None for a message that carries only a coalesced game state."""
+    hand = delivery.message.aggregated
+    return hand if hand.HasField("cascade_info") else None
