@@ -196,6 +196,9 @@ fn value_check(field: &FieldDescriptorProto, rules: &Rules) -> String {
         Type::Message if field.type_name().starts_with(".jimbot.") => {
             checks += "crate::validate::Validate::validate_into(v, path, out);\n";
         }
+        Type::Message if field.type_name() == ".google.protobuf.Struct" => {
+            checks += "crate::validate::check_struct(v, path, out);\n";
+        }
         Type::Message | Type::Group | Type::Bool => {}
         _ => {
             if let Some(min) = &rules.min {

@@ -128,6 +128,19 @@ impl<C: Counter> Grant<C> {
         self.status
     }
 
+    /// Takes `more` bytes on top of this grant, all or nothing (a request whose
+    /// decoded size turns out larger than first asked); false when they are not free.
+    pub fn try_grow(&mut self, more: u64) -> bool {
+        match self.budget.request(more, more) {
+            Some(mut extra) => {
+                // The bytes now belong to this grant: `extra` gives back nothing.
+                self.bytes += std::mem::take(&mut extra.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Gives back what is no longer needed, keeping `keep` bytes.
     pub fn shrink_to(&mut self, keep: u64) {
         if keep < self.bytes {
@@ -174,6 +187,18 @@ mod tests {
         assert!(budget.request(1, 1).is_none(), "80 held is over the new limit");
         drop(held);
         assert_eq!(budget.request(50, 50).map(|g| g.bytes()), Some(50));
+    }
+
+    #[test]
+    fn growing_takes_all_or_nothing() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let mut grant = budget.request(40, 40).unwrap();
+        assert!(grant.try_grow(50));
+        assert_eq!((grant.bytes(), budget.used()), (90, 90));
+        assert!(!grant.try_grow(11), "only 10 are free");
+        assert_eq!(budget.used(), 90);
+        drop(grant);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -11,6 +11,33 @@ use crate::json::{JsonError, Kind, Reader};
 use jimbus_proto::events as pb;
 use std::ops::Range;
 
+/// The most events one request may carry (the schema's `max_items` on
+/// `PublishRequest.events`); a body with more is refused whole.
+pub const MAX_EVENTS: usize = 100_000;
+
+/// Memory an event holds once decoded, beyond its raw JSON's bytes times
+/// [`HELD_PER_RAW_BYTE`]: the `Event` and its boxes, the entry that carries it
+/// to its shard, and a rejection's path and reason.
+pub const HELD_PER_EVENT: usize = 1024;
+
+/// Memory a decoded event holds per byte of its raw JSON (its strings, Structs
+/// and lists take about 4.5 times the JSON they came from).
+pub const HELD_PER_RAW_BYTE: usize = 5;
+
+/// What a caller bounds while a body is decoded.
+pub struct Limits<'a> {
+    /// More events than this refuse the body ([`BodyError::TooManyEvents`]).
+    pub max_events: usize,
+    /// Told the memory each event holds as soon as it is read; answering false
+    /// stops decoding with [`BodyError::OverBudget`].
+    pub charge: &'a mut dyn FnMut(usize) -> bool,
+}
+
+/// The memory one event read from `raw` bytes of JSON holds.
+pub fn held_bytes(raw: usize) -> usize {
+    HELD_PER_EVENT + raw * HELD_PER_RAW_BYTE
+}
+
 /// Which endpoint the body arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -66,13 +93,19 @@ pub enum BodyError {
     /// The single event, or the envelope, has a field that does not fit.
     #[error("{0}")]
     Field(FieldError),
+    /// The batch holds more than [`Limits::max_events`] events.
+    #[error("events: more than {0} events in one request")]
+    TooManyEvents(usize),
+    /// The decoded events would hold more memory than the caller can grant.
+    #[error("the decoded events need more memory than the server's budget has free")]
+    OverBudget,
 }
 
 impl BodyError {
     /// The byte offset the error points at, when there is one.
     pub fn offset(&self) -> Option<usize> {
         match self {
-            BodyError::Empty => None,
+            BodyError::Empty | BodyError::TooManyEvents(_) | BodyError::OverBudget => None,
             BodyError::Syntax(e) => Some(e.offset),
             BodyError::Field(e) => Some(e.offset),
         }
@@ -95,8 +128,13 @@ fn classify(e: FieldError) -> BodyError {
     }
 }
 
-/// Decodes a request body.
+/// Decodes a request body, with [`MAX_EVENTS`] and no memory bound.
 pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyError> {
+    decode_body_within(body, endpoint, Limits { max_events: MAX_EVENTS, charge: &mut |_| true })
+}
+
+/// Decodes a request body within `limits`.
+pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -> Result<DecodedBody, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Empty);
     }
@@ -106,9 +144,12 @@ pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyE
             let start = skip_ws(body, 0);
             let event = adapt::read_event(&mut reader, body).map_err(classify)?;
             let raw = start..reader.offset();
+            if !(limits.charge)(held_bytes(raw.len())) {
+                return Err(BodyError::OverBudget);
+            }
             DecodedBody { events: vec![DecodedEvent { index: 0, event, raw }], ..DecodedBody::default() }
         }
-        Endpoint::Batch => decode_batch(&mut reader, body)?,
+        Endpoint::Batch => decode_batch(&mut reader, body, limits)?,
     };
     reader.finish().map_err(BodyError::Syntax)?;
     Ok(decoded)
@@ -118,9 +159,16 @@ fn skip_ws(body: &[u8], from: usize) -> usize {
     from + body[from..].iter().take_while(|b| b.is_ascii_whitespace()).count()
 }
 
-fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyError> {
+/// Why a batch stopped being read before its end, besides its own errors.
+enum Stop {
+    TooMany,
+    OverBudget,
+}
+
+fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Result<DecodedBody, BodyError> {
     let mut out = DecodedBody::default();
     let mut saw_events = false;
+    let mut stop = None;
     if r.peek().map_err(BodyError::Syntax)? != Kind::Object {
         return Err(BodyError::Field(FieldError {
             path: String::new(),
@@ -134,7 +182,13 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyErro
         match key.as_ref() {
             "events" => {
                 saw_events = true;
-                read_events(r, body, &mut out).map_err(|e| if e.path.is_empty() { in_key(e) } else { e })
+                read_events(r, body, &mut out, &mut limits, &mut stop).map_err(|e| {
+                    if e.path.is_empty() {
+                        in_key(e)
+                    } else {
+                        e
+                    }
+                })
             }
             "batch_id" => adapt::text(r).map(|v| out.envelope.batch_id = v).map_err(in_key),
             "source" => adapt::text(r).map(|v| out.envelope.source = v).map_err(in_key),
@@ -143,7 +197,11 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyErro
             _ => Ok(r.skip()?),
         }
     });
-    result.map_err(classify)?;
+    match stop {
+        Some(Stop::TooMany) => return Err(BodyError::TooManyEvents(limits.max_events)),
+        Some(Stop::OverBudget) => return Err(BodyError::OverBudget),
+        None => result.map_err(classify)?,
+    }
     if !saw_events {
         return Err(BodyError::Field(FieldError {
             path: "events".into(),
@@ -155,7 +213,13 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8]) -> Result<DecodedBody, BodyErro
     Ok(out)
 }
 
-fn read_events(r: &mut Reader<'_>, body: &[u8], out: &mut DecodedBody) -> Result<(), FieldError> {
+fn read_events(
+    r: &mut Reader<'_>,
+    body: &[u8],
+    out: &mut DecodedBody,
+    limits: &mut Limits<'_>,
+    stop: &mut Option<Stop>,
+) -> Result<(), FieldError> {
     if !matches!(r.peek()?, Kind::Array | Kind::Object) {
         let found = r.peek()?.name();
         return Err(FieldError {
@@ -165,10 +229,21 @@ fn read_events(r: &mut Reader<'_>, body: &[u8], out: &mut DecodedBody) -> Result
             syntax: false,
         });
     }
+    let halt =
+        |r: &Reader<'_>| FieldError { path: String::new(), reason: String::new(), offset: r.offset(), syntax: true };
     r.array(|r, index| {
+        if index >= limits.max_events {
+            *stop = Some(Stop::TooMany);
+            return Err(halt(r));
+        }
         let start = skip_ws(body, r.offset());
         let depth = r.depth();
-        match adapt::read_event(r, body) {
+        let read = adapt::read_event(r, body);
+        if !(limits.charge)(held_bytes(r.offset() - start)) {
+            *stop = Some(Stop::OverBudget);
+            return Err(halt(r));
+        }
+        match read {
             Ok(event) => out.events.push(DecodedEvent { index, event, raw: start..r.offset() }),
             Err(e) if e.syntax => return Err(e),
             Err(e) => {

@@ -164,6 +164,9 @@ fn expected(v: &Lua, in_list: bool) -> prost_types::Value {
     let kind = match v {
         Lua::Num(n) if in_list => Kind::StringValue(lua_number(*n)),
         Lua::Bool(b) if in_list => Kind::StringValue(b.to_string()),
+        // A Value cannot carry inf or nan to protobuf JSON: they become its strings.
+        Lua::Num(n) if n.is_nan() => Kind::StringValue("NaN".into()),
+        Lua::Num(n) if n.is_infinite() => Kind::StringValue(if *n > 0.0 { "Infinity" } else { "-Infinity" }.into()),
         Lua::Num(n) => Kind::NumberValue(*n),
         Lua::Bool(b) => Kind::BoolValue(*b),
         Lua::Str(s) => Kind::StringValue(s.clone()),

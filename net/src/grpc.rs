@@ -25,6 +25,53 @@ use tonic::{Request, Response, Status};
 /// PublishBatch requests of one stream queued on the bus and not yet durable.
 const PUBLISH_PIPELINE: usize = 8;
 
+/// Bytes of a stream's messages gathered, while its pipeline is full, into the
+/// request queued next. Reading on while commits are pending keeps h2 from
+/// buffering the stream's small DATA frames, whose framing overhead h2 caps
+/// (its data frame budget, half the connection window) with GOAWAY
+/// `too_many_data_frames`; past this bound the stream is not read and HTTP/2
+/// flow control pushes back.
+const GATHER_BYTES: usize = 8 << 20;
+
+/// The HTTP/2 connection window of the gRPC port (see [`serve`]).
+const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;
+
+/// Events in one Publish request or one PublishBatch message (the schema's
+/// `max_items`), and in one request gathered from a stream.
+const MAX_EVENTS: usize = jimbus_core::ingest::MAX_EVENTS;
+
+/// A prost decode error (a string that is not UTF-8, a truncated field) is the
+/// client's mistake: INVALID_ARGUMENT, where tonic says INTERNAL.
+fn invalid_if_undecodable(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf message") {
+        Status::invalid_argument(status.message().to_string())
+    } else {
+        status
+    }
+}
+
+/// The same for requests tonic refuses before a handler runs: their status is
+/// in the headers of a trailers-only response.
+pub fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.replace("%20", " ").starts_with("failed to decode Protobuf message"));
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
+fn check_count(events: &[pb::Event]) -> Result<(), Status> {
+    if events.len() > MAX_EVENTS {
+        return Err(Status::invalid_argument(format!("events: more than {MAX_EVENTS} in one request")));
+    }
+    Ok(())
+}
+
 /// Deliveries buffered per subscriber before its shard tasks wait.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -88,7 +135,7 @@ impl BusService {
                 event.correlation_id = correlation.to_string();
             }
             event.timing.get_or_insert_with(Default::default).received_at = Some(received);
-            if let Err(violations) = event.validate() {
+            if let Err(violations) = jimbus_proto::validate::check_event(&event) {
                 rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
                 continue;
             }
@@ -101,7 +148,12 @@ impl BusService {
 impl Published {
     /// Counts the outcomes of one queued request once they are durable.
     async fn settle(&mut self, outcomes: BusFuture<Vec<ItemOutcome>>) -> Result<(), Status> {
-        let outcomes = outcomes.await.map_err(status_of)?;
+        self.count(outcomes.await)
+    }
+
+    /// Counts the outcomes of one request that has settled.
+    fn count(&mut self, outcomes: Result<Vec<ItemOutcome>, BusError>) -> Result<(), Status> {
+        let outcomes = outcomes.map_err(status_of)?;
         let stored = outcomes.iter().filter(|o| matches!(o, ItemOutcome::Stored { .. })).count() as u32;
         self.accepted += stored;
         self.duplicates += outcomes.len() as u32 - stored;
@@ -148,6 +200,7 @@ impl EventBusService for BusService {
     async fn publish(&self, request: Request<bus::PublishRequest>) -> Result<Response<bus::PublishResponse>, Status> {
         let id = request_id(&request);
         let mut out = Published::default();
+        check_count(&request.get_ref().events)?;
         let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
         out.settle(outcomes).await?;
         let response =
@@ -163,18 +216,48 @@ impl EventBusService for BusService {
         let mut stream = request.into_inner();
         let mut out = Published::default();
         let mut index = 0u32;
-        // Requests are queued in stream order while earlier ones are committed;
-        // past PUBLISH_PIPELINE unsettled requests the stream is not read,
-        // which pushes back on the publisher through HTTP/2 flow control.
+        // Requests are queued in stream order while earlier ones are committed.
+        // With PUBLISH_PIPELINE unsettled, messages go on being read into one
+        // gathered request (see GATHER_BYTES), queued when a slot frees.
         let mut unsettled = std::collections::VecDeque::new();
-        while let Some(message) = stream.next().await {
-            let events = message?.events;
-            let count = events.len() as u32;
-            unsettled.push_back(self.queue_events(events, &id, index, &mut out.rejected).await?);
-            index += count;
-            if unsettled.len() >= PUBLISH_PIPELINE {
-                out.settle(unsettled.pop_front().expect("not empty")).await?;
+        let mut gathered: Vec<pb::Event> = Vec::new();
+        let mut gathered_bytes = 0;
+        let mut ended = false;
+        while !ended || !gathered.is_empty() {
+            let full = unsettled.len() >= PUBLISH_PIPELINE;
+            if !full && (!gathered.is_empty() || ended) {
+                let events = std::mem::take(&mut gathered);
+                gathered_bytes = 0;
+                let count = events.len() as u32;
+                unsettled.push_back(self.queue_events(events, &id, index, &mut out.rejected).await?);
+                index += count;
+                continue;
             }
+            let room = gathered_bytes < GATHER_BYTES && gathered.len() < MAX_EVENTS;
+            let message = if full && (ended || !room) {
+                out.settle(unsettled.pop_front().expect("full")).await?;
+                continue;
+            } else if full {
+                let oldest = unsettled.front_mut().expect("full");
+                tokio::select! {
+                    outcomes = oldest => {
+                        unsettled.pop_front();
+                        out.count(outcomes)?;
+                        continue;
+                    }
+                    message = stream.next() => message,
+                }
+            } else {
+                stream.next().await
+            };
+            let Some(message) = message else {
+                ended = true;
+                continue;
+            };
+            let events = message.map_err(invalid_if_undecodable)?.events;
+            check_count(&events)?;
+            gathered_bytes += events.iter().map(prost::Message::encoded_len).sum::<usize>();
+            gathered.extend(events);
         }
         while let Some(outcomes) = unsettled.pop_front() {
             out.settle(outcomes).await?;
@@ -219,7 +302,11 @@ impl EventBusService for BusService {
         &self,
         request: Request<bus::ListTopicsRequest>,
     ) -> Result<Response<bus::ListTopicsResponse>, Status> {
-        let pattern = request.into_inner().pattern;
+        let request = request.into_inner();
+        if let Err(violations) = request.validate() {
+            return Err(Status::invalid_argument(violations.to_string()));
+        }
+        let pattern = request.pattern;
         let pattern = if pattern.is_empty() {
             None
         } else {
@@ -253,6 +340,15 @@ pub async fn serve(
     // for the subscriber's delayed ACK (40 ms on Linux).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // h2 closes a connection whose buffered small DATA frames cost more
+        // framing than half its connection window (GOAWAY too_many_data_frames).
+        // A stream window of a sixteenth of the connection window bounds what
+        // one stream can buffer: 256 KiB of 40-byte messages is 1.4 MB of
+        // framing, under the 2 MiB budget, so a publisher of tiny messages
+        // meets flow control first.
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .initial_stream_window_size(GRPC_CONNECTION_WINDOW / 16)
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
         .add_service(EventBusServiceServer::new(BusService::new(bus)))

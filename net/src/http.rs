@@ -19,11 +19,10 @@ use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use jimbus_core::budget::MemoryBudget;
-use jimbus_core::ingest::{decode_body, BodyError, DecodedBody, Endpoint};
+use jimbus_core::budget::{Grant, MemoryBudget};
+use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
 use jimbus_core::topic;
 use jimbus_proto::bus;
-use jimbus_proto::validate::Validate;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -323,7 +322,7 @@ impl Handler {
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let body = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit) as u64;
         // On a tight budget, room for the body itself is enough to go on.
-        let Some(_grant) = self.listener.control.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
+        let Some(mut grant) = self.listener.control.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
             metrics::counter!("jimbus_http_overload_total").increment(1);
             metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
             return unavailable("the server's memory budget is spent, retry later");
@@ -331,7 +330,7 @@ impl Handler {
         let origin = req.uri().path().to_string();
         let mut response = match self.read_body(req).await {
             Err(response) => response,
-            Ok(body) => self.accept(body, endpoint, &request_id, origin).await,
+            Ok(body) => self.accept(body, endpoint, &request_id, origin, &mut grant).await,
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
@@ -369,9 +368,17 @@ impl Handler {
     }
 
     /// Decodes, stores and answers one body.
-    async fn accept(&self, body: Bytes, endpoint: Endpoint, request_id: &str, origin: String) -> Response<Body> {
+    async fn accept(
+        &self,
+        body: Bytes,
+        endpoint: Endpoint,
+        request_id: &str,
+        origin: String,
+        grant: &mut Grant,
+    ) -> Response<Body> {
         let received = now_micros();
         let letter = |reason: String, raw: Bytes, session_id: String| {
+            let (reason, raw) = crate::http_guard::bounded_raw(reason, raw);
             AppendItem::DeadLetter(Box::new(bus::DeadLetter {
                 reason,
                 raw,
@@ -381,8 +388,20 @@ impl Handler {
                 session_id,
             }))
         };
-        let decoded = match decode_body(&body, endpoint) {
+        // Each event is charged as it is read: the grant asked before the body
+        // covers ordinary bodies, and grows (or stops the request) for the rest.
+        let mut charged = 0u64;
+        let mut charge = |bytes: usize| {
+            charged += bytes as u64;
+            charged <= grant.bytes() || grant.try_grow(charged - grant.bytes())
+        };
+        let limits = Limits { max_events: MAX_EVENTS, charge: &mut charge };
+        let decoded = match decode_body_within(&body, endpoint, limits) {
             Ok(decoded) => decoded,
+            Err(BodyError::OverBudget) => {
+                metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
+                return unavailable(&BodyError::OverBudget.to_string());
+            }
             Err(e) => {
                 tracing::info!(error = %e, "refused a body");
                 let stored = self.store(vec![letter(e.to_string(), body.clone(), String::new())]).await;
@@ -403,11 +422,14 @@ impl Handler {
         }
         match self.store(items).await {
             Ok((accepted, duplicates)) => {
-                let rejected: Vec<_> =
-                    rejected.iter().map(|(index, error)| serde_json::json!({"index": index, "error": error})).collect();
                 metrics::counter!("jimbus_events_accepted_total").increment(accepted as u64);
                 metrics::counter!("jimbus_events_rejected_total").increment(rejected.len() as u64);
-                let body = serde_json::json!({"status": "ok", "accepted": accepted, "duplicates": duplicates, "rejected": rejected});
+                let listed = crate::http_guard::rejected_json(&rejected);
+                let mut body = serde_json::json!({"status": "ok", "accepted": accepted, "duplicates": duplicates, "rejected": listed});
+                if rejected.len() > crate::http_guard::REJECTED_LISTED {
+                    // A long list is cut: the count says how many there were.
+                    body["rejected_count"] = rejected.len().into();
+                }
                 json(StatusCode::OK, body.to_string())
             }
             Err(response) => response,
@@ -429,6 +451,7 @@ impl Handler {
         let envelope = decoded.envelope;
         let mut items = Vec::with_capacity(decoded.events.len() + decoded.rejected.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
+        let mut letters = crate::http_guard::Letters::default();
         let mut ordered: Vec<(usize, Result<_, (String, std::ops::Range<usize>)>)> = decoded
             .events
             .into_iter()
@@ -454,20 +477,27 @@ impl Handler {
                     if !envelope.batch_id.is_empty() {
                         event.metadata.insert("batch_id".into(), envelope.batch_id.clone());
                     }
-                    if let Err(violations) = event.validate() {
+                    if let Err(violations) = jimbus_proto::validate::check_event(&event) {
                         let message = format!("events[{index}]: {violations}");
-                        let raw = body.slice(decoded_event.raw);
-                        items.push(letter(message.clone(), raw, event.session_id));
+                        if letters.admit(index) {
+                            let raw = body.slice(decoded_event.raw);
+                            items.push(letter(message.clone(), raw, event.session_id));
+                        }
                         rejected.push((index, message));
                         continue;
                     }
                     items.push(AppendItem::Event(Box::new(event)));
                 }
                 Err((message, raw)) => {
-                    items.push(letter(message.clone(), body.slice(raw), String::new()));
+                    if letters.admit(index) {
+                        items.push(letter(message.clone(), body.slice(raw), String::new()));
+                    }
                     rejected.push((index, message));
                 }
             }
+        }
+        if let Some(summary) = letters.summary() {
+            items.push(letter(summary, body.clone(), String::new()));
         }
         (items, rejected)
     }
@@ -479,11 +509,11 @@ impl Handler {
         let appending = self.listener.bus.try_append(items).map_err(|e| {
             tracing::warn!(error = %e, "shedding load");
             metrics::counter!("jimbus_http_overload_total").increment(1);
-            unavailable(&e.to_string())
+            unavailable(&crate::http_guard::redact_paths(&e.to_string()))
         })?;
         let outcomes = appending.await.map_err(|e| {
             tracing::error!(error = %e, "append failed");
-            unavailable(&e.to_string())
+            unavailable(&crate::http_guard::redact_paths(&e.to_string()))
         })?;
         let (mut stored, mut duplicates) = (0, 0);
         for (outcome, _) in outcomes.iter().zip(&events).filter(|(_, is_event)| **is_event) {
@@ -520,7 +550,17 @@ fn error(status: StatusCode, message: &str, offset: Option<usize>, field: Option
 }
 
 fn body_error(e: &BodyError) -> Response<Body> {
+    if matches!(e, BodyError::TooManyEvents(_)) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, Some("events".into()));
+    }
     error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string))
+}
+
+/// `GET /openapi.yaml`: the HTTP API's contract (docs/openapi.yaml), built in.
+fn openapi() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(include_str!("../../docs/openapi.yaml").as_bytes())));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    r
 }
 
 fn too_large(limit: usize) -> Response<Body> {

@@ -1,0 +1,127 @@
+//! Bounds on what one HTTP request can make the server hold or write.
+//!
+//! A request's dead letters are capped ([`Letters`]: the first
+//! [`DEAD_LETTERS_PER_REQUEST`] one by one, then one summary record), every
+//! dead letter's raw bytes are cut to [`MAX_DEAD_LETTER_RAW`] so that it stays
+//! deliverable to a default gRPC client, an answer lists at most
+//! [`REJECTED_LISTED`] rejections, and error texts lose absolute file paths.
+//! This module only shapes what the handler stores and answers; it must never
+//! send anything to the bus itself.
+
+use bytes::Bytes;
+
+/// Raw bytes kept in one dead letter; the rest is cut (the reason says so).
+pub const MAX_DEAD_LETTER_RAW: usize = 1 << 20;
+
+/// Rejected events of one request dead-lettered one by one; the others are
+/// summarised in one more record.
+pub const DEAD_LETTERS_PER_REQUEST: usize = 100;
+
+/// Rejections listed in an answer; past it the answer gives the count.
+pub const REJECTED_LISTED: usize = 1000;
+
+/// A dead letter's reason and raw bytes, the bytes cut to [`MAX_DEAD_LETTER_RAW`].
+pub fn bounded_raw(reason: String, raw: Bytes) -> (String, Bytes) {
+    if raw.len() <= MAX_DEAD_LETTER_RAW {
+        return (reason, raw);
+    }
+    let kept = format!("{reason} (raw cut to its first {MAX_DEAD_LETTER_RAW} of {} bytes)", raw.len());
+    (kept, raw.slice(..MAX_DEAD_LETTER_RAW))
+}
+
+/// Counts a request's rejected events and decides which get a dead letter.
+#[derive(Default)]
+pub struct Letters {
+    /// Rejected events not dead-lettered one by one, with the first and last index.
+    skipped: usize,
+    range: Option<(usize, usize)>,
+    written: usize,
+}
+
+impl Letters {
+    /// True when the rejected event at `index` gets its own dead letter.
+    pub fn admit(&mut self, index: usize) -> bool {
+        if self.written < DEAD_LETTERS_PER_REQUEST {
+            self.written += 1;
+            return true;
+        }
+        self.skipped += 1;
+        self.range = Some(self.range.map_or((index, index), |(first, _)| (first, index)));
+        false
+    }
+
+    /// The reason of the summary record, when some events were not dead-lettered alone.
+    pub fn summary(&self) -> Option<String> {
+        let (first, last) = self.range?;
+        Some(format!(
+            "{} more rejected events of this request (indexes {first} to {last}) are summarised here: only the \
+             first {DEAD_LETTERS_PER_REQUEST} are dead-lettered one by one; raw holds the start of the body",
+            self.skipped
+        ))
+    }
+}
+
+/// The `rejected` list of an answer, cut to [`REJECTED_LISTED`] entries.
+pub fn rejected_json(rejected: &[(usize, String)]) -> serde_json::Value {
+    rejected
+        .iter()
+        .take(REJECTED_LISTED)
+        .map(|(index, error)| serde_json::json!({"index": index, "error": error}))
+        .collect()
+}
+
+/// An error text without absolute paths: each `/…` token is cut to its file name,
+/// so an answer never tells a client where the server keeps its files.
+pub fn redact_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('/') {
+        let starts_token = at == 0 || matches!(rest.as_bytes()[at - 1], b' ' | b'(' | b'"' | b'\'' | b'`' | b'=');
+        if !starts_token {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find([' ', ')', '"', '\'', '`', ',', ';']).map_or(rest.len(), |e| at + e);
+        let path = rest[at..end].trim_end_matches(':');
+        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+        out.push_str(&format!("<{name}>"));
+        out.push_str(&rest[at + path.len()..end]);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_lose_their_directories() {
+        assert_eq!(
+            redact_paths("cannot write /var/lib/jimbus/shard-0/00000001.log: No space left on device (os error 28)"),
+            "cannot write <00000001.log>: No space left on device (os error 28)"
+        );
+        assert_eq!(redact_paths("use POST /api/v1 and/or GET"), "use POST <v1> and/or GET");
+        assert_eq!(redact_paths("no paths here"), "no paths here");
+    }
+
+    #[test]
+    fn letters_past_the_cap_are_summarised() {
+        let mut letters = Letters::default();
+        let admitted = (0..250).filter(|&i| letters.admit(i * 2)).count();
+        assert_eq!(admitted, DEAD_LETTERS_PER_REQUEST);
+        let summary = letters.summary().unwrap();
+        assert!(summary.starts_with("150 more rejected events") && summary.contains("indexes 200 to 498"), "{summary}");
+        assert!(Letters::default().summary().is_none());
+    }
+
+    #[test]
+    fn long_raw_bytes_are_cut() {
+        let (reason, raw) = bounded_raw("bad".into(), Bytes::from(vec![b'x'; MAX_DEAD_LETTER_RAW + 5]));
+        assert_eq!(raw.len(), MAX_DEAD_LETTER_RAW);
+        assert!(reason.contains("of 1048581 bytes"), "{reason}");
+    }
+}

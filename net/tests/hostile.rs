@@ -1,0 +1,9 @@
+//! The hostile-client suite (issue 19): the real binary on loopback, attacked
+//! as a hostile client would, one module per defect. The rule it checks: what is
+//! accepted can be delivered to a default client, memory stays within the
+//! budget, and every bad input gets an answer.
+
+mod harness;
+
+#[path = "hostile/grpc.rs"]
+mod grpc;

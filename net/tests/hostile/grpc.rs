@@ -1,0 +1,125 @@
+//! Defect 6: long PublishBatch streams, bytes that are not UTF-8, and the same
+//! depth limit as HTTP.
+
+use crate::harness::Jimbus;
+use jimbus_proto::bus;
+use jimbus_proto::events as pb;
+
+fn event(session: &str, i: usize) -> pb::Event {
+    pb::Event {
+        event_type: "HEARTBEAT".into(),
+        session_id: session.into(),
+        event_id: format!("e{i}"),
+        payload: Some(pb::event::Payload::Heartbeat(pb::HeartbeatEvent::default())),
+        ..Default::default()
+    }
+}
+
+/// 20,000 one-event messages as fast as the client writes them: the server used
+/// to stop reading while commits were pending, so h2 buffered the small DATA
+/// frames until its framing budget ran out and it sent GOAWAY too_many_data_frames.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stream_of_one_event_messages_is_stored_whole() {
+    let server = Jimbus::start(&[]);
+    let mut client = server.client().await;
+    const N: usize = 20_000;
+    // A channel of one slot hands tonic one message at a time, so each goes out
+    // in its own small DATA frame, as grpcio and grpc-go send them (tonic would
+    // otherwise pack a ready iterator's messages into large frames).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..N {
+            let message = bus::PublishBatchRequest { events: vec![event("long-stream", i)] };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = client.publish_batch(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let answer = answer.unwrap_or_else(|e| panic!("stream failed: {e}; log:\n{}", server.log_text())).into_inner();
+    assert_eq!(answer.accepted as usize, N, "{answer:?}");
+    assert!(answer.rejected.is_empty());
+    let stored = server.read_all("balatro.long-stream.>", N).await;
+    assert_eq!(stored.len(), N);
+}
+
+/// A string field that is not UTF-8 is the client's mistake: INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_utf8_in_a_pattern_or_durable_name_is_invalid_argument() {
+    let server = Jimbus::start(&[]);
+    // SubscribeRequest{pattern(1) = "\xff\xfe"} and {pattern = ">", durable_name(5)? } built by hand.
+    let bad_pattern: Vec<u8> = vec![0x0a, 2, 0xff, 0xfe];
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    for (method, body) in [
+        ("/jimbot.bus.v1.EventBusService/Subscribe", bad_pattern.clone()),
+        ("/jimbot.bus.v1.EventBusService/ListTopics", bad_pattern.clone()),
+        ("/jimbot.bus.v1.EventBusService/Ack", vec![0x0a, 2, 0xc3, 0x28]),
+    ] {
+        let code = raw_call(channel.clone(), method, body).await;
+        assert_eq!(code, tonic::Code::InvalidArgument, "{method}");
+    }
+    let durable = durable_name_field();
+    let mut body = vec![0x0a, 1, b'>'];
+    body.extend_from_slice(&[(durable << 3 | 2) as u8, 2, 0xff, 0xfe]);
+    let code = raw_call(channel, "/jimbot.bus.v1.EventBusService/Subscribe", body).await;
+    assert_eq!(code, tonic::Code::InvalidArgument, "durable name");
+}
+
+/// The field number of `SubscribeRequest.durable_name`, read from the schema.
+fn durable_name_field() -> u32 {
+    let pool = jimbus_proto::descriptor_pool();
+    let message = pool.get_message_by_name("jimbot.bus.v1.SubscribeRequest").unwrap();
+    message.get_field_by_name("durable_name").unwrap().number()
+}
+
+/// Sends `body` as the encoded request of a unary or server-streaming method and
+/// returns the status code the call (or its stream's first message) ends with.
+async fn raw_call(channel: tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_maybe_shared(method.to_string()).unwrap();
+    let codec = RawCodec;
+    let result = grpc.server_streaming(tonic::Request::new(bytes::Bytes::from(body)), path, codec).await;
+    match result {
+        Err(status) => status.code(),
+        Ok(response) => match response.into_inner().message().await {
+            Err(status) => status.code(),
+            Ok(_) => tonic::Code::Ok,
+        },
+    }
+}
+
+/// Passes bytes through unchanged, to send what a generated client never would.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
