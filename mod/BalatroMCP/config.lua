@@ -28,11 +28,10 @@ return {
   channel_cap = 50000,          -- events waiting for the worker beyond this are dropped (counted)
   spill_dir = "BalatroMCP/spill", -- in the save folder (love.filesystem), one log per game instance
   spill_max_bytes = 64 * 1024 * 1024, -- per instance; beyond this (and a full memory queue) events are dropped, counted, logged
-  write_ahead = true,           -- events go to the spill log before each request, so a quit during a hung request loses nothing
+  write_ahead = true,           -- events go to the spill log as the worker takes them, and are sent from there
   lease_touch_ms = 5000,        -- how often a worker renews the lease on its spill logs
   lease_stale_ms = 30000,       -- a log whose lease is older belongs to a game that is gone: adopted
   claim_ms = 500,               -- a claimed log is adopted this long after the claim, if the claim still stands
-  quit_flush_ms = 150,          -- on quit, after writing everything pending to disk, try this long to send
   quit_wait_ms = 200,           -- the longest the game waits for the worker when it quits
   stats_interval_ms = 1000,     -- how often the worker reports its counters to the game thread
 }

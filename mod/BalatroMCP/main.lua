@@ -123,12 +123,12 @@ local function on_frame()
   end
 end
 
--- The worker did not answer in time (it is inside a request that hangs): the
--- events it has not taken from the channel are written to a log of their own,
--- "<session>~q", which sorts after the worker's so a replay keeps their order,
--- and the worker's lease is let go so the next start adopts both at once. The
--- only file I/O of the game thread, and only at quit.
-local function save_unsent()
+-- At quit the worker writes what it took to disk and stops taking: the events
+-- still in the channel are written here, to a log of their own ("<session>~q",
+-- which sorts after the worker's, so a replay keeps their order). If the worker
+-- did not answer in time, its lease is let go here too, so the next start
+-- adopts both at once. The only file I/O of the game thread, and only at quit.
+local function save_unsent(answered)
   local lines = {}
   channels.events:performAtomic(function(ch)
     while true do
@@ -137,28 +137,33 @@ local function save_unsent()
       if v ~= "" then lines[#lines + 1] = v end
     end
   end)
+  state.quit = { answered = answered, saved = #lines }
+  if answered and #lines == 0 then return end
   local ok, err = pcall(function()
     local fs = require("bmcp.fs").love(love.filesystem)
     fs.mkdir(config.spill_dir)
     local lease = config.spill_dir .. "/" .. session_id .. ".lease"
-    if (fs.read_at(lease, 0, 256) or ""):match("^(.-)\n") == session_id then fs.remove(lease) end
+    if not answered and (fs.read_at(lease, 0, 256) or ""):match("^(.-)\n") == session_id then fs.remove(lease) end
     if #lines == 0 then return end
     local f = require("bmcp.spillfile").open({ fs = fs, dir = config.spill_dir, instance = session_id .. "~q" })
     assert(f:append(lines))
   end)
-  log(string.format("the worker did not stop within %d ms: %d events it had not taken %s", config.quit_wait_ms or 200,
+  log(string.format("quit: %s; %d events still in the channel %s", answered and "the worker stopped"
+    or ("the worker did not answer within " .. (config.quit_wait_ms or 200) .. " ms"),
     #lines, ok and "are saved for the next start" or ("could not be saved: " .. tostring(err))))
 end
 
--- Quit: the worker writes what is pending to disk and says "done"; the game
--- waits for that at most quit_wait_ms, and the next start sends the rest.
+-- Quit: the worker writes what it holds to disk and says "done"; the game
+-- waits for that at most quit_wait_ms, saves what the worker did not take, and
+-- the next start sends the rest.
 local function quit()
   if state.quitting then return end
   state.quitting = true
   if not state.dead then
     channels.control:push("quit")
     channels.events:push("") -- wakes a worker waiting for events; not an event
-    if not channels.done:demand((config.quit_wait_ms or 200) / 1000) then save_unsent() end
+    local answered = channels.done:demand((config.quit_wait_ms or 200) / 1000) ~= nil
+    save_unsent(answered)
   end
   on_frame()
 end
@@ -175,10 +180,11 @@ end
 BalatroMCP = {
   client = client, scoring = scoring, config = config, worker = worker, quit = quit,
   session_id = session_id,
-  --- The counters: game side (emitted, dropped, worker state) and the worker's last report.
+  --- The counters: game side (emitted, dropped, worker state, what quit saved)
+  --- and the worker's last report.
   status = function()
     return { session = session_id, emitted = client.emitted, dropped = client.dropped,
-             worker_alive = not state.dead, worker_error = state.dead, worker = state.stats }
+             worker_alive = not state.dead, worker_error = state.dead, worker = state.stats, quit = state.quit }
   end,
   --- Sends a command to the worker ("flush"; "crash" kills it, for the tests).
   control = function(cmd) channels.control:push(cmd); channels.events:push("") end,

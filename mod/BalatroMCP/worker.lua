@@ -42,7 +42,7 @@ local ok, err = xpcall(function()
     sender = s, inbox = inbox, control = love.thread.getChannel(settings.channels.control),
     stats = love.thread.getChannel(settings.channels.stats), clock = clock,
     done = love.thread.getChannel(settings.channels.done),
-    idle_ms = 250, stats_interval_ms = config.stats_interval_ms, quit_flush_ms = config.quit_flush_ms,
+    idle_ms = 250, stats_interval_ms = config.stats_interval_ms,
   })
 end, debug.traceback)
 if not ok then

@@ -8,8 +8,9 @@
 -- read the body and dead-lettered it whole (re-sending identical bytes can never
 -- succeed, so the batch is acked and counted as dead_lettered); 413 = the batch
 -- is split; anything else (408, 429, 5xx, wrong URL, no connection) = retry.
--- Before each request, pending events are appended to the spill log
--- (write-ahead), so a game that quits during a hung request loses nothing.
+-- Events are appended to the spill log as soon as they are taken from the
+-- game's channel (write-ahead) and sent from there; memory holds them only
+-- while the disk refuses them.
 -- Events the server rejected inside a 2xx answer (its "rejected" list, kept on
 -- its dead-letter topic) are logged one by one with their reasons. At start it
 -- posts the field mod's connection_test to {url}; every lease_touch_ms it renews
@@ -83,7 +84,10 @@ function S:intake(now)
     end
   end
   self.stats.received = self.stats.received + n
-  if n > 0 and self:unhealthy() then self.queue:spill() end
+  -- Write-ahead: what the worker took is on disk at once (memory holds events
+  -- only while the disk refuses them), so a game that quits while the worker
+  -- is busy, or inside a request that hangs, loses nothing it handed over.
+  if n > 0 and (self.config.write_ahead ~= false or self:unhealthy()) then self.queue:spill() end
   return n
 end
 
@@ -164,9 +168,7 @@ end
 
 -- Sends one batch (or as much of it as split_to allows after a 413).
 function S:_send(now)
-  -- Write-ahead: a request may hang until its timeout, and a game that quits
-  -- meanwhile waits only quit_wait_ms; so what is sent is on disk first (when
-  -- the disk takes it), and the next start replays whatever was not acknowledged.
+  -- (write-ahead again: events the disk refused at intake get another chance)
   if self.config.write_ahead ~= false and not self.queue.inflight then self.queue:spill() end
   local batch = self.batcher:take()
   if not batch then return end

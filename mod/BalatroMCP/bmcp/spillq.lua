@@ -145,8 +145,13 @@ function Q:has_disk()
 end
 
 --- Arrival time of the oldest pending event (0 for spilled ones: they are due).
+--- Arrival time of the oldest pending event: 0 for logs left by earlier games
+--- (they are due), the arrival of the first event spilled since this
+--- instance's log was last empty, or that of the oldest event in memory.
 function Q:oldest_time()
-  if self:has_disk() then return 0 end
+  if #self.orphans > 0 then return 0 end
+  if self.file:pending() then return self.own_since or 0 end
+  self.own_since = nil
   local r = self.mem[self.head]
   return r and r.t or nil
 end
@@ -187,7 +192,9 @@ function Q:spill()
     bytes = bytes + n
   end
   if #lines == 0 then return 0 end
+  local was_empty = not self.file:pending()
   local ok, err = self.file:append(lines)
+  if ok and was_empty then self.own_since = self.mem[self.head].t end
   if not ok then
     self.stats.spill_failures = self.stats.spill_failures + 1
     self.spill_retry_at = self.clock() + 1000

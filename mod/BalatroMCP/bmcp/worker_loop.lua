@@ -6,10 +6,10 @@
 -- guard so the tests can kill a worker), publishing counters, surviving its own
 -- errors (a step that raises is logged and retried after a pause: the worker
 -- never stops sending because of one bad event or one bug), and the shutdown
--- sequence: everything pending goes to the spill log first, then it tries to
--- send for quit_flush_ms, then it says "done" (the game waits for that at most
--- quit_wait_ms). It must never touch the game state and never finish while
--- events are only in memory.
+-- sequence: what it holds goes to the spill log, then it says "done" (the game
+-- waits for that at most quit_wait_ms, then writes what is left in the channel
+-- itself). It must never touch the game state and never finish while events
+-- are only in memory.
 
 local json = require("bmcp.json")
 
@@ -48,7 +48,7 @@ end
 
 --- Runs until "quit" arrives on control or stop(sender) returns true.
 --- opts: sender, inbox (held_inbox), control (pop), stats (push/clear or nil),
---- done (push or nil), clock() ms, idle_ms, stats_interval_ms, quit_flush_ms, stop(sender).
+--- done (push or nil), clock() ms, idle_ms, stats_interval_ms, stop(sender).
 function M.run(opts)
   local s, clock = opts.sender, opts.clock
   local last_stats, st = -math.huge, { errors = 0 }
@@ -75,21 +75,12 @@ function M.run(opts)
   end
 end
 
---- Quit: spill first (so a killed process loses nothing), then send what it can.
+--- Quit: what the worker holds goes to disk, its leases are let go, "done".
+--- It sends nothing more and takes nothing more from the channel: the game
+--- writes what is left there itself, so nothing waits on the network here.
 function M.shutdown(opts)
-  local s, clock = opts.sender, opts.clock
-  local deadline = clock() + (opts.quit_flush_ms or 150)
+  local s = opts.sender
   pcall(function()
-    s:intake(clock())
-    s.queue.spill_retry_at = 0
-    s.queue:spill()
-    s.batcher:flush()
-    while clock() < deadline do
-      local wait = s:step()
-      if s.queue:len() == 0 or s:unhealthy() then break end
-      if wait and wait > 0 then opts.inbox.wait(math.min(wait, 20) / 1000) end
-    end
-    s:intake(clock())
     s.queue.spill_retry_at = 0
     s.queue:spill()
     s.queue:release_leases()
