@@ -7,3 +7,5 @@ mod harness;
 
 #[path = "hostile/grpc.rs"]
 mod grpc;
+#[path = "hostile/delivery.rs"]
+mod delivery;
