@@ -307,6 +307,8 @@ class LoveHarness(unittest.TestCase):
         phases = [field(e, "phase_changed") for e in events if field(e, "event_type") == "PHASE_CHANGED"]
         self.assertTrue(phases and all(field(p, "new_phase") in PHASES for p in phases), phases)
         self.assertIn("SHOP", [field(p, "new_phase") for p in phases])
+        beats = [field(e, "heartbeat") for e in events if field(e, "event_type") == "HEARTBEAT"]
+        self.assertTrue(beats and all(field(b, "game_state") in PHASES | {""} for b in beats), beats)
         # GAME_STATE: at start, on state changes, after plays and purchases, with heartbeats
         states = [e for e in events if field(e, "event_type") == "GAME_STATE"]
         reasons = [field(field(field(s, "game_state"), "extra"), "reason").split(",") for s in states]
