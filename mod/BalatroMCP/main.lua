@@ -94,8 +94,12 @@ local function worker_died(err)
   client.drop_reason = "the worker stopped"
   log("network worker stopped: " .. state.dead .. "; the game goes on, events are counted and dropped")
   -- whatever it had not taken yet is dropped too, and counted
-  local n = channels.events:getCount()
-  channels.events:clear()
+  local n = 0
+  for _ = 1, channels.events:getCount() do
+    local v = channels.events:pop()
+    if v == nil then break end
+    if v ~= "" then n = n + 1 end
+  end
   client.dropped = client.dropped + n
 end
 
