@@ -39,6 +39,7 @@ function M.new(opts)
     stats = { spilled = 0, dropped = 0, replayed = 0, loaded = 0, spill_failures = 0, adopted = 0 },
   }, Q)
   if self.fs.mkdir then self.fs.mkdir(self.dir) end
+  self.seg_bytes = opts.seg_bytes
   self.file = spillfile.open({ fs = self.fs, dir = self.dir, instance = self.instance,
                                seg_bytes = opts.seg_bytes, log = self.log })
   self.file:touch(self.instance)
@@ -111,16 +112,41 @@ function Q:claims_pending()
 end
 
 --- Renews the leases of the logs this instance owns.
+--- Renews the leases of the logs this instance owns. A lease that names
+--- another instance means this one looked gone (stalled longer than
+--- lease_stale_s) and its log was adopted: that log is left to the adopter,
+--- whose replay keeps its order, and new events go to a new log
+--- "<instance>+<n>", which sorts after it.
 function Q:touch()
+  local owner = self:_owner(self.file.instance)
+  if owner and owner ~= self.instance then
+    self.moves = (self.moves or 0) + 1
+    local name = self.instance .. "+" .. self.moves
+    self.log(string.format("spill log %s was adopted by %s (this game looked gone); new events go to %s",
+      self.file.instance, owner, name))
+    self.file = spillfile.open({ fs = self.fs, dir = self.dir, instance = name, seg_bytes = self.seg_bytes,
+                                 log = self.log })
+    self.own_since = nil
+  end
   self.file:touch(self.instance)
-  for _, o in ipairs(self.orphans) do o:touch(self.instance) end
+  local kept = {}
+  for _, o in ipairs(self.orphans) do
+    local by = self:_owner(o.instance)
+    if by and by ~= self.instance then
+      self.log(string.format("spill log %s is replayed by %s now; this game leaves it", o.instance, by))
+    else
+      o:touch(self.instance)
+      kept[#kept + 1] = o
+    end
+  end
+  self.orphans = kept
 end
 
 --- On quit: the logs are left for the next start, which may take them at
 --- once: every lease that still names this instance is removed, those of
 --- claims not yet confirmed included (a stale claim would hold a log back).
 function Q:release_leases()
-  local names = { self.instance }
+  local names = { self.file.instance }
   for _, o in ipairs(self.orphans) do names[#names + 1] = o.instance end
   for inst in pairs(self.claims) do names[#names + 1] = inst end
   for _, inst in ipairs(names) do

@@ -193,6 +193,29 @@ describe("spill queue", function()
     assert.equal(1, #e.orphans)
   end)
 
+  it("a game whose log was adopted while it stalled leaves that log and writes a new one", function()
+    local fs = fakes.memfs()
+    local a = queue(fs, { instance = "a" })
+    for _, r in ipairs(lines(5, 1, "sa")) do a:push(r) end
+    a:spill()
+    fs.clock_s = fs.clock_s + 31 -- a stalled: its lease went stale
+    local b = queue(fs, { instance = "b" })
+    assert.equal(1, #b.orphans)
+    a:touch() -- a wakes up
+    assert.equal("a+1", a.file.instance)
+    for _, r in ipairs(lines(3, 6, "sa")) do a:push(r) end
+    a:spill()
+    local got = {}
+    while b:len() > 0 do
+      for _, r in ipairs(b:peek(10)) do got[#got + 1] = r.seq end
+      b:commit()
+    end
+    assert.same(range(1, 5), got) -- b replays the old log
+    assert.same(range(6, 8), drain(a)) -- a sends only its new one
+    a:release_leases()
+    assert.is_nil(fs.files["d/a+1.lease"])
+  end)
+
   it("works on real files through the io adapter", function()
     local dir = os.tmpname()
     os.remove(dir)
