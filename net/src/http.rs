@@ -229,13 +229,14 @@ impl Handler {
             (&Method::GET, "/health", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             (&Method::GET, "/ready", _) => self.readiness(),
             (&Method::GET, "/metrics", _) => self.metrics(),
+            (&Method::GET, "/openapi.yaml", _) => openapi(),
             (&Method::GET, "/debug/pprof/profile", _) => self.profile(req.uri().query()).await,
             (_, p, _) if endpoint.is_some() || p == format!("{ingest}/health") => {
                 let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None, None);
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
                 r
             }
-            (_, "/health" | "/ready" | "/metrics", _) => {
+            (_, "/health" | "/ready" | "/metrics" | "/openapi.yaml" | "/debug/pprof/profile", _) => {
                 let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use GET", None, None);
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
                 r
