@@ -7,7 +7,8 @@
 -- attempt, status and duration. Answers: 2xx = kept; 400 = the server could not
 -- read the body and dead-lettered it whole (re-sending identical bytes can never
 -- succeed, so the batch is acked and counted as dead_lettered); 413 = the batch
--- is split; anything else (408, 429, 5xx, wrong URL, no connection) = retry.
+-- is split, and a single event that still gets 413 is dropped, logged and
+-- counted (too_large) rather than holding back every event behind it; anything else (408, 429, 5xx, wrong URL, no connection) = retry.
 -- Events are appended to the spill log as soon as they are taken from the
 -- game's channel (write-ahead) and sent from there; memory holds them only
 -- while the disk refuses them.
@@ -47,7 +48,7 @@ function M.new(opts)
     next_attempt_at = 0, attempt = 0, split_to = nil, epoch_ms = opts.epoch_ms,
     conn_test = c.connection_test ~= false, next_touch = 0,
     stats = { received = 0, requests = 0, sent = 0, acked = 0, failures = 0,
-              probes = 0, dead_lettered = 0, duplicates = 0, rejected = 0 },
+              probes = 0, dead_lettered = 0, duplicates = 0, rejected = 0, too_large = 0 },
   }, S)
   local base_url, batch_url, health_url = M.urls(c.event_bus_url)
   self.base_url, self.batch_url, self.health_url = base_url, batch_url, health_url
@@ -191,6 +192,13 @@ function S:_send(now)
     self.batcher:requeue()
     return
   end
+  if res.status == 413 then
+    -- one event larger than the server takes: it can never be sent, and
+    -- retrying it would hold back everything behind it
+    self:_log_failure(batch, res, ms, "one event larger than the server takes; it is dropped")
+    self.stats.too_large = self.stats.too_large + 1
+    return self:_on_success(batch, res)
+  end
   self:_on_failure(batch, res, ms)
 end
 
@@ -247,7 +255,7 @@ function S:snapshot()
     received = self.stats.received, requests = self.stats.requests, sent = self.stats.sent,
     acked = self.stats.acked, failures = self.stats.failures, probes = self.stats.probes,
     duplicates = self.stats.duplicates, dead_lettered = self.stats.dead_lettered,
-    rejected = self.stats.rejected,
+    rejected = self.stats.rejected, too_large = self.stats.too_large,
     pending = q:len(), on_disk = q:disk_len(), in_memory = q:mem_len(),
     spilled = q.stats.spilled, replayed = q.stats.replayed, loaded = q.stats.loaded,
     dropped = q.stats.dropped, spill_failures = q.stats.spill_failures, adopted = q.stats.adopted,

@@ -84,6 +84,22 @@ describe("batching", function()
   end)
 end)
 
+describe("an event the server can never take", function()
+  it("is dropped, logged and counted instead of holding back the events behind it", function()
+    local s, inbox, t, clock = fakes.sender({ transport = fakes.transport(function(req)
+      if req.body:find('"money":2}', 1, true) then return { status = 413 } end
+      return fakes.ok()
+    end), config = { max_batch_size = 4 } })
+    local ids = fakes.emit(inbox, 4)
+    assert.is_true(fakes.run(s, clock, function() return s.queue:len() == 0 and inbox:getCount() == 0 end, 200))
+    assert.equal(1, s.stats.too_large)
+    assert.equal(4, s.stats.acked)
+    local last = t.requests[#t.requests]
+    assert.same({ ids[3], ids[4] }, fakes.batch_ids(last))
+    assert.truthy(table.concat(s.logs, "\n"):match("one event larger than the server takes"))
+  end)
+end)
+
 describe("breaker in the send loop", function()
   it("opens after 3 failed requests, probes {url}/health, and closes on success", function()
     local up = false
