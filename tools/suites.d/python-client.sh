@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Python client package (tools/python): builds its wheel (an isolated pip
 # build, hatchling from PyPI), installs it with its `dev` extra into a fresh
-# virtualenv, checks `mypy --strict` on the package and on its README example
-# against the installed wheel, then runs its pytest suite against $JIMBUS_BIN
+# virtualenv, checks `mypy --strict` on the package, its tests, and its README
+# example against the installed wheel, then runs its pytest suite against $JIMBUS_BIN
 # (which also checks that the committed protobuf modules match proto/).
 set -euo pipefail
 cd "${ROOT:?}"
@@ -23,10 +23,11 @@ echo "python-client: fresh venv, pip install the wheel with [dev]"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "${wheel[0]}[dev]"
 
 echo "python-client: mypy --strict"
-(cd tools/python && "$work/venv/bin/mypy" --strict --config-file pyproject.toml)
+mypy=("$work/venv/bin/mypy" --strict --cache-dir "$work/mypy-cache")
+(cd tools/python && "${mypy[@]}" --config-file pyproject.toml && "${mypy[@]}" --config-file pyproject.toml tests)
 # The example type-checks against the installed wheel (its py.typed), away from src/.
 cp tools/python/examples/hands.py "$work/hands_example.py"
-(cd "$work" && "$work/venv/bin/mypy" --strict --no-incremental hands_example.py)
+(cd "$work" && "${mypy[@]}" hands_example.py)
 
 echo "python-client: pytest tools/python/tests (installed wheel, $JIMBUS_BIN)"
 JIMBUS_PY_TEST_INSTALLED=1 "$work/venv/bin/python" -m pytest -p no:cacheprovider -v tools/python/tests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import TypeVar
 
 from jimbus import Subscription
@@ -32,6 +33,21 @@ def take(sub: Subscription[T], count: int, timeout: float = TIMEOUT_S) -> list[T
         timer.cancel()
     assert len(items) == count, f"got {len(items)} of {count} items in {timeout} s"
     return items
+
+
+def take_until(sub: Subscription[T], done: Callable[[list[T]], bool], timeout: float = TIMEOUT_S) -> list[T]:
+    """Items until `done(items)` holds; closes the subscription and fails if it does not in time."""
+    items: list[T] = []
+    timer = threading.Timer(timeout, sub.close)
+    timer.start()
+    try:
+        for item in sub:
+            items.append(item)
+            if done(items):
+                return items
+    finally:
+        timer.cancel()
+    raise AssertionError(f"the condition did not hold after {len(items)} items in {timeout} s")
 
 
 async def atake(sub: AsyncSubscription[T], count: int, timeout: float = TIMEOUT_S) -> list[T]:

@@ -49,7 +49,12 @@ def test_the_readme_example_prints_each_hands_trigger_count(jimbus: Jimbus) -> N
     env = {**os.environ, "JIMBUS_GRPC_TARGET": jimbus.grpc}
     process = subprocess.Popen([sys.executable, str(example)], stdout=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or []], daemon=True).start()
+
+    def read() -> None:
+        for line in process.stdout or []:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
         with Client(jimbus.grpc) as client:
             # It starts from latest: publish hands until it has subscribed and prints one.
