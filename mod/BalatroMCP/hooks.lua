@@ -66,6 +66,25 @@ end
 
 local function globals() return { mult = rawget(_G, "mult"), hand_chips = rawget(_G, "hand_chips") } end
 
+-- Sends the GAME_STATE the pending reasons ask for.
+local function send_state(client, st)
+  if not st.reasons then return end
+  local payload = gs.game_state(G, globals())
+  payload.reason = reason_text(st.reasons)
+  client:emit("GAME_STATE", nil, payload)
+  st.reasons = nil
+end
+
+-- A new action while the last one's GAME_STATE still waits for the game to
+-- settle (a bot can act in the very frame the queue empties): that state is
+-- sent now, as it stands before the new action.
+local function flush_settle(client, st)
+  if not st.settle_reason then return end
+  want_state(st, st.settle_reason)
+  st.settle_reason = nil
+  send_state(client, st)
+end
+
 local function position_of(card)
   for i, c in ipairs(G.jokers and G.jokers.cards or {}) do if c == card then return i end end
   return 0
@@ -109,12 +128,7 @@ local function install_update(ctx, st)
       want_state(st, st.settle_reason)
       st.settle_reason = nil
     end
-    if st.reasons then
-      local payload = gs.game_state(G, globals())
-      payload.reason = reason_text(st.reasons)
-      client:emit("GAME_STATE", nil, payload)
-      st.reasons = nil
-    end
+    send_state(client, st)
     st.ledger.settle(G.GAME.dollars, now)
   end)
 end
@@ -123,6 +137,7 @@ end
 local function install_scoring(ctx, st)
   local client, scoring, log = ctx.client, ctx.scoring, ctx.log
   local ok = wrap(G.FUNCS, "evaluate_play", "G.FUNCS.evaluate_play", log, function()
+    flush_settle(client, st)
     st.depth, st.parents, st.sent = 0, {}, setmetatable({}, { __mode = "k" })
     local text = ""
     if G.FUNCS.get_poker_hand_info and G.play then
@@ -173,18 +188,22 @@ end
 local function install_actions(ctx, st)
   local client, log = ctx.client, ctx.log
   wrap(G.FUNCS, "play_cards_from_highlighted", "G.FUNCS.play_cards_from_highlighted", log, function()
+    flush_settle(client, st)
     local round = G.GAME.current_round or {}
     client:emit("HAND_PLAYED", nil, { hands_remaining = math.max(0, (round.hands_left or 1) - 1),
       hand_number = (round.hands_played or 0) + 1, cards = gs.ranks(G.hand and G.hand.highlighted) })
   end)
   wrap(G.FUNCS, "discard_cards_from_highlighted", "G.FUNCS.discard_cards_from_highlighted", log, function()
+    flush_settle(client, st)
     local round = G.GAME.current_round or {}
     client:emit("CARDS_DISCARDED", nil, { discards_remaining = math.max(0, (round.discards_left or 1) - 1),
       cards = gs.ranks(G.hand and G.hand.highlighted) })
   end, function()
     st.settle_reason, st.settle_since = "discard", ctx.clock()
   end)
-  wrap(G.FUNCS, "buy_from_shop", "G.FUNCS.buy_from_shop", log, nil, function(results, e)
+  wrap(G.FUNCS, "buy_from_shop", "G.FUNCS.buy_from_shop", log, function()
+    flush_settle(client, st)
+  end, function(results, e)
     local card = type(e) == "table" and type(e.config) == "table" and e.config.ref_table or nil
     if results[1] == false or type(card) ~= "table" then return end -- no room: nothing bought
     local center = type(card.config) == "table" and type(card.config.center) == "table" and card.config.center or {}

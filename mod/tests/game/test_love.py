@@ -314,6 +314,9 @@ class LoveHarness(unittest.TestCase):
         reasons = [field(field(field(s, "game_state"), "extra"), "reason").split(",") for s in states]
         for r in ("start", "state_change", "hand_scored", "purchase", "heartbeat"):
             self.assertIn(r, sum(reasons, []))
+        self.assertEqual(sum(1 for r in reasons if "start" in r or "state_change" in r), len(phases),
+                         "one GAME_STATE for every state change")
+        self.assertEqual(sum(1 for r in reasons if "hand_scored" in r), 2, "one after each scored hand")
         bought = next(s for s, r in zip(states, reasons) if "purchase" in r)
         gs = field(bought, "game_state")
         extra = field(gs, "extra")
