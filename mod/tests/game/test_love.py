@@ -264,6 +264,15 @@ class LoveHarness(unittest.TestCase):
         self.servers.append(s)
         return s
 
+    def small_disk(self):
+        """A 64 KiB tmpfs as the save folder (root with CAP_SYS_ADMIN, as in CI)."""
+        save = self.tmp / "full"
+        save.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(save)],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, f"cannot mount a small tmpfs for the full-disk case: {r.stderr}")
+        return save
+
     def game(self, save, *args):
         g = Game(save, *args)
         self.games.append(g)
@@ -424,9 +433,7 @@ class LoveHarness(unittest.TestCase):
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "mounting a tmpfs needs root (CI runs as root)")
     def test_a_full_disk_never_stops_the_game_and_drops_are_counted(self):
-        save = self.tmp / "full"
-        save.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(save)], check=True)
+        save = self.small_disk()
         srv = self.server()  # down: everything has to be spilled, and the disk is full
         g = self.game(save, "scenario=cascade", "triggers=3000", "wait=dropped", "url=" + srv.url,
                       "cfg.memory_queue_cap=200", *FAST)
@@ -442,9 +449,7 @@ class LoveHarness(unittest.TestCase):
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "mounting a tmpfs needs root (CI runs as root)")
     def test_a_full_disk_with_the_server_up_loses_nothing(self):
-        save = self.tmp / "full"
-        save.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(save)], check=True)
+        save = self.small_disk()
         (save / "love/BalatroHarness/BalatroMCP/spill").mkdir(parents=True)
         fd = os.open(save / "filler", os.O_WRONLY | os.O_CREAT)
         try:
