@@ -11,10 +11,11 @@ import sys
 import textwrap
 import threading
 
+import pytest
 from conftest import Jimbus, heartbeats
 from helpers import take, take_until
 
-from jimbus import Client, Delivery
+from jimbus import Client, Delivery, Unreachable
 
 RAW = "balatro.*.HEARTBEAT"
 CHILD = textwrap.dedent(
@@ -110,3 +111,16 @@ def test_durable_subscription_survives_a_server_crash_and_flags_repeats(restarta
     assert [uptime(d) for d in after] == list(range(31, 101))
     assert all(d.delivery_count >= 2 for d in after[:20])
     assert all(d.delivery_count == 1 for d in after[20:])
+
+
+def test_reconnect_gives_up_with_unreachable_after_reconnect_timeout(jimbus: Jimbus) -> None:
+    with Client(jimbus.grpc, reconnect_timeout=1.0) as client:
+        client.publish(heartbeats("g", 1, 1))
+        sub = client.subscribe(RAW, start="earliest")
+        assert [uptime(d) for d in take(sub, 1)] == [1]
+        jimbus.stop()
+        with pytest.raises(Unreachable, match="could not reconnect"):
+            take(sub, 1)
+        # Closing the client closes what it opened; doing it twice is harmless.
+        client.close()
+        sub.close()

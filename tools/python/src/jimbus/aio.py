@@ -12,8 +12,9 @@ an asyncio task sending the acks instead of a thread.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -119,7 +120,14 @@ class AsyncSubscription(Generic[T]):
         if self._call is None:
             if self.options.durable and self._acks is None:
                 self._acks = _AsyncAckSender(self._client, self.options.durable, self._tracker)
-            self._call = await self._open_with(Backoff(self._client.connect_timeout), self.options.start, "connect")
+            try:
+                self._call = await self._open_with(Backoff(self._client.connect_timeout), self.options.start, "connect")
+            except BaseException:
+                if self._acks is not None:
+                    await self._acks.close(0)
+                    self._acks = None
+                raise
+            self._client._subscriptions.add(self)
         return self
 
     async def _open(self, start: _core.StartSpec) -> _Stream:
@@ -211,9 +219,11 @@ class AsyncSubscription(Generic[T]):
 
     async def close(self, flush_timeout: float = 5.0) -> None:
         """Sends pending acks (waiting at most `flush_timeout`), then cancels the stream."""
+        if self._closed:
+            return
+        self._closed = True
         if self._acks is not None:
             await self._acks.close(flush_timeout)
-        self._closed = True
         if self._call is not None:
             self._call.cancel()
 
@@ -243,6 +253,7 @@ class AsyncClient:
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self._metadata = grpc.aio.Metadata(("x-request-id", request_id)) if request_id else None
+        self._subscriptions: weakref.WeakSet[AsyncSubscription[Any]] = weakref.WeakSet()
         self._channel = grpc.aio.insecure_channel(self.target, options=_core.CHANNEL_OPTIONS)
         service = _core.SERVICE
         self._subscribe = self._channel.unary_stream(
@@ -335,6 +346,9 @@ class AsyncClient:
         return response.acked
 
     async def close(self) -> None:
+        """Closes every open subscription (sending their pending acks), then the channel."""
+        for sub in list(self._subscriptions):
+            await sub.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:

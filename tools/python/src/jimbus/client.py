@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import grpc.experimental
@@ -192,7 +193,13 @@ class Subscription(Generic[T]):
         if options.durable:
             durable = options.durable
             self._acks = _AckSender(lambda batch: client._ack_future(durable, batch), self._tracker)
-        self._call = self._open_first()
+        try:
+            self._call = self._open_first()
+        except BaseException:
+            if self._acks is not None:
+                self._acks.close(0)
+            raise
+        client._subscriptions.add(self)
 
     # -- opening -------------------------------------------------------------
     def _open(self, start: _core.StartSpec) -> _Stream:
@@ -340,6 +347,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self._metadata = (("x-request-id", request_id),) if request_id else None
+        self._subscriptions: weakref.WeakSet[Subscription[Any]] = weakref.WeakSet()
         # Streams are read on the caller's thread instead of through grpc's channel
         # spin thread: about 1.5-2x the deliveries per second.
         options = [*_core.CHANNEL_OPTIONS, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
@@ -463,6 +471,9 @@ class Client:
         return {t.name: t.events for t in response.topics}
 
     def close(self) -> None:
+        """Closes every open subscription (sending their pending acks), then the channel."""
+        for sub in list(self._subscriptions):
+            sub.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
