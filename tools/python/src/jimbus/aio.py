@@ -207,6 +207,9 @@ class AsyncSubscription(Generic[T]):
             except _Closed:
                 return
             self.reconnects += 1
+            if self._closed:  # closed while the new stream was opening
+                self._call.cancel()
+                return
 
     async def ack(self, *items: Delivery | Position) -> None:
         """Queues acks (batched) for deliveries of a durable subscription with auto_ack=False."""

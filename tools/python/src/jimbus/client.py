@@ -288,6 +288,10 @@ class Subscription(Generic[T]):
             except _Closed:
                 return
             self.reconnects += 1
+            if self._closed:  # closed while the new stream was opening: close() cancelled the old one
+                self._call.cancel()
+                _drain(self._call)
+                return
 
     # -- acks and closing ----------------------------------------------------
     def ack(self, *items: Delivery | Position) -> None:
