@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The web view's end-to-end tests: playwright-core (the driver only; the browser
+# is Debian's chromium from ui.apt) from tools/ui-tests/package-lock.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../ui-tests"
+if [[ -f node_modules/.package-lock.json && ! package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "ui: node modules present"
+else
+  npm ci --no-audit --no-fund
+fi
