@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             return tail(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `jimbus-py tail … | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 2  # pragma: no cover - argparse requires a command
 
 
