@@ -171,9 +171,6 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn tail(pattern: String, grpc: String, from_start: bool, count: Option<u64>) -> anyhow::Result<()> {
-    let descriptor = jimbus_proto::descriptor_pool()
-        .get_message_by_name("jimbot.bus.v1.SubscribeResponse")
-        .context("the descriptor pool lacks SubscribeResponse")?;
     client_runtime()?.block_on(async move {
         let mut client =
             EventBusServiceClient::connect(grpc.clone()).await.with_context(|| format!("cannot connect to {grpc}"))?;
@@ -184,10 +181,10 @@ fn tail(pattern: String, grpc: String, from_start: bool, count: Option<u64>) -> 
         let stdout = std::io::stdout();
         while count.is_none_or(|n| seen < n) {
             let Some(delivery) = stream.message().await? else { break };
-            let bytes = prost::Message::encode_to_vec(&delivery);
-            let message = prost_reflect::DynamicMessage::decode(descriptor.clone(), bytes.as_slice())?;
+            // The same JSON as the browser's stream (/api/v1/stream).
+            let json = jimbus_net::sse::response_json(&prost::Message::encode_to_vec(&delivery))?;
             let mut out = stdout.lock();
-            serde_json::to_writer(&mut out, &message)?;
+            out.write_all(&json)?;
             writeln!(out)?;
             out.flush()?;
             seen += 1;
