@@ -4,13 +4,13 @@
 #
 #   docker build -t jimbus .
 #   docker run --rm -p 8080:8080 -p 50051:50051 -v jimbus-data:/var/lib/jimbus \
-#     --ulimit memlock=-1 --security-opt seccomp=./io_uring-seccomp.json jimbus
+#     --ulimit memlock=-1 --security-opt seccomp=deploy/seccomp/io_uring.json jimbus
 #
 # glommio needs two things from the container runtime:
 #   * io_uring. Docker's default seccomp profile (and containerd's, since 2023)
 #     blocks io_uring_setup, io_uring_enter and io_uring_register, and jimbus
 #     cannot start without them. Run with a seccomp profile that allows these
-#     three syscalls (the default profile plus them), or, on a trusted host only,
+#     three syscalls (deploy/seccomp/io_uring.json: the default profile plus them), or, on a trusted host only,
 #     `--security-opt seccomp=unconfined`. Kubernetes: a Localhost seccompProfile
 #     with the same additions.
 #   * locked memory. glommio registers its I/O buffers with the kernel, which

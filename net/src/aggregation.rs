@@ -15,6 +15,16 @@ use jimbus_proto::events as pb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The aggregator's counters, in the order [`AggregationStage::export_metrics`] computes them.
+const COUNTERS: [&str; 6] = [
+    "jimbus_aggregate_messages_total",
+    "jimbus_aggregate_hands_complete_total",
+    "jimbus_aggregate_cascades_incomplete_total",
+    "jimbus_aggregate_cascade_splits_total",
+    "jimbus_aggregate_game_states_coalesced_total",
+    "jimbus_aggregate_sessions_evicted_total",
+];
+
 /// One shard's aggregator and what it has produced but not yet logged.
 pub struct AggregationStage {
     aggregator: Aggregator,
@@ -45,6 +55,10 @@ impl AggregationStage {
         let sizer = BatchSizer::new(config.batch);
         let mut aggregator = Aggregator::new(config)?;
         aggregator.set_memory_budget(granted);
+        // At zero from the start, so that rates see a counter's first increments.
+        for name in COUNTERS {
+            metrics::counter!(name, "shard" => shard.to_string()).absolute(0);
+        }
         Ok(Self {
             aggregator,
             sizer,
@@ -119,17 +133,15 @@ impl AggregationStage {
         let now = self.aggregator.stats();
         let before = std::mem::replace(&mut self.exported, now);
         let shard = &self.shard;
-        let counters = [
-            ("jimbus_aggregate_messages_total", now.messages - before.messages),
-            ("jimbus_aggregate_hands_complete_total", now.hands_complete - before.hands_complete),
-            ("jimbus_aggregate_cascades_incomplete_total", now.cascades_incomplete - before.cascades_incomplete),
-            ("jimbus_aggregate_cascade_splits_total", now.cascade_splits - before.cascade_splits),
-            ("jimbus_aggregate_game_states_coalesced_total", now.game_states_coalesced - before.game_states_coalesced),
-            (
-                "jimbus_aggregate_sessions_evicted_total",
-                now.evicted_idle + now.evicted_capacity - before.evicted_idle - before.evicted_capacity,
-            ),
+        let gains = [
+            now.messages - before.messages,
+            now.hands_complete - before.hands_complete,
+            now.cascades_incomplete - before.cascades_incomplete,
+            now.cascade_splits - before.cascade_splits,
+            now.game_states_coalesced - before.game_states_coalesced,
+            now.evicted_idle + now.evicted_capacity - before.evicted_idle - before.evicted_capacity,
         ];
+        let counters = COUNTERS.into_iter().zip(gains);
         for (name, gained) in counters {
             if gained > 0 {
                 metrics::counter!(name, "shard" => shard.clone()).increment(gained);

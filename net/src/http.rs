@@ -243,9 +243,16 @@ impl Handler {
             }
             _ => error(StatusCode::NOT_FOUND, "no such endpoint", None, None),
         };
-        metrics::counter!("jimbus_http_requests_total", "status" => response.status().as_str().to_string())
-            .increment(1);
-        metrics::histogram!("jimbus_http_request_seconds").record(started.elapsed().as_secs_f64());
+        let (status, seconds) = (response.status(), started.elapsed().as_secs_f64());
+        metrics::counter!("jimbus_http_requests_total", "status" => status.as_str().to_string()).increment(1);
+        metrics::histogram!("jimbus_http_request_seconds").record(seconds);
+        if endpoint.is_some() {
+            // The ingest SLOs (deploy/prometheus): answers by status, and the time to a 2xx.
+            metrics::counter!("jimbus_ingest_requests_total", "status" => status.as_str().to_string()).increment(1);
+            if status.is_success() {
+                metrics::histogram!("jimbus_ingest_ack_seconds").record(seconds);
+            }
+        }
         response
     }
 

@@ -13,6 +13,7 @@ pub mod http_guard;
 pub mod jetstream;
 pub mod log;
 pub mod nats_aggregation;
+pub mod observe;
 pub mod profile;
 pub mod remote_budget;
 pub mod server;

@@ -353,18 +353,17 @@ impl SegmentWriter {
                 let mut from = 0;
                 for &end in ends {
                     write_all(file, &data[from..end], at + from as u64).await?;
-                    file.fdatasync().await?;
+                    crate::observe::fdatasync(file).await?;
                     from = end;
                 }
             }
             FsyncMode::Batch => {
                 write_all(file, data, at).await?;
-                file.fdatasync().await?;
+                crate::observe::fdatasync(file).await?;
             }
             FsyncMode::Never => write_all(file, data, at).await?,
         }
-        metrics::histogram!("jimbus_log_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("jimbus_log_commit_records").record(ends.len() as f64);
+        crate::observe::committed(started, ends.len(), data.len());
         Ok(())
     }
 

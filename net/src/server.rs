@@ -67,6 +67,7 @@ impl Server {
             None => Arc::new(router.clone()),
         };
         let embedded = jetstream.is_none();
+        crate::observe::register(embedded, config.queue_capacity);
         let (drained_tx, drained) = flume::unbounded();
         let mut shards = Vec::new();
         let mut http = config.http;
@@ -80,6 +81,11 @@ impl Server {
                 Err(_) => return Err(ServerError::ShardStart { shard: id, reason: "the executor exited".into() }),
             }
             shards.push(handle);
+        }
+        if embedded {
+            // Once the shards have made the data directory.
+            let control = control.clone();
+            crate::observe::watch_data_dir(config.data_dir.clone(), move || control.stopping.load(Ordering::Acquire));
         }
         let (grpc, grpc_addr, grpc_stop) =
             spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &control))?;

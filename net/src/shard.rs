@@ -14,6 +14,7 @@ use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Sta
 use crate::consumer::store::{ConsumerStore, Restored};
 use crate::consumer::{self, Consumer, DurableLimits, DurableNames, SharedConsumer};
 use crate::log::{read_frames, replace_file, LogError, SegmentWriter, SharedIndex};
+use crate::observe;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::ShardCheckpoint;
@@ -488,6 +489,7 @@ impl Shard {
         shared.borrow_mut().add_member(member);
         if created {
             self.router.durables.register(&durable.name);
+            glommio::spawn_local(observe::watch_consumer(self.id, index.clone(), shared.clone())).detach();
             glommio::spawn_local(consumer::deliver(self.id, index, shared.clone(), self.router.clone())).detach();
         }
         created
@@ -602,7 +604,10 @@ impl Shard {
             self.stage_message(RecordKind::Aggregated, topic, &aggregated.message, now);
         }
         match self.writer.commit().await {
-            Ok(()) => self.checkpoint_if_rolled(),
+            Ok(()) => {
+                observe::aggregated(&messages);
+                self.checkpoint_if_rolled();
+            }
             Err(e) => {
                 tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
                 self.aggregation.restore_pending(messages);
@@ -763,6 +768,7 @@ fn restore_consumers(
         };
         let shared = Rc::new(RefCell::new(restored));
         glommio::spawn_local(consumer::deliver(id, writer.index(), shared.clone(), router.clone())).detach();
+        glommio::spawn_local(observe::watch_consumer(id, writer.index(), shared.clone())).detach();
         router.durables.register(&name);
         consumers.insert(name, shared);
     }
@@ -869,9 +875,13 @@ async fn subscription(
     let index: Rc<_> = index;
     let mut cursor = start_offset(&index, start).await;
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
+    // Lag is measured once the subscription has caught up: a replay from the
+    // start is not late.
+    let mut live = false;
     'outer: while !out.is_disconnected() {
         let listener = index.borrow().committed.listen();
         if cursor >= index.borrow().end() {
+            live = true;
             let idle = glommio::timer::Timer::new(Duration::from_secs(1));
             futures_lite::future::or(listener, async {
                 idle.await;
@@ -890,14 +900,19 @@ async fn subscription(
             cursor = next.max(cursor + 1).min(index.borrow().end());
             continue;
         }
+        let mut oldest = None;
         for frame in &frames {
             let Ok(rec) = record::decode(frame) else { continue };
             if !pattern.matches(rec.topic) {
                 continue;
             }
+            oldest.get_or_insert(rec.time_us);
             if out.send_async(delivery(shard, frame, &rec)).await.is_err() {
                 break 'outer;
             }
+        }
+        if let Some(oldest) = oldest.filter(|_| live) {
+            observe::delivered(oldest);
         }
         cursor = next;
     }

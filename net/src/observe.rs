@@ -1,0 +1,154 @@
+//! Operational metrics that no single component owns: the process start time,
+//! the data directory's free space, each durable consumer's backlog and the
+//! age of its oldest unacknowledged record, subscribers' delivery lag, the
+//! fsync and commit sizes of the log, and the counters registered at zero at
+//! start, so that rates and alerts see them from the first scrape instead of
+//! from their first increment.
+//!
+//! The names recorded here are the ones `deploy/prometheus` alerts on and
+//! `deploy/grafana` charts (`tools/tests/observability` checks that
+//! every name they use is exported). This module must never change what it
+//! observes: it reads and records, and a failure to observe is only logged.
+
+use crate::consumer::SharedConsumer;
+use crate::log::{read_frames, SharedIndex};
+use crate::shard::now_micros;
+use glommio::io::BufferedFile;
+use jimbus_core::aggregate::Aggregated;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the data directory's free space and consumers' backlogs are read.
+const DISK_EVERY: Duration = Duration::from_secs(5);
+const CONSUMER_EVERY: Duration = Duration::from_secs(1);
+
+/// Counters both backends may increment, registered at zero.
+const COUNTERS: &[&str] = &[
+    "jimbus_events_accepted_total",
+    "jimbus_events_rejected_total",
+    "jimbus_events_duplicate_total",
+    "jimbus_grpc_events_accepted_total",
+    "jimbus_deadletter_total",
+    "jimbus_consumer_dead_lettered_total",
+    "jimbus_http_overload_total",
+    "jimbus_http_connections_refused_total",
+    "jimbus_aggregate_refused_total",
+];
+/// Counters of the embedded log only.
+const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
+/// Counters of the JetStream backend only.
+const JETSTREAM_COUNTERS: &[&str] =
+    &["jimbus_bus_publish_failures_total", "jimbus_bus_outages_total", "jimbus_bus_disconnects_total"];
+
+/// Records the start time (and, on the embedded log, each shard's queue
+/// capacity) and registers the counters of this backend at zero.
+pub fn register(embedded: bool, queue_capacity: usize) {
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("jimbus_process_start_time_seconds").set(started);
+    if embedded {
+        metrics::gauge!("jimbus_shard_queue_capacity").set(queue_capacity as f64);
+    }
+    let backend = if embedded { EMBEDDED_COUNTERS } else { JETSTREAM_COUNTERS };
+    for &name in COUNTERS.iter().chain(backend) {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::counter!("jimbus_budget_denials_total", "component" => "http").absolute(0);
+}
+
+/// Reads the free and total bytes of the file system holding `dir` every few
+/// seconds, on a thread of its own, until `stopping` says so.
+pub fn watch_data_dir(dir: PathBuf, stopping: impl Fn() -> bool + Send + 'static) {
+    let spawned = std::thread::Builder::new().name("jimbus-disk".into()).spawn(move || {
+        let mut warned = false;
+        while !stopping() {
+            match space(&dir) {
+                Ok((free, size)) => {
+                    metrics::gauge!("jimbus_data_dir_free_bytes").set(free as f64);
+                    metrics::gauge!("jimbus_data_dir_size_bytes").set(size as f64);
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the data directory's free space");
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(DISK_EVERY);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the disk space watcher");
+    }
+}
+
+/// (bytes available to an unprivileged writer, file system size) of `dir`.
+fn space(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let unit = stat.f_frsize as u64;
+    Ok((stat.f_bavail as u64 * unit, stat.f_blocks as u64 * unit))
+}
+
+/// Every second, how many records of `shard` are at or past the consumer's
+/// ack floor, and how old the record at the floor (the oldest not yet done)
+/// is; 0 when it has everything. Runs as long as the shard's executor.
+pub async fn watch_consumer(shard: usize, index: SharedIndex, consumer: SharedConsumer) {
+    let (name, shard) = (consumer.borrow().name.clone(), shard.to_string());
+    let backlog =
+        metrics::gauge!("jimbus_consumer_backlog_records", "consumer" => name.clone(), "shard" => shard.clone());
+    let age = metrics::gauge!("jimbus_consumer_oldest_unacked_age_seconds", "consumer" => name, "shard" => shard);
+    loop {
+        let floor = consumer.borrow().ack_floor();
+        let pending = index.borrow().end().saturating_sub(floor);
+        backlog.set(pending as f64);
+        let oldest = if pending == 0 { None } else { record_time(&index, floor).await };
+        age.set(oldest.map_or(0.0, |t| now_micros().saturating_sub(t) as f64 / 1e6));
+        glommio::timer::sleep(CONSUMER_EVERY).await;
+    }
+}
+
+/// The receive time of the record at `offset`, if it can be read.
+async fn record_time(index: &SharedIndex, offset: u64) -> Option<u64> {
+    let (frames, _) = read_frames(index, offset, 1).await.ok()?;
+    let frame = frames.first()?;
+    jimbus_core::record::decode(frame).ok().map(|rec| rec.time_us)
+}
+
+/// A live subscription handed over a batch whose oldest record was received
+/// at `oldest_us`: one sample of delivery lag per batch, not per record, to
+/// keep the hot path cheap.
+pub fn delivered(oldest_us: u64) {
+    let lag = now_micros().saturating_sub(oldest_us) as f64 / 1e6;
+    metrics::histogram!("jimbus_delivery_lag_seconds").record(lag);
+}
+
+/// `fdatasync` on `file`, timed.
+pub async fn fdatasync(file: &BufferedFile) -> glommio::Result<(), ()> {
+    let started = Instant::now();
+    let synced = file.fdatasync().await;
+    metrics::histogram!("jimbus_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+    synced
+}
+
+/// A group commit of `records` records and `bytes` bytes, written (and synced,
+/// per the fsync mode) since `started`.
+pub fn committed(started: Instant, records: usize, bytes: usize) {
+    metrics::histogram!("jimbus_log_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("jimbus_log_commit_records").record(records as f64);
+    metrics::histogram!("jimbus_log_commit_bytes").record(bytes as f64);
+}
+
+/// Aggregated messages just made durable: how many raw events each window
+/// folded, and how many triggers each scored hand's cascade had.
+pub fn aggregated(messages: &[Aggregated]) {
+    for aggregated in messages {
+        metrics::histogram!("jimbus_aggregate_window_events").record(aggregated.input_sequences.len() as f64);
+        if let Some(cascade) = &aggregated.message.cascade_info {
+            metrics::histogram!("jimbus_aggregate_cascade_triggers").record(f64::from(cascade.trigger_count));
+        }
+    }
+}
