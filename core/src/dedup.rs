@@ -41,7 +41,7 @@ pub fn dedup_key_of_encoding(encoded: &[u8]) -> DedupKey {
 
 /// Keys are already uniform hashes: a table hashes them by folding, not again.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -59,7 +59,8 @@ impl Hasher for KeyHasher {
     }
 }
 
-type KeySet = HashSet<DedupKey, BuildHasherDefault<KeyHasher>>;
+/// A set of dedup keys, hashed by folding (the keys are hashes already).
+pub type KeySet = HashSet<DedupKey, BuildHasherDefault<KeyHasher>>;
 
 /// One generation: its keys and the log offset of the first.
 #[derive(Debug, Default)]

@@ -18,7 +18,7 @@ use crate::observe;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::ShardCheckpoint;
-use jimbus_core::dedup::{dedup_key, dedup_key_of_encoding, DedupKey, DedupWindow};
+use jimbus_core::dedup::{dedup_key, dedup_key_of_encoding, DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::{self, Pattern};
 use jimbus_proto::delivery::{BodyKind, EncodedDelivery};
@@ -626,11 +626,19 @@ impl Shard {
         let mut consumers_replaced = false;
         let mut shutdown = None;
         let mut keys = Vec::new();
+        // Keys staged by earlier requests of this commit: a retry that races its
+        // original into the same commit is a duplicate too. Identical events
+        // inside one request are both kept (a retrigger can repeat its trigger
+        // byte for byte, and the field mod reuses ids).
+        let mut staged = KeySet::default();
         let sequences_before = self.next_sequence.clone();
         for command in commands {
             match command {
                 ShardCommand::Append { items, reply } => {
-                    let outcomes = items.into_iter().map(|item| self.stage(item, &mut keys)).collect::<Vec<_>>();
+                    let first = keys.len();
+                    let outcomes =
+                        items.into_iter().map(|item| self.stage(item, &mut keys, &staged)).collect::<Vec<_>>();
+                    staged.extend(keys[first..].iter().map(|(key, _)| *key));
                     pending.push((reply, outcomes));
                 }
                 ShardCommand::Subscribe { pattern, start, durable: None, deliveries } => {
@@ -708,14 +716,15 @@ impl Shard {
         shutdown
     }
 
-    /// Stages one item: assigns its sequence and offset, or recognises a retry.
-    fn stage(&mut self, item: AppendItem, keys: &mut Vec<(DedupKey, u64)>) -> ItemOutcome {
+    /// Stages one item: assigns its sequence and offset, or recognises a retry
+    /// (a key already durable, or `staged` by an earlier request of this commit).
+    fn stage(&mut self, item: AppendItem, keys: &mut Vec<(DedupKey, u64)>, staged: &KeySet) -> ItemOutcome {
         let now = self.writer.monotonic_time_us(now_micros());
         match item {
             AppendItem::Event(mut event) => {
                 self.scratch.clear();
                 let (mut stamps, key) = encode_client_view(&mut event, &mut self.scratch);
-                if key.is_some_and(|k| self.dedup.contains(k)) {
+                if key.is_some_and(|k| self.dedup.contains(k) || staged.contains(&k)) {
                     metrics::counter!("jimbus_events_duplicate_total").increment(1);
                     return ItemOutcome::Duplicate;
                 }
