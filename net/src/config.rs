@@ -228,8 +228,9 @@ fn jetstream_options(
 /// directory calls reject relative paths (EBADF), and a path that meant the
 /// start directory must not change meaning later.
 fn absolute_path(path: PathBuf) -> Result<PathBuf, ConfigError> {
-    std::path::absolute(&path)
-        .map_err(|e| ConfigError::Invalid(format!("cannot resolve {} against the working directory: {e}", path.display())))
+    std::path::absolute(&path).map_err(|e| {
+        ConfigError::Invalid(format!("cannot resolve {} against the working directory: {e}", path.display()))
+    })
 }
 
 impl ServeArgs {
