@@ -1,0 +1,40 @@
+//! The field mod's JSON dialect, as a request body on both endpoints and as a
+//! bare value: no input may panic, and whatever is decoded must point inside
+//! the body it came from.
+#![no_main]
+
+use jimbus_core::ingest::{decode_body, Endpoint};
+use jimbus_core::json::Reader;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    for endpoint in [Endpoint::Single, Endpoint::Batch] {
+        match decode_body(body, endpoint) {
+            Ok(decoded) => {
+                for event in &decoded.events {
+                    assert!(event.raw.start <= event.raw.end && event.raw.end <= body.len(), "{:?}", event.raw);
+                }
+                for rejected in &decoded.rejected {
+                    assert!(rejected.raw.start <= rejected.raw.end && rejected.raw.end <= body.len());
+                }
+                if endpoint == Endpoint::Single {
+                    assert_eq!(decoded.events.len() + decoded.rejected.len(), 1);
+                }
+            }
+            Err(e) => {
+                if let Some(offset) = e.offset() {
+                    assert!(offset <= body.len(), "error offset {offset} past a {}-byte body", body.len());
+                }
+            }
+        }
+    }
+    // The generic reader on its own: a value (building a protobuf Value), and a skip.
+    let mut reader = Reader::new(body);
+    if reader.value().is_ok() {
+        let _ = reader.finish();
+    }
+    let mut reader = Reader::new(body);
+    if reader.skip().is_ok() {
+        assert!(reader.offset() <= body.len());
+    }
+});
