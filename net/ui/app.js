@@ -1,4 +1,4 @@
-// The web view's router: #/farm, #/session/<session>, #/hand/<session>/<partition>/<offset>,
+// The web view's router: #/farm (?stale=<seconds>), #/session/<session>, #/hand/<session>/<partition>/<offset>,
 // #/server. Each page module exports mount(container, params) and returns its cleanup.
 import { setConnection } from "./lib.js";
 import * as farm from "./farm.js";
@@ -7,7 +7,7 @@ import * as hand from "./hand.js";
 import * as server from "./server.js";
 
 const routes = [
-  { pattern: /^#\/farm$/, page: farm, nav: "farm" },
+  { pattern: /^#\/farm(?:\?stale=(\d+))?$/, page: farm, nav: "farm" },
   { pattern: /^#\/session\/([^/]+)$/, page: session, nav: "farm" },
   { pattern: /^#\/hand\/([^/]+)\/(\d+)\/(\d+)$/, page: hand, nav: "farm" },
   { pattern: /^#\/server$/, page: server, nav: "server" },
@@ -31,7 +31,7 @@ function route() {
     else link.removeAttribute("aria-current");
   }
   setConnection("connecting…", false);
-  const params = found.m.slice(1).map(decodeURIComponent);
+  const params = found.m.slice(1).map((p) => (p === undefined ? p : decodeURIComponent(p)));
   cleanup = found.r.page.mount(view, params) ?? null;
   // Keyboard and screen-reader users land on the new page's content.
   view.focus({ preventScroll: true });

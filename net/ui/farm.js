@@ -7,13 +7,15 @@ const STALE_MS = 30_000;
 const RATE_WINDOW_MS = 10_000;
 const BACKFILL_MS = 60_000;
 
-export function mount(view) {
+export function mount(view, [staleSeconds]) {
+  // `#/farm?stale=N` marks sessions stale after N seconds instead of 30.
+  const staleMs = staleSeconds ? Number(staleSeconds) * 1000 : STALE_MS;
   const sessions = new Map();
   const body = el("tbody");
   const summary = el("p", { class: "hint", id: "farm-summary", "aria-live": "polite" }, "Waiting for events…");
   view.append(
     el("h1", {}, "Farm"),
-    el("p", { class: "hint" }, `Sessions that sent events in the last ${BACKFILL_MS / 1000} s, live. Silent for ${STALE_MS / 1000} s: stale.`),
+    el("p", { class: "hint" }, `Sessions that sent events in the last ${BACKFILL_MS / 1000} s, live. Silent for ${staleMs / 1000} s: stale.`),
     summary,
     el(
       "div",
@@ -110,7 +112,7 @@ export function mount(view) {
     let live = 0;
     rows.forEach((s, i) => {
       while (s.times.length && s.times[0] < now - RATE_WINDOW_MS) s.times.shift();
-      const stale = now - s.lastAt > STALE_MS;
+      const stale = now - s.lastAt > staleMs;
       if (!stale) live += 1;
       const tr = row(s);
       tr.classList.toggle("stale", stale);

@@ -83,29 +83,44 @@ export function setConnection(text, live) {
  * Returns { close(), lastId() }.
  */
 export function openStream({ pattern, from = "latest", resume = "", onDelivery, label = "live" }) {
-  const query = new URLSearchParams({ pattern, from });
-  if (resume) query.set("last_event_id", resume);
   let last = resume;
   let closed = false;
-  const source = new EventSource(`/api/v1/stream?${query}`);
-  source.onopen = () => setConnection(label, true);
-  source.onerror = () => {
-    // EventSource reconnects by itself, sending Last-Event-ID: nothing is lost.
-    if (!closed) setConnection("reconnecting…", false);
+  let source = null;
+  let retry = null;
+  const connect = () => {
+    const query = new URLSearchParams({ pattern, from });
+    if (last) query.set("last_event_id", last);
+    source = new EventSource(`/api/v1/stream?${query}`);
+    source.onopen = () => setConnection(label, true);
+    source.onerror = () => {
+      if (closed) return;
+      setConnection("reconnecting…", false);
+      // EventSource reconnects by itself after a dropped connection, sending
+      // Last-Event-ID; after a refused one (a 503) it gives up: start again
+      // from the last event seen, so nothing is lost either way.
+      if (source.readyState === EventSource.CLOSED && !retry) {
+        retry = setTimeout(() => {
+          retry = null;
+          if (!closed) connect();
+        }, 2000);
+      }
+    };
+    source.onmessage = (message) => {
+      last = message.lastEventId || last;
+      let delivery;
+      try {
+        delivery = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      onDelivery(delivery, last);
+    };
   };
-  source.onmessage = (message) => {
-    last = message.lastEventId || last;
-    let delivery;
-    try {
-      delivery = JSON.parse(message.data);
-    } catch {
-      return;
-    }
-    onDelivery(delivery, last);
-  };
+  connect();
   return {
     close() {
       closed = true;
+      clearTimeout(retry);
       source.close();
     },
     lastId: () => last,

@@ -9,17 +9,14 @@ import { createInterface } from "node:readline";
 
 const ROOT = resolve(new URL("../..", import.meta.url).pathname);
 
-/** Starts `jimbus serve`; resolves to { http, base, stop(), log }. */
+/** Starts `jimbus serve`; resolves to { http, base, log, restart(), stop() }. */
 export async function startJimbus(extra = []) {
   const bin = process.env.JIMBUS_BIN || join(ROOT, "target/debug/jimbus");
   const dir = mkdtempSync(join(tmpdir(), "jimbus-ui-"));
-  const child = spawn(
-    bin,
-    ["--log-format", "json", "serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data-dir", join(dir, "data"), ...extra],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "info" } },
-  );
+  const log = [];
+  let child = null;
   // A test run that is interrupted or times out must not leave the server behind.
-  const kill = () => child.exitCode === null && child.kill("SIGKILL");
+  const kill = () => child && child.exitCode === null && child.kill("SIGKILL");
   process.once("exit", kill);
   for (const signal of ["SIGTERM", "SIGINT"]) {
     process.once(signal, () => {
@@ -27,31 +24,47 @@ export async function startJimbus(extra = []) {
       process.exit(1);
     });
   }
-  const log = [];
-  const ready = new Promise((resolveReady, reject) => {
-    const timer = setTimeout(() => reject(new Error(`jimbus did not become ready:\n${log.join("\n")}`)), 60_000);
-    child.on("exit", (code) => reject(new Error(`jimbus exited with ${code}:\n${log.join("\n")}`)));
-    createInterface({ input: child.stderr }).on("line", (line) => {
-      log.push(line);
-      if (line.includes('"jimbus ready"')) {
-        clearTimeout(timer);
-        resolveReady(JSON.parse(line).http);
-      }
+  const launch = (http, grpc) => {
+    child = spawn(
+      bin,
+      ["--log-format", "json", "serve", "--http", http, "--grpc", grpc, "--data-dir", join(dir, "data"), ...extra],
+      { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "info" } },
+    );
+    const started = child;
+    return new Promise((resolveReady, reject) => {
+      const timer = setTimeout(() => reject(new Error(`jimbus did not become ready:\n${log.join("\n")}`)), 60_000);
+      started.on("exit", (code) => reject(new Error(`jimbus exited with ${code}:\n${log.join("\n")}`)));
+      createInterface({ input: started.stderr }).on("line", (line) => {
+        log.push(line);
+        if (line.includes('"jimbus ready"')) {
+          clearTimeout(timer);
+          const ready = JSON.parse(line);
+          resolveReady({ http: ready.http, grpc: ready.grpc });
+        }
+      });
     });
-  });
-  const http = await ready;
+  };
+  const terminate = async () => {
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+  const addrs = await launch("127.0.0.1:0", "127.0.0.1:0");
   return {
-    http,
-    base: `http://${http}`,
+    http: addrs.http,
+    base: `http://${addrs.http}`,
     log,
+    /** Stops the server (SIGTERM) and starts it again on the same ports and data. */
+    async restart() {
+      await terminate();
+      await launch(addrs.http, addrs.grpc);
+    },
     async stop() {
-      if (child.exitCode === null) {
-        const exited = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
+      await terminate();
       rmSync(dir, { recursive: true, force: true });
     },
   };

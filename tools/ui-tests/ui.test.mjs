@@ -134,6 +134,35 @@ test("pausing stops the feed and resuming continues without gaps", { timeout: 60
   assert.deepEqual(sequences, Array.from({ length: 35 }, (_, i) => 35 - i), "newest first, every sequence once");
 });
 
+test("a live page reconnects by itself after a server restart and misses nothing", { timeout: 90_000 }, async (t) => {
+  if (!server.restart) return t.skip("the server was not started by the test");
+  const session = `${SESSION}-restart`;
+  const beat = (n) => Array.from({ length: n }, (_, i) => ({ type: "HEARTBEAT", payload: { uptime: i, version: "1" } }));
+  await post(server.base, batch(session, beat(10)));
+  await page.goto(`${ui}/ui#/session/${session}`);
+  await page.waitForFunction(() => document.querySelectorAll("#feed li").length === 10, null, { timeout: 10_000 });
+  await server.restart();
+  // Posted while the page is still reconnecting: its EventSource resumes with Last-Event-ID.
+  await post(server.base, batch(session, beat(15)));
+  await page.waitForFunction(() => document.querySelectorAll("#feed li").length >= 25, null, { timeout: 20_000 });
+  assert.deepEqual(await rawItems(), Array.from({ length: 25 }, (_, i) => 25 - i), "every sequence once, newest first");
+  await page.waitForFunction(() => document.getElementById("connection").classList.contains("live"), null, { timeout: 10_000 });
+});
+
+test("a session silent for longer than the stale time is greyed out", { timeout: 60_000 }, async () => {
+  const session = `${SESSION}-quiet`;
+  await page.goto(`${ui}/ui#/farm?stale=1`);
+  await page.waitForSelector("#farm-summary");
+  await post(server.base, batch(session, [gameState(1, 1, 4)]));
+  const row = `tr[data-session="${session}"]`;
+  await page.waitForSelector(`${row}:not(.stale)`, { timeout: 2000 });
+  await page.waitForSelector(`${row}.stale`, { timeout: 5000 });
+  const colour = await page.$eval(`${row} td:nth-child(2)`, (td) => getComputedStyle(td).color);
+  assert.equal(colour, "rgb(141, 153, 165)", "stale rows are drawn in the muted colour");
+  await post(server.base, batch(session, [gameState(1, 2, 9)]));
+  await page.waitForSelector(`${row}:not(.stale)`, { timeout: 2000 });
+});
+
 test("the Server page shows ingest, shards and the memory budget from /metrics", { timeout: 60_000 }, async () => {
   await page.goto(`${ui}/ui#/server`);
   await page.waitForFunction(() => /[1-9]/.test(document.querySelector("#ingest-total")?.textContent ?? ""), null, { timeout: 10_000 });
