@@ -3,8 +3,9 @@
 # Chromium through playwright-core against the real jimbus ($JIMBUS_BIN): a
 # session on the Farm page within a second, a 200-trigger hand on the Hand
 # page in order with its depths, pause and gap-free resume of a session's feed,
-# non-zero ingest on the Server page, a phone-sized layout. Screenshots are
-# written to docs/ui/.
+# non-zero ingest on the Server page, a phone-sized layout, a page that resumes
+# by itself across a server restart. Screenshots go to a temporary folder;
+# UI_SCREENSHOTS=docs/ui refreshes the README's.
 set -euo pipefail
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 cd "$ROOT"

@@ -5,12 +5,15 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import { startJimbus, post, batch, gameState, scoredHand, metrics, readStream } from "./jimbus.mjs";
 
 const ROOT = resolve(new URL("../..", import.meta.url).pathname);
-const SHOTS = join(ROOT, "docs/ui");
+// UI_SCREENSHOTS=docs/ui refreshes the README's screenshots; by default they
+// go to a temporary folder, so a test run leaves the tree as it was.
+const SHOTS = resolve(ROOT, process.env.UI_SCREENSHOTS || join(tmpdir(), "jimbus-ui-screenshots"));
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SESSION = `ui-e2e-${process.pid}`;
 
@@ -33,6 +36,7 @@ before(async () => {
 });
 
 after(async () => {
+  console.log(`screenshots in ${SHOTS}`);
   await browser?.close();
   await server?.stop();
 });
