@@ -101,7 +101,7 @@ fn status_of(e: BusError) -> Status {
     match e {
         BusError::InvalidArgument(message) => Status::invalid_argument(message),
         BusError::Exhausted(message) => Status::resource_exhausted(message),
-        other => Status::unavailable(other.to_string()),
+        other => Status::unavailable(crate::http_guard::redact_paths(&other.to_string())),
     }
 }
 

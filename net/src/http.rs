@@ -12,9 +12,10 @@
 //! the log or shard state directly: it only sends commands.
 
 use crate::bus::{AppendItem, Bus, ItemOutcome};
+use crate::http_conn::{finish, Activity, GlommioIo, HeaderTimer};
 use crate::shard::{now_micros, timestamp};
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,7 +30,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -150,6 +151,10 @@ const GRANT_PER_BODY_BYTE: u64 = 6;
 
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 63\r\n\r\n{\"status\":\"error\",\"error\":\"too many connections, retry later\"}\n";
 
+/// The largest request head (request line and headers); more gets 431 (414 for
+/// the request line alone). hyper reads at most this much at once.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// One connection.
 struct Handler {
     listener: Rc<Listener>,
@@ -162,27 +167,33 @@ struct Handler {
 
 impl Handler {
     async fn serve(self, stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(self.listener.options.idle_timeout));
         let control = self.listener.control.clone();
         let header_timeout = self.listener.options.header_timeout;
-        let gate = self.gate.clone();
+        let activity = Activity::new();
+        let io = GlommioIo::new(stream, self.gate.clone(), activity.clone(), self.listener.options.idle_timeout);
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.route_browser(req).await) }
+            // The idle timer does not run while a request is in progress.
+            let busy = activity.enter();
+            async move {
+                let response = this.route_browser(req).await;
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
+        let mut conn = hyper::server::conn::http1::Builder::new()
             .timer(HeaderTimer)
             .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true)
             .pipeline_flush(true)
-            .serve_connection(GlommioIo::new(stream, gate), service);
-        let mut conn = std::pin::pin!(conn);
+            .serve_connection(io, service);
         let stop = control.stop.listen();
         if control.stopping.load(Ordering::Acquire) {
-            conn.as_mut().graceful_shutdown();
+            Pin::new(&mut conn).graceful_shutdown();
         }
-        let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        let finished = futures_lite::future::or(async { Some((&mut conn).await) }, async {
             stop.await;
             None
         })
@@ -190,10 +201,13 @@ impl Handler {
         let result = match finished {
             Some(result) => result,
             None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                Pin::new(&mut conn).graceful_shutdown();
+                (&mut conn).await
             }
         };
+        // hyper leaves a malformed request unanswered (or answers it with an
+        // empty body): finish writes a JSON answer before closing.
+        finish(conn.into_parts().io, result.as_ref().err()).await;
         if let Err(e) = result {
             if !e.is_incomplete_message() {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -226,8 +240,9 @@ impl Handler {
         let response = match (req.method(), path, endpoint) {
             (&Method::POST, _, Some(endpoint)) => self.ingest(req, endpoint).await,
             (&Method::POST, p, None) if p == format!("{ingest}/health") => self.health_probe(req).await,
-            (&Method::GET, "/health", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-            (&Method::GET, "/ready", _) => self.readiness(),
+            // hyper leaves out the body of an answer to HEAD.
+            (&Method::GET | &Method::HEAD, "/health", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&Method::GET | &Method::HEAD, "/ready", _) => self.readiness(),
             (&Method::GET, "/metrics", _) => self.metrics(),
             (&Method::GET, "/openapi.yaml", _) => openapi(),
             (&Method::GET, "/debug/pprof/profile", _) => self.profile(req.uri().query()).await,
@@ -257,12 +272,14 @@ impl Handler {
     }
 
     fn readiness(&self) -> Response<Body> {
-        if self.listener.control.ready.load(Ordering::Acquire)
-            && !self.listener.control.stopping.load(Ordering::Acquire)
+        if !self.listener.control.ready.load(Ordering::Acquire)
+            || self.listener.control.stopping.load(Ordering::Acquire)
         {
-            json(StatusCode::OK, r#"{"status":"ready"}"#.into())
-        } else {
             unavailable("not ready")
+        } else if crate::http_guard::storage_full() {
+            unavailable("not ready: the data directory is full")
+        } else {
+            json(StatusCode::OK, r#"{"status":"ready"}"#.into())
         }
     }
 
@@ -521,6 +538,7 @@ impl Handler {
         })?;
         let outcomes = appending.await.map_err(|e| {
             tracing::error!(error = %e, "append failed");
+            crate::http_guard::storage_failed(&e.to_string());
             unavailable(&crate::http_guard::redact_paths(&e.to_string()))
         })?;
         let (mut stored, mut duplicates) = (0, 0);
@@ -579,91 +597,4 @@ fn unavailable(message: &str) -> Response<Body> {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
-}
-
-/// hyper's timer, for the header read timeout. hyper wants `Send` sleeps, which
-/// glommio's timers are not; async-io's are (driven by its own small thread).
-#[derive(Clone)]
-struct HeaderTimer;
-
-struct HeaderSleep(async_io::Timer);
-
-impl std::future::Future for HeaderSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
-    }
-}
-
-impl hyper::rt::Sleep for HeaderSleep {}
-
-impl hyper::rt::Timer for HeaderTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeaderSleep(async_io::Timer::after(duration)))
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeaderSleep(async_io::Timer::at(deadline)))
-    }
-}
-
-/// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small
-/// owned buffer into hyper's cursor, so hyper's spare capacity is never
-/// zero-filled first (glommio wants an initialised slice).
-struct GlommioIo {
-    stream: TcpStream,
-    gate: Rc<crate::sse::WriteGate>,
-    scratch: Box<[u8]>,
-}
-
-impl GlommioIo {
-    fn new(stream: TcpStream, gate: Rc<crate::sse::WriteGate>) -> Self {
-        Self { stream, gate, scratch: vec![0; 16 * 1024].into_boxed_slice() }
-    }
-}
-
-impl hyper::rt::Read for GlommioIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let want = buf.remaining().min(this.scratch.len());
-        match Pin::new(&mut this.stream).poll_read(cx, &mut this.scratch[..want]) {
-            Poll::Ready(Ok(n)) => {
-                buf.put_slice(&this.scratch[..n]);
-                Poll::Ready(Ok(()))
-            }
-            // An event stream's client sends nothing: its read goes on untimed
-            // (the stream's keepalive writes notice a vanished client).
-            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut && this.gate.is_streaming() => {
-                let _ = this.stream.set_read_timeout(None);
-                Pin::new(&mut this.stream)
-                    .poll_read(cx, &mut this.scratch[..want])
-                    .map_ok(|n| buf.put_slice(&this.scratch[..n]))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl hyper::rt::Write for GlommioIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.gate.wrote(n);
-        }
-        written
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
-    }
 }

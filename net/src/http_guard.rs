@@ -5,10 +5,14 @@
 //! dead letter's raw bytes are cut to [`MAX_DEAD_LETTER_RAW`] so that it stays
 //! deliverable to a default gRPC client, an answer lists at most
 //! [`REJECTED_LISTED`] rejections, and error texts lose absolute file paths.
-//! This module only shapes what the handler stores and answers; it must never
-//! send anything to the bus itself.
+//! It also keeps whether the data directory is full ([`storage_full`]), which
+//! `/ready` reports. This module only shapes what the handler stores and
+//! answers; it must never send anything to the bus itself.
 
 use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Raw bytes kept in one dead letter; the rest is cut (the reason says so).
 pub const MAX_DEAD_LETTER_RAW: usize = 1 << 20;
@@ -92,6 +96,55 @@ pub fn redact_paths(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The data directory, once the embedded log has made it.
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Bytes free in the data directory when a write last failed for want of
+/// space, plus one; 0 while none has.
+static FULL_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Free space that counts as room again after a full disk: a segment record
+/// and its index entry, with margin.
+const ROOM: u64 = 64 * 1024;
+
+/// Names the data directory whose free space `/ready` follows.
+pub fn watch_data_dir(dir: &Path) {
+    let _ = DATA_DIR.set(dir.to_path_buf());
+}
+
+/// Notes a storage error: one for want of space makes the server not ready
+/// until the directory has room again.
+pub fn storage_failed(message: &str) {
+    if message.contains("os error 28") || message.contains("No space left") {
+        let free = DATA_DIR.get().and_then(|d| free_bytes(d).ok()).unwrap_or(0);
+        FULL_AT.store(free + 1, Ordering::Release);
+    }
+}
+
+/// True while the data directory is full: a write failed for want of space and
+/// the free space has not grown by [`ROOM`] since, or less than [`ROOM`] is free.
+pub fn storage_full() -> bool {
+    let Some(dir) = DATA_DIR.get() else { return false };
+    let Ok(free) = free_bytes(dir) else { return false };
+    let full_at = FULL_AT.load(Ordering::Acquire);
+    if full_at != 0 && free >= (full_at - 1) + ROOM {
+        FULL_AT.store(0, Ordering::Release);
+    }
+    free < ROOM || FULL_AT.load(Ordering::Acquire) != 0
+}
+
+/// Bytes an unprivileged writer may still use in `dir`'s file system.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 #[cfg(test)]

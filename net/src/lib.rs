@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod coordinator;
 pub mod grpc;
 pub mod http;
+pub mod http_conn;
 pub mod http_guard;
 pub mod jetstream;
 pub mod log;

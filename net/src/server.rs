@@ -83,6 +83,8 @@ impl Server {
             shards.push(handle);
         }
         if embedded {
+            // /ready follows the data directory's free space.
+            crate::http_guard::watch_data_dir(&config.data_dir);
             // Once the shards have made the data directory.
             let control = control.clone();
             crate::observe::watch_data_dir(config.data_dir.clone(), move || control.stopping.load(Ordering::Acquire));

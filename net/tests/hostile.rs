@@ -9,3 +9,7 @@ mod harness;
 mod grpc;
 #[path = "hostile/delivery.rs"]
 mod delivery;
+#[path = "hostile/http.rs"]
+mod http;
+#[path = "hostile/disk.rs"]
+mod disk;

@@ -1,0 +1,258 @@
+//! One HTTP connection's socket as hyper sees it: reads, writes, the idle
+//! timeout, and the answer to a request hyper cannot parse.
+//!
+//! [`GlommioIo`] adapts glommio's TcpStream to hyper. Its idle timer runs only
+//! while the connection is truly idle: no request in progress ([`Activity`]),
+//! no answer waiting for the socket, no event stream. hyper answers a head it
+//! cannot parse with an empty-bodied error and may drop it unflushed, so
+//! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
+//! (400, 414, 431 or 505) once hyper has given the socket back; answers to the
+//! requests before it are written first. This module must never read a body or
+//! route a request.
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Requests of one connection in progress (from their head to their answer).
+#[derive(Default)]
+pub struct Activity {
+    busy: Cell<usize>,
+}
+
+impl Activity {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Marks a request in progress until the guard drops.
+    pub fn enter(self: &Rc<Self>) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(self.clone())
+    }
+}
+
+/// A request in progress; see [`Activity::enter`].
+pub struct Busy(Rc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+/// hyper's timer, for the header read timeout. hyper wants `Send` sleeps, which
+/// glommio's timers are not; async-io's are (driven by its own small thread).
+#[derive(Clone)]
+pub struct HeaderTimer;
+
+struct HeaderSleep(async_io::Timer);
+
+impl Future for HeaderSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for HeaderSleep {}
+
+impl hyper::rt::Timer for HeaderTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeaderSleep(async_io::Timer::after(duration)))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeaderSleep(async_io::Timer::at(deadline)))
+    }
+}
+
+/// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small
+/// owned buffer into hyper's cursor, so hyper's spare capacity is never
+/// zero-filled first (glommio wants an initialised slice).
+pub struct GlommioIo {
+    stream: TcpStream,
+    gate: Rc<crate::sse::WriteGate>,
+    activity: Rc<Activity>,
+    idle_timeout: Duration,
+    /// Armed while a read waits on an idle connection.
+    idle: Option<glommio::timer::Timer>,
+    /// A write or flush is waiting for the socket (the client reads slowly).
+    writing: bool,
+    /// The status of hyper's own answer to a head it could not parse, held back.
+    held_error: Option<u16>,
+    scratch: Box<[u8]>,
+}
+
+impl GlommioIo {
+    pub fn new(
+        stream: TcpStream,
+        gate: Rc<crate::sse::WriteGate>,
+        activity: Rc<Activity>,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            stream,
+            gate,
+            activity,
+            idle_timeout,
+            idle: None,
+            writing: false,
+            held_error: None,
+            scratch: vec![0; 16 * 1024].into_boxed_slice(),
+        }
+    }
+
+    /// Polls the idle timer of a read that is waiting: it runs only when no
+    /// request is in progress, no answer is being written, and no event stream
+    /// (whose client never sends) is open.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.activity.busy.get() > 0 || self.writing || self.gate.is_streaming() {
+            self.idle = None;
+            return false;
+        }
+        let timeout = self.idle_timeout;
+        let timer = self.idle.get_or_insert_with(|| glommio::timer::Timer::new(timeout));
+        Pin::new(timer).poll(cx).is_ready()
+    }
+}
+
+impl hyper::rt::Read for GlommioIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let want = buf.remaining().min(this.scratch.len());
+        match Pin::new(&mut this.stream).poll_read(cx, &mut this.scratch[..want]) {
+            Poll::Ready(Ok(n)) => {
+                this.idle = None;
+                buf.put_slice(&this.scratch[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.idle_expired(cx) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for GlommioIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let mut out = buf;
+        if let Some((at, status)) = hyper_error_answer(buf) {
+            if at == 0 {
+                // hyper's bodiless answer is replaced by answer_unparsed's.
+                this.held_error = Some(status);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            out = &buf[..at];
+        }
+        let written = Pin::new(&mut this.stream).poll_write(cx, out);
+        this.writing = written.is_pending();
+        if let Poll::Ready(Ok(n)) = written {
+            this.gate.wrote(n);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.stream).poll_flush(cx);
+        this.writing = flushed.is_pending();
+        flushed
+    }
+
+    /// Only flushes: the socket is closed by [`finish`] once hyper gives it
+    /// back, after any answer hyper left unwritten.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+}
+
+/// Where hyper's automatic answer to an unparsable head starts in `buf`, and its
+/// status: the last thing hyper writes on a connection, a head with
+/// `content-length: 0` and no content type (every answer of ours has one).
+fn hyper_error_answer(buf: &[u8]) -> Option<(usize, u16)> {
+    if !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let at = buf.windows(9).rposition(|w| w == b"HTTP/1.1 ")?;
+    let head = std::str::from_utf8(&buf[at..]).ok()?;
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let bodiless = head.contains("\r\ncontent-length: 0\r\n") && !head.contains("content-type");
+    (bodiless && matches!(status, 400 | 414 | 431 | 505)).then_some((at, status))
+}
+
+/// The status and message for a head hyper refused.
+fn unparsed_status(held: Option<u16>, error: &hyper::Error) -> (u16, &'static str) {
+    let text = error.to_string();
+    let status = if text.contains("version") {
+        505
+    } else if text.contains("URI too long") {
+        414
+    } else if error.is_parse_too_large() {
+        431
+    } else {
+        held.unwrap_or(400)
+    };
+    let reason = match status {
+        505 => "HTTP Version Not Supported",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    (status, reason)
+}
+
+/// True when hyper ended the connection on a request head it could not parse.
+fn is_unparsed(error: &hyper::Error) -> bool {
+    error.is_parse() || error.is_parse_too_large() || error.is_parse_version_h2()
+}
+
+/// Closes a connection hyper is done with; when it ended on a head hyper
+/// could not parse, a JSON answer is written first.
+pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
+    if let Some(error) = error.filter(|e| is_unparsed(e)) {
+        answer_unparsed(&mut io, error).await;
+    }
+    let _ = io.stream.close().await;
+}
+
+/// Writes a JSON answer to the head hyper refused with `error`.
+async fn answer_unparsed(io: &mut GlommioIo, error: &hyper::Error) {
+    let (status, reason) = unparsed_status(io.held_error.take(), error);
+    let body = serde_json::json!({"status": "error", "error": format!("malformed request: {error}")}).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    metrics::counter!("jimbus_http_requests_total", "status" => status.to_string()).increment(1);
+    let _ = io.stream.write_all(answer.as_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypers_bodiless_error_is_found_after_earlier_answers() {
+        let ours = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let hypers =
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let both = format!("{ours}{hypers}");
+        assert_eq!(hyper_error_answer(both.as_bytes()), Some((ours.len(), 431)));
+        assert_eq!(hyper_error_answer(ours.as_bytes()), None);
+        let empty_ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_error_answer(empty_ok.as_bytes()), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Defects 4, 5 and 7 on the HTTP edge: malformed requests get a JSON answer
+//! with the right status, the idle timer never cuts a request or its answer,
+//! a stalled body gets 408, long rejection lists are cut, and HEAD works on the
+//! probes.
+
+use crate::harness::{request, HttpConn, Jimbus};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Sends raw bytes on a new connection and reads one answer.
+fn answer_to(server: &Jimbus, bytes: &[u8]) -> crate::harness::HttpResponse {
+    let mut conn = HttpConn::open(server.http);
+    conn.send(bytes);
+    conn.try_read_response().unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(&bytes[..40])))
+}
+
+#[test]
+fn malformed_requests_get_a_status_and_a_json_body() {
+    let server = Jimbus::start(&[]);
+    let big_header = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("bad request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("bad content-length", b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        (
+            "conflicting content-length",
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+            400,
+        ),
+        ("oversized headers", big_header.into_bytes(), 431),
+        ("over-long URI", long_uri.into_bytes(), 414),
+        ("unsupported version", b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(), 505),
+    ];
+    for (what, bytes, status) in cases {
+        let response = answer_to(&server, &bytes);
+        assert_eq!(response.status, status, "{what}");
+        assert_eq!(response.json()["status"], "error", "{what}");
+    }
+    assert_eq!(server.get("/health").status, 200, "the server is still up");
+}
+
+/// The idle timer used to run while a request was in progress: a body that
+/// stalled past `--idle-timeout` ended the connection without a word.
+#[test]
+fn a_stalled_body_gets_408_even_with_a_shorter_idle_timeout() {
+    let server = Jimbus::start(&["--idle-timeout", "1", "--body-timeout", "2"]);
+    let mut conn = HttpConn::open(server.http);
+    conn.send(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"type\":");
+    let started = Instant::now();
+    let response = conn.try_read_response().expect("an answer, not a silent close");
+    assert_eq!(response.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_rejected_list_and_its_dead_letters_are_bounded() {
+    let server = Jimbus::start(&[]);
+    let items = vec!["1"; 1500].join(",");
+    let body = format!(r#"{{"events":[{items},{{"type":"HEARTBEAT","session_id":"ok"}}]}}"#);
+    let answer = server.post("/api/v1/events/batch", body.as_bytes()).json();
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(answer["rejected"].as_array().unwrap().len(), 1000, "listed up to the bound");
+    assert_eq!(answer["rejected_count"], 1500);
+    let mut client = server.client().await;
+    let topics = client.list_topics(jimbus_proto::bus::ListTopicsRequest::default()).await.unwrap().into_inner();
+    let letters = topics.topics.iter().find(|t| t.name == "deadletter").map_or(0, |t| t.events);
+    assert_eq!(letters, 101, "100 dead letters and one summary: {topics:?}");
+}
+
+#[test]
+fn more_than_100000_events_in_a_request_is_413() {
+    let server = Jimbus::start(&[]);
+    let items = vec!["{}"; 100_001].join(",");
+    let response = server.post("/api/v1/events/batch", format!(r#"{{"events":[{items}]}}"#).as_bytes());
+    assert_eq!(response.status, 413);
+    assert!(response.json()["error"].as_str().unwrap().contains("100000"));
+}
+
+#[test]
+fn head_works_on_the_probes() {
+    let server = Jimbus::start(&[]);
+    for path in ["/health", "/ready"] {
+        let mut conn = HttpConn::open(server.http);
+        conn.send(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let mut head = String::new();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut conn.reader, &mut line).unwrap() > 2 {
+            head.push_str(&line);
+            line.clear();
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "HEAD {path}: {head}");
+        conn.reader.get_mut().flush().unwrap();
+    }
+}
