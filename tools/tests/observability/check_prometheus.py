@@ -117,8 +117,11 @@ def test_prometheus_scrapes_jimbus_and_evaluates_the_rules(loaded_jimbus, tmp_pa
                                  yaml.safe_load((DEPLOY / "prometheus" / "jimbus-rules.yml").read_text())["groups"])
         broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
         assert not broken, broken
-        # Healthy load: the availability SLI is 0 and no alert fires.
-        assert prometheus.value('jimbus:ingest_availability:error_ratio_rate5m{job="jimbus"}') == 0.0
+        # Healthy load: the availability SLI is 0 (once its group has seen two
+        # scrapes) and no alert fires.
+        sli = 'jimbus:ingest_availability:error_ratio_rate5m{job="jimbus"}'
+        (ratio,) = wait_until(f"a value of {sli}", lambda: (lambda v: v is not None and (v,))(prometheus.value(sli)))
+        assert ratio == 0.0
         firing = [a for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"]
         assert not firing, firing
     finally:
