@@ -73,7 +73,7 @@ function rows(triggers) {
       : "";
     return `<li id="t-${t.order ?? i}" tabindex="-1" data-order="${t.order ?? i}" data-depth="${depth}">` +
       `<span class="n">${t.order ?? i}</span>` +
-      `<span class="joker" data-depth="${depth}" style="--depth:${Math.min(depth, 12)}">${esc(t.jokerName || t.context || "?")}</span>` +
+      `<span class="joker${depth > 8 ? " deep" : ""}" data-depth="${depth}">${esc(t.jokerName || t.context || "?")}</span>` +
       `<span class="pos">${t.position ?? 0}</span><span class="dep">${depth}</span>` +
       `<span class="d chips ${chips.cls}">${chips.text}</span><span class="d mult ${mult.cls}">${mult.text}</span>` +
       `<span class="d contrib">${num(t.scoreContribution ?? 0)}</span>` +

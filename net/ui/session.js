@@ -41,7 +41,7 @@ export function mount(view, [key]) {
         "section",
         { "aria-labelledby": "raw-h" },
         el("h2", { id: "raw-h" }, "Raw stream"),
-        el("div", { class: "toolbar" }, el("label", {}, "Type", select), pause, el("span", { class: "hint", "aria-live": "polite" }, count)),
+        el("div", { class: "toolbar" }, el("label", {}, "Type", select), pause, el("span", { class: "hint" }, count)),
         feed,
       ),
       el(
