@@ -203,6 +203,44 @@ test("the pages fit a phone and every control has a name", { timeout: 60_000 }, 
   await page.setViewportSize({ width: 1280, height: 800 });
 });
 
+/** Text whose contrast with what is behind it is under 4.5:1 (WCAG AA). */
+const lowContrast = () =>
+  page.evaluate(() => {
+    const luminance = (colour) => {
+      const [r, g, b] = colour.match(/[\d.]+/g).slice(0, 3).map((v) => {
+        const c = Number(v) / 255;
+        return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const behind = (node) => {
+      for (let e = node; e; e = e.parentElement) {
+        const c = getComputedStyle(e).backgroundColor;
+        if (c !== "rgba(0, 0, 0, 0)" && c !== "transparent") return c;
+      }
+      return "rgb(255, 255, 255)";
+    };
+    const low = [];
+    for (const node of document.querySelectorAll("body *")) {
+      const hasText = [...node.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+      if (!hasText || !node.getClientRects().length) continue;
+      const [a, b] = [luminance(getComputedStyle(node).color), luminance(behind(node))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      if (ratio < 4.5) low.push(`${node.tagName}.${node.className}: ${ratio.toFixed(2)}`);
+    }
+    return low;
+  });
+
+test("text on every page has a contrast of at least 4.5:1", { timeout: 60_000 }, async () => {
+  await page.goto(`${ui}/ui#/session/${SESSION}`);
+  const hand = await (await page.waitForSelector("#hands a", { timeout: 20_000 })).getAttribute("href");
+  for (const [route, ready] of [["#/farm", "#farm-table tbody tr"], [`#/session/${SESSION}`, "#feed li"], [hand, "#timeline li[data-order]"], ["#/server", "#shards tr"]]) {
+    await page.goto(`${ui}/ui${route}`);
+    await page.waitForSelector(ready, { timeout: 20_000 });
+    assert.deepEqual(await lowContrast(), [], `contrast on ${route}`);
+  }
+});
+
 test("nothing went wrong in the page: no script errors, nothing refused by its CSP", () => {
   // Restart reconnects log network errors; those are expected, not script errors.
   const real = consoleErrors.filter((e) => !/ERR_CONNECTION_REFUSED|Failed to load resource|EventSource/.test(e));
