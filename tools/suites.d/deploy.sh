@@ -24,12 +24,17 @@ export PATH="$ROOT/tools/.venv/bin:$PATH"
 TESTS="$ROOT/tools/tests/deploy"
 WORK="$(mktemp -d -t jimbus-deploy.XXXXXX)"
 PIDS=()
+TEST_USER=""
 
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
   [[ -f "$WORK/devenv-state/ports.env" ]] && tools/dev-env.sh down --state-dir "$WORK/devenv-state" >/dev/null 2>&1
+  if [[ -n "$TEST_USER" ]]; then
+    userdel "$TEST_USER" 2>/dev/null
+    groupdel "$TEST_USER" 2>/dev/null
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -120,9 +125,15 @@ part_ansible() {
     "$PY" >"$inventory"
   (cd deploy/ansible && ansible-lint --offline --profile production) || { fail "ansible-lint"; return 1; }
   (cd deploy/ansible && ansible-playbook -i "$inventory" --syntax-check site.yml) || { fail "ansible-playbook --syntax-check"; return 1; }
-  # Into a temporary root, as root or not; what needs a running system is off.
+  # Into a temporary root; what needs a running system (sysctl, firewall, systemd)
+  # is off. As root, the user and group are real, under a throwaway name.
+  local user_args=(-e jimbus_create_user=false)
+  if [[ $(id -u) -eq 0 ]] && command -v useradd >/dev/null; then
+    TEST_USER="jbt$$"
+    user_args=(-e jimbus_create_user=true -e "jimbus_user=$TEST_USER" -e "jimbus_group=$TEST_USER")
+  fi
   run=(ansible-playbook -i "$inventory" site.yml -e ansible_become=false -e "jimbus_root=$root"
-    -e jimbus_build=false -e "jimbus_binary_src=$JIMBUS_BIN" -e jimbus_create_user=false
+    -e jimbus_build=false -e "jimbus_binary_src=$JIMBUS_BIN" "${user_args[@]}"
     -e jimbus_apply_sysctl=false -e jimbus_firewall_apply=false -e jimbus_manage_service=false
     -e jimbus_http=127.0.0.1:8080 -e jimbus_shards=1 -e '{"jimbus_extra_config": {"retention_seconds": 604800, "enable_profiling": false}}')
   (cd deploy/ansible && "${run[@]}" >"$WORK/ansible-1.log") || { tail -n 30 "$WORK/ansible-1.log" >&2; fail "playbook run"; return 1; }
@@ -132,8 +143,13 @@ part_ansible() {
   done
   [[ -d "$root/var/lib/jimbus" ]] || { fail "no data directory /var/lib/jimbus"; return 1; }
   [[ -x "$root/usr/local/bin/jimbus" ]] || { fail "/usr/local/bin/jimbus is not executable"; return 1; }
+  if [[ -n "$TEST_USER" ]]; then
+    getent passwd "$TEST_USER" | grep -q ':/usr/sbin/nologin$' || { fail "no system user $TEST_USER with nologin"; return 1; }
+    [[ "$(stat -c %U:%G "$root/var/lib/jimbus")" == "$TEST_USER:$TEST_USER" ]] || { fail "data dir not owned by $TEST_USER"; return 1; }
+    [[ "$(stat -c %G "$root/etc/jimbus/jimbus.toml")" == "$TEST_USER" ]] || { fail "jimbus.toml not readable by group $TEST_USER"; return 1; }
+  fi
   cmp -s "$root/etc/systemd/system/jimbus.service" deploy/systemd/jimbus.service || { fail "installed unit differs"; return 1; }
-  grep -q '^jimbus - memlock unlimited$' "$root/etc/security/limits.d/jimbus.conf" || { fail "limits.conf lacks memlock"; return 1; }
+  grep -q "^${TEST_USER:-jimbus} - memlock unlimited$" "$root/etc/security/limits.d/jimbus.conf" || { fail "limits.conf lacks memlock"; return 1; }
   grep -q '^ports=8080/tcp|50051/tcp$' "$root/etc/ufw/applications.d/jimbus" || { fail "ufw profile ports"; return 1; }
   local key
   while read -r key _; do
