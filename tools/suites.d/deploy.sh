@@ -3,7 +3,8 @@
 #
 #   tools/suites.d/deploy.sh [PART...]     default: every part, in this order
 #
-#   compose     docker-compose config per profile + check_compose.py; nats-server -t
+#   compose     docker-compose config per profile + check_compose.py; check_env.py (every JIMBUS_*
+#               of compose, Kubernetes and systemd is a flag's variable); nats-server -t
 #   systemd     systemd-analyze verify and security; the binary under strace vs the unit's filter
 #   ansible     ansible-lint, --syntax-check, a real run into a temporary root, idempotence,
 #               the installed binary serving with the installed config
@@ -80,6 +81,8 @@ part_compose() {
     docker-compose --profile nats --profile learning config >"$WORK/compose.yaml" || exit 1
     "$PY" "$TESTS/check_compose.py" . <"$WORK/compose.yaml"
   ) || return 1
+  # Every JIMBUS_* a deploy file sets is a real setting; Prometheus and Grafana name compose services.
+  "$PY" "$TESTS/check_env.py" "$JIMBUS_BIN" "$WORK/compose.yaml" || return 1
   NATS_NAME=n0 NATS_LISTEN=127.0.0.1:1 NATS_HTTP=127.0.0.1:2 NATS_CLUSTER=127.0.0.1:3 \
     NATS_ROUTE_0=nats-route://127.0.0.1:3 NATS_ROUTE_1=nats-route://127.0.0.1:4 NATS_ROUTE_2=nats-route://127.0.0.1:5 \
     NATS_STORE="$WORK/nats-t" nats-server -c deploy/compose/nats.conf -t || fail "nats-server -t deploy/compose/nats.conf"
