@@ -177,6 +177,8 @@ part_openapi() {
   "$PY" -c 'import sys, yaml; from openapi_spec_validator import validate; validate(yaml.safe_load(open(sys.argv[1])))' docs/openapi.yaml ||
     { fail "docs/openapi.yaml is not a valid OpenAPI document"; return 1; }
   start_server "$JIMBUS_BIN" "$WORK/openapi-server.log" --data-dir "$WORK/openapi-data" --shards 1 || return 1
+  # The containers' healthcheck command (compose, Dockerfile) against the real server.
+  "$JIMBUS_BIN" health --url "http://127.0.0.1:$HTTP/ready" || { fail "jimbus health --url .../ready"; return 1; }
   curl -fsS "http://127.0.0.1:$HTTP/openapi.yaml" -o "$WORK/served.yaml" || { fail "GET /openapi.yaml"; return 1; }
   cmp -s "$WORK/served.yaml" docs/openapi.yaml || { fail "GET /openapi.yaml is not docs/openapi.yaml"; return 1; }
   "$PY" "$TESTS/check_routes.py" docs/openapi.yaml "http://127.0.0.1:$HTTP" || return 1
@@ -203,6 +205,10 @@ part_devenv() {
   source "$state/ports.env"
   grpc="http://127.0.0.1:$GRPC_PORT" prom="http://127.0.0.1:$PROM_PORT"
   tools/dev-env.sh status --state-dir "$state" >/dev/null || { fail "dev-env status after up"; return 1; }
+  # The NATS probes the compose file and the Kubernetes StatefulSet use, on the real cluster.
+  for probe in healthz "healthz?js-enabled-only=true" "healthz?js-server-only=true"; do
+    curl -fsS -o /dev/null "http://127.0.0.1:${NATS_MONITOR[0]}/$probe" || { fail "NATS /$probe"; return 1; }
+  done
   for i in 1 2 3; do
     "$JIMBUS_BIN" publish --grpc "$grpc" --session devenv "{\"type\":\"HEARTBEAT\",\"event_id\":\"e$i\",\"payload\":{\"uptime\":$i}}" >/dev/null ||
       { fail "jimbus publish"; return 1; }
