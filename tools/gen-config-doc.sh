@@ -122,7 +122,7 @@ if [[ "${1:-}" == --check ]]; then
   status=0
   # Every flag the binary has must have its row, whatever else differs.
   while read -r flag; do
-    if ! grep -q -- "| \`$flag[ \`]" "$DOC" 2>/dev/null; then
+    if ! grep -q -- "| \`${flag}[ \`]" "$DOC" 2>/dev/null; then
       echo "gen-config-doc: docs/config.md has no row for $flag" >&2
       status=1
     fi

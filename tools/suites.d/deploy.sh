@@ -18,7 +18,7 @@
 set -uo pipefail
 
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 JIMBUS_BIN="${JIMBUS_BIN:-$ROOT/target/debug/jimbus}"
 PY="${PY:-$ROOT/tools/.venv/bin/python}"
 export PATH="$ROOT/tools/.venv/bin:$PATH"
