@@ -1,7 +1,8 @@
 // Hand: one aggregated message (one scored hand) as a timeline of its triggers:
-// joker name and position, depth, chips/mult deltas, score contribution, the
-// parent a retrigger or copy (Blueprint, Brainstorm, …) came from, and the
-// running score. Rows are built as one string and laid out lazily
+// joker name and position, depth, chips/mult deltas, x_mult (read from the raw
+// trigger events, which the aggregated message does not copy it from), score
+// contribution, the parent a retrigger or copy (Blueprint, Brainstorm, …) came
+// from, and the running score. Rows are built as one string and laid out lazily
 // (content-visibility), so thousands of triggers render in one pass.
 import { esc, num, delta, position, openStream, setConnection, el } from "./lib.js";
 
@@ -76,13 +77,14 @@ function rows(triggers) {
       `<span class="joker${depth > 8 ? " deep" : ""}" data-depth="${depth}">${esc(t.jokerName || t.context || "?")}</span>` +
       `<span class="pos">${t.position ?? 0}</span><span class="dep">${depth}</span>` +
       `<span class="d chips ${chips.cls}">${chips.text}</span><span class="d mult ${mult.cls}">${mult.text}</span>` +
+      `<span class="d xmult" data-seq="${esc(t.sequence ?? "")}"></span>` +
       `<span class="d contrib">${num(t.scoreContribution ?? 0)}</span>` +
       `<span class="parent">${parent}</span><span class="d run">${num(running)}</span></li>`;
   });
   return { html: html.join(""), values };
 }
 
-const HEAD = `<li class="head" aria-hidden="true"><span class="n">#</span><span class="joker">Joker</span><span class="pos">Pos</span><span class="dep">Depth</span><span class="d chips">Chips</span><span class="d mult">Mult</span><span class="d contrib">Score +</span><span class="parent">Caused by</span><span class="d run">Running</span></li>`;
+const HEAD = `<li class="head" aria-hidden="true"><span class="n">#</span><span class="joker">Joker</span><span class="pos">Pos</span><span class="dep">Depth</span><span class="d chips">Chips</span><span class="d mult">Mult</span><span class="d xmult">×Mult</span><span class="d contrib">Score +</span><span class="parent">Caused by</span><span class="d run">Running</span></li>`;
 
 function render(view, hand, at) {
   const triggers = hand.triggers ?? [];
@@ -90,7 +92,7 @@ function render(view, hand, at) {
   const { html, values } = rows(triggers);
   const box = document.createElement("div");
   box.innerHTML = `${summary(hand, at)}<h2 id="timeline-h">Triggers in order</h2>${spark(values)}
-    <p class="hint">Depth 0 is a direct trigger; each retrigger or copy adds one. "Caused by" links to the trigger it came from.</p>
+    <p class="hint">Depth 0 is a direct trigger; each retrigger or copy adds one. "Caused by" links to the trigger it came from. Running is the sum of the score contributions so far.</p>
     <ol class="timeline" id="timeline" aria-labelledby="timeline-h">${HEAD}${html}</ol>`;
   view.append(...box.childNodes);
   view.dataset.renderMs = String(Math.round(performance.now() - started));
@@ -104,6 +106,39 @@ function render(view, hand, at) {
   });
 }
 
+/**
+ * Fills the ×Mult column from the raw SCORING/JOKER_TRIGGER events of the hand
+ * (its triggers name their raw sequences). Returns the stream's cleanup.
+ */
+function fillXMult(view, key, hand) {
+  const cells = new Map([...view.querySelectorAll("#timeline .xmult[data-seq]")].map((c) => [c.dataset.seq, c]));
+  const sequences = [...cells.keys()].filter(Boolean).map(Number);
+  const first = Date.parse(hand.cascadeInfo?.firstTriggerAt ?? "");
+  if (!sequences.length || Number.isNaN(first)) return () => {};
+  const last = Math.max(...sequences);
+  let left = cells.size;
+  const stream = openStream({
+    pattern: `balatro.${key}.SCORING`,
+    // Records are stored after they arrive: none of the hand's is older.
+    from: `time:${first - 1}`,
+    label: "loaded",
+    onDelivery(delivery) {
+      const event = delivery.event;
+      const sequence = Number(event?.sequence ?? 0);
+      const cell = cells.get(String(sequence));
+      if (cell) {
+        const extra = event.scoring?.jokerTrigger?.extra ?? {};
+        const x = extra.x_mult ?? extra.xMult ?? extra.Xmult_mod;
+        cell.textContent = x === undefined || x === null || Number(x) === 1 ? "" : `×${num(x)}`;
+        cells.delete(String(sequence));
+        left -= 1;
+      }
+      if (!left || sequence >= last) stream.close();
+    },
+  });
+  return () => stream.close();
+}
+
 export function mount(view, [key, partition, offset]) {
   const at = { partition: Number(partition), offset: Number(offset) };
   const status = el("p", { class: "hint", role: "status" }, "Loading the hand…");
@@ -113,6 +148,7 @@ export function mount(view, [key, partition, offset]) {
     status,
   );
   let done = false;
+  let closeXMult = () => {};
   const finish = (message) => {
     done = true;
     stream.close();
@@ -132,6 +168,7 @@ export function mount(view, [key, partition, offset]) {
       if (here.offset === at.offset && delivery.aggregated) {
         finish();
         render(view, delivery.aggregated, at);
+        closeXMult = fillXMult(view, key, delivery.aggregated);
       } else if (here.offset > at.offset) {
         finish("No aggregated message of this session is at that position.");
       }
@@ -141,5 +178,6 @@ export function mount(view, [key, partition, offset]) {
   return () => {
     clearTimeout(timer);
     stream.close();
+    closeXMult();
   };
 }

@@ -110,7 +110,12 @@ export function scoredHand(count) {
   const triggers = [];
   for (let i = 0; i < count; i += 1) {
     const g = GROUP[i % GROUP.length];
-    expected.push({ name: g.name, depth: g.depth, parent: g.parent ?? (g.name === "Scary Face" ? "Blueprint" : "") });
+    expected.push({
+      name: g.name,
+      depth: g.depth,
+      parent: g.parent ?? (g.name === "Scary Face" ? "Blueprint" : ""),
+      xMult: g.name === "Brainstorm" ? "×1.5" : "",
+    });
     triggers.push({
       type: "SCORING",
       subtype: "JOKER_TRIGGER",
@@ -120,6 +125,7 @@ export function scoredHand(count) {
         chips: 10 + (i % 3),
         mult: i % 2 ? 2 : 0,
         score_contribution: 5,
+        ...(g.name === "Brainstorm" ? { x_mult: 1.5 } : {}),
         ...(g.parent ? { parent: g.parent } : {}),
       },
     });

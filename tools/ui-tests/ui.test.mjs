@@ -91,6 +91,10 @@ test("the Hand page shows 200 triggers in order with their depths", { timeout: 6
     assert.equal(row.depth, expected[i].depth, `trigger ${i} (${row.name}) has depth ${expected[i].depth}`);
     assert.equal(row.parent.includes(expected[i].parent), true, `trigger ${i} links its parent ${expected[i].parent}`);
   });
+  // x_mult comes from the raw trigger events, joined by their sequences.
+  await page.waitForFunction(() => document.querySelector("#t-198 .xmult")?.textContent === "×1.5", null, { timeout: 20_000 });
+  const xMults = await page.$$eval("#timeline li[data-order] .xmult", (cells) => cells.map((c) => c.textContent));
+  assert.deepEqual(xMults, expected.map((e) => e.xMult), "x_mult of every trigger");
   const indent = (order) => page.$eval(`#t-${order} .joker`, (e) => parseFloat(getComputedStyle(e).paddingLeft));
   assert.ok((await indent(0)) < (await indent(2)) && (await indent(2)) < (await indent(4)), "deeper triggers are indented more");
   assert.equal(await page.textContent("#trigger-count"), "200");
