@@ -83,6 +83,8 @@ part_compose() {
   ) || return 1
   # Every JIMBUS_* a deploy file sets is a real setting; Prometheus and Grafana name compose services.
   "$PY" "$TESTS/check_env.py" "$JIMBUS_BIN" "$WORK/compose.yaml" || return 1
+  # ...and the server starts with those environments (compose, the Kubernetes StatefulSet).
+  "$PY" "$TESTS/run_envs.py" "$JIMBUS_BIN" "$WORK/compose.yaml" || return 1
   NATS_NAME=n0 NATS_LISTEN=127.0.0.1:1 NATS_HTTP=127.0.0.1:2 NATS_CLUSTER=127.0.0.1:3 \
     NATS_ROUTE_0=nats-route://127.0.0.1:3 NATS_ROUTE_1=nats-route://127.0.0.1:4 NATS_ROUTE_2=nats-route://127.0.0.1:5 \
     NATS_STORE="$WORK/nats-t" nats-server -c deploy/compose/nats.conf -t || fail "nats-server -t deploy/compose/nats.conf"
