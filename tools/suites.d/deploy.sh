@@ -11,6 +11,8 @@
 #   kubernetes  sync-configs.sh --check; kubernetes-validate + wiring (validate_k8s.py)
 #   openapi     schemathesis against the running server; GET /openapi.yaml is the file
 #   devenv      tools/dev-env.sh up, publish, tail, Prometheus query, status, down
+#   docs        docs/architecture.md's Mermaid diagrams rendered by Mermaid in headless Chromium;
+#               every figure of docs/tuning.md is in docs/perf.md; doc links and paths exist
 #   configdoc   tools/gen-config-doc.sh --check
 #
 # Gets ROOT, JIMBUS_BIN, PY and PATH (tools/.venv/bin first) from tools/test-all.sh;
@@ -238,12 +240,17 @@ part_devenv() {
   return 0
 }
 
+part_docs() {
+  # The diagrams render in Mermaid itself; tuning.md quotes perf.md; paths and links exist.
+  "$PY" "$TESTS/check_mermaid.py" docs/architecture.md && "$PY" "$TESTS/check_docs.py"
+}
+
 part_configdoc() {
   JIMBUS_BIN="$JIMBUS_BIN" tools/gen-config-doc.sh --check
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(compose systemd ansible kubernetes openapi devenv configdoc)
+[[ ${#parts[@]} -gt 0 ]] || parts=(compose systemd ansible kubernetes openapi devenv docs configdoc)
 passed=0 failed=0 failures=()
 for part in "${parts[@]}"; do
   echo "--- deploy: $part"
