@@ -15,14 +15,26 @@ use std::ops::Range;
 /// `PublishRequest.events`); a body with more is refused whole.
 pub const MAX_EVENTS: usize = 100_000;
 
-/// Memory an event holds once decoded, beyond its raw JSON's bytes times
-/// [`HELD_PER_RAW_BYTE`]: the `Event` and its boxes, the entry that carries it
-/// to its shard, and a rejection's path and reason.
-pub const HELD_PER_EVENT: usize = 1024;
+/// Memory an accepted event holds once decoded, besides its Structs and
+/// strings: its slot in the decoded list (which grows by doubling, so up to
+/// twice its size, of which the box that carries it to its shard reuses the
+/// slack), and its small maps and strings.
+pub const HELD_PER_EVENT: usize = 2 * std::mem::size_of::<DecodedEvent>() + 256;
 
-/// Memory a decoded event holds per byte of its raw JSON (its strings, Structs
-/// and lists take about 4.5 times the JSON they came from).
-pub const HELD_PER_RAW_BYTE: usize = 5;
+/// Memory a rejected event holds: its slot in the rejected list (up to twice
+/// its size), its path and reason, and its entry in the answer's list.
+pub const HELD_PER_REJECTED: usize = 2 * std::mem::size_of::<RejectedEvent>() + 192;
+
+/// Memory per byte of an event's raw JSON (its strings, copied or unescaped).
+pub const HELD_PER_RAW_BYTE: usize = 2;
+
+/// Memory of one `Value`: its own 32 bytes in a list or map that grows by
+/// doubling, and the allocator's rounding; a one-element list allocates four.
+pub const HELD_PER_VALUE: usize = 160;
+
+/// Memory of one `Struct`: a BTreeMap allocates a whole node of eleven
+/// entries for its first key.
+pub const HELD_PER_STRUCT: usize = 640;
 
 /// What a caller bounds while a body is decoded.
 pub struct Limits<'a> {
@@ -33,9 +45,11 @@ pub struct Limits<'a> {
     pub charge: &'a mut dyn FnMut(usize) -> bool,
 }
 
-/// The memory one event read from `raw` bytes of JSON holds.
-pub fn held_bytes(raw: usize) -> usize {
-    HELD_PER_EVENT + raw * HELD_PER_RAW_BYTE
+/// The memory one event holds: read from `raw` bytes of JSON, building
+/// `built` (`Value`s, `Struct`s), accepted or not.
+pub fn held_bytes(raw: usize, built: (usize, usize), accepted: bool) -> usize {
+    let base = if accepted { HELD_PER_EVENT } else { HELD_PER_REJECTED };
+    base + raw * HELD_PER_RAW_BYTE + built.0 * HELD_PER_VALUE + built.1 * HELD_PER_STRUCT
 }
 
 /// Which endpoint the body arrived on.
@@ -144,7 +158,7 @@ pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -
             let start = skip_ws(body, 0);
             let event = adapt::read_event(&mut reader, body).map_err(classify)?;
             let raw = start..reader.offset();
-            if !(limits.charge)(held_bytes(raw.len())) {
+            if !(limits.charge)(held_bytes(raw.len(), reader.built(), true)) {
                 return Err(BodyError::OverBudget);
             }
             DecodedBody { events: vec![DecodedEvent { index: 0, event, raw }], ..DecodedBody::default() }
@@ -237,9 +251,11 @@ fn read_events(
             return Err(halt(r));
         }
         let start = skip_ws(body, r.offset());
-        let depth = r.depth();
+        let (depth, built) = (r.depth(), r.built());
         let read = adapt::read_event(r, body);
-        if !(limits.charge)(held_bytes(r.offset() - start)) {
+        let now = r.built();
+        let held = held_bytes(r.offset() - start, (now.0 - built.0, now.1 - built.1), read.is_ok());
+        if !(limits.charge)(held) {
             *stop = Some(Stop::OverBudget);
             return Err(halt(r));
         }

@@ -56,6 +56,8 @@ pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     depth: u32,
+    /// `Value`s and `Struct`s built so far, for callers that bound memory.
+    built: (usize, usize),
 }
 
 const NON_FINITE: &[(&[u8], f64)] = &[
@@ -70,7 +72,7 @@ const NON_FINITE: &[(&[u8], f64)] = &[
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, depth: 0 }
+        Self { buf, pos: 0, depth: 0, built: (0, 0) }
     }
 
     /// The current byte offset.
@@ -87,6 +89,11 @@ impl<'a> Reader<'a> {
 
     pub fn depth(&self) -> u32 {
         self.depth
+    }
+
+    /// How many `Value`s and `Struct`s [`Reader::value`] has built so far.
+    pub fn built(&self) -> (usize, usize) {
+        self.built
     }
 
     /// The bytes between two offsets.
@@ -363,6 +370,7 @@ impl<'a> Reader<'a> {
 
     /// Reads one value into a protobuf `Value`, for keys that have no typed field.
     pub fn value(&mut self) -> Result<prost_types::Value, JsonError> {
+        self.built.0 += 1;
         let kind = match self.peek()? {
             Kind::Object => ValueKind::StructValue(self.object_value()?),
             Kind::Array => {
@@ -392,6 +400,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an object into a protobuf `Struct`.
     pub fn object_value(&mut self) -> Result<prost_types::Struct, JsonError> {
+        self.built.1 += 1;
         let mut fields = BTreeMap::new();
         self.object(|r, key| {
             fields.insert(key.into_owned(), r.value()?);

@@ -477,13 +477,16 @@ impl Handler {
         let mut items = Vec::with_capacity(decoded.events.len() + decoded.rejected.len());
         let mut rejected: Vec<(usize, String)> = Vec::new();
         let mut letters = crate::http_guard::Letters::default();
-        let mut ordered: Vec<(usize, Result<_, (String, std::ops::Range<usize>)>)> = decoded
-            .events
-            .into_iter()
-            .map(|e| (e.index, Ok(e)))
-            .chain(decoded.rejected.into_iter().map(|r| (r.index, Err((r.error.to_string(), r.raw)))))
-            .collect();
-        ordered.sort_by_key(|(index, _)| *index);
+        // Both lists are in index order: merged one item at a time, since a
+        // merged copy of a large batch would double what it holds.
+        let mut events = decoded.events.into_iter().peekable();
+        let mut refused = decoded.rejected.into_iter().peekable();
+        let ordered = std::iter::from_fn(|| match (events.peek(), refused.peek()) {
+            (Some(e), Some(r)) if e.index < r.index => events.next().map(|e| (e.index, Ok(e))),
+            (Some(_), None) => events.next().map(|e| (e.index, Ok(e))),
+            (_, Some(_)) => refused.next().map(|r| (r.index, Err((r.error.to_string(), r.raw)))),
+            (None, None) => None,
+        });
         for (index, entry) in ordered {
             match entry {
                 Ok(decoded_event) => {

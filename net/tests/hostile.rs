@@ -13,3 +13,5 @@ mod delivery;
 mod http;
 #[path = "hostile/disk.rs"]
 mod disk;
+#[path = "hostile/memory.rs"]
+mod memory;

@@ -1,0 +1,104 @@
+//! Defect 3: the memory budget bounds real memory. A hostile mix of bodies
+//! (100,000 empty objects, 100,000 tiny events, a 7 MiB string, 30,000 events
+//! with lists,
+//! the deepest accepted nesting, too many events) is sent six at a time to a
+//! server with a small `--memory-budget`; its peak RSS (VmHWM) must stay under
+//! the budget plus the fixed overhead the README states for one shard: 45 MiB
+//! for the process, 17 MiB of dedup window and an 8 MiB record cache.
+
+use crate::harness::Jimbus;
+use std::time::Duration;
+
+const BUDGET: u64 = 128 << 20;
+const FIXED_OVERHEAD: u64 = (45 + 17 + 8) << 20;
+
+fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    let empty = vec!["{}"; 100_000].join(",");
+    let tiny: Vec<String> = (0..100_000).map(|i| format!(r#"{{"type":"A","session_id":"m{}"}}"#, i % 7)).collect();
+    let wide: Vec<String> = (0..90_000)
+        .map(|i| format!(r#"{{"type":"B","session_id":"w","event_id":"{i}","k":[1,2,3,4,5,6,7,8]}}"#))
+        .collect();
+    let deep = format!(r#"{{"type":"C","session_id":"d","x":{}1{}}}"#, "[".repeat(47), "]".repeat(47));
+    let deeps = vec![deep.as_str(); 8_000].join(",");
+    let big_string = format!(r#"{{"type":"D","session_id":"s","note":"{}"}}"#, "q".repeat(7 << 20));
+    let too_many = vec!["1"; 100_001].join(",");
+    vec![
+        ("empty objects", format!(r#"{{"events":[{empty}]}}"#).into_bytes()),
+        ("tiny events", format!(r#"{{"events":[{}]}}"#, tiny.join(",")).into_bytes()),
+        ("wide events", format!(r#"{{"events":[{}]}}"#, wide.join(",")).into_bytes()),
+        ("deep events", format!(r#"{{"events":[{deeps}]}}"#).into_bytes()),
+        ("one big string", format!(r#"{{"events":[{big_string}]}}"#).into_bytes()),
+        ("too many events", format!(r#"{{"events":[{too_many}]}}"#).into_bytes()),
+    ]
+}
+
+/// Posts a batch and returns the status. A body refused before it is read
+/// (503 when the budget has no room) may meet a closed socket half-way; the
+/// answer is read all the same.
+fn post(server: &Jimbus, body: &[u8]) -> u16 {
+    use std::io::Write;
+    let mut conn = crate::harness::HttpConn::open(server.http);
+    let _ = conn.reader.get_mut().write_all(&crate::harness::request("POST", "/api/v1/events/batch", body, &[]));
+    conn.try_read_response().map_or(0, |r| r.status)
+}
+
+/// The server process's pid, found by its data directory on its command line.
+fn server_pid(server: &Jimbus) -> u32 {
+    let wanted = server.data_dir.to_str().unwrap().as_bytes().to_vec();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| arg == wanted.as_slice()) {
+            return pid;
+        }
+    }
+    panic!("no process serves {}", server.data_dir.display());
+}
+
+/// A line of /proc/PID/status in bytes (`VmHWM`, `VmRSS`).
+fn status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodies() {
+    let budget = BUDGET.to_string();
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &budget, "--max-connections", "64"]);
+    let pid = server_pid(&server);
+    let bodies = hostile_bodies();
+    let mut statuses = std::collections::BTreeMap::<(&str, u16), usize>::new();
+    // Each body alone, then all of them twice over at once.
+    for (what, body) in &bodies {
+        *statuses.entry((what, post(&server, body))).or_default() += 1;
+    }
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .chain(&bodies)
+            .map(|(what, body)| {
+                let server = &server;
+                scope.spawn(move || (*what, post(server, body)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for answer in answers {
+        *statuses.entry(answer).or_default() += 1;
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let peak = status_bytes(pid, "VmHWM");
+    eprintln!("answers {statuses:?}; peak RSS {} MiB", peak >> 20);
+    assert!(statuses.keys().all(|(_, status)| matches!(status, 200 | 400 | 413 | 503)), "{statuses:?}");
+    let stored = statuses.iter().filter(|((_, status), _)| *status == 200).map(|(_, n)| n).sum::<usize>();
+    assert!(stored >= 3, "several bodies fit the budget alone, so memory was really used: {statuses:?}");
+    assert!(
+        peak < BUDGET + FIXED_OVERHEAD,
+        "peak RSS {} MiB is over the budget {} MiB plus the fixed {} MiB; answers {statuses:?}",
+        peak >> 20,
+        BUDGET >> 20,
+        FIXED_OVERHEAD >> 20
+    );
+    assert_eq!(server.get("/health").status, 200);
+}
