@@ -333,3 +333,23 @@ fn streams_end_when_the_server_stops() {
     let mut rest = Vec::new();
     stream.reader.read_to_end(&mut rest).expect("the stream is closed, not reset");
 }
+
+#[test]
+fn the_web_view_is_served_from_the_binary_unless_turned_off() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let page = server.get("/ui");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page.header("content-security-policy").is_some_and(|csp| csp.contains("default-src 'self'")));
+    assert!(String::from_utf8_lossy(&page.body).contains("/ui/app.js"));
+    let script = server.get("/ui/app.js");
+    assert_eq!((script.status, script.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+    assert_eq!(server.get("/ui/missing.js").status, 404);
+    assert_eq!(server.post("/ui", b"").status, 405);
+
+    let without = Jimbus::start(&["--shards", "1", "--no-ui"]);
+    assert_eq!(without.get("/ui").status, 404);
+    assert_eq!(without.get("/ui/app.js").status, 404);
+    let (status, _) = Stream::request(without.http, "pattern=%3E", None);
+    assert_eq!(status, 200, "the stream stays with --no-ui");
+}
