@@ -195,6 +195,9 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Resu
         let in_key = |e: FieldError| FieldError { path: key.to_string(), ..e };
         match key.as_ref() {
             "events" => {
+                // A repeated key: the last one wins, here as everywhere (DIALECT.md).
+                out.events.clear();
+                out.rejected.clear();
                 saw_events = true;
                 read_events(r, body, &mut out, &mut limits, &mut stop).map_err(|e| {
                     if e.path.is_empty() {
