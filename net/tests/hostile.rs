@@ -15,3 +15,5 @@ mod http;
 mod disk;
 #[path = "hostile/memory.rs"]
 mod memory;
+#[path = "hostile/property.rs"]
+mod property;
