@@ -69,6 +69,12 @@ def main() -> None:
         write("http_path", p.stem + ".batch", b"\x00" + body)
         write("http_path", p.stem + ".single", b"\x01" + body)
 
+    # Inputs that once crashed a target, kept so every run replays them first.
+    # A form feed after '[': skip_ws counted it as whitespace, the JSON reader
+    # did not, and the event's byte count underflowed (ingest.rs read_events).
+    write("dialect", "regress-form-feed-in-events", b'{"events":[\x0c')
+    write("http_path", "regress-form-feed-in-events", b'\x00{"events":[\x0c')
+
     # Segments: fixture bodies as messages, then the same damaged.
     records = [record(i, 1 + i % 3, f"balatro.s{i % 3}.{p.stem.upper()}", p.read_bytes()[:300])
                for i, p in enumerate(fixtures[:8])]
