@@ -47,12 +47,15 @@ function draw(view, m, rate) {
   const used = total(m, "jimbus_budget_used_bytes");
   const limit = total(m, "jimbus_budget_limit_bytes");
   const accepted = total(m, "jimbus_events_accepted_total") + total(m, "jimbus_grpc_events_accepted_total");
+  // On the embedded log every subscriber has one reader per shard, each counted.
+  const shards = byShard(m, "jimbus_shard_queue_depth").size;
+  const subscribers = total(m, "jimbus_subscriptions") / (shards || 1);
   view.querySelector("#server-cards").innerHTML = [
     card("Events accepted", num(accepted, 0), "ingest-total", `${num(rate, 1)} events/s now`),
     card("Records appended", num(total(m, "jimbus_log_appended_records_total"), 0), "appended", bytes(total(m, "jimbus_log_appended_bytes_total"))),
     card("Memory budget", `${bytes(used)} / ${bytes(limit)}`, "budget", `<meter min="0" max="${limit || 1}" value="${used}" aria-label="Memory budget in use">${num((100 * used) / (limit || 1), 0)}%</meter> denials: ${num(total(m, "jimbus_budget_denials_total"), 0)}`),
     card("fsync p50 / p99", `${seconds(quantile(m, "jimbus_log_fsync_seconds", 0.5))} / ${seconds(quantile(m, "jimbus_log_fsync_seconds", 0.99))}`, "fsync", `${num(total(m, "jimbus_log_fsync_seconds_count"), 0)} fsyncs`),
-    card("Subscribers", num(total(m, "jimbus_subscriptions"), 0), "subscribers", `browser streams: ${num(total(m, "jimbus_sse_streams"), 0)}`),
+    card("Subscribers", num(subscribers, 0), "subscribers", `browser streams among them: ${num(total(m, "jimbus_sse_streams"), 0)}`),
     card("Delivery lag p50 / p99", `${seconds(quantile(m, "jimbus_delivery_lag_seconds", 0.5))} / ${seconds(quantile(m, "jimbus_delivery_lag_seconds", 0.99))}`, "lag"),
     card("Dead letters", num(total(m, "jimbus_deadletter_total"), 0), "deadletters", `after max deliveries: ${num(total(m, "jimbus_consumer_dead_lettered_total"), 0)}`),
     card("Hands aggregated", num(total(m, "jimbus_aggregate_hands_complete_total"), 0), "hands", `incomplete: ${num(total(m, "jimbus_aggregate_cascades_incomplete_total"), 0)}`),
