@@ -510,6 +510,8 @@ fn until_gone<'a, S: futures_util::Stream + 'a>(
 /// sequence delivered whenever it fails, until the subscriber goes away.
 async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flume::Sender<EncodedDelivery>) {
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
+    // Lag counts once the subscription has caught up, as on the embedded log.
+    let mut live = matches!(start, Start::Latest);
     let mut start = start;
     while !out.is_disconnected() {
         match ordered_messages(&shared, &pattern, start).await {
@@ -523,7 +525,11 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
                             break;
                         }
                     };
-                    let Ok(sequence) = message.info().map(|i| i.stream_sequence) else { continue };
+                    let Ok((sequence, published, pending)) =
+                        message.info().map(|i| (i.stream_sequence, i.published, i.pending))
+                    else {
+                        continue;
+                    };
                     start = Start::Offset(sequence + 1);
                     if !pattern.matches(&message.subject) {
                         continue; // excluded: the consumer filter cannot say so
@@ -531,6 +537,10 @@ async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: flu
                     if out.send_async(delivery(&message.message, sequence, 1)).await.is_err() {
                         break;
                     }
+                    if live {
+                        crate::observe::delivered((published.unix_timestamp_nanos() / 1000).max(0) as u64);
+                    }
+                    live |= pending == 0;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot open an ephemeral subscription yet"),

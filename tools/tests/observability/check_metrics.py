@@ -65,8 +65,9 @@ def jetstream(tmp_path_factory):
         tail = Tail(server)
         wait_until("the tail subscriber", lambda: sample(server.metrics(), "jimbus_subscriptions", 0) >= 1)
         post_game(server, "obs-js", 0)
-        yield wait_until("JetStream availability", lambda: (lambda t: "jimbus_bus_available" in exported_names(t)
-                                                                 and t)(server.metrics()))
+        expected = ("jimbus_bus_available", "jimbus_delivery_lag_seconds_count")
+        yield wait_until("JetStream availability and a delivery", lambda: (
+            lambda t: all(n in exported_names(t) for n in expected) and t)(server.metrics()))
     finally:
         if tail:
             tail.stop()
@@ -184,4 +185,5 @@ def test_jetstream_exports_its_backend_metrics(jetstream):
     assert sample(jetstream, "jimbus_bus_available") == 1
     assert sample(jetstream, "jimbus_bus_publish_failures_total") == 0
     assert sample(jetstream, "jimbus_ingest_requests_total", status="200") >= 1
+    assert sample(jetstream, "jimbus_delivery_lag_seconds_count") >= 1, "tail's deliveries"
     assert "jimbus_log_commit_failures_total" not in exported_names(jetstream), "no embedded log on JetStream"
