@@ -170,7 +170,8 @@ impl Handler {
         let control = self.listener.control.clone();
         let header_timeout = self.listener.options.header_timeout;
         let activity = Activity::new();
-        let io = GlommioIo::new(stream, self.gate.clone(), activity.clone(), self.listener.options.idle_timeout);
+        let idle_timeout = self.listener.options.idle_timeout;
+        let io = GlommioIo::new(stream, self.gate.clone(), activity.clone(), idle_timeout, MAX_HEAD_BYTES);
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();

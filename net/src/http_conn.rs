@@ -6,23 +6,28 @@
 //! no answer waiting for the socket, no event stream. hyper answers a head it
 //! cannot parse with an empty-bodied error and may drop it unflushed, so
 //! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
-//! (400, 414, 431 or 505) once hyper has given the socket back; answers to the
-//! requests before it are written first. This module must never read a body or
-//! route a request.
+//! (400, 414, 431 or 505) once hyper has given the socket back. Pipelined
+//! requests reach hyper one at a time ([`crate::http_frame`]), so the answers
+//! to the requests before a malformed one are written first. This module must
+//! never interpret a body or route a request.
 
+use crate::http_frame::{Framer, Refused};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Requests of one connection in progress (from their head to their answer).
+/// Requests of one connection: how many hyper has dispatched, how many are in
+/// progress (from their head to their answer), and the read waiting for them.
 #[derive(Default)]
 pub struct Activity {
+    started: Cell<u64>,
     busy: Cell<usize>,
+    waiting: Cell<Option<Waker>>,
 }
 
 impl Activity {
@@ -32,8 +37,15 @@ impl Activity {
 
     /// Marks a request in progress until the guard drops.
     pub fn enter(self: &Rc<Self>) -> Busy {
+        self.started.set(self.started.get() + 1);
         self.busy.set(self.busy.get() + 1);
         Busy(self.clone())
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -43,6 +55,7 @@ pub struct Busy(Rc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.set(self.0.busy.get() - 1);
+        self.0.wake();
     }
 }
 
@@ -86,6 +99,14 @@ pub struct GlommioIo {
     writing: bool,
     /// The status of hyper's own answer to a head it could not parse, held back.
     held_error: Option<u16>,
+    /// Bytes read and not yet given to hyper; the first `ready` may be.
+    pending: Vec<u8>,
+    ready: usize,
+    framer: Framer,
+    /// The request the framer is in (1 for the first).
+    request: u64,
+    /// Why the framer refused a request, answered by [`finish`].
+    refused: Option<&'static str>,
     scratch: Box<[u8]>,
 }
 
@@ -95,6 +116,7 @@ impl GlommioIo {
         gate: Rc<crate::sse::WriteGate>,
         activity: Rc<Activity>,
         idle_timeout: Duration,
+        max_head: usize,
     ) -> Self {
         Self {
             stream,
@@ -104,8 +126,28 @@ impl GlommioIo {
             idle: None,
             writing: false,
             held_error: None,
+            pending: Vec::new(),
+            ready: 0,
+            framer: Framer::new(max_head),
+            request: 1,
+            refused: None,
             scratch: vec![0; 16 * 1024].into_boxed_slice(),
         }
+    }
+
+    /// True once hyper has dispatched the current request and its answer has
+    /// gone to the socket: the next request may then be given to hyper.
+    fn answered(&self) -> bool {
+        self.activity.started.get() >= self.request && self.activity.busy.get() == 0 && !self.writing
+    }
+
+    /// Notes whether a write is waiting for the socket; a read held back until
+    /// the answer is out is woken when it no longer is.
+    fn set_writing(&mut self, writing: bool) {
+        if self.writing && !writing {
+            self.activity.wake();
+        }
+        self.writing = writing;
     }
 
     /// Polls the idle timer of a read that is waiting: it runs only when no
@@ -123,21 +165,70 @@ impl GlommioIo {
 }
 
 impl hyper::rt::Read for GlommioIo {
+    /// Gives hyper the current request's bytes; the next request's wait until
+    /// this one is answered (see [`crate::http_frame`]).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let want = buf.remaining().min(this.scratch.len());
-        match Pin::new(&mut this.stream).poll_read(cx, &mut this.scratch[..want]) {
+        loop {
+            if this.ready > 0 {
+                let n = this.ready.min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.drain(..n);
+                this.ready -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.framer.is_done() {
+                if !this.answered() {
+                    this.activity.waiting.set(Some(cx.waker().clone()));
+                    return Poll::Pending;
+                }
+                this.framer.next_request();
+                this.request += 1;
+            }
+            if !this.pending.is_empty() {
+                match this.framer.take(&this.pending) {
+                    Err(Refused(reason)) => {
+                        this.refused = Some(reason);
+                        return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
+                    }
+                    Ok(0) if this.framer.is_done() => continue,
+                    Ok(0) => {}
+                    Ok(n) => {
+                        this.ready = n;
+                        continue;
+                    }
+                }
+            }
+            match this.read_socket(cx) {
+                Poll::Ready(Ok(0)) if !this.pending.is_empty() => {
+                    // The client stopped mid-request: hyper gets what came.
+                    this.framer = Framer::opaque();
+                    this.ready = this.pending.len();
+                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl GlommioIo {
+    /// Reads from the socket into `pending`, timing out an idle connection.
+    fn read_socket(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_read(cx, &mut self.scratch) {
             Poll::Ready(Ok(n)) => {
-                this.idle = None;
-                buf.put_slice(&this.scratch[..n]);
-                Poll::Ready(Ok(()))
+                self.idle = None;
+                self.pending.extend_from_slice(&self.scratch[..n]);
+                Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if this.idle_expired(cx) => {
+            Poll::Pending if self.idle_expired(cx) => {
                 Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
             }
             Poll::Pending => Poll::Pending,
@@ -158,7 +249,7 @@ impl hyper::rt::Write for GlommioIo {
             out = &buf[..at];
         }
         let written = Pin::new(&mut this.stream).poll_write(cx, out);
-        this.writing = written.is_pending();
+        this.set_writing(written.is_pending());
         if let Poll::Ready(Ok(n)) = written {
             this.gate.wrote(n);
         }
@@ -168,7 +259,7 @@ impl hyper::rt::Write for GlommioIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut this.stream).poll_flush(cx);
-        this.writing = flushed.is_pending();
+        this.set_writing(flushed.is_pending());
         flushed
     }
 
@@ -222,7 +313,9 @@ fn is_unparsed(error: &hyper::Error) -> bool {
 /// Closes a connection hyper is done with; when it ended on a head hyper
 /// could not parse, a JSON answer is written first.
 pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
-    if let Some(error) = error.filter(|e| is_unparsed(e)) {
+    if let Some(reason) = io.refused.take() {
+        answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
+    } else if let Some(error) = error.filter(|e| is_unparsed(e)) {
         answer_unparsed(&mut io, error).await;
     }
     let _ = io.stream.close().await;
@@ -231,7 +324,12 @@ pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
 /// Writes a JSON answer to the head hyper refused with `error`.
 async fn answer_unparsed(io: &mut GlommioIo, error: &hyper::Error) {
     let (status, reason) = unparsed_status(io.held_error.take(), error);
-    let body = serde_json::json!({"status": "error", "error": format!("malformed request: {error}")}).to_string();
+    answer(io, status, reason, &format!("malformed request: {error}")).await;
+}
+
+/// Writes a JSON error answer on the raw socket.
+async fn answer(io: &mut GlommioIo, status: u16, reason: &str, message: &str) {
+    let body = serde_json::json!({"status": "error", "error": message}).to_string();
     let answer = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()

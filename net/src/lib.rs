@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod grpc;
 pub mod http;
 pub mod http_conn;
+pub mod http_frame;
 pub mod http_guard;
 pub mod jetstream;
 pub mod log;

@@ -27,6 +27,12 @@ fn malformed_requests_get_a_status_and_a_json_body() {
             b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
             400,
         ),
+        (
+            "content-length with transfer-encoding",
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
         ("oversized headers", big_header.into_bytes(), 431),
         ("over-long URI", long_uri.into_bytes(), 414),
         ("unsupported version", b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(), 505),
@@ -37,6 +43,23 @@ fn malformed_requests_get_a_status_and_a_json_body() {
         assert_eq!(response.json()["status"], "error", "{what}");
     }
     assert_eq!(server.get("/health").status, 200, "the server is still up");
+}
+
+/// hyper read pipelined requests ahead and dropped the answers it had not yet
+/// written when a later one was malformed: every request read gets its answer.
+#[test]
+fn requests_before_a_malformed_one_are_answered_first() {
+    let server = Jimbus::start(&[]);
+    let mut conn = HttpConn::open(server.http);
+    let mut bytes = request("POST", "/api/v1/events", br#"{"type":"HEARTBEAT","session_id":"pipe"}"#, &[]);
+    bytes.extend(request("GET", "/health", b"", &[]));
+    bytes.extend_from_slice(b"GARBAGE\r\n\r\n");
+    conn.send(&bytes);
+    assert_eq!(conn.read_response().status, 200);
+    assert_eq!(conn.read_response().status, 200);
+    let last = conn.read_response();
+    assert_eq!(last.status, 400);
+    assert_eq!(last.json()["status"], "error");
 }
 
 /// The idle timer used to run while a request was in progress: a body that

@@ -1,0 +1,225 @@
+//! Where one HTTP/1.1 request ends in a connection's byte stream, so that
+//! [`crate::http_conn::GlommioIo`] hands hyper one request at a time.
+//!
+//! hyper reads pipelined requests ahead and, when one of them is malformed,
+//! drops the answers it has not yet written. So the connection gives hyper the
+//! next request only once the previous one is answered; [`Framer`] finds the
+//! end of each request (its head, then a `Content-Length` body or a chunked
+//! one) and refuses a head with both `Content-Length` and `Transfer-Encoding`
+//! (a smuggling vector hyper would accept). It never judges anything else: a
+//! head it cannot make sense of is passed on whole, and hyper answers it.
+
+/// What the framer is reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Head,
+    /// Bytes of a `Content-Length` body still to come.
+    Body(u64),
+    /// A chunk-size line (or a trailer line, after the last chunk) so far.
+    ChunkLine {
+        line: Vec<u8>,
+        trailers: bool,
+    },
+    /// Bytes of chunk data, then its CRLF, still to come.
+    ChunkData(u64),
+    /// The request is complete: nothing more until [`Framer::next_request`].
+    Done,
+    /// Framing is unknown (an unreadable head): everything goes to hyper.
+    Opaque,
+}
+
+/// Finds request boundaries; see the module documentation.
+#[derive(Debug)]
+pub struct Framer {
+    state: State,
+    max_head: usize,
+}
+
+/// A request the framer refuses before hyper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+impl Framer {
+    pub fn new(max_head: usize) -> Self {
+        Self { state: State::Head, max_head }
+    }
+
+    /// A framer that passes everything on (the stream's framing is lost).
+    pub fn opaque() -> Self {
+        Self { state: State::Opaque, max_head: 0 }
+    }
+
+    /// True when the current request has been passed on whole.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Starts looking for the next request's head.
+    pub fn next_request(&mut self) {
+        if self.state == State::Done {
+            self.state = State::Head;
+        }
+    }
+
+    /// How many bytes at the front of `pending` belong to the current request
+    /// and may go to hyper now; the state moves past them (the caller hands
+    /// them all before asking again). 0 means more bytes are needed, or the
+    /// request is done.
+    pub fn take(&mut self, pending: &[u8]) -> Result<usize, Refused> {
+        let mut at = 0;
+        while at < pending.len() {
+            let rest = &pending[at..];
+            let used = match &mut self.state {
+                State::Done => break,
+                State::Opaque => rest.len(),
+                State::Head => match self.head(rest)? {
+                    0 => break,
+                    used => used,
+                },
+                State::Body(left) => {
+                    let used = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= used as u64;
+                    if *left == 0 {
+                        self.state = State::Done;
+                    }
+                    used
+                }
+                State::ChunkData(left) => {
+                    let used = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= used as u64;
+                    if *left == 0 {
+                        self.state = State::ChunkLine { line: Vec::new(), trailers: false };
+                    }
+                    used
+                }
+                State::ChunkLine { .. } => self.chunk_line(rest),
+            };
+            at += used;
+        }
+        Ok(at)
+    }
+
+    /// Reads a head at the front of `rest`: the bytes it takes, or 0 while it
+    /// is incomplete.
+    fn head(&mut self, rest: &[u8]) -> Result<usize, Refused> {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if rest.len() > self.max_head {
+                // hyper answers 431 for it.
+                self.state = State::Opaque;
+                return Ok(rest.len());
+            }
+            return Ok(0);
+        };
+        let head = &rest[..end];
+        let (mut length, mut lengths, mut chunked, mut encoded) = (None, 0u32, false, false);
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths += 1;
+                length = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                encoded = true;
+                chunked = value.eq_ignore_ascii_case(b"chunked") || value.ends_with(b"chunked");
+            }
+        }
+        self.state = match (encoded, lengths, length) {
+            (true, 1.., _) => return Err(Refused("a request with both Content-Length and Transfer-Encoding")),
+            (true, _, _) if chunked => State::ChunkLine { line: Vec::new(), trailers: false },
+            // A bad or repeated length, or an encoding hyper refuses: hyper answers it.
+            (true, _, _) | (false, 2.., _) | (false, 1, None) => State::Opaque,
+            (false, 1, Some(0)) | (false, 0, _) => State::Done,
+            (false, 1, Some(n)) => State::Body(n),
+        };
+        Ok(end + 4)
+    }
+
+    /// Reads part of a chunk-size or trailer line; returns the bytes taken.
+    fn chunk_line(&mut self, rest: &[u8]) -> usize {
+        let State::ChunkLine { line, trailers } = &mut self.state else { unreachable!("in a chunk line") };
+        let (used, complete) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (rest.len(), false),
+        };
+        line.extend_from_slice(&rest[..used]);
+        if !complete {
+            if line.len() > 4096 {
+                self.state = State::Opaque;
+            }
+            return used;
+        }
+        let text = trim(line);
+        self.state = if *trailers {
+            if text.is_empty() {
+                State::Done
+            } else {
+                State::ChunkLine { line: Vec::new(), trailers: true }
+            }
+        } else {
+            let size = text.split(|&b| b == b';').next().map(trim).unwrap_or_default();
+            match std::str::from_utf8(size).ok().and_then(|s| u64::from_str_radix(s, 16).ok()) {
+                Some(0) => State::ChunkLine { line: Vec::new(), trailers: true },
+                // The data, then its CRLF.
+                Some(n) => State::ChunkData(n + 2),
+                None => State::Opaque,
+            }
+        };
+        used
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(stream: &[u8]) -> Result<Vec<usize>, Refused> {
+        let mut framer = Framer::new(1024);
+        let mut sizes = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            let n = framer.take(&stream[at..])?;
+            assert!(framer.is_done(), "request at {at} incomplete");
+            sizes.push(n);
+            at += n;
+            framer.next_request();
+        }
+        Ok(sizes)
+    }
+
+    #[test]
+    fn pipelined_requests_split_at_their_ends() {
+        let post = b"POST /e HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let chunked = b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nA: b\r\n\r\n";
+        let stream = [&post[..], get, chunked, get].concat();
+        assert_eq!(split(&stream).unwrap(), [post.len(), get.len(), chunked.len(), get.len()]);
+    }
+
+    #[test]
+    fn a_request_arriving_in_pieces_is_taken_as_it_comes() {
+        let mut framer = Framer::new(1024);
+        assert_eq!(framer.take(b"POST / HTTP/1.1\r\nContent-Le").unwrap(), 0, "an incomplete head waits");
+        let whole = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
+        assert_eq!(framer.take(whole).unwrap(), whole.len());
+        assert!(!framer.is_done());
+        assert_eq!(framer.take(b"cdGET").unwrap(), 2);
+        assert!(framer.is_done());
+    }
+
+    #[test]
+    fn length_with_encoding_is_refused_and_odd_heads_go_to_hyper() {
+        let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(Framer::new(1024).take(both).is_err());
+        let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcGET";
+        assert_eq!(Framer::new(1024).take(twice).unwrap(), twice.len(), "hyper answers it");
+        let garbage = vec![b'x'; 2000];
+        assert_eq!(Framer::new(1024).take(&garbage).unwrap(), 2000, "past the head limit hyper answers 431");
+    }
+}
