@@ -106,16 +106,23 @@ part_systemd() {
     "SystemCallFilter=io_uring_setup io_uring_enter io_uring_register"; do
     grep -qx "$key" deploy/systemd/jimbus.service || { fail "jimbus.service lacks $key"; return 1; }
   done
-  # The real server under strace: start, take an event through the log, drain on SIGTERM.
-  local port grpc
+  # The real server under strace: start, take events through the log with segment
+  # rolls (index, checkpoint, renames), serve a subscriber, drain on SIGTERM.
+  local port grpc batch i
   port="$(free_port)" grpc="$(free_port)"
   strace -f -qq -o "$WORK/strace.log" "$JIMBUS_BIN" serve --http "127.0.0.1:$port" --grpc "127.0.0.1:$grpc" \
-    --data-dir "$WORK/strace-data" --shards 1 >"$WORK/strace-server.log" 2>&1 &
+    --data-dir "$WORK/strace-data" --shards 1 --segment-bytes 4096 >"$WORK/strace-server.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_http "http://127.0.0.1:$port/ready" 120 "$SERVER_PID" || return 1
-  curl -fsS -X POST --data '{"type":"HEARTBEAT","payload":{"uptime":1}}' "http://127.0.0.1:$port/api/v1/events" >/dev/null ||
-    { fail "POST under strace"; return 1; }
+  for i in 1 2 3; do
+    batch="$("$PY" -c 'import json, sys; r = sys.argv[1]; print(json.dumps({"session_id": "s", "events": [{"type": "HEARTBEAT", "event_id": f"r{r}-{i}", "payload": {"uptime": i}} for i in range(40)]}))' "$i")"
+    curl -fsS -X POST --data "$batch" "http://127.0.0.1:$port/api/v1/events/batch" >/dev/null ||
+      { fail "POST under strace"; return 1; }
+  done
+  timeout 60 "$JIMBUS_BIN" tail '>' --grpc "http://127.0.0.1:$grpc" --from-start --count 100 >/dev/null ||
+    { fail "tail under strace"; return 1; }
+  ls "$WORK/strace-data"/shard-000/*.index >/dev/null 2>&1 || { fail "no segment rolled under strace"; return 1; }
   # SIGTERM to jimbus itself (strace would only detach); strace exits with it.
   local child
   child="$(pgrep -P "$SERVER_PID" | head -n 1)"
