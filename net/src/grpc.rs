@@ -9,6 +9,7 @@
 
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
 use crate::shard::{micros, now_micros, timestamp};
+use jimbus_core::budget::{Grant, MemoryBudget};
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::{self, StartPosition};
@@ -78,7 +79,13 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// The EventBusService over the shards.
 pub struct BusService {
     bus: Arc<dyn Bus>,
+    /// Published events are granted memory here until they are durable.
+    budget: Arc<MemoryBudget>,
 }
+
+/// Memory a queued event holds per byte of its encoding: the decoded message
+/// and its boxes take several times their wire size.
+const HELD_PER_ENCODED_BYTE: u64 = 4;
 
 fn request_id<T>(request: &Request<T>) -> String {
     request
@@ -105,6 +112,12 @@ fn status_of(e: BusError) -> Status {
     }
 }
 
+/// A queued request's outcomes, and the memory its events hold until then.
+struct Held {
+    outcomes: BusFuture<Vec<ItemOutcome>>,
+    _grant: Grant,
+}
+
 /// The outcome of publishing a list of events.
 #[derive(Default)]
 struct Published {
@@ -114,8 +127,19 @@ struct Published {
 }
 
 impl BusService {
-    pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Self { bus }
+    pub fn new(bus: Arc<dyn Bus>, budget: Arc<MemoryBudget>) -> Self {
+        Self { bus, budget }
+    }
+
+    /// Grants the memory `events` hold until they are durable; when the budget
+    /// is spent the call fails with RESOURCE_EXHAUSTED (the client retries).
+    fn grant(&self, events: &[pb::Event]) -> Result<Grant, Status> {
+        let held: u64 = events.iter().map(|e| prost::Message::encoded_len(e) as u64 + 256).sum();
+        let want = held * HELD_PER_ENCODED_BYTE;
+        self.budget.request(want, want).ok_or_else(|| {
+            metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
+            Status::resource_exhausted("the server's memory budget is spent, retry later")
+        })
     }
 
     /// Validates and stamps events and queues the valid ones; `first_index`
@@ -201,6 +225,7 @@ impl EventBusService for BusService {
         let id = request_id(&request);
         let mut out = Published::default();
         check_count(&request.get_ref().events)?;
+        let _grant = self.grant(&request.get_ref().events)?;
         let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
         out.settle(outcomes).await?;
         let response =
@@ -229,16 +254,18 @@ impl EventBusService for BusService {
                 let events = std::mem::take(&mut gathered);
                 gathered_bytes = 0;
                 let count = events.len() as u32;
-                unsettled.push_back(self.queue_events(events, &id, index, &mut out.rejected).await?);
+                let grant = self.grant(&events)?;
+                let outcomes = self.queue_events(events, &id, index, &mut out.rejected).await?;
+                unsettled.push_back(Held { outcomes, _grant: grant });
                 index += count;
                 continue;
             }
             let room = gathered_bytes < GATHER_BYTES && gathered.len() < MAX_EVENTS;
             let message = if full && (ended || !room) {
-                out.settle(unsettled.pop_front().expect("full")).await?;
+                out.settle(unsettled.pop_front().expect("full").outcomes).await?;
                 continue;
             } else if full {
-                let oldest = unsettled.front_mut().expect("full");
+                let oldest = &mut unsettled.front_mut().expect("full").outcomes;
                 tokio::select! {
                     outcomes = oldest => {
                         unsettled.pop_front();
@@ -259,8 +286,8 @@ impl EventBusService for BusService {
             gathered_bytes += events.iter().map(prost::Message::encoded_len).sum::<usize>();
             gathered.extend(events);
         }
-        while let Some(outcomes) = unsettled.pop_front() {
-            out.settle(outcomes).await?;
+        while let Some(held) = unsettled.pop_front() {
+            out.settle(held.outcomes).await?;
         }
         let response =
             bus::PublishBatchResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
@@ -326,6 +353,7 @@ impl EventBusService for BusService {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     bus: Arc<dyn Bus>,
+    budget: Arc<MemoryBudget>,
     pools: PoolCapacity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -351,7 +379,7 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
-        .add_service(EventBusServiceServer::new(BusService::new(bus)))
+        .add_service(EventBusServiceServer::new(BusService::new(bus, budget)))
         .add_service(crate::coordinator::CoordinatorService::server(pools))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

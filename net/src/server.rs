@@ -90,7 +90,7 @@ impl Server {
             crate::observe::watch_data_dir(config.data_dir.clone(), move || control.stopping.load(Ordering::Acquire));
         }
         let (grpc, grpc_addr, grpc_stop) =
-            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &control))?;
+            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &control), control.budget.clone())?;
         control.ready.store(true, Ordering::Release);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
@@ -211,6 +211,7 @@ fn spawn_grpc(
     bus: Arc<dyn Bus>,
     pools: PoolCapacity,
     lease: Option<(String, Arc<MemoryBudget>)>,
+    budget: Arc<MemoryBudget>,
 ) -> Result<GrpcThread, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
@@ -242,7 +243,7 @@ fn spawn_grpc(
                     tokio::spawn(crate::remote_budget::lease_from(url, budget));
                 }
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-                let serve = tokio::spawn(crate::grpc::serve(listener, bus, pools, async move {
+                let serve = tokio::spawn(crate::grpc::serve(listener, bus, budget, pools, async move {
                     let _ = stop_rx.await;
                     let _ = grace_tx.send(());
                 }));

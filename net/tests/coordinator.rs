@@ -120,7 +120,7 @@ fn wait_for_metric(server: &Jimbus, line: &str) {
 fn post_expecting(server: &Jimbus, body: &[u8]) -> u16 {
     let mut conn = harness::HttpConn::open(server.http);
     let head = format!(
-        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/v1/events/batch HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     conn.send(head.as_bytes());
@@ -147,7 +147,9 @@ async fn a_remote_coordinator_sets_the_budget_and_when_it_is_gone_the_local_one_
     // is, and a request is granted six bytes per body byte.
     let server = Jimbus::start(&["--shards", "2", "--resource-coordinator", &url, "--memory-budget", "80000000"]);
     wait_for_metric(&server, "jimbus_budget_limit_bytes 40000000");
-    let big = event_of_size(7_000_000);
+    // Four events of 1.75 MB: one event may encode to at most 2 MiB.
+    let quarter = String::from_utf8(event_of_size(1_750_000)).unwrap();
+    let big = format!(r#"{{"events":[{quarter},{quarter},{quarter},{quarter}]}}"#).into_bytes();
     assert_eq!(post_expecting(&server, &big), 503, "over what the lease leaves free");
     assert_eq!(server.post("/api/v1/events", &event_of_size(1_000)).status, 200);
 

@@ -123,3 +123,23 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
+
+/// Published events are granted memory from the budget until they are durable:
+/// past it, RESOURCE_EXHAUSTED (a retry), and the server stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
+    // One shard's aggregator holds 16 MiB of the 20: about 4 MiB are left.
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "20971520"]);
+    let mut client = server.client().await;
+    let big = |i: usize| {
+        let mut e = event("budget", i);
+        let text = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("b".repeat(100_000))) };
+        e.extra = Some(prost_types::Struct { fields: [("note".to_string(), text)].into() });
+        e
+    };
+    let events: Vec<_> = (0..20).map(big).collect();
+    let refused = client.publish(bus::PublishRequest { events }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    let fits = client.publish(bus::PublishRequest { events: vec![big(99)] }).await.unwrap().into_inner();
+    assert_eq!(fits.accepted, 1);
+}
