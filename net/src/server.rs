@@ -89,8 +89,13 @@ impl Server {
             let control = control.clone();
             crate::observe::watch_data_dir(config.data_dir.clone(), move || control.stopping.load(Ordering::Acquire));
         }
-        let (grpc, grpc_addr, grpc_stop) =
-            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &control), control.budget.clone())?;
+        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(
+            config.grpc,
+            bus,
+            config.resource_pools,
+            remote_lease(&config, &control),
+            control.budget.clone(),
+        )?;
         control.ready.store(true, Ordering::Release);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
