@@ -730,6 +730,7 @@ async fn watch_max_deliveries(shared: &Arc<Shared>, name: &str) {
         }
     };
     let (shared, name) = (shared.clone(), name.to_string());
+    tokio::spawn(crate::observe::watch_jetstream_consumer(shared.js.clone(), STREAM, name.clone()));
     tokio::spawn(async move {
         while let Some(advisory) = advisories.next().await {
             let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else { continue };

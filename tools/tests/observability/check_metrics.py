@@ -65,9 +65,11 @@ def jetstream(tmp_path_factory):
         tail = Tail(server)
         wait_until("the tail subscriber", lambda: sample(server.metrics(), "jimbus_subscriptions", 0) >= 1)
         post_game(server, "obs-js", 0)
+        assert durable_subscribe(server.grpc, "trainer-js", wanted=3) == 3
         expected = ("jimbus_bus_available", "jimbus_delivery_lag_seconds_count")
-        yield wait_until("JetStream availability and a delivery", lambda: (
-            lambda t: all(n in exported_names(t) for n in expected) and t)(server.metrics()))
+        yield wait_until("JetStream availability, a delivery and the consumer's backlog", lambda: (
+            lambda t: all(n in exported_names(t) for n in expected)
+            and sample(t, "jimbus_consumer_backlog_records", 0, consumer="trainer-js") > 0 and t)(server.metrics()))
     finally:
         if tail:
             tail.stop()
@@ -186,4 +188,6 @@ def test_jetstream_exports_its_backend_metrics(jetstream):
     assert sample(jetstream, "jimbus_bus_publish_failures_total") == 0
     assert sample(jetstream, "jimbus_ingest_requests_total", status="200") >= 1
     assert sample(jetstream, "jimbus_delivery_lag_seconds_count") >= 1, "tail's deliveries"
+    assert sample(jetstream, "jimbus_consumer_backlog_records", consumer="trainer-js") >= 3, "3 unacked deliveries"
+    assert sample(jetstream, "jimbus_consumer_oldest_unacked_age_seconds", consumer="trainer-js") >= 0
     assert "jimbus_log_commit_failures_total" not in exported_names(jetstream), "no embedded log on JetStream"
