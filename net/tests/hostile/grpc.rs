@@ -77,7 +77,7 @@ fn durable_name_field() -> u32 {
 async fn raw_call(channel: tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_maybe_shared(method.to_string()).unwrap();
+    let path: http::uri::PathAndQuery = method.parse().unwrap();
     let codec = RawCodec;
     let result = grpc.server_streaming(tonic::Request::new(bytes::Bytes::from(body)), path, codec).await;
     match result {
