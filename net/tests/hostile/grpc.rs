@@ -143,3 +143,13 @@ async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
     let fits = client.publish(bus::PublishRequest { events: vec![big(99)] }).await.unwrap().into_inner();
     assert_eq!(fits.accepted, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_over_long_list_topics_pattern_is_invalid_argument() {
+    let server = Jimbus::start(&[]);
+    let mut client = server.client().await;
+    let pattern = format!("balatro.{}", "x".repeat(600));
+    let refused = client.list_topics(bus::ListTopicsRequest { pattern }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("max_len=512"), "{refused}");
+}
