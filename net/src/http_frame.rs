@@ -12,14 +12,12 @@
 /// What the framer is reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
-    Head,
+    /// The bytes of the current head passed on so far.
+    Head(Vec<u8>),
     /// Bytes of a `Content-Length` body still to come.
     Body(u64),
     /// A chunk-size line (or a trailer line, after the last chunk) so far.
-    ChunkLine {
-        line: Vec<u8>,
-        trailers: bool,
-    },
+    ChunkLine { line: Vec<u8>, trailers: bool },
     /// Bytes of chunk data, then its CRLF, still to come.
     ChunkData(u64),
     /// The request is complete: nothing more until [`Framer::next_request`].
@@ -41,7 +39,7 @@ pub struct Refused(pub &'static str);
 
 impl Framer {
     pub fn new(max_head: usize) -> Self {
-        Self { state: State::Head, max_head }
+        Self { state: State::Head(Vec::new()), max_head }
     }
 
     /// A framer that passes everything on (the stream's framing is lost).
@@ -57,7 +55,7 @@ impl Framer {
     /// Starts looking for the next request's head.
     pub fn next_request(&mut self) {
         if self.state == State::Done {
-            self.state = State::Head;
+            self.state = State::Head(Vec::new());
         }
     }
 
@@ -72,7 +70,7 @@ impl Framer {
             let used = match &mut self.state {
                 State::Done => break,
                 State::Opaque => rest.len(),
-                State::Head => match self.head(rest)? {
+                State::Head(_) => match self.head(rest)? {
                     0 => break,
                     used => used,
                 },
@@ -99,18 +97,26 @@ impl Framer {
         Ok(at)
     }
 
-    /// Reads a head at the front of `rest`: the bytes it takes, or 0 while it
-    /// is incomplete.
+    /// Reads a head at the front of `rest`: the bytes it takes, or 0 while
+    /// nothing more can go. A head's bytes go on as they come (so that hyper's
+    /// header timeout runs), all but the last three, which may begin the blank
+    /// line that ends it: hyper gets the whole head only once it is checked.
     fn head(&mut self, rest: &[u8]) -> Result<usize, Refused> {
-        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-            if rest.len() > self.max_head {
+        let State::Head(seen) = &mut self.state else { unreachable!("in a head") };
+        let passed = seen.len();
+        let combined = [&seen[..], rest].concat();
+        let from = passed.saturating_sub(3);
+        let Some(end) = combined[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i) else {
+            if combined.len() > self.max_head {
                 // hyper answers 431 for it.
                 self.state = State::Opaque;
                 return Ok(rest.len());
             }
-            return Ok(0);
+            let more = rest.len().saturating_sub(3);
+            seen.extend_from_slice(&rest[..more]);
+            return Ok(more);
         };
-        let head = &rest[..end];
+        let head = &combined[..end];
         let (mut length, mut lengths, mut chunked, mut encoded) = (None, 0u32, false, false);
         for line in head.split(|&b| b == b'\n').skip(1) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -132,7 +138,7 @@ impl Framer {
             (false, 1, Some(0)) | (false, 0, _) => State::Done,
             (false, 1, Some(n)) => State::Body(n),
         };
-        Ok(end + 4)
+        Ok(end + 4 - passed)
     }
 
     /// Reads part of a chunk-size or trailer line; returns the bytes taken.
@@ -205,9 +211,10 @@ mod tests {
     #[test]
     fn a_request_arriving_in_pieces_is_taken_as_it_comes() {
         let mut framer = Framer::new(1024);
-        assert_eq!(framer.take(b"POST / HTTP/1.1\r\nContent-Le").unwrap(), 0, "an incomplete head waits");
-        let whole = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
-        assert_eq!(framer.take(whole).unwrap(), whole.len());
+        let start = b"POST / HTTP/1.1\r\nContent-Le";
+        assert_eq!(framer.take(start).unwrap(), start.len() - 3, "a head goes on but for its last bytes");
+        let whole = b"ngth: 4\r\n\r\nab";
+        assert_eq!(framer.take(&[&start[start.len() - 3..], whole].concat()).unwrap(), 3 + whole.len());
         assert!(!framer.is_done());
         assert_eq!(framer.take(b"cdGET").unwrap(), 2);
         assert!(framer.is_done());
