@@ -13,6 +13,7 @@
 
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::http_conn::{finish, Activity, GlommioIo, HeaderTimer};
+use crate::http_guard::{body_error, error, field_of, json, too_large, unavailable};
 use crate::shard::{now_micros, timestamp};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
@@ -556,49 +557,9 @@ impl Handler {
     }
 }
 
-fn field_of(message: &str) -> Option<String> {
-    let (path, _) = message.split_once(": ")?;
-    Some(path.to_string())
-}
-
-fn json(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn error(status: StatusCode, message: &str, offset: Option<usize>, field: Option<String>) -> Response<Body> {
-    let mut body = serde_json::json!({"status": "error", "error": message});
-    if let Some(offset) = offset {
-        body["offset"] = offset.into();
-    }
-    if let Some(field) = field {
-        body["field"] = field.into();
-    }
-    json(status, body.to_string())
-}
-
-fn body_error(e: &BodyError) -> Response<Body> {
-    if matches!(e, BodyError::TooManyEvents(_)) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, Some("events".into()));
-    }
-    error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string))
-}
-
 /// `GET /openapi.yaml`: the HTTP API's contract (docs/openapi.yaml), built in.
 fn openapi() -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(include_str!("../../docs/openapi.yaml").as_bytes())));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
-    r
-}
-
-fn too_large(limit: usize) -> Response<Body> {
-    error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than {limit} bytes"), None, None)
-}
-
-fn unavailable(message: &str) -> Response<Body> {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }

@@ -6,10 +6,13 @@
 //! deliverable to a default gRPC client, an answer lists at most
 //! [`REJECTED_LISTED`] rejections, and error texts lose absolute file paths.
 //! It also keeps whether the data directory is full ([`storage_full`]), which
-//! `/ready` reports. This module only shapes what the handler stores and
+//! `/ready` reports, and builds the JSON error answers. This module only shapes what the handler stores and
 //! answers; it must never send anything to the bus itself.
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use jimbus_core::ingest::BodyError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -96,6 +99,52 @@ pub fn redact_paths(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Which field an error message's path names (`payload.ante: ...`).
+pub(crate) fn field_of(message: &str) -> Option<String> {
+    let (path, _) = message.split_once(": ")?;
+    Some(path.to_string())
+}
+
+pub(crate) fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub(crate) fn error(
+    status: StatusCode,
+    message: &str,
+    offset: Option<usize>,
+    field: Option<String>,
+) -> Response<Full<Bytes>> {
+    let mut body = serde_json::json!({"status": "error", "error": message});
+    if let Some(offset) = offset {
+        body["offset"] = offset.into();
+    }
+    if let Some(field) = field {
+        body["field"] = field.into();
+    }
+    json(status, body.to_string())
+}
+
+pub(crate) fn body_error(e: &BodyError) -> Response<Full<Bytes>> {
+    if matches!(e, BodyError::TooManyEvents(_)) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, Some("events".into()));
+    }
+    error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string))
+}
+
+pub(crate) fn too_large(limit: usize) -> Response<Full<Bytes>> {
+    error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than {limit} bytes"), None, None)
+}
+
+pub(crate) fn unavailable(message: &str) -> Response<Full<Bytes>> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// The data directory, once the embedded log has made it.
