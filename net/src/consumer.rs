@@ -464,6 +464,22 @@ mod tests {
     }
 
     #[test]
+    fn a_name_past_the_limit_is_refused_until_every_shard_released_one() {
+        let names = DurableNames::default();
+        names.set_limit(2);
+        names.reserve("a").unwrap();
+        names.register("a");
+        names.register("a");
+        names.reserve("b").unwrap();
+        assert!(names.reserve("c").unwrap_err().contains("--max-durables"));
+        assert!(names.reserve("a").is_ok(), "an existing name is always let through");
+        names.release("a");
+        assert!(names.reserve("c").is_err(), "a is still held by one shard");
+        names.release("a");
+        assert!(names.reserve("c").is_ok());
+    }
+
+    #[test]
     fn a_client_cannot_ask_for_unbounded_in_flight_state() {
         let options = ConsumerOptions { max_in_flight: usize::MAX, ack_wait_ms: 10, max_deliver: 2 };
         let c = Consumer::new("c".into(), Pattern::parse(">").unwrap(), options, 0, 1);
