@@ -788,6 +788,19 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time the process has used so far (user + system, from `/proc/PID/stat`),
+/// in seconds: the server's own cost, whatever else shares the machine.
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the running system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
 fn merge_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
@@ -917,6 +930,7 @@ async fn run(args: Args) -> Result<()> {
         bar
     });
     let mut rss_peak_kib = server_pid.and_then(|p| proc_status_kib(p, "VmRSS:")).unwrap_or(0);
+    let cpu_at_start = server_pid.and_then(proc_cpu_seconds);
     let all_done = || sessions.iter().all(|h| h.is_finished()) && producers.iter().all(|h| h.is_finished());
     let mut last = (Instant::now(), 0u64);
     while !all_done() {
@@ -1007,6 +1021,8 @@ async fn run(args: Args) -> Result<()> {
         rss_peak_kib = rss_peak_kib.max(proc_status_kib(pid, "VmRSS:").unwrap_or(0));
     }
     let vm_hwm_kib = server_pid.and_then(|p| proc_status_kib(p, "VmHWM:"));
+    // From the load's start to the end of the drain: ingest and delivery alike.
+    let server_cpu_s = cpu_at_start.zip(server_pid.and_then(proc_cpu_seconds)).map(|(a, b)| b - a);
 
     // Report.
     let mut all = Latencies::new();
@@ -1090,6 +1106,8 @@ async fn run(args: Args) -> Result<()> {
             "pid": server_pid,
             "vm_hwm_kib": vm_hwm_kib,
             "rss_peak_sampled_kib": server_pid.map(|_| rss_peak_kib),
+            "cpu_s": server_cpu_s,
+            "cpu_us_per_event": server_cpu_s.filter(|_| total_accepted > 0).map(|c| c * 1e6 / total_accepted as f64),
         },
     });
     print_summary(&report);
@@ -1158,4 +1176,11 @@ fn print_summary(r: &Value) {
         "server        pid {} VmHWM {} KiB, sampled peak RSS {} KiB",
         r["server"]["pid"], r["server"]["vm_hwm_kib"], r["server"]["rss_peak_sampled_kib"]
     );
+    if let Some(cpu) = r["server"]["cpu_us_per_event"].as_f64() {
+        println!(
+            "server CPU    {:.2} s = {cpu:.2} µs per accepted event, at {:.0} events/s",
+            r["server"]["cpu_s"].as_f64().unwrap_or(0.0),
+            r["events_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
 }

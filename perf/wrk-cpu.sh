@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Events/s and server CPU time per acknowledged event under wrk, for any server
+# that takes the field mod's batch (jimbus, or the old jimbot bus):
+#
+#   perf/wrk-cpu.sh PID URL [SECONDS]
+#
+# PID is the running server's process id, URL its batch endpoint. The load is
+# perf/wrk/fair-batch50.lua (one 50-event batch of types both servers accept),
+# wrk -t1 -c32. Server CPU = utime + stime from /proc/PID/stat over the run.
+# Events acknowledged = 2xx answers x 50 (wrk counts non-2xx apart).
+set -euo pipefail
+pid=${1:?server pid}
+url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
+seconds=${3:-8}
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
+before=$(ticks)
+out=$(wrk -t1 -c32 -d"${seconds}s" -s "$here/wrk/fair-batch50.lua" "$url")
+after=$(ticks)
+echo "$out"
+requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
+events=$(( (requests - ${non2xx:-0}) * 50 ))
+hz=$(getconf CLK_TCK)
+awk -v e="$events" -v t=$((after - before)) -v hz="$hz" -v s="$seconds" 'BEGIN {
+  cpu = t / hz
+  printf "acknowledged %d events = %.0f events/s; server CPU %.2f s = %.2f us per event\n", e, e / s, cpu, (e ? cpu * 1e6 / e : 0)
+}'
