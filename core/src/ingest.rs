@@ -169,8 +169,9 @@ pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -
     Ok(decoded)
 }
 
+/// Skips JSON white space (as the reader does: a form feed is not white space).
 fn skip_ws(body: &[u8], from: usize) -> usize {
-    from + body[from..].iter().take_while(|b| b.is_ascii_whitespace()).count()
+    from + body[from..].iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count()
 }
 
 /// Why a batch stopped being read before its end, besides its own errors.
@@ -257,7 +258,7 @@ fn read_events(
         let (depth, built) = (r.depth(), r.built());
         let read = adapt::read_event(r, body);
         let now = r.built();
-        let held = held_bytes(r.offset() - start, (now.0 - built.0, now.1 - built.1), read.is_ok());
+        let held = held_bytes(r.offset().saturating_sub(start), (now.0 - built.0, now.1 - built.1), read.is_ok());
         if !(limits.charge)(held) {
             *stop = Some(Stop::OverBudget);
             return Err(halt(r));
@@ -320,6 +321,14 @@ mod tests {
         assert_eq!(decode_body(br#"{"batch_id":"x"}"#, Endpoint::Batch).unwrap_err().field(), Some("events"));
         assert!(matches!(decode_body(br#"{"type":"A"} x"#, Endpoint::Single), Err(BodyError::Syntax(_))));
         assert_eq!(decode_body(b"  ", Endpoint::Single), Err(BodyError::Empty));
+    }
+
+    #[test]
+    fn a_form_feed_is_not_white_space() {
+        let err = decode_body(b"{\"events\":[\x0c]}", Endpoint::Batch).unwrap_err();
+        assert!(matches!(err, BodyError::Syntax(_)), "{err}");
+        let err = decode_body(b"\x0c{\"type\":\"A\"}", Endpoint::Single).unwrap_err();
+        assert!(matches!(err, BodyError::Syntax(_)), "{err}");
     }
 
     #[test]
