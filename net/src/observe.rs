@@ -102,7 +102,8 @@ pub async fn watch_consumer(shard: usize, index: SharedIndex, consumer: SharedCo
     let backlog =
         metrics::gauge!("jimbus_consumer_backlog_records", "consumer" => name.clone(), "shard" => shard.clone());
     let age = metrics::gauge!("jimbus_consumer_oldest_unacked_age_seconds", "consumer" => name, "shard" => shard);
-    loop {
+    // An expired consumer is removed: its watch ends with it.
+    while !consumer.borrow().is_removed() {
         let floor = consumer.borrow().ack_floor();
         let pending = index.borrow().end().saturating_sub(floor);
         backlog.set(pending as f64);
