@@ -175,7 +175,31 @@ impl Jimbus {
 
 impl Drop for Jimbus {
     fn drop(&mut self) {
+        // Under `cargo llvm-cov` (which sets LLVM_PROFILE_FILE) the server must
+        // exit normally to write its coverage profile: SIGTERM first, SIGKILL
+        // only if it has not exited within 10 s.
+        if std::env::var_os("LLVM_PROFILE_FILE").is_some() {
+            self.terminate_within(Duration::from_secs(10));
+        }
         self.kill9();
+    }
+}
+
+impl Jimbus {
+    /// Sends SIGTERM and polls for the exit until `limit`; the child stays
+    /// (for [`Jimbus::kill9`]) when it has not exited by then.
+    fn terminate_within(&mut self, limit: Duration) {
+        let Some(child) = self.child.as_mut() else { return };
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
