@@ -1,0 +1,134 @@
+//! Contracts of core's pure modules that the mutation run (`cargo mutants`, see
+//! docs/testing.md) showed no test held: the derived session name, shards
+//! actually spreading sessions, the dedup window's replay start and size, the
+//! record frame's length limit and torn-frame report, and which error a short
+//! or foreign checkpoint file gets. Each test names the wrong line it catches.
+
+use jimbus_core::checkpoint::{CheckpointError, SegmentIndex, ShardCheckpoint};
+use jimbus_core::dedup::DedupWindow;
+use jimbus_core::record::{self, FrameError, Record, RecordKind, HEADER_LEN, MAX_RECORD_LEN};
+use jimbus_core::topic::{derived_session, shard_for};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[test]
+fn a_derived_session_is_the_peer_and_the_source() {
+    let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    assert_eq!(derived_session(local, "BalatroMCP"), "127.0.0.1-BalatroMCP");
+    assert_eq!(derived_session(local, ""), "127.0.0.1-unknown");
+    assert_eq!(derived_session(IpAddr::V6(Ipv6Addr::LOCALHOST), "m"), "::1-m");
+}
+
+#[test]
+fn sessions_spread_over_every_shard() {
+    // A constant shard (or one out of range) would put a farm on one core.
+    let mut hits = [0usize; 4];
+    for i in 0..400 {
+        hits[shard_for(&format!("session-{i}"), 4)] += 1;
+    }
+    assert!(hits.iter().all(|&n| n > 40), "sessions per shard: {hits:?}");
+    assert_eq!(shard_for("anything", 0), 0, "no shards counts as one");
+}
+
+/// Inserts `n` distinct keys at offsets 0..n.
+fn filled(capacity: usize, n: u64) -> DedupWindow {
+    let mut window = DedupWindow::new(capacity);
+    for offset in 0..n {
+        assert!(window.insert(u128::from(offset) * 7919 + 1, offset));
+    }
+    window
+}
+
+#[test]
+fn the_replay_start_moves_forward_as_generations_are_dropped() {
+    let fresh = DedupWindow::new(4);
+    assert_eq!(fresh.oldest_offset(), None, "an empty window needs no replay");
+    assert!(fresh.is_empty());
+
+    let small = filled(1000, 3);
+    assert_eq!(small.oldest_offset(), Some(0));
+
+    // Far more keys than two generations hold: replaying from offset 0 would be
+    // correct but reread the whole log; the start must be recent, and still
+    // cover the last `capacity` keys.
+    let window = filled(4, 1000);
+    let from = window.oldest_offset().expect("keys are held");
+    assert!(from > 900 && from <= 996, "replay starts at {from}");
+    assert!(window.contains(u128::from(from) * 7919 + 1), "the first key of the oldest generation is held");
+}
+
+#[test]
+fn len_counts_the_keys_of_both_generations() {
+    for n in [1u64, 3, 10, 57, 1000] {
+        let window = filled(4, n);
+        let held = (0..n).filter(|&o| window.contains(u128::from(o) * 7919 + 1)).count();
+        assert_eq!(window.len(), held, "after {n} keys");
+        assert!(!window.is_empty());
+        assert!(held >= 4.min(n as usize), "the last `capacity` keys are held");
+    }
+}
+
+fn frame(topic: &str, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    record::encode(&Record { offset: 9, time_us: 11, kind: RecordKind::Aggregated, topic, message }, &mut out);
+    out
+}
+
+#[test]
+fn a_torn_frame_says_how_many_bytes_it_needs() {
+    let data = frame("balatro.s.aggregated", b"0123456789");
+    for cut in [HEADER_LEN, HEADER_LEN + 5, data.len() - 1] {
+        assert_eq!(record::decode(&data[..cut]), Err(FrameError::Torn { needed: data.len(), available: cut }));
+    }
+    assert_eq!(record::decode(&data[..3]), Err(FrameError::Torn { needed: HEADER_LEN, available: 3 }));
+    let whole = record::decode(&data).unwrap();
+    assert_eq!(
+        (whole.offset, whole.time_us, whole.kind, whole.message),
+        (9, 11, RecordKind::Aggregated, &b"0123456789"[..])
+    );
+}
+
+/// A header alone, claiming `len` bytes of topic and message.
+fn header_claiming(len: usize) -> Vec<u8> {
+    let mut data = frame("", b"");
+    data[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    data
+}
+
+#[test]
+fn the_length_limit_is_inclusive() {
+    // Exactly the maximum is a legal length (so a short buffer is torn, not
+    // malformed); one byte more is refused before anything is read.
+    assert_eq!(
+        record::decode(&header_claiming(MAX_RECORD_LEN)),
+        Err(FrameError::Torn { needed: HEADER_LEN + MAX_RECORD_LEN, available: HEADER_LEN })
+    );
+    assert_eq!(
+        record::decode(&header_claiming(MAX_RECORD_LEN + 1)),
+        Err(FrameError::Malformed("length over the maximum"))
+    );
+    assert_eq!(MAX_RECORD_LEN, 64 << 20);
+}
+
+#[test]
+fn short_and_foreign_files_get_their_own_error() {
+    assert_eq!(SegmentIndex::decode(&[]), Err(CheckpointError::Truncated));
+    assert_eq!(SegmentIndex::decode(&[0u8; 8]), Err(CheckpointError::Truncated));
+    assert_eq!(ShardCheckpoint::decode(b"JIDX\0\0\0\x01abc"), Err(CheckpointError::Truncated));
+    // 12 bytes: room for a magic and a CRC, so the magic is what is wrong.
+    assert_eq!(SegmentIndex::decode(&[0u8; 12]), Err(CheckpointError::Magic("segment index")));
+    assert_eq!(SegmentIndex::decode(&[7u8; 20]), Err(CheckpointError::Magic("segment index")));
+    // The right magic with a wrong CRC.
+    let mut bytes = SegmentIndex { valid_len: 1, last_time_us: 2, positions: vec![0], time_marks: vec![] }.encode();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert_eq!(SegmentIndex::decode(&bytes), Err(CheckpointError::Checksum));
+}
+
+#[test]
+fn an_index_with_no_time_marks_reads_back() {
+    // The item count check must let a count of zero through at the very end.
+    let index = SegmentIndex { valid_len: 99, last_time_us: 5, positions: vec![0, 40, 80], time_marks: vec![] };
+    assert_eq!(SegmentIndex::decode(&index.encode()), Ok(index));
+    let empty = ShardCheckpoint::default();
+    assert_eq!(ShardCheckpoint::decode(&empty.encode()), Ok(empty));
+}
