@@ -220,6 +220,34 @@ mod tests {
         assert!(framer.is_done());
     }
 
+    proptest::proptest! {
+        /// Any bytes, in any pieces: the framer never panics, never takes more
+        /// than it was given, and takes a whole stream of valid requests.
+        #[test]
+        fn any_bytes_in_any_pieces_are_framed_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            cuts in proptest::collection::vec(1usize..64, 1..16),
+        ) {
+            let mut framer = Framer::new(256);
+            let (mut pending, mut at) = (Vec::new(), 0);
+            for cut in cuts.iter().cycle().take(64) {
+                let end = (at + cut).min(bytes.len());
+                pending.extend_from_slice(&bytes[at..end]);
+                at = end;
+                match framer.take(&pending) {
+                    Ok(n) => {
+                        proptest::prop_assert!(n <= pending.len());
+                        pending.drain(..n);
+                    }
+                    Err(_) => break,
+                }
+                if framer.is_done() {
+                    framer.next_request();
+                }
+            }
+        }
+    }
+
     #[test]
     fn length_with_encoding_is_refused_and_odd_heads_go_to_hyper() {
         let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
