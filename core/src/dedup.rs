@@ -146,6 +146,25 @@ mod tests {
         assert_eq!(dedup_key(&event("", 1.0)), None);
     }
 
+    /// Keys reach the table through `write_u128` only, and it must fold both
+    /// halves: a constant or half-blind hash would still be correct but turn
+    /// every lookup into a scan of one bucket.
+    #[test]
+    fn the_key_hasher_folds_both_halves() {
+        use std::hash::BuildHasher;
+        let hash = |key: u128| BuildHasherDefault::<KeyHasher>::default().hash_one(key);
+        assert_eq!(hash(0x1234), 0x1234);
+        assert_eq!(hash(0x1234 << 64), 0x1234);
+        assert_eq!(hash((0xff << 64) | 0x0f), 0xf0);
+        let mut bytes = KeyHasher::default();
+        bytes.write(&[1, 2]);
+        assert_eq!(bytes.finish(), 0x0102);
+        // Past eight bytes the first byte comes round again and cancels.
+        let mut long = KeyHasher::default();
+        long.write(&[1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(long.finish(), 0);
+    }
+
     proptest! {
         /// Against a model of every insertion: a key is known exactly when it
         /// was inserted (never forgotten among the last `cap`), memory stays
