@@ -22,7 +22,8 @@
 //! buffer is unbounded on these connections, which flush pipelined answers
 //! together). A slow client therefore fills its channel and the shards wait for
 //! it: it is paused, never buffered without bound.
-//! Streams past [`MAX_STREAMS`], or without a grant, get 503. A stream ends
+//! Streams past [`MAX_STREAMS`], past half the budget (the other half stays
+//! for the mods' requests), or without a grant, get 503. A stream ends
 //! when the server stops. This module must never hold shard state: it only
 //! reads the bus.
 
@@ -296,9 +297,11 @@ impl WriteGate {
 struct Slot;
 
 impl Slot {
-    fn take() -> Option<Self> {
+    /// A slot, unless [`MAX_STREAMS`] are open or `budget_limit` would be more
+    /// than half spent on streams (the rest stays for the mods' requests).
+    fn take(budget_limit: u64) -> Option<Self> {
         let taken = OPEN_STREAMS.fetch_add(1, Ordering::AcqRel);
-        if taken >= MAX_STREAMS {
+        if taken >= MAX_STREAMS || (taken as u64 + 1) * STREAM_GRANT > budget_limit / 2 {
             OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -321,7 +324,9 @@ pub fn open(
     gate: &Rc<WriteGate>,
     request: StreamRequest,
 ) -> Result<SseBody, SseError> {
-    let slot = Slot::take().ok_or_else(|| SseError::Unavailable(format!("{MAX_STREAMS} streams are open")))?;
+    let slot = Slot::take(control.budget.limit()).ok_or_else(|| {
+        SseError::Unavailable("too many streams are open (at most 2048, and half the memory budget)".into())
+    })?;
     let grant = control.budget.request(STREAM_GRANT, STREAM_GRANT).ok_or_else(|| {
         metrics::counter!("jimbus_budget_denials_total", "component" => "sse").increment(1);
         SseError::Unavailable("the server's memory budget is spent, retry later".into())

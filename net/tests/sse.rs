@@ -304,6 +304,21 @@ fn a_thousand_streams_hold_within_the_memory_budget() {
     });
 }
 
+/// Opens streams until one is refused; returns them (the refusal must be 503).
+fn open_until_refused(server: &Jimbus, most: usize) -> Vec<Stream> {
+    let mut open = Vec::new();
+    while open.len() <= most {
+        match Stream::request(server.http, "pattern=%3E", None) {
+            (200, Some(stream)) => open.push(stream),
+            (status, _) => {
+                assert_eq!(status, 503, "a refused stream is 503");
+                break;
+            }
+        }
+    }
+    open
+}
+
 #[test]
 fn streams_beyond_the_budget_get_503_until_one_closes() {
     // 2 shards' aggregators hold 32 MiB; 1 MiB more leaves room for 16 streams.
@@ -311,13 +326,24 @@ fn streams_beyond_the_budget_get_503_until_one_closes() {
     let free = metric(&server, "jimbus_budget_limit_bytes") - metric(&server, "jimbus_budget_used_bytes");
     let room = (free / (64.0 * 1024.0)) as usize;
     assert!(room >= 1, "the test needs room for one stream");
-    let mut open: Vec<Stream> = (0..room).map(|_| Stream::open(server.http, "pattern=%3E", None)).collect();
-    let (status, _) = Stream::request(server.http, "pattern=%3E", None);
-    assert_eq!(status, 503, "a stream without a grant is refused");
+    let mut open = open_until_refused(&server, room + 1);
+    assert_eq!(open.len(), room, "as many streams as the budget has room for");
     open.pop();
     wait_for(Duration::from_secs(10), "a closed stream's grant to come back", || {
         Stream::request(server.http, "pattern=%3E", None).0 == 200
     });
+}
+
+#[test]
+fn streams_never_hold_more_than_half_the_budget() {
+    // One aggregator holds 16 MiB of 80: 64 MiB free, but streams get 40 MiB.
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(80u64 << 20).to_string()]);
+    let half = metric(&server, "jimbus_budget_limit_bytes") / 2.0;
+    let share = (half / (64.0 * 1024.0)) as usize;
+    let open = open_until_refused(&server, share + 1);
+    assert_eq!(open.len(), share, "streams stop at half the budget");
+    let answer = server.post("/api/v1/events/batch", &heartbeats("half", 10, 1024));
+    assert_eq!(answer.status, 200, "ingest goes on while the streams are at their limit");
 }
 
 #[test]
