@@ -109,6 +109,11 @@ async fn age_retention_deletes_closed_segments_once_they_are_old() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(segments(&server).len(), 1, "only the active segment is left");
+    // The server logs after it deletes, and its log reaches this process through
+    // a reader thread: poll for the line too.
+    while !server.log_text().contains("retention deleted segment") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(server.log_text().contains("retention deleted segment"));
     // The log goes on from where it was; nothing new is lost.
     post_events(&server, 100, 20);
