@@ -4,9 +4,11 @@
 //! [`Bus`] interface (flume queues to the glommio shards on the embedded log):
 //! publishes are answered once durable, and each subscription is one bounded
 //! flume channel (a slow subscriber waits, it is never buffered without bound). The request id
-//! (`x-request-id` metadata, or a new one) becomes the events' correlation id and
-//! is echoed in the response metadata. This module must never hold shard state.
+//! (`x-request-id` metadata, or a new one) stamps the events as on HTTP (see
+//! [`crate::admit`]), names the request's log span, and is echoed in the response
+//! metadata. This module must never hold shard state.
 
+use crate::admit;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
 use crate::shard::{micros, now_micros, timestamp};
 use jimbus_core::budget::{Grant, MemoryBudget};
@@ -22,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// PublishBatch requests of one stream queued on the bus and not yet durable.
 const PUBLISH_PIPELINE: usize = 8;
@@ -88,13 +91,7 @@ pub struct BusService {
 const HELD_PER_ENCODED_BYTE: u64 = 4;
 
 fn request_id<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    admit::request_id(request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()))
 }
 
 fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
@@ -155,10 +152,7 @@ impl BusService {
         let received = timestamp(now_micros());
         let mut items = Vec::with_capacity(events.len());
         for (i, mut event) in events.into_iter().enumerate() {
-            if event.correlation_id.is_empty() {
-                event.correlation_id = correlation.to_string();
-            }
-            event.timing.get_or_insert_with(Default::default).received_at = Some(received);
+            admit::stamp(&mut event, correlation, received);
             if let Err(violations) = jimbus_proto::validate::check_event(&event) {
                 rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
                 continue;
@@ -223,14 +217,19 @@ type DeliveryStream = Pin<Box<dyn Stream<Item = Result<EncodedDelivery, Status>>
 impl EventBusService for BusService {
     async fn publish(&self, request: Request<bus::PublishRequest>) -> Result<Response<bus::PublishResponse>, Status> {
         let id = request_id(&request);
-        let mut out = Published::default();
-        check_count(&request.get_ref().events)?;
-        let _grant = self.grant(&request.get_ref().events)?;
-        let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
-        out.settle(outcomes).await?;
-        let response =
-            bus::PublishResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
-        Ok(with_request_id(Response::new(response), &id))
+        let span = tracing::info_span!("publish", request_id = %id);
+        async {
+            let mut out = Published::default();
+            check_count(&request.get_ref().events)?;
+            let _grant = self.grant(&request.get_ref().events)?;
+            let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
+            out.settle(outcomes).await?;
+            let response =
+                bus::PublishResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
+            Ok(with_request_id(Response::new(response), &id))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn publish_batch(
@@ -238,60 +237,68 @@ impl EventBusService for BusService {
         request: Request<tonic::Streaming<bus::PublishBatchRequest>>,
     ) -> Result<Response<bus::PublishBatchResponse>, Status> {
         let id = request_id(&request);
-        let mut stream = request.into_inner();
-        let mut out = Published::default();
-        let mut index = 0u32;
-        // Requests are queued in stream order while earlier ones are committed.
-        // With PUBLISH_PIPELINE unsettled, messages go on being read into one
-        // gathered request (see GATHER_BYTES), queued when a slot frees.
-        let mut unsettled = std::collections::VecDeque::new();
-        let mut gathered: Vec<pb::Event> = Vec::new();
-        let mut gathered_bytes = 0;
-        let mut ended = false;
-        while !ended || !gathered.is_empty() {
-            let full = unsettled.len() >= PUBLISH_PIPELINE;
-            if !full && (!gathered.is_empty() || ended) {
-                let events = std::mem::take(&mut gathered);
-                gathered_bytes = 0;
-                let count = events.len() as u32;
-                let grant = self.grant(&events)?;
-                let outcomes = self.queue_events(events, &id, index, &mut out.rejected).await?;
-                unsettled.push_back(Held { outcomes, _grant: grant });
-                index += count;
-                continue;
-            }
-            let room = gathered_bytes < GATHER_BYTES && gathered.len() < MAX_EVENTS;
-            let message = if full && (ended || !room) {
-                out.settle(unsettled.pop_front().expect("full").outcomes).await?;
-                continue;
-            } else if full {
-                let oldest = &mut unsettled.front_mut().expect("full").outcomes;
-                tokio::select! {
-                    outcomes = oldest => {
-                        unsettled.pop_front();
-                        out.count(outcomes)?;
-                        continue;
-                    }
-                    message = stream.next() => message,
+        let span = tracing::info_span!("publish_batch", request_id = %id);
+        async {
+            let mut stream = request.into_inner();
+            let mut out = Published::default();
+            let mut index = 0u32;
+            // Requests are queued in stream order while earlier ones are committed.
+            // With PUBLISH_PIPELINE unsettled, messages go on being read into one
+            // gathered request (see GATHER_BYTES), queued when a slot frees.
+            let mut unsettled = std::collections::VecDeque::new();
+            let mut gathered: Vec<pb::Event> = Vec::new();
+            let mut gathered_bytes = 0;
+            let mut ended = false;
+            while !ended || !gathered.is_empty() {
+                let full = unsettled.len() >= PUBLISH_PIPELINE;
+                if !full && (!gathered.is_empty() || ended) {
+                    let events = std::mem::take(&mut gathered);
+                    gathered_bytes = 0;
+                    let count = events.len() as u32;
+                    let grant = self.grant(&events)?;
+                    let outcomes = self.queue_events(events, &id, index, &mut out.rejected).await?;
+                    unsettled.push_back(Held { outcomes, _grant: grant });
+                    index += count;
+                    continue;
                 }
-            } else {
-                stream.next().await
+                let room = gathered_bytes < GATHER_BYTES && gathered.len() < MAX_EVENTS;
+                let message = if full && (ended || !room) {
+                    out.settle(unsettled.pop_front().expect("full").outcomes).await?;
+                    continue;
+                } else if full {
+                    let oldest = &mut unsettled.front_mut().expect("full").outcomes;
+                    tokio::select! {
+                        outcomes = oldest => {
+                            unsettled.pop_front();
+                            out.count(outcomes)?;
+                            continue;
+                        }
+                        message = stream.next() => message,
+                    }
+                } else {
+                    stream.next().await
+                };
+                let Some(message) = message else {
+                    ended = true;
+                    continue;
+                };
+                let events = message.map_err(invalid_if_undecodable)?.events;
+                check_count(&events)?;
+                gathered_bytes += events.iter().map(prost::Message::encoded_len).sum::<usize>();
+                gathered.extend(events);
+            }
+            while let Some(held) = unsettled.pop_front() {
+                out.settle(held.outcomes).await?;
+            }
+            let response = bus::PublishBatchResponse {
+                accepted: out.accepted,
+                duplicates: out.duplicates,
+                rejected: out.rejected,
             };
-            let Some(message) = message else {
-                ended = true;
-                continue;
-            };
-            let events = message.map_err(invalid_if_undecodable)?.events;
-            check_count(&events)?;
-            gathered_bytes += events.iter().map(prost::Message::encoded_len).sum::<usize>();
-            gathered.extend(events);
+            Ok(with_request_id(Response::new(response), &id))
         }
-        while let Some(held) = unsettled.pop_front() {
-            out.settle(held.outcomes).await?;
-        }
-        let response =
-            bus::PublishBatchResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
-        Ok(with_request_id(Response::new(response), &id))
+        .instrument(span)
+        .await
     }
 
     type SubscribeStream = DeliveryStream;

@@ -11,6 +11,7 @@
 //! and storage failures are 503 with `Retry-After`. This module must never touch
 //! the log or shard state directly: it only sends commands.
 
+use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::http_conn::{finish, Activity, GlommioIo, HeaderTimer};
 use crate::http_guard::{body_error, error, field_of, json, too_large, unavailable};
@@ -332,13 +333,7 @@ impl Handler {
     }
 
     async fn ingest(&self, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let request_id = admit::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
         let span = tracing::info_span!("ingest", request_id = %request_id, peer = ?self.peer, path = %req.uri().path());
         // Instrumented, never entered across an await: on a shard's one thread an
         // entered span would become the parent of every request interleaved with it.
@@ -502,8 +497,7 @@ impl Handler {
                             envelope.session_id.clone()
                         };
                     }
-                    event.correlation_id = request_id.to_string();
-                    event.timing.get_or_insert_with(Default::default).received_at = Some(timestamp(received));
+                    admit::stamp(&mut event, request_id, timestamp(received));
                     if !envelope.batch_id.is_empty() {
                         event.metadata.insert("batch_id".into(), envelope.batch_id.clone());
                     }

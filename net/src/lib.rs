@@ -2,6 +2,7 @@
 //! HTTP API, and the tonic gRPC edge on a small tokio runtime, bridged by flume.
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
+pub mod admit;
 pub mod aggregation;
 pub mod bus;
 pub mod config;

@@ -123,8 +123,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: telemetry::init_metrics(),
         budget: MemoryBudget::new(config.memory_budget),
     });
+    // Before the server starts (and logs that it is ready), so that a SIGTERM
+    // sent the moment it is ready drains it instead of killing it.
+    let stop_signals = StopSignals::install()?;
     let server = Server::start(config, control)?;
-    wait_for_signal()?;
+    stop_signals.wait();
     server.stop();
     Ok(())
 }
@@ -142,18 +145,31 @@ fn raise_memlock_limit() {
     }
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-        Ok(())
-    })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let _context = runtime.enter();
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        Ok(Self { runtime, term, int })
+    }
+
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => tracing::info!("SIGTERM"),
+                _ = self.int.recv() => tracing::info!("SIGINT"),
+            }
+        });
+    }
 }
 
 /// Takes `host:port` as `serve --grpc` does, or a URL with its scheme, and gives

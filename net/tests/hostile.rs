@@ -5,14 +5,14 @@
 
 mod harness;
 
-#[path = "hostile/grpc.rs"]
-mod grpc;
 #[path = "hostile/delivery.rs"]
 mod delivery;
-#[path = "hostile/http.rs"]
-mod http;
 #[path = "hostile/disk.rs"]
 mod disk;
+#[path = "hostile/grpc.rs"]
+mod grpc;
+#[path = "hostile/http.rs"]
+mod http;
 #[path = "hostile/memory.rs"]
 mod memory;
 #[path = "hostile/property.rs"]

@@ -1,0 +1,68 @@
+//! One id from the request to the record and the delivery, the same way on
+//! both edges: the request's `x-request-id` (or a new id, echoed back) becomes
+//! every event's `correlation_id`; a client's own, different id on an event is
+//! kept in its metadata as `client_correlation_id`; log lines about the
+//! request carry the id.
+
+mod harness;
+
+use harness::{request, HttpConn, Jimbus};
+use jimbus_proto::bus::{self, subscribe_response::Body};
+use jimbus_proto::events as pb;
+
+fn event_of(delivery: &bus::SubscribeResponse) -> &pb::Event {
+    match &delivery.body {
+        Some(Body::Event(event)) => event,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_grpc_stamp_the_request_id_alike() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let mut conn = HttpConn::open(server.http);
+    let body = br#"{"type":"HEARTBEAT","source":"BalatroMCP","session_id":"c1","payload":{"n":1}}"#;
+    conn.send(&request("POST", "/api/v1/events", body, &[("x-request-id", "http-req-1")]));
+    let answer = conn.read_response();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-request-id"), Some("http-req-1"));
+
+    let mut client = server.client().await;
+    let heartbeat = |correlation_id: &str| pb::Event {
+        event_type: "HEARTBEAT".into(),
+        session_id: "c1".into(),
+        correlation_id: correlation_id.into(),
+        payload: Some(pb::event::Payload::Heartbeat(Default::default())),
+        ..Default::default()
+    };
+    let events = vec![heartbeat(""), heartbeat("client-own")];
+    let mut publish = tonic::Request::new(bus::PublishRequest { events });
+    publish.metadata_mut().insert("x-request-id", "grpc-req-2".parse().unwrap());
+    let answer = client.publish(publish).await.unwrap();
+    assert_eq!(answer.metadata().get("x-request-id").unwrap(), "grpc-req-2");
+    assert_eq!(answer.get_ref().accepted, 2, "{:?}", answer.get_ref().rejected);
+
+    let delivered = server.read_all("balatro.c1.>", 3).await;
+    let ids: Vec<&str> = delivered.iter().map(|d| event_of(d).correlation_id.as_str()).collect();
+    assert_eq!(ids, ["http-req-1", "grpc-req-2", "grpc-req-2"]);
+    assert!(event_of(&delivered[1]).metadata.get("client_correlation_id").is_none());
+    assert_eq!(event_of(&delivered[2]).metadata["client_correlation_id"], "client-own");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_an_id_gets_one_and_its_log_lines_carry_it() {
+    let server = Jimbus::start(&[]);
+    let answer = server.post("/api/v1/events", br#"{"type":"HEARTBEAT","payload":["#);
+    assert_eq!(answer.status, 400);
+    let id = answer.header("x-request-id").expect("an id is echoed").to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let letters = server.read_all("deadletter", 1).await;
+    let Some(Body::DeadLetter(letter)) = &letters[0].body else { panic!("{letters:?}") };
+    assert_eq!(letter.correlation_id, id);
+    // The refusal is logged inside the request's span.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log_text().lines().any(|l| l.contains("refused a body") && l.contains(&id)) {
+        assert!(std::time::Instant::now() < deadline, "no log line with {id}:\n{}", server.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
