@@ -67,6 +67,29 @@ fn len_counts_the_keys_of_both_generations() {
     }
 }
 
+#[test]
+fn a_key_in_the_older_generation_is_still_a_duplicate() {
+    let mut window = DedupWindow::new(4);
+    assert!(window.insert(1, 0));
+    for k in 2..100u128 {
+        assert!(window.insert(k, k as u64));
+        if window.contains(1) {
+            assert!(!window.insert(1, 1000 + k as u64), "a retry of key 1 after {k} keys was stored again");
+        }
+    }
+    assert!(!window.contains(1), "key 1 is forgotten at last");
+}
+
+#[test]
+fn a_window_of_zero_keys_remembers_nothing() {
+    // `--dedup-window 0` turns deduplication off.
+    let mut window = DedupWindow::new(0);
+    assert!(!window.insert(5, 0));
+    assert!(!window.insert(5, 1));
+    assert!(window.is_empty());
+    assert_eq!(window.oldest_offset(), None);
+}
+
 fn frame(topic: &str, message: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     record::encode(&Record { offset: 9, time_us: 11, kind: RecordKind::Aggregated, topic, message }, &mut out);
