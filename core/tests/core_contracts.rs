@@ -110,6 +110,23 @@ fn a_torn_frame_says_how_many_bytes_it_needs() {
     );
 }
 
+#[test]
+fn every_kind_reads_back_and_an_unknown_one_is_malformed() {
+    for kind in [RecordKind::Event, RecordKind::Aggregated, RecordKind::DeadLetter] {
+        let mut data = Vec::new();
+        record::encode(&Record { offset: 1, time_us: 2, kind, topic: "deadletter", message: b"x" }, &mut data);
+        assert_eq!(record::decode(&data).unwrap().kind, kind);
+        assert_eq!(RecordKind::from_u8(kind as u8), Some(kind));
+    }
+    // Kind byte 4 under a correct checksum.
+    let mut data = frame("t", b"m");
+    data[24] = 4;
+    let crc = crc32c::crc32c(&data[4..]);
+    data[..4].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(record::decode(&data), Err(FrameError::Malformed("unknown kind")));
+    assert_eq!(RecordKind::from_u8(0), None);
+}
+
 /// A header alone, claiming `len` bytes of topic and message.
 fn header_claiming(len: usize) -> Vec<u8> {
     let mut data = frame("", b"");
