@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import shutil
+import shlex
+import threading
 import signal
 import socket
 import subprocess
@@ -129,7 +131,9 @@ def environment() -> dict[str, str]:
 def test_command_1_starts_the_server_from_a_fresh_clone(clone: Path, environment: dict[str, str]) -> None:
     command = code_blocks(README.read_text())[0][0]
     assert command.startswith("cargo run"), f"README command 1 is no longer the server: {command!r}"
-    server = subprocess.Popen(command, shell=True, cwd=clone, env=environment, start_new_session=True)
+    # Run as the shell would split it, without a shell in between: `cargo run`
+    # execs the server, so the signal below reaches jimbus itself.
+    server = subprocess.Popen(shlex.split(command), cwd=clone, env=environment)
     try:
         wait_until(ready, BUILD_TIMEOUT_S, "README command 1 to answer /ready", alive=lambda: server.poll() is None)
         answer = post_event({"type": "HEARTBEAT", "source": "BalatroMCP", "payload": {"uptime": 1}})
@@ -160,35 +164,35 @@ class UsingIt:
         )
 
     def serve(self, line: str) -> None:
-        self.server = subprocess.Popen(line, shell=True, cwd=self.workdir, env=self.env, start_new_session=True)
+        self.server = subprocess.Popen(shlex.split(line), cwd=self.workdir, env=self.env)
         wait_until(ready, STEP_TIMEOUT_S, f"{line!r} to answer /ready", alive=lambda: self.server.poll() is None)
 
     def live_tail(self, line: str) -> None:
         """A tail without --count runs until interrupted: it must print what is
         published after it started, then stop on SIGINT."""
-        tail = subprocess.Popen(
-            line, shell=True, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )
+        tail = subprocess.Popen(shlex.split(line), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in tail.stdout], daemon=True).start()
         try:
             # A subscription starting at "latest" may open after a first post: post
-            # until one line arrives (each post is a new event, all are valid).
+            # until a line arrives (each post is a new, valid event).
             deadline = time.monotonic() + STEP_TIMEOUT_S
-            os.set_blocking(tail.stdout.fileno(), False)
-            got = ""
+            first = None
             n = 0
-            while time.monotonic() < deadline and "\n" not in got:
+            while first is None and time.monotonic() < deadline and tail.poll() is None:
                 n += 1
                 post_event({
                     "type": "SCORING", "subtype": "HAND_EVAL_START", "source": "BalatroMCP",
                     "event_id": f"readme-{n}", "payload": {"hand_type": "Pair"},
                 })
-                time.sleep(0.2)  # polling interval for the pipe, not a synchronisation
-                got += tail.stdout.read() or ""
-            assert "\n" in got, f"{line!r} printed nothing"
-            assert json.loads(got.splitlines()[0])["event"]["eventType"] == "SCORING"
+                try:
+                    first = lines.get(timeout=0.5)
+                except queue.Empty:
+                    pass
+            assert first is not None, f"{line!r} printed nothing"
+            assert json.loads(first)["event"]["eventType"] == "SCORING", first
         finally:
-            os.killpg(tail.pid, signal.SIGINT)
+            tail.send_signal(signal.SIGINT)
             tail.wait(timeout=STEP_TIMEOUT_S)
 
     def counted_tail(self, line: str) -> None:
