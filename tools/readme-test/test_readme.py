@@ -62,14 +62,12 @@ def strip_comment(line: str) -> str:
 
 
 def port_free(address: str) -> bool:
+    """Nothing listens there (connections of an earlier server may still be in
+    TIME_WAIT, which does not keep a server from binding)."""
     host, port = address.rsplit(":", 1)
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, int(port)))
-        except OSError:
-            return False
-    return True
+        s.settimeout(2)
+        return s.connect_ex((host, int(port))) != 0
 
 
 def wait_until(condition, timeout_s: float, what: str, alive=None) -> None:
@@ -226,6 +224,20 @@ def test_every_using_it_command_works_as_shown(clone: Path, environment: dict[st
                 for i in range(10):
                     post_event({"type": "HEARTBEAT", "source": "BalatroMCP", "event_id": f"c-{i}", "payload": {"n": i}})
             handler(line)
+        # The Python subscriber's example, elsewhere in the README, runs against
+        # the same server, from the repository root as its paths say.
+        examples = [x for block in code_blocks(README.read_text()) for x in block if "tools/subscriber.py" in x]
+        assert examples, "the README shows no subscriber example"
+        for i in range(3):  # enough scoring events for any --count the example shows, up to 3
+            post_event({"type": "SCORING", "subtype": "HAND_EVAL_COMPLETE", "source": "BalatroMCP",
+                        "event_id": f"sub-{i}", "payload": {"hand_type": "Pair"}})
+        for line in examples:
+            result = subprocess.run(
+                line, shell=True, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=STEP_TIMEOUT_S
+            )
+            assert result.returncode == 0, f"{line!r}: {result.stderr}"
+            assert all(json.loads(x)["topic"] for x in result.stdout.splitlines()), result.stdout
+            assert result.stdout.strip(), f"{line!r} printed nothing"
     finally:
         if runner.server is not None:
             assert stop(runner.server) == 0
