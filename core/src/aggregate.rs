@@ -37,7 +37,8 @@
 //! A second HAND_EVAL_START, or `cascade_timeout` without any event of the hand,
 //! closes an open hand as incomplete (`complete: false`, counted). A
 //! HAND_EVAL_COMPLETE with nothing open is not aggregated (counted as stray).
-//! A cascade that reaches `cascade_split` triggers is emitted at once as a
+//! A cascade that reaches `cascade_split` triggers, or whose triggers reach
+//! `cascade_split_bytes` (1 MiB) on the wire, is emitted at once as a
 //! numbered part (`part` from 1, `final_part` on the last; non-final parts have
 //! `complete: false`); `order` continues across parts and the trigger count,
 //! depth, times and deltas of a part's `CascadeInfo` are the part's own.
@@ -147,6 +148,10 @@ pub struct AggregateConfig {
     pub cascade_timeout: Duration,
     /// A cascade is emitted as a numbered part each time it holds this many triggers.
     pub cascade_split: usize,
+    /// ... or as soon as its triggers encode to this many bytes, so that a part
+    /// (with its base game state, itself at most 2 MiB as an accepted event)
+    /// stays under the 4 MiB message limit of default gRPC clients.
+    pub cascade_split_bytes: usize,
     /// A session with no event for this long is evicted.
     pub idle_timeout: Duration,
     /// At most this many sessions are held; the least recently active is evicted.
@@ -165,6 +170,7 @@ impl Default for AggregateConfig {
             legacy_gap: Duration::from_millis(50),
             cascade_timeout: Duration::from_secs(5),
             cascade_split: 10_000,
+            cascade_split_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(300),
             max_sessions: 65_536,
             memory_budget: 256 << 20,
@@ -203,6 +209,7 @@ impl AggregateConfig {
         let zero_counts = [
             (self.max_window_events, "max_window_events"),
             (self.cascade_split, "cascade_split"),
+            (self.cascade_split_bytes, "cascade_split_bytes"),
             (self.max_sessions, "max_sessions"),
             (self.batch.min_batch, "batch.min_batch"),
         ];
@@ -506,6 +513,8 @@ struct Cascade {
     updates: [bool; 4],
     correlation_id: String,
     bytes: usize,
+    /// What the current part's triggers take on the wire.
+    encoded: usize,
 }
 
 impl Cascade {
@@ -532,6 +541,7 @@ impl Cascade {
             updates: [false; 4],
             correlation_id: String::new(),
             bytes: size_of::<Cascade>(),
+            encoded: 0,
         }
     }
 
@@ -572,6 +582,8 @@ impl Cascade {
         self.depth = self.depth.max(t.depth);
         self.first_now.get_or_insert(now);
         let bytes = trigger_bytes(&t) + self.push_seq(t.sequence, now, correlation_id);
+        // The trigger's field tag and length, and its sequence in the part's list.
+        self.encoded += t.encoded_len() + 16;
         self.triggers.push(t);
         self.bytes += bytes;
         bytes
@@ -630,6 +642,7 @@ impl Cascade {
         self.depth = 0;
         self.updates = [false; 4];
         self.bytes = size_of::<Cascade>();
+        self.encoded = 0;
         (message, seqs)
     }
 }
@@ -873,7 +886,8 @@ impl Aggregator {
             Kind::Trigger(t, kind) => {
                 let open = sess.open.get_or_insert_with(|| Cascade::new(session, seq, false, now));
                 open.push_trigger(t, kind, now, &event.correlation_id);
-                split = open.triggers.len() >= self.config.cascade_split;
+                split =
+                    open.triggers.len() >= self.config.cascade_split || open.encoded >= self.config.cascade_split_bytes;
             }
             Kind::Other => disposition = Disposition::NotAggregated,
         }

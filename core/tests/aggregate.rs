@@ -298,6 +298,29 @@ fn the_default_cap_splits_at_ten_thousand() {
 }
 
 #[test]
+fn parts_are_split_by_encoded_size_too_so_each_stays_deliverable() {
+    let mut d = Driver::new(AggregateConfig::default());
+    d.offer("s", &start("Flush", ms(0)), ms(0));
+    // Names near the schema's longest (its id is "j_" + name, at most 256 bytes):
+    // 5,000 triggers encode to about 4 MB, in 10,000-trigger parts one message.
+    let long = "J".repeat(250);
+    let t = joker(&long, 1.0, &long, &"c".repeat(64), ms(1));
+    for _ in 0..5_000 {
+        d.offer("s", &t, ms(1));
+    }
+    d.offer("s", &complete(ms(2)), ms(2));
+    let out = d.tick(ms(200));
+    assert!(out.len() >= 3, "{} parts", out.len());
+    let total: u32 = out.iter().map(|p| info(p).trigger_count).sum();
+    assert_eq!(total, 5_000, "nothing dropped");
+    for p in &out {
+        p.message.validate().unwrap();
+        let triggers: usize = p.message.triggers.iter().map(Message::encoded_len).sum();
+        assert!(triggers <= (1 << 20) + 1024, "a part's triggers take {triggers} bytes");
+    }
+}
+
+#[test]
 fn legacy_triggers_are_grouped_by_quiet_gap() {
     let config = AggregateConfig { legacy_gap: ms(50), ..Default::default() };
     let mut d = Driver::new(config);
