@@ -1,9 +1,11 @@
-//! Contracts of core's pure modules that the mutation run (`cargo mutants`, see
-//! docs/testing.md) showed no test held: the derived session name, shards
+//! Contracts of core's pure modules that no test held, found by the mutation
+//! run (`cargo mutants`, see docs/testing.md) or by reading its list of mutants: the derived session name, shards
 //! actually spreading sessions, the dedup window's replay start and size, the
 //! record frame's length limit and torn-frame report, and which error a short
-//! or foreign checkpoint file gets. Each test names the wrong line it catches.
+//! or foreign checkpoint file gets, and the aggregation settings at their
+//! limits. Each test names the contract it holds.
 
+use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::checkpoint::{CheckpointError, SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, FrameError, Record, RecordKind, HEADER_LEN, MAX_RECORD_LEN};
@@ -171,4 +173,16 @@ fn an_index_with_no_time_marks_reads_back() {
     assert_eq!(SegmentIndex::decode(&index.encode()), Ok(index));
     let empty = ShardCheckpoint::default();
     assert_eq!(ShardCheckpoint::decode(&empty.encode()), Ok(empty));
+}
+
+#[test]
+fn aggregation_settings_at_their_limits_are_valid() {
+    let mut config = AggregateConfig::default();
+    config.batch.min_batch = 64;
+    config.batch.max_batch = 64;
+    config.batch.grow_gain = 1.0;
+    config.cascade_split = 10_000;
+    assert_eq!(config.validate(), Ok(()));
+    config.batch.max_batch = 63;
+    assert_eq!(config.validate(), Err(ConfigError::BatchRange));
 }
