@@ -2,14 +2,15 @@
 //! run (`cargo mutants`, see docs/testing.md) or by reading its list of mutants: the derived session name, shards
 //! actually spreading sessions, the dedup window's replay start and size, the
 //! record frame's length limit and torn-frame report, and which error a short
-//! or foreign checkpoint file gets, and the aggregation settings at their
-//! limits. Each test names the contract it holds.
+//! or foreign checkpoint file gets, the aggregation settings at their
+//! limits, and a game state merge keeping lists an update leaves empty. Each test names the contract it holds.
 
-use jimbus_core::aggregate::{AggregateConfig, ConfigError};
+use jimbus_core::aggregate::{merge_game_state, AggregateConfig, ConfigError};
 use jimbus_core::checkpoint::{CheckpointError, SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, FrameError, Record, RecordKind, HEADER_LEN, MAX_RECORD_LEN};
 use jimbus_core::topic::{derived_session, shard_for};
+use jimbus_proto::events as pb;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[test]
@@ -185,4 +186,21 @@ fn aggregation_settings_at_their_limits_are_valid() {
     assert_eq!(config.validate(), Ok(()));
     config.batch.max_batch = 63;
     assert_eq!(config.validate(), Err(ConfigError::BatchRange));
+}
+
+#[test]
+fn a_game_state_keeps_the_lists_an_update_leaves_empty() {
+    let card = |rank: &str| pb::Card { rank: rank.into(), ..Default::default() };
+    let joker = |name: &str| pb::Joker { name: name.into(), ..Default::default() };
+    let mut state =
+        pb::GameStateEvent { hand: vec![card("A")], jokers: vec![joker("Blueprint")], ..Default::default() };
+    merge_game_state(&mut state, &pb::GameStateEvent { phase: "SHOP".into(), ..Default::default() });
+    assert_eq!((state.hand.len(), state.jokers.len(), state.phase.as_str()), (1, 1, "SHOP"));
+    merge_game_state(
+        &mut state,
+        &pb::GameStateEvent { hand: vec![card("K"), card("Q")], jokers: vec![joker("Joker")], ..Default::default() },
+    );
+    assert_eq!(state.hand, vec![card("K"), card("Q")]);
+    assert_eq!(state.jokers, vec![joker("Joker")]);
+    assert_eq!(state.phase, "SHOP", "an empty phase keeps the last one");
 }
