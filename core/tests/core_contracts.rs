@@ -1,11 +1,12 @@
 //! Contracts of core's pure modules that no test held, found by the mutation
-//! run (`cargo mutants`, see docs/testing.md) or by reading its list of mutants: the derived session name, shards
-//! actually spreading sessions, the dedup window's replay start and size, the
-//! record frame's length limit and torn-frame report, and which error a short
-//! or foreign checkpoint file gets, the aggregation settings at their
-//! limits, and a game state merge keeping lists an update leaves empty. Each test names the contract it holds.
+//! run (`cargo mutants`, see docs/testing.md) or by reading its list of
+//! mutants: the derived session name, shards actually spreading sessions, the
+//! dedup window's replay start and size, the record frame's length limit and
+//! torn-frame report, which error a short or foreign checkpoint file gets, the
+//! aggregation settings at their limits, a game state merge keeping the lists
+//! an update leaves empty, and a batch size that already matches its queue.
 
-use jimbus_core::aggregate::{merge_game_state, AggregateConfig, ConfigError};
+use jimbus_core::aggregate::{merge_game_state, AggregateConfig, BatchConfig, BatchSizer, ConfigError};
 use jimbus_core::checkpoint::{CheckpointError, SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, FrameError, Record, RecordKind, HEADER_LEN, MAX_RECORD_LEN};
@@ -203,4 +204,13 @@ fn a_game_state_keeps_the_lists_an_update_leaves_empty() {
     assert_eq!(state.hand, vec![card("K"), card("Q")]);
     assert_eq!(state.jokers, vec![joker("Joker")]);
     assert_eq!(state.phase, "SHOP", "an empty phase keeps the last one");
+}
+
+#[test]
+fn a_batch_size_that_matches_the_queue_stays() {
+    let mut sizer = BatchSizer::new(BatchConfig { min_batch: 1, max_batch: 4096, light_load: 1, grow_gain: 0.5 });
+    assert_eq!(sizer.observe(10), 6, "half the gap of 9, rounded up, on top of 1");
+    assert_eq!(sizer.observe(6), 6, "a queue as deep as the batch is not a reason to grow");
+    assert_eq!(sizer.observe(4), 4);
+    assert_eq!(sizer.observe(1), 1);
 }
