@@ -211,6 +211,7 @@ fn a_batch_size_that_matches_the_queue_stays() {
     let mut sizer = BatchSizer::new(BatchConfig { min_batch: 1, max_batch: 4096, light_load: 1, grow_gain: 0.5 });
     assert_eq!(sizer.observe(10), 6, "half the gap of 9, rounded up, on top of 1");
     assert_eq!(sizer.observe(6), 6, "a queue as deep as the batch is not a reason to grow");
+    assert_eq!((sizer.target(), sizer.queue_depth()), (6, 6));
     assert_eq!(sizer.observe(4), 4);
     assert_eq!(sizer.observe(1), 1);
 }
