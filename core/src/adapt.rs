@@ -355,11 +355,19 @@ pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
             "game_time_ms" => timing.game_time_ms = number(r)?,
             "version" => event.version = int32(r)?,
             "debug" => event.debug = flag(r)?,
-            "priority" => match text(r)?.as_str() {
-                "high" => event.priority = pb::Priority::High as i32,
-                "low" => event.priority = pb::Priority::Low as i32,
-                _ => return Ok(false),
-            },
+            "priority" => {
+                // Any other value (another word, a number) is kept as an unknown
+                // field: read again from where it starts, as the caller expects.
+                let (at, depth) = (r.offset(), r.depth());
+                match text(r).as_deref() {
+                    Ok("high") => event.priority = pb::Priority::High as i32,
+                    Ok("low") => event.priority = pb::Priority::Low as i32,
+                    _ => {
+                        r.rewind(at, depth);
+                        return Ok(false);
+                    }
+                }
+            }
             "payload" | "data" if r.peek()? == Kind::Null => return Ok(false),
             "payload" | "data" if payload_at.is_none() || key == "payload" => {
                 if payload_at.is_some() {
@@ -409,6 +417,24 @@ mod tests {
 
     fn event(body: &str) -> Result<pb::Event> {
         read_event(&mut Reader::new(body.as_bytes()), body.as_bytes())
+    }
+
+    #[test]
+    fn an_unknown_priority_is_kept_as_an_extra_field() {
+        for (body, kept) in [
+            (r#"{"type":"X","priority":"normal","payload":{}}"#, Some("normal")),
+            (r#"{"type":"X","priority":3,"payload":{}}"#, None),
+            (r#"{"priority":{"level":1},"type":"X"}"#, None),
+        ] {
+            let e = event(body).unwrap_or_else(|err| panic!("{body}: {err:?}"));
+            assert_eq!(e.priority, 0, "{body}");
+            let extra = e.extra.expect("kept");
+            assert!(extra.fields.contains_key("priority"), "{body}");
+            if let Some(text) = kept {
+                assert!(format!("{:?}", extra.fields["priority"]).contains(text), "{body}");
+            }
+        }
+        assert_eq!(event(r#"{"type":"X","priority":"high"}"#).unwrap().priority, pb::Priority::High as i32);
     }
 
     #[test]
