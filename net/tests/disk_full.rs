@@ -6,39 +6,13 @@
 
 mod harness;
 
+use harness::tmpfs::Tmpfs;
 use harness::Jimbus;
 use jimbus_proto::bus::subscribe_response::Body;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const TMPFS_BYTES: u64 = 1 << 20;
-
-/// A tmpfs mounted for the test's lifetime.
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Self {
-        let parent = tempfile::tempdir().expect("temp dir");
-        let dir = parent.path().join("disk");
-        std::fs::create_dir(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount runs");
-        assert!(status.success(), "this test mounts a tmpfs and needs root or CAP_SYS_ADMIN");
-        Self { dir, _parent: parent }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 /// Fills the file system until writes fail, leaving `spare` bytes.
 fn fill(path: &Path, spare: u64) {

@@ -7,6 +7,7 @@
 
 mod harness;
 
+use harness::tmpfs::Tmpfs;
 use harness::Jimbus;
 use jimbus_proto::bus::{self, subscribe_response::Body};
 use std::path::{Path, PathBuf};
@@ -235,34 +236,6 @@ async fn a_consumers_json_of_an_earlier_version_is_read_and_stray_temporaries_go
         serde_json::from_slice(&std::fs::read(dir.join("consumers.json")).unwrap()).unwrap();
     assert!(snapshot["legacy"]["ack_floor"].as_u64().unwrap() > offsets[5], "{snapshot}");
     assert_eq!(snapshot["legacy"]["acked"], serde_json::json!([]), "older binaries can still read it");
-}
-
-/// A tmpfs mounted for the test's lifetime (mounting needs root or
-/// CAP_SYS_ADMIN, which CI has; the test says so plainly if it is missing).
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Self {
-        let parent = tempfile::tempdir().expect("temp dir");
-        let dir = parent.path().join("disk");
-        std::fs::create_dir(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount runs");
-        assert!(status.success(), "this test mounts a tmpfs and needs root or CAP_SYS_ADMIN");
-        Self { dir, _parent: parent }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 /// Writes zeros to `path` until the file system is full.

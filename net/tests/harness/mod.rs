@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use jimbus_proto::bus;
 use jimbus_proto::bus::event_bus_service_client::EventBusServiceClient;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,35 +3,9 @@
 //! The log lives on a small tmpfs, which needs root (or CAP_SYS_ADMIN), as in
 //! CI; the test says so plainly if it is missing.
 
+use crate::harness::tmpfs::Tmpfs;
 use crate::harness::Jimbus;
-use std::path::PathBuf;
 use std::process::Command;
-
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Self {
-        let parent = tempfile::tempdir().expect("temp dir");
-        let dir = parent.path().join("disk");
-        std::fs::create_dir(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount runs");
-        assert!(status.success(), "this test mounts a tmpfs and needs root or CAP_SYS_ADMIN");
-        Self { dir, _parent: parent }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 fn batch(from: usize) -> Vec<u8> {
     let events: Vec<String> = (from..from + 20)
