@@ -1,54 +1,118 @@
 #!/usr/bin/env bash
-# jimbus against the old jimbot event bus, one after the other on this machine,
-# with the identical wrk load (perf/wrk-cpu.sh: wrk -t1 -c32, the 50-event
-# batch of perf/wrk/fair-batch50.lua), reporting events/s and server CPU per
-# acknowledged event for each, and their ratios.
+# One or more jimbus builds against the old jimbot event bus, one after the
+# other on this machine, with the identical wrk load (perf/wrk-cpu.sh: wrk -t1
+# -c32, the 50-event batch of perf/wrk/fair-batch50.lua), reporting for each
+# server events/s, server CPU per acknowledged event and peak RSS, and their
+# ratios against the old bus.
 #
 #   perf/compare-old-bus.sh OLD_BUS_BINARY [SECONDS]
+#   JIMBUS_BINS="before=/path/jimbus-before after=target/release/jimbus" REPEAT=3 \
+#       perf/compare-old-bus.sh OLD_BUS_BINARY [SECONDS]
+#
+# JIMBUS_BINS lists the jimbus binaries to measure, separated by spaces, each
+# `LABEL=PATH` or a bare PATH (labelled by its file name); the default is
+# target/release/jimbus (build it with `cargo build --release --bin jimbus`).
+# Each runs on a fresh data directory with its defaults (--fsync batch).
+# REPEAT (default 1) runs the whole set that many times, interleaved (every
+# jimbus, then the old bus, then again), and the table shows the median of each
+# column; every single run is printed before it. SECONDS (default 8) is the
+# length of each wrk run.
 #
 # OLD_BUS_BINARY is the old bus's release build: the public repository
 # spencerduncan/jimbot, folder services/event-bus-rust, built there with
-# `cargo build --release` (its binary is target/release/event-bus-rust). It is
-# not part of this repository and nothing here builds it. It listens on the
-# ports given through EVENT_BUS__SERVER__* below; its metrics port is fixed at
-# 9090, which must be free. jimbus runs from target/release/jimbus (build it
-# with `cargo build --release --bin jimbus`) on a fresh data directory with its
-# defaults (--fsync batch).
+# `cargo build --release` (its build script also needs the repository's
+# jimbot/proto folder beside services/; its binary is
+# target/release/event-bus-rust). It is not part of this repository and
+# nothing here builds it. It listens on the ports given through
+# EVENT_BUS__SERVER__* below; its metrics port is fixed at 9090, which must be
+# free. Every server listens on loopback ports picked free at each start.
 set -euo pipefail
 old=${1:?path of the old bus binary}
 seconds=${2:-8}
+repeat=${REPEAT:-1}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[[ -x $old ]] || { echo "old bus binary $old is not executable" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
+labels=()
+paths=()
+for spec in ${JIMBUS_BINS:-target/release/jimbus}; do
+  if [[ $spec == *=* ]]; then label=${spec%%=*} path=${spec#*=}; else label=$(basename "$spec") path=$spec; fi
+  [[ -x $path ]] || { echo "jimbus binary $path ($label) is not executable" >&2; exit 2; }
+  labels+=("$label")
+  paths+=("$path")
+done
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 wait_ready() {
-  for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "no answer from $1" >&2
+  local pid=$1 url=$2
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null "$url" && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "server $pid exited before answering $url" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "no answer from $url" >&2
   return 1
 }
 
+# measure NAME RUN PID URL: one wrk run, one line "NAME RUN events/s us/event VmHWM-KiB" in results.
 measure() {
-  local name=$1 pid=$2 url=$3
-  echo "== $name (pid $pid)"
-  perf/wrk-cpu.sh "$pid" "$url" "$seconds" | tee "$work/$name.txt" | tail -1
-  echo "peak RSS $(awk '/VmHWM/ { print $2, $3 }' "/proc/$pid/status")"
+  local name=$1 run=$2 pid=$3 url=$4 out=$work/$1.$2.txt
+  echo "== $name, run $run (pid $pid), $(uptime | sed 's/.*load average/load average/')"
+  perf/wrk-cpu.sh "$pid" "$url" "$seconds" >"$out"
+  tail -1 "$out"
+  local hwm
+  hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+  echo "peak RSS $hwm kB"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  awk -v n="$name" -v r="$run" -v h="$hwm" '/acknowledged/ { print n, r, $5, $12, h }' "$out" >>"$work/results"
 }
 
-target/release/jimbus serve --http 127.0.0.1:18080 --grpc 127.0.0.1:15051 --data-dir "$work/data" \
-  >"$work/jimbus.log" 2>&1 &
-jimbus=$!
-wait_ready http://127.0.0.1:18080/ready
-measure jimbus "$jimbus" http://127.0.0.1:18080/api/v1/events/batch
+run_jimbus() {
+  local label=$1 path=$2 run=$3 http grpc
+  http=$(free_port) grpc=$(free_port)
+  "$path" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$work/data-$label-$run" \
+    >"$work/$label.$run.log" 2>&1 &
+  local pid=$!
+  wait_ready "$pid" "http://127.0.0.1:$http/ready"
+  measure "$label" "$run" "$pid" "http://127.0.0.1:$http/api/v1/events/batch"
+  rm -rf "$work/data-$label-$run"
+}
 
-EVENT_BUS__SERVER__REST__HOST=127.0.0.1 EVENT_BUS__SERVER__REST__PORT=18090 EVENT_BUS__SERVER__GRPC__PORT=15061 \
-  "$old" >"$work/old.log" 2>&1 &
-oldpid=$!
-wait_ready http://127.0.0.1:18090/health
-measure old-bus "$oldpid" http://127.0.0.1:18090/api/v1/events/batch
+run_old() {
+  local run=$1 http grpc
+  http=$(free_port) grpc=$(free_port)
+  EVENT_BUS__SERVER__REST__HOST=127.0.0.1 EVENT_BUS__SERVER__REST__PORT=$http EVENT_BUS__SERVER__GRPC__PORT=$grpc \
+    "$old" >"$work/old-bus.$run.log" 2>&1 &
+  local pid=$!
+  wait_ready "$pid" "http://127.0.0.1:$http/health"
+  measure old-bus "$run" "$pid" "http://127.0.0.1:$http/api/v1/events/batch"
+}
 
-field() { awk -v n="$2" '/acknowledged/ { print $n }' "$work/$1.txt"; }
-awk -v a="$(field jimbus 5)" -v b="$(field old-bus 5)" -v c="$(field jimbus 12)" -v d="$(field old-bus 12)" 'BEGIN {
-  printf "jimbus / old bus: %.2fx the events/s, %.2fx the CPU per event\n", a / b, c / d
-}'
+for run in $(seq "$repeat"); do
+  for i in "${!labels[@]}"; do run_jimbus "${labels[$i]}" "${paths[$i]}" "$run"; done
+  run_old "$run"
+done
+
+echo
+echo "every run (server run events/s us-per-event VmHWM-KiB):"
+cat "$work/results"
+echo
+echo "median of $repeat run(s), wrk -t1 -c32 for ${seconds}s, 50-event batches:"
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+col() { awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$work/results" | median; }
+ob_rate=$(col old-bus 3) ob_cpu=$(col old-bus 4) ob_rss=$(col old-bus 5)
+printf '| %-16s | %10s | %13s | %13s | %10s | %10s | %10s |\n' server events/s "CPU us/event" "peak RSS MiB" "x events/s" "x CPU/evt" "x RSS"
+printf '|%s|\n' "------------------|------------|---------------|---------------|------------|------------|-----------"
+for name in "${labels[@]}" old-bus; do
+  awk -v n="$name" -v r="$(col "$name" 3)" -v c="$(col "$name" 4)" -v m="$(col "$name" 5)" \
+    -v orate="$ob_rate" -v ocpu="$ob_cpu" -v orss="$ob_rss" 'BEGIN {
+    printf "| %-16s | %10.0f | %13.2f | %13.1f | %10.2f | %10.2f | %10.2f |\n", n, r, c, m / 1024, r / orate, c / ocpu, m / orss
+  }'
+done
+echo "(x = ratio to the old bus: events/s, CPU per event and peak RSS of the server over the old bus's)"

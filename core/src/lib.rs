@@ -3,7 +3,8 @@
 //!
 //! It owns the field mod's JSON dialect ([`json`]), its adaptation into protobuf
 //! events ([`adapt`], [`ingest`]), topic names and patterns ([`topic`]),
-//! deduplication ([`dedup`]), the on-disk record format ([`record`]), what a
+//! deduplication ([`dedup`]) and the server's stamps beside the client's view
+//! of an event ([`stamps`]), the on-disk record format ([`record`]), what a
 //! closed segment leaves for a fast restart ([`checkpoint`]), what durable
 //! consumers persist ([`consumer_state`]), the memory budget
 //! ([`budget`]), aggregation ([`aggregate`]) and the Resource Coordinator's pools
@@ -19,4 +20,5 @@ pub mod ingest;
 pub mod json;
 pub mod pools;
 pub mod record;
+pub mod stamps;
 pub mod topic;

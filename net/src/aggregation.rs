@@ -86,10 +86,10 @@ impl AggregationStage {
     /// when the server received it.
     pub fn offer(&mut self, events: &[(u64, Box<pb::Event>)]) {
         let now = self.now();
-        let wall_now = crate::shard::now_micros();
+        let wall_now = crate::clock::now_micros();
         for (sequence, event) in events {
             let received =
-                event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, crate::shard::micros);
+                event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, crate::clock::micros);
             let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
             let offered =
                 self.aggregator.offer_arrived(&event.session_id, *sequence, event, arrived, now, &mut self.pending);

@@ -40,7 +40,7 @@ impl CoordinatorService {
 }
 
 fn now_ms() -> u64 {
-    crate::shard::now_micros() / 1000
+    crate::clock::now_micros() / 1000
 }
 
 #[tonic::async_trait]

@@ -10,7 +10,7 @@
 
 use crate::admit;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
-use crate::shard::{micros, now_micros, timestamp};
+use crate::clock::{micros, now_micros, timestamp};
 use jimbus_core::budget::{Grant, MemoryBudget};
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;

@@ -13,9 +13,9 @@
 
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
+use crate::clock::{now_micros, timestamp};
 use crate::http_conn::{finish, Activity, GlommioIo, HeaderTimer};
 use crate::http_guard::{body_error, error, field_of, json, too_large, unavailable};
-use crate::shard::{now_micros, timestamp};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};

@@ -17,14 +17,15 @@
 //! own: a jimbus node in this mode holds no state that a restart could lose.
 
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::clock::{now_micros, timestamp};
 use crate::nats_aggregation::NatsAggregation;
-use crate::shard::{client_key, now_micros, timestamp};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
+use jimbus_core::stamps::client_key;
 use jimbus_core::topic::{self, Pattern};
 use jimbus_proto::bus;
 use jimbus_proto::delivery::{BodyKind, EncodedDelivery};

@@ -5,6 +5,7 @@
 pub mod admit;
 pub mod aggregation;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod coordinator;

@@ -10,9 +10,9 @@
 //! every name they use is exported). This module must never change what it
 //! observes: it reads and records, and a failure to observe is only logged.
 
+use crate::clock::now_micros;
 use crate::consumer::SharedConsumer;
 use crate::log::{read_frames, SharedIndex};
-use crate::shard::now_micros;
 use async_nats::jetstream;
 use glommio::io::BufferedFile;
 use jimbus_core::aggregate::Aggregated;

@@ -11,6 +11,7 @@
 
 use crate::aggregation::AggregationStage;
 use crate::bus::{AppendItem, Bus, BusError, BusFuture, Durable, ItemOutcome, Start, Subscription};
+use crate::clock::{now_micros, timestamp};
 use crate::consumer::store::{ConsumerStore, Restored};
 use crate::consumer::{self, Consumer, DurableLimits, DurableNames, SharedConsumer};
 use crate::log::{read_frames, replace_file, LogError, SegmentWriter, SharedIndex};
@@ -18,8 +19,9 @@ use crate::observe;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::ShardCheckpoint;
-use jimbus_core::dedup::{dedup_key, dedup_key_of_encoding, DedupKey, DedupWindow, KeySet};
+use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::{self, RecordKind};
+use jimbus_core::stamps::{append_stamps, client_key, encode_client_view};
 use jimbus_core::topic::{self, Pattern};
 use jimbus_proto::delivery::{BodyKind, EncodedDelivery};
 use jimbus_proto::events as pb;
@@ -29,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub type AppendReply = flume::Sender<AppendAnswer>;
 
@@ -267,86 +269,6 @@ pub struct Shard {
     linger: Duration,
     /// Events staged in the current commit, for aggregation once durable.
     fresh: Vec<(u64, Box<pb::Event>)>,
-}
-
-/// The server's stamps on an event (sequence, correlation id, metadata, and
-/// the received and published times), held as an `Event` with nothing else
-/// set. Taken out, what is left is the client's view of the event, which its
-/// dedup key hashes. Encoded after that view, the stamps merge back into it
-/// when the record is decoded (protobuf keeps a scalar's last value and merges
-/// repeated message and map fields), so the log encodes each event once.
-struct Stamps(pb::Event);
-
-impl Stamps {
-    fn take(event: &mut pb::Event) -> Self {
-        let timing = event.timing.as_mut().map(|t| pb::Timing {
-            received_at: t.received_at.take(),
-            published_at: t.published_at.take(),
-            ..Default::default()
-        });
-        // Timing that held only stamps is no part of the client's view: an
-        // event sent without timing and one stored with stamps alone must
-        // have the same key.
-        if event.timing.as_ref().is_some_and(|t| *t == pb::Timing::default()) {
-            event.timing = None;
-        }
-        Self(pb::Event {
-            sequence: std::mem::take(&mut event.sequence),
-            correlation_id: std::mem::take(&mut event.correlation_id),
-            metadata: std::mem::take(&mut event.metadata),
-            timing,
-            ..Default::default()
-        })
-    }
-
-    fn restore(self, event: &mut pb::Event) {
-        let stamps = self.0;
-        event.sequence = stamps.sequence;
-        event.correlation_id = stamps.correlation_id;
-        event.metadata = stamps.metadata;
-        if let Some(stamped) = stamps.timing {
-            let timing = event.timing.get_or_insert_with(Default::default);
-            timing.received_at = stamped.received_at;
-            timing.published_at = stamped.published_at;
-        }
-    }
-}
-
-/// Appends the encoding of the client's view of `event` to `out`; returns the
-/// stamps taken out of it (to be put back by [`append_stamps`]) and its dedup key.
-fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
-    let stamps = Stamps::take(event);
-    let start = out.len();
-    event.encode(out).expect("a Vec grows as needed");
-    let key = (!event.event_id.is_empty()).then(|| dedup_key_of_encoding(&out[start..]));
-    (stamps, key)
-}
-
-/// Appends `stamps` to the client's view encoded in `out`, and puts them back into `event`.
-fn append_stamps(stamps: Stamps, event: &mut pb::Event, out: &mut Vec<u8>) {
-    stamps.0.encode(out).expect("a Vec grows as needed");
-    stamps.restore(event);
-}
-
-/// The dedup key of an event: that of its client's view.
-pub(crate) fn client_key(event: &mut pb::Event) -> Option<DedupKey> {
-    let stamps = Stamps::take(event);
-    let key = dedup_key(event);
-    stamps.restore(event);
-    key
-}
-
-pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Microseconds since the Unix epoch of a timestamp (0 before it); the inverse of [`timestamp`].
-pub fn micros(t: &prost_types::Timestamp) -> u64 {
-    (t.seconds.max(0) as u64) * 1_000_000 + (t.nanos.max(0) as u64) / 1000
-}
-
-pub fn timestamp(micros: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: (micros / 1_000_000) as i64, nanos: ((micros % 1_000_000) * 1000) as i32 }
 }
 
 impl Shard {
@@ -926,64 +848,4 @@ async fn subscription(
         cursor = next;
     }
     metrics::gauge!("jimbus_subscriptions").decrement(1.0);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn events() -> impl Strategy<Value = pb::Event> {
-        let text = || "\\PC{0,12}";
-        (
-            (text(), text(), text(), text(), any::<u64>()),
-            proptest::collection::hash_map(text(), text(), 0..3),
-            proptest::option::of((
-                any::<f64>(),
-                proptest::option::of(any::<i64>()),
-                proptest::option::of(0i32..1_000_000),
-            )),
-        )
-            .prop_map(|((event_id, session_id, correlation_id, event_type, sequence), metadata, timing)| {
-                pb::Event {
-                    event_id,
-                    session_id,
-                    correlation_id,
-                    event_type,
-                    sequence,
-                    metadata,
-                    timing: timing.map(|(client_timestamp_ms, seconds, nanos)| pb::Timing {
-                        client_timestamp_ms,
-                        received_at: seconds
-                            .map(|seconds| prost_types::Timestamp { seconds, nanos: nanos.unwrap_or(0) }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }
-            })
-    }
-
-    proptest! {
-        /// A record is the client's view followed by the stamps: it decodes to
-        /// the stamped event, and its key is the key of the decoded event (what
-        /// a restart recomputes).
-        #[test]
-        fn a_record_decodes_to_the_stamped_event_with_the_same_key(mut event in events(), sequence in 1u64.., published in any::<i64>()) {
-            let mut out = Vec::new();
-            let (mut stamps, key) = encode_client_view(&mut event, &mut out);
-            stamps.0.sequence = sequence;
-            stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(prost_types::Timestamp { seconds: published, nanos: 0 });
-            append_stamps(stamps, &mut event, &mut out);
-            let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
-            // NaN compares unequal to itself, so compare encodings, and the
-            // metadata apart (a HashMap encodes in no fixed order).
-            let (metadata, sent) = (std::mem::take(&mut decoded.metadata), std::mem::take(&mut event.metadata));
-            prop_assert_eq!(&metadata, &sent);
-            prop_assert_eq!(decoded.encode_to_vec(), event.encode_to_vec());
-            (decoded.metadata, event.metadata) = (metadata, sent);
-            prop_assert_eq!(decoded.sequence, sequence);
-            prop_assert_eq!(client_key(&mut decoded), key);
-            prop_assert_eq!(client_key(&mut event), key);
-        }
-    }
 }

@@ -231,7 +231,7 @@ pub fn respond<B>(
         return r;
     }
     let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
-    let opened = parse_request(req.uri().query(), last, crate::shard::now_micros())
+    let opened = parse_request(req.uri().query(), last, crate::clock::now_micros())
         .and_then(|request| open(bus, control, gate, request));
     match opened {
         Ok(body) => {

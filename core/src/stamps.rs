@@ -1,0 +1,138 @@
+//! The server's stamps on a stored event, apart from the client's view of it.
+//!
+//! A record is the encoding of the event as the client sent it, followed by
+//! the encoding of the server's stamps (sequence, correlation id, metadata,
+//! and the received and published times). Protobuf keeps a scalar's last
+//! value and merges repeated message and map fields, so the two decode as the
+//! stamped event, the log encodes each event once, and the dedup key hashes
+//! the client's view (what a retry resends). This module owns that split and
+//! the key of a stamped event; it must never assign a stamp's value (the edges
+//! and the pump do) or keep state.
+
+use crate::dedup::{dedup_key, dedup_key_of_encoding, DedupKey};
+use jimbus_proto::events as pb;
+use prost::Message;
+
+/// The server's stamps on an event, held as an `Event` with nothing else set.
+/// Taken out, what is left is the client's view of the event.
+pub struct Stamps(pub pb::Event);
+
+impl Stamps {
+    /// Takes the stamps out of `event`, leaving the client's view.
+    pub fn take(event: &mut pb::Event) -> Self {
+        let timing = event.timing.as_mut().map(|t| pb::Timing {
+            received_at: t.received_at.take(),
+            published_at: t.published_at.take(),
+            ..Default::default()
+        });
+        // Timing that held only stamps is no part of the client's view: an
+        // event sent without timing and one stored with stamps alone must
+        // have the same key.
+        if event.timing.as_ref().is_some_and(|t| *t == pb::Timing::default()) {
+            event.timing = None;
+        }
+        Self(pb::Event {
+            sequence: std::mem::take(&mut event.sequence),
+            correlation_id: std::mem::take(&mut event.correlation_id),
+            metadata: std::mem::take(&mut event.metadata),
+            timing,
+            ..Default::default()
+        })
+    }
+
+    /// Puts the stamps back into `event`.
+    pub fn restore(self, event: &mut pb::Event) {
+        let stamps = self.0;
+        event.sequence = stamps.sequence;
+        event.correlation_id = stamps.correlation_id;
+        event.metadata = stamps.metadata;
+        if let Some(stamped) = stamps.timing {
+            let timing = event.timing.get_or_insert_with(Default::default);
+            timing.received_at = stamped.received_at;
+            timing.published_at = stamped.published_at;
+        }
+    }
+}
+
+/// Appends the encoding of the client's view of `event` to `out`; returns the
+/// stamps taken out of it (to be put back by [`append_stamps`]) and its dedup key.
+pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
+    let stamps = Stamps::take(event);
+    let start = out.len();
+    event.encode(out).expect("a Vec grows as needed");
+    let key = (!event.event_id.is_empty()).then(|| dedup_key_of_encoding(&out[start..]));
+    (stamps, key)
+}
+
+/// Appends `stamps` to the client's view encoded in `out`, and puts them back into `event`.
+pub fn append_stamps(stamps: Stamps, event: &mut pb::Event, out: &mut Vec<u8>) {
+    stamps.0.encode(out).expect("a Vec grows as needed");
+    stamps.restore(event);
+}
+
+/// The dedup key of a stamped event: that of its client's view.
+pub fn client_key(event: &mut pb::Event) -> Option<DedupKey> {
+    let stamps = Stamps::take(event);
+    let key = dedup_key(event);
+    stamps.restore(event);
+    key
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn events() -> impl Strategy<Value = pb::Event> {
+        let text = || "\\PC{0,12}";
+        (
+            (text(), text(), text(), text(), any::<u64>()),
+            proptest::collection::hash_map(text(), text(), 0..3),
+            proptest::option::of((
+                any::<f64>(),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(0i32..1_000_000),
+            )),
+        )
+            .prop_map(|((event_id, session_id, correlation_id, event_type, sequence), metadata, timing)| {
+                pb::Event {
+                    event_id,
+                    session_id,
+                    correlation_id,
+                    event_type,
+                    sequence,
+                    metadata,
+                    timing: timing.map(|(client_timestamp_ms, seconds, nanos)| pb::Timing {
+                        client_timestamp_ms,
+                        received_at: seconds
+                            .map(|seconds| prost_types::Timestamp { seconds, nanos: nanos.unwrap_or(0) }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            })
+    }
+
+    proptest! {
+        /// A record is the client's view followed by the stamps: it decodes to
+        /// the stamped event, and its key is the key of the decoded event (what
+        /// a restart recomputes).
+        #[test]
+        fn a_record_decodes_to_the_stamped_event_with_the_same_key(mut event in events(), sequence in 1u64.., published in any::<i64>()) {
+            let mut out = Vec::new();
+            let (mut stamps, key) = encode_client_view(&mut event, &mut out);
+            stamps.0.sequence = sequence;
+            stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(prost_types::Timestamp { seconds: published, nanos: 0 });
+            append_stamps(stamps, &mut event, &mut out);
+            let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
+            // NaN compares unequal to itself, so compare encodings, and the
+            // metadata apart (a HashMap encodes in no fixed order).
+            let (metadata, sent) = (std::mem::take(&mut decoded.metadata), std::mem::take(&mut event.metadata));
+            prop_assert_eq!(&metadata, &sent);
+            prop_assert_eq!(decoded.encode_to_vec(), event.encode_to_vec());
+            (decoded.metadata, event.metadata) = (metadata, sent);
+            prop_assert_eq!(decoded.sequence, sequence);
+            prop_assert_eq!(client_key(&mut decoded), key);
+            prop_assert_eq!(client_key(&mut event), key);
+        }
+    }
+}
