@@ -81,7 +81,7 @@ impl DurableNames {
     /// Lets `name` be subscribed: an existing name always, a new one while
     /// fewer than the limit exist.
     pub fn reserve(&self, name: &str) -> Result<(), String> {
-        let mut names = self.names.lock().expect("never poisoned: no panics under the lock");
+        let mut names = crate::lock::lock(&self.names);
         if names.contains_key(name) {
             return Ok(());
         }
@@ -96,11 +96,11 @@ impl DurableNames {
     }
 
     pub fn register(&self, name: &str) {
-        *self.names.lock().expect("never poisoned").entry(name.to_string()).or_default() += 1;
+        *crate::lock::lock(&self.names).entry(name.to_string()).or_default() += 1;
     }
 
     pub fn release(&self, name: &str) {
-        let mut names = self.names.lock().expect("never poisoned");
+        let mut names = crate::lock::lock(&self.names);
         if let Some(held) = names.get_mut(name) {
             *held = held.saturating_sub(1);
             if *held == 0 {

@@ -4,6 +4,7 @@
 //! [`ResourcePools`] in core; this module adds the clock, the lock and the
 //! metrics. It must never block the tokio runtime beyond a short lock.
 
+use crate::lock::lock;
 use futures_util::StreamExt;
 use jimbus_core::pools::{PoolCapacity, ResourcePools};
 use jimbus_proto::coordinator as pb;
@@ -22,11 +23,6 @@ pub struct CoordinatorService {
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 type StatusStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::ResourceStatus, Status>> + Send>>;
-
-fn lock(pools: &Mutex<ResourcePools>) -> MutexGuard<'_, ResourcePools> {
-    // A panic while holding the lock leaves consistent maps behind; keep serving.
-    pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 impl CoordinatorService {
     pub fn server(capacity: PoolCapacity) -> ResourceCoordinatorServer<Self> {

@@ -15,6 +15,7 @@ pub mod http_conn;
 pub mod http_frame;
 pub mod http_guard;
 pub mod jetstream;
+pub mod lock;
 pub mod log;
 pub mod nats_aggregation;
 pub mod observe;
