@@ -23,15 +23,26 @@
 # `cargo build --release` (its build script also needs the repository's
 # jimbot/proto folder beside services/; its binary is
 # target/release/event-bus-rust). It is not part of this repository and
-# nothing here builds it. It listens on the ports given through
-# EVENT_BUS__SERVER__* below; its metrics port is fixed at 9090, which must be
-# free. Every server listens on loopback ports picked free at each start.
+# nothing here builds it. It reads config/default.yaml (and config/dev.yaml)
+# relative to its working directory, so it runs in OLD_BUS_DIR (default: the
+# folder two levels above the binary, i.e. services/event-bus-rust when the
+# binary is still in its target/release; give OLD_BUS_DIR for a copy). Its
+# default log filter writes a JSON line at debug level per request; OLD_BUS_LOG
+# (its RUST_LOG, default warn) turns that off so that neither server logs per
+# request; OLD_BUS_LOG=event_bus_rust=debug,tower_http=debug is its own default. It listens on the ports given through EVENT_BUS__SERVER__* below;
+# its metrics port is fixed at 9090, which must be free. Every other port is a
+# loopback port picked free at each start.
 set -euo pipefail
 old=${1:?path of the old bus binary}
 seconds=${2:-8}
 repeat=${REPEAT:-1}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ -x $old ]] || { echo "old bus binary $old is not executable" >&2; exit 2; }
+old_dir=${OLD_BUS_DIR:-$(dirname "$old")/../..}
+[[ -f $old_dir/config/default.yaml ]] ||
+  { echo "no config/default.yaml in $old_dir: set OLD_BUS_DIR to the old bus's services/event-bus-rust" >&2; exit 2; }
+old_dir=$(cd "$old_dir" && pwd)
+old=$(cd "$(dirname "$old")" && pwd)/$(basename "$old")
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -59,6 +70,14 @@ wait_ready() {
   return 1
 }
 
+# stop PID: SIGTERM, then SIGKILL if it is still there after 10 s.
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 # measure NAME RUN PID URL: one wrk run, one line "NAME RUN events/s us/event VmHWM-KiB" in results.
 measure() {
   local name=$1 run=$2 pid=$3 url=$4 out=$work/$1.$2.txt
@@ -68,8 +87,7 @@ measure() {
   local hwm
   hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
   echo "peak RSS $hwm kB"
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  stop "$pid"
   awk -v n="$name" -v r="$run" -v h="$hwm" '/acknowledged/ { print n, r, $5, $12, h }' "$out" >>"$work/results"
 }
 
@@ -87,8 +105,11 @@ run_jimbus() {
 run_old() {
   local run=$1 http grpc
   http=$(free_port) grpc=$(free_port)
-  EVENT_BUS__SERVER__REST__HOST=127.0.0.1 EVENT_BUS__SERVER__REST__PORT=$http EVENT_BUS__SERVER__GRPC__PORT=$grpc \
-    "$old" >"$work/old-bus.$run.log" 2>&1 &
+  if (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then echo "port 9090 (the old bus's metrics) is taken" >&2; return 1; fi
+  # SHUTDOWN_TIMEOUT_SECS=1 (its least): on SIGTERM it sleeps that long before exiting (30 s by default).
+  (cd "$old_dir" && RUST_LOG=${OLD_BUS_LOG:-warn} EVENT_BUS__SERVER__SHUTDOWN_TIMEOUT_SECS=1 EVENT_BUS__SERVER__REST__HOST=127.0.0.1 \
+    EVENT_BUS__SERVER__REST__PORT=$http EVENT_BUS__SERVER__GRPC__HOST=127.0.0.1 EVENT_BUS__SERVER__GRPC__PORT=$grpc \
+    exec "$old") >"$work/old-bus.$run.log" 2>&1 &
   local pid=$!
   wait_ready "$pid" "http://127.0.0.1:$http/health"
   measure old-bus "$run" "$pid" "http://127.0.0.1:$http/api/v1/events/batch"
@@ -107,12 +128,12 @@ echo "median of $repeat run(s), wrk -t1 -c32 for ${seconds}s, 50-event batches:"
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 col() { awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$work/results" | median; }
 ob_rate=$(col old-bus 3) ob_cpu=$(col old-bus 4) ob_rss=$(col old-bus 5)
-printf '| %-16s | %10s | %13s | %13s | %10s | %10s | %10s |\n' server events/s "CPU us/event" "peak RSS MiB" "x events/s" "x CPU/evt" "x RSS"
-printf '|%s|\n' "------------------|------------|---------------|---------------|------------|------------|-----------"
+printf '| %-16s | %10s | %12s | %12s | %16s | %18s | %14s |\n' server events/s "CPU us/event" "peak RSS MiB" "events/s vs old" "old CPU/evt / this" "RSS vs old"
+echo "|------------------|------------|--------------|--------------|------------------|--------------------|----------------|"
 for name in "${labels[@]}" old-bus; do
   awk -v n="$name" -v r="$(col "$name" 3)" -v c="$(col "$name" 4)" -v m="$(col "$name" 5)" \
     -v orate="$ob_rate" -v ocpu="$ob_cpu" -v orss="$ob_rss" 'BEGIN {
-    printf "| %-16s | %10.0f | %13.2f | %13.1f | %10.2f | %10.2f | %10.2f |\n", n, r, c, m / 1024, r / orate, c / ocpu, m / orss
+    printf "| %-16s | %10.0f | %12.2f | %12.1f | %15.2fx | %17.2fx | %13.2fx |\n", n, r, c, m / 1024, r / orate, ocpu / c, m / orss
   }'
 done
-echo "(x = ratio to the old bus: events/s, CPU per event and peak RSS of the server over the old bus's)"
+echo "(issue 15's targets: events/s vs old >= 3x, old CPU per event / this >= 3x and <= 2.0 us per event)"
