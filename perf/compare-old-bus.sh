@@ -29,7 +29,8 @@
 # binary is still in its target/release; give OLD_BUS_DIR for a copy). Its
 # default log filter writes a JSON line at debug level per request; OLD_BUS_LOG
 # (its RUST_LOG, default warn) turns that off so that neither server logs per
-# request; OLD_BUS_LOG=event_bus_rust=debug,tower_http=debug is its own default. It listens on the ports given through EVENT_BUS__SERVER__* below;
+# request (OLD_BUS_LOG=event_bus_rust=debug,tower_http=debug is its own
+# default). It listens on the ports given through EVENT_BUS__SERVER__* below;
 # its metrics port is fixed at 9090, which must be free. Every other port is a
 # loopback port picked free at each start.
 set -euo pipefail
