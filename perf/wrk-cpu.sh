@@ -7,7 +7,8 @@
 # PID is the running server's process id, URL its batch endpoint. The load is
 # perf/wrk/fair-batch50.lua (one 50-event batch of types both servers accept),
 # wrk -t1 -c32. Server CPU = utime + stime from /proc/PID/stat over the run.
-# Events acknowledged = 2xx answers x 50 (wrk counts non-2xx apart).
+# Events acknowledged = 2xx answers x 50 (wrk counts non-2xx apart), per second
+# of wrk's own measured run time.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
@@ -19,10 +20,12 @@ out=$(wrk -t1 -c32 -d"${seconds}s" -s "$here/wrk/fair-batch50.lua" "$url")
 after=$(ticks)
 echo "$out"
 requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
+  if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
 non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
 events=$(( (requests - ${non2xx:-0}) * 50 ))
 hz=$(getconf CLK_TCK)
-awk -v e="$events" -v t=$((after - before)) -v hz="$hz" -v s="$seconds" 'BEGIN {
+awk -v e="$events" -v t=$((after - before)) -v hz="$hz" -v s="${elapsed:-$seconds}" 'BEGIN {
   cpu = t / hz
   printf "acknowledged %d events = %.0f events/s; server CPU %.2f s = %.2f us per event\n", e, e / s, cpu, (e ? cpu * 1e6 / e : 0)
 }'
