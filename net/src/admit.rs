@@ -1,7 +1,12 @@
-//! What both ingest edges do to an event before it goes to the bus: the
-//! request's correlation id and the server's receive time. HTTP and gRPC call
-//! the same functions, so an event is stamped the same way whichever edge took
-//! it. This module must never decide what is valid or where an event is stored.
+//! The one admission step of both ingest edges: what happens to an event
+//! between its decoding and the bus. The session is filled in (the event's
+//! own, else the envelope's, else one derived from the peer and source), the
+//! request's correlation id and the server's receive time are stamped, the
+//! envelope's batch id is kept, and the event is validated. Events plus peer,
+//! envelope, request id and receive time go in; append items and rejections
+//! come out. HTTP and gRPC both call [`admit`], so an event is admitted the same
+//! way whichever edge took it. This module must never decode a body or decide
+//! where an event is stored.
 //!
 //! The rule: a request's id is the `x-request-id` header (HTTP) or metadata
 //! (gRPC) when the client sends a usable one, else a new UUID; it is echoed in
@@ -11,7 +16,11 @@
 //! `correlation_id` the client set on an event itself (possible over gRPC) is
 //! kept in the event's metadata as `client_correlation_id`, not lost.
 
+use crate::bus::AppendItem;
+use jimbus_core::ingest::Envelope;
+use jimbus_core::topic;
 use jimbus_proto::events as pb;
+use std::net::IpAddr;
 
 /// The metadata key that keeps a client's own correlation id.
 pub const CLIENT_CORRELATION_KEY: &str = "client_correlation_id";
@@ -36,6 +45,98 @@ pub fn stamp(event: &mut pb::Event, request_id: &str, received: prost_types::Tim
     event.correlation_id.clear();
     event.correlation_id.push_str(request_id);
     event.timing.get_or_insert_with(Default::default).received_at = Some(received);
+}
+
+/// What admission knows about the request the events came in.
+pub struct Admission<'a> {
+    /// The request's id (see [`request_id`]): every event's correlation id.
+    pub request_id: &'a str,
+    /// When the server received the request, in microseconds since the epoch.
+    pub received_us: u64,
+    /// The client's address, for a session derived from it (a field mod that
+    /// names none); `None` where the edge does not derive sessions.
+    pub peer: Option<IpAddr>,
+    /// The body's envelope (session, source, batch id); empty over gRPC.
+    pub envelope: &'a Envelope,
+}
+
+/// One event entering admission: its place in the request, the event or why
+/// it could not be decoded, and the edge's handle on its raw bytes.
+pub struct Entry<R> {
+    pub index: usize,
+    pub event: Result<pb::Event, String>,
+    pub raw: R,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The edge could not decode it (the edge's own message).
+    Undecodable(String),
+    /// It decoded but breaks the event schema (the violations, as
+    /// `jimbus_proto::validate` words them).
+    Invalid(String),
+}
+
+/// What admission made of a request's events.
+#[derive(Default)]
+pub struct Admitted {
+    /// The events to append (and any dead letters the edge made), in request order.
+    pub items: Vec<AppendItem>,
+    /// Each refused event's place in the request and why, in request order.
+    pub rejected: Vec<(usize, Refusal)>,
+}
+
+/// Admits a request's events in order. A refused event is reported in
+/// `rejected`, and `dead_letter` (given its place, the reason, the raw bytes
+/// and the event's session, if known) may turn it into an item to keep.
+pub fn admit<R>(
+    admission: &Admission<'_>,
+    entries: impl IntoIterator<Item = Entry<R>>,
+    mut dead_letter: impl FnMut(usize, &Refusal, R, String) -> Option<AppendItem>,
+) -> Admitted {
+    let received = crate::clock::timestamp(admission.received_us);
+    let mut admitted = Admitted::default();
+    for Entry { index, event, raw } in entries {
+        let refused = match event {
+            Ok(mut event) => {
+                fill_session(admission, &mut event);
+                stamp(&mut event, admission.request_id, received);
+                if !admission.envelope.batch_id.is_empty() {
+                    event.metadata.insert("batch_id".into(), admission.envelope.batch_id.clone());
+                }
+                match jimbus_proto::validate::check_event(&event) {
+                    Ok(()) => {
+                        admitted.items.push(AppendItem::Event(Box::new(event)));
+                        continue;
+                    }
+                    Err(violations) => (Refusal::Invalid(violations.to_string()), event.session_id),
+                }
+            }
+            Err(reason) => (Refusal::Undecodable(reason), String::new()),
+        };
+        let (reason, session) = refused;
+        admitted.items.extend(dead_letter(index, &reason, raw, session));
+        admitted.rejected.push((index, reason));
+    }
+    admitted
+}
+
+/// An event without a session takes the envelope's, else one derived from
+/// the peer's address and the source (the field mod's dialect).
+fn fill_session(admission: &Admission<'_>, event: &mut pb::Event) {
+    if !event.session_id.is_empty() {
+        return;
+    }
+    let envelope = admission.envelope;
+    event.session_id = if !envelope.session_id.is_empty() {
+        envelope.session_id.clone()
+    } else if let Some(ip) = admission.peer {
+        let source = if event.source.is_empty() { &envelope.source } else { &event.source };
+        topic::derived_session(ip, source)
+    } else {
+        return;
+    };
 }
 
 #[cfg(test)]

@@ -2,11 +2,9 @@
 //! an optional TOML file, resolved in that order of precedence into [`ServeConfig`].
 //! This module must never start anything.
 
-use crate::consumer::DurableLimits;
+use crate::embedded::{DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention};
 use crate::http::HttpOptions;
 use crate::jetstream::JetStreamOptions;
-use crate::log::{FsyncMode, LogOptions, Retention};
-use crate::shard::PumpOptions;
 use jimbus_core::aggregate::{AggregateConfig, BatchConfig};
 use jimbus_core::pools::PoolCapacity;
 use serde::Deserialize;

@@ -1,28 +1,27 @@
 //! The jimbus server: glommio shards with their durable logs and the field mod's
 //! HTTP API, and the tonic gRPC edge on a small tokio runtime, bridged by flume.
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
+//!
+//! It reads as three wings over a common floor (docs/architecture.md):
+//! - edges, where clients come in: [`http`] (the field mod's API, the live
+//!   view, metrics) and [`grpc`] (the bus service, the resource coordinator);
+//! - backends, where events are kept: [`embedded`] (the default, its own log)
+//!   and [`jetstream`] (NATS JetStream);
+//! - the floor both use: [`bus`] (the interface between them), [`admit`],
+//!   [`clock`], [`lock`], [`observe`], [`shutdown`], [`telemetry`];
+//! - and above them [`config`] and [`server`], which start and stop it all.
 
 pub mod admit;
-pub mod aggregation;
 pub mod bus;
 pub mod clock;
 pub mod config;
-pub mod consumer;
-pub mod coordinator;
+pub mod embedded;
 pub mod grpc;
 pub mod http;
-pub mod http_conn;
-pub mod http_frame;
-pub mod http_guard;
 pub mod jetstream;
 pub mod lock;
-pub mod log;
 pub mod nats_aggregation;
 pub mod observe;
-pub mod profile;
-pub mod remote_budget;
 pub mod server;
-pub mod shard;
-pub mod sse;
+pub mod shutdown;
 pub mod telemetry;
-pub mod ui;

@@ -4,17 +4,13 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_net::config::ServeArgs;
-use jimbus_net::http::Control;
 use jimbus_net::server::Server;
 use jimbus_net::telemetry::{self, LogFormat};
 use jimbus_proto::bus;
 use jimbus_proto::bus::event_bus_service_client::EventBusServiceClient;
 use std::io::{BufRead, Read, Write};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -116,17 +112,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     raise_memlock_limit();
-    let control = Arc::new(Control {
-        ready: AtomicBool::new(false),
-        stopping: AtomicBool::new(false),
-        stop: event_listener::Event::new(),
-        metrics: telemetry::init_metrics(),
-        budget: MemoryBudget::new(config.memory_budget),
-    });
+    let metrics = telemetry::init_metrics();
     // Before the server starts (and logs that it is ready), so that a SIGTERM
     // sent the moment it is ready drains it instead of killing it.
     let stop_signals = StopSignals::install()?;
-    let server = Server::start(config, control)?;
+    let server = Server::start(config, metrics)?;
     stop_signals.wait();
     server.stop();
     Ok(())
@@ -198,7 +188,7 @@ fn tail(pattern: String, grpc: String, from_start: bool, count: Option<u64>) -> 
         while count.is_none_or(|n| seen < n) {
             let Some(delivery) = stream.message().await? else { break };
             // The same JSON as the browser's stream (/api/v1/stream).
-            let json = jimbus_net::sse::response_json(&prost::Message::encode_to_vec(&delivery))?;
+            let json = jimbus_net::http::sse::response_json(&prost::Message::encode_to_vec(&delivery))?;
             let mut out = stdout.lock();
             out.write_all(&json)?;
             writeln!(out)?;

@@ -11,8 +11,6 @@
 //! observes: it reads and records, and a failure to observe is only logged.
 
 use crate::clock::now_micros;
-use crate::consumer::SharedConsumer;
-use crate::log::{read_frames, SharedIndex};
 use async_nats::jetstream;
 use glommio::io::BufferedFile;
 use jimbus_core::aggregate::Aggregated;
@@ -94,25 +92,6 @@ fn space(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     Ok((stat.f_bavail as u64 * unit, stat.f_blocks as u64 * unit))
 }
 
-/// Every second, how many records of `shard` are at or past the consumer's
-/// ack floor, and how old the record at the floor (the oldest not yet done)
-/// is; 0 when it has everything. Runs as long as the shard's executor.
-pub async fn watch_consumer(shard: usize, index: SharedIndex, consumer: SharedConsumer) {
-    let (name, shard) = (consumer.borrow().name.clone(), shard.to_string());
-    let backlog =
-        metrics::gauge!("jimbus_consumer_backlog_records", "consumer" => name.clone(), "shard" => shard.clone());
-    let age = metrics::gauge!("jimbus_consumer_oldest_unacked_age_seconds", "consumer" => name, "shard" => shard);
-    // An expired consumer is removed: its watch ends with it.
-    while !consumer.borrow().is_removed() {
-        let floor = consumer.borrow().ack_floor();
-        let pending = index.borrow().end().saturating_sub(floor);
-        backlog.set(pending as f64);
-        let oldest = if pending == 0 { None } else { record_time(&index, floor).await };
-        age.set(oldest.map_or(0.0, |t| now_micros().saturating_sub(t) as f64 / 1e6));
-        glommio::timer::sleep(CONSUMER_EVERY).await;
-    }
-}
-
 /// The same two gauges for a durable consumer on JetStream (partition 0),
 /// from its consumer info: the messages it has not had acknowledged (not yet
 /// delivered, or in flight), and the age of the message after its ack floor.
@@ -141,13 +120,6 @@ async fn jetstream_backlog(js: &jetstream::Context, stream: &str, name: &str) ->
     }
     let oldest = stream.get_raw_message(info.ack_floor.stream_sequence + 1).await.ok()?;
     Some((pending, Some((oldest.time.unix_timestamp_nanos() / 1000).max(0) as u64)))
-}
-
-/// The receive time of the record at `offset`, if it can be read.
-async fn record_time(index: &SharedIndex, offset: u64) -> Option<u64> {
-    let (frames, _) = read_frames(index, offset, 1).await.ok()?;
-    let frame = frames.first()?;
-    jimbus_core::record::decode(frame).ok().map(|rec| rec.time_us)
 }
 
 /// A live subscription handed over a batch whose oldest record was received

@@ -11,14 +11,14 @@
 
 use crate::bus::Bus;
 use crate::config::ServeConfig;
-use crate::http::{Control, Listener};
+use crate::embedded::{self, ShardQueue, ShardRouter};
+use crate::http::{EdgeContext, Listener};
 use crate::jetstream::JetStreamBus;
-use crate::shard::{Shard, ShardCommand, ShardRouter};
+use crate::shutdown::Shutdown;
 use glommio::{LocalExecutorBuilder, Placement};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::pools::PoolCapacity;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -38,6 +38,7 @@ pub enum ServerError {
 /// Where a running server listens.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
+    /// The HTTP port every shard accepts on (SO_REUSEPORT).
     pub http: SocketAddr,
     pub grpc: SocketAddr,
 }
@@ -45,10 +46,15 @@ pub struct Bound {
 /// A running server.
 pub struct Server {
     pub bound: Bound,
-    control: Arc<Control>,
+    /// Readiness and stopping, shared with every edge; only this module changes it.
+    shutdown: Arc<Shutdown>,
+    /// The embedded bus (idle on JetStream, where it only carries nothing).
     router: ShardRouter,
+    /// Each shard's executor thread.
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// A shard's id, once its HTTP listener has drained.
     drained: flume::Receiver<usize>,
+    /// The gRPC edge's thread, and what stops it.
     grpc: JoinHandle<()>,
     grpc_stop: tokio::sync::oneshot::Sender<()>,
     /// The JetStream bus, when it replaces the embedded log.
@@ -57,10 +63,14 @@ pub struct Server {
 
 impl Server {
     /// Starts every shard, then the gRPC edge, and marks the server ready.
-    pub fn start(config: ServeConfig, control: Arc<Control>) -> Result<Self, ServerError> {
-        let (queues, receivers): (Vec<_>, Vec<_>) =
-            (0..config.shards).map(|_| flume::bounded(config.queue_capacity)).unzip();
-        let router = ShardRouter::new(queues);
+    pub fn start(
+        config: ServeConfig,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ) -> Result<Self, ServerError> {
+        let shutdown = Arc::new(Shutdown::default());
+        let budget = MemoryBudget::new(config.memory_budget);
+        let context = Arc::new(EdgeContext { shutdown: shutdown.clone(), metrics, budget: budget.clone() });
+        let (router, receivers) = embedded::queues(config.shards, config.queue_capacity);
         let jetstream = config.bus.clone().map(JetStreamBus::start).transpose()?;
         let bus: Arc<dyn Bus> = match &jetstream {
             Some(jetstream) => Arc::new(jetstream.clone()),
@@ -74,7 +84,7 @@ impl Server {
         for (id, queue) in receivers.into_iter().enumerate() {
             let (started_tx, started) = flume::bounded(1);
             let shard = ShardStart { id, http, queue, router: router.clone(), bus: bus.clone(), embedded };
-            let handle = spawn_shard(shard, &config, control.clone(), started_tx, drained_tx.clone())?;
+            let handle = spawn_shard(shard, &config, context.clone(), started_tx, drained_tx.clone())?;
             match started.recv() {
                 Ok(Ok(addr)) => http = addr,
                 Ok(Err(reason)) => return Err(ServerError::ShardStart { shard: id, reason }),
@@ -84,39 +94,28 @@ impl Server {
         }
         if embedded {
             // /ready follows the data directory's free space.
-            crate::http_guard::watch_data_dir(&config.data_dir);
+            crate::http::guard::watch_data_dir(&config.data_dir);
             // Once the shards have made the data directory.
-            let control = control.clone();
-            crate::observe::watch_data_dir(config.data_dir.clone(), move || control.stopping.load(Ordering::Acquire));
+            let shutdown = shutdown.clone();
+            crate::observe::watch_data_dir(config.data_dir.clone(), move || shutdown.is_stopping());
         }
-        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(
-            config.grpc,
-            bus,
-            config.resource_pools,
-            remote_lease(&config, &control),
-            control.budget.clone(),
-        )?;
-        control.ready.store(true, Ordering::Release);
+        let (grpc, grpc_addr, grpc_stop) =
+            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &budget), budget.clone())?;
+        shutdown.set_ready(true);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
-            let control = control.clone();
-            jetstream.on_availability(move |up| {
-                if !control.stopping.load(Ordering::Acquire) {
-                    control.ready.store(up, Ordering::Release);
-                }
-            });
+            let shutdown = shutdown.clone();
+            jetstream.on_availability(move |up| shutdown.set_ready(up));
         }
         let bound = Bound { http, grpc: grpc_addr };
         tracing::info!(http = %bound.http, grpc = %bound.grpc, shards = config.shards, data_dir = %config.data_dir.display(), "jimbus ready");
-        Ok(Self { bound, control, router, shards, drained, grpc, grpc_stop, jetstream })
+        Ok(Self { bound, shutdown, router, shards, drained, grpc, grpc_stop, jetstream })
     }
 
     /// Stops in order and waits until everything is durable.
     pub fn stop(self) {
         tracing::info!("stopping: no new connections, draining requests");
-        self.control.ready.store(false, Ordering::Release);
-        self.control.stopping.store(true, Ordering::Release);
-        self.control.stop.notify(usize::MAX);
+        self.shutdown.begin();
         for _ in 0..self.shards.len() {
             let _ = self.drained.recv_timeout(Duration::from_secs(30));
         }
@@ -132,10 +131,8 @@ impl Server {
             tracing::info!("stopped");
             return;
         }
-        let (done_tx, done) = flume::unbounded();
-        self.router.broadcast(|| ShardCommand::Shutdown { done: done_tx.clone() });
-        for _ in 0..self.shards.len() {
-            let _ = done.recv_timeout(Duration::from_secs(30));
+        if !embedded::stop(&self.router, Duration::from_secs(30)) {
+            tracing::error!("a shard did not stop within 30 s");
         }
         drop(self.router);
         for shard in self.shards {
@@ -148,8 +145,9 @@ impl Server {
 /// What one shard starts with.
 struct ShardStart {
     id: usize,
+    /// Where its HTTP listener binds (port 0 only for the first shard).
     http: SocketAddr,
-    queue: flume::Receiver<ShardCommand>,
+    queue: ShardQueue,
     router: ShardRouter,
     /// What its HTTP listener appends to.
     bus: Arc<dyn Bus>,
@@ -160,14 +158,14 @@ struct ShardStart {
 fn spawn_shard(
     start: ShardStart,
     config: &ServeConfig,
-    control: Arc<Control>,
+    context: Arc<EdgeContext>,
     started: flume::Sender<Result<SocketAddr, String>>,
     drained: flume::Sender<usize>,
 ) -> Result<glommio::ExecutorJoinHandle<()>, ServerError> {
     let ShardStart { id, http, queue, router, bus, embedded } = start;
-    let dir = config.data_dir.join(format!("shard-{id:03}"));
+    let data_dir = config.data_dir.clone();
     let (log, pump, http_options) = (config.log.clone(), config.pump.clone(), config.http_options.clone());
-    let budget = control.budget.clone();
+    let budget = context.budget.clone();
     let cpus = allowed_cpus();
     let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
         .name(&format!("shard-{id}"))
@@ -175,9 +173,10 @@ fn spawn_shard(
     let handle = builder
         .spawn(move || async move {
             let shard = if embedded {
-                match Shard::open(id, &dir, log, pump, router.clone(), &budget).await {
+                match embedded::open(id, &data_dir, log, pump, router.clone(), &budget).await {
                     Ok(shard) => Some(shard),
                     Err(e) => {
+                        let dir = embedded::shard_dir(&data_dir, id);
                         let _ = started.send(Err(format!("cannot open the log in {}: {e}", dir.display())));
                         return;
                     }
@@ -193,8 +192,8 @@ fn spawn_shard(
                 }
             };
             let _ = started.send(socket.local_addr().map_err(|e| e.to_string()));
-            let pump = shard.map(|shard| glommio::spawn_local(shard.run(queue)));
-            Listener::new(id, bus, http_options, control).run(socket).await;
+            let pump = shard.map(|shard| glommio::spawn_local(embedded::run(shard, queue)));
+            Listener::new(id, bus, http_options, context).run(socket).await;
             let _ = drained.send(id);
             if let Some(pump) = pump {
                 pump.await;
@@ -207,8 +206,8 @@ fn spawn_shard(
 type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
 
 /// The remote coordinator to lease the budget from, with the budget it sets.
-fn remote_lease(config: &ServeConfig, control: &Arc<Control>) -> Option<(String, Arc<MemoryBudget>)> {
-    config.resource_coordinator.clone().map(|url| (url, control.budget.clone()))
+fn remote_lease(config: &ServeConfig, budget: &Arc<MemoryBudget>) -> Option<(String, Arc<MemoryBudget>)> {
+    config.resource_coordinator.clone().map(|url| (url, budget.clone()))
 }
 
 fn spawn_grpc(
@@ -245,7 +244,7 @@ fn spawn_grpc(
                 };
                 let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                 if let Some((url, budget)) = lease {
-                    tokio::spawn(crate::remote_budget::lease_from(url, budget));
+                    tokio::spawn(crate::grpc::remote_budget::lease_from(url, budget));
                 }
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
                 let serve = tokio::spawn(crate::grpc::serve(listener, bus, budget, pools, async move {

@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use glommio::LocalExecutorBuilder;
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_core::record::{self, RecordKind};
-use jimbus_net::log::{read_frames, FsyncMode, LogOptions, Retention, SegmentWriter};
+use jimbus_net::embedded::log::{read_frames, SegmentWriter};
+use jimbus_net::embedded::{FsyncMode, LogOptions, Retention};
 use jimbus_perf::mod_batch;
 use prost::Message;
 use std::time::{Duration, Instant};
@@ -73,7 +74,7 @@ enum Delivery {
 fn encode_delivery(how: Delivery, frame: &bytes::Bytes, out: &mut bytes::BytesMut) {
     let rec = record::decode(frame).unwrap();
     match how {
-        Delivery::Stored => jimbus_net::shard::delivery(0, frame, &rec).encode(out).unwrap(),
+        Delivery::Stored => jimbus_net::embedded::delivery(0, frame, &rec).encode(out).unwrap(),
         Delivery::Decoded => {
             let event = jimbus_proto::events::Event::decode(rec.message).unwrap();
             let response = jimbus_proto::bus::SubscribeResponse {

@@ -8,10 +8,14 @@
 //! [`crate::admit`]), names the request's log span, and is echoed in the response
 //! metadata. This module must never hold shard state.
 
+pub mod coordinator;
+pub mod remote_budget;
+
 use crate::admit;
-use crate::bus::{AppendItem, Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
-use crate::clock::{micros, now_micros, timestamp};
+use crate::bus::{Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::clock::{micros, now_micros};
 use jimbus_core::budget::{Grant, MemoryBudget};
+use jimbus_core::ingest::Envelope;
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::{self, StartPosition};
@@ -105,7 +109,7 @@ fn status_of(e: BusError) -> Status {
     match e {
         BusError::InvalidArgument(message) => Status::invalid_argument(message),
         BusError::Exhausted(message) => Status::resource_exhausted(message),
-        other => Status::unavailable(crate::http_guard::redact_paths(&other.to_string())),
+        other => Status::unavailable(crate::http::guard::redact_paths(&other.to_string())),
     }
 }
 
@@ -149,17 +153,20 @@ impl BusService {
         first_index: u32,
         rejected: &mut Vec<bus::Rejection>,
     ) -> Result<BusFuture<Vec<ItemOutcome>>, Status> {
-        let received = timestamp(now_micros());
-        let mut items = Vec::with_capacity(events.len());
-        for (i, mut event) in events.into_iter().enumerate() {
-            admit::stamp(&mut event, correlation, received);
-            if let Err(violations) = jimbus_proto::validate::check_event(&event) {
-                rejected.push(bus::Rejection { index: first_index + i as u32, error: violations.to_string() });
-                continue;
-            }
-            items.push(AppendItem::Event(Box::new(event)));
-        }
-        self.bus.append(items).await.map_err(status_of)
+        let envelope = Envelope::default();
+        let admission =
+            admit::Admission { request_id: correlation, received_us: now_micros(), peer: None, envelope: &envelope };
+        let entries = events.into_iter().enumerate().map(|(i, event)| admit::Entry {
+            index: first_index as usize + i,
+            event: Ok(event),
+            raw: (),
+        });
+        let admitted = admit::admit(&admission, entries, |_, _, (), _| None);
+        rejected.extend(admitted.rejected.into_iter().map(|(index, refusal)| {
+            let (admit::Refusal::Invalid(error) | admit::Refusal::Undecodable(error)) = refusal;
+            bus::Rejection { index: index as u32, error }
+        }));
+        self.bus.append(admitted.items).await.map_err(status_of)
     }
 }
 
@@ -387,7 +394,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(EventBusServiceServer::new(BusService::new(bus, budget)))
-        .add_service(crate::coordinator::CoordinatorService::server(pools))
+        .add_service(crate::grpc::coordinator::CoordinatorService::server(pools))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

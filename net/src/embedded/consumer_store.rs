@@ -6,12 +6,12 @@
 //! io_uring), whatever the number of consumers; the snapshot is rewritten only
 //! when a consumer is created or removed, when the journal passes
 //! [`COMPACT_AT`] bytes, and at shutdown. A snapshot replacement that fails
-//! deletes its temporary file at once, so a full disk does not fill up with
-//! `consumers.tmpNN` files. This module must never decide what a consumer
+//! deletes its temporary file at once ([`layout::replace_file`]), so a full
+//! disk does not fill up with temporaries. This module must never decide what a consumer
 //! delivers: it only stores what the pump hands it.
 
+use super::layout;
 use crate::bus::ConsumerOptions;
-use crate::log::{replace_file, LogError};
 use glommio::io::{BufferedFile, OpenOptions};
 use jimbus_core::consumer_state::{self, DoneSet, JournalEntry, SnapshotEntry};
 use std::collections::BTreeMap;
@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 
 pub type Snapshot = BTreeMap<String, SnapshotEntry<ConsumerOptions>>;
 
-const SNAPSHOT: &str = "consumers.json";
-const JOURNAL: &str = "consumers.journal";
 /// The journal is folded into a new snapshot once it is this large.
 pub const COMPACT_AT: u64 = 256 << 10;
 
@@ -28,32 +26,26 @@ pub const COMPACT_AT: u64 = 256 << 10;
 pub type Restored = (SnapshotEntry<ConsumerOptions>, DoneSet);
 
 pub struct ConsumerStore {
+    /// The shard's directory (see [`layout`]).
     dir: PathBuf,
+    /// The journal, opened on first append.
     journal: Option<BufferedFile>,
     /// Bytes of whole entries in the journal: where the next one is written.
     journal_len: u64,
 }
 
-fn io(e: LogError) -> std::io::Error {
-    match e {
-        LogError::Io(io) => io,
-        other => std::io::Error::other(other.to_string()),
-    }
-}
-
 impl ConsumerStore {
-    /// Reads the snapshot and replays the journal over it; deletes temporary
-    /// files a failed or interrupted snapshot left behind.
+    /// Reads the snapshot and replays the journal over it (after the log's
+    /// start deleted temporary files, see [`layout::prepare`]).
     pub fn load(dir: &Path) -> std::io::Result<(Self, BTreeMap<String, Restored>, bool)> {
-        remove_temporaries(dir);
-        let snapshot: Snapshot = match std::fs::read(dir.join(SNAPSHOT)) {
+        let snapshot: Snapshot = match std::fs::read(layout::consumers_snapshot(dir)) {
             Ok(bytes) => consumer_state::decode_snapshot(&bytes).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
         let mut consumers: BTreeMap<String, Restored> =
             snapshot.into_iter().map(|(name, entry)| (name, (entry.clone(), entry.done()))).collect();
-        let journal = match std::fs::read(dir.join(JOURNAL)) {
+        let journal = match std::fs::read(layout::consumers_journal(dir)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
@@ -79,7 +71,7 @@ impl ConsumerStore {
         entries.iter().for_each(|e| e.encode(&mut bytes));
         let at = self.journal_len;
         let file = self.journal().await?;
-        let written = write_at(file, &bytes, at).await;
+        let written = layout::write_all(file, &bytes, at).await;
         let synced = match written {
             Ok(()) => file.fdatasync().await.map_err(std::io::Error::from),
             Err(e) => Err(e),
@@ -104,10 +96,7 @@ impl ConsumerStore {
     /// snapshot, which changes nothing.
     pub async fn compact(&mut self, snapshot: &Snapshot) -> std::io::Result<()> {
         let bytes = consumer_state::encode_snapshot(snapshot);
-        if let Err(e) = replace_file(&self.dir.join(SNAPSHOT), &bytes).await {
-            remove_temporaries(&self.dir);
-            return Err(io(e));
-        }
+        layout::replace_file(&layout::consumers_snapshot(&self.dir), &bytes).await?;
         if self.journal_len > 0 {
             let file = self.journal().await?;
             file.truncate(0).await?;
@@ -120,42 +109,14 @@ impl ConsumerStore {
     /// The open journal, created (and its directory entry made durable) on first use.
     async fn journal(&mut self) -> std::io::Result<&BufferedFile> {
         if self.journal.is_none() {
-            let path = self.dir.join(JOURNAL);
+            let path = layout::consumers_journal(&self.dir);
             let existed = path.exists();
             let file = OpenOptions::new().read(true).write(true).create(true).buffered_open(&path).await?;
             if !existed {
-                let dir = glommio::io::Directory::open(&self.dir).await?;
-                dir.sync().await?;
-                dir.close().await?;
+                layout::sync_dir(&self.dir).await?;
             }
             self.journal = Some(file);
         }
         Ok(self.journal.as_ref().expect("opened above"))
-    }
-}
-
-async fn write_at(file: &BufferedFile, data: &[u8], mut at: u64) -> std::io::Result<()> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let written = file.write_at(rest.to_vec(), at).await?;
-        if written == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "journal write wrote nothing"));
-        }
-        rest = &rest[written..];
-        at += written as u64;
-    }
-    Ok(())
-}
-
-/// Deletes `consumers.tmpNN` files (a replacement that failed or was cut short).
-fn remove_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.starts_with("consumers.tmp")) {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(file = ?entry.file_name(), error = %e, "cannot delete a temporary consumers file");
-            }
-        }
     }
 }

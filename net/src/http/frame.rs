@@ -1,5 +1,5 @@
 //! Where one HTTP/1.1 request ends in a connection's byte stream, so that
-//! [`crate::http_conn::GlommioIo`] hands hyper one request at a time.
+//! [`crate::http::conn::GlommioIo`] hands hyper one request at a time.
 //!
 //! hyper reads pipelined requests ahead and, when one of them is malformed,
 //! drops the answers it has not yet written. So the connection gives hyper the

@@ -7,11 +7,11 @@
 //! cannot parse with an empty-bodied error and may drop it unflushed, so
 //! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
 //! (400, 414, 431 or 505) once hyper has given the socket back. Pipelined
-//! requests reach hyper one at a time ([`crate::http_frame`]), so the answers
+//! requests reach hyper one at a time ([`crate::http::frame`]), so the answers
 //! to the requests before a malformed one are written first. This module must
 //! never interpret a body or route a request.
 
-use crate::http_frame::{Framer, Refused};
+use crate::http::frame::{Framer, Refused};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::Cell;
@@ -90,7 +90,7 @@ impl hyper::rt::Timer for HeaderTimer {
 /// zero-filled first (glommio wants an initialised slice).
 pub struct GlommioIo {
     stream: TcpStream,
-    gate: Rc<crate::sse::WriteGate>,
+    gate: Rc<crate::http::sse::WriteGate>,
     activity: Rc<Activity>,
     idle_timeout: Duration,
     /// Armed while a read waits on an idle connection.
@@ -113,7 +113,7 @@ pub struct GlommioIo {
 impl GlommioIo {
     pub fn new(
         stream: TcpStream,
-        gate: Rc<crate::sse::WriteGate>,
+        gate: Rc<crate::http::sse::WriteGate>,
         activity: Rc<Activity>,
         idle_timeout: Duration,
         max_head: usize,
@@ -166,7 +166,7 @@ impl GlommioIo {
 
 impl hyper::rt::Read for GlommioIo {
     /// Gives hyper the current request's bytes; the next request's wait until
-    /// this one is answered (see [`crate::http_frame`]).
+    /// this one is answered (see [`crate::http::frame`]).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -14,8 +14,16 @@
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
-use crate::http_conn::{finish, Activity, GlommioIo, HeaderTimer};
-use crate::http_guard::{body_error, error, field_of, json, too_large, unavailable};
+use crate::shutdown::Shutdown;
+pub mod conn;
+pub mod frame;
+pub mod guard;
+pub mod profile;
+pub mod sse;
+pub mod ui;
+
+use crate::http::conn::{finish, Activity, GlommioIo, HeaderTimer};
+use crate::http::guard::{body_error, error, field_of, json, too_large, unavailable};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -24,17 +32,28 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use jimbus_core::budget::{Grant, MemoryBudget};
 use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
-use jimbus_core::topic;
 use jimbus_proto::bus;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
 use tracing::Instrument;
+
+/// What the field mod is told about a refused event (decode errors name their place already).
+fn message_of(index: usize, refusal: &admit::Refusal) -> String {
+    match refusal {
+        admit::Refusal::Undecodable(message) => message.clone(),
+        admit::Refusal::Invalid(violations) => format!("events[{index}]: {violations}"),
+    }
+}
+
+/// A decoded event as admission takes it, with its raw bytes' range.
+fn decoded_entry(decoded: jimbus_core::ingest::DecodedEvent) -> admit::Entry<std::ops::Range<usize>> {
+    admit::Entry { index: decoded.index, event: Ok(decoded.event), raw: decoded.raw }
+}
 
 /// Limits and paths of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -53,16 +72,15 @@ pub struct HttpOptions {
     pub max_connections: usize,
     /// Serve CPU profiles at `/debug/pprof/profile`.
     pub profiling: bool,
-    /// Serve the web view at `/ui` ([`crate::ui`]).
+    /// Serve the web view at `/ui` ([`crate::http::ui`]).
     pub ui: bool,
 }
 
-/// Process-wide state the HTTP edge reads: readiness, stopping, metrics.
-pub struct Control {
-    pub ready: AtomicBool,
-    pub stopping: AtomicBool,
-    /// Woken when `stopping` is set.
-    pub stop: event_listener::Event,
+/// What every listener of the process shares.
+pub struct EdgeContext {
+    /// Readiness and stopping, owned by the server.
+    pub shutdown: Arc<Shutdown>,
+    /// What `/metrics` renders.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Every request body is granted memory here before it is read; when the
     /// budget is spent, requests get 503 with `Retry-After`.
@@ -71,10 +89,12 @@ pub struct Control {
 
 /// State shared by the connections of one shard.
 pub struct Listener {
+    /// The shard whose socket it accepts on (named in logs).
     shard: usize,
+    /// Where events go.
     bus: Arc<dyn Bus>,
     options: HttpOptions,
-    control: Arc<Control>,
+    context: Arc<EdgeContext>,
     /// Open connections, capped by `options.max_connections`.
     connections: Cell<usize>,
     /// Woken when the last connection closes.
@@ -84,16 +104,16 @@ pub struct Listener {
 type Body = Full<Bytes>;
 
 impl Listener {
-    pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, control: Arc<Control>) -> Rc<Self> {
-        Rc::new(Self { shard, bus, options, control, connections: Cell::new(0), idle: event_listener::Event::new() })
+    pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, context: Arc<EdgeContext>) -> Rc<Self> {
+        Rc::new(Self { shard, bus, options, context, connections: Cell::new(0), idle: event_listener::Event::new() })
     }
 
     /// Accepts connections until the process stops, then waits for open
     /// connections to finish their requests.
     pub async fn run(self: Rc<Self>, socket: TcpListener) {
         loop {
-            let stop = self.control.stop.listen();
-            if self.control.stopping.load(Ordering::Acquire) {
+            let stop = self.context.shutdown.listen();
+            if self.context.shutdown.is_stopping() {
                 break;
             }
             let accepted = futures_lite::future::or(async { Some(socket.accept().await) }, async {
@@ -133,8 +153,11 @@ impl Listener {
             tracing::debug!(shard = self.shard, error = %e, "cannot set TCP_NODELAY");
         }
         glommio::spawn_local(async move {
-            let handler =
-                Handler { listener: self.clone(), peer: stream.peer_addr().ok(), gate: crate::sse::WriteGate::new() };
+            let handler = Handler {
+                listener: self.clone(),
+                peer: stream.peer_addr().ok(),
+                gate: crate::http::sse::WriteGate::new(),
+            };
             handler.serve(stream).await;
             self.connections.set(self.connections.get() - 1);
             if self.connections.get() == 0 {
@@ -164,12 +187,12 @@ struct Handler {
     /// What the socket has taken, for an event stream's flow control; once
     /// the connection carries a stream, which its client never answers, its
     /// reads wait without the idle timeout.
-    gate: Rc<crate::sse::WriteGate>,
+    gate: Rc<crate::http::sse::WriteGate>,
 }
 
 impl Handler {
     async fn serve(self, stream: TcpStream) {
-        let control = self.listener.control.clone();
+        let shutdown = self.listener.context.shutdown.clone();
         let header_timeout = self.listener.options.header_timeout;
         let activity = Activity::new();
         let idle_timeout = self.listener.options.idle_timeout;
@@ -192,8 +215,8 @@ impl Handler {
             .keep_alive(true)
             .pipeline_flush(true)
             .serve_connection(io, service);
-        let stop = control.stop.listen();
-        if control.stopping.load(Ordering::Acquire) {
+        let stop = shutdown.listen();
+        if shutdown.is_stopping() {
             Pin::new(&mut conn).graceful_shutdown();
         }
         let finished = futures_lite::future::or(async { Some((&mut conn).await) }, async {
@@ -218,15 +241,15 @@ impl Handler {
         }
     }
 
-    /// The browser's stream ([`crate::sse`]) and view ([`crate::ui`]); every
+    /// The browser's stream ([`crate::http::sse`]) and view ([`crate::http::ui`]); every
     /// other request goes to [`Handler::route`].
-    async fn route_browser(&self, req: Request<Incoming>) -> crate::sse::Response {
+    async fn route_browser(&self, req: Request<Incoming>) -> crate::http::sse::Response {
         let path = req.uri().path();
         if path == "/api/v1/stream" {
-            return crate::sse::respond(&req, &self.listener.bus, &self.listener.control, &self.gate);
+            return crate::http::sse::respond(&req, &self.listener.bus, &self.listener.context, &self.gate);
         }
         if self.listener.options.ui && (path == "/ui" || path.starts_with("/ui/")) {
-            return crate::ui::respond(&req).map(http_body_util::Either::Left);
+            return crate::http::ui::respond(&req).map(http_body_util::Either::Left);
         }
         self.route(req).await.map(http_body_util::Either::Left)
     }
@@ -275,11 +298,9 @@ impl Handler {
     }
 
     fn readiness(&self) -> Response<Body> {
-        if !self.listener.control.ready.load(Ordering::Acquire)
-            || self.listener.control.stopping.load(Ordering::Acquire)
-        {
+        if !self.listener.context.shutdown.is_ready() {
             unavailable("not ready")
-        } else if crate::http_guard::storage_full() {
+        } else if crate::http::guard::storage_full() {
             unavailable("not ready: the data directory is full")
         } else {
             json(StatusCode::OK, r#"{"status":"ready"}"#.into())
@@ -287,10 +308,10 @@ impl Handler {
     }
 
     fn metrics(&self) -> Response<Body> {
-        let budget = &self.listener.control.budget;
+        let budget = &self.listener.context.budget;
         metrics::gauge!("jimbus_budget_limit_bytes").set(budget.limit() as f64);
         metrics::gauge!("jimbus_budget_used_bytes").set(budget.used() as f64);
-        let mut r = Response::new(Full::new(Bytes::from(self.listener.control.metrics.render())));
+        let mut r = Response::new(Full::new(Bytes::from(self.listener.context.metrics.render())));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         r
     }
@@ -344,7 +365,7 @@ impl Handler {
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let body = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit) as u64;
         // On a tight budget, room for the body itself is enough to go on.
-        let Some(mut grant) = self.listener.control.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
+        let Some(mut grant) = self.listener.context.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
             metrics::counter!("jimbus_http_overload_total").increment(1);
             metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
             return unavailable("the server's memory budget is spent, retry later");
@@ -360,9 +381,9 @@ impl Handler {
         response
     }
 
-    /// A CPU profile of the whole process (see [`crate::profile`]).
+    /// A CPU profile of the whole process (see [`crate::http::profile`]).
     async fn profile(&self, query: Option<&str>) -> Response<Body> {
-        use crate::profile::{capture, parse_query, ProfileError};
+        use crate::http::profile::{capture, parse_query, ProfileError};
         if !self.listener.options.profiling {
             return error(
                 StatusCode::NOT_FOUND,
@@ -400,7 +421,7 @@ impl Handler {
     ) -> Response<Body> {
         let received = now_micros();
         let letter = |reason: String, raw: Bytes, session_id: String| {
-            let (reason, raw) = crate::http_guard::bounded_raw(reason, raw);
+            let (reason, raw) = crate::http::guard::bounded_raw(reason, raw);
             AppendItem::DeadLetter(Box::new(bus::DeadLetter {
                 reason,
                 raw,
@@ -446,9 +467,9 @@ impl Handler {
             Ok((accepted, duplicates)) => {
                 metrics::counter!("jimbus_events_accepted_total").increment(accepted as u64);
                 metrics::counter!("jimbus_events_rejected_total").increment(rejected.len() as u64);
-                let listed = crate::http_guard::rejected_json(&rejected);
+                let listed = crate::http::guard::rejected_json(&rejected);
                 let mut body = serde_json::json!({"status": "ok", "accepted": accepted, "duplicates": duplicates, "rejected": listed});
-                if rejected.len() > crate::http_guard::REJECTED_LISTED {
+                if rejected.len() > crate::http::guard::REJECTED_LISTED {
                     // A long list is cut: the count says how many there were.
                     body["rejected_count"] = rejected.len().into();
                 }
@@ -458,10 +479,8 @@ impl Handler {
         }
     }
 
-    /// Stamps each event, resolves its session and shard, and turns rejected
-    /// events into dead letters. Returns the items in request order, and the
-    /// rejected indexes with their errors.
-    #[allow(clippy::type_complexity)]
+    /// Admits the decoded events (see [`admit`]): what is refused is
+    /// dead-lettered (up to a bound per request, then one summary) and listed.
     fn prepare(
         &self,
         decoded: DecodedBody,
@@ -471,59 +490,29 @@ impl Handler {
         letter: &dyn Fn(String, Bytes, String) -> AppendItem,
     ) -> (Vec<AppendItem>, Vec<(usize, String)>) {
         let envelope = decoded.envelope;
-        let mut items = Vec::with_capacity(decoded.events.len() + decoded.rejected.len());
-        let mut rejected: Vec<(usize, String)> = Vec::new();
-        let mut letters = crate::http_guard::Letters::default();
         // Both lists are in index order: merged one item at a time, since a
         // merged copy of a large batch would double what it holds.
         let mut events = decoded.events.into_iter().peekable();
         let mut refused = decoded.rejected.into_iter().peekable();
         let ordered = std::iter::from_fn(|| match (events.peek(), refused.peek()) {
-            (Some(e), Some(r)) if e.index < r.index => events.next().map(|e| (e.index, Ok(e))),
-            (Some(_), None) => events.next().map(|e| (e.index, Ok(e))),
-            (_, Some(_)) => refused.next().map(|r| (r.index, Err((r.error.to_string(), r.raw)))),
+            (Some(e), Some(r)) if e.index < r.index => events.next().map(decoded_entry),
+            (Some(_), None) => events.next().map(decoded_entry),
+            (_, Some(_)) => {
+                refused.next().map(|r| admit::Entry { index: r.index, event: Err(r.error.to_string()), raw: r.raw })
+            }
             (None, None) => None,
         });
-        for (index, entry) in ordered {
-            match entry {
-                Ok(decoded_event) => {
-                    let mut event = decoded_event.event;
-                    if event.session_id.is_empty() {
-                        event.session_id = if envelope.session_id.is_empty() {
-                            let source = if event.source.is_empty() { &envelope.source } else { &event.source };
-                            let ip = self.peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-                            topic::derived_session(ip, source)
-                        } else {
-                            envelope.session_id.clone()
-                        };
-                    }
-                    admit::stamp(&mut event, request_id, timestamp(received));
-                    if !envelope.batch_id.is_empty() {
-                        event.metadata.insert("batch_id".into(), envelope.batch_id.clone());
-                    }
-                    if let Err(violations) = jimbus_proto::validate::check_event(&event) {
-                        let message = format!("events[{index}]: {violations}");
-                        if letters.admit(index) {
-                            let raw = body.slice(decoded_event.raw);
-                            items.push(letter(message.clone(), raw, event.session_id));
-                        }
-                        rejected.push((index, message));
-                        continue;
-                    }
-                    items.push(AppendItem::Event(Box::new(event)));
-                }
-                Err((message, raw)) => {
-                    if letters.admit(index) {
-                        items.push(letter(message.clone(), body.slice(raw), String::new()));
-                    }
-                    rejected.push((index, message));
-                }
-            }
-        }
+        let peer = self.peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        let admission = admit::Admission { request_id, received_us: received, peer: Some(peer), envelope: &envelope };
+        let mut letters = crate::http::guard::Letters::default();
+        let mut admitted = admit::admit(&admission, ordered, |index, refusal, raw, session| {
+            letters.admit(index).then(|| letter(message_of(index, refusal), body.slice(raw), session))
+        });
         if let Some(summary) = letters.summary() {
-            items.push(letter(summary, body.clone(), String::new()));
+            admitted.items.push(letter(summary, body.clone(), String::new()));
         }
-        (items, rejected)
+        let rejected = admitted.rejected.iter().map(|(index, refusal)| (*index, message_of(*index, refusal))).collect();
+        (admitted.items, rejected)
     }
 
     /// Sends items to their shards and waits until all are durable. Returns
@@ -533,12 +522,12 @@ impl Handler {
         let appending = self.listener.bus.try_append(items).map_err(|e| {
             tracing::warn!(error = %e, "shedding load");
             metrics::counter!("jimbus_http_overload_total").increment(1);
-            unavailable(&crate::http_guard::redact_paths(&e.to_string()))
+            unavailable(&crate::http::guard::redact_paths(&e.to_string()))
         })?;
         let outcomes = appending.await.map_err(|e| {
             tracing::error!(error = %e, "append failed");
-            crate::http_guard::storage_failed(&e.to_string());
-            unavailable(&crate::http_guard::redact_paths(&e.to_string()))
+            crate::http::guard::storage_failed(&e.to_string());
+            unavailable(&crate::http::guard::redact_paths(&e.to_string()))
         })?;
         let (mut stored, mut duplicates) = (0, 0);
         for (outcome, _) in outcomes.iter().zip(&events).filter(|(_, is_event)| **is_event) {
@@ -553,7 +542,7 @@ impl Handler {
 
 /// `GET /openapi.yaml`: the HTTP API's contract (docs/openapi.yaml), built in.
 fn openapi() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(include_str!("../../docs/openapi.yaml").as_bytes())));
+    let mut r = Response::new(Full::new(Bytes::from_static(include_str!("../../../docs/openapi.yaml").as_bytes())));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
     r
 }

@@ -10,23 +10,19 @@
 //! with a higher delivery count; after `max_deliver` deliveries the record is
 //! moved to `deadletter` and counted as done. At most `max_in_flight` (capped at
 //! [`MAX_IN_FLIGHT`]) deliveries are unacknowledged at once. Several clients may
-//! share one consumer (a group): each delivery goes to one of them. The
-//! delivery task reads the log; it never writes it (dead letters go through the
-//! pump like any append).
+//! share one consumer (a group): each delivery goes to one of them.
+//!
+//! This module is the state and its rules, owned by the shard's pump and
+//! changed only by it: the delivery task ([`super::consumer_task`]) reads the
+//! log and sends, and asks the pump for a [`Plan`] and to [`Consumer::offer`]
+//! what it read, through the pump's command queue like everything else. It
+//! must never read or write the log.
 
-pub mod store;
-
-use crate::bus::{AppendItem, Bus, ConsumerOptions};
-use crate::log::{read_frames, SharedIndex};
-use crate::shard::ShardRouter;
+use crate::bus::ConsumerOptions;
 use jimbus_core::consumer_state::{DoneSet, JournalEntry, SnapshotEntry};
-use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
-use jimbus_proto::bus;
 use jimbus_proto::delivery::EncodedDelivery;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The most deliveries one consumer may hold unacknowledged, whatever a client
@@ -34,7 +30,9 @@ use std::time::{Duration, Instant};
 pub const MAX_IN_FLIGHT: usize = 65_536;
 
 struct InFlight {
+    /// When it is sent again if not acked.
     deadline: Instant,
+    /// Deliveries so far, this one included.
     count: u32,
     /// Who has it: if that client goes away, it is sent again at once rather
     /// than after the ack deadline.
@@ -112,8 +110,11 @@ impl DurableNames {
 
 /// One durable consumer on one shard.
 pub struct Consumer {
+    /// Its durable name, unique on the server.
     pub name: String,
+    /// The topics it receives; others are skipped (done without delivery).
     pub pattern: Pattern,
+    /// Ack wait, max deliveries and max in flight, as created.
     pub options: ConsumerOptions,
     /// This life of the name (journal entries of an earlier one never apply).
     pub incarnation: u64,
@@ -123,8 +124,6 @@ pub struct Consumer {
     unjournaled: Vec<u64>,
     /// When a subscriber was last seen or an ack arrived (a start counts).
     last_active: Instant,
-    /// Set when the consumer is removed: its delivery task ends.
-    removed: bool,
     /// The next offset never looked at.
     cursor: u64,
     in_flight: BTreeMap<u64, InFlight>,
@@ -132,12 +131,11 @@ pub struct Consumer {
     redeliver: BTreeMap<u64, u32>,
     /// The clients sharing this consumer.
     members: Vec<flume::Sender<EncodedDelivery>>,
+    /// The member the last delivery went to (round robin).
     next_member: usize,
     /// Woken by acks and new members.
     wake: event_listener::Event,
 }
-
-pub type SharedConsumer = Rc<RefCell<Consumer>>;
 
 impl Consumer {
     pub fn new(name: String, pattern: Pattern, options: ConsumerOptions, start: u64, incarnation: u64) -> Self {
@@ -150,7 +148,6 @@ impl Consumer {
             done: DoneSet::new(start),
             unjournaled: Vec::new(),
             last_active: Instant::now(),
-            removed: false,
             cursor: start,
             in_flight: BTreeMap::new(),
             redeliver: BTreeMap::new(),
@@ -210,13 +207,9 @@ impl Consumer {
         now.saturating_duration_since(self.last_active) >= expiry
     }
 
-    pub fn is_removed(&self) -> bool {
-        self.removed
-    }
-
-    /// Ends the consumer: its subscribers' streams close and its task stops.
+    /// Ends the consumer: its subscribers' streams close, and its task stops
+    /// at its next plan, which finds the consumer gone.
     pub fn remove(&mut self) {
-        self.removed = true;
         self.members.clear();
         self.wake.notify(usize::MAX);
     }
@@ -275,123 +268,95 @@ impl Consumer {
     }
 }
 
-/// Sends one consumer's records to its members until the shard stops or the
-/// consumer is removed.
-pub async fn deliver(shard: usize, index: SharedIndex, consumer: SharedConsumer, router: ShardRouter) {
-    while !consumer.borrow().removed {
-        dead_letter_exhausted(&index, &consumer, &router).await;
-        let committed = index.borrow().committed.listen();
-        let woken = consumer.borrow().wake.listen();
-        let next = pick_next(&index, &consumer).await;
-        match next {
-            Some((offset, count, frame)) => send(shard, &consumer, offset, count, &frame).await,
-            None => {
-                let deadline = consumer.borrow().next_deadline();
-                let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
-                let timer = glommio::timer::sleep(wait.clamp(Duration::from_millis(5), Duration::from_secs(1)));
-                futures_lite::future::or(futures_lite::future::or(committed, woken), timer).await;
-                consumer.borrow_mut().drop_closed_members();
-            }
-        }
-    }
+/// A delivery the pump handed to one member: the task reads the record and sends it.
+pub struct Assignment {
+    pub offset: u64,
+    /// Deliveries so far, this one included.
+    pub count: u32,
+    pub member: flume::Sender<EncodedDelivery>,
 }
 
-/// The next record to deliver and its delivery count so far, or `None` when
-/// there is nothing to send or no one to send it to.
-async fn pick_next(index: &SharedIndex, consumer: &SharedConsumer) -> Option<(u64, u32, bytes::Bytes)> {
-    {
-        let c = consumer.borrow();
-        if c.members.is_empty() || !c.has_room() {
-            return None;
-        }
-    }
-    let redelivery = consumer.borrow().redeliver.first_key_value().map(|(o, n)| (*o, *n));
-    if let Some((offset, count)) = redelivery {
-        consumer.borrow_mut().redeliver.remove(&offset);
-        let (frames, _) = read_frames(index, offset, 1).await.ok()?;
-        return frames.into_iter().next().map(|frame| (offset, count, frame));
-    }
-    loop {
-        let cursor = consumer.borrow().cursor;
-        if cursor >= index.borrow().end() {
-            return None;
-        }
-        let (frames, next) = read_frames(index, cursor, 256).await.ok()?;
-        if frames.is_empty() {
-            consumer.borrow_mut().cursor = next.max(cursor + 1);
-            continue;
-        }
-        let mut c = consumer.borrow_mut();
-        for frame in frames {
-            let Ok(rec) = record::decode(&frame) else { continue };
-            c.cursor = rec.offset + 1;
-            if c.done.contains(rec.offset) {
-                continue;
-            }
-            if !c.pattern.matches(rec.topic) {
-                c.done.insert(rec.offset);
-                continue;
-            }
-            return Some((rec.offset, 0, frame));
-        }
-    }
+/// What a consumer's delivery task does next, as the pump decided it.
+pub struct Plan {
+    /// Redeliveries (ack wait passed, or their member left), already assigned.
+    pub resend: Vec<Assignment>,
+    /// Deliveries past `max_deliver`, with their count: the task moves each to
+    /// the dead-letter topic, then [`Consumer::settle`]s it.
+    pub exhausted: Vec<(u64, u32)>,
+    /// The next offset never looked at: where the task reads new records.
+    pub cursor: u64,
+    /// How many new deliveries may go out now (0 without a member).
+    pub room: usize,
+    /// The ack floor, for the backlog metrics.
+    pub floor: u64,
+    /// When the earliest in-flight delivery expires.
+    pub deadline: Option<Instant>,
+    /// Fires on an ack, a new member or the consumer's removal.
+    pub wake: event_listener::EventListener,
 }
 
-/// Sends one record to a member, round robin; waits for room (flow control).
-async fn send(shard: usize, consumer: &SharedConsumer, offset: u64, count: u32, frame: &bytes::Bytes) {
-    let Ok(rec) = record::decode(frame) else { return };
-    let mut delivery = crate::shard::delivery(shard, frame, &rec);
-    delivery.delivery_count = count + 1;
-    loop {
-        let member = {
-            let mut c = consumer.borrow_mut();
-            c.drop_closed_members();
-            if c.members.is_empty() {
-                // Nobody to send to: deliver again when someone subscribes.
-                c.redeliver.insert(offset, count);
-                return;
-            }
-            c.next_member = (c.next_member + 1) % c.members.len();
-            let ack_wait = Duration::from_millis(c.options.ack_wait_ms);
-            let member = c.members[c.next_member].clone();
-            let flight = InFlight { deadline: Instant::now() + ack_wait, count: count + 1, member: member.clone() };
-            c.in_flight.insert(offset, flight);
-            member
-        };
-        match member.send_async(delivery.clone()).await {
-            Ok(()) => return,
-            Err(_) => {
-                consumer.borrow_mut().in_flight.remove(&offset);
-            }
+impl Consumer {
+    /// Expires what waited too long, assigns redeliveries to members, and says
+    /// how many new records may go out.
+    pub fn plan(&mut self, now: Instant) -> Plan {
+        let wake = self.wake.listen();
+        self.drop_closed_members();
+        let exhausted = self.expire(now);
+        let mut resend = Vec::new();
+        while !self.members.is_empty() && self.has_room() {
+            let Some((offset, count)) = self.redeliver.pop_first() else { break };
+            resend.push(self.assign(offset, count, now));
         }
-    }
-}
-
-async fn dead_letter_exhausted(index: &SharedIndex, consumer: &SharedConsumer, router: &ShardRouter) {
-    let exhausted = consumer.borrow_mut().expire(Instant::now());
-    for (offset, count) in exhausted {
-        let Ok((frames, _)) = read_frames(index, offset, 1).await else { continue };
-        let Some(frame) = frames.first() else { continue };
-        let Ok(rec) = record::decode(frame) else { continue };
-        let name = consumer.borrow().name.clone();
-        let letter = bus::DeadLetter {
-            reason: format!("consumer {name:?}: delivered {count} times without an ack"),
-            raw: bytes::Bytes::copy_from_slice(rec.message),
-            origin: rec.topic.to_string(),
-            ..Default::default()
-        };
-        // Done only once the dead letter is durable, not merely queued.
-        let kept = rec.kind == RecordKind::DeadLetter
-            || match Bus::append(router, vec![AppendItem::DeadLetter(Box::new(letter))]).await {
-                Ok(durable) => durable.await.is_ok(),
-                Err(_) => false,
-            };
-        if kept {
-            metrics::counter!("jimbus_consumer_dead_lettered_total").increment(1);
-            consumer.borrow_mut().done.insert(offset);
+        let room = if self.members.is_empty() {
+            0
         } else {
-            consumer.borrow_mut().redeliver.insert(offset, count);
+            self.options.max_in_flight.max(1).saturating_sub(self.in_flight.len())
+        };
+        let (cursor, floor, deadline) = (self.cursor, self.ack_floor(), self.next_deadline());
+        Plan { resend, exhausted, cursor, room, floor, deadline, wake }
+    }
+
+    /// The task read the records in `from..to`; those at `matching` (ascending)
+    /// match the pattern. Skipped ones are done; matching ones not done yet are
+    /// assigned while there is room, and the cursor stops at the first that is
+    /// not. An offer that does not start at the cursor is stale and changes nothing.
+    pub fn offer(&mut self, from: u64, to: u64, matching: &[u64], now: Instant) -> Vec<Assignment> {
+        let mut assigned = Vec::new();
+        if from != self.cursor {
+            return assigned;
         }
+        let mut matching = matching.iter().copied().peekable();
+        for offset in from..to {
+            if matching.next_if_eq(&offset).is_none() {
+                self.done.insert(offset);
+            } else if !self.done.contains(offset) {
+                if self.members.is_empty() || !self.has_room() {
+                    return assigned;
+                }
+                assigned.push(self.assign(offset, 0, now));
+            }
+            self.cursor = offset + 1;
+        }
+        assigned
+    }
+
+    /// After the task tried to dead-letter an exhausted delivery: done once the
+    /// dead letter is durable, else sent again.
+    pub fn settle(&mut self, offset: u64, count: u32, dead_lettered: bool) {
+        if dead_lettered {
+            self.done.insert(offset);
+        } else {
+            self.redeliver.insert(offset, count);
+        }
+    }
+
+    /// Hands `offset` (delivered `count` times so far) to the next member, round robin.
+    fn assign(&mut self, offset: u64, count: u32, now: Instant) -> Assignment {
+        self.next_member = (self.next_member + 1) % self.members.len();
+        let member = self.members[self.next_member].clone();
+        let deadline = now + Duration::from_millis(self.options.ack_wait_ms);
+        self.in_flight.insert(offset, InFlight { deadline, count: count + 1, member: member.clone() });
+        Assignment { offset, count: count + 1, member }
     }
 }
 
@@ -521,5 +486,39 @@ mod tests {
         assert_eq!(restored.ack_floor(), 0);
         assert!(restored.done.contains(3) && !restored.done.contains(2));
         assert_eq!((restored.cursor, restored.incarnation), (0, 1));
+    }
+
+    #[test]
+    fn an_offer_skips_what_does_not_match_and_stops_where_room_ends() {
+        let mut c = consumer();
+        let (member, _listening) = flume::unbounded();
+        c.add_member(member);
+        let now = Instant::now();
+        c.done.insert(3);
+        let sent: Vec<u64> = c.offer(0, 8, &[1, 3, 4, 6], now).into_iter().map(|a| a.offset).collect();
+        assert_eq!(sent, vec![1, 4], "3 is done already; room for two");
+        assert_eq!(c.cursor, 6, "6 waits for room");
+        assert!(c.done.contains(0) && c.done.contains(2) && c.done.contains(5));
+        assert!(c.offer(0, 8, &[6], now).is_empty(), "a stale offer changes nothing");
+        assert_eq!(c.plan(now).room, 0);
+        assert!(c.ack(1));
+        let plan = c.plan(now);
+        assert_eq!((plan.cursor, plan.room, plan.floor), (6, 1, 4), "0..4 are done; 4 is in flight");
+    }
+
+    #[test]
+    fn a_plan_resends_and_exhausts_after_the_ack_wait() {
+        let mut c = consumer();
+        let (member, _listening) = flume::unbounded();
+        c.add_member(member);
+        let start = Instant::now();
+        assert_eq!(c.offer(0, 1, &[0], start).len(), 1);
+        let later = start + Duration::from_secs(1);
+        let plan = c.plan(later);
+        assert_eq!(plan.resend.iter().map(|a| (a.offset, a.count)).collect::<Vec<_>>(), vec![(0, 2)]);
+        let plan = c.plan(later + Duration::from_secs(1));
+        assert_eq!(plan.exhausted, vec![(0, 2)]);
+        c.settle(0, 2, true);
+        assert_eq!(c.ack_floor(), 1);
     }
 }

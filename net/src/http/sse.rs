@@ -220,7 +220,7 @@ pub type Response = http::Response<http_body_util::Either<http_body_util::Full<B
 pub fn respond<B>(
     req: &http::Request<B>,
     bus: &Arc<dyn Bus>,
-    control: &Arc<crate::http::Control>,
+    context: &Arc<crate::http::EdgeContext>,
     gate: &Rc<WriteGate>,
 ) -> Response {
     use http::{header, HeaderValue, Method, StatusCode};
@@ -232,7 +232,7 @@ pub fn respond<B>(
     }
     let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
     let opened = parse_request(req.uri().query(), last, crate::clock::now_micros())
-        .and_then(|request| open(bus, control, gate, request));
+        .and_then(|request| open(bus, context, gate, request));
     match opened {
         Ok(body) => {
             gate.streaming.set(true);
@@ -320,14 +320,14 @@ impl Drop for Slot {
 /// Opens the subscription of `request`, holding a slot and a grant for its life.
 pub fn open(
     bus: &Arc<dyn Bus>,
-    control: &Arc<crate::http::Control>,
+    context: &Arc<crate::http::EdgeContext>,
     gate: &Rc<WriteGate>,
     request: StreamRequest,
 ) -> Result<SseBody, SseError> {
-    let slot = Slot::take(control.budget.limit()).ok_or_else(|| {
+    let slot = Slot::take(context.budget.limit()).ok_or_else(|| {
         SseError::Unavailable("too many streams are open (at most 2048, and half the memory budget)".into())
     })?;
-    let grant = control.budget.request(STREAM_GRANT, STREAM_GRANT).ok_or_else(|| {
+    let grant = context.budget.request(STREAM_GRANT, STREAM_GRANT).ok_or_else(|| {
         metrics::counter!("jimbus_budget_denials_total", "component" => "sse").increment(1);
         SseError::Unavailable("the server's memory budget is spent, retry later".into())
     })?;
@@ -345,8 +345,8 @@ pub fn open(
         preamble: Some(Bytes::from_static(b"retry: 1000\n: jimbus stream\n\n")),
         deliveries: receiver.into_stream(),
         cursor: request.cursor,
-        stopped: control.stop.listen(),
-        control: control.clone(),
+        stopped: context.shutdown.listen(),
+        context: context.clone(),
         gate: gate.clone(),
         // Bytes count from what the socket had taken before this answer.
         produced: gate.written.get(),
@@ -363,7 +363,7 @@ pub struct SseBody {
     deliveries: flume::r#async::RecvStream<'static, EncodedDelivery>,
     cursor: Cursor,
     stopped: event_listener::EventListener,
-    control: Arc<crate::http::Control>,
+    context: Arc<crate::http::EdgeContext>,
     gate: Rc<WriteGate>,
     /// Bytes produced, on the scale of `gate.written`.
     produced: u64,
@@ -406,7 +406,7 @@ impl hyper::body::Body for SseBody {
         if let Some(preamble) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(preamble))));
         }
-        if this.stopped.poll(cx).is_ready() || this.control.stopping.load(Ordering::Acquire) {
+        if this.stopped.poll(cx).is_ready() || this.context.shutdown.is_stopping() {
             return Poll::Ready(None);
         }
         loop {

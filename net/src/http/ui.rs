@@ -15,7 +15,7 @@ pub struct Asset {
 
 macro_rules! asset {
     ($path:literal, $type:literal) => {
-        Asset { path: $path, content_type: $type, body: include_bytes!(concat!("../ui/", $path)) }
+        Asset { path: $path, content_type: $type, body: include_bytes!(concat!("../../ui/", $path)) }
     };
 }
 

@@ -1,0 +1,459 @@
+//! A shard's pump: the single writer of the sessions the shard owns.
+//!
+//! Every mutation of a shard arrives as a [`Command`] on its one flume queue,
+//! from HTTP handlers on any shard, from the tokio gRPC edge and from the
+//! shard's own delivery tasks alike, and is applied by the pump in arrival
+//! order: sequence numbers, dedup, durable consumers and the log need no
+//! locks. The pump drains whatever is queued (up to `max_batch`, sized by the
+//! [`BatchSizer`] from queue depth) into one group commit, so batches grow with
+//! queue depth and shrink to one under light load, and answers every command
+//! of the commit once it is durable. A shard must never reach into another
+//! shard's state; it only sends commands.
+
+use super::aggregation::AggregationStage;
+use super::command::{AppendReply, Command, ConsumerRequest};
+use super::consumer::{Consumer, DurableLimits};
+use super::consumer_store::ConsumerStore;
+use super::consumer_task::ConsumerTask;
+use super::log::{SegmentWriter, SharedIndex};
+use super::router::ShardRouter;
+use super::subscription::{start_offset_now, subscription};
+use crate::bus::{AppendItem, BusError, Durable, ItemOutcome};
+use crate::clock::{now_micros, timestamp};
+use crate::observe;
+use jimbus_core::aggregate::AggregateConfig;
+use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
+use jimbus_core::record::RecordKind;
+use jimbus_core::stamps::{append_stamps, encode_client_view};
+use jimbus_core::topic::{self, Pattern};
+use jimbus_proto::delivery::EncodedDelivery;
+use jimbus_proto::events as pb;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Tunables of a shard's pump.
+#[derive(Debug, Clone)]
+pub struct PumpOptions {
+    /// Retry ids remembered per shard.
+    pub dedup_window: usize,
+    /// How long a group commit waits for more commands once it has one (0: not at all).
+    pub linger: Duration,
+    /// Windows, cascades and the adaptive batch size (its `batch.max_batch` caps
+    /// the commands folded into one group commit).
+    pub aggregate: AggregateConfig,
+    /// How many durable consumers, and how long an idle one is kept.
+    pub durables: DurableLimits,
+}
+
+/// The state the pump owns: everything about the shard that changes.
+pub struct Shard {
+    /// This shard's number, its partition in every position it hands out.
+    pub(super) id: usize,
+    /// The shard's directory (see [`super::layout`]).
+    pub(super) dir: PathBuf,
+    /// To reach the other shards (dead letters, subscriptions, maintenance timers).
+    pub(super) router: ShardRouter,
+    /// The log's single writer.
+    pub(super) writer: SegmentWriter,
+    /// The durable consumers on this shard, by name.
+    pub(super) consumers: BTreeMap<String, Consumer>,
+    /// Where the consumers are persisted.
+    pub(super) store: ConsumerStore,
+    pub(super) durable_limits: DurableLimits,
+    /// The sequence the next event of each session gets.
+    pub(super) next_sequence: HashMap<String, u64>,
+    /// Keys of recent events, to recognise retries.
+    pub(super) dedup: DedupWindow,
+    /// Records per topic, for ListTopics.
+    pub(super) topics: HashMap<String, u64>,
+    /// One record's encoding, reused for every record.
+    pub(super) scratch: Vec<u8>,
+    /// Windows and cascades of the events once durable.
+    pub(super) aggregation: AggregationStage,
+    pub(super) linger: Duration,
+    /// Events staged in the current commit, for aggregation once durable.
+    pub(super) fresh: Vec<(u64, Box<pb::Event>)>,
+}
+
+/// What one group commit collects before it is written.
+#[derive(Default)]
+struct Batch {
+    /// Each append's reply and outcomes, answered once the commit is durable.
+    appends: Vec<(AppendReply, Vec<ItemOutcome>)>,
+    /// Each ack's reply and how many offsets it acknowledged.
+    acks: Vec<(flume::Sender<Result<u32, BusError>>, u32)>,
+    /// Dedup keys staged, with their offsets: in the window once durable.
+    keys: Vec<(DedupKey, u64)>,
+    /// Keys staged by earlier requests of this commit: a retry that races its
+    /// original into the same commit is a duplicate too. Identical events
+    /// inside one request are both kept (a retrigger can repeat its trigger
+    /// byte for byte, and the field mod reuses ids).
+    staged: KeySet,
+    /// Acks applied: the consumers are persisted before the commit is answered.
+    consumers_changed: bool,
+    /// Consumers created or removed: the snapshot is rewritten.
+    consumers_replaced: bool,
+    /// Set when the batch held a shutdown command.
+    shutdown: Option<flume::Sender<()>>,
+}
+
+impl Shard {
+    /// The lowest offset a durable consumer still needs (retention keeps it).
+    fn oldest_unacked(&self) -> Option<u64> {
+        self.consumers.values().map(Consumer::ack_floor).min()
+    }
+
+    /// Deletes what retention no longer keeps, sparing every offset a durable
+    /// consumer has not acknowledged.
+    async fn enforce_retention(&mut self) {
+        let keep_from = self.oldest_unacked().unwrap_or(u64::MAX);
+        self.writer.enforce_retention(now_micros(), keep_from).await;
+    }
+
+    fn index(&self) -> SharedIndex {
+        self.writer.index()
+    }
+
+    /// Starts the delivery task of the consumer `name`.
+    pub(super) fn spawn_delivery(&self, name: &str) {
+        let Some(consumer) = self.consumers.get(name) else { return };
+        let task = ConsumerTask {
+            shard: self.id,
+            name: name.to_string(),
+            incarnation: consumer.incarnation,
+            pattern: consumer.pattern.clone(),
+            index: self.index(),
+            router: self.router.clone(),
+        };
+        glommio::spawn_local(task.run()).detach();
+    }
+
+    /// Joins (or creates, starting at `start`) a durable consumer; true if created.
+    fn join_consumer(
+        &mut self,
+        durable: Durable,
+        pattern: Pattern,
+        start: u64,
+        member: flume::Sender<EncodedDelivery>,
+    ) -> bool {
+        let created = !self.consumers.contains_key(&durable.name);
+        // Unique per life of a name on this shard, even if the clock steps back.
+        let incarnation = now_micros().max(self.consumers.values().map(|c| c.incarnation + 1).max().unwrap_or(0));
+        let consumer = self
+            .consumers
+            .entry(durable.name.clone())
+            .or_insert_with(|| Consumer::new(durable.name.clone(), pattern, durable.options, start, incarnation));
+        consumer.add_member(member);
+        if created {
+            self.router.durables.register(&durable.name);
+            self.spawn_delivery(&durable.name);
+        }
+        created
+    }
+
+    /// Answers a delivery task about its consumer; true if the consumer's
+    /// state changed in a way only a snapshot keeps.
+    fn serve_consumer(&mut self, name: &str, incarnation: u64, request: ConsumerRequest) {
+        let consumer = self.consumers.get_mut(name).filter(|c| c.incarnation == incarnation);
+        let now = Instant::now();
+        match (request, consumer) {
+            (ConsumerRequest::Plan { reply }, consumer) => {
+                let _ = reply.send(consumer.map(|c| c.plan(now)));
+            }
+            (ConsumerRequest::Offer { from, to, matching, reply }, consumer) => {
+                let _ = reply.send(consumer.map(|c| c.offer(from, to, &matching, now)).unwrap_or_default());
+            }
+            (ConsumerRequest::Settle { offset, count, dead_lettered }, Some(c)) => {
+                c.settle(offset, count, dead_lettered)
+            }
+            (ConsumerRequest::Settle { .. }, None) => {}
+        }
+    }
+
+    /// Writes every consumer to a new snapshot (which empties the journal).
+    pub(super) async fn save_consumers(&mut self) -> std::io::Result<()> {
+        let records = self.consumers.iter().map(|(name, c)| (name.clone(), c.record())).collect();
+        self.store.compact(&records).await
+    }
+
+    /// Makes the acks applied since the last call durable: one journal
+    /// append, or a new snapshot when consumers came or went or the journal
+    /// has grown past its bound.
+    async fn persist_consumers(&mut self, snapshot: bool) -> std::io::Result<()> {
+        let entries: Vec<_> = self.consumers.values_mut().filter_map(Consumer::take_journal_entry).collect();
+        let ranges: usize = self.consumers.values().map(Consumer::range_count).sum();
+        metrics::gauge!("jimbus_consumer_state_ranges", "shard" => self.id.to_string()).set(ranges as f64);
+        if snapshot || self.store.needs_compaction() {
+            return self.save_consumers().await;
+        }
+        self.store.append(&entries).await
+    }
+
+    /// Removes consumers idle past the configured expiry; true if any was.
+    fn expire_idle_consumers(&mut self) -> bool {
+        let Some(expiry) = self.durable_limits.idle_expiry else { return false };
+        let now = Instant::now();
+        let idle: Vec<String> =
+            self.consumers.iter_mut().filter_map(|(name, c)| c.idle_for(expiry, now).then(|| name.clone())).collect();
+        for name in &idle {
+            if let Some(mut consumer) = self.consumers.remove(name) {
+                consumer.remove();
+                self.router.durables.release(name);
+                tracing::info!(shard = self.id, consumer = %name, idle_seconds = expiry.as_secs(), "durable consumer expired");
+            }
+        }
+        !idle.is_empty()
+    }
+
+    /// Applies commands until a shutdown command arrives or every sender is
+    /// gone, waking also when the aggregator's timers are due.
+    pub(super) async fn run(mut self, queue: flume::Receiver<Command>) {
+        loop {
+            let commands = match self.next_commands(&queue).await {
+                Some(commands) => commands,
+                None => break,
+            };
+            if let Some(done) = self.apply(commands).await {
+                self.stop().await;
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Waits for commands or the aggregator's next deadline, then drains as
+    /// many commands as the adaptive batch size allows (possibly none, when
+    /// only a timer is due). `None` when every sender is gone.
+    async fn next_commands(&mut self, queue: &flume::Receiver<Command>) -> Option<Vec<Command>> {
+        let first = recv_until(queue, self.aggregation.deadline()).await.ok()?;
+        let limit = self.aggregation.batch_size(queue.len() + usize::from(first.is_some()));
+        let mut commands: Vec<Command> = first.into_iter().collect();
+        // With a linger, a commit waits that long for company once it has work.
+        let linger_end = (!commands.is_empty() && !self.linger.is_zero()).then(|| Instant::now() + self.linger);
+        while commands.len() < limit {
+            let next = match queue.try_recv() {
+                Ok(command) => Some(command),
+                Err(_) => match linger_end {
+                    Some(end) if Instant::now() < end => recv_until(queue, Some(end)).await.ok().flatten(),
+                    _ => None,
+                },
+            };
+            match next {
+                Some(command) => commands.push(command),
+                None => break,
+            }
+        }
+        Some(commands)
+    }
+
+    /// Flushes the aggregator and syncs the log.
+    async fn stop(&mut self) {
+        if let Err(e) = self.save_consumers().await {
+            tracing::warn!(shard = self.id, error = %e, "cannot snapshot the consumers; their journal is replayed at start");
+        }
+        self.aggregation.flush_all();
+        self.commit_aggregated().await;
+        if let Err(e) = self.writer.sync().await {
+            tracing::error!(shard = self.id, error = %e, "final sync failed");
+        }
+    }
+
+    /// Writes what aggregation produced; what the log refuses is kept for the next try.
+    async fn commit_aggregated(&mut self) {
+        let messages = self.aggregation.take_pending();
+        if messages.is_empty() {
+            return;
+        }
+        let now = self.writer.monotonic_time_us(now_micros());
+        for aggregated in &messages {
+            let topic = topic::aggregated_topic(&aggregated.session);
+            self.stage_message(RecordKind::Aggregated, topic, &aggregated.message, now);
+        }
+        match self.writer.commit().await {
+            Ok(()) => {
+                observe::aggregated(&messages);
+                self.checkpoint_if_rolled();
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
+                self.aggregation.restore_pending(messages);
+            }
+        }
+        self.aggregation.export_metrics();
+    }
+
+    /// Applies a batch of commands with one commit; returns the shutdown waiter
+    /// when the batch held a shutdown command.
+    async fn apply(&mut self, commands: Vec<Command>) -> Option<flume::Sender<()>> {
+        let mut batch = Batch::default();
+        for command in commands {
+            self.take(command, &mut batch);
+        }
+        let saved = self.persist_acks(&mut batch).await;
+        self.commit(&mut batch, saved.is_ok()).await;
+        self.aggregation.tick();
+        self.commit_aggregated().await;
+        batch.shutdown
+    }
+
+    /// Applies one command to the shard's state, staging what it appends.
+    fn take(&mut self, command: Command, batch: &mut Batch) {
+        match command {
+            Command::Append { items, reply } => {
+                let first = batch.keys.len();
+                let outcomes: Vec<_> =
+                    items.into_iter().map(|item| self.stage(item, &mut batch.keys, &batch.staged)).collect();
+                batch.staged.extend(batch.keys[first..].iter().map(|(key, _)| *key));
+                batch.appends.push((reply, outcomes));
+            }
+            Command::Subscribe { pattern, start, durable: None, deliveries } => {
+                glommio::spawn_local(subscription(self.id, self.index(), pattern, start, deliveries)).detach();
+            }
+            Command::Subscribe { pattern, start, durable: Some(durable), deliveries } => {
+                let first = start_offset_now(&self.index(), start);
+                let created = self.join_consumer(durable, pattern, first, deliveries);
+                batch.consumers_changed |= created;
+                batch.consumers_replaced |= created;
+            }
+            Command::Ack { name, offsets, reply } => {
+                let acked =
+                    self.consumers.get_mut(&name).map_or(0, |c| offsets.into_iter().filter(|&o| c.ack(o)).count());
+                batch.consumers_changed |= acked > 0;
+                batch.acks.push((reply, acked as u32));
+            }
+            Command::Consumer { name, incarnation, request } => self.serve_consumer(&name, incarnation, request),
+            Command::ListTopics { reply } => {
+                let _ = reply.send(self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect());
+            }
+            Command::Maintain => {
+                let expired = self.expire_idle_consumers();
+                batch.consumers_changed |= expired;
+                batch.consumers_replaced |= expired;
+            }
+            Command::Shutdown { done } => batch.shutdown = Some(done),
+        }
+    }
+
+    /// Persists the batch's acks and answers them; an error refuses them all.
+    async fn persist_acks(&mut self, batch: &mut Batch) -> Result<(), String> {
+        let saved = if batch.consumers_changed {
+            self.persist_consumers(batch.consumers_replaced).await.map_err(|e| {
+                tracing::warn!(shard = self.id, error = %e, "cannot persist the durable consumers; their acks are refused");
+                e.to_string()
+            })
+        } else {
+            Ok(())
+        };
+        if batch.consumers_changed && saved.is_ok() {
+            // Before the acks are answered, so that once Ack returns nothing
+            // retention may delete is still on disk.
+            self.enforce_retention().await;
+        }
+        for (reply, acked) in batch.acks.drain(..) {
+            let _ = reply.send(saved.clone().map(|_| acked).map_err(BusError::Storage));
+        }
+        saved
+    }
+
+    /// Writes the staged records and answers the batch's appends.
+    async fn commit(&mut self, batch: &mut Batch, consumers_saved: bool) {
+        match self.writer.commit().await {
+            Ok(()) => {
+                for (key, offset) in batch.keys.drain(..) {
+                    self.dedup.insert(key, offset);
+                }
+                self.checkpoint_if_rolled();
+                for (reply, outcomes) in batch.appends.drain(..) {
+                    let _ = reply.send(Ok(outcomes));
+                }
+                if consumers_saved {
+                    self.enforce_retention().await;
+                }
+                let fresh = std::mem::take(&mut self.fresh);
+                self.aggregation.offer(&fresh);
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
+                metrics::counter!("jimbus_log_commit_failures_total").increment(1);
+                self.unstage_sequences();
+                for (reply, _) in batch.appends.drain(..) {
+                    let _ = reply.send(Err(BusError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// After a failed commit, hands out again the sequences its events took:
+    /// each session's next sequence goes back to its first event's in the commit.
+    fn unstage_sequences(&mut self) {
+        for (sequence, event) in self.fresh.drain(..) {
+            if let Some(next) = self.next_sequence.get_mut(&event.session_id) {
+                *next = (*next).min(sequence);
+            }
+        }
+    }
+
+    /// Stages one item: assigns its sequence and offset, or recognises a retry
+    /// (a key already durable, or `staged` by an earlier request of this commit).
+    fn stage(&mut self, item: AppendItem, keys: &mut Vec<(DedupKey, u64)>, staged: &KeySet) -> ItemOutcome {
+        let now = self.writer.monotonic_time_us(now_micros());
+        match item {
+            AppendItem::Event(mut event) => {
+                self.scratch.clear();
+                let (mut stamps, key) = encode_client_view(&mut event, &mut self.scratch);
+                if key.is_some_and(|k| self.dedup.contains(k) || staged.contains(&k)) {
+                    metrics::counter!("jimbus_events_duplicate_total").increment(1);
+                    return ItemOutcome::Duplicate;
+                }
+                let next = match self.next_sequence.get_mut(&event.session_id) {
+                    Some(next) => next,
+                    None => self.next_sequence.entry(event.session_id.clone()).or_insert(1),
+                };
+                stamps.0.sequence = *next;
+                *next += 1;
+                stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
+                append_stamps(stamps, &mut event, &mut self.scratch);
+                let topic = topic::raw_topic(&event.session_id, &event.event_type);
+                let outcome = self.stage_scratch(RecordKind::Event, topic, now);
+                if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
+                    keys.push((key, offset));
+                }
+                self.fresh.push((event.sequence, event));
+                outcome
+            }
+            AppendItem::DeadLetter(letter) => {
+                metrics::counter!("jimbus_deadletter_total").increment(1);
+                self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER.to_string(), &*letter, now)
+            }
+        }
+    }
+
+    fn stage_message(&mut self, kind: RecordKind, topic: String, message: &impl Message, now: u64) -> ItemOutcome {
+        self.scratch.clear();
+        message.encode(&mut self.scratch).expect("a Vec grows as needed");
+        self.stage_scratch(kind, topic, now)
+    }
+
+    /// Stages the message encoded in `scratch`.
+    fn stage_scratch(&mut self, kind: RecordKind, topic: String, now: u64) -> ItemOutcome {
+        let offset = self.writer.stage(kind, &topic, &self.scratch, now);
+        *self.topics.entry(topic).or_default() += 1;
+        ItemOutcome::Stored { partition: self.id as u32, offset }
+    }
+}
+
+/// The next command, or `None` once `deadline` passes; an error when every sender is gone.
+async fn recv_until(
+    queue: &flume::Receiver<Command>,
+    deadline: Option<Instant>,
+) -> Result<Option<Command>, flume::RecvError> {
+    let Some(deadline) = deadline else { return queue.recv_async().await.map(Some) };
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Ok(None)
+    };
+    futures_lite::future::or(async { queue.recv_async().await.map(Some) }, timer).await
+}

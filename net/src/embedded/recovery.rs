@@ -1,0 +1,282 @@
+//! Bringing a shard back from its directory, and leaving it so that the next
+//! start is quick: the log's segments are opened (a closed one from its index,
+//! any other by a scan that cuts a torn tail), the checkpoint gives sequences
+//! and topic counts as of a segment's base so only the records after it are
+//! replayed, the dedup window is rebuilt from the records it covers, and the
+//! durable consumers are read back with their delivery restarted. After a
+//! commit that closed a segment, the pump writes a new checkpoint here. The
+//! order of files is [`layout`]'s. This module must never lose a record the
+//! log holds whole: what it cannot read it replays, and only a torn tail is cut.
+
+use super::aggregation::AggregationStage;
+use super::consumer::Consumer;
+use super::consumer_store::{ConsumerStore, Restored};
+use super::layout;
+use super::log::{open_rw, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter};
+use super::pump::{PumpOptions, Shard};
+use super::router::ShardRouter;
+use jimbus_core::aggregate::ConfigError;
+use jimbus_core::budget::MemoryBudget;
+use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
+use jimbus_core::dedup::DedupWindow;
+use jimbus_core::record::{self, Record, RecordKind};
+use jimbus_core::stamps::client_key;
+use jimbus_proto::events as pb;
+use prost::Message;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a shard could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardOpenError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("aggregation settings: {0}")]
+    Aggregate(#[from] ConfigError),
+}
+
+impl From<std::io::Error> for ShardOpenError {
+    fn from(e: std::io::Error) -> Self {
+        ShardOpenError::Log(LogError::Io(e))
+    }
+}
+
+impl Shard {
+    /// Opens the shard's log and rebuilds sequences, dedup and topics from it.
+    pub(super) async fn open(
+        id: usize,
+        dir: &std::path::Path,
+        log: LogOptions,
+        options: PumpOptions,
+        router: ShardRouter,
+        budget: &Arc<MemoryBudget>,
+    ) -> Result<Self, ShardOpenError> {
+        let log_retention_age = log.retention.max_age;
+        let checkpoint = load_checkpoint(dir);
+        // The checkpoint holds sequences and topic counts as of `end`; the dedup
+        // window is rebuilt from the records at or after `dedup_from`.
+        let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
+        let mut dedup = DedupWindow::new(options.dedup_window);
+        let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
+        if let Some(checkpoint) = checkpoint {
+            next_sequence.extend(checkpoint.next_sequence);
+            topics.extend(checkpoint.topics);
+        }
+        let (writer, report) = SegmentWriter::open(dir, log, dedup_from, |rec| {
+            let after_checkpoint = rec.offset >= end;
+            if after_checkpoint {
+                *topics.entry(rec.topic.to_string()).or_default() += 1;
+            }
+            if rec.kind != RecordKind::Event {
+                return;
+            }
+            if let Ok(mut event) = pb::Event::decode(rec.message) {
+                if after_checkpoint {
+                    let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
+                    *next = (*next).max(event.sequence + 1);
+                }
+                if let Some(key) = client_key(&mut event) {
+                    dedup.insert(key, rec.offset);
+                }
+            }
+        })
+        .await?;
+        if writer.next_offset() < end {
+            tracing::warn!(
+                shard = id,
+                checkpoint = end,
+                log_end = writer.next_offset(),
+                "the log ends before its checkpoint: records were lost outside jimbus"
+            );
+        }
+        tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = dedup_from, records = report.records, truncated = ?report.truncated, "log recovered");
+        let (store, restored, journaled) = ConsumerStore::load(dir)?;
+        router.durables.set_limit(options.durables.max_names);
+        if let Some(expiry) = options.durables.idle_expiry {
+            let every = (expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
+        }
+        if let Some(age) = log_retention_age {
+            let every = (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
+        }
+        let dir = dir.to_path_buf();
+        let aggregation = AggregationStage::new(id, options.aggregate.clone(), budget)?;
+        let mut shard = Shard {
+            id,
+            dir,
+            router,
+            writer,
+            consumers: BTreeMap::new(),
+            store,
+            durable_limits: options.durables,
+            next_sequence,
+            dedup,
+            topics,
+            scratch: Vec::new(),
+            aggregation,
+            linger: options.linger,
+            fresh: Vec::new(),
+        };
+        shard.restore_consumers(restored);
+        if journaled {
+            // Fold the journal into a snapshot now, so it starts empty.
+            shard.save_consumers().await?;
+        }
+        Ok(shard)
+    }
+
+    /// Puts back every consumer read from disk and starts its delivery.
+    fn restore_consumers(&mut self, restored: BTreeMap<String, Restored>) {
+        for (name, (entry, done)) in restored {
+            let Some(consumer) = Consumer::restore(name.clone(), entry, done) else {
+                tracing::warn!(shard = self.id, consumer = %name, "dropping a stored consumer whose pattern no longer parses");
+                continue;
+            };
+            self.consumers.insert(name.clone(), consumer);
+            self.router.durables.register(&name);
+            self.spawn_delivery(&name);
+        }
+    }
+
+    /// After a commit that closed a segment, writes the shard's state as of the
+    /// new segment's base in the background (the pump does not wait for it), so
+    /// a restart replays only from there. A failure is logged: the restart then
+    /// replays more.
+    pub(super) fn checkpoint_if_rolled(&mut self) {
+        let Some(end) = self.writer.take_rolled() else { return };
+        let checkpoint = ShardCheckpoint {
+            end,
+            next_sequence: self.next_sequence.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+            topics: self.topics.iter().map(|(t, n)| (t.clone(), *n)).collect(),
+            dedup_from: self.dedup.oldest_offset().unwrap_or(end).min(end),
+        };
+        let (path, bytes, shard) = (layout::checkpoint(&self.dir), checkpoint.encode(), self.id);
+        glommio::spawn_local(async move {
+            if let Err(e) = layout::replace_file(&path, &bytes).await {
+                tracing::warn!(shard, error = %e, "cannot write the checkpoint; the next start replays more");
+            }
+        })
+        .detach();
+    }
+}
+
+/// The checkpoint to start from, if there is a readable one.
+fn load_checkpoint(dir: &std::path::Path) -> Option<ShardCheckpoint> {
+    let bytes = std::fs::read(layout::checkpoint(dir)).ok()?;
+    match ShardCheckpoint::decode(&bytes) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "ignoring an unreadable checkpoint; replaying the whole log");
+            None
+        }
+    }
+}
+
+impl SegmentWriter {
+    /// Opens (creating if needed) the log in `dir`, recovering what is there.
+    /// `each` sees every valid record at or after `replay_from`, oldest first, so
+    /// the shard can rebuild its sequences, dedup window and topic counts from
+    /// its checkpoint at `replay_from`. A closed segment wholly below it whose
+    /// index is intact is not read at all; every other segment is scanned.
+    pub async fn open(
+        dir: &Path,
+        options: LogOptions,
+        replay_from: u64,
+        mut each: impl FnMut(&Record<'_>),
+    ) -> Result<(Self, RecoveryReport), LogError> {
+        layout::prepare(dir)?;
+        let mut report = RecoveryReport::default();
+        let mut segments = Vec::new();
+        let mut time_marks = Vec::new();
+        let mut last_time_us = 0;
+        let mut end = 0;
+        let paths = layout::segments(dir)?;
+        for (i, (base, path)) in paths.iter().enumerate() {
+            let (base, closed) = (*base, i + 1 < paths.len());
+            let index = if closed { usable_index(dir, base, path, replay_from) } else { None };
+            let (positions, len, segment_time_us) = match index {
+                Some(index) => {
+                    report.indexed += 1;
+                    time_marks.extend(index.time_marks);
+                    (index.positions, index.valid_len, index.last_time_us)
+                }
+                None => scan_segment(path, replay_from, &mut time_marks, &mut report, &mut each)?,
+            };
+            report.records += positions.len() as u64;
+            last_time_us = last_time_us.max(segment_time_us);
+            end = end.max(base + positions.len() as u64);
+            let file = open_rw(path).await?;
+            segments.push(Segment { base, file: Rc::new(file), positions, len, last_time_us: segment_time_us });
+        }
+        report.segments = segments.len();
+        let index = Rc::new(RefCell::new(LogIndex {
+            segments,
+            end,
+            tail_first: end,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_cap: options.tail_cache_bytes,
+            time_marks,
+            committed: event_listener::Event::new(),
+        }));
+        let mut writer = Self {
+            dir: dir.to_path_buf(),
+            options,
+            index,
+            staged: Vec::new(),
+            staged_ends: Vec::new(),
+            last_time_us,
+            rolled: None,
+        };
+        if writer.index.borrow().segments.is_empty() {
+            writer.start_segment(end).await?;
+        }
+        metrics::counter!("jimbus_log_recovered_records_total").increment(report.records);
+        Ok((writer, report))
+    }
+}
+
+/// The index of a closed segment when it can replace a scan: it decodes, it
+/// matches the file's size, and none of its records needs replaying.
+fn usable_index(dir: &Path, base: u64, segment: &Path, replay_from: u64) -> Option<SegmentIndex> {
+    let index = SegmentIndex::decode(&std::fs::read(layout::segment_index(dir, base)).ok()?).ok()?;
+    let size = std::fs::metadata(segment).ok()?.len();
+    (size == index.valid_len && base + index.positions.len() as u64 <= replay_from).then_some(index)
+}
+
+/// Scans one segment: positions, valid length and newest time; truncates a torn
+/// or corrupt tail; hands every record at or after `replay_from` to `each`.
+fn scan_segment(
+    path: &Path,
+    replay_from: u64,
+    time_marks: &mut Vec<(u64, u64)>,
+    report: &mut RecoveryReport,
+    each: &mut impl FnMut(&Record<'_>),
+) -> Result<(Vec<u32>, u64, u64), LogError> {
+    let data = std::fs::read(path)?;
+    let mut positions = Vec::new();
+    let mut segment_time_us = 0;
+    let scan = record::scan(&data, |pos, rec| {
+        segment_time_us = segment_time_us.max(rec.time_us);
+        if positions.len().is_multiple_of(64) {
+            time_marks.push((rec.time_us, rec.offset));
+        }
+        positions.push(pos as u32);
+        if rec.offset >= replay_from {
+            each(rec);
+        }
+    });
+    if let Some(reason) = &scan.stopped {
+        let cut = data.len() - scan.valid_len;
+        tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, cut_bytes = cut, %reason, "truncating log tail");
+        metrics::counter!("jimbus_log_truncated_bytes_total").increment(cut as u64);
+        std::fs::OpenOptions::new().write(true).open(path)?.set_len(scan.valid_len as u64)?;
+        report.truncated.push((path.to_path_buf(), cut as u64, reason.to_string()));
+    }
+    Ok((positions, scan.valid_len as u64, segment_time_us))
+}

@@ -1,0 +1,189 @@
+//! The embedded bus as the edges see it: [`ShardRouter`] implements [`Bus`]
+//! by sending each request to the pump of the shard that owns it (a session's
+//! events to its shard; subscriptions, topic counts and shutdown to all) and
+//! gathering the answers. It is `Send` and cheap to clone, so the tokio gRPC
+//! edge and every glommio shard hold one. It must never touch a shard's state:
+//! it only sends commands and waits for their answers.
+
+use super::command::{Command, ConsumerRequest};
+use super::consumer::DurableNames;
+use crate::bus::{AppendItem, Bus, BusError, BusFuture, ItemOutcome, Subscription};
+use jimbus_core::topic;
+use jimbus_proto::delivery::EncodedDelivery;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach every shard. Cheap to clone; `Send`, so the gRPC edge holds one.
+#[derive(Clone)]
+pub struct ShardRouter {
+    /// Each shard's command queue, by shard id.
+    queues: Vec<flume::Sender<Command>>,
+    /// Durable names on any shard, to refuse one past the limit.
+    pub(super) durables: Arc<DurableNames>,
+}
+
+type AppendAnswer = Result<Vec<ItemOutcome>, BusError>;
+
+impl ShardRouter {
+    pub(super) fn new(queues: Vec<flume::Sender<Command>>) -> Self {
+        Self { queues, durables: Arc::default() }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn shard_for(&self, session: &str) -> usize {
+        topic::shard_for(session, self.queues.len())
+    }
+
+    /// Splits `items` by owning shard, keeping each item's place in the request.
+    fn split(&self, items: Vec<AppendItem>) -> Vec<(usize, Vec<usize>, Vec<AppendItem>)> {
+        let mut parts: Vec<(usize, Vec<usize>, Vec<AppendItem>)> = Vec::new();
+        for (place, item) in items.into_iter().enumerate() {
+            let shard = self.shard_for(item.session());
+            match parts.iter_mut().find(|(s, _, _)| *s == shard) {
+                Some((_, places, items)) => {
+                    places.push(place);
+                    items.push(item);
+                }
+                None => parts.push((shard, vec![place], vec![item])),
+            }
+        }
+        parts
+    }
+
+    /// Waits for every shard's answer and puts the outcomes back in request order.
+    fn gather(waits: Vec<(Vec<usize>, flume::Receiver<AppendAnswer>)>, len: usize) -> BusFuture<Vec<ItemOutcome>> {
+        Box::pin(async move {
+            let mut outcomes = vec![ItemOutcome::Duplicate; len];
+            for (places, answer) in waits {
+                let answered = answer.recv_async().await.map_err(|_| BusError::Stopped)??;
+                for (place, outcome) in places.into_iter().zip(answered) {
+                    outcomes[place] = outcome;
+                }
+            }
+            Ok(outcomes)
+        })
+    }
+
+    /// Acknowledges offsets of a durable consumer on `shard`.
+    async fn ack_on(&self, shard: usize, name: String, offsets: Vec<u64>) -> Result<u32, BusError> {
+        let queue = self.queues.get(shard).ok_or(BusError::Stopped)?;
+        let (reply, answer) = flume::bounded(1);
+        queue.send_async(Command::Ack { name, offsets, reply }).await.map_err(|_| BusError::Stopped)?;
+        answer.recv_async().await.map_err(|_| BusError::Stopped)?
+    }
+
+    /// Sends a delivery task's request about consumer `name` to its shard;
+    /// false once the shard has stopped.
+    pub(super) async fn ask_consumer(
+        &self,
+        shard: usize,
+        name: &str,
+        incarnation: u64,
+        request: ConsumerRequest,
+    ) -> bool {
+        let command = Command::Consumer { name: name.to_string(), incarnation, request };
+        self.queues[shard].send_async(command).await.is_ok()
+    }
+
+    /// Sends one command to every shard; false if any has stopped.
+    pub fn broadcast(&self, make: impl Fn() -> Command) -> bool {
+        self.queues.iter().all(|q| q.send(make()).is_ok())
+    }
+
+    /// Asks `shard` for housekeeping every `every`, until it stops.
+    pub(super) async fn maintain_every(self, shard: usize, every: Duration) {
+        loop {
+            glommio::timer::sleep(every).await;
+            if self.queues[shard].send_async(Command::Maintain).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Bus for ShardRouter {
+    fn try_append(&self, items: Vec<AppendItem>) -> Result<BusFuture<Vec<ItemOutcome>>, BusError> {
+        let len = items.len();
+        let mut waits = Vec::new();
+        for (shard, places, items) in self.split(items) {
+            let (reply, answer) = flume::bounded(1);
+            self.queues[shard].try_send(Command::Append { items, reply }).map_err(|_| BusError::Overloaded)?;
+            waits.push((places, answer));
+        }
+        Ok(Self::gather(waits, len))
+    }
+
+    fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>> {
+        let router = self.clone();
+        Box::pin(async move {
+            let len = items.len();
+            let mut waits = Vec::new();
+            for (shard, places, items) in router.split(items) {
+                let (reply, answer) = flume::bounded(1);
+                let command = Command::Append { items, reply };
+                router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
+                waits.push((places, answer));
+            }
+            Ok(Self::gather(waits, len))
+        })
+    }
+
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
+        if let Some(durable) = &subscription.durable {
+            self.durables.reserve(&durable.name).map_err(BusError::Exhausted)?;
+        }
+        let (deliveries, receiver) = flume::bounded(subscription.buffer.max(1));
+        let opened = self.broadcast(|| Command::Subscribe {
+            pattern: subscription.pattern.clone(),
+            start: subscription.start,
+            durable: subscription.durable.clone(),
+            deliveries: deliveries.clone(),
+        });
+        if opened {
+            Ok(receiver)
+        } else {
+            Err(BusError::Stopped)
+        }
+    }
+
+    fn ack(&self, durable: String, positions: Vec<(u32, u64)>) -> BusFuture<u32> {
+        let router = self.clone();
+        Box::pin(async move {
+            let mut per_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+            for (partition, offset) in positions {
+                let shard = partition as usize;
+                if shard >= router.shards() {
+                    return Err(BusError::InvalidArgument(format!("positions: partition {shard} does not exist")));
+                }
+                per_shard.entry(shard).or_default().push(offset);
+            }
+            let mut acked = 0;
+            for (shard, offsets) in per_shard {
+                acked += router.ack_on(shard, durable.clone(), offsets).await?;
+            }
+            Ok(acked)
+        })
+    }
+
+    fn topics(&self) -> BusFuture<Vec<(String, u64)>> {
+        let (reply, answers) = flume::unbounded();
+        let asked = self.broadcast(|| Command::ListTopics { reply: reply.clone() });
+        drop(reply);
+        Box::pin(async move {
+            if !asked {
+                return Err(BusError::Stopped);
+            }
+            let mut totals = BTreeMap::<String, u64>::new();
+            while let Ok(topics) = answers.recv_async().await {
+                for (name, count) in topics {
+                    *totals.entry(name).or_default() += count;
+                }
+            }
+            Ok(totals.into_iter().collect())
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Subscriptions on one shard: where a start position falls in the log, and
+//! the task that streams matching records to one ephemeral subscriber. Each
+//! delivery is a view of the stored bytes (topic and message), never a copy or
+//! a decode. A subscription waits for room in its subscriber's channel, so a
+//! slow subscriber slows only itself and never makes the shard buffer. This
+//! module reads the log and must never write it or change a shard's state.
+
+use super::log::{read_frames, SharedIndex};
+use crate::bus::Start;
+use crate::observe;
+use jimbus_core::record::{self, RecordKind};
+use jimbus_core::topic::Pattern;
+use jimbus_proto::delivery::{BodyKind, EncodedDelivery};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Resolves a start position at once (a time start uses the coarse time index).
+pub(super) fn start_offset_now(index: &SharedIndex, start: Start) -> u64 {
+    let log = index.borrow();
+    match start {
+        Start::Latest => log.end(),
+        Start::Earliest => log.start(),
+        Start::Offset(offset) => offset.clamp(log.start(), log.end()),
+        Start::TimeMicros(t) => log.offset_near_time(t),
+    }
+}
+
+/// Resolves a start position to an offset on this shard.
+async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
+    let (first, end) = {
+        let log = index.borrow();
+        (log.start(), log.end())
+    };
+    match start {
+        Start::Latest => end,
+        Start::Earliest => first,
+        Start::Offset(offset) => offset.clamp(first, end),
+        Start::TimeMicros(t) => {
+            let mut at = index.borrow().offset_near_time(t);
+            loop {
+                let Ok((frames, next)) = read_frames(index, at, 256).await else { return at };
+                if frames.is_empty() {
+                    return at;
+                }
+                for frame in &frames {
+                    match record::decode(frame) {
+                        Ok(rec) if rec.time_us >= t => return rec.offset,
+                        _ => {}
+                    }
+                }
+                at = next;
+            }
+        }
+    }
+}
+
+/// The delivery of one record: views of the stored topic and message bytes
+/// of `frame`, which `rec` was decoded from. Nothing is decoded or copied.
+pub fn delivery(shard: usize, frame: &bytes::Bytes, rec: &record::Record<'_>) -> EncodedDelivery {
+    let kind = match rec.kind {
+        RecordKind::Event => BodyKind::Event,
+        RecordKind::Aggregated => BodyKind::Aggregated,
+        RecordKind::DeadLetter => BodyKind::DeadLetter,
+    };
+    EncodedDelivery {
+        topic: frame.slice_ref(rec.topic.as_bytes()),
+        partition: shard as u32,
+        offset: rec.offset,
+        delivery_count: 1,
+        kind,
+        body: frame.slice_ref(rec.message),
+        sequence_override: None,
+    }
+}
+
+/// Streams the records of this shard that match `pattern` to one subscriber,
+/// waiting for room in its channel (so a slow subscriber slows only itself and
+/// never makes the shard buffer), until the subscriber goes away.
+pub(super) async fn subscription(
+    shard: usize,
+    index: SharedIndex,
+    pattern: Pattern,
+    start: Start,
+    out: flume::Sender<EncodedDelivery>,
+) {
+    let index: Rc<_> = index;
+    let mut cursor = start_offset(&index, start).await;
+    metrics::gauge!("jimbus_subscriptions").increment(1.0);
+    // Lag is measured once the subscription has caught up: a replay from the
+    // start is not late.
+    let mut live = false;
+    'outer: while !out.is_disconnected() {
+        let listener = index.borrow().committed.listen();
+        if cursor >= index.borrow().end() {
+            live = true;
+            let idle = glommio::timer::Timer::new(Duration::from_secs(1));
+            futures_lite::future::or(listener, async {
+                idle.await;
+            })
+            .await;
+            continue;
+        }
+        let (frames, next) = match read_frames(&index, cursor, 512).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(shard, error = %e, "subscription read failed");
+                break;
+            }
+        };
+        if frames.is_empty() {
+            cursor = next.max(cursor + 1).min(index.borrow().end());
+            continue;
+        }
+        let mut oldest = None;
+        for frame in &frames {
+            let Ok(rec) = record::decode(frame) else { continue };
+            if !pattern.matches(rec.topic) {
+                continue;
+            }
+            oldest.get_or_insert(rec.time_us);
+            if out.send_async(delivery(shard, frame, &rec)).await.is_err() {
+                break 'outer;
+            }
+        }
+        if let Some(oldest) = oldest.filter(|_| live) {
+            observe::delivered(oldest);
+        }
+        cursor = next;
+    }
+    metrics::gauge!("jimbus_subscriptions").decrement(1.0);
+}
