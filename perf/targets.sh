@@ -18,8 +18,10 @@
 # `cargo build --release -p jimbus-perf --bin jimbus-load`), 10 s per run.
 # REPEAT=N (default 1) runs each step N times, back to back, and prints the
 # median too (half rate is half of the median full rate). NATS_SERVER names the
-# nats-server (default: tools/.venv/bin/nats-server, else PATH). The generator
-# shares the machine with the server; the load average is printed with each run.
+# nats-server (default: tools/.venv/bin/nats-server, else PATH). LOAD_ARGS adds
+# flags to every jimbus-load run (e.g. "--threads 1" on a small machine). The
+# generator shares the machine with the server; the load average is printed
+# with each run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jimbus=${1:-target/release/jimbus}
@@ -66,7 +68,7 @@ run() {
   before=$(load_avg)
   timeout $((seconds * 3 + 120)) "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" \
     --grpc "127.0.0.1:$grpc" --sessions 64 --duration "$seconds" --quiet --server-pid "$pid" \
-    --json "$work/$name.json" "${largs[@]}" >"$work/load-$name.txt" 2>&1 ||
+    --json "$work/$name.json" ${LOAD_ARGS:-} "${largs[@]}" >"$work/load-$name.txt" 2>&1 ||
     { echo "jimbus-load failed for $name:" >&2; tail -20 "$work/load-$name.txt" >&2; return 1; }
   kill "$pid"
   wait "$pid" 2>/dev/null || true
@@ -103,7 +105,7 @@ EOF
 }
 
 full_fmt='{eps:,.0f} events/s, {cpu:.2f} us CPU/event, VmHWM {hwm:.1f} MiB (sampled {rss:.1f}), HTTP p50/p99 {p50:.1f}/{p99:.1f} ms, lost {lost}, errors {err}'
-echo "jimbus $jimbus, jimbus-load $load, ${seconds}s per run, $repeat run(s) per step"
+echo "jimbus $jimbus, jimbus-load $load ${LOAD_ARGS:-}, ${seconds}s per run, $repeat run(s) per step"
 echo "== 1. full rate, 64 sessions, 2 raw subscribers"
 full=()
 for i in $(seq "$repeat"); do
