@@ -11,7 +11,6 @@
 //! durable and the pump answers clients.
 
 use super::layout;
-use super::retention::Retention;
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
 use jimbus_core::checkpoint::SegmentIndex;
@@ -42,6 +41,15 @@ pub struct LogOptions {
     /// Newest records kept in memory for subscribers, in bytes.
     pub tail_cache_bytes: usize,
     pub retention: Retention,
+}
+
+/// How long closed segments are kept (applied by [`super::retention`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    /// Delete a segment once its newest record is older than this.
+    pub max_age: Option<std::time::Duration>,
+    /// Delete the oldest segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,10 +32,9 @@ mod router;
 mod subscription;
 
 pub use consumer::DurableLimits;
-pub use log::{FsyncMode, LogOptions};
+pub use log::{FsyncMode, LogOptions, Retention};
 pub use pump::{PumpOptions, Shard};
 pub use recovery::ShardOpenError;
-pub use retention::Retention;
 pub use router::ShardRouter;
 /// For the log benchmark, which measures deliveries as subscribers get them.
 pub use subscription::delivery;

@@ -56,52 +56,12 @@ impl Shard {
         budget: &Arc<MemoryBudget>,
     ) -> Result<Self, ShardOpenError> {
         let log_retention_age = log.retention.max_age;
-        let checkpoint = load_checkpoint(dir);
-        // The checkpoint holds sequences and topic counts as of `end`; the dedup
-        // window is rebuilt from the records at or after `dedup_from`.
-        let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
-        let mut dedup = DedupWindow::new(options.dedup_window);
-        let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
-        if let Some(checkpoint) = checkpoint {
-            next_sequence.extend(checkpoint.next_sequence);
-            topics.extend(checkpoint.topics);
-        }
-        let (writer, report) = SegmentWriter::open(dir, log, dedup_from, |rec| {
-            let after_checkpoint = rec.offset >= end;
-            if after_checkpoint {
-                *topics.entry(rec.topic.to_string()).or_default() += 1;
-            }
-            if rec.kind != RecordKind::Event {
-                return;
-            }
-            if let Ok(mut event) = pb::Event::decode(rec.message) {
-                if after_checkpoint {
-                    let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
-                    *next = (*next).max(event.sequence + 1);
-                }
-                if let Some(key) = client_key(&mut event) {
-                    dedup.insert(key, rec.offset);
-                }
-            }
-        })
-        .await?;
-        if writer.next_offset() < end {
-            tracing::warn!(
-                shard = id,
-                checkpoint = end,
-                log_end = writer.next_offset(),
-                "the log ends before its checkpoint: records were lost outside jimbus"
-            );
-        }
-        tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = dedup_from, records = report.records, truncated = ?report.truncated, "log recovered");
+        let Replayed { writer, next_sequence, topics, dedup } = replay(id, dir, log, options.dedup_window).await?;
         let (store, restored, journaled) = ConsumerStore::load(dir)?;
         router.durables.set_limit(options.durables.max_names);
-        if let Some(expiry) = options.durables.idle_expiry {
-            let every = (expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-            glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
-        }
-        if let Some(age) = log_retention_age {
-            let every = (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        // Idle consumers and aged segments are looked for a tenth of their limit apart.
+        for limit in [options.durables.idle_expiry, log_retention_age].into_iter().flatten() {
+            let every = (limit / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
             glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
         }
         let dir = dir.to_path_buf();
@@ -163,6 +123,57 @@ impl Shard {
         })
         .detach();
     }
+}
+
+/// What a shard rebuilds from its checkpoint and log.
+struct Replayed {
+    writer: SegmentWriter,
+    next_sequence: HashMap<String, u64>,
+    topics: HashMap<String, u64>,
+    dedup: DedupWindow,
+}
+
+/// Opens the log and replays it over the checkpoint: sequences and topic
+/// counts from the checkpoint's end, the dedup window from `dedup_from`.
+async fn replay(id: usize, dir: &Path, log: LogOptions, dedup_window: usize) -> Result<Replayed, LogError> {
+    let checkpoint = load_checkpoint(dir);
+    let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
+    let mut dedup = DedupWindow::new(dedup_window);
+    let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
+    if let Some(checkpoint) = checkpoint {
+        next_sequence.extend(checkpoint.next_sequence);
+        topics.extend(checkpoint.topics);
+    }
+    let (writer, report) = SegmentWriter::open(dir, log, dedup_from, |rec| {
+        let after_checkpoint = rec.offset >= end;
+        if after_checkpoint {
+            *topics.entry(rec.topic.to_string()).or_default() += 1;
+        }
+        if rec.kind != RecordKind::Event {
+            return;
+        }
+        if let Ok(mut event) = pb::Event::decode(rec.message) {
+            if after_checkpoint {
+                let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
+                *next = (*next).max(event.sequence + 1);
+            }
+            if let Some(key) = client_key(&mut event) {
+                dedup.insert(key, rec.offset);
+            }
+        }
+    })
+    .await?;
+    if writer.next_offset() < end {
+        let log_end = writer.next_offset();
+        tracing::warn!(
+            shard = id,
+            checkpoint = end,
+            log_end,
+            "the log ends before its checkpoint: records were lost outside jimbus"
+        );
+    }
+    tracing::info!(shard = id, segments = report.segments, from_index = report.indexed, replayed_from = dedup_from, records = report.records, truncated = ?report.truncated, "log recovered");
+    Ok(Replayed { writer, next_sequence, topics, dedup })
 }
 
 /// The checkpoint to start from, if there is a readable one.

@@ -4,20 +4,12 @@
 //! deleting whole segments, oldest first; the active segment is never deleted,
 //! and neither is a segment holding an offset a durable consumer has not
 //! acknowledged. Files are deleted through io_uring, like every other file
-//! operation of the log, so the shard's thread never blocks on an unlink. This module must never delete anything but whole closed segments
-//! and their indexes.
+//! operation of the log, so the shard's thread never blocks on an unlink.
+//! This module must never delete anything but whole closed segments and
+//! their indexes.
 
 use super::layout;
 use super::log::SegmentWriter;
-
-/// How long closed segments are kept.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Retention {
-    /// Delete a segment once its newest record is older than this.
-    pub max_age: Option<std::time::Duration>,
-    /// Delete the oldest segments while the log is larger than this.
-    pub max_bytes: Option<u64>,
-}
 
 /// A segment retention deleted.
 #[derive(Debug, Clone)]

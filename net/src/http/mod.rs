@@ -14,8 +14,8 @@
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
-use crate::shutdown::Shutdown;
 pub mod conn;
+pub mod context;
 pub mod frame;
 pub mod guard;
 pub mod profile;
@@ -23,6 +23,7 @@ pub mod sse;
 pub mod ui;
 
 use crate::http::conn::{finish, Activity, GlommioIo, HeaderTimer};
+pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, too_large, unavailable};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
@@ -30,7 +31,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use jimbus_core::budget::{Grant, MemoryBudget};
+use jimbus_core::budget::Grant;
 use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
 use jimbus_proto::bus;
 use std::cell::Cell;
@@ -74,17 +75,6 @@ pub struct HttpOptions {
     pub profiling: bool,
     /// Serve the web view at `/ui` ([`crate::http::ui`]).
     pub ui: bool,
-}
-
-/// What every listener of the process shares.
-pub struct EdgeContext {
-    /// Readiness and stopping, owned by the server.
-    pub shutdown: Arc<Shutdown>,
-    /// What `/metrics` renders.
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Every request body is granted memory here before it is read; when the
-    /// budget is spent, requests get 503 with `Retry-After`.
-    pub budget: Arc<MemoryBudget>,
 }
 
 /// State shared by the connections of one shard.

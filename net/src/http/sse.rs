@@ -220,7 +220,7 @@ pub type Response = http::Response<http_body_util::Either<http_body_util::Full<B
 pub fn respond<B>(
     req: &http::Request<B>,
     bus: &Arc<dyn Bus>,
-    context: &Arc<crate::http::EdgeContext>,
+    context: &Arc<crate::http::context::EdgeContext>,
     gate: &Rc<WriteGate>,
 ) -> Response {
     use http::{header, HeaderValue, Method, StatusCode};
@@ -320,7 +320,7 @@ impl Drop for Slot {
 /// Opens the subscription of `request`, holding a slot and a grant for its life.
 pub fn open(
     bus: &Arc<dyn Bus>,
-    context: &Arc<crate::http::EdgeContext>,
+    context: &Arc<crate::http::context::EdgeContext>,
     gate: &Rc<WriteGate>,
     request: StreamRequest,
 ) -> Result<SseBody, SseError> {
@@ -363,7 +363,7 @@ pub struct SseBody {
     deliveries: flume::r#async::RecvStream<'static, EncodedDelivery>,
     cursor: Cursor,
     stopped: event_listener::EventListener,
-    context: Arc<crate::http::EdgeContext>,
+    context: Arc<crate::http::context::EdgeContext>,
     gate: Rc<WriteGate>,
     /// Bytes produced, on the scale of `gate.written`.
     produced: u64,
