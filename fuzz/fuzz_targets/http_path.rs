@@ -1,5 +1,5 @@
 //! The whole HTTP ingest path short of sockets and shards, as the edge and the
-//! shard run it (net/src/http.rs `prepare`, net/src/shard.rs `stage`): decode a
+//! shard run it (net/src/http/mod.rs `prepare` with net/src/admit.rs, net/src/embedded/pump.rs `stage`): decode a
 //! batch or single body, stamp each event (session, correlation id, receive
 //! time, batch id), validate it, and frame what is stored as log records:
 //! events, or dead letters with their raw bytes. Every record must read back

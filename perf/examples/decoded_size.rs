@@ -1,6 +1,6 @@
 //! Measures how much heap the decoded events of a mod batch hold, as a multiple
 //! of the JSON body they came from: the basis of the HTTP edge's memory grant
-//! per body byte (`GRANT_PER_BODY_BYTE` in `net/src/http.rs`). A counting
+//! per body byte (`GRANT_PER_BODY_BYTE` in `net/src/http/mod.rs`). A counting
 //! allocator wraps the system one; run it with
 //! `cargo run --release -p jimbus-perf --example decoded_size`.
 

@@ -3,7 +3,7 @@ stream that schemathesis cannot test (it never ends).
 
     python check_routes.py docs/openapi.yaml http://127.0.0.1:PORT
 
-Routes are read from net/src/http.rs: every path literal in its routing code
+Routes are read from net/src/http/mod.rs: every path literal in its routing code
 ("/health", "{ingest}/health", "/batch" under the ingest path, "/ui/" as a
 prefix). Each must be a path of the document. Then GET /api/v1/stream must
 answer 200 text/event-stream with its headers at once, and a bad start 400.
@@ -22,7 +22,7 @@ INGEST = "/api/v1/events"  # the default --ingest-path
 
 
 def server_routes():
-    source = (ROOT / "net/src/http.rs").read_text()
+    source = (ROOT / "net/src/http/mod.rs").read_text()
     routes = {INGEST}
     for literal in re.findall(r'"((?:\{ingest\})?/[A-Za-z0-9_./-]*)"', source):
         if literal.startswith("{ingest}"):
@@ -58,7 +58,7 @@ def main():
         errors += check_stream(sys.argv[2])
     for error in errors:
         print(f"check_routes: {error}", file=sys.stderr)
-    print(f"check_routes: {len(server_routes())} routes in net/src/http.rs, {len(documented)} documented, {len(errors)} problems")
+    print(f"check_routes: {len(server_routes())} routes in net/src/http/mod.rs, {len(documented)} documented, {len(errors)} problems")
     sys.exit(1 if errors else 0)
 
 
