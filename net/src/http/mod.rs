@@ -43,6 +43,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// Admits the decoded events of a body from `peer` (see [`admit`]): what is
+/// refused is dead-lettered through `letter` (up to a bound per request,
+/// then one summary) and listed with its place. Public for the ingest-path
+/// benchmark, which runs the same steps without a socket.
+pub fn prepare(
+    decoded: DecodedBody,
+    body: &Bytes,
+    request_id: &str,
+    received: u64,
+    peer: Option<std::net::IpAddr>,
+    letter: &dyn Fn(String, Bytes, String) -> AppendItem,
+) -> (Vec<AppendItem>, Vec<(usize, String)>) {
+    let envelope = decoded.envelope;
+    // Both lists are in index order: merged one item at a time, since a
+    // merged copy of a large batch would double what it holds.
+    let mut events = decoded.events.into_iter().peekable();
+    let mut refused = decoded.rejected.into_iter().peekable();
+    let ordered = std::iter::from_fn(|| match (events.peek(), refused.peek()) {
+        (Some(e), Some(r)) if e.index < r.index => events.next().map(decoded_entry),
+        (Some(_), None) => events.next().map(decoded_entry),
+        (_, Some(_)) => {
+            refused.next().map(|r| admit::Entry { index: r.index, event: Err(r.error.to_string()), raw: r.raw })
+        }
+        (None, None) => None,
+    });
+    let peer = peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let admission = admit::Admission { request_id, received_us: received, peer: Some(peer), envelope: &envelope };
+    let mut letters = crate::http::guard::Letters::default();
+    let mut admitted = admit::admit(&admission, ordered, |index, refusal, raw, session| {
+        letters.admit(index).then(|| letter(message_of(index, refusal), body.slice(raw), session))
+    });
+    if let Some(summary) = letters.summary() {
+        admitted.items.push(letter(summary, body.clone(), String::new()));
+    }
+    let rejected = admitted.rejected.iter().map(|(index, refusal)| (*index, message_of(*index, refusal))).collect();
+    (admitted.items, rejected)
+}
+
 /// What the field mod is told about a refused event (decode errors name their place already).
 fn message_of(index: usize, refusal: &admit::Refusal) -> String {
     match refusal {
@@ -444,7 +482,8 @@ impl Handler {
                 };
             }
         };
-        let (items, mut rejected) = self.prepare(decoded, &body, request_id, received, &letter);
+        let peer = self.peer.map(|p| p.ip());
+        let (items, mut rejected) = prepare(decoded, &body, request_id, received, peer, &letter);
         if endpoint == Endpoint::Single && !rejected.is_empty() {
             let stored = self.store(items).await;
             let (_, message) = rejected.remove(0);
@@ -467,42 +506,6 @@ impl Handler {
             }
             Err(response) => response,
         }
-    }
-
-    /// Admits the decoded events (see [`admit`]): what is refused is
-    /// dead-lettered (up to a bound per request, then one summary) and listed.
-    fn prepare(
-        &self,
-        decoded: DecodedBody,
-        body: &Bytes,
-        request_id: &str,
-        received: u64,
-        letter: &dyn Fn(String, Bytes, String) -> AppendItem,
-    ) -> (Vec<AppendItem>, Vec<(usize, String)>) {
-        let envelope = decoded.envelope;
-        // Both lists are in index order: merged one item at a time, since a
-        // merged copy of a large batch would double what it holds.
-        let mut events = decoded.events.into_iter().peekable();
-        let mut refused = decoded.rejected.into_iter().peekable();
-        let ordered = std::iter::from_fn(|| match (events.peek(), refused.peek()) {
-            (Some(e), Some(r)) if e.index < r.index => events.next().map(decoded_entry),
-            (Some(_), None) => events.next().map(decoded_entry),
-            (_, Some(_)) => {
-                refused.next().map(|r| admit::Entry { index: r.index, event: Err(r.error.to_string()), raw: r.raw })
-            }
-            (None, None) => None,
-        });
-        let peer = self.peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-        let admission = admit::Admission { request_id, received_us: received, peer: Some(peer), envelope: &envelope };
-        let mut letters = crate::http::guard::Letters::default();
-        let mut admitted = admit::admit(&admission, ordered, |index, refusal, raw, session| {
-            letters.admit(index).then(|| letter(message_of(index, refusal), body.slice(raw), session))
-        });
-        if let Some(summary) = letters.summary() {
-            admitted.items.push(letter(summary, body.clone(), String::new()));
-        }
-        let rejected = admitted.rejected.iter().map(|(index, refusal)| (*index, message_of(*index, refusal))).collect();
-        (admitted.items, rejected)
     }
 
     /// Sends items to their shards and waits until all are durable. Returns

@@ -1,0 +1,127 @@
+//! The whole ingest path without sockets, for the criterion bench
+//! (`benches/ingest.rs`), the allocation count and callgrind
+//! (`examples/ingest_count.rs`): body bytes in, records staged and written by
+//! a real shard, answers ready out. Each request runs what the HTTP edge runs
+//! after its socket read — the dialect decoder with the memory charge, the one
+//! admission step, the router's split and the shard's flume queue — and the
+//! shard's pump applies it as it applies any append: dedup, sequences, stamps,
+//! the record encoding, a group commit through io_uring. The log lives on
+//! tmpfs with `--fsync never`, so the figure is CPU, not the disk. This module
+//! must never assert on what it measures.
+
+use bytes::Bytes;
+use jimbus_core::budget::MemoryBudget;
+use jimbus_core::ingest::{decode_body_within, Endpoint, Limits, MAX_EVENTS};
+use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
+use jimbus_net::embedded::{self, DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention, ShardRouter};
+use std::time::{Duration, Instant};
+
+/// How a run is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestRun {
+    /// Requests each client task sends, one after the other.
+    pub requests_per_client: usize,
+    /// Client tasks with a request in flight at once (wrk's connections).
+    pub clients: usize,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestReport {
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+/// Runs `run` with `body` (a batch in the field mod's dialect) on one glommio
+/// executor that also holds the shard: one core does everything.
+pub fn ingest(body: &[u8], run: IngestRun) -> IngestReport {
+    let body = Bytes::copy_from_slice(body);
+    let dir = tempfile::Builder::new().prefix("jimbus-ingest-").tempdir_in(tmpfs()).expect("a temporary directory");
+    let data_dir = dir.path().to_path_buf();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let budget = MemoryBudget::new(1 << 30);
+            let (router, mut queues) = embedded::queues(1, 4096);
+            let shard = embedded::open(0, &data_dir, log_options(), pump_options(), router.clone(), &budget)
+                .await
+                .expect("the shard opens");
+            let pump = glommio::spawn_local(embedded::run(shard, queues.remove(0)));
+            let report = drive(&router, &body, &budget, run).await;
+            embedded::stop(&router, Duration::from_secs(10));
+            pump.await;
+            report
+        })
+        .expect("an executor")
+        .join()
+        .expect("the executor ran")
+}
+
+/// The clients' requests, each awaited to its answer.
+async fn drive(router: &ShardRouter, body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, run: IngestRun) -> IngestReport {
+    let started = Instant::now();
+    let clients: Vec<_> = (0..run.clients)
+        .map(|client| {
+            let (router, body, budget) = (router.clone(), body.clone(), budget.clone());
+            glommio::spawn_local(async move {
+                let mut stored = 0u64;
+                for request in 0..run.requests_per_client {
+                    stored += one_request(&router, &body, &budget, (client * run.requests_per_client + request) as u64).await;
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut events = 0;
+    for client in clients {
+        events += client.await;
+    }
+    IngestReport { events, elapsed: started.elapsed() }
+}
+
+/// One request as the HTTP edge handles it after the socket read; returns the
+/// events stored.
+pub async fn one_request(router: &ShardRouter, body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, n: u64) -> u64 {
+    let Some(mut grant) = budget.request(body.len() as u64 * 8, body.len() as u64) else { return 0 };
+    let mut charged = 0u64;
+    let mut charge = |bytes: usize| {
+        charged += bytes as u64;
+        charged <= grant.bytes() || grant.try_grow(charged - grant.bytes())
+    };
+    let limits = Limits { max_events: MAX_EVENTS, charge: &mut charge };
+    let Ok(decoded) = decode_body_within(body, Endpoint::Batch, limits) else { return 0 };
+    let request_id = format!("bench-{n}");
+    let received = jimbus_net::clock::now_micros();
+    let peer = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let letter = |reason: String, _raw: Bytes, _session: String| {
+        AppendItem::DeadLetter(Box::new(jimbus_proto::bus::DeadLetter { reason, ..Default::default() }))
+    };
+    let (items, _rejected) = jimbus_net::http::prepare(decoded, body, &request_id, received, peer, &letter);
+    let Ok(appending) = router.try_append(items) else { return 0 };
+    match appending.await {
+        Ok(outcomes) => outcomes.iter().filter(|o| matches!(o, ItemOutcome::Stored { .. })).count() as u64,
+        Err(_) => 0,
+    }
+}
+
+fn log_options() -> LogOptions {
+    LogOptions { fsync: FsyncMode::Never, segment_bytes: 256 << 20, tail_cache_bytes: 8 << 20, retention: Retention::default() }
+}
+
+fn pump_options() -> PumpOptions {
+    PumpOptions {
+        dedup_window: 65_536,
+        linger: Duration::ZERO,
+        aggregate: Default::default(),
+        durables: DurableLimits::default(),
+    }
+}
+
+/// Where the log goes: tmpfs when the machine has one, so no disk is measured.
+fn tmpfs() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
