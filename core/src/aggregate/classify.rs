@@ -1,0 +1,153 @@
+//! What a raw event is to aggregation.
+//!
+//! This file owns the mapping from a raw [`pb::Event`] to a [`Kind`] (game
+//! state, hand bracket, trigger or update, or nothing the aggregated stream
+//! carries), the [`pb::TriggerEvent`] built for each trigger and update, the
+//! context names that tell updates apart, the high-priority test and the list of
+//! copy/retrigger jokers. It must never hold state, look at other events or
+//! decide what happens next (that is the session's and the cascade's job), and
+//! it must never alter the raw event: it only reads it.
+
+use jimbus_proto::events::{self as pb, event::Payload, scoring_event::Step};
+
+/// Jokers whose triggers copy or retrigger another effect, as normalized names.
+pub(super) const COPY_JOKERS: &[&str] =
+    &["blueprint", "brainstorm", "hanging chad", "mime", "sock and buskin", "seltzer", "dusk", "hack"];
+
+/// Whether `name` (a joker name like "Sock and Buskin" or a key like
+/// "j_sock_and_buskin") is a copy or retrigger joker.
+pub fn is_copy_joker(name: &str) -> bool {
+    let normalized = normalize(name);
+    COPY_JOKERS.contains(&normalized.as_str())
+}
+
+/// A joker name or key in one spelling, so that "Sock and Buskin",
+/// "j_sock_and_buskin" and a `parent` written either way compare equal.
+pub(super) fn normalize(name: &str) -> String {
+    let lower = name.trim().to_ascii_lowercase();
+    let lower = lower.strip_prefix("j_").unwrap_or(&lower);
+    lower.replace('_', " ")
+}
+
+/// What an event is to aggregation.
+pub(super) enum Kind<'a> {
+    /// A GAME_STATE payload, to merge into the session's state.
+    State(&'a pb::GameStateEvent),
+    /// SCORING/HAND_EVAL_START: opens a hand.
+    Start(&'a pb::HandEvalStart),
+    /// SCORING/HAND_EVAL_COMPLETE: closes the open hand.
+    Complete,
+    /// A trigger or update of the open cascade, and the delta it feeds.
+    Trigger(pb::TriggerEvent, Update),
+    /// Anything the aggregated stream does not carry.
+    Other,
+}
+
+/// Which delta a trigger feeds. The discriminant indexes `Cascade::updates`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Update {
+    Joker,
+    Chips,
+    Mult,
+    Score,
+}
+
+/// Classifies `event` (server sequence `seq`), building the trigger it carries.
+pub(super) fn classify(seq: u64, event: &pb::Event) -> Kind<'_> {
+    let timing = event.timing.as_ref();
+    let base = || pb::TriggerEvent {
+        sequence: seq,
+        client_timestamp_ms: timing.map_or(0.0, |t| t.client_timestamp_ms),
+        received_at: timing.and_then(|t| t.received_at),
+        ..Default::default()
+    };
+    match &event.payload {
+        Some(Payload::GameState(g)) => Kind::State(g),
+        Some(Payload::JokerTrigger(j)) => {
+            let mut t = base();
+            t.joker_name.clone_from(&j.joker_name);
+            t.context = "JOKER_TRIGGER".into();
+            // Legacy triggers may carry their time only in the payload.
+            if t.client_timestamp_ms == 0.0 {
+                t.client_timestamp_ms = j.trigger_time_ms;
+            }
+            Kind::Trigger(t, Update::Joker)
+        }
+        Some(Payload::Scoring(s)) => match &s.step {
+            Some(step) => classify_step(step, base),
+            None => Kind::Other,
+        },
+        _ => Kind::Other,
+    }
+}
+
+/// Classifies one SCORING step; `base` gives a trigger with the event's
+/// sequence and timing filled in.
+fn classify_step(step: &Step, base: impl Fn() -> pb::TriggerEvent) -> Kind<'_> {
+    match step {
+        Step::HandEvalStart(start) => Kind::Start(start),
+        Step::HandEvalComplete(_) => Kind::Complete,
+        Step::JokerTrigger(j) => {
+            let mut t = base();
+            if let Some(joker) = &j.joker {
+                t.joker_name.clone_from(&joker.name);
+                t.joker_id.clone_from(&joker.id);
+                t.position = joker.position;
+            }
+            t.context = if j.context.is_empty() { "JOKER_TRIGGER".into() } else { j.context.clone() };
+            t.chips = j.chips;
+            t.mult = j.mult;
+            t.money = j.money;
+            t.score_contribution = j.score_contribution;
+            t.parent_joker.clone_from(&j.parent);
+            Kind::Trigger(t, Update::Joker)
+        }
+        Step::MultUpdate(m) => update(base(), &m.source, Update::Mult, |t| &mut t.mult, m.mult_after - m.mult_before),
+        Step::ChipsUpdate(c) => {
+            update(base(), &c.source, Update::Chips, |t| &mut t.chips, c.chips_after - c.chips_before)
+        }
+        Step::ScoreUpdate(u) => {
+            update(base(), "", Update::Score, |t| &mut t.score_contribution, u.score_after - u.score_before)
+        }
+    }
+}
+
+/// A MULT/CHIPS/SCORE update as a trigger named after its `source`, carrying
+/// its change in `field` (the one its kind feeds), so that the deltas sum
+/// updates and joker triggers over the same field.
+fn update(
+    mut t: pb::TriggerEvent,
+    source: &str,
+    kind: Update,
+    field: fn(&mut pb::TriggerEvent) -> &mut f64,
+    delta: f64,
+) -> Kind<'static> {
+    source.clone_into(&mut t.joker_name);
+    t.context = update_context(kind).into();
+    *field(&mut t) = delta;
+    Kind::Trigger(t, kind)
+}
+
+/// Whether `event` must flush its session's window at once.
+pub(super) fn is_high_priority(event: &pb::Event) -> bool {
+    event.priority == pb::Priority::High as i32
+        || event.metadata.get("priority").is_some_and(|p| p.eq_ignore_ascii_case("high"))
+        || matches!(event.payload, Some(Payload::Error(_)) | Some(Payload::LearningDecision(_)))
+        || event.event_type == "ERROR"
+        || event.event_type == "LEARNING_DECISION"
+}
+
+/// The `context` an update of `kind` carries; the deltas find updates by it.
+pub(super) fn update_context(kind: Update) -> &'static str {
+    match kind {
+        Update::Joker => "",
+        Update::Chips => "CHIPS_UPDATE",
+        Update::Mult => "MULT_UPDATE",
+        Update::Score => "SCORE_UPDATE",
+    }
+}
+
+/// Whether `t` is a joker trigger rather than an update.
+pub(super) fn is_joker_context(t: &pb::TriggerEvent) -> bool {
+    !matches!(t.context.as_str(), "CHIPS_UPDATE" | "MULT_UPDATE" | "SCORE_UPDATE")
+}

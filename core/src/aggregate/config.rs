@@ -1,0 +1,117 @@
+//! The aggregator's configuration and the rules that make it usable.
+//!
+//! This file owns [`AggregateConfig`] (every knob of windows, cascades, eviction
+//! and memory, plus the embedded [`BatchConfig`]), its defaults, and
+//! [`ConfigError`], the one place where a configuration is judged. It must never
+//! hold state or act on events: it only describes limits, and
+//! [`AggregateConfig::validate`] must reject every value that would make the
+//! aggregator loop, never flush, or emit a message the schema refuses.
+
+use super::batch::BatchConfig;
+use std::time::Duration;
+
+/// The most triggers one message may carry: the schema's `max_items` for `triggers`.
+const MAX_CASCADE_SPLIT: usize = 10_000;
+
+/// Everything the aggregator is configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateConfig {
+    /// Length of a session's window.
+    pub window: Duration,
+    /// A window is flushed early once it held this many events.
+    pub max_window_events: usize,
+    /// Bracketless triggers further apart than this are separate legacy groups.
+    pub legacy_gap: Duration,
+    /// An open hand with no event for this long is flushed as incomplete.
+    pub cascade_timeout: Duration,
+    /// A cascade is emitted as a numbered part each time it holds this many triggers.
+    pub cascade_split: usize,
+    /// ... or as soon as its triggers encode to this many bytes, so that a part
+    /// (with its base game state, itself at most 2 MiB as an accepted event)
+    /// stays under the 4 MiB message limit of default gRPC clients.
+    pub cascade_split_bytes: usize,
+    /// A session with no event for this long is evicted.
+    pub idle_timeout: Duration,
+    /// At most this many sessions are held; the least recently active is evicted.
+    pub max_sessions: usize,
+    /// The initial memory budget in bytes (see
+    /// [`Aggregator::set_memory_budget`](super::Aggregator::set_memory_budget)).
+    pub memory_budget: usize,
+    /// The adaptive batch size's parameters.
+    pub batch: BatchConfig,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_millis(100),
+            max_window_events: 4096,
+            legacy_gap: Duration::from_millis(50),
+            cascade_timeout: Duration::from_secs(5),
+            cascade_split: MAX_CASCADE_SPLIT,
+            cascade_split_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(300),
+            max_sessions: 65_536,
+            memory_budget: 256 << 20,
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration or count that must be positive is zero (a zero window or
+    /// split would flush on every event or never make progress).
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// `cascade_split` exceeds what one message may carry.
+    #[error("cascade_split must be at most 10000 (the schema's max_items for triggers)")]
+    SplitTooLarge,
+    /// `batch.max_batch` is below `batch.min_batch`.
+    #[error("batch.max_batch must be at least batch.min_batch")]
+    BatchRange,
+    /// `batch.grow_gain` is outside (0, 1] (or NaN).
+    #[error("batch.grow_gain must lie in (0, 1]")]
+    Gain,
+}
+
+impl AggregateConfig {
+    /// Checks that every parameter is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let zero_durations = [
+            (self.window, "window"),
+            (self.legacy_gap, "legacy_gap"),
+            (self.cascade_timeout, "cascade_timeout"),
+            (self.idle_timeout, "idle_timeout"),
+        ];
+        for (value, name) in zero_durations {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let zero_counts = [
+            (self.max_window_events, "max_window_events"),
+            (self.cascade_split, "cascade_split"),
+            (self.cascade_split_bytes, "cascade_split_bytes"),
+            (self.max_sessions, "max_sessions"),
+            (self.batch.min_batch, "batch.min_batch"),
+        ];
+        for (value, name) in zero_counts {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.cascade_split > MAX_CASCADE_SPLIT {
+            return Err(ConfigError::SplitTooLarge);
+        }
+        if self.batch.max_batch < self.batch.min_batch {
+            return Err(ConfigError::BatchRange);
+        }
+        // Written as a positive test so that NaN is refused too.
+        if !(self.batch.grow_gain > 0.0 && self.batch.grow_gain <= 1.0) {
+            return Err(ConfigError::Gain);
+        }
+        Ok(())
+    }
+}
