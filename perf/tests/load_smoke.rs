@@ -3,90 +3,30 @@
 //! lost, no errors. It asserts behaviour only, never speed.
 //!
 //! The server binary lives in another crate, so it is not built by this test:
-//! run `cargo build --bin jimbus` first.
+//! run `cargo build --bin jimbus` first. The shared harness (`jimbus-harness`)
+//! starts it, as it does for the integration tests in `net/tests`.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-struct Server {
-    child: Child,
-    http: String,
-    grpc: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    let path = target.join("debug").join("jimbus");
-    assert!(
-        path.exists(),
-        "{} does not exist: this test runs the real server, build it first with `cargo build --bin jimbus`",
-        path.display()
-    );
-    path
-}
-
-fn start_server(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(server_binary())
-        .args(["--log-format", "json", "serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--fsync", "batch"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the jimbus binary starts");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"jimbus ready\"") {
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let _ = ready_tx
-                    .send((value["http"].as_str().unwrap().to_string(), value["grpc"].as_str().unwrap().to_string()));
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-    match ready_rx.recv_timeout(Duration::from_secs(60)) {
-        Ok((http, grpc)) => Server { child, http, grpc, log },
-        Err(_) => {
-            let _ = child.kill();
-            panic!("jimbus did not become ready:\n{}", log.lock().unwrap().join("\n"));
-        }
-    }
-}
+use jimbus_harness::{binary_beside_current_exe, Launcher};
+use std::process::Command;
 
 #[test]
 fn a_fixed_count_run_is_accepted_and_delivered_completely() {
     let temp = tempfile::tempdir().unwrap();
-    let server = start_server(&temp.path().join("data"));
+    let server = Launcher::new(binary_beside_current_exe("jimbus"))
+        .data_dir(temp.path().join("data"))
+        .args(&["--fsync", "batch"])
+        .start();
     let report_path = temp.path().join("report.json");
     const EVENTS: u64 = 5_000;
     let output = Command::new(env!("CARGO_BIN_EXE_jimbus-load"))
         .arg("--url")
         .arg(format!("http://{}/api/v1/events/batch", server.http))
         .arg("--grpc")
-        .arg(&server.grpc)
+        .arg(server.grpc.to_string())
         .args(["--sessions", "4", "--batch", "50", "--subscribers", "1", "--duration", "0"])
         .args(["--events", &EVENTS.to_string(), "--drain-timeout", "30", "--quiet"])
         .arg("--server-pid")
-        .arg(server.child.id().to_string())
+        .arg(server.process().expect("running").pid.to_string())
         .arg("--json")
         .arg(&report_path)
         .output()
@@ -96,7 +36,7 @@ fn a_fixed_count_run_is_accepted_and_delivered_completely() {
             "stdout:\n{}\nstderr:\n{}\nserver log:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
-            server.log.lock().unwrap().join("\n")
+            server.log_text()
         )
     };
     assert!(output.status.success(), "jimbus-load failed\n{}", context());

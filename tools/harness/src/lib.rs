@@ -1,0 +1,50 @@
+//! One harness for every integration test and for `jimbus-load`: it starts the
+//! real `jimbus` binary on loopback ports and its own data directory (or finds a
+//! server that is already running), measures that server's process, and talks to
+//! it as clients do (raw HTTP/1.1 over a socket, tonic gRPC). Readiness is read
+//! from the server's own JSON log line, never guessed with a sleep. It depends
+//! on `jimbus-proto` and client libraries only: it must never import the
+//! server's code (`jimbus-net`, `jimbus-core`), so what it tests is the binary
+//! as users run it.
+
+pub mod http;
+pub mod process;
+pub mod server;
+pub mod tmpfs;
+
+pub use http::{request, HttpConn, HttpResponse};
+pub use process::ServerProcess;
+pub use server::{binary_beside_current_exe, Jimbus, Launcher};
+
+use std::path::Path;
+
+/// The compat fixtures (the field mod's own bodies), in the workspace.
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/tests/fixtures/compat");
+
+/// The compat fixtures, by file name.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(FIXTURES)
+        .expect("fixtures")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The path the field mod posts a fixture to.
+pub fn fixture_path(name: &str) -> &'static str {
+    if name.starts_with("batch_") {
+        "/api/v1/events/batch"
+    } else if name.starts_with("health_") {
+        "/api/v1/events/health"
+    } else {
+        "/api/v1/events"
+    }
+}
+
+/// The workspace root (where `mod/`, `core/` and `net/` are).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
