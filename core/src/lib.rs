@@ -7,11 +7,12 @@
 //! of an event ([`stamps`]), the on-disk record format ([`record`]), what a
 //! closed segment leaves for a fast restart ([`checkpoint`]), what durable
 //! consumers persist ([`consumer_state`]), the memory budget
-//! ([`budget`]), aggregation ([`aggregate`]) and the Resource Coordinator's pools
+//! ([`budget`]), aggregation ([`aggregate`]), the pump's adaptive batch size ([`batch`]) and the Resource Coordinator's pools
 //! ([`pools`]). It must never perform I/O or depend on an async runtime.
 
 pub mod adapt;
 pub mod aggregate;
+pub mod batch;
 pub mod budget;
 pub mod checkpoint;
 pub mod consumer_state;

@@ -3,6 +3,7 @@
 //! many sessions showing that nothing is lost, duplicated or reordered.
 
 use jimbus_core::aggregate::*;
+use jimbus_core::batch::{BatchConfig, BatchConfigError, BatchSizer};
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_proto::events::{self as pb, event::Payload, scoring_event::Step};
 use jimbus_proto::validate::Validate;
@@ -588,8 +589,14 @@ fn bad_configs_are_refused() {
     };
     assert_eq!(bad(|c| c.window = Duration::ZERO), Some(ConfigError::Zero("window")));
     assert_eq!(bad(|c| c.cascade_split = 10_001), Some(ConfigError::SplitTooLarge));
-    assert_eq!(bad(|c| c.batch.grow_gain = 0.0), Some(ConfigError::Gain));
-    assert_eq!(bad(|c| c.batch.max_batch = 0), Some(ConfigError::BatchRange));
+    let batch = |f: fn(&mut BatchConfig)| {
+        let mut c = BatchConfig::default();
+        f(&mut c);
+        c.validate().err()
+    };
+    assert_eq!(batch(|c| c.grow_gain = 0.0), Some(BatchConfigError::Gain));
+    assert_eq!(batch(|c| c.max_batch = 0), Some(BatchConfigError::Range));
+    assert_eq!(batch(|c| c.min_batch = 0), Some(BatchConfigError::ZeroMin));
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! aggregation settings at their limits, a game state merge keeping the lists
 //! an update leaves empty, and a batch size that already matches its queue.
 
-use jimbus_core::aggregate::{merge_game_state, AggregateConfig, BatchConfig, BatchSizer, ConfigError};
+use jimbus_core::aggregate::{merge_game_state, AggregateConfig};
+use jimbus_core::batch::{BatchConfig, BatchConfigError, BatchSizer};
 use jimbus_core::checkpoint::{CheckpointError, SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, FrameError, Record, RecordKind, HEADER_LEN, MAX_RECORD_LEN};
@@ -180,13 +181,12 @@ fn an_index_with_no_time_marks_reads_back() {
 #[test]
 fn aggregation_settings_at_their_limits_are_valid() {
     let mut config = AggregateConfig::default();
-    config.batch.min_batch = 64;
-    config.batch.max_batch = 64;
-    config.batch.grow_gain = 1.0;
     config.cascade_split = 10_000;
     assert_eq!(config.validate(), Ok(()));
-    config.batch.max_batch = 63;
-    assert_eq!(config.validate(), Err(ConfigError::BatchRange));
+    let mut batch = BatchConfig { min_batch: 64, max_batch: 64, grow_gain: 1.0, ..BatchConfig::default() };
+    assert_eq!(batch.validate(), Ok(()));
+    batch.max_batch = 63;
+    assert_eq!(batch.validate(), Err(BatchConfigError::Range));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use crate::embedded::{DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention};
 use crate::http::HttpOptions;
 use crate::jetstream::JetStreamOptions;
-use jimbus_core::aggregate::{AggregateConfig, BatchConfig};
+use jimbus_core::aggregate::AggregateConfig;
 use jimbus_core::pools::PoolCapacity;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -241,7 +241,6 @@ impl ServeArgs {
             legacy_gap: ms(self.legacy_gap_ms, file.legacy_gap_ms, 50),
             cascade_timeout: ms(self.cascade_timeout_ms, file.cascade_timeout_ms, 5000),
             memory_budget: 16 << 20,
-            batch: BatchConfig { max_batch: self.max_batch.or(file.max_batch).unwrap_or(1024), ..defaults.batch },
             ..defaults
         }
     }
@@ -292,6 +291,7 @@ impl ServeArgs {
                 },
             },
             pump: PumpOptions {
+                max_batch: self.max_batch.or(file.max_batch).unwrap_or(1024),
                 aggregate,
                 dedup_window: self.dedup_window.or(file.dedup_window).unwrap_or(400_000),
                 durables: DurableLimits {

@@ -47,7 +47,9 @@ pub fn ingest(body: &[u8], run: IngestRun) -> IngestReport {
                 .expect("the shard opens");
             let pump = glommio::spawn_local(embedded::run(shard, queues.remove(0)));
             let report = drive(&router, &body, &budget, run).await;
-            embedded::stop(&router, Duration::from_secs(10));
+            // Awaited, not `embedded::stop`, which would block the thread the pump shares.
+            let stopped = embedded::shutdown(&router);
+            let _ = stopped.recv_async().await;
             pump.await;
             report
         })
@@ -57,7 +59,12 @@ pub fn ingest(body: &[u8], run: IngestRun) -> IngestReport {
 }
 
 /// The clients' requests, each awaited to its answer.
-async fn drive(router: &ShardRouter, body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, run: IngestRun) -> IngestReport {
+async fn drive(
+    router: &ShardRouter,
+    body: &Bytes,
+    budget: &std::sync::Arc<MemoryBudget>,
+    run: IngestRun,
+) -> IngestReport {
     let started = Instant::now();
     let clients: Vec<_> = (0..run.clients)
         .map(|client| {
@@ -65,7 +72,8 @@ async fn drive(router: &ShardRouter, body: &Bytes, budget: &std::sync::Arc<Memor
             glommio::spawn_local(async move {
                 let mut stored = 0u64;
                 for request in 0..run.requests_per_client {
-                    stored += one_request(&router, &body, &budget, (client * run.requests_per_client + request) as u64).await;
+                    stored +=
+                        one_request(&router, &body, &budget, (client * run.requests_per_client + request) as u64).await;
                 }
                 stored
             })
@@ -104,13 +112,19 @@ pub async fn one_request(router: &ShardRouter, body: &Bytes, budget: &std::sync:
 }
 
 fn log_options() -> LogOptions {
-    LogOptions { fsync: FsyncMode::Never, segment_bytes: 256 << 20, tail_cache_bytes: 8 << 20, retention: Retention::default() }
+    LogOptions {
+        fsync: FsyncMode::Never,
+        segment_bytes: 256 << 20,
+        tail_cache_bytes: 8 << 20,
+        retention: Retention::default(),
+    }
 }
 
 fn pump_options() -> PumpOptions {
     PumpOptions {
         dedup_window: 65_536,
         linger: Duration::ZERO,
+        max_batch: 1024,
         aggregate: Default::default(),
         durables: DurableLimits::default(),
     }

@@ -1,13 +1,12 @@
 //! The aggregator's configuration and the rules that make it usable.
 //!
 //! This file owns [`AggregateConfig`] (every knob of windows, cascades, eviction
-//! and memory, plus the embedded [`BatchConfig`]), its defaults, and
+//! and memory), its defaults, and
 //! [`ConfigError`], the one place where a configuration is judged. It must never
 //! hold state or act on events: it only describes limits, and
 //! [`AggregateConfig::validate`] must reject every value that would make the
 //! aggregator loop, never flush, or emit a message the schema refuses.
 
-use super::batch::BatchConfig;
 use std::time::Duration;
 
 /// The most triggers one message may carry: the schema's `max_items` for `triggers`.
@@ -37,8 +36,6 @@ pub struct AggregateConfig {
     /// The initial memory budget in bytes (see
     /// [`Aggregator::set_memory_budget`](super::Aggregator::set_memory_budget)).
     pub memory_budget: usize,
-    /// The adaptive batch size's parameters.
-    pub batch: BatchConfig,
 }
 
 impl Default for AggregateConfig {
@@ -53,7 +50,6 @@ impl Default for AggregateConfig {
             idle_timeout: Duration::from_secs(300),
             max_sessions: 65_536,
             memory_budget: 256 << 20,
-            batch: BatchConfig::default(),
         }
     }
 }
@@ -68,12 +64,6 @@ pub enum ConfigError {
     /// `cascade_split` exceeds what one message may carry.
     #[error("cascade_split must be at most 10000 (the schema's max_items for triggers)")]
     SplitTooLarge,
-    /// `batch.max_batch` is below `batch.min_batch`.
-    #[error("batch.max_batch must be at least batch.min_batch")]
-    BatchRange,
-    /// `batch.grow_gain` is outside (0, 1] (or NaN).
-    #[error("batch.grow_gain must lie in (0, 1]")]
-    Gain,
 }
 
 impl AggregateConfig {
@@ -95,7 +85,6 @@ impl AggregateConfig {
             (self.cascade_split, "cascade_split"),
             (self.cascade_split_bytes, "cascade_split_bytes"),
             (self.max_sessions, "max_sessions"),
-            (self.batch.min_batch, "batch.min_batch"),
         ];
         for (value, name) in zero_counts {
             if value == 0 {
@@ -104,13 +93,6 @@ impl AggregateConfig {
         }
         if self.cascade_split > MAX_CASCADE_SPLIT {
             return Err(ConfigError::SplitTooLarge);
-        }
-        if self.batch.max_batch < self.batch.min_batch {
-            return Err(ConfigError::BatchRange);
-        }
-        // Written as a positive test so that NaN is refused too.
-        if !(self.batch.grow_gain > 0.0 && self.batch.grow_gain <= 1.0) {
-            return Err(ConfigError::Gain);
         }
         Ok(())
     }

@@ -8,8 +8,8 @@
 //! ([`Aggregator`], here); its parts live in files of their own: configuration
 //! (`config.rs`), what an event is (`classify.rs`), one open cascade with depth
 //! inference and splitting (`cascade.rs`), what leaves the aggregator (messages,
-//! counters, GAME_STATE coalescing: `output.rs`) and the adaptive batch-size
-//! control law ([`BatchSizer`], `batch.rs`). It is pure: it must never perform I/O,
+//! counters, GAME_STATE coalescing: `output.rs`). The pump's adaptive batch
+//! size is not aggregation's: it is [`crate::batch`]. It is pure: it must never perform I/O,
 //! read a clock, spawn, or depend on an async runtime — the shard that owns a
 //! session passes the time in (`now`, a monotonic [`Duration`] from any origin) and
 //! publishes what comes out. It must never alter or drop a raw event either: raw
@@ -76,19 +76,12 @@
 //! offer leaves the aggregator above its budget and the offering session holds
 //! more than its fair share (budget / sessions), that session is flushed at once
 //! (its open cascade as a non-final part): nothing is dropped.
-//!
-//! # Adaptive batch size
-//! [`BatchSizer`] turns the shard's input queue depth into the number of events
-//! drained, offered and published as one append; its control law is documented
-//! on the type.
 
-mod batch;
 mod cascade;
 mod classify;
 mod config;
 mod output;
 
-pub use batch::{BatchConfig, BatchSizer};
 pub use classify::is_copy_joker;
 pub use config::{AggregateConfig, ConfigError};
 pub use output::{merge_game_state, AggregateError, AggregateStats, Aggregated, Disposition, FlushReason};

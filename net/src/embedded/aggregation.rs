@@ -1,7 +1,7 @@
 //! A shard's aggregation stage: it feeds raw events to the pure
 //! [`Aggregator`] once they are durable, holds the aggregated messages until
 //! the log has them, tells the pump when the aggregator's timers are due, and
-//! exports the aggregator's counters and the adaptive batch size as metrics.
+//! exports the aggregator's counters as metrics.
 //!
 //! It must never see an event before the raw stream has it durably (so a
 //! failed commit, which the client retries, cannot be aggregated twice), and
@@ -9,7 +9,7 @@
 //! are written with the next commit. What it holds in memory is lost on a
 //! crash: hands still open then are on the raw stream only.
 
-use jimbus_core::aggregate::{AggregateConfig, AggregateStats, Aggregated, Aggregator, BatchSizer, ConfigError};
+use jimbus_core::aggregate::{AggregateConfig, AggregateStats, Aggregated, Aggregator, ConfigError};
 use jimbus_core::budget::{Grant, MemoryBudget};
 use jimbus_proto::events as pb;
 use std::sync::Arc;
@@ -28,7 +28,6 @@ const COUNTERS: [&str; 6] = [
 /// One shard's aggregator and what it has produced but not yet logged.
 pub struct AggregationStage {
     aggregator: Aggregator,
-    sizer: BatchSizer,
     origin: Instant,
     pending: Vec<Aggregated>,
     shard: String,
@@ -52,7 +51,6 @@ impl AggregationStage {
                 "aggregation runs on a smaller memory budget than configured"
             );
         }
-        let sizer = BatchSizer::new(config.batch);
         let mut aggregator = Aggregator::new(config)?;
         aggregator.set_memory_budget(granted);
         // At zero from the start, so that rates see a counter's first increments.
@@ -61,7 +59,6 @@ impl AggregationStage {
         }
         Ok(Self {
             aggregator,
-            sizer,
             origin: Instant::now(),
             pending: Vec::new(),
             shard: shard.to_string(),
@@ -72,14 +69,6 @@ impl AggregationStage {
 
     fn now(&self) -> Duration {
         self.origin.elapsed()
-    }
-
-    /// The number of commands the pump should drain next, from its queue depth.
-    pub fn batch_size(&mut self, queue_depth: usize) -> usize {
-        let size = self.sizer.observe(queue_depth);
-        metrics::gauge!("jimbus_shard_queue_depth", "shard" => self.shard.clone()).set(queue_depth as f64);
-        metrics::gauge!("jimbus_shard_batch_target", "shard" => self.shard.clone()).set(size as f64);
-        size
     }
 
     /// Offers events that just became durable, in log order, each dated from

@@ -76,11 +76,17 @@ pub async fn run(shard: Shard, queue: ShardQueue) {
     shard.run(queue.0).await
 }
 
-/// Asks every shard to apply what is queued, commit, sync and stop, and waits
-/// up to `timeout` for each; false if one did not answer in time.
-pub fn stop(router: &ShardRouter, timeout: Duration) -> bool {
+/// Asks every shard to apply what is queued, commit, sync and stop; the
+/// receiver gets one message per shard that has stopped.
+pub fn shutdown(router: &ShardRouter) -> flume::Receiver<()> {
     let (done_tx, done) = flume::unbounded();
     router.broadcast(|| command::Command::Shutdown { done: done_tx.clone() });
-    drop(done_tx);
+    done
+}
+
+/// [`shutdown`], waiting up to `timeout` for each shard from a thread that no
+/// shard runs on; false if one did not answer in time.
+pub fn stop(router: &ShardRouter, timeout: Duration) -> bool {
+    let done = shutdown(router);
     (0..router.shards()).all(|_| done.recv_timeout(timeout).is_ok())
 }

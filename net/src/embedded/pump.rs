@@ -22,6 +22,7 @@ use crate::bus::{AppendItem, BusError, Durable, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
 use crate::observe;
 use jimbus_core::aggregate::AggregateConfig;
+use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{append_stamps, encode_client_view};
@@ -40,8 +41,10 @@ pub struct PumpOptions {
     pub dedup_window: usize,
     /// How long a group commit waits for more commands once it has one (0: not at all).
     pub linger: Duration,
-    /// Windows, cascades and the adaptive batch size (its `batch.max_batch` caps
-    /// the commands folded into one group commit).
+    /// The most commands folded into one group commit; the batch grows toward
+    /// it with the queue's depth ([`BatchSizer`]).
+    pub max_batch: usize,
+    /// Windows and cascades of the aggregated stream.
     pub aggregate: AggregateConfig,
     /// How many durable consumers, and how long an idle one is kept.
     pub durables: DurableLimits,
@@ -72,6 +75,8 @@ pub struct Shard {
     pub(super) scratch: Vec<u8>,
     /// Windows and cascades of the events once durable.
     pub(super) aggregation: AggregationStage,
+    /// How many queued commands the next group commit takes.
+    pub(super) batch: BatchSizer,
     pub(super) linger: Duration,
     /// Events staged in the current commit, for aggregation once durable.
     pub(super) fresh: Vec<(u64, Box<pb::Event>)>,
@@ -229,7 +234,7 @@ impl Shard {
     /// only a timer is due). `None` when every sender is gone.
     async fn next_commands(&mut self, queue: &flume::Receiver<Command>) -> Option<Vec<Command>> {
         let first = recv_until(queue, self.aggregation.deadline()).await.ok()?;
-        let limit = self.aggregation.batch_size(queue.len() + usize::from(first.is_some()));
+        let limit = self.batch_size(queue.len() + usize::from(first.is_some()));
         let mut commands: Vec<Command> = first.into_iter().collect();
         // With a linger, a commit waits that long for company once it has work.
         let linger_end = (!commands.is_empty() && !self.linger.is_zero()).then(|| Instant::now() + self.linger);
@@ -247,6 +252,15 @@ impl Shard {
             }
         }
         Some(commands)
+    }
+
+    /// The number of commands to drain next, from the queue's depth.
+    fn batch_size(&mut self, queue_depth: usize) -> usize {
+        let size = self.batch.observe(queue_depth);
+        let shard = self.id.to_string();
+        metrics::gauge!("jimbus_shard_queue_depth", "shard" => shard.clone()).set(queue_depth as f64);
+        metrics::gauge!("jimbus_shard_batch_target", "shard" => shard).set(size as f64);
+        size
     }
 
     /// Flushes the aggregator and syncs the log.

@@ -16,6 +16,7 @@ use super::log::{open_rw, LogError, LogIndex, LogOptions, RecoveryReport, Segmen
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
 use jimbus_core::aggregate::ConfigError;
+use jimbus_core::batch::{BatchConfig, BatchConfigError, BatchSizer};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
@@ -37,6 +38,8 @@ pub enum ShardOpenError {
     Log(#[from] LogError),
     #[error("aggregation settings: {0}")]
     Aggregate(#[from] ConfigError),
+    #[error("batch settings: {0}")]
+    Batch(#[from] BatchConfigError),
 }
 
 impl From<std::io::Error> for ShardOpenError {
@@ -66,6 +69,8 @@ impl Shard {
         }
         let dir = dir.to_path_buf();
         let aggregation = AggregationStage::new(id, options.aggregate.clone(), budget)?;
+        let batch = BatchConfig { max_batch: options.max_batch, ..BatchConfig::default() };
+        batch.validate()?;
         let mut shard = Shard {
             id,
             dir,
@@ -79,6 +84,7 @@ impl Shard {
             topics,
             scratch: Vec::new(),
             aggregation,
+            batch: BatchSizer::new(batch),
             linger: options.linger,
             fresh: Vec::new(),
         };

@@ -1,14 +1,11 @@
-//! The adaptive batch size: how many queued events a shard drains, offers and
-//! publishes as one append before its next `tick`.
+//! The adaptive batch size of a shard's pump: how many queued commands it
+//! drains into one group commit.
 //!
-//! This file owns [`BatchConfig`] and [`BatchSizer`], the control law that turns
-//! an observed queue depth into the next batch size. It knows nothing of
-//! sessions, cascades or messages and must never depend on the rest of the
-//! aggregator (so it can move to the pump unchanged), read a clock or perform
-//! I/O: the caller observes its own queue and exports `target()` and
-//! `queue_depth()` itself. Checking a [`BatchConfig`] is left to
-//! [`AggregateConfig::validate`](super::AggregateConfig::validate), which owns
-//! every configuration error.
+//! This module owns [`BatchConfig`], its checks, and [`BatchSizer`], the
+//! control law that turns an observed queue depth into the next batch size.
+//! It knows nothing of events, aggregation or the log, and must never read a
+//! clock or perform I/O: the pump observes its own queue and exports
+//! `target()` and `queue_depth()` itself.
 
 /// Parameters of the adaptive batch size (see [`BatchSizer`] for the law).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +21,36 @@ pub struct BatchConfig {
     pub grow_gain: f64,
 }
 
+/// A batch configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchConfigError {
+    #[error("min_batch must be greater than zero")]
+    ZeroMin,
+    /// `max_batch` is below `min_batch`.
+    #[error("max_batch must be at least min_batch")]
+    Range,
+    /// `grow_gain` is outside (0, 1] (or NaN).
+    #[error("grow_gain must lie in (0, 1]")]
+    Gain,
+}
+
+impl BatchConfig {
+    /// Checks that every parameter is usable.
+    pub fn validate(&self) -> Result<(), BatchConfigError> {
+        if self.min_batch == 0 {
+            return Err(BatchConfigError::ZeroMin);
+        }
+        if self.max_batch < self.min_batch {
+            return Err(BatchConfigError::Range);
+        }
+        // Written as a positive test so that NaN is refused too.
+        if !(self.grow_gain > 0.0 && self.grow_gain <= 1.0) {
+            return Err(BatchConfigError::Gain);
+        }
+        Ok(())
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self { min_batch: 1, max_batch: 4096, light_load: 1, grow_gain: 0.5 }
@@ -33,9 +60,9 @@ impl Default for BatchConfig {
 /// The adaptive batch size.
 ///
 /// # The control law
-/// The shard observes its input queue depth `q` before draining a batch and asks
-/// [`BatchSizer::observe`] for the batch size `b` (events drained, offered and
-/// published as one append before the next `tick`). With parameters
+/// The pump observes its input queue depth `q` before draining a batch and asks
+/// [`BatchSizer::observe`] for the batch size `b` (commands drained into one
+/// group commit). With parameters
 /// `min_batch`, `max_batch`, `light_load` and `grow_gain` ([`BatchConfig`]):
 ///
 /// ```text
