@@ -17,7 +17,6 @@ pub mod http_guard;
 pub mod jetstream;
 pub mod lock;
 pub mod log;
-pub mod nats_aggregation;
 pub mod observe;
 pub mod profile;
 pub mod remote_budget;

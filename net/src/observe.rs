@@ -13,7 +13,6 @@
 use crate::clock::now_micros;
 use crate::consumer::SharedConsumer;
 use crate::log::{read_frames, SharedIndex};
-use async_nats::jetstream;
 use glommio::io::BufferedFile;
 use jimbus_core::aggregate::Aggregated;
 use std::path::PathBuf;
@@ -111,36 +110,6 @@ pub async fn watch_consumer(shard: usize, index: SharedIndex, consumer: SharedCo
         age.set(oldest.map_or(0.0, |t| now_micros().saturating_sub(t) as f64 / 1e6));
         glommio::timer::sleep(CONSUMER_EVERY).await;
     }
-}
-
-/// The same two gauges for a durable consumer on JetStream (partition 0),
-/// from its consumer info: the messages it has not had acknowledged (not yet
-/// delivered, or in flight), and the age of the message after its ack floor.
-/// Every second, as long as the tokio runtime runs.
-pub async fn watch_jetstream_consumer(js: jetstream::Context, stream: &'static str, name: String) {
-    let backlog = metrics::gauge!("jimbus_consumer_backlog_records", "consumer" => name.clone(), "shard" => "0");
-    let age = metrics::gauge!("jimbus_consumer_oldest_unacked_age_seconds", "consumer" => name.clone(), "shard" => "0");
-    loop {
-        // A failed look-up (no leader right now) leaves the last values.
-        if let Some((pending, oldest)) = jetstream_backlog(&js, stream, &name).await {
-            backlog.set(pending as f64);
-            age.set(oldest.map_or(0.0, |t| now_micros().saturating_sub(t) as f64 / 1e6));
-        }
-        tokio::time::sleep(CONSUMER_EVERY).await;
-    }
-}
-
-/// (messages not acknowledged, storage time of the one after the ack floor).
-async fn jetstream_backlog(js: &jetstream::Context, stream: &str, name: &str) -> Option<(u64, Option<u64>)> {
-    let stream = js.get_stream(stream).await.ok()?;
-    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.ok()?;
-    let info = consumer.info().await.ok()?;
-    let pending = info.num_pending + info.num_ack_pending as u64;
-    if pending == 0 {
-        return Some((0, None));
-    }
-    let oldest = stream.get_raw_message(info.ack_floor.stream_sequence + 1).await.ok()?;
-    Some((pending, Some((oldest.time.unix_timestamp_nanos() / 1000).max(0) as u64)))
 }
 
 /// The receive time of the record at `offset`, if it can be read.
