@@ -180,8 +180,7 @@ fn an_index_with_no_time_marks_reads_back() {
 
 #[test]
 fn aggregation_settings_at_their_limits_are_valid() {
-    let mut config = AggregateConfig::default();
-    config.cascade_split = 10_000;
+    let config = AggregateConfig { cascade_split: 10_000, ..AggregateConfig::default() };
     assert_eq!(config.validate(), Ok(()));
     let mut batch = BatchConfig { min_batch: 64, max_batch: 64, grow_gain: 1.0, ..BatchConfig::default() };
     assert_eq!(batch.validate(), Ok(()));

@@ -20,7 +20,6 @@ pub mod grpc;
 pub mod http;
 pub mod jetstream;
 pub mod lock;
-pub mod nats_aggregation;
 pub mod observe;
 pub mod server;
 pub mod shutdown;

@@ -1,6 +1,5 @@
 //! Operational metrics that no single component owns: the process start time,
-//! the data directory's free space, each durable consumer's backlog and the
-//! age of its oldest unacknowledged record, subscribers' delivery lag, the
+//! the data directory's free space, subscribers' delivery lag, the
 //! fsync and commit sizes of the log, and the counters registered at zero at
 //! start, so that rates and alerts see them from the first scrape instead of
 //! from their first increment.
@@ -11,15 +10,13 @@
 //! observes: it reads and records, and a failure to observe is only logged.
 
 use crate::clock::now_micros;
-use async_nats::jetstream;
 use glommio::io::BufferedFile;
 use jimbus_core::aggregate::Aggregated;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often the data directory's free space and consumers' backlogs are read.
+/// How often the data directory's free space is read.
 const DISK_EVERY: Duration = Duration::from_secs(5);
-const CONSUMER_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters both backends may increment, registered at zero.
 const COUNTERS: &[&str] = &[
@@ -90,36 +87,6 @@ fn space(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     }
     let unit = stat.f_frsize as u64;
     Ok((stat.f_bavail as u64 * unit, stat.f_blocks as u64 * unit))
-}
-
-/// The same two gauges for a durable consumer on JetStream (partition 0),
-/// from its consumer info: the messages it has not had acknowledged (not yet
-/// delivered, or in flight), and the age of the message after its ack floor.
-/// Every second, as long as the tokio runtime runs.
-pub async fn watch_jetstream_consumer(js: jetstream::Context, stream: &'static str, name: String) {
-    let backlog = metrics::gauge!("jimbus_consumer_backlog_records", "consumer" => name.clone(), "shard" => "0");
-    let age = metrics::gauge!("jimbus_consumer_oldest_unacked_age_seconds", "consumer" => name.clone(), "shard" => "0");
-    loop {
-        // A failed look-up (no leader right now) leaves the last values.
-        if let Some((pending, oldest)) = jetstream_backlog(&js, stream, &name).await {
-            backlog.set(pending as f64);
-            age.set(oldest.map_or(0.0, |t| now_micros().saturating_sub(t) as f64 / 1e6));
-        }
-        tokio::time::sleep(CONSUMER_EVERY).await;
-    }
-}
-
-/// (messages not acknowledged, storage time of the one after the ack floor).
-async fn jetstream_backlog(js: &jetstream::Context, stream: &str, name: &str) -> Option<(u64, Option<u64>)> {
-    let stream = js.get_stream(stream).await.ok()?;
-    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.ok()?;
-    let info = consumer.info().await.ok()?;
-    let pending = info.num_pending + info.num_ack_pending as u64;
-    if pending == 0 {
-        return Some((0, None));
-    }
-    let oldest = stream.get_raw_message(info.ack_floor.stream_sequence + 1).await.ok()?;
-    Some((pending, Some((oldest.time.unix_timestamp_nanos() / 1000).max(0) as u64)))
 }
 
 /// A live subscription handed over a batch whose oldest record was received

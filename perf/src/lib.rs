@@ -195,6 +195,15 @@ fn cascade_part(k: usize, n: usize) -> String {
     }
 }
 
+/// The 50-event batch every wrk comparison sends (`perf/wrk/fair-batch50.lua`,
+/// a copy of the body both the old bus and jimbus accept), as raw JSON bytes.
+pub fn fair_batch50() -> Vec<u8> {
+    let script = include_str!("../wrk/fair-batch50.lua");
+    let quoted = script.split_once("wrk.body=\"").and_then(|(_, rest)| rest.split_once("\"\n")).map(|(body, _)| body);
+    let body = quoted.expect("fair-batch50.lua sets wrk.body on one line");
+    body.replace("\\\"", "\"").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use jimbus_core::ingest::{decode_body, Endpoint};
@@ -237,13 +246,4 @@ mod tests {
         assert_eq!(super::parse_load_event_id(&id, 0xabd), None);
         assert_eq!(super::parse_load_event_id("e-1", 0xabc), None);
     }
-}
-
-/// The 50-event batch every wrk comparison sends (`perf/wrk/fair-batch50.lua`,
-/// a copy of the body both the old bus and jimbus accept), as raw JSON bytes.
-pub fn fair_batch50() -> Vec<u8> {
-    let script = include_str!("../wrk/fair-batch50.lua");
-    let quoted = script.split_once("wrk.body=\"").and_then(|(_, rest)| rest.split_once("\"\n")).map(|(body, _)| body);
-    let body = quoted.expect("fair-batch50.lua sets wrk.body on one line");
-    body.replace("\\\"", "\"").into_bytes()
 }

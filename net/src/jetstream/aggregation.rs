@@ -11,6 +11,7 @@
 //! hand). It must never hold a message JetStream refused without trying it
 //! again, and never see an event JetStream did not acknowledge.
 
+use crate::lock::lock;
 use async_nats::jetstream::{self, message::PublishMessage};
 use jimbus_core::aggregate::{AggregateConfig, Aggregated, Aggregator, ConfigError};
 use jimbus_core::topic;
@@ -23,15 +24,22 @@ use tokio::sync::Notify;
 /// Longest sleep of the timer task when no deadline is due.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
+/// This node's aggregator on the JetStream bus, shared by the publishing
+/// tasks (which offer) and the timer task (which ticks and publishes).
 pub struct NatsAggregation {
+    /// The aggregator and what it produced, not yet stored.
     state: Mutex<State>,
+    /// The zero of the aggregator's clock (it counts durations, not wall time).
     origin: Instant,
     /// Woken when an offer produced messages to publish.
     produced: Notify,
 }
 
+/// What the lock guards: offers and ticks change both together.
 struct State {
+    /// The pure aggregator, the same as the embedded log's.
     aggregator: Aggregator,
+    /// Messages produced and not yet acknowledged by JetStream, oldest first.
     pending: Vec<Aggregated>,
 }
 
@@ -45,7 +53,7 @@ impl NatsAggregation {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// Offers events JetStream acknowledged, with their stream sequences, in publish order.
@@ -100,7 +108,7 @@ async fn publish(js: &jetstream::Context, messages: Vec<Aggregated>) -> Vec<Aggr
         let first = aggregated.input_sequences.first().copied().unwrap_or_default();
         let message = PublishMessage::build()
             .payload(aggregated.message.encode_to_vec().into())
-            .header("Jimbus-Kind", "aggregated")
+            .header(super::KIND, "aggregated")
             .message_id(format!("agg-{}-{first}", aggregated.session));
         acks.push(js.send_publish(topic::aggregated_topic(&aggregated.session), message).await);
     }
