@@ -54,6 +54,11 @@ impl Kind {
 /// Reads one JSON document from a byte buffer.
 pub struct Reader<'a> {
     buf: &'a [u8],
+    /// `buf` as text when all of it is UTF-8 (checked once, for the whole
+    /// body): then a string between two quotes is a slice of it, with no check
+    /// of its own. A body with invalid bytes is checked string by string, so
+    /// only the events holding them are refused.
+    text: Option<&'a str>,
     pos: usize,
     depth: u32,
     /// `Value`s and `Struct`s built so far, for callers that bound memory.
@@ -72,7 +77,13 @@ const NON_FINITE: &[(&[u8], f64)] = &[
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, depth: 0, built: (0, 0) }
+        Self { buf, text: std::str::from_utf8(buf).ok(), pos: 0, depth: 0, built: (0, 0) }
+    }
+
+    /// `buf[start..end]` as text, when the whole body is UTF-8 (the bounds sit
+    /// next to ASCII quotes, so they are character boundaries).
+    fn text_of(&self, start: usize, end: usize) -> Option<&'a str> {
+        self.text?.get(start..end)
     }
 
     /// The current byte offset.
@@ -251,11 +262,14 @@ impl<'a> Reader<'a> {
 
     fn key_text(&self, start: usize, end: usize) -> Result<Cow<'a, str>, JsonError> {
         let raw = &self.buf[start..end];
-        let literal = std::str::from_utf8(raw).map_err(|_| JsonError {
-            offset: start,
-            reason: "key is not UTF-8".into(),
-            syntax: true,
-        })?;
+        let literal = match self.text_of(start, end) {
+            Some(text) => text,
+            None => std::str::from_utf8(raw).map_err(|_| JsonError {
+                offset: start,
+                reason: "key is not UTF-8".into(),
+                syntax: true,
+            })?,
+        };
         if !raw.contains(&b'\\') {
             return Ok(Cow::Borrowed(literal));
         }
@@ -284,6 +298,9 @@ impl<'a> Reader<'a> {
         let raw = &self.buf[start..end];
         if raw.contains(&b'\\') {
             return unescape(raw, start).map(Cow::Owned);
+        }
+        if let Some(text) = self.text_of(start, end) {
+            return Ok(Cow::Borrowed(text));
         }
         std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|e| JsonError {
             offset: start + e.valid_up_to(),

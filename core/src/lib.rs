@@ -23,3 +23,9 @@ pub mod pools;
 pub mod record;
 pub mod stamps;
 pub mod topic;
+
+/// A hash map for the hot path (sessions' sequences, topic counts): foldhash,
+/// seeded per process, instead of SipHash. The keys are the server's own
+/// (session ids and topics it admitted), and the random seed keeps a client
+/// from choosing colliding keys offline.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

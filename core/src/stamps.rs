@@ -70,6 +70,21 @@ pub fn append_stamps(stamps: Stamps, event: &mut pb::Event, out: &mut Vec<u8>) {
     stamps.restore(event);
 }
 
+/// Completes a record in `out` after the client's view that
+/// [`encode_client_view`] wrote: the session's `sequence` and the time it was
+/// published (staged) are stamped, and the stamps appended.
+pub fn append_log_stamps(
+    mut stamps: Stamps,
+    event: &mut pb::Event,
+    sequence: u64,
+    published: prost_types::Timestamp,
+    out: &mut Vec<u8>,
+) {
+    stamps.0.sequence = sequence;
+    stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(published);
+    append_stamps(stamps, event, out);
+}
+
 /// The dedup key of a stamped event: that of its client's view.
 pub fn client_key(event: &mut pb::Event) -> Option<DedupKey> {
     let stamps = Stamps::take(event);

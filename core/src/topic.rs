@@ -34,7 +34,19 @@ pub fn token(value: &str) -> Cow<'_, str> {
 
 /// `balatro.<session>.<event_type>`.
 pub fn raw_topic(session: &str, event_type: &str) -> String {
-    format!("balatro.{}.{}", token(session), token(event_type))
+    let mut topic = String::new();
+    write_raw_topic(session, event_type, &mut topic);
+    topic
+}
+
+/// [`raw_topic`] into `out` (cleared first), so a caller on the hot path
+/// reuses one buffer instead of allocating a topic per event.
+pub fn write_raw_topic(session: &str, event_type: &str, out: &mut String) {
+    out.clear();
+    out.push_str("balatro.");
+    out.push_str(&token(session));
+    out.push('.');
+    out.push_str(&token(event_type));
 }
 
 /// `balatro.<session>.aggregated`.

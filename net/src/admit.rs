@@ -97,10 +97,11 @@ pub fn admit<R>(
 ) -> Admitted {
     let received = crate::clock::timestamp(admission.received_us);
     let mut admitted = Admitted::default();
+    let mut derived = DerivedSession::default();
     for Entry { index, event, raw } in entries {
         let refused = match event {
             Ok(mut event) => {
-                fill_session(admission, &mut event);
+                fill_session(admission, &mut event, &mut derived);
                 stamp(&mut event, admission.request_id, received);
                 if !admission.envelope.batch_id.is_empty() {
                     event.metadata.insert("batch_id".into(), admission.envelope.batch_id.clone());
@@ -122,9 +123,17 @@ pub fn admit<R>(
     admitted
 }
 
+/// The session last derived in a request, with the source it came from: the
+/// events of one body nearly always share both, so it is formatted once.
+#[derive(Default)]
+struct DerivedSession {
+    source: String,
+    session: Option<String>,
+}
+
 /// An event without a session takes the envelope's, else one derived from
 /// the peer's address and the source (the field mod's dialect).
-fn fill_session(admission: &Admission<'_>, event: &mut pb::Event) {
+fn fill_session(admission: &Admission<'_>, event: &mut pb::Event, derived: &mut DerivedSession) {
     if !event.session_id.is_empty() {
         return;
     }
@@ -133,7 +142,14 @@ fn fill_session(admission: &Admission<'_>, event: &mut pb::Event) {
         envelope.session_id.clone()
     } else if let Some(ip) = admission.peer {
         let source = if event.source.is_empty() { &envelope.source } else { &event.source };
-        topic::derived_session(ip, source)
+        match &derived.session {
+            Some(session) if derived.source == *source => session.clone(),
+            _ => {
+                let session = topic::derived_session(ip, source);
+                (derived.source, derived.session) = (source.clone(), Some(session.clone()));
+                session
+            }
+        }
     } else {
         return;
     };

@@ -12,6 +12,9 @@
 use bytes::Bytes;
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body_within, Endpoint, Limits, MAX_EVENTS};
+use jimbus_core::record::{self, Record, RecordKind};
+use jimbus_core::stamps::{append_log_stamps, encode_client_view};
+use jimbus_core::topic::write_raw_topic;
 use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
 use jimbus_net::embedded::{self, DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention, ShardRouter};
 use std::time::{Duration, Instant};
@@ -89,14 +92,25 @@ async fn drive(
 /// One request as the HTTP edge handles it after the socket read; returns the
 /// events stored.
 pub async fn one_request(router: &ShardRouter, body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, n: u64) -> u64 {
-    let Some(mut grant) = budget.request(body.len() as u64 * 8, body.len() as u64) else { return 0 };
+    let Some(items) = admitted(body, budget, n) else { return 0 };
+    let Ok(appending) = router.try_append(items) else { return 0 };
+    match appending.await {
+        Ok(outcomes) => outcomes.iter().filter(|o| matches!(o, ItemOutcome::Stored { .. })).count() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// What the HTTP edge hands the bus for request `n`: the body decoded within
+/// its memory grant, then admitted.
+fn admitted(body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, n: u64) -> Option<Vec<AppendItem>> {
+    let mut grant = budget.request(body.len() as u64 * 8, body.len() as u64)?;
     let mut charged = 0u64;
     let mut charge = |bytes: usize| {
         charged += bytes as u64;
         charged <= grant.bytes() || grant.try_grow(charged - grant.bytes())
     };
     let limits = Limits { max_events: MAX_EVENTS, charge: &mut charge };
-    let Ok(decoded) = decode_body_within(body, Endpoint::Batch, limits) else { return 0 };
+    let decoded = decode_body_within(body, Endpoint::Batch, limits).ok()?;
     let request_id = format!("bench-{n}");
     let received = jimbus_net::clock::now_micros();
     let peer = Some(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -104,11 +118,45 @@ pub async fn one_request(router: &ShardRouter, body: &Bytes, budget: &std::sync:
         AppendItem::DeadLetter(Box::new(jimbus_proto::bus::DeadLetter { reason, ..Default::default() }))
     };
     let (items, _rejected) = jimbus_net::http::prepare(decoded, body, &request_id, received, peer, &letter);
-    let Ok(appending) = router.try_append(items) else { return 0 };
-    match appending.await {
-        Ok(outcomes) => outcomes.iter().filter(|o| matches!(o, ItemOutcome::Stored { .. })).count() as u64,
-        Err(_) => 0,
+    Some(items)
+}
+
+/// The CPU-bound part of the path on this thread, without a runtime, for
+/// callgrind (which cannot run glommio's io_uring waits): what the edge does
+/// ([`admitted`]) and what the pump does to each event — the client's view
+/// and its dedup key, the session's sequence, the stamps, the topic and the
+/// record's framing — into one reused buffer. Returns the events staged.
+pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
+    let body = Bytes::copy_from_slice(body);
+    let budget = MemoryBudget::new(1 << 30);
+    let (mut log, mut scratch, mut topic) = (Vec::with_capacity(1 << 20), Vec::new(), String::new());
+    let mut sequences = jimbus_core::FastMap::<String, u64>::default();
+    let mut staged = 0u64;
+    for n in 0..requests {
+        let now = jimbus_net::clock::now_micros();
+        for item in admitted(&body, &budget, n as u64).unwrap_or_default() {
+            let AppendItem::Event(mut event) = item else { continue };
+            scratch.clear();
+            let (stamps, key) = encode_client_view(&mut event, &mut scratch);
+            std::hint::black_box(key);
+            let next = match sequences.get_mut(&event.session_id) {
+                Some(next) => next,
+                None => sequences.entry(event.session_id.clone()).or_insert(1),
+            };
+            let sequence = *next;
+            *next += 1;
+            append_log_stamps(stamps, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
+            write_raw_topic(&event.session_id, &event.event_type, &mut topic);
+            let record =
+                Record { offset: staged, time_us: now, kind: RecordKind::Event, topic: &topic, message: &scratch };
+            record::encode(&record, &mut log);
+            staged += 1;
+        }
+        if log.len() > 1 << 20 {
+            log.clear();
+        }
     }
+    staged
 }
 
 fn log_options() -> LogOptions {

@@ -25,12 +25,13 @@ use jimbus_core::aggregate::AggregateConfig;
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
-use jimbus_core::stamps::{append_stamps, encode_client_view};
+use jimbus_core::stamps::{append_log_stamps, encode_client_view};
 use jimbus_core::topic::{self, Pattern};
+use jimbus_core::FastMap;
 use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::events as pb;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -66,13 +67,15 @@ pub struct Shard {
     pub(super) store: ConsumerStore,
     pub(super) durable_limits: DurableLimits,
     /// The sequence the next event of each session gets.
-    pub(super) next_sequence: HashMap<String, u64>,
+    pub(super) next_sequence: FastMap<String, u64>,
     /// Keys of recent events, to recognise retries.
     pub(super) dedup: DedupWindow,
     /// Records per topic, for ListTopics.
-    pub(super) topics: HashMap<String, u64>,
+    pub(super) topics: FastMap<String, u64>,
     /// One record's encoding, reused for every record.
     pub(super) scratch: Vec<u8>,
+    /// One record's topic, reused for every event.
+    pub(super) topic: String,
     /// Windows and cascades of the events once durable.
     pub(super) aggregation: AggregationStage,
     /// How many queued commands the next group commit takes.
@@ -284,7 +287,7 @@ impl Shard {
         let now = self.writer.monotonic_time_us(now_micros());
         for aggregated in &messages {
             let topic = topic::aggregated_topic(&aggregated.session);
-            self.stage_message(RecordKind::Aggregated, topic, &aggregated.message, now);
+            self.stage_message(RecordKind::Aggregated, &topic, &aggregated.message, now);
         }
         match self.writer.commit().await {
             Ok(()) => {
@@ -417,7 +420,7 @@ impl Shard {
         match item {
             AppendItem::Event(mut event) => {
                 self.scratch.clear();
-                let (mut stamps, key) = encode_client_view(&mut event, &mut self.scratch);
+                let (stamps, key) = encode_client_view(&mut event, &mut self.scratch);
                 if key.is_some_and(|k| self.dedup.contains(k) || staged.contains(&k)) {
                     metrics::counter!("jimbus_events_duplicate_total").increment(1);
                     return ItemOutcome::Duplicate;
@@ -426,12 +429,13 @@ impl Shard {
                     Some(next) => next,
                     None => self.next_sequence.entry(event.session_id.clone()).or_insert(1),
                 };
-                stamps.0.sequence = *next;
+                let sequence = *next;
                 *next += 1;
-                stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
-                append_stamps(stamps, &mut event, &mut self.scratch);
-                let topic = topic::raw_topic(&event.session_id, &event.event_type);
-                let outcome = self.stage_scratch(RecordKind::Event, topic, now);
+                append_log_stamps(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
+                let mut topic = std::mem::take(&mut self.topic);
+                topic::write_raw_topic(&event.session_id, &event.event_type, &mut topic);
+                let outcome = self.stage_scratch(RecordKind::Event, &topic, now);
+                self.topic = topic;
                 if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
                     keys.push((key, offset));
                 }
@@ -440,21 +444,26 @@ impl Shard {
             }
             AppendItem::DeadLetter(letter) => {
                 metrics::counter!("jimbus_deadletter_total").increment(1);
-                self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER.to_string(), &*letter, now)
+                self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER, &*letter, now)
             }
         }
     }
 
-    fn stage_message(&mut self, kind: RecordKind, topic: String, message: &impl Message, now: u64) -> ItemOutcome {
+    fn stage_message(&mut self, kind: RecordKind, topic: &str, message: &impl Message, now: u64) -> ItemOutcome {
         self.scratch.clear();
         message.encode(&mut self.scratch).expect("a Vec grows as needed");
         self.stage_scratch(kind, topic, now)
     }
 
     /// Stages the message encoded in `scratch`.
-    fn stage_scratch(&mut self, kind: RecordKind, topic: String, now: u64) -> ItemOutcome {
-        let offset = self.writer.stage(kind, &topic, &self.scratch, now);
-        *self.topics.entry(topic).or_default() += 1;
+    fn stage_scratch(&mut self, kind: RecordKind, topic: &str, now: u64) -> ItemOutcome {
+        let offset = self.writer.stage(kind, topic, &self.scratch, now);
+        match self.topics.get_mut(topic) {
+            Some(count) => *count += 1,
+            None => {
+                self.topics.insert(topic.to_string(), 1);
+            }
+        }
         ItemOutcome::Stored { partition: self.id as u32, offset }
     }
 }

@@ -22,10 +22,11 @@ use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, Record, RecordKind};
 use jimbus_core::stamps::client_key;
+use jimbus_core::FastMap;
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ impl Shard {
             dedup,
             topics,
             scratch: Vec::new(),
+            topic: String::new(),
             aggregation,
             batch: BatchSizer::new(batch),
             linger: options.linger,
@@ -134,8 +136,8 @@ impl Shard {
 /// What a shard rebuilds from its checkpoint and log.
 struct Replayed {
     writer: SegmentWriter,
-    next_sequence: HashMap<String, u64>,
-    topics: HashMap<String, u64>,
+    next_sequence: FastMap<String, u64>,
+    topics: FastMap<String, u64>,
     dedup: DedupWindow,
 }
 
@@ -145,7 +147,7 @@ async fn replay(id: usize, dir: &Path, log: LogOptions, dedup_window: usize) -> 
     let checkpoint = load_checkpoint(dir);
     let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
     let mut dedup = DedupWindow::new(dedup_window);
-    let (mut next_sequence, mut topics) = (HashMap::new(), HashMap::new());
+    let (mut next_sequence, mut topics) = (FastMap::default(), FastMap::default());
     if let Some(checkpoint) = checkpoint {
         next_sequence.extend(checkpoint.next_sequence);
         topics.extend(checkpoint.topics);
