@@ -45,17 +45,19 @@ pub struct Bound {
 
 /// A running server.
 pub struct Server {
+    /// Where it listens (the ports bound, when port 0 was asked).
     pub bound: Bound,
     /// Readiness and stopping, shared with every edge; only this module changes it.
     shutdown: Arc<Shutdown>,
-    /// The embedded bus (idle on JetStream, where it only carries nothing).
+    /// The embedded bus, stopped last (on JetStream it was never opened).
     router: ShardRouter,
     /// Each shard's executor thread.
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     /// A shard's id, once its HTTP listener has drained.
     drained: flume::Receiver<usize>,
-    /// The gRPC edge's thread, and what stops it.
+    /// The gRPC edge's thread.
     grpc: JoinHandle<()>,
+    /// Tells the gRPC edge to stop taking calls (then it has a grace period).
     grpc_stop: tokio::sync::oneshot::Sender<()>,
     /// The JetStream bus, when it replaces the embedded log.
     jetstream: Option<JetStreamBus>,

@@ -65,6 +65,7 @@ pub struct Shard {
     pub(super) consumers: BTreeMap<String, Consumer>,
     /// Where the consumers are persisted.
     pub(super) store: ConsumerStore,
+    /// How many durable names, and when an idle consumer goes.
     pub(super) durable_limits: DurableLimits,
     /// The sequence the next event of each session gets.
     pub(super) next_sequence: FastMap<String, u64>,
@@ -80,6 +81,7 @@ pub struct Shard {
     pub(super) aggregation: AggregationStage,
     /// How many queued commands the next group commit takes.
     pub(super) batch: BatchSizer,
+    /// How long a commit waits for company (see [`PumpOptions::linger`]).
     pub(super) linger: Duration,
     /// Events staged in the current commit, for aggregation once durable.
     pub(super) fresh: Vec<(u64, Box<pb::Event>)>,

@@ -121,7 +121,9 @@ pub struct Listener {
     shard: usize,
     /// Where events go.
     bus: Arc<dyn Bus>,
+    /// Limits, timeouts and paths.
     options: HttpOptions,
+    /// Readiness, metrics and the memory budget, shared by every listener.
     context: Arc<EdgeContext>,
     /// Open connections, capped by `options.max_connections`.
     connections: Cell<usize>,
@@ -210,7 +212,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// One connection.
 struct Handler {
+    /// The shard's listener: its bus, options and the process's context.
     listener: Rc<Listener>,
+    /// The client's address (sessions derived from it, and logs).
     peer: Option<SocketAddr>,
     /// What the socket has taken, for an event stream's flow control; once
     /// the connection carries a stream, which its client never answers, its
