@@ -49,7 +49,14 @@ impl ConsumerTask {
             }
             let wait = plan.deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
             let timer = glommio::timer::sleep(wait.clamp(Duration::from_millis(5), Duration::from_secs(1)));
-            futures_lite::future::or(futures_lite::future::or(committed, plan.wake), timer).await;
+            if plan.room > 0 {
+                futures_lite::future::or(futures_lite::future::or(committed, plan.wake), timer).await;
+            } else {
+                // Without a member or room, new records change nothing: only an
+                // ack, a member or a deadline does. Waking on every commit would
+                // send the pump a plan request per idle consumer per commit.
+                futures_lite::future::or(plan.wake, timer).await;
+            }
         }
     }
 
