@@ -102,6 +102,57 @@ pub struct Subscription {
     pub buffer: usize,
 }
 
+/// Deliveries handed to a subscriber together: one message on its channel,
+/// so a subscriber's task wakes once per batch, not once per record.
+pub type DeliveryBatch = Vec<EncodedDelivery>;
+
+/// The most deliveries in one batch.
+pub const MAX_DELIVERY_BATCH: usize = 256;
+
+/// The sending end of a subscription's channel. It cuts what it is given into
+/// batches of at most its limit, and the channel holds whole batches worth
+/// about the subscription's buffer, so a slow subscriber holds up its
+/// producers (flow control) with a bounded number of deliveries queued.
+#[derive(Clone)]
+pub struct DeliverySender {
+    tx: flume::Sender<DeliveryBatch>,
+    /// The most deliveries per batch.
+    limit: usize,
+}
+
+/// A subscription's channel for `buffer` deliveries: batches of at most
+/// `buffer` (up to [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
+pub fn delivery_channel(buffer: usize) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
+    let limit = buffer.clamp(1, MAX_DELIVERY_BATCH);
+    let (tx, rx) = flume::bounded(buffer.max(1).div_ceil(limit));
+    (DeliverySender { tx, limit }, rx)
+}
+
+impl DeliverySender {
+    /// Sends `deliveries` in order, in batches, waiting for room; false once
+    /// the subscriber is gone.
+    pub async fn send(&self, mut deliveries: DeliveryBatch) -> bool {
+        while deliveries.len() > self.limit {
+            let rest = deliveries.split_off(self.limit);
+            if self.tx.send_async(deliveries).await.is_err() {
+                return false;
+            }
+            deliveries = rest;
+        }
+        deliveries.is_empty() || self.tx.send_async(deliveries).await.is_ok()
+    }
+
+    /// Whether the subscriber has gone away.
+    pub fn is_disconnected(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+
+    /// Whether `other` sends to the same subscriber.
+    pub fn same_subscriber(&self, other: &DeliverySender) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
+
 pub type BusFuture<T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send>>;
 
 pub trait Bus: Send + Sync + 'static {
@@ -117,9 +168,9 @@ pub trait Bus: Send + Sync + 'static {
     /// queueing.
     fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>>;
 
-    /// Opens a subscription; deliveries arrive on the returned channel, their
-    /// bodies still encoded as stored.
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError>;
+    /// Opens a subscription; deliveries arrive on the returned channel in
+    /// batches (see [`delivery_channel`]), their bodies still encoded as stored.
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<DeliveryBatch>, BusError>;
 
     /// Acknowledges positions of a durable consumer; resolves once persisted,
     /// with how many were newly acknowledged.

@@ -4,9 +4,8 @@
 //! only names them and must never act on one.
 
 use super::consumer::{Assignment, Plan};
-use crate::bus::{AppendItem, BusError, Durable, ItemOutcome, Start};
+use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome, Start};
 use jimbus_core::topic::Pattern;
-use jimbus_proto::delivery::EncodedDelivery;
 
 /// Where an append is answered: per item, in request order, once durable.
 pub type AppendReply = flume::Sender<Result<Vec<ItemOutcome>, BusError>>;
@@ -22,7 +21,7 @@ pub enum Command {
         pattern: Pattern,
         start: Start,
         durable: Option<Durable>,
-        deliveries: flume::Sender<EncodedDelivery>,
+        deliveries: DeliverySender,
     },
     /// Acknowledges offsets of a durable consumer; answered once the acks are on disk.
     Ack {

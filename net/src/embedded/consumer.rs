@@ -18,10 +18,9 @@
 //! what it read, through the pump's command queue like everything else. It
 //! must never read or write the log.
 
-use crate::bus::ConsumerOptions;
+use crate::bus::{ConsumerOptions, DeliverySender};
 use jimbus_core::consumer_state::{DoneSet, JournalEntry, SnapshotEntry};
 use jimbus_core::topic::Pattern;
-use jimbus_proto::delivery::EncodedDelivery;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ struct InFlight {
     count: u32,
     /// Who has it: if that client goes away, it is sent again at once rather
     /// than after the ack deadline.
-    member: flume::Sender<EncodedDelivery>,
+    member: DeliverySender,
 }
 
 /// Limits on a server's durable consumers.
@@ -130,7 +129,7 @@ pub struct Consumer {
     /// Offsets whose ack deadline passed, with their delivery count so far.
     redeliver: BTreeMap<u64, u32>,
     /// The clients sharing this consumer.
-    members: Vec<flume::Sender<EncodedDelivery>>,
+    members: Vec<DeliverySender>,
     /// The member the last delivery went to (round robin).
     next_member: usize,
     /// Woken by acks and new members.
@@ -214,7 +213,7 @@ impl Consumer {
         self.wake.notify(usize::MAX);
     }
 
-    pub fn add_member(&mut self, member: flume::Sender<EncodedDelivery>) {
+    pub fn add_member(&mut self, member: DeliverySender) {
         self.last_active = Instant::now();
         self.members.push(member);
         self.wake.notify(usize::MAX);
@@ -273,7 +272,7 @@ pub struct Assignment {
     pub offset: u64,
     /// Deliveries so far, this one included.
     pub count: u32,
-    pub member: flume::Sender<EncodedDelivery>,
+    pub member: DeliverySender,
 }
 
 /// What a consumer's delivery task does next, as the pump decided it.
@@ -366,7 +365,7 @@ mod tests {
 
     fn flight(deadline: Instant, count: u32) -> InFlight {
         // A member that is still listening (the receiver is leaked on purpose).
-        let (member, listening) = flume::unbounded();
+        let (member, listening) = crate::bus::delivery_channel(16);
         std::mem::forget(listening);
         InFlight { deadline, count, member }
     }
@@ -420,7 +419,7 @@ mod tests {
         let mut c = consumer();
         let later = Instant::now() + Duration::from_secs(10);
         assert!(c.idle_for(Duration::from_secs(5), later));
-        let (member, listening) = flume::unbounded();
+        let (member, listening) = crate::bus::delivery_channel(16);
         c.add_member(member);
         assert!(!c.idle_for(Duration::from_secs(5), later));
         drop(listening);
@@ -467,7 +466,7 @@ mod tests {
     fn what_a_departed_member_held_is_sent_again_at_once() {
         let mut c = consumer();
         let later = Instant::now() + Duration::from_secs(60);
-        let (gone, receiver) = flume::unbounded();
+        let (gone, receiver) = crate::bus::delivery_channel(16);
         drop(receiver);
         c.in_flight.insert(7, InFlight { deadline: later, count: 1, member: gone });
         c.in_flight.insert(8, flight(later, 1));
@@ -491,7 +490,7 @@ mod tests {
     #[test]
     fn an_offer_skips_what_does_not_match_and_stops_where_room_ends() {
         let mut c = consumer();
-        let (member, _listening) = flume::unbounded();
+        let (member, _listening) = crate::bus::delivery_channel(16);
         c.add_member(member);
         let now = Instant::now();
         c.done.insert(3);
@@ -509,7 +508,7 @@ mod tests {
     #[test]
     fn a_plan_resends_and_exhausts_after_the_ack_wait() {
         let mut c = consumer();
-        let (member, _listening) = flume::unbounded();
+        let (member, _listening) = crate::bus::delivery_channel(16);
         c.add_member(member);
         let start = Instant::now();
         assert_eq!(c.offer(0, 1, &[0], start).len(), 1);

@@ -10,7 +10,7 @@ use super::consumer::{Assignment, Plan};
 use super::log::{read_frames, SharedIndex};
 use super::router::ShardRouter;
 use super::subscription::delivery;
-use crate::bus::{AppendItem, Bus};
+use crate::bus::{AppendItem, Bus, DeliveryBatch, DeliverySender};
 use crate::clock::now_micros;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -95,9 +95,11 @@ impl ConsumerTask {
     }
 
     /// Sends each assignment to its member, reading the record unless `read`
-    /// already holds it. A member that went away is noticed by the pump at the
-    /// next plan, which sends its deliveries again.
+    /// already holds it; each member gets its share as one batch, in order. A
+    /// member that went away is noticed by the pump at the next plan, which
+    /// sends its deliveries again.
     async fn send(&self, assigned: Vec<Assignment>, read: &[(u64, bytes::Bytes)]) {
+        let mut batches: Vec<(DeliverySender, DeliveryBatch)> = Vec::new();
         for assignment in assigned {
             let held = read.binary_search_by_key(&assignment.offset, |(offset, _)| *offset).ok();
             let frame = match held {
@@ -110,7 +112,13 @@ impl ConsumerTask {
             let Ok(rec) = record::decode(&frame) else { continue };
             let mut delivery = delivery(self.shard, &frame, &rec);
             delivery.delivery_count = assignment.count;
-            let _ = assignment.member.send_async(delivery).await;
+            match batches.iter_mut().find(|(member, _)| member.same_subscriber(&assignment.member)) {
+                Some((_, batch)) => batch.push(delivery),
+                None => batches.push((assignment.member, vec![delivery])),
+            }
+        }
+        for (member, batch) in batches {
+            member.send(batch).await;
         }
     }
 

@@ -18,7 +18,7 @@ use super::consumer_task::ConsumerTask;
 use super::log::{SegmentWriter, SharedIndex};
 use super::router::ShardRouter;
 use super::subscription::{start_offset_now, subscription};
-use crate::bus::{AppendItem, BusError, Durable, ItemOutcome};
+use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
 use crate::observe;
 use jimbus_core::aggregate::AggregateConfig;
@@ -28,7 +28,6 @@ use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{append_log_stamps, encode_client_view};
 use jimbus_core::topic::{self, Pattern};
 use jimbus_core::FastMap;
-use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -141,13 +140,7 @@ impl Shard {
     }
 
     /// Joins (or creates, starting at `start`) a durable consumer; true if created.
-    fn join_consumer(
-        &mut self,
-        durable: Durable,
-        pattern: Pattern,
-        start: u64,
-        member: flume::Sender<EncodedDelivery>,
-    ) -> bool {
+    fn join_consumer(&mut self, durable: Durable, pattern: Pattern, start: u64, member: DeliverySender) -> bool {
         let created = !self.consumers.contains_key(&durable.name);
         // Unique per life of a name on this shard, even if the clock steps back.
         let incarnation = now_micros().max(self.consumers.values().map(|c| c.incarnation + 1).max().unwrap_or(0));

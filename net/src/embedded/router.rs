@@ -7,9 +7,8 @@
 
 use super::command::{Command, ConsumerRequest};
 use super::consumer::DurableNames;
-use crate::bus::{AppendItem, Bus, BusError, BusFuture, ItemOutcome, Subscription};
+use crate::bus::{delivery_channel, AppendItem, Bus, BusError, BusFuture, DeliveryBatch, ItemOutcome, Subscription};
 use jimbus_core::topic;
-use jimbus_proto::delivery::EncodedDelivery;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,11 +131,11 @@ impl Bus for ShardRouter {
         })
     }
 
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<DeliveryBatch>, BusError> {
         if let Some(durable) = &subscription.durable {
             self.durables.reserve(&durable.name).map_err(BusError::Exhausted)?;
         }
-        let (deliveries, receiver) = flume::bounded(subscription.buffer.max(1));
+        let (deliveries, receiver) = delivery_channel(subscription.buffer);
         let opened = self.broadcast(|| Command::Subscribe {
             pattern: subscription.pattern.clone(),
             start: subscription.start,

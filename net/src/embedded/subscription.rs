@@ -6,7 +6,7 @@
 //! module reads the log and must never write it or change a shard's state.
 
 use super::log::{read_frames, SharedIndex};
-use crate::bus::Start;
+use crate::bus::{DeliverySender, Start};
 use crate::observe;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -81,7 +81,7 @@ pub(super) async fn subscription(
     index: SharedIndex,
     pattern: Pattern,
     start: Start,
-    out: flume::Sender<EncodedDelivery>,
+    out: DeliverySender,
 ) {
     let index: Rc<_> = index;
     let mut cursor = start_offset(&index, start).await;
@@ -89,7 +89,7 @@ pub(super) async fn subscription(
     // Lag is measured once the subscription has caught up: a replay from the
     // start is not late.
     let mut live = false;
-    'outer: while !out.is_disconnected() {
+    while !out.is_disconnected() {
         let listener = index.borrow().committed.listen();
         if cursor >= index.borrow().end() {
             live = true;
@@ -112,15 +112,18 @@ pub(super) async fn subscription(
             continue;
         }
         let mut oldest = None;
+        let mut batch = Vec::with_capacity(frames.len());
         for frame in &frames {
             let Ok(rec) = record::decode(frame) else { continue };
             if !pattern.matches(rec.topic) {
                 continue;
             }
             oldest.get_or_insert(rec.time_us);
-            if out.send_async(delivery(shard, frame, &rec)).await.is_err() {
-                break 'outer;
-            }
+            batch.push(delivery(shard, frame, &rec));
+        }
+        // One read's matches go out as one batch (cut to the subscriber's limit).
+        if !out.send(batch).await {
+            break;
         }
         if let Some(oldest) = oldest.filter(|_| live) {
             observe::delivered(oldest);

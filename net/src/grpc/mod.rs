@@ -325,7 +325,9 @@ impl EventBusService for BusService {
         let pattern_text = pattern.to_string();
         let receiver = self.bus.subscribe(Subscription { pattern, start, durable, buffer }).map_err(status_of)?;
         tracing::info!(request_id = %id, pattern = %pattern_text, "subscription opened");
-        let stream: DeliveryStream = Box::pin(receiver.into_stream().map(Ok));
+        // Batches from the bus, one delivery per gRPC message.
+        let deliveries = futures_util::StreamExt::flat_map(receiver.into_stream(), futures_util::stream::iter);
+        let stream: DeliveryStream = Box::pin(deliveries.map(Ok));
         Ok(with_request_id(Response::new(stream), &id))
     }
 

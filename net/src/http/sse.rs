@@ -16,7 +16,8 @@
 //! that the resumed subscription re-reads the log from the origin.
 //!
 //! Memory: each stream holds [`STREAM_GRANT`] of the memory budget for its
-//! life, at most [`STREAM_BUFFER`] deliveries in its channel and at most
+//! life, at most [`STREAM_BUFFER`] deliveries in its channel and the batch
+//! it is framing (half of them each), and at most
 //! [`WRITE_AHEAD`] bytes written but not yet taken by the socket: the
 //! connection's [`WriteGate`] counts what the socket took (hyper's own write
 //! buffer is unbounded on these connections, which flush pipelined answers
@@ -27,7 +28,7 @@
 //! when the server stops. This module must never hold shard state: it only
 //! reads the bus.
 
-use crate::bus::{Bus, BusError, Start, Subscription};
+use crate::bus::{Bus, BusError, DeliveryBatch, Start, Subscription};
 use bytes::Bytes;
 use hyper::body::Frame;
 use jimbus_core::budget::Grant;
@@ -44,7 +45,8 @@ use std::time::Duration;
 
 /// Concurrent streams across the process.
 pub const MAX_STREAMS: usize = 2048;
-/// Deliveries queued per stream before the shards wait for its client.
+/// Deliveries a stream holds (its channel and the batch it frames) before the
+/// shards wait for its client.
 pub const STREAM_BUFFER: usize = 16;
 /// Bytes of events a stream produces beyond what its socket has taken.
 pub const WRITE_AHEAD: u64 = 32 * 1024;
@@ -335,7 +337,8 @@ pub fn open(
         pattern: request.pattern,
         start: request.cursor.origin.start(),
         durable: None,
-        buffer: STREAM_BUFFER,
+        // Batches of half the buffer, one in the channel and one being framed.
+        buffer: STREAM_BUFFER / 2,
     };
     let receiver = bus.subscribe(subscription).map_err(|e| match e {
         BusError::InvalidArgument(m) => SseError::Pattern(m),
@@ -344,6 +347,7 @@ pub fn open(
     Ok(SseBody {
         preamble: Some(Bytes::from_static(b"retry: 1000\n: jimbus stream\n\n")),
         deliveries: receiver.into_stream(),
+        batch: Vec::new().into_iter(),
         cursor: request.cursor,
         stopped: context.shutdown.listen(),
         context: context.clone(),
@@ -360,7 +364,9 @@ pub fn open(
 /// connection can take more.
 pub struct SseBody {
     preamble: Option<Bytes>,
-    deliveries: flume::r#async::RecvStream<'static, EncodedDelivery>,
+    deliveries: flume::r#async::RecvStream<'static, DeliveryBatch>,
+    /// What is left of the batch being framed.
+    batch: std::vec::IntoIter<EncodedDelivery>,
     cursor: Cursor,
     stopped: event_listener::EventListener,
     context: Arc<crate::http::context::EdgeContext>,
@@ -416,16 +422,17 @@ impl hyper::body::Body for SseBody {
                 this.gate.waiting.set(Some(cx.waker().clone()));
                 return Poll::Pending;
             }
-            match this.deliveries.poll_next(cx) {
-                Poll::Ready(Some(delivery)) => {
-                    if this.cursor.covers(delivery.partition, delivery.offset) {
-                        continue;
-                    }
-                    this.keepalive.set_after(KEEPALIVE);
-                    let frame = this.frame(&delivery);
-                    this.produced += frame.len() as u64;
-                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+            if let Some(delivery) = this.batch.next() {
+                if this.cursor.covers(delivery.partition, delivery.offset) {
+                    continue;
                 }
+                this.keepalive.set_after(KEEPALIVE);
+                let frame = this.frame(&delivery);
+                this.produced += frame.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+            match this.deliveries.poll_next(cx) {
+                Poll::Ready(Some(batch)) => this.batch = batch.into_iter(),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => break,
             }

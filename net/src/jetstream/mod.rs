@@ -23,13 +23,12 @@ mod observe;
 mod publish;
 mod subscribe;
 
-use crate::bus::{AppendItem, Bus, BusError, BusFuture, ItemOutcome, Subscription};
+use crate::bus::{delivery_channel, AppendItem, Bus, BusError, BusFuture, DeliveryBatch, ItemOutcome, Subscription};
 use crate::lock::lock;
 use aggregation::NatsAggregation;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use jimbus_core::aggregate::{AggregateConfig, ConfigError};
-use jimbus_proto::delivery::EncodedDelivery;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -178,11 +177,11 @@ impl Bus for JetStreamBus {
         })
     }
 
-    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<EncodedDelivery>, BusError> {
+    fn subscribe(&self, subscription: Subscription) -> Result<flume::Receiver<DeliveryBatch>, BusError> {
         if let Some(durable) = &subscription.durable {
             subscribe::check_consumer_name(&durable.name)?;
         }
-        let (out, receiver) = flume::bounded(subscription.buffer.max(1));
+        let (out, receiver) = delivery_channel(subscription.buffer);
         let shared = self.shared.clone();
         let Subscription { pattern, start, durable, .. } = subscription;
         match durable {

@@ -12,7 +12,7 @@
 
 use super::acks::{self, Pending};
 use super::{Shared, KIND, STREAM};
-use crate::bus::{BusError, ConsumerOptions, Durable, Start};
+use crate::bus::{BusError, ConsumerOptions, DeliverySender, Durable, Start};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
@@ -95,19 +95,9 @@ fn delivery(message: &async_nats::Message, sequence: u64, delivered: u32) -> Enc
     }
 }
 
-/// Hands `delivery` to the subscriber, waiting only when its channel is full;
-/// false when the subscriber is gone.
-async fn send(out: &flume::Sender<EncodedDelivery>, delivery: EncodedDelivery) -> bool {
-    match out.try_send(delivery) {
-        Ok(()) => true,
-        Err(flume::TrySendError::Full(delivery)) => out.send_async(delivery).await.is_ok(),
-        Err(flume::TrySendError::Disconnected(_)) => false,
-    }
-}
-
 /// Resolves when the subscriber has gone away (checked every half second: a
 /// flume sender has no closed-notification of its own).
-async fn gone(out: &flume::Sender<EncodedDelivery>) {
+async fn gone(out: &DeliverySender) {
     while !out.is_disconnected() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -117,13 +107,13 @@ async fn gone(out: &flume::Sender<EncodedDelivery>) {
 /// not a timer registered and cancelled per message.
 fn until_gone<'a, S: futures_util::Stream + 'a>(
     messages: S,
-    out: &'a flume::Sender<EncodedDelivery>,
+    out: &'a DeliverySender,
 ) -> impl futures_util::Stream<Item = S::Item> + 'a {
     messages.take_until(gone(out))
 }
 
 /// Waits before reopening a consumer, unless the subscriber leaves first.
-async fn pause(out: &flume::Sender<EncodedDelivery>) {
+async fn pause(out: &DeliverySender) {
     tokio::select! {
         _ = tokio::time::sleep(RETRY) => {}
         _ = gone(out) => {}
@@ -182,12 +172,7 @@ type Messages = Result<jetstream::Message, pull::MessagesError>;
 
 /// An ephemeral subscription: an ephemeral pull consumer, reopened after the
 /// last sequence delivered whenever it fails, until the subscriber goes away.
-pub(super) async fn ephemeral(
-    shared: Arc<Shared>,
-    pattern: Pattern,
-    start: Start,
-    out: flume::Sender<EncodedDelivery>,
-) {
+pub(super) async fn ephemeral(shared: Arc<Shared>, pattern: Pattern, start: Start, out: DeliverySender) {
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
     let mut cursor = Cursor { start, consumer_sequence: 0, live: matches!(start, Start::Latest) };
     while !out.is_disconnected() {
@@ -209,7 +194,7 @@ pub(super) async fn ephemeral(
 /// fails, skips a consumer sequence, or the subscriber goes away. Messages
 /// that arrived together are converted, then sent together, so the edge wakes
 /// once per chunk rather than once per message.
-async fn forward(messages: pull::Stream, pattern: &Pattern, out: &flume::Sender<EncodedDelivery>, cursor: &mut Cursor) {
+async fn forward(messages: pull::Stream, pattern: &Pattern, out: &DeliverySender, cursor: &mut Cursor) {
     let mut chunks = std::pin::pin!(until_gone(messages, out).ready_chunks(READY_CHUNK));
     let mut deliveries = Vec::with_capacity(READY_CHUNK);
     while let Some(chunk) = chunks.next().await {
@@ -272,7 +257,7 @@ pub(super) async fn durable_member(
     durable: Durable,
     pattern: Pattern,
     start: Start,
-    out: flume::Sender<EncodedDelivery>,
+    out: DeliverySender,
 ) {
     let member = shared.next_member.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("jimbus_subscriptions").increment(1.0);
@@ -343,14 +328,9 @@ async fn hold_chunk(
     }
 }
 
-/// Sends and empties `deliveries`; false when the subscriber is gone.
-async fn send_all(out: &flume::Sender<EncodedDelivery>, deliveries: &mut Vec<EncodedDelivery>) -> bool {
-    for delivery in deliveries.drain(..) {
-        if !send(out, delivery).await {
-            return false;
-        }
-    }
-    true
+/// Sends and empties `deliveries`, as batches; false when the subscriber is gone.
+async fn send_all(out: &DeliverySender, deliveries: &mut Vec<EncodedDelivery>) -> bool {
+    out.send(std::mem::take(deliveries)).await
 }
 
 #[cfg(test)]
