@@ -14,9 +14,10 @@
 //!   pump), their delivery tasks and their files.
 //! - [`aggregation`]: windows and cascades of the events once durable.
 //!
-//! Outside this folder only the router, the options, and [`open`], [`run`] and
-//! [`stop`] are used (plus [`log`] by the log benchmark). Nothing here may
-//! import an edge (`http`, `grpc`) or the JetStream backend.
+//! Outside this folder only the router, the options, and [`open`], [`run`],
+//! [`shutdown`] and [`stop`] are used (plus [`log`] and [`delivery`] by the log
+//! benchmark). Nothing here may import an edge (`http`, `grpc`) or the
+//! JetStream backend.
 
 mod aggregation;
 mod command;
