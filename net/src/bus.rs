@@ -2,7 +2,7 @@
 //! bus (append, subscribe, ack, and topic/position queries), and nothing of how
 //! a backend stores it.
 //!
-//! The embedded log ([`crate::shard::ShardRouter`]) implements [`Bus`]; a
+//! The embedded log ([`crate::embedded::ShardRouter`]) implements [`Bus`]; a
 //! second backend (NATS JetStream) can take its place without the edges
 //! changing. Positions are (partition, offset) pairs, which every partitioned
 //! log has. Futures are `Send` and deliveries arrive on a bounded flume channel,

@@ -43,7 +43,7 @@ pub struct LogOptions {
     pub retention: Retention,
 }
 
-/// How long closed segments are kept (applied by [`super::retention`]).
+/// How long closed segments are kept (applied by the `retention` module).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Retention {
     /// Delete a segment once its newest record is older than this.

@@ -1,21 +1,21 @@
 //! The embedded bus: one process, its own durable log. Each shard is a
 //! glommio task set pinned to one core, owning the sessions that hash to it:
 //!
-//! - [`router`]: the [`Bus`](crate::bus::Bus) the edges hold; sends each
-//!   request to the owning shard's queue as a [`command`].
-//! - [`pump`]: the shard's single writer; applies commands in arrival order
+//! - `router`: the [`Bus`](crate::bus::Bus) the edges hold; sends each
+//!   request to the owning shard's queue as a `command`.
+//! - `pump`: the shard's single writer; applies commands in arrival order
 //!   with one group commit per batch.
-//! - [`log`] and [`retention`]: segment files, their in-memory index, and
+//! - `log` and `retention`: segment files, their in-memory index, and
 //!   which closed segments go.
-//! - [`recovery`]: opening a shard from its directory; [`layout`] names every
+//! - `recovery`: opening a shard from its directory; `layout` names every
 //!   file in it and fixes the order they are written and read.
-//! - [`subscription`], [`consumer`], [`consumer_task`], [`consumer_store`]:
+//! - `subscription`, `consumer`, `consumer_task`, `consumer_store`:
 //!   ephemeral subscriptions, and durable consumers' state (owned by the
 //!   pump), their delivery tasks and their files.
-//! - [`aggregation`]: windows and cascades of the events once durable.
+//! - `aggregation`: windows and cascades of the events once durable.
 //!
 //! Outside this folder only the router, the options, and [`open`], [`run`],
-//! [`shutdown`] and [`stop`] are used (plus [`log`] and [`delivery`] by the log
+//! [`shutdown`] and [`stop`] are used (plus `log` and [`delivery`] by the log
 //! benchmark). Nothing here may import an edge (`http`, `grpc`) or the
 //! JetStream backend.
 
