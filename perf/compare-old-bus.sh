@@ -56,28 +56,8 @@ for spec in ${JIMBUS_BINS:-target/release/jimbus}; do
   paths+=("$path")
 done
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_ready() {
-  local pid=$1 url=$2
-  for _ in $(seq 300); do
-    curl -sf -o /dev/null "$url" && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "server $pid exited before answering $url" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "no answer from $url" >&2
-  return 1
-}
-
-# stop PID: SIGTERM, then SIGKILL if it is still there after 10 s.
-stop() {
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 
 # measure NAME RUN PID URL: one wrk run, one line "NAME RUN events/s us/event VmHWM-KiB" in results.
 measure() {

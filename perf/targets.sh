@@ -33,20 +33,8 @@ for b in "$jimbus" "$load"; do [[ -x $b ]] || { echo "$b is not executable" >&2;
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_ready() {
-  local pid=$1 url=$2
-  for _ in $(seq 300); do
-    curl -sf -o /dev/null "$url" && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before $url answered" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "no answer from $url" >&2
-  return 1
-}
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 
 load_avg() { uptime | sed 's/.*load average: //'; }
 
