@@ -29,3 +29,15 @@ pub mod topic;
 /// (session ids and topics it admitted), and the random seed keeps a client
 /// from choosing colliding keys offline.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Hands out `session`'s next sequence (the first is 1) and counts it, cloning
+/// the session's name only the first time it is seen.
+pub fn take_sequence(next_sequence: &mut FastMap<String, u64>, session: &str) -> u64 {
+    let next = match next_sequence.get_mut(session) {
+        Some(next) => next,
+        None => next_sequence.entry(session.to_string()).or_insert(1),
+    };
+    let sequence = *next;
+    *next += 1;
+    sequence
+}

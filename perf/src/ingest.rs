@@ -139,12 +139,7 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
             scratch.clear();
             let (stamps, key) = encode_client_view(&mut event, &mut scratch);
             std::hint::black_box(key);
-            let next = match sequences.get_mut(&event.session_id) {
-                Some(next) => next,
-                None => sequences.entry(event.session_id.clone()).or_insert(1),
-            };
-            let sequence = *next;
-            *next += 1;
+            let sequence = jimbus_core::take_sequence(&mut sequences, &event.session_id);
             append_log_stamps(stamps, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
             write_raw_topic(&event.session_id, &event.event_type, &mut topic);
             let record =

@@ -27,7 +27,7 @@ use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{append_log_stamps, encode_client_view};
 use jimbus_core::topic::{self, Pattern};
-use jimbus_core::FastMap;
+use jimbus_core::{take_sequence, FastMap};
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -420,12 +420,7 @@ impl Shard {
                     metrics::counter!("jimbus_events_duplicate_total").increment(1);
                     return ItemOutcome::Duplicate;
                 }
-                let next = match self.next_sequence.get_mut(&event.session_id) {
-                    Some(next) => next,
-                    None => self.next_sequence.entry(event.session_id.clone()).or_insert(1),
-                };
-                let sequence = *next;
-                *next += 1;
+                let sequence = take_sequence(&mut self.next_sequence, &event.session_id);
                 append_log_stamps(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
                 let mut topic = std::mem::take(&mut self.topic);
                 topic::write_raw_topic(&event.session_id, &event.event_type, &mut topic);
