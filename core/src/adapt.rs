@@ -334,19 +334,39 @@ fn empty_payload(event_type: &str, subtype: &str) -> Payload {
     typed_payload(&mut Reader::new(b"{}"), event_type, subtype).unwrap_or(Payload::Generic(pb::GenericEvent::default()))
 }
 
+/// Where an event's payload lies, and what was read of it while the event's
+/// object was read.
+struct PayloadSpan {
+    /// Offset and depth of the payload's value.
+    at: (usize, u32),
+    /// The payload typed by the type and subtype known when it was reached;
+    /// `None` when it came before the type.
+    early: Option<Result<Payload>>,
+}
+
 /// Reads one event object. The reader must be placed on the object.
 ///
-/// The payload may come before `type` (keys arrive in any order), so its span is
-/// noted and read once the type is known.
-pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
+/// The mod sends `type` before `payload`, so the payload is typed as it is
+/// reached: one pass over its bytes. Keys may still arrive in any order, so a
+/// payload read before its type, or typed by a type or subtype that a later
+/// key changed, is read again from its noted span once the object is done.
+pub fn read_event(r: &mut Reader<'_>) -> Result<pb::Event> {
     let mut event = pb::Event::default();
     let mut timing = pb::Timing::default();
     let mut extra = None;
-    let mut payload_at: Option<(usize, u32)> = None;
+    let mut payload_at: Option<PayloadSpan> = None;
+    // A `type` or `subtype` key after the payload: what typed it may have changed.
+    let mut retyped = false;
     object(r, &mut extra, |r, key| {
         match key {
-            "type" => event.event_type = text(r)?,
-            "subtype" => event.subtype = text(r)?,
+            "type" => {
+                event.event_type = text(r)?;
+                retyped |= payload_at.is_some();
+            }
+            "subtype" => {
+                event.subtype = text(r)?;
+                retyped |= payload_at.is_some();
+            }
             "source" => event.source = text(r)?,
             "event_id" => event.event_id = text(r)?,
             "session_id" => event.session_id = text(r)?,
@@ -375,8 +395,7 @@ pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
                 }
                 event.payload_field =
                     if key == "payload" { pb::PayloadField::Payload } else { pb::PayloadField::Data } as i32;
-                payload_at = Some((r.offset(), r.depth()));
-                r.skip()?;
+                payload_at = Some(read_payload_early(r, &event)?);
             }
             _ => return Ok(false),
         }
@@ -389,16 +408,47 @@ pub fn read_event(r: &mut Reader<'_>, body: &[u8]) -> Result<pb::Event> {
     event.timing = Some(timing);
     event.extra = extra;
     let payload = match payload_at {
-        Some((offset, depth)) => {
+        Some(span) => {
             let key = if event.payload_field == pb::PayloadField::Data as i32 { "data" } else { "payload" };
-            let mut sub = Reader::new(body);
-            sub.rewind(offset, depth);
-            field(&mut sub, key, |r| typed_payload(r, &event.event_type, &event.subtype))?
+            let typed = match span.early {
+                Some(typed) if !retyped => typed,
+                _ => read_payload_again(r, span.at, &event),
+            };
+            typed.map_err(|e| e.within(key))?
         }
         None => empty_payload(&event.event_type, &event.subtype),
     };
     event.payload = Some(payload);
     Ok(event)
+}
+
+/// Notes where the payload is and, when the type is known, types it now. A
+/// payload that does not fit its type is skipped for its syntax alone, as if
+/// not yet read, and its error kept for when the object is done: a syntax
+/// error later in the object, or a missing type, is reported first.
+fn read_payload_early(r: &mut Reader<'_>, event: &pb::Event) -> Result<PayloadSpan> {
+    let at = (r.offset(), r.depth());
+    if event.event_type.is_empty() {
+        r.skip()?;
+        return Ok(PayloadSpan { at, early: None });
+    }
+    let typed = typed_payload(r, &event.event_type, &event.subtype);
+    if typed.is_err() {
+        r.rewind(at.0, at.1);
+        r.skip()?;
+    }
+    Ok(PayloadSpan { at, early: Some(typed) })
+}
+
+/// Types a payload from its noted span, then puts the reader back where it
+/// was (the end of the event's object). The same reader is used so the
+/// values built are counted with the event's.
+fn read_payload_again(r: &mut Reader<'_>, (offset, depth): (usize, u32), event: &pb::Event) -> Result<Payload> {
+    let end = (r.offset(), r.depth());
+    r.rewind(offset, depth);
+    let typed = typed_payload(r, &event.event_type, &event.subtype);
+    r.rewind(end.0, end.1);
+    typed
 }
 
 fn client_clock(timestamp_ms: f64) -> pb::ClientClock {
@@ -416,7 +466,7 @@ mod tests {
     use super::*;
 
     fn event(body: &str) -> Result<pb::Event> {
-        read_event(&mut Reader::new(body.as_bytes()), body.as_bytes())
+        read_event(&mut Reader::new(body.as_bytes()))
     }
 
     #[test]
@@ -442,6 +492,26 @@ mod tests {
         let e = event(r#"{"payload":{"old_value":1,"new_value":2,"difference":1},"type":"MONEY_CHANGED"}"#).unwrap();
         let Some(Payload::MoneyChanged(m)) = e.payload else { panic!("{e:?}") };
         assert_eq!((m.old_value, m.new_value, m.difference), (1.0, 2.0, 1.0));
+    }
+
+    #[test]
+    fn a_type_or_subtype_after_the_payload_retypes_it() {
+        let body = r#"{"type":"SCORING","payload":{"joker":{"name":"J"},"chips":2},"subtype":"JOKER_TRIGGER"}"#;
+        let Some(Payload::Scoring(s)) = event(body).unwrap().payload else { panic!() };
+        assert!(matches!(s.step, Some(pb::scoring_event::Step::JokerTrigger(_))), "{s:?}");
+        // The last `type` wins, even when the payload did not fit the first one.
+        let e = event(r#"{"type":"GAME_STATE","payload":{"ante":"x","new_value":3},"type":"MONEY_CHANGED"}"#).unwrap();
+        let Some(Payload::MoneyChanged(m)) = e.payload else { panic!("{e:?}") };
+        assert_eq!(m.new_value, 3.0);
+        assert!(m.extra.unwrap().fields.contains_key("ante"));
+    }
+
+    #[test]
+    fn a_syntax_error_after_a_payload_that_does_not_fit_is_reported_first() {
+        let err = event(r#"{"type":"GAME_STATE","payload":{"ante":1.5},"x":[1,}"#).unwrap_err();
+        assert!(err.syntax, "{err:?}");
+        let err = event(r#"{"type":"GAME_STATE","payload":{"ante":1.5},"x":1}"#).unwrap_err();
+        assert_eq!((err.path.as_str(), err.syntax), ("payload.ante", false));
     }
 
     #[test]

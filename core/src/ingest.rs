@@ -156,7 +156,7 @@ pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -
     let decoded = match endpoint {
         Endpoint::Single => {
             let start = skip_ws(body, 0);
-            let event = adapt::read_event(&mut reader, body).map_err(classify)?;
+            let event = adapt::read_event(&mut reader).map_err(classify)?;
             let raw = start..reader.offset();
             if !(limits.charge)(held_bytes(raw.len(), reader.built(), true)) {
                 return Err(BodyError::OverBudget);
@@ -256,7 +256,7 @@ fn read_events(
         }
         let start = skip_ws(body, r.offset());
         let (depth, built) = (r.depth(), r.built());
-        let read = adapt::read_event(r, body);
+        let read = adapt::read_event(r);
         let now = r.built();
         let held = held_bytes(r.offset().saturating_sub(start), (now.0 - built.0, now.1 - built.1), read.is_ok());
         if !(limits.charge)(held) {
@@ -329,6 +329,28 @@ mod tests {
         assert!(matches!(err, BodyError::Syntax(_)), "{err}");
         let err = decode_body(b"\x0c{\"type\":\"A\"}", Endpoint::Single).unwrap_err();
         assert!(matches!(err, BodyError::Syntax(_)), "{err}");
+    }
+
+    #[test]
+    fn the_values_a_payload_builds_are_charged_with_its_event() {
+        let charged = |body: &[u8]| {
+            let mut total = 0;
+            let mut charge = |bytes| {
+                total += bytes;
+                true
+            };
+            decode_body_within(body, Endpoint::Batch, Limits { max_events: 10, charge: &mut charge }).unwrap();
+            total
+        };
+        // An unknown type keeps its payload as a Struct of four Values; both
+        // orders of `type` and `payload` are charged for them.
+        for body in [
+            &br#"{"events":[{"type":"NEW","payload":{"a":1,"b":2,"c":3}}]}"#[..],
+            br#"{"events":[{"payload":{"a":1,"b":2,"c":3},"type":"NEW"}]}"#,
+        ] {
+            let raw = body.len() - r#"{"events":[]}"#.len();
+            assert_eq!(charged(body), held_bytes(raw, (3, 1), true), "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

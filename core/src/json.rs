@@ -330,6 +330,10 @@ impl<'a> Reader<'a> {
     pub fn number(&mut self) -> Result<f64, JsonError> {
         self.skip_ws();
         let rest = &self.buf[self.pos..];
+        if let Some((value, len)) = small_integer(rest) {
+            self.pos += len;
+            return Ok(value);
+        }
         for (token, value) in NON_FINITE {
             if rest.starts_with(token) && !rest.get(token.len()).is_some_and(u8::is_ascii_alphanumeric) {
                 self.pos += token.len();
@@ -434,6 +438,31 @@ fn even_backslashes_before(buf: &[u8], start: usize, quote: usize) -> bool {
 
 fn all_quotes_escaped(raw: &[u8]) -> bool {
     raw.iter().enumerate().filter(|(_, &b)| b == b'"').all(|(i, _)| !even_backslashes_before(raw, 0, i))
+}
+
+/// The common number, an integer of at most 15 digits (exact as an `f64`),
+/// read without the float parser: its value and length. Anything else
+/// (a fraction, an exponent, a leading zero, a non-finite token, more digits)
+/// is `None`, for the general path to read or refuse.
+fn small_integer(rest: &[u8]) -> Option<(f64, usize)> {
+    let negative = rest.first() == Some(&b'-');
+    let first = usize::from(negative);
+    let mut value = 0u64;
+    let mut at = first;
+    while let Some(&digit @ b'0'..=b'9') = rest.get(at) {
+        if at - first == 15 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit - b'0');
+        at += 1;
+    }
+    let digits = at - first;
+    let leading_zero = digits > 1 && rest[first] == b'0';
+    if digits == 0 || leading_zero || matches!(rest.get(at), Some(b'.' | b'e' | b'E' | b'+' | b'-')) {
+        return None;
+    }
+    let value = value as f64;
+    Some((if negative { -value } else { value }, at))
 }
 
 fn is_json_number(text: &str) -> bool {

@@ -22,11 +22,10 @@ pub fn derived_session(peer: IpAddr, source: &str) -> String {
 
 /// Makes a value usable as one topic token: `.`, `*`, `>` and white space become `_`.
 pub fn token(value: &str) -> Cow<'_, str> {
-    let bad = |c: char| matches!(c, '.' | '*' | '>') || c.is_whitespace();
     if value.is_empty() {
         Cow::Borrowed("_")
-    } else if value.contains(bad) {
-        Cow::Owned(value.replace(bad, "_"))
+    } else if value.contains(is_token_breaker) {
+        Cow::Owned(value.replace(is_token_breaker, "_"))
     } else {
         Cow::Borrowed(value)
     }
@@ -44,9 +43,27 @@ pub fn raw_topic(session: &str, event_type: &str) -> String {
 pub fn write_raw_topic(session: &str, event_type: &str, out: &mut String) {
     out.clear();
     out.push_str("balatro.");
-    out.push_str(&token(session));
+    push_token(session, out);
     out.push('.');
-    out.push_str(&token(event_type));
+    push_token(event_type, out);
+}
+
+/// [`token`] appended to `out`, with no copy of its own: a derived session
+/// (`127.0.0.1-BalatroMCP`) has dots in every event's topic.
+fn push_token(value: &str, out: &mut String) {
+    if value.is_empty() {
+        return out.push('_');
+    }
+    if value.contains(is_token_breaker) {
+        out.extend(value.chars().map(|c| if is_token_breaker(c) { '_' } else { c }));
+    } else {
+        out.push_str(value);
+    }
+}
+
+/// Characters a topic token cannot hold: the separator, the wildcards and white space.
+fn is_token_breaker(c: char) -> bool {
+    matches!(c, '.' | '*' | '>') || c.is_whitespace()
 }
 
 /// `balatro.<session>.aggregated`.

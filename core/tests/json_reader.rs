@@ -117,3 +117,24 @@ fn invalid_utf8_in_a_string_is_a_value_error() {
     let mut r = Reader::new(b"[\"ok\xff\"]");
     r.skip().unwrap();
 }
+
+proptest::proptest! {
+    /// Integers take a fast path of their own: every well-formed number,
+    /// whatever its length, still reads as Rust's float parser reads it.
+    #[test]
+    fn well_formed_numbers_read_as_the_float_parser_reads_them(
+        text in r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?",
+    ) {
+        let mut r = Reader::new(text.as_bytes());
+        let got = r.number().unwrap();
+        proptest::prop_assert_eq!(got.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{}", text);
+        proptest::prop_assert_eq!(r.offset(), text.len());
+    }
+
+    /// Integers with a leading zero are refused, however many digits follow.
+    #[test]
+    fn leading_zeros_are_refused(text in r"-?0[0-9]{1,18}") {
+        let wrapped = format!("[{text}]");
+        proptest::prop_assert!(read_value(&wrapped).is_err(), "{}", text);
+    }
+}
