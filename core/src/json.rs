@@ -240,6 +240,9 @@ impl<'a> Reader<'a> {
             return Err(self.syntax("expected a string key"));
         }
         let start = self.pos + 1;
+        if let Some(key) = self.plain_key(start) {
+            return Ok(key);
+        }
         let mut end = start;
         loop {
             let Some(found) = memchr::memchr(b'"', &self.buf[end..]) else {
@@ -259,6 +262,20 @@ impl<'a> Reader<'a> {
             }
             end = quote + 1;
         }
+    }
+
+    /// The usual key, read in one short scan: no backslash, UTF-8 (the body
+    /// is), and its closing quote right before `:`. This is the key the
+    /// general reading in [`Reader::key`] finds too; any other key is left to it.
+    fn plain_key(&mut self, start: usize) -> Option<Cow<'a, str>> {
+        let len = self.buf[start..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        let quote = start + len;
+        if self.buf[quote] != b'"' || self.buf.get(quote + 1) != Some(&b':') {
+            return None;
+        }
+        let text = self.text_of(start, quote)?;
+        self.pos = quote + 1;
+        Some(Cow::Borrowed(text))
     }
 
     fn key_text(&self, start: usize, end: usize) -> Result<Cow<'a, str>, JsonError> {

@@ -34,11 +34,12 @@ enum Segment {
     Index(usize),
 }
 
-/// The path to the field being checked. Kept as segments so that checking a valid
-/// message allocates nothing; a string is built only for a violation.
+/// The path to the field being checked. Kept as segments, inline up to the
+/// depth of an event's deepest typed field, so that checking a valid message
+/// allocates nothing; a string is built only for a violation.
 #[derive(Debug, Default)]
 pub struct FieldPath {
-    segments: Vec<Segment>,
+    segments: smallvec::SmallVec<[Segment; 8]>,
 }
 
 impl FieldPath {
