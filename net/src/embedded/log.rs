@@ -20,6 +20,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// Commit buffers kept for reuse per shard, and the largest kept: a few
+/// commits' worth under load, a bounded amount of memory when idle.
+const SPARE_BUFFERS: usize = 4;
+const MAX_SPARE_BYTES: usize = 1 << 20;
+
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +112,14 @@ pub struct LogIndex {
     /// Bytes held in `tail`, kept under `tail_cap`.
     pub(super) tail_bytes: usize,
     pub(super) tail_cap: usize,
+    /// Each commit's whole buffer while any of its records is in `tail`,
+    /// with the offset after its last record.
+    pub(super) commits: VecDeque<(u64, Bytes)>,
+    /// Emptied buffers of commits the tail has let go of and no reader holds,
+    /// for the next commits to stage into: their pages are already mapped, so
+    /// a commit does not fault in and zero fresh ones (as a new buffer does
+    /// once the allocator has returned the old one to the system).
+    pub(super) spare: Vec<Vec<u8>>,
     /// Every 64th record's (time, offset), for time-based starts.
     pub(super) time_marks: Vec<(u64, u64)>,
     /// Woken after every commit.
@@ -146,6 +159,29 @@ impl LogIndex {
                 self.tail_first += 1;
             }
         }
+    }
+
+    /// Takes back the buffers of commits whose records have all left the
+    /// tail; one that a reader still holds a record of is left to it.
+    fn recycle_commits(&mut self) {
+        while self.commits.front().is_some_and(|(end, _)| *end <= self.tail_first) {
+            let Some((_, data)) = self.commits.pop_front() else { break };
+            if self.spare.len() >= SPARE_BUFFERS || data.len() > MAX_SPARE_BYTES {
+                continue;
+            }
+            if let Ok(buffer) = data.try_into_mut() {
+                let mut buffer = Vec::from(buffer);
+                buffer.clear();
+                self.spare.push(buffer);
+            }
+        }
+    }
+
+    /// An empty buffer for the next commit, with room for `bytes`.
+    fn commit_buffer(&mut self, bytes: usize) -> Vec<u8> {
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.reserve(bytes);
+        buffer
     }
 
     /// Where `offset` lives on disk: the file, the position, and how many bytes
@@ -250,7 +286,7 @@ impl SegmentWriter {
         }
         // The next commit is likely as large as this one: start it at this size
         // rather than growing (and copying) from nothing.
-        let next = Vec::with_capacity(self.staged.len());
+        let next = self.index.borrow_mut().commit_buffer(self.staged.len());
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
         let ends = std::mem::take(&mut self.staged_ends);
         let (file, start_len) = {
@@ -323,8 +359,12 @@ impl SegmentWriter {
         if let Some(segment) = log.segments.last_mut() {
             segment.len = start_len + data.len() as u64;
         }
+        let data_len = data.len();
+        let end = log.end;
+        log.commits.push_back((end, data));
+        log.recycle_commits();
         metrics::counter!("jimbus_log_appended_records_total").increment(ends.len() as u64);
-        metrics::counter!("jimbus_log_appended_bytes_total").increment(data.len() as u64);
+        metrics::counter!("jimbus_log_appended_bytes_total").increment(data_len as u64);
         log.committed.notify(usize::MAX);
     }
 
@@ -378,4 +418,54 @@ impl SegmentWriter {
 
 pub(super) async fn open_rw(path: &Path) -> Result<BufferedFile, LogError> {
     Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log index with no segments and a tail of `tail_cap` bytes.
+    fn index(tail_cap: usize) -> LogIndex {
+        LogIndex {
+            segments: Vec::new(),
+            end: 0,
+            tail_first: 0,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_cap,
+            commits: VecDeque::new(),
+            spare: Vec::new(),
+            time_marks: Vec::new(),
+            committed: event_listener::Event::new(),
+        }
+    }
+
+    /// Commits one 8-byte record at `offset` as `publish` does; returns where its buffer lies.
+    fn commit(index: &mut LogIndex, offset: u64) -> (*const u8, Bytes) {
+        let mut buffer = index.commit_buffer(8);
+        buffer.extend_from_slice(&[offset as u8; 8]);
+        let data = Bytes::from(buffer);
+        index.push_tail(offset, data.clone());
+        index.commits.push_back((offset + 1, data.clone()));
+        index.recycle_commits();
+        (data.as_ptr(), data)
+    }
+
+    #[test]
+    fn a_commit_buffer_is_reused_once_the_tail_and_every_reader_let_go() {
+        let mut index = index(8);
+        let (_, first) = commit(&mut index, 0);
+        let read = first.slice(0..4); // a reader still holds a record of commit 0
+        drop(first);
+        let (second_at, second) = commit(&mut index, 1); // the tail lets go of commit 0
+        assert!(index.spare.is_empty(), "a buffer a reader holds is never reused");
+        assert_eq!(&read[..], &[0; 4], "and what the reader holds is intact");
+        drop(second);
+        let (_, third) = commit(&mut index, 2); // the tail lets go of commit 1
+        assert_eq!(index.spare.len(), 1);
+        drop(third);
+        let (fourth_at, _) = commit(&mut index, 3);
+        assert_eq!(fourth_at, second_at, "commit 3 is staged in commit 1's buffer");
+        assert_eq!(&index.tail.back().expect("tail")[..], &[3; 8]);
+    }
 }

@@ -240,6 +240,8 @@ impl SegmentWriter {
             tail: VecDeque::new(),
             tail_bytes: 0,
             tail_cap: options.tail_cache_bytes,
+            commits: VecDeque::new(),
+            spare: Vec::new(),
             time_marks,
             committed: event_listener::Event::new(),
         }));
