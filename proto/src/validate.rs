@@ -34,43 +34,69 @@ enum Segment {
     Index(usize),
 }
 
-/// The path to the field being checked. Kept as segments, inline up to the
-/// depth of an event's deepest typed field, so that checking a valid message
-/// allocates nothing; a string is built only for a violation.
-#[derive(Debug, Default)]
+/// Segments a path keeps. The schema's typed messages nest far less deep (a
+/// free-form `Struct`, the one unbounded nesting, is checked by
+/// [`check_struct`] without a segment per level); deeper segments would be
+/// counted but left out of a violation's path, which then ends in `…`.
+const MAX_SEGMENTS: usize = 32;
+
+/// The path to the field being checked, in a fixed array: checking a valid
+/// message costs a store per field and allocates nothing; a string is built
+/// only for a violation.
+#[derive(Debug)]
 pub struct FieldPath {
-    segments: smallvec::SmallVec<[Segment; 8]>,
+    segments: [Segment; MAX_SEGMENTS],
+    /// Segments pushed and not popped, kept or not.
+    len: usize,
+}
+
+impl Default for FieldPath {
+    fn default() -> Self {
+        Self { segments: [Segment::Index(0); MAX_SEGMENTS], len: 0 }
+    }
 }
 
 impl FieldPath {
-    /// Starts a path below `root` (e.g. `events[3]`), or at the top when empty.
+    /// Starts a path at the top of a message.
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn push(&mut self, segment: Segment) {
+        if let Some(slot) = self.segments.get_mut(self.len) {
+            *slot = segment;
+        }
+        self.len += 1;
+    }
+
     pub fn push_field(&mut self, name: &'static str) {
-        self.segments.push(Segment::Field(name));
+        self.push(Segment::Field(name));
     }
 
     pub fn push_index(&mut self, index: usize) {
-        self.segments.push(Segment::Index(index));
+        self.push(Segment::Index(index));
     }
 
     pub fn pop(&mut self) {
-        self.segments.pop();
+        self.len -= 1;
+    }
+
+    fn kept(&self) -> &[Segment] {
+        &self.segments[..self.len.min(MAX_SEGMENTS)]
     }
 
     /// How many messages deep the current field lies below the root message:
     /// every named segment is one message field (the generated code descends
-    /// only into messages).
+    /// only into messages); segments past the kept ones count as fields.
     fn message_depth(&self) -> usize {
-        self.segments.iter().filter(|s| matches!(s, Segment::Field(_))).count()
+        let kept = self.kept();
+        kept.iter().filter(|s| matches!(s, Segment::Field(_))).count() + (self.len - kept.len())
     }
 
     /// A violation of `rule` at the current path.
     pub fn violation(&self, rule: &str) -> Violation {
         let mut path = String::new();
-        for segment in &self.segments {
+        for segment in self.kept() {
             match segment {
                 Segment::Field(name) => {
                     if !path.is_empty() {
@@ -80,6 +106,9 @@ impl FieldPath {
                 }
                 Segment::Index(i) => path.push_str(&format!("[{i}]")),
             }
+        }
+        if self.len > MAX_SEGMENTS {
+            path.push('…');
         }
         Violation { path, rule: rule.to_string() }
     }
@@ -174,5 +203,30 @@ pub fn check_event(event: &crate::events::Event) -> Result<(), Violations> {
         Ok(())
     } else {
         Err(Violations(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_names_its_segments_and_marks_what_it_could_not_keep() {
+        let mut path = FieldPath::new();
+        path.push_field("payload");
+        path.push_field("jokers");
+        path.push_index(2);
+        path.push_field("name");
+        assert_eq!(path.violation("max_len=128").path, "payload.jokers[2].name");
+        assert_eq!(path.message_depth(), 3);
+        for _ in 0..MAX_SEGMENTS {
+            path.push_field("deep");
+        }
+        assert!(path.violation("x").path.ends_with("deep…"));
+        assert_eq!(path.message_depth(), 3 + MAX_SEGMENTS);
+        for _ in 0..MAX_SEGMENTS + 2 {
+            path.pop();
+        }
+        assert_eq!(path.violation("required").path, "payload.jokers");
     }
 }
