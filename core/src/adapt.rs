@@ -350,8 +350,11 @@ struct PayloadSpan {
 /// reached: one pass over its bytes. Keys may still arrive in any order, so a
 /// payload read before its type, or typed by a type or subtype that a later
 /// key changed, is read again from its noted span once the object is done.
-pub fn read_event(r: &mut Reader<'_>) -> Result<pb::Event> {
-    let mut event = pb::Event::default();
+///
+/// The event is built in its box, where it stays until the shard stores it:
+/// an `Event` is over 600 bytes, and each move would copy them.
+pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
+    let mut event = Box::<pb::Event>::default();
     let mut timing = pb::Timing::default();
     let mut extra = None;
     let mut payload_at: Option<PayloadSpan> = None;
@@ -466,7 +469,7 @@ mod tests {
     use super::*;
 
     fn event(body: &str) -> Result<pb::Event> {
-        read_event(&mut Reader::new(body.as_bytes()))
+        read_event(&mut Reader::new(body.as_bytes())).map(|e| *e)
     }
 
     #[test]

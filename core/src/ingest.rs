@@ -16,10 +16,10 @@ use std::ops::Range;
 pub const MAX_EVENTS: usize = 100_000;
 
 /// Memory an accepted event holds once decoded, besides its Structs and
-/// strings: its slot in the decoded list (which grows by doubling, so up to
-/// twice its size, of which the box that carries it to its shard reuses the
-/// slack), and its small maps and strings.
-pub const HELD_PER_EVENT: usize = 2 * std::mem::size_of::<DecodedEvent>() + 256;
+/// strings: the box it is decoded into (which carries it to its shard), its
+/// slot in the decoded list (which grows by doubling, so up to twice its
+/// size), and its small maps and strings.
+pub const HELD_PER_EVENT: usize = std::mem::size_of::<pb::Event>() + 2 * std::mem::size_of::<DecodedEvent>() + 256;
 
 /// Memory a rejected event holds: its slot in the rejected list (up to twice
 /// its size), its path and reason, and its entry in the answer's list.
@@ -76,7 +76,8 @@ pub struct Envelope {
 pub struct DecodedEvent {
     /// Position in the batch (0 for a single event).
     pub index: usize,
-    pub event: pb::Event,
+    /// Boxed from its decoding on, so it is never copied whole.
+    pub event: Box<pb::Event>,
     pub raw: Range<usize>,
 }
 

@@ -9,7 +9,7 @@ use prost_types::value::Kind;
 
 fn one(body: &str) -> jimbus_proto::events::Event {
     let mut decoded = decode_body(body.as_bytes(), Endpoint::Single).unwrap();
-    decoded.events.remove(0).event
+    *decoded.events.remove(0).event
 }
 
 fn extra_text(event: &jimbus_proto::events::Event, key: &str) -> String {

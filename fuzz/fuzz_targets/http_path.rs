@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for decoded_event in decoded.events {
         offset += 1;
-        let mut event = decoded_event.event;
+        let mut event = *decoded_event.event;
         stamp(&mut event, &decoded.envelope);
         if let Err(violations) = event.validate() {
             dead_letter(violations.to_string(), &body[decoded_event.raw.clone()], offset);

@@ -64,7 +64,7 @@ pub struct Admission<'a> {
 /// it could not be decoded, and the edge's handle on its raw bytes.
 pub struct Entry<R> {
     pub index: usize,
-    pub event: Result<pb::Event, String>,
+    pub event: Result<Box<pb::Event>, String>,
     pub raw: R,
 }
 
@@ -108,7 +108,7 @@ pub fn admit<R>(
                 }
                 match jimbus_proto::validate::check_event(&event) {
                     Ok(()) => {
-                        admitted.items.push(AppendItem::Event(Box::new(event)));
+                        admitted.items.push(AppendItem::Event(event));
                         continue;
                     }
                     Err(violations) => (Refusal::Invalid(violations.to_string()), event.session_id),

@@ -214,7 +214,7 @@ fn publish(events: Vec<String>, grpc: String, session: String) -> anyhow::Result
     let mut decoded = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let body = decode_body(line.as_bytes(), Endpoint::Single).map_err(|e| anyhow::anyhow!("event {i}: {e}"))?;
-        let mut event = body.events.into_iter().next().map(|d| d.event).context("no event")?;
+        let mut event = body.events.into_iter().next().map(|d| *d.event).context("no event")?;
         if event.session_id.is_empty() {
             event.session_id = session.clone();
         }

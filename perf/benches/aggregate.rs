@@ -29,7 +29,7 @@ fn hand(triggers: usize) -> Vec<pb::Event> {
     events.push(r#"{"type":"SCORING","subtype":"HAND_EVAL_COMPLETE","payload":{"final_chips":80,"final_mult":inf},"timestamp":1003}"#.to_string());
     events.push(r#"{"type":"GAME_STATE","payload":{"ante":1,"round":2,"money":4,"game_state":"SELECTING_HAND","jokers":[{"position":1,"name":"Joker","id":"j1"}]},"timestamp":1004}"#.to_string());
     let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-    decode_body(body.as_bytes(), Endpoint::Batch).unwrap().events.into_iter().map(|d| d.event).collect()
+    decode_body(body.as_bytes(), Endpoint::Batch).unwrap().events.into_iter().map(|d| *d.event).collect()
 }
 
 /// Offers `rounds` passes over `events` for each of `sessions` sessions, round
@@ -76,7 +76,7 @@ fn aggregate(c: &mut Criterion) {
     }
 
     let mixed: Vec<pb::Event> =
-        decode_body(&mod_batch(500, 0, true), Endpoint::Batch).unwrap().events.into_iter().map(|d| d.event).collect();
+        decode_body(&mod_batch(500, 0, true), Endpoint::Batch).unwrap().events.into_iter().map(|d| *d.event).collect();
     group.throughput(Throughput::Elements((mixed.len() * 16) as u64));
     group.bench_function("mod_batch500_x16_sessions", |b| b.iter(|| black_box(run(&mixed, 16, 1, &mut out))));
 

@@ -158,7 +158,7 @@ impl BusService {
             admit::Admission { request_id: correlation, received_us: now_micros(), peer: None, envelope: &envelope };
         let entries = events.into_iter().enumerate().map(|(i, event)| admit::Entry {
             index: first_index as usize + i,
-            event: Ok(event),
+            event: Ok(Box::new(event)),
             raw: (),
         });
         let admitted = admit::admit(&admission, entries, |_, _, (), _| None);

@@ -59,7 +59,7 @@ async fn grpc_and_http_take_the_same_depth() {
             deep_event("grpc-deep", lists).as_bytes(),
             jimbus_core::ingest::Endpoint::Single,
         );
-        events.push(body.unwrap().events.remove(0).event);
+        events.push(*body.unwrap().events.remove(0).event);
     }
     let answer = client.publish(jimbus_proto::bus::PublishRequest { events }).await.unwrap().into_inner();
     assert_eq!(answer.accepted, 1, "{answer:?}");
@@ -115,7 +115,7 @@ async fn grpc_structs_with_non_finite_numbers_are_rejected() {
     .event;
     let extra = event.extra.as_mut().unwrap();
     extra.fields.insert("x".into(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)) });
-    let answer = client.publish(jimbus_proto::bus::PublishRequest { events: vec![event] }).await.unwrap().into_inner();
+    let answer = client.publish(jimbus_proto::bus::PublishRequest { events: vec![*event] }).await.unwrap().into_inner();
     assert_eq!(answer.accepted, 0);
     assert!(answer.rejected[0].error.contains("finite"), "{answer:?}");
 }

@@ -53,7 +53,7 @@ fn template(run: u32, session: u32, batch: usize) -> Vec<pb::Event> {
         .events
         .into_iter()
         .map(|d| {
-            let mut e = d.event;
+            let mut e = *d.event;
             e.session_id = load_session_id(run, session);
             e
         })
