@@ -38,16 +38,25 @@ pub struct AggregationStage {
 
 impl AggregationStage {
     /// Builds the stage, asking `budget` for the aggregator's memory (taking
-    /// what is free down to a sixteenth of it).
-    pub fn new(shard: usize, config: AggregateConfig, budget: &Arc<MemoryBudget>) -> Result<Self, ConfigError> {
-        let want = config.memory_budget as u64;
+    /// what is free down to a sixteenth of it). The aggregators of all
+    /// `shards` together ask for at most half the budget: held for the
+    /// shards' life, more would leave ingest nothing to grant (with 2 shards,
+    /// a 32 MiB budget answered every request 503).
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        config: AggregateConfig,
+        budget: &Arc<MemoryBudget>,
+    ) -> Result<Self, ConfigError> {
+        let share = budget.limit() / (2 * shards.max(1) as u64);
+        let want = (config.memory_budget as u64).min(share);
         let grant = budget.request(want, want / 16);
         let granted = grant.as_ref().map_or(0, Grant::bytes) as usize;
         if granted < config.memory_budget {
             tracing::warn!(
                 shard,
                 granted,
-                wanted = want,
+                configured = config.memory_budget,
                 "aggregation runs on a smaller memory budget than configured"
             );
         }

@@ -69,7 +69,7 @@ impl Shard {
             glommio::spawn_local(router.clone().maintain_every(id, every)).detach();
         }
         let dir = dir.to_path_buf();
-        let aggregation = AggregationStage::new(id, options.aggregate.clone(), budget)?;
+        let aggregation = AggregationStage::new(id, router.shards(), options.aggregate.clone(), budget)?;
         let batch = BatchConfig { max_batch: options.max_batch, ..BatchConfig::default() };
         batch.validate()?;
         let mut shard = Shard {

@@ -102,3 +102,16 @@ fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodie
     );
     assert_eq!(server.get("/health").status, 200);
 }
+
+/// The aggregators hold their share of the budget for the server's life; on a
+/// small budget with several shards they once took all of it, and every
+/// request was answered 503 while the server said it was ready.
+#[test]
+fn a_small_budget_still_leaves_ingest_room_on_every_shard() {
+    let budget = (32u64 << 20).to_string();
+    let server = Jimbus::start(&["--shards", "2", "--memory-budget", &budget]);
+    for session in 0..8 {
+        let body = format!(r#"{{"events":[{{"type":"HEARTBEAT","session_id":"small-{session}"}}]}}"#);
+        assert_eq!(post(&server, body.as_bytes()), 200, "session {session}");
+    }
+}
