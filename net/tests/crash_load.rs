@@ -62,7 +62,13 @@ fn publish(addr: SocketAddr, publisher: usize, ledger: &Ledger) {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
-        c.send(&request("POST", "/api/v1/events/batch", &body, &[]));
+        // A kill can land between connecting and writing: a refused write is
+        // a connection to remake, like a missing answer.
+        use std::io::Write;
+        if c.reader.get_mut().write_all(&request("POST", "/api/v1/events/batch", &body, &[])).is_err() {
+            conn = None;
+            continue;
+        }
         match c.try_read_response() {
             Some(response) if response.status == 200 => {
                 let answer = response.json();

@@ -38,7 +38,7 @@ pub struct AggregationStage {
 
 impl AggregationStage {
     /// Builds the stage, asking `budget` for the aggregator's memory (taking
-    /// what is free down to a sixteenth of it). The aggregators of all
+    /// what is free down to a sixteenth of its configured size). The aggregators of all
     /// `shards` together ask for at most half the budget: held for the
     /// shards' life, more would leave ingest nothing to grant (with 2 shards,
     /// a 32 MiB budget answered every request 503).
@@ -49,8 +49,11 @@ impl AggregationStage {
         budget: &Arc<MemoryBudget>,
     ) -> Result<Self, ConfigError> {
         let share = budget.limit() / (2 * shards.max(1) as u64);
+        let floor = config.memory_budget as u64 / 16;
         let want = (config.memory_budget as u64).min(share);
-        let grant = budget.request(want, want / 16);
+        // Below a sixteenth of its configured memory an aggregator asks for
+        // nothing, as when the budget had less than that free.
+        let grant = if want < floor { None } else { budget.request(want, floor) };
         let granted = grant.as_ref().map_or(0, Grant::bytes) as usize;
         if granted < config.memory_budget {
             tracing::warn!(

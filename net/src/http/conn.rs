@@ -59,32 +59,6 @@ impl Drop for Busy {
     }
 }
 
-/// hyper's timer, for the header read timeout. hyper wants `Send` sleeps, which
-/// glommio's timers are not; async-io's are (driven by its own small thread).
-#[derive(Clone)]
-pub struct HeaderTimer;
-
-struct HeaderSleep(async_io::Timer);
-
-impl Future for HeaderSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
-    }
-}
-
-impl hyper::rt::Sleep for HeaderSleep {}
-
-impl hyper::rt::Timer for HeaderTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeaderSleep(async_io::Timer::after(duration)))
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeaderSleep(async_io::Timer::at(deadline)))
-    }
-}
-
 /// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small
 /// owned buffer into hyper's cursor, so hyper's spare capacity is never
 /// zero-filled first (glommio wants an initialised slice).

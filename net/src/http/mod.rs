@@ -20,11 +20,13 @@ pub mod frame;
 pub mod guard;
 pub mod profile;
 pub mod sse;
+pub mod timer;
 pub mod ui;
 
-use crate::http::conn::{finish, Activity, GlommioIo, HeaderTimer};
+use crate::http::conn::{finish, Activity, GlommioIo};
 pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, too_large, unavailable};
+use crate::http::timer::ShardTimer;
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -241,7 +243,7 @@ impl Handler {
             }
         });
         let mut conn = hyper::server::conn::http1::Builder::new()
-            .timer(HeaderTimer)
+            .timer(ShardTimer)
             .header_read_timeout(header_timeout)
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true)

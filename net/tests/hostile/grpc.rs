@@ -128,8 +128,8 @@ impl tonic::codec::Decoder for RawCodec {
 /// past it, RESOURCE_EXHAUSTED (a retry), and the server stays up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
-    // One shard's aggregator holds 16 MiB of the 20: about 4 MiB are left.
-    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "20971520"]);
+    // The aggregators hold at most half the budget: about 4 MiB of the 8 are left.
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", "8388608"]);
     let mut client = server.client().await;
     let big = |i: usize| {
         let mut e = event("budget", i);
