@@ -115,3 +115,13 @@ fn a_small_budget_still_leaves_ingest_room_on_every_shard() {
         assert_eq!(post(&server, body.as_bytes()), 200, "session {session}");
     }
 }
+
+/// mimalloc's huge pages, zeroed 2 MiB at a time after each purge, cost CPU
+/// and RSS; the server keeps to small pages unless MIMALLOC_ALLOW_THP is set.
+#[test]
+fn the_server_keeps_to_small_pages() {
+    let server = Jimbus::start(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server_pid(&server))).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("a kernel that reports THP_enabled");
+    assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
+}
