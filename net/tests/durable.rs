@@ -32,6 +32,11 @@ async fn a_consumer_group_shares_the_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_leaves_gives_its_unacked_deliveries_to_the_group() {
+    durable::a_member_that_leaves_gives_its_unacked_deliveries_to_the_group(&Jimbus::start(&["--shards", "2"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_paused_slow_subscriber_catches_up_in_order() {
     durable::a_paused_slow_subscriber_catches_up_in_order(&Jimbus::start(&["--shards", "1"])).await;
 }

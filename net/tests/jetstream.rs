@@ -108,6 +108,24 @@ async fn durable_a_consumer_group_shares_the_events() {
     cases::durable::a_consumer_group_shares_the_events(&jimbus_on(&nats, &[])).await;
 }
 
+/// JetStream is one partition: an ack naming another is the client's mistake.
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_an_ack_for_a_partition_jetstream_does_not_have_is_invalid_argument() {
+    let nats = Nats::single();
+    let server = jimbus_on(&nats, &[]);
+    let positions = vec![bus::AckPosition { partition: 3, offset: 1 }];
+    let request = bus::AckRequest { durable_name: "any".into(), positions };
+    let refused = server.client().await.ack(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("partition 3 does not exist"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_a_member_that_leaves_gives_its_unacked_deliveries_to_the_group() {
+    let nats = Nats::single();
+    cases::durable::a_member_that_leaves_gives_its_unacked_deliveries_to_the_group(&jimbus_on(&nats, &[])).await;
+}
+
 // --- failures ------------------------------------------------------------------
 
 const SESSIONS: usize = 4;

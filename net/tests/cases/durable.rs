@@ -1,7 +1,8 @@
 //! The durable-subscription cases, run on every bus backend (durable.rs: the
 //! embedded log; jetstream.rs: NATS JetStream): resume after a crash at the last
 //! acknowledgement, redelivery after the ack deadline, dead-letter after
-//! `max_deliver`, flow control by `max_in_flight`, and consumer groups.
+//! `max_deliver`, flow control by `max_in_flight`, consumer groups, and a
+//! leaving member's unacknowledged deliveries given back to the group.
 
 use crate::harness::Jimbus;
 use jimbus_proto::bus::{self, subscribe_response::Body};
@@ -162,4 +163,29 @@ pub async fn a_paused_slow_subscriber_catches_up_in_order(server: &Jimbus) {
     }
     let expected: Vec<String> = (0..total).filter(|i| i % 3 == 0).map(|i| format!("e-{i}")).collect();
     assert_eq!(ids, expected);
+}
+
+/// A member that leaves with deliveries it never acknowledged gives them back
+/// to the group at once: with a ten-minute ack wait, only that give-back can
+/// bring them to the member that stayed within `next`'s 20 s.
+pub async fn a_member_that_leaves_gives_its_unacked_deliveries_to_the_group(server: &Jimbus) {
+    assert_eq!(server.post("/api/v1/events/batch", &batch(0, 3)).status, 200);
+    let mut leaving = durable(server, "hand", 3, 600_000, 5).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut leaving).await.expect("delivered to the first member"));
+    }
+    let mut staying = durable(server, "hand", 3, 600_000, 5).await;
+    drop(leaving);
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(next(&mut staying).await.expect("given back to the member that stayed"));
+    }
+    assert_eq!(sorted_ids(&again), sorted_ids(&held));
+    assert!(
+        again.iter().all(|d| d.delivery_count == 2),
+        "{:?}",
+        again.iter().map(|d| d.delivery_count).collect::<Vec<_>>()
+    );
+    assert_eq!(ack(server, "hand", &again).await, 3);
 }
