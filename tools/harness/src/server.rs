@@ -134,6 +134,9 @@ impl Jimbus {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reaped");
+            for addr in [self.http, self.grpc] {
+                wait_until_nothing_listens(addr);
+            }
         }
     }
 
@@ -268,4 +271,25 @@ fn read_log(
         }
     });
     ready_rx
+}
+
+/// Returns once no socket listens on `addr`'s port, or after 10 s. A killed
+/// server's io_uring ring closes its files in the background after the
+/// process is reaped; a listener left behind shares the SO_REUSEPORT port
+/// with a restarted server and takes connections that nobody accepts.
+fn wait_until_nothing_listens(addr: SocketAddr) {
+    let port = format!(":{:04X}", addr.port());
+    let listening = || {
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+            std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).any(|row| {
+                let columns: Vec<&str> = row.split_whitespace().collect();
+                // Columns: slot, local address, remote address, state (0A: LISTEN).
+                columns.get(1).is_some_and(|local| local.ends_with(&port)) && columns.get(3) == Some(&"0A")
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
 }
