@@ -268,7 +268,7 @@ impl<'a> Reader<'a> {
     /// is), and its closing quote right before `:`. This is the key the
     /// general reading in [`Reader::key`] finds too; any other key is left to it.
     fn plain_key(&mut self, start: usize) -> Option<Cow<'a, str>> {
-        let len = self.buf[start..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        let len = quote_or_backslash(&self.buf[start..])?;
         let quote = start + len;
         if self.buf[quote] != b'"' || self.buf.get(quote + 1) != Some(&b':') {
             return None;
@@ -311,10 +311,10 @@ impl<'a> Reader<'a> {
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"')?;
         let start = self.pos;
-        let end = self.string_end()?;
+        let (end, escaped) = self.string_end()?;
         self.pos = end + 1;
         let raw = &self.buf[start..end];
-        if raw.contains(&b'\\') {
+        if escaped {
             return unescape(raw, start).map(Cow::Owned);
         }
         if let Some(text) = self.text_of(start, end) {
@@ -327,13 +327,16 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// The offset of the closing quote of the string starting at `self.pos`.
-    fn string_end(&self) -> Result<usize, JsonError> {
+    /// The offset of the closing quote of the string starting at `self.pos`,
+    /// and whether the string holds a backslash (found on the same scan, so
+    /// the common string without one is not scanned twice).
+    fn string_end(&self) -> Result<(usize, bool), JsonError> {
         let mut at = self.pos;
+        let mut escaped = false;
         loop {
-            match memchr::memchr2(b'"', b'\\', &self.buf[at..]) {
-                Some(i) if self.buf[at + i] == b'"' => return Ok(at + i),
-                Some(i) => at += i + 2,
+            match quote_or_backslash(&self.buf[at..]) {
+                Some(i) if self.buf[at + i] == b'"' => return Ok((at + i, escaped)),
+                Some(i) => (at, escaped) = (at + i + 2, true),
                 None => break,
             }
             if at > self.buf.len() {
@@ -398,7 +401,7 @@ impl<'a> Reader<'a> {
             Kind::Array => self.array(|r, _| r.skip()),
             Kind::String => {
                 self.pos += 1;
-                self.pos = self.string_end()? + 1;
+                self.pos = self.string_end()?.0 + 1;
                 Ok(())
             }
             Kind::Number => self.number().map(drop),
@@ -447,6 +450,28 @@ impl<'a> Reader<'a> {
         })?;
         Ok(prost_types::Struct { fields })
     }
+}
+
+/// The offset of the first `"` or `\\` in `bytes`. Keys and most strings
+/// end within a few words, where eight bytes at a time cost less than
+/// memchr's vector set-up; a string still running after 32 bytes is left to
+/// memchr.
+pub fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte's high bit is set where the byte is zero; bits above a zero
+    // byte may be set falsely (the borrow), never below it, so the lowest
+    // set bit marks the first match.
+    let zero_bytes = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    for (n, word) in bytes.chunks_exact(8).take(4).enumerate() {
+        let word = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
+        let found = zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return Some(n * 8 + found.trailing_zeros() as usize / 8);
+        }
+    }
+    let scanned = bytes.len().min(32) / 8 * 8;
+    memchr::memchr2(b'"', b'\\', &bytes[scanned..]).map(|at| scanned + at)
 }
 
 fn even_backslashes_before(buf: &[u8], start: usize, quote: usize) -> bool {

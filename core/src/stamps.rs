@@ -12,18 +12,47 @@
 use crate::dedup::{dedup_key, dedup_key_of_encoding, DedupKey};
 use jimbus_proto::events as pb;
 use prost::Message;
+use std::collections::HashMap;
 
-/// The server's stamps on an event, held as an `Event` with nothing else set.
-/// Taken out, what is left is the client's view of the event.
-pub struct Stamps(pub pb::Event);
+/// The server's stamps on an event: the fields of `Event` that the server
+/// sets, under `Event`'s own field numbers, so that their encoding appended
+/// to the client's view decodes as the stamped event. A message of its own
+/// rather than a whole `Event`, which is over 600 bytes and would be built,
+/// moved and dropped for every stored event.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stamps {
+    /// `Event.correlation_id`: the id of the request that carried the event.
+    #[prost(string, tag = "5")]
+    pub correlation_id: String,
+    /// `Event.sequence`: the event's place in its session.
+    #[prost(uint64, tag = "7")]
+    pub sequence: u64,
+    /// `Event.timing`, holding only the server's two times.
+    #[prost(message, optional, tag = "9")]
+    pub timing: Option<StampTimes>,
+    /// `Event.metadata`: the server's entries and the client's alike (the
+    /// client's view carries none, so its key ignores them all).
+    #[prost(map = "string, string", tag = "10")]
+    pub metadata: HashMap<String, String>,
+}
+
+/// The server's part of `Timing`, under `Timing`'s field numbers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StampTimes {
+    /// `Timing.received_at`: when the server received the request.
+    #[prost(message, optional, tag = "4")]
+    pub received_at: Option<prost_types::Timestamp>,
+    /// `Timing.published_at`: when the event was staged in the log.
+    #[prost(message, optional, tag = "5")]
+    pub published_at: Option<prost_types::Timestamp>,
+}
 
 impl Stamps {
     /// Takes the stamps out of `event`, leaving the client's view.
     pub fn take(event: &mut pb::Event) -> Self {
-        let timing = event.timing.as_mut().map(|t| pb::Timing {
+        let timing = event.timing.as_mut().map(|t| StampTimes {
             received_at: t.received_at.take(),
             published_at: t.published_at.take(),
-            ..Default::default()
         });
         // Timing that held only stamps is no part of the client's view: an
         // event sent without timing and one stored with stamps alone must
@@ -31,22 +60,20 @@ impl Stamps {
         if event.timing.as_ref().is_some_and(|t| *t == pb::Timing::default()) {
             event.timing = None;
         }
-        Self(pb::Event {
-            sequence: std::mem::take(&mut event.sequence),
+        Self {
             correlation_id: std::mem::take(&mut event.correlation_id),
-            metadata: std::mem::take(&mut event.metadata),
+            sequence: std::mem::take(&mut event.sequence),
             timing,
-            ..Default::default()
-        })
+            metadata: std::mem::take(&mut event.metadata),
+        }
     }
 
     /// Puts the stamps back into `event`.
     pub fn restore(self, event: &mut pb::Event) {
-        let stamps = self.0;
-        event.sequence = stamps.sequence;
-        event.correlation_id = stamps.correlation_id;
-        event.metadata = stamps.metadata;
-        if let Some(stamped) = stamps.timing {
+        event.sequence = self.sequence;
+        event.correlation_id = self.correlation_id;
+        event.metadata = self.metadata;
+        if let Some(stamped) = self.timing {
             let timing = event.timing.get_or_insert_with(Default::default);
             timing.received_at = stamped.received_at;
             timing.published_at = stamped.published_at;
@@ -59,14 +86,16 @@ impl Stamps {
 pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
     let stamps = Stamps::take(event);
     let start = out.len();
-    event.encode(out).expect("a Vec grows as needed");
+    // `encode_raw` skips `encode`'s capacity check, which walks the whole
+    // event once more for its length; a `Vec` grows as needed.
+    event.encode_raw(out);
     let key = (!event.event_id.is_empty()).then(|| dedup_key_of_encoding(&out[start..]));
     (stamps, key)
 }
 
 /// Appends `stamps` to the client's view encoded in `out`, and puts them back into `event`.
 pub fn append_stamps(stamps: Stamps, event: &mut pb::Event, out: &mut Vec<u8>) {
-    stamps.0.encode(out).expect("a Vec grows as needed");
+    stamps.encode_raw(out);
     stamps.restore(event);
 }
 
@@ -80,8 +109,8 @@ pub fn append_log_stamps(
     published: prost_types::Timestamp,
     out: &mut Vec<u8>,
 ) {
-    stamps.0.sequence = sequence;
-    stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(published);
+    stamps.sequence = sequence;
+    stamps.timing.get_or_insert_with(Default::default).published_at = Some(published);
     append_stamps(stamps, event, out);
 }
 
@@ -135,8 +164,8 @@ mod tests {
         fn a_record_decodes_to_the_stamped_event_with_the_same_key(mut event in events(), sequence in 1u64.., published in any::<i64>()) {
             let mut out = Vec::new();
             let (mut stamps, key) = encode_client_view(&mut event, &mut out);
-            stamps.0.sequence = sequence;
-            stamps.0.timing.get_or_insert_with(Default::default).published_at = Some(prost_types::Timestamp { seconds: published, nanos: 0 });
+            stamps.sequence = sequence;
+            stamps.timing.get_or_insert_with(Default::default).published_at = Some(prost_types::Timestamp { seconds: published, nanos: 0 });
             append_stamps(stamps, &mut event, &mut out);
             let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
             // NaN compares unequal to itself, so compare encodings, and the

@@ -137,4 +137,25 @@ proptest::proptest! {
         let wrapped = format!("[{text}]");
         proptest::prop_assert!(read_value(&wrapped).is_err(), "{}", text);
     }
+
+    /// The word-at-a-time scan finds the first quote or backslash wherever
+    /// it lies: in the words, in a short tail, or past the 32 bytes it hands
+    /// on to memchr (bytes above 0x7f and next to the wanted ones included).
+    #[test]
+    fn the_quote_scan_finds_what_a_plain_search_finds(
+        bytes in proptest::collection::vec(proptest::prop_oneof![
+            4 => proptest::num::u8::ANY,
+            1 => proptest::strategy::Just(b'"'),
+            1 => proptest::strategy::Just(b'\\'),
+            1 => proptest::sample::select(vec![0x21u8, 0x23, 0x5b, 0x5d, 0xa2, 0xdc, 0x00, 0x01]),
+        ], 0..80),
+        skip in 0usize..80,
+    ) {
+        let plain = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\');
+        // Move the first match later to reach the memchr part as well.
+        let bytes: Vec<u8> = bytes.iter().enumerate()
+            .map(|(i, &c)| if i < skip && (c == b'"' || c == b'\\') { b'a' } else { c })
+            .collect();
+        proptest::prop_assert_eq!(quote_or_backslash(&bytes), plain(&bytes));
+    }
 }
