@@ -3,7 +3,8 @@
 //! A topic is dot-separated tokens: `balatro.<session>.<event_type>`,
 //! `balatro.<session>.aggregated` and `deadletter`. Patterns use NATS wildcards
 //! (`*` one token, `>` the rest). Every topic of a session maps to the same shard,
-//! which is what keeps a session in order. This module must never hold state.
+//! which is what keeps a session in order. This module must never hold state of
+//! its own (a [`TopicWriter`] belongs to its caller).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -40,14 +41,44 @@ pub fn raw_topic(session: &str, event_type: &str) -> String {
     topic
 }
 
-/// [`raw_topic`] into `out` (cleared first), so a caller on the hot path
-/// reuses one buffer instead of allocating a topic per event.
-pub fn write_raw_topic(session: &str, event_type: &str, out: &mut String) {
+/// [`raw_topic`] into `out` (cleared first).
+fn write_raw_topic(session: &str, event_type: &str, out: &mut String) {
     out.clear();
     out.push_str("balatro.");
     push_token(session, out);
     out.push('.');
     push_token(event_type, out);
+}
+
+/// Writes raw topics on the hot path into one reused buffer, keeping the
+/// last session's part: a shard's events come in runs of one session, and a
+/// derived session (`127.0.0.1-BalatroMCP`) has dots to replace in each.
+#[derive(Default)]
+pub struct TopicWriter {
+    /// The last topic written; its first `prefix_len` bytes are
+    /// `balatro.<token of session>.`.
+    topic: String,
+    /// The session `topic`'s prefix was written for.
+    session: String,
+    /// The length of that prefix (0 before the first topic).
+    prefix_len: usize,
+}
+
+impl TopicWriter {
+    /// [`raw_topic`] of `session` and `event_type`, borrowed from the writer.
+    pub fn write(&mut self, session: &str, event_type: &str) -> &str {
+        if self.prefix_len == 0 || self.session != session {
+            write_raw_topic(session, "", &mut self.topic);
+            self.topic.pop(); // the `_` of the empty type
+            self.prefix_len = self.topic.len();
+            self.session.clear();
+            self.session.push_str(session);
+        } else {
+            self.topic.truncate(self.prefix_len);
+        }
+        push_token(event_type, &mut self.topic);
+        &self.topic
+    }
 }
 
 /// [`token`] appended to `out`, with no copy of its own: a derived session
@@ -225,6 +256,18 @@ mod tests {
             let spelled = |v: &str| if v.is_empty() { "_".to_string() } else { v.replace(is_token_breaker, "_") };
             prop_assert_eq!(token(&session).into_owned(), spelled(&session));
             prop_assert_eq!(raw_topic(&session, &kind), format!("balatro.{}.{}", spelled(&session), spelled(&kind)));
+        }
+
+        /// The writer's reuse of a session's part never shows: each topic it
+        /// writes is `raw_topic`'s, whatever sessions and types follow one another.
+        #[test]
+        fn the_topic_writer_writes_what_raw_topic_writes(
+            pairs in proptest::collection::vec((proptest::sample::select(vec!["", "a.b", "s1", "s 2", "s1."]), "[A-Z_.]{0,6}"), 1..12),
+        ) {
+            let mut writer = TopicWriter::default();
+            for (session, kind) in pairs {
+                prop_assert_eq!(writer.write(session, &kind), raw_topic(session, &kind));
+            }
         }
 
         #[test]

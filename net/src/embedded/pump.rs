@@ -26,7 +26,7 @@ use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{append_log_stamps, encode_client_view};
-use jimbus_core::topic::{self, Pattern};
+use jimbus_core::topic::{self, Pattern, TopicWriter};
 use jimbus_core::{take_sequence, FastMap};
 use jimbus_proto::events as pb;
 use prost::Message;
@@ -74,8 +74,8 @@ pub struct Shard {
     pub(super) topics: FastMap<String, u64>,
     /// One record's encoding, reused for every record.
     pub(super) scratch: Vec<u8>,
-    /// One record's topic, reused for every event.
-    pub(super) topic: String,
+    /// Writes each event's topic into one reused buffer.
+    pub(super) topic: TopicWriter,
     /// Windows and cascades of the events once durable.
     pub(super) aggregation: AggregationStage,
     /// How many queued commands the next group commit takes.
@@ -422,10 +422,10 @@ impl Shard {
                 }
                 let sequence = take_sequence(&mut self.next_sequence, &event.session_id);
                 append_log_stamps(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
-                let mut topic = std::mem::take(&mut self.topic);
-                topic::write_raw_topic(&event.session_id, &event.event_type, &mut topic);
-                let outcome = self.stage_scratch(RecordKind::Event, &topic, now);
-                self.topic = topic;
+                let mut topics = std::mem::take(&mut self.topic);
+                let outcome =
+                    self.stage_scratch(RecordKind::Event, topics.write(&event.session_id, &event.event_type), now);
+                self.topic = topics;
                 if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
                     keys.push((key, offset));
                 }

@@ -22,6 +22,7 @@ use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, Record, RecordKind};
 use jimbus_core::stamps::client_key;
+use jimbus_core::topic::TopicWriter;
 use jimbus_core::FastMap;
 use jimbus_proto::events as pb;
 use prost::Message;
@@ -84,7 +85,7 @@ impl Shard {
             dedup,
             topics,
             scratch: Vec::new(),
-            topic: String::new(),
+            topic: TopicWriter::default(),
             aggregation,
             batch: BatchSizer::new(batch),
             linger: options.linger,
