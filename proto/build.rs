@@ -24,10 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Maps are BTreeMaps: an event's metadata is filled on the ingest path,
     // where std's HashMap would hash with SipHash and allocate a table per
     // event, and a BTreeMap encodes its entries in one order every time.
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .bytes(".jimbot.bus.v1.DeadLetter.raw")
-        .compile_fds(fds.clone())?;
+    tonic_prost_build::configure().btree_map(".").bytes(".jimbot.bus.v1.DeadLetter.raw").compile_fds(fds.clone())?;
     Ok(compile_delivery_server(fds, &out)?)
 }
 

@@ -50,10 +50,10 @@ pub struct StampTimes {
 impl Stamps {
     /// Takes the stamps out of `event`, leaving the client's view.
     pub fn take(event: &mut pb::Event) -> Self {
-        let timing = event.timing.as_mut().map(|t| StampTimes {
-            received_at: t.received_at.take(),
-            published_at: t.published_at.take(),
-        });
+        let timing = event
+            .timing
+            .as_mut()
+            .map(|t| StampTimes { received_at: t.received_at.take(), published_at: t.published_at.take() });
         // Timing that held only stamps is no part of the client's view: an
         // event sent without timing and one stored with stamps alone must
         // have the same key.
@@ -82,7 +82,7 @@ impl Stamps {
 }
 
 /// Appends the encoding of the client's view of `event` to `out`; returns the
-/// stamps taken out of it (to be put back by [`append_stamps`]) and its dedup key.
+/// stamps taken out of it (to be put back by [`StampEncoder::append`]) and its dedup key.
 pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
     let stamps = Stamps::take(event);
     let start = out.len();
@@ -93,25 +93,66 @@ pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, 
     (stamps, key)
 }
 
-/// Appends `stamps` to the client's view encoded in `out`, and puts them back into `event`.
-pub fn append_stamps(stamps: Stamps, event: &mut pb::Event, out: &mut Vec<u8>) {
-    stamps.encode_raw(out);
-    stamps.restore(event);
+/// Completes records after the client's views that [`encode_client_view`]
+/// wrote, remembering the encoding of the stamps a request's events share.
+///
+/// The correlation id, the metadata and the received time come from the
+/// request, so consecutive events nearly always carry the same ones; their
+/// encoding is kept and copied until one differs. Only the sequence and the
+/// published time are encoded per event, in a second `timing` that a decoder
+/// merges into the first (protobuf merges a message field that appears twice).
+#[derive(Default)]
+pub struct StampEncoder {
+    /// The shared stamps last encoded (sequence 0, no published time).
+    last: Option<Stamps>,
+    /// Their encoding.
+    shared: Vec<u8>,
 }
 
-/// Completes a record in `out` after the client's view that
-/// [`encode_client_view`] wrote: the session's `sequence` and the time it was
-/// published (staged) are stamped, and the stamps appended.
-pub fn append_log_stamps(
-    mut stamps: Stamps,
-    event: &mut pb::Event,
-    sequence: u64,
-    published: prost_types::Timestamp,
-    out: &mut Vec<u8>,
-) {
-    stamps.sequence = sequence;
-    stamps.timing.get_or_insert_with(Default::default).published_at = Some(published);
-    append_stamps(stamps, event, out);
+impl StampEncoder {
+    /// Stamps the session's `sequence` and the time the event was
+    /// `published` (staged), appends the stamps to `out`, and puts them back
+    /// into `event`.
+    pub fn append(
+        &mut self,
+        mut stamps: Stamps,
+        event: &mut pb::Event,
+        sequence: u64,
+        published: prost_types::Timestamp,
+        out: &mut Vec<u8>,
+    ) {
+        if !self.last.as_ref().is_some_and(|last| shares(last, &stamps)) {
+            self.remember(&stamps);
+        }
+        out.extend_from_slice(&self.shared);
+        let own = StampTimes { received_at: None, published_at: Some(published) };
+        Stamps { sequence, timing: Some(own), ..Default::default() }.encode_raw(out);
+        stamps.sequence = sequence;
+        stamps.timing.get_or_insert_with(Default::default).published_at = Some(published);
+        stamps.restore(event);
+    }
+
+    /// Encodes the shared part of `stamps` and keeps a copy to compare with.
+    fn remember(&mut self, stamps: &Stamps) {
+        let received_at = stamps.timing.as_ref().and_then(|t| t.received_at);
+        let shared = Stamps {
+            correlation_id: stamps.correlation_id.clone(),
+            sequence: 0,
+            timing: stamps.timing.as_ref().map(|_| StampTimes { received_at, published_at: None }),
+            metadata: stamps.metadata.clone(),
+        };
+        self.shared.clear();
+        shared.encode_raw(&mut self.shared);
+        self.last = Some(shared);
+    }
+}
+
+/// Whether `stamps` share `last`'s correlation id, metadata and received time.
+fn shares(last: &Stamps, stamps: &Stamps) -> bool {
+    let received = |s: &Stamps| s.timing.as_ref().map(|t| t.received_at);
+    last.correlation_id == stamps.correlation_id
+        && received(last) == received(stamps)
+        && last.metadata == stamps.metadata
 }
 
 /// The dedup key of a stamped event: that of its client's view.
@@ -156,24 +197,47 @@ mod tests {
             })
     }
 
+    /// Gives `event` the stamps a request shares with `other`'s.
+    fn same_request(event: &mut pb::Event, other: &pb::Event) {
+        event.correlation_id.clone_from(&other.correlation_id);
+        event.metadata.clone_from(&other.metadata);
+        let received = other.timing.as_ref().and_then(|t| t.received_at);
+        if let Some(received) = received {
+            event.timing.get_or_insert_with(Default::default).received_at = Some(received);
+        } else if let Some(timing) = event.timing.as_mut() {
+            timing.received_at = None;
+        }
+    }
+
     proptest! {
         /// A record is the client's view followed by the stamps: it decodes to
         /// the stamped event, and its key is the key of the decoded event (what
-        /// a restart recomputes).
+        /// a restart recomputes). One encoder completes every record, so runs
+        /// of events from one request reuse the shared stamps' encoding.
         #[test]
-        fn a_record_decodes_to_the_stamped_event_with_the_same_key(mut event in events(), sequence in 1u64.., published in any::<i64>()) {
-            let mut out = Vec::new();
-            let (mut stamps, key) = encode_client_view(&mut event, &mut out);
-            stamps.sequence = sequence;
-            stamps.timing.get_or_insert_with(Default::default).published_at = Some(prost_types::Timestamp { seconds: published, nanos: 0 });
-            append_stamps(stamps, &mut event, &mut out);
-            let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
-            // NaN compares unequal to itself, so compare encodings (a BTreeMap
-            // encodes its entries in one order).
-            prop_assert_eq!(decoded.encode_to_vec(), event.encode_to_vec());
-            prop_assert_eq!(decoded.sequence, sequence);
-            prop_assert_eq!(client_key(&mut decoded), key);
-            prop_assert_eq!(client_key(&mut event), key);
+        fn records_decode_to_their_stamped_events_with_the_same_keys(
+            events in proptest::collection::vec((events(), any::<bool>(), 1u64.., any::<i64>()), 1..8),
+        ) {
+            let mut encoder = StampEncoder::default();
+            let mut previous: Option<pb::Event> = None;
+            for (mut event, shared, sequence, published) in events {
+                if let (true, Some(previous)) = (shared, &previous) {
+                    same_request(&mut event, previous);
+                }
+                let mut out = Vec::new();
+                let (stamps, key) = encode_client_view(&mut event, &mut out);
+                let published = prost_types::Timestamp { seconds: published, nanos: 0 };
+                encoder.append(stamps, &mut event, sequence, published, &mut out);
+                let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
+                // NaN compares unequal to itself, so compare encodings (a
+                // BTreeMap encodes its entries in one order).
+                prop_assert_eq!(decoded.encode_to_vec(), event.encode_to_vec());
+                prop_assert_eq!(decoded.sequence, sequence);
+                prop_assert_eq!(decoded.timing.as_ref().and_then(|t| t.published_at), Some(published));
+                prop_assert_eq!(client_key(&mut decoded), key);
+                prop_assert_eq!(client_key(&mut event), key);
+                previous = Some(event);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body_within, Endpoint, Limits, MAX_EVENTS};
 use jimbus_core::record::{self, Record, RecordKind};
-use jimbus_core::stamps::{append_log_stamps, encode_client_view};
+use jimbus_core::stamps::{encode_client_view, StampEncoder};
 use jimbus_core::topic::TopicWriter;
 use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
 use jimbus_net::embedded::{self, DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention, ShardRouter};
@@ -130,6 +130,7 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
     let body = Bytes::copy_from_slice(body);
     let budget = MemoryBudget::new(1 << 30);
     let (mut log, mut scratch, mut topics) = (Vec::with_capacity(1 << 20), Vec::new(), TopicWriter::default());
+    let mut stamper = StampEncoder::default();
     let mut sequences = jimbus_core::FastMap::<String, u64>::default();
     let mut staged = 0u64;
     for n in 0..requests {
@@ -140,7 +141,7 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
             let (stamps, key) = encode_client_view(&mut event, &mut scratch);
             std::hint::black_box(key);
             let sequence = jimbus_core::take_sequence(&mut sequences, &event.session_id);
-            append_log_stamps(stamps, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
+            stamper.append(stamps, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
             let topic = topics.write(&event.session_id, &event.event_type);
             let record = Record { offset: staged, time_us: now, kind: RecordKind::Event, topic, message: &scratch };
             record::encode(&record, &mut log);

@@ -25,7 +25,7 @@ use jimbus_core::aggregate::AggregateConfig;
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
-use jimbus_core::stamps::{append_log_stamps, encode_client_view};
+use jimbus_core::stamps::{encode_client_view, StampEncoder};
 use jimbus_core::topic::{self, Pattern, TopicWriter};
 use jimbus_core::{take_sequence, FastMap};
 use jimbus_proto::events as pb;
@@ -76,6 +76,8 @@ pub struct Shard {
     pub(super) scratch: Vec<u8>,
     /// Writes each event's topic into one reused buffer.
     pub(super) topic: TopicWriter,
+    /// Completes each event's record after its client view.
+    pub(super) stamps: StampEncoder,
     /// Windows and cascades of the events once durable.
     pub(super) aggregation: AggregationStage,
     /// How many queued commands the next group commit takes.
@@ -421,7 +423,7 @@ impl Shard {
                     return ItemOutcome::Duplicate;
                 }
                 let sequence = take_sequence(&mut self.next_sequence, &event.session_id);
-                append_log_stamps(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
+                self.stamps.append(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
                 let mut topics = std::mem::take(&mut self.topic);
                 let outcome =
                     self.stage_scratch(RecordKind::Event, topics.write(&event.session_id, &event.event_type), now);

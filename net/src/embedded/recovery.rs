@@ -21,7 +21,7 @@ use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
 use jimbus_core::record::{self, Record, RecordKind};
-use jimbus_core::stamps::client_key;
+use jimbus_core::stamps::{client_key, StampEncoder};
 use jimbus_core::topic::TopicWriter;
 use jimbus_core::FastMap;
 use jimbus_proto::events as pb;
@@ -86,6 +86,7 @@ impl Shard {
             topics,
             scratch: Vec::new(),
             topic: TopicWriter::default(),
+            stamps: StampEncoder::default(),
             aggregation,
             batch: BatchSizer::new(batch),
             linger: options.linger,
