@@ -183,7 +183,6 @@ impl<'a> Reader<'a> {
         }
         loop {
             let key = self.key()?;
-            self.expect(b':')?;
             on_key(self, key)?;
             match self.peek_byte()? {
                 b',' => self.pos += 1,
@@ -231,8 +230,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads an object key. The field mod does not escape keys, so a key ends at the
-    /// first `"` that is followed by `:`. A key with a backslash is read with JSON
+    /// Reads an object key and the `:` after it. The field mod does not escape
+    /// keys, so a key ends at the first `"` that is followed by `:` (the scan
+    /// that finds the key finds the colon, so it is consumed here). A key with a backslash is read with JSON
     /// escapes when that is the only valid reading; when both the escaped and the
     /// literal reading are valid and differ, the body is ambiguous and refused.
     fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
@@ -257,7 +257,7 @@ impl<'a> Reader<'a> {
             let escaped =
                 quote > start && self.buf[quote - 1] == b'\\' && !even_backslashes_before(self.buf, start, quote);
             if self.buf.get(after) == Some(&b':') && !escaped {
-                self.pos = quote + 1;
+                self.pos = after + 1;
                 return self.key_text(start, quote);
             }
             end = quote + 1;
@@ -274,7 +274,7 @@ impl<'a> Reader<'a> {
             return None;
         }
         let text = self.text_of(start, quote)?;
-        self.pos = quote + 1;
+        self.pos = quote + 2;
         Some(Cow::Borrowed(text))
     }
 
