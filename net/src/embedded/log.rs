@@ -28,6 +28,17 @@ const SPARE_BUFFERS: usize = 1;
 const MAX_SPARE_BYTES: usize = 1 << 20;
 /// Below this, a spare buffer is reused whatever the next commit's size.
 const MIN_SPARE_BYTES: usize = 64 << 10;
+/// Every this many records of a segment, its file position is kept in
+/// memory; a read from another offset starts at the mark before it and steps
+/// over at most this many records less one. Keeping every record's position
+/// cost 4 bytes per record for as long as the log is kept: 11 GB for a month
+/// at 1,000 events/s with the default (keep everything).
+pub(super) const POSITION_STRIDE: u64 = 64;
+/// Every this many offsets, a record's time is kept in memory for time-based
+/// starts, which read forward from the mark to the first record at the time.
+pub(super) const TIME_MARK_STRIDE: u64 = 1024;
+/// The most bytes one read of a segment brings (a larger record is read whole).
+const READ_CHUNK: u64 = 256 * 1024;
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -94,8 +105,10 @@ pub(super) struct Segment {
     /// Offset of its first record (also its file name).
     pub(super) base: u64,
     pub(super) file: Rc<BufferedFile>,
-    /// File position of each record, in offset order from `base`.
-    pub(super) positions: Vec<u32>,
+    /// File position of every [`POSITION_STRIDE`]th record from `base`.
+    pub(super) marks: Vec<u32>,
+    /// How many records the segment holds.
+    pub(super) records: u64,
     /// Bytes of whole records in the file.
     pub(super) len: u64,
     /// Receive time of its newest record, for age retention.
@@ -124,7 +137,8 @@ pub struct LogIndex {
     /// a commit does not fault in and zero fresh ones (as a new buffer does
     /// once the allocator has returned the old one to the system).
     pub(super) spare: Vec<Vec<u8>>,
-    /// Every 64th record's (time, offset), for time-based starts.
+    /// The (time, offset) of every record whose offset is a multiple of
+    /// [`TIME_MARK_STRIDE`], for time-based starts.
     pub(super) time_marks: Vec<(u64, u64)>,
     /// Woken after every commit.
     pub committed: event_listener::Event,
@@ -198,18 +212,33 @@ impl LogIndex {
         buffer
     }
 
-    /// Where `offset` lives on disk: the file, the position, and how many bytes
-    /// may be read from there to the end of the segment.
-    fn locate(&self, offset: u64) -> Option<(Rc<BufferedFile>, u64, u64, u64)> {
+    /// Where a read of `offset` starts on disk: at the marked record at or
+    /// before it (see [`Located`]).
+    fn locate(&self, offset: u64) -> Option<Located> {
         let i = self.segments.partition_point(|s| s.base <= offset).checked_sub(1)?;
         let segment = &self.segments[i];
-        let index = (offset - segment.base) as usize;
-        match segment.positions.get(index) {
-            Some(&pos) => Some((segment.file.clone(), offset, pos as u64, segment.len - pos as u64)),
+        let index = offset - segment.base;
+        if index >= segment.records {
             // A gap left by a truncated segment: continue at the next one.
-            None => self.segments.get(i + 1).map(|next| (next.file.clone(), next.base, 0, next.len)),
+            let next = self.segments.get(i + 1)?;
+            return Some(Located { file: next.file.clone(), first: next.base, pos: 0, available: next.len });
         }
+        let mark = index / POSITION_STRIDE;
+        let pos = u64::from(segment.marks[mark as usize]);
+        let first = segment.base + mark * POSITION_STRIDE;
+        Some(Located { file: segment.file.clone(), first, pos, available: segment.len - pos })
     }
+}
+
+/// Where a read starts on disk.
+struct Located {
+    file: Rc<BufferedFile>,
+    /// The offset of the record at `pos`.
+    first: u64,
+    /// Its file position.
+    pos: u64,
+    /// The bytes of whole records from `pos` to the end of the segment.
+    available: u64,
 }
 
 /// Reads up to `max` framed records starting at `from`. Returns the frames and
@@ -229,24 +258,38 @@ pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(
         }
         log.locate(from)
     };
-    let Some((file, first, pos, available)) = located else { return Ok((Vec::new(), from)) };
-    let chunk = available.min(256 * 1024).max(record::HEADER_LEN as u64);
-    let data = file.read_at(pos, chunk as usize).await?;
-    let mut bytes = Bytes::copy_from_slice(&data);
+    let Some(Located { file, first, mut pos, mut available }) = located else { return Ok((Vec::new(), from)) };
+    // The records from the mark up to `from` (fewer than POSITION_STRIDE) are
+    // read and stepped over; reading stops at the first chunk that yields a frame.
+    let (mut frames, mut offset) = (Vec::new(), first);
+    while frames.is_empty() && available > 0 {
+        let bytes = read_chunk(&file, pos, available).await?;
+        let mut at = 0;
+        while frames.len() < max {
+            let Ok(rec) = record::decode(&bytes[at..]) else { break };
+            let len = rec.framed_len();
+            if offset >= from {
+                frames.push(bytes.slice(at..at + len));
+            }
+            (offset, at) = (offset + 1, at + len);
+        }
+        if at == 0 {
+            break; // nothing whole here: the end of what is written, or a damaged record
+        }
+        (pos, available) = (pos + at as u64, available.saturating_sub(at as u64));
+    }
+    Ok((frames, offset.max(from)))
+}
+
+/// Reads up to [`READ_CHUNK`] bytes of a segment at `pos`, or the whole
+/// record there when it is larger.
+async fn read_chunk(file: &BufferedFile, pos: u64, available: u64) -> Result<Bytes, LogError> {
+    let chunk = available.min(READ_CHUNK).max(record::HEADER_LEN as u64);
+    let mut bytes = Bytes::copy_from_slice(&file.read_at(pos, chunk as usize).await?);
     if let Err(FrameError::Torn { needed, .. }) = record::decode(&bytes) {
-        // One record larger than the chunk: read exactly that record.
         bytes = Bytes::copy_from_slice(&file.read_at(pos, needed).await?);
     }
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while frames.len() < max {
-        let Ok(rec) = record::decode(&bytes[at..]) else { break };
-        let len = rec.framed_len();
-        frames.push(bytes.slice(at..at + len));
-        at += len;
-    }
-    let next = first + frames.len() as u64;
-    Ok((frames, next))
+    Ok(bytes)
 }
 
 /// The single writer of a shard's log.
@@ -264,6 +307,9 @@ pub struct SegmentWriter {
     pub(super) last_time_us: u64,
     /// The base of a segment started since the caller last asked (see [`SegmentWriter::take_rolled`]).
     pub(super) rolled: Option<u64>,
+    /// Every record's position in the active segment, for its index file
+    /// once it is closed (memory keeps only every [`POSITION_STRIDE`]th).
+    pub(super) active_positions: Vec<u32>,
 }
 
 impl SegmentWriter {
@@ -360,12 +406,17 @@ impl SegmentWriter {
             let offset = log.end;
             let frame = data.slice(from..end);
             let time_us = record::decode(&frame).map_or(0, |rec| rec.time_us);
-            if offset.is_multiple_of(64) {
+            if offset.is_multiple_of(TIME_MARK_STRIDE) {
                 log.time_marks.push((time_us, offset));
             }
+            let position = (start_len + from as u64) as u32;
+            self.active_positions.push(position);
             let segment = log.segments.last_mut().expect("active segment");
             segment.last_time_us = segment.last_time_us.max(time_us);
-            segment.positions.push((start_len + from as u64) as u32);
+            if segment.records.is_multiple_of(POSITION_STRIDE) {
+                segment.marks.push(position);
+            }
+            segment.records += 1;
             log.push_tail(offset, frame);
             log.end += 1;
             from = end;
@@ -387,7 +438,7 @@ impl SegmentWriter {
         let file = open_rw(&path).await?;
         // The new file's directory entry must be durable before anything in it is acknowledged.
         layout::sync_dir(&self.dir).await?;
-        let segment = Segment { base, file: Rc::new(file), positions: Vec::new(), len: 0, last_time_us: 0 };
+        let segment = Segment { base, file: Rc::new(file), marks: Vec::new(), records: 0, len: 0, last_time_us: 0 };
         self.index.borrow_mut().segments.push(segment);
         Ok(())
     }
@@ -400,14 +451,15 @@ impl SegmentWriter {
 
     /// Writes `<base>.index` beside the segment just closed (the one before the
     /// active one). It can always be rebuilt by a scan, so a failure is only logged.
-    fn write_index_of_closed(&self) {
+    fn write_index_of_closed(&mut self) {
+        let positions = std::mem::take(&mut self.active_positions);
         let log = self.index.borrow();
         let Some(closed) = log.segments.len().checked_sub(2).map(|i| &log.segments[i]) else { return };
-        let last = closed.base + closed.positions.len() as u64;
+        let last = closed.base + closed.records;
         let index = SegmentIndex {
             valid_len: closed.len,
             last_time_us: closed.last_time_us,
-            positions: closed.positions.clone(),
+            positions,
             time_marks: log.time_marks.iter().copied().filter(|(_, o)| (closed.base..last).contains(o)).collect(),
         };
         let (path, bytes, segment) = (layout::segment_index(&self.dir, closed.base), index.encode(), closed.base);

@@ -12,7 +12,9 @@ use super::aggregation::AggregationStage;
 use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
-use super::log::{open_rw, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter};
+use super::log::{
+    open_rw, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, POSITION_STRIDE, TIME_MARK_STRIDE,
+};
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
 use jimbus_core::aggregate::ConfigError;
@@ -216,6 +218,7 @@ impl SegmentWriter {
         let mut time_marks = Vec::new();
         let mut last_time_us = 0;
         let mut end = 0;
+        let mut active_positions = Vec::new();
         let paths = layout::segments(dir)?;
         for (i, (base, path)) in paths.iter().enumerate() {
             let (base, closed) = (*base, i + 1 < paths.len());
@@ -223,16 +226,21 @@ impl SegmentWriter {
             let (positions, len, segment_time_us) = match index {
                 Some(index) => {
                     report.indexed += 1;
-                    time_marks.extend(index.time_marks);
+                    // Index files written before the stride hold more marks.
+                    time_marks.extend(index.time_marks.into_iter().filter(|(_, o)| o.is_multiple_of(TIME_MARK_STRIDE)));
                     (index.positions, index.valid_len, index.last_time_us)
                 }
                 None => scan_segment(path, replay_from, &mut time_marks, &mut report, &mut each)?,
             };
-            report.records += positions.len() as u64;
+            let records = positions.len() as u64;
+            report.records += records;
             last_time_us = last_time_us.max(segment_time_us);
-            end = end.max(base + positions.len() as u64);
+            end = end.max(base + records);
             let file = open_rw(path).await?;
-            segments.push(Segment { base, file: Rc::new(file), positions, len, last_time_us: segment_time_us });
+            let marks = positions.iter().step_by(POSITION_STRIDE as usize).copied().collect();
+            segments.push(Segment { base, file: Rc::new(file), marks, records, len, last_time_us: segment_time_us });
+            // The last segment stays active: its index is written when it closes.
+            active_positions = positions;
         }
         report.segments = segments.len();
         let index = Rc::new(RefCell::new(LogIndex {
@@ -255,6 +263,7 @@ impl SegmentWriter {
             staged_ends: Vec::new(),
             last_time_us,
             rolled: None,
+            active_positions,
         };
         if writer.index.borrow().segments.is_empty() {
             writer.start_segment(end).await?;
@@ -286,7 +295,7 @@ fn scan_segment(
     let mut segment_time_us = 0;
     let scan = record::scan(&data, |pos, rec| {
         segment_time_us = segment_time_us.max(rec.time_us);
-        if positions.len().is_multiple_of(64) {
+        if rec.offset.is_multiple_of(TIME_MARK_STRIDE) {
             time_marks.push((rec.time_us, rec.offset));
         }
         positions.push(pos as u32);
@@ -302,4 +311,80 @@ fn scan_segment(
         report.truncated.push((path.to_path_buf(), cut as u64, reason.to_string()));
     }
     Ok((positions, scan.valid_len as u64, segment_time_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::log::{read_frames, FsyncMode, Retention, SharedIndex};
+    use super::*;
+    use jimbus_core::record::RecordKind;
+
+    fn options() -> LogOptions {
+        // No tail to speak of (it keeps the newest record), so reads go to the files.
+        LogOptions {
+            fsync: FsyncMode::Never,
+            segment_bytes: 64 << 10,
+            tail_cache_bytes: 0,
+            retention: Retention::default(),
+        }
+    }
+
+    /// The message of record `offset`: mostly small, every 97th larger than one read.
+    fn message(offset: u64) -> Vec<u8> {
+        let len = if offset % 97 == 13 { 300 << 10 } else { (offset as usize * 37) % 700 };
+        (0..len).map(|i| (offset as usize + i) as u8).collect()
+    }
+
+    /// Reading from each offset returns the record at that offset first, and those after it.
+    async fn check_every_offset(index: &SharedIndex, end: u64) {
+        for from in 0..end {
+            let (frames, next) = read_frames(index, from, 3).await.unwrap();
+            assert!(!frames.is_empty(), "nothing read from {from}");
+            assert_eq!(next, from + frames.len() as u64);
+            for (i, frame) in frames.iter().enumerate() {
+                let rec = record::decode(frame).unwrap();
+                assert_eq!((rec.offset, rec.message), (from + i as u64, &message(from + i as u64)[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn every_offset_reads_back_from_the_sparse_positions_before_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (mut writer, _) = SegmentWriter::open(&path, options(), 0, |_| {}).await.unwrap();
+                let mut offset = 0;
+                for commit in 0..120u64 {
+                    for _ in 0..1 + commit % 9 {
+                        writer.stage(RecordKind::Event, "t", &message(offset), offset);
+                        offset += 1;
+                    }
+                    writer.commit().await.unwrap();
+                }
+                let index = writer.index();
+                assert!(index.borrow().segments.len() > 3, "the records span several segments");
+                for segment in &index.borrow().segments {
+                    // One position in memory per POSITION_STRIDE records, not one per record.
+                    assert_eq!(segment.marks.len() as u64, segment.records.div_ceil(POSITION_STRIDE));
+                }
+                check_every_offset(&index, offset).await;
+                let closed: Vec<u64> = index.borrow().segments.iter().rev().skip(1).map(|s| s.base).collect();
+                drop((writer, index));
+                // Each closed segment's index file is written in the background.
+                while !closed.iter().all(|&base| layout::segment_index(&path, base).exists()) {
+                    futures_lite::future::yield_now().await;
+                }
+                for replay_from in [0, offset] {
+                    // From 0 every segment is scanned; from the end, closed ones come from their index files.
+                    let (writer, report) = SegmentWriter::open(&path, options(), replay_from, |_| {}).await.unwrap();
+                    assert_eq!(report.indexed, if replay_from == 0 { 0 } else { closed.len() });
+                    check_every_offset(&writer.index(), offset).await;
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

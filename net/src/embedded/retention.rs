@@ -58,7 +58,7 @@ impl SegmentWriter {
             }
             let gone = log.segments.remove(0);
             total -= gone.len;
-            removed.push(RemovedSegment { base: gone.base, records: gone.positions.len() as u64, bytes: gone.len });
+            removed.push(RemovedSegment { base: gone.base, records: gone.records, bytes: gone.len });
         }
         let start = log.start();
         log.time_marks.retain(|&(_, offset)| offset >= start);
