@@ -19,6 +19,11 @@ async fn a_retried_batch_is_acknowledged_but_stored_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_of_every_event_never_receives_a_dead_letter() {
+    cases::compat::a_subscriber_of_every_event_never_receives_a_dead_letter(&Jimbus::start(&[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn explicit_session_ids_win_and_sessions_keep_their_own_order() {
     let server = Jimbus::start(&["--shards", "2"]);
     cases::compat::explicit_session_ids_win_and_sessions_keep_their_own_order(&server, true).await;

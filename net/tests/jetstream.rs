@@ -71,6 +71,12 @@ async fn compat_a_retried_batch_is_acknowledged_but_stored_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn compat_a_subscriber_of_every_event_never_receives_a_dead_letter() {
+    let nats = Nats::single();
+    cases::compat::a_subscriber_of_every_event_never_receives_a_dead_letter(&jimbus_on(&nats, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn compat_explicit_session_ids_win_and_sessions_keep_their_own_order() {
     let nats = Nats::single();
     cases::compat::explicit_session_ids_win_and_sessions_keep_their_own_order(&jimbus_on(&nats, &[]), false).await;

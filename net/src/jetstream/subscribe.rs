@@ -51,10 +51,15 @@ pub(super) fn check_consumer_name(name: &str) -> Result<(), BusError> {
     Ok(())
 }
 
-/// The consumer filter of a jimbus pattern; `>` is the whole stream.
+/// The consumer filter of a jimbus pattern; `>` is the whole stream, and so
+/// is `balatro.>`, the usual subscription: the stream's one other subject is
+/// `deadletter`, whose rare messages the pattern check drops here, while NATS
+/// serves a consumer with a wildcard filter at a third of the speed (one
+/// subscriber reading back 1 M events: 159 K/s with the filter, 352 K/s
+/// without, and nats-server's CPU 7.1 s against 2.1 s; docs/perf.md).
 fn filter_of(pattern: &Pattern) -> String {
     let text = pattern.subject();
-    if text == ">" {
+    if text == ">" || text == "balatro.>" {
         String::new()
     } else {
         text
@@ -348,6 +353,8 @@ mod tests {
     #[test]
     fn the_whole_stream_needs_no_filter() {
         assert_eq!(filter_of(&Pattern::parse(">").unwrap()), "");
+        assert_eq!(filter_of(&Pattern::parse("balatro.>").unwrap()), "");
+        assert_eq!(filter_of(&Pattern::parse("balatro.> -balatro.*.aggregated").unwrap()), "");
         assert_eq!(filter_of(&Pattern::parse("balatro.*.SCORING").unwrap()), "balatro.*.SCORING");
     }
 

@@ -94,6 +94,29 @@ pub async fn a_retried_batch_is_acknowledged_but_stored_once(server: &Jimbus) {
     assert_eq!(event(&deliveries[50]).event_type, "HEARTBEAT", "the retry was stored again");
 }
 
+/// A subscriber of every event (`balatro.>`) never receives a dead letter,
+/// though dead letters share the bus (JetStream: the stream, whose consumer
+/// for `balatro.>` has no subject filter, so the pattern check drops them).
+pub async fn a_subscriber_of_every_event_never_receives_a_dead_letter(server: &Jimbus) {
+    let body = br#"{"source":"BalatroMCP","events":[{"type":"HEARTBEAT","event_id":"a"},{"type":"ROUND_CHANGED","payload":{"round":{}}},{"type":"HEARTBEAT","event_id":"b"}]}"#;
+    assert_eq!(server.post("/api/v1/events/batch", body).json()["accepted"], 2);
+    assert_eq!(server.read_all("deadletter", 1).await.len(), 1, "the bad event is a dead letter");
+    // A marker after the dead letter: the first three deliveries are a, b and it.
+    server.post("/api/v1/events", br#"{"type":"HEARTBEAT","source":"BalatroMCP","event_id":"c"}"#);
+    let deliveries = server.read_all("balatro.>", 3).await;
+    let topics: Vec<&str> = deliveries.iter().map(|d| d.topic.as_str()).collect();
+    assert!(!topics.contains(&"deadletter"), "{topics:?}");
+    let ids: Vec<&str> = deliveries.iter().map(|d| event(d).event_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    // `>` takes everything, dead letters included.
+    let everything = server.read_all(">", 4).await;
+    assert!(
+        everything.iter().any(|d| d.topic == "deadletter"),
+        "{:?}",
+        everything.iter().map(|d| &d.topic).collect::<Vec<_>>()
+    );
+}
+
 /// `dense`: the bus numbers each session 1, 2, 3… (the embedded log); otherwise
 /// (JetStream: the stream sequence) the numbers only increase.
 pub async fn explicit_session_ids_win_and_sessions_keep_their_own_order(server: &Jimbus, dense: bool) {
