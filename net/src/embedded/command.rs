@@ -6,9 +6,22 @@
 use super::consumer::{Assignment, Plan};
 use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome, Start};
 use jimbus_core::topic::Pattern;
+use jimbus_proto::events as pb;
 
 /// Where an append is answered: per item, in request order, once durable.
-pub type AppendReply = flume::Sender<Result<Vec<ItemOutcome>, BusError>>;
+pub type AppendReply = flume::Sender<Result<Appended, BusError>>;
+
+/// A durable append's answer.
+pub struct Appended {
+    /// Each item's outcome, in request order.
+    pub outcomes: Vec<ItemOutcome>,
+    /// The request's stored events, done with on the shard: they go back with
+    /// the answer so that the thread that decoded (and allocated) them frees
+    /// them. Freed on the shard instead, their memory went back to the
+    /// decoding thread's allocator only lazily, and that thread kept taking
+    /// fresh pages (docs/perf.md, "Third pass").
+    pub spent: Vec<(u64, Box<pb::Event>)>,
+}
 
 /// A request to a shard's pump.
 pub enum Command {

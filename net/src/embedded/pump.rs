@@ -11,7 +11,7 @@
 //! shard's state; it only sends commands.
 
 use super::aggregation::AggregationStage;
-use super::command::{AppendReply, Command, ConsumerRequest};
+use super::command::{AppendReply, Appended, Command, ConsumerRequest};
 use super::consumer::{Consumer, DurableLimits};
 use super::consumer_store::ConsumerStore;
 use super::consumer_task::ConsumerTask;
@@ -91,8 +91,9 @@ pub struct Shard {
 /// What one group commit collects before it is written.
 #[derive(Default)]
 struct Batch {
-    /// Each append's reply and outcomes, answered once the commit is durable.
-    appends: Vec<(AppendReply, Vec<ItemOutcome>)>,
+    /// Each append's reply and outcomes, answered once the commit is durable,
+    /// and how many of the shard's fresh events are its stored ones.
+    appends: Vec<(AppendReply, Vec<ItemOutcome>, usize)>,
     /// Each ack's reply and how many offsets it acknowledged.
     acks: Vec<(flume::Sender<Result<u32, BusError>>, u32)>,
     /// Dedup keys staged, with their offsets: in the window once durable.
@@ -317,11 +318,11 @@ impl Shard {
     fn take(&mut self, command: Command, batch: &mut Batch) {
         match command {
             Command::Append { items, reply } => {
-                let first = batch.keys.len();
+                let (first, fresh) = (batch.keys.len(), self.fresh.len());
                 let outcomes: Vec<_> =
                     items.into_iter().map(|item| self.stage(item, &mut batch.keys, &batch.staged)).collect();
                 batch.staged.extend(batch.keys[first..].iter().map(|(key, _)| *key));
-                batch.appends.push((reply, outcomes));
+                batch.appends.push((reply, outcomes, self.fresh.len() - fresh));
             }
             Command::Subscribe { pattern, start, durable: None, deliveries } => {
                 glommio::spawn_local(subscription(self.id, self.index(), pattern, start, deliveries)).detach();
@@ -380,20 +381,21 @@ impl Shard {
                     self.dedup.insert(key, offset);
                 }
                 self.checkpoint_if_rolled();
-                for (reply, outcomes) in batch.appends.drain(..) {
-                    let _ = reply.send(Ok(outcomes));
+                self.aggregation.offer(&self.fresh);
+                let mut fresh = std::mem::take(&mut self.fresh).into_iter();
+                for (reply, outcomes, stored) in batch.appends.drain(..) {
+                    let spent = fresh.by_ref().take(stored).collect();
+                    let _ = reply.send(Ok(Appended { outcomes, spent }));
                 }
                 if consumers_saved {
                     self.enforce_retention().await;
                 }
-                let fresh = std::mem::take(&mut self.fresh);
-                self.aggregation.offer(&fresh);
             }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.unstage_sequences();
-                for (reply, _) in batch.appends.drain(..) {
+                for (reply, _, _) in batch.appends.drain(..) {
                     let _ = reply.send(Err(BusError::Storage(e.to_string())));
                 }
             }

@@ -5,7 +5,7 @@
 //! edge and every glommio shard hold one. It must never touch a shard's state:
 //! it only sends commands and waits for their answers.
 
-use super::command::{Command, ConsumerRequest};
+use super::command::{Appended, Command, ConsumerRequest};
 use super::consumer::DurableNames;
 use crate::bus::{delivery_channel, AppendItem, Bus, BusError, BusFuture, DeliveryBatch, ItemOutcome, Subscription};
 use jimbus_core::topic;
@@ -22,7 +22,7 @@ pub struct ShardRouter {
     pub(super) durables: Arc<DurableNames>,
 }
 
-type AppendAnswer = Result<Vec<ItemOutcome>, BusError>;
+type AppendAnswer = Result<Appended, BusError>;
 
 impl ShardRouter {
     pub(super) fn new(queues: Vec<flume::Sender<Command>>) -> Self {
@@ -58,10 +58,13 @@ impl ShardRouter {
         Box::pin(async move {
             let mut outcomes = vec![ItemOutcome::Duplicate; len];
             for (places, answer) in waits {
-                let answered = answer.recv_async().await.map_err(|_| BusError::Stopped)??;
+                let Appended { outcomes: answered, spent } =
+                    answer.recv_async().await.map_err(|_| BusError::Stopped)??;
                 for (place, outcome) in places.into_iter().zip(answered) {
                     outcomes[place] = outcome;
                 }
+                // Here, on the thread that decoded them.
+                drop(spent);
             }
             Ok(outcomes)
         })
