@@ -230,11 +230,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads an object key and the `:` after it. The field mod does not escape
-    /// keys, so a key ends at the first `"` that is followed by `:` (the scan
-    /// that finds the key finds the colon, so it is consumed here). A key with a backslash is read with JSON
-    /// escapes when that is the only valid reading; when both the escaped and the
-    /// literal reading are valid and differ, the body is ambiguous and refused.
+    /// Reads an object key and the `:` after it (the scan that finds the key
+    /// finds the colon). The field mod does not escape keys, so a key ends at
+    /// the first `"` that is followed by `:`. A key with a backslash is read
+    /// with JSON escapes when that is the only valid reading; when both the
+    /// escaped and the literal reading are valid and differ, the body is
+    /// ambiguous and refused.
     fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
         if self.peek_byte()? != b'"' {
             return Err(self.syntax("expected a string key"));
@@ -452,7 +453,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The offset of the first `"` or `\\` in `bytes`. Keys and most strings
+/// The offset of the first `"` or `\` in `bytes`. Keys and most strings
 /// end within a few words, where eight bytes at a time cost less than
 /// memchr's vector set-up; a string still running after 32 bytes is left to
 /// memchr.

@@ -216,13 +216,21 @@ mod tests {
         /// of events from one request reuse the shared stamps' encoding.
         #[test]
         fn records_decode_to_their_stamped_events_with_the_same_keys(
-            events in proptest::collection::vec((events(), any::<bool>(), 1u64.., any::<i64>()), 1..8),
+            events in proptest::collection::vec((events(), 0u8..4, 1u64.., any::<i64>()), 1..8),
         ) {
             let mut encoder = StampEncoder::default();
             let mut previous: Option<pb::Event> = None;
-            for (mut event, shared, sequence, published) in events {
-                if let (true, Some(previous)) = (shared, &previous) {
+            for (mut event, relation, sequence, published) in events {
+                // 0: an event of its own; 1: of the previous event's request;
+                // 2 and 3: the same but for one metadata entry or the received time.
+                if let (1.., Some(previous)) = (relation, &previous) {
                     same_request(&mut event, previous);
+                    match relation {
+                        2 => drop(event.metadata.insert("client_correlation_id".into(), "own".into())),
+                        3 => event.timing.get_or_insert_with(Default::default).received_at =
+                            Some(prost_types::Timestamp { seconds: 7, nanos: sequence as i32 & 0xffff }),
+                        _ => {}
+                    }
                 }
                 let mut out = Vec::new();
                 let (stamps, key) = encode_client_view(&mut event, &mut out);
