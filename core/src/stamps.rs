@@ -7,7 +7,8 @@
 //! stamped event, the log encodes each event once, and the dedup key hashes
 //! the client's view (what a retry resends). This module owns that split and
 //! the key of a stamped event; it must never assign a stamp's value (the edges
-//! and the pump do) or keep state.
+//! and the pump do) or keep state of its own (a [`StampEncoder`] belongs to
+//! its caller).
 
 use crate::dedup::{dedup_key, dedup_key_of_encoding, DedupKey};
 use jimbus_proto::events as pb;

@@ -37,17 +37,18 @@ pub fn token(value: &str) -> Cow<'_, str> {
 /// `balatro.<session>.<event_type>`.
 pub fn raw_topic(session: &str, event_type: &str) -> String {
     let mut topic = String::new();
-    write_raw_topic(session, event_type, &mut topic);
+    write_session_part(session, &mut topic);
+    push_token(event_type, &mut topic);
     topic
 }
 
-/// [`raw_topic`] into `out` (cleared first).
-fn write_raw_topic(session: &str, event_type: &str, out: &mut String) {
+/// `balatro.<session>.`, the part of a raw topic before its type, into
+/// `out` (cleared first).
+fn write_session_part(session: &str, out: &mut String) {
     out.clear();
     out.push_str("balatro.");
     push_token(session, out);
     out.push('.');
-    push_token(event_type, out);
 }
 
 /// Writes raw topics on the hot path into one reused buffer, keeping the
@@ -68,8 +69,7 @@ impl TopicWriter {
     /// [`raw_topic`] of `session` and `event_type`, borrowed from the writer.
     pub fn write(&mut self, session: &str, event_type: &str) -> &str {
         if self.prefix_len == 0 || self.session != session {
-            write_raw_topic(session, "", &mut self.topic);
-            self.topic.pop(); // the `_` of the empty type
+            write_session_part(session, &mut self.topic);
             self.prefix_len = self.topic.len();
             self.session.clear();
             self.session.push_str(session);

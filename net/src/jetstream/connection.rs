@@ -4,7 +4,10 @@
 //! has a leader. It must never change an existing stream's configuration: an
 //! operator may have changed its replicas or limits on purpose.
 
-use super::{aggregation::NatsAggregation, JetStreamError, JetStreamOptions, Shared, MAX_EVENTS_IN_FLIGHT, STREAM};
+use super::{
+    aggregation::NatsAggregation, JetStreamError, JetStreamOptions, Shared, EVENT_SUBJECTS, MAX_EVENTS_IN_FLIGHT,
+    STREAM,
+};
 use crate::lock::lock;
 use async_nats::jetstream::{self, stream};
 use jimbus_core::topic;
@@ -110,7 +113,7 @@ async fn ensure_stream(js: &jetstream::Context, options: &JetStreamOptions) -> R
     }
     let config = stream::Config {
         name: STREAM.into(),
-        subjects: vec!["balatro.>".into(), topic::DEADLETTER.into()],
+        subjects: vec![EVENT_SUBJECTS.into(), topic::DEADLETTER.into()],
         storage: stream::StorageType::File,
         num_replicas: options.replicas,
         duplicate_window: DUPLICATE_WINDOW,

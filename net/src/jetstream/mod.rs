@@ -36,6 +36,8 @@ use std::time::Duration;
 
 /// The stream every jimbus topic lives in.
 pub const STREAM: &str = "JIMBUS";
+/// The stream's subjects besides `deadletter`: every event and aggregated message.
+const EVENT_SUBJECTS: &str = "balatro.>";
 /// Header naming what a message's payload encodes (its protobuf message type).
 const KIND: &str = "Jimbus-Kind";
 /// Events in flight on this node before HTTP publishers are shed with 503.

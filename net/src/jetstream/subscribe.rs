@@ -11,7 +11,7 @@
 //! and the subscriber's flume channel: a slow subscriber makes it wait.
 
 use super::acks::{self, Pending};
-use super::{Shared, KIND, STREAM};
+use super::{Shared, EVENT_SUBJECTS, KIND, STREAM};
 use crate::bus::{BusError, ConsumerOptions, DeliverySender, Durable, Start};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
@@ -51,15 +51,16 @@ pub(super) fn check_consumer_name(name: &str) -> Result<(), BusError> {
     Ok(())
 }
 
-/// The consumer filter of a jimbus pattern; `>` is the whole stream, and so
-/// is `balatro.>`, the usual subscription: the stream's one other subject is
-/// `deadletter`, whose rare messages the pattern check drops here, while NATS
-/// serves a consumer with a wildcard filter at a third of the speed (one
-/// subscriber reading back 1 M events: 159 K/s with the filter, 352 K/s
-/// without, and nats-server's CPU 7.1 s against 2.1 s; docs/perf.md).
+/// The consumer filter of a jimbus pattern. `>` is the whole stream, and so
+/// is [`EVENT_SUBJECTS`] (`balatro.>`, the usual subscription): the stream's
+/// one other subject is `deadletter`, whose rare messages the pattern check
+/// drops here, while NATS serves a consumer with a wildcard filter at a third
+/// of the speed (one subscriber reading back 1 M events: 157–159 K/s with the
+/// filter, 387–415 K/s without; nats-server's CPU 6.7–7.1 s against 1.7–1.9 s;
+/// docs/perf.md).
 fn filter_of(pattern: &Pattern) -> String {
     let text = pattern.subject();
-    if text == ">" || text == "balatro.>" {
+    if text == ">" || text == EVENT_SUBJECTS {
         String::new()
     } else {
         text
