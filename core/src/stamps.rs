@@ -5,15 +5,66 @@
 //! and the received and published times). Protobuf keeps a scalar's last
 //! value and merges repeated message and map fields, so the two decode as the
 //! stamped event, the log encodes each event once, and the dedup key hashes
-//! the client's view (what a retry resends). This module owns that split and
-//! the key of a stamped event; it must never assign a stamp's value (the edges
-//! and the pump do) or keep state of its own (a [`StampEncoder`] belongs to
-//! its caller).
+//! the client's view (what a retry resends). The stamps a request's events
+//! share ([`RequestStamps`]) are kept once per request and written into each
+//! record, never copied into each event. This module owns that split and the
+//! key of a stamped event; it must never assign a stamp's value (the edges and
+//! the pump do) or keep state of its own (a [`StampEncoder`] belongs to its
+//! caller).
 
 use crate::dedup::{dedup_key, dedup_key_of_encoding, DedupKey};
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The metadata key under which an event keeps its envelope's batch id.
+pub const BATCH_ID_KEY: &str = "batch_id";
+
+/// The stamps every event of one request shares: set once by the edge that
+/// took the request and shared by its events (an `Arc` each), so that none
+/// is copied per event. [`RequestStamps::apply`] says what they mean; the
+/// [`StampEncoder`] writes exactly that into each record.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestStamps {
+    /// The request's id: every event's `correlation_id`.
+    pub correlation_id: String,
+    /// When the server received the request: every event's `timing.received_at`.
+    pub received_at: prost_types::Timestamp,
+    /// The envelope's batch id, every event's `metadata["batch_id"]`; empty
+    /// when the request named none (the event's own entry, if any, is kept).
+    pub batch_id: String,
+}
+
+impl RequestStamps {
+    /// Stamps `event` in place, as its record is stamped.
+    pub fn apply(&self, event: &mut pb::Event) {
+        event.correlation_id.clone_from(&self.correlation_id);
+        event.timing.get_or_insert_with(Default::default).received_at = Some(self.received_at);
+        if !self.batch_id.is_empty() {
+            event.metadata.insert(BATCH_ID_KEY.into(), self.batch_id.clone());
+        }
+    }
+
+    /// How many metadata entries stamping adds to `metadata`.
+    pub fn added_entries(&self, metadata: &BTreeMap<String, String>) -> usize {
+        usize::from(!self.batch_id.is_empty() && !metadata.contains_key(BATCH_ID_KEY))
+    }
+
+    /// The most bytes stamping adds to an event's encoding.
+    pub fn added_bytes(&self) -> usize {
+        let timing = StampTimes { received_at: Some(self.received_at), published_at: None };
+        let mut metadata = BTreeMap::new();
+        if !self.batch_id.is_empty() {
+            metadata.insert(BATCH_ID_KEY.to_string(), self.batch_id.clone());
+        }
+        let stamps =
+            Stamps { correlation_id: self.correlation_id.clone(), sequence: 0, timing: Some(timing), metadata };
+        // A timing the event already has grows by its received time alone, but
+        // its length prefix may take up to two more bytes.
+        stamps.encoded_len() + 2
+    }
+}
 
 /// The server's stamps on an event: the fields of `Event` that the server
 /// sets, under `Event`'s own field numbers, so that their encoding appended
@@ -97,33 +148,39 @@ pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, 
 /// Completes records after the client's views that [`encode_client_view`]
 /// wrote, remembering the encoding of the stamps a request's events share.
 ///
-/// The correlation id, the metadata and the received time come from the
-/// request, so consecutive events nearly always carry the same ones; their
-/// encoding is kept and copied until one differs. Only the sequence and the
-/// published time are encoded per event, in a second `timing` that a decoder
-/// merges into the first (protobuf merges a message field that appears twice).
+/// The request's stamps and the event's own metadata are the same for
+/// consecutive events nearly always, so their encoding is kept and copied
+/// until one differs. Only the sequence and the published time are encoded
+/// per event, in a second `timing` that a decoder merges into the first
+/// (protobuf merges a message field that appears twice).
 #[derive(Default)]
 pub struct StampEncoder {
-    /// The shared stamps last encoded (sequence 0, no published time).
-    last: Option<Stamps>,
+    /// The request and the event metadata whose shared stamps were last encoded.
+    last: Option<(Arc<RequestStamps>, BTreeMap<String, String>)>,
     /// Their encoding.
     shared: Vec<u8>,
 }
 
 impl StampEncoder {
-    /// Stamps the session's `sequence` and the time the event was
-    /// `published` (staged), appends the stamps to `out`, and puts them back
-    /// into `event`.
+    /// Appends to `out` the stamps of `event`'s record: its `request`'s, its
+    /// own metadata, the session's `sequence` and the time it was `published`
+    /// (staged). The record decodes as `event` stamped by
+    /// [`RequestStamps::apply`]; `event` itself gets back its own stamps with
+    /// the sequence and the published time, not the request's.
     pub fn append(
         &mut self,
         mut stamps: Stamps,
+        request: &Arc<RequestStamps>,
         event: &mut pb::Event,
         sequence: u64,
         published: prost_types::Timestamp,
         out: &mut Vec<u8>,
     ) {
-        if !self.last.as_ref().is_some_and(|last| shares(last, &stamps)) {
-            self.remember(&stamps);
+        let shares = self.last.as_ref().is_some_and(|(last, metadata)| {
+            (Arc::ptr_eq(last, request) || **last == **request) && *metadata == stamps.metadata
+        });
+        if !shares {
+            self.remember(request, &stamps.metadata);
         }
         out.extend_from_slice(&self.shared);
         let own = StampTimes { received_at: None, published_at: Some(published) };
@@ -133,27 +190,22 @@ impl StampEncoder {
         stamps.restore(event);
     }
 
-    /// Encodes the shared part of `stamps` and keeps a copy to compare with.
-    fn remember(&mut self, stamps: &Stamps) {
-        let received_at = stamps.timing.as_ref().and_then(|t| t.received_at);
-        let shared = Stamps {
-            correlation_id: stamps.correlation_id.clone(),
+    /// Encodes the stamps `request`'s events with `metadata` share, and keeps
+    /// what they came from to compare with.
+    fn remember(&mut self, request: &Arc<RequestStamps>, metadata: &BTreeMap<String, String>) {
+        let mut shared = Stamps {
+            correlation_id: request.correlation_id.clone(),
             sequence: 0,
-            timing: stamps.timing.as_ref().map(|_| StampTimes { received_at, published_at: None }),
-            metadata: stamps.metadata.clone(),
+            timing: Some(StampTimes { received_at: Some(request.received_at), published_at: None }),
+            metadata: metadata.clone(),
         };
+        if !request.batch_id.is_empty() {
+            shared.metadata.insert(BATCH_ID_KEY.into(), request.batch_id.clone());
+        }
         self.shared.clear();
         shared.encode_raw(&mut self.shared);
-        self.last = Some(shared);
+        self.last = Some((request.clone(), metadata.clone()));
     }
-}
-
-/// Whether `stamps` share `last`'s correlation id, metadata and received time.
-fn shares(last: &Stamps, stamps: &Stamps) -> bool {
-    let received = |s: &Stamps| s.timing.as_ref().map(|t| t.received_at);
-    last.correlation_id == stamps.correlation_id
-        && received(last) == received(stamps)
-        && last.metadata == stamps.metadata
 }
 
 /// The dedup key of a stamped event: that of its client's view.
@@ -198,54 +250,84 @@ mod tests {
             })
     }
 
-    /// Gives `event` the stamps a request shares with `other`'s.
-    fn same_request(event: &mut pb::Event, other: &pb::Event) {
-        event.correlation_id.clone_from(&other.correlation_id);
-        event.metadata.clone_from(&other.metadata);
-        let received = other.timing.as_ref().and_then(|t| t.received_at);
-        if let Some(received) = received {
-            event.timing.get_or_insert_with(Default::default).received_at = Some(received);
-        } else if let Some(timing) = event.timing.as_mut() {
-            timing.received_at = None;
-        }
+    fn requests() -> impl Strategy<Value = RequestStamps> {
+        ("\\PC{0,12}", any::<i64>(), 0i32..1_000_000, prop_oneof![Just(String::new()), "\\PC{1,12}"]).prop_map(
+            |(correlation_id, seconds, nanos, batch_id)| RequestStamps {
+                correlation_id,
+                received_at: prost_types::Timestamp { seconds, nanos },
+                batch_id,
+            },
+        )
+    }
+
+    /// Completes `event`'s record with `encoder` and checks what it decodes
+    /// to, its key, and what the event keeps.
+    fn check(
+        encoder: &mut StampEncoder,
+        mut event: pb::Event,
+        request: &Arc<RequestStamps>,
+        sequence: u64,
+        published: i64,
+    ) -> Result<(), TestCaseError> {
+        let published = prost_types::Timestamp { seconds: published, nanos: 0 };
+        let with_own = |mut e: pb::Event| {
+            e.sequence = sequence;
+            e.timing.get_or_insert_with(Default::default).published_at = Some(published);
+            e
+        };
+        let kept = with_own(event.clone());
+        let mut stamped = kept.clone();
+        request.apply(&mut stamped);
+        let mut out = Vec::new();
+        let (stamps, key) = encode_client_view(&mut event, &mut out);
+        encoder.append(stamps, request, &mut event, sequence, published, &mut out);
+        let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
+        // NaN compares unequal to itself, so compare encodings (a BTreeMap
+        // encodes its entries in one order).
+        prop_assert_eq!(decoded.encode_to_vec(), stamped.encode_to_vec());
+        prop_assert_eq!(event.encode_to_vec(), kept.encode_to_vec());
+        prop_assert_eq!(client_key(&mut decoded), key);
+        prop_assert_eq!(client_key(&mut event), key);
+        Ok(())
     }
 
     proptest! {
         /// A record is the client's view followed by the stamps: it decodes to
-        /// the stamped event, and its key is the key of the decoded event (what
-        /// a restart recomputes). One encoder completes every record, so runs
-        /// of events from one request reuse the shared stamps' encoding.
+        /// the event stamped by its request, and its key is the key of the
+        /// decoded event (what a restart recomputes). The event itself keeps
+        /// its own stamps. One encoder completes every record, so runs of
+        /// events from one request reuse the shared stamps' encoding.
         #[test]
         fn records_decode_to_their_stamped_events_with_the_same_keys(
-            events in proptest::collection::vec((events(), 0u8..4, 1u64.., any::<i64>()), 1..8),
+            events in proptest::collection::vec((events(), requests(), 0u8..5, 1u64.., any::<i64>()), 1..8),
         ) {
             let mut encoder = StampEncoder::default();
-            let mut previous: Option<pb::Event> = None;
-            for (mut event, relation, sequence, published) in events {
-                // 0: an event of its own; 1: of the previous event's request;
-                // 2 and 3: the same but for one metadata entry or the received time.
-                if let (1.., Some(previous)) = (relation, &previous) {
-                    same_request(&mut event, previous);
-                    match relation {
-                        2 => drop(event.metadata.insert("client_correlation_id".into(), "own".into())),
-                        3 => event.timing.get_or_insert_with(Default::default).received_at =
-                            Some(prost_types::Timestamp { seconds: 7, nanos: sequence as i32 & 0xffff }),
-                        _ => {}
+            let mut previous: Option<(Arc<RequestStamps>, BTreeMap<String, String>)> = None;
+            for (mut event, request, relation, sequence, published) in events {
+                // 0: a request of its own; 1: the previous event's request and
+                // metadata; 2: the same but for one metadata entry; 3: an equal
+                // copy of the previous request; 4: a copy that differs in the
+                // received time only.
+                let request = match (relation, &previous) {
+                    (1.., Some((last, metadata))) => {
+                        event.metadata.clone_from(metadata);
+                        if relation == 2 {
+                            event.metadata.insert("client_correlation_id".into(), format!("own{sequence}"));
+                        }
+                        let mut copy = (**last).clone();
+                        match relation {
+                            3 => Arc::new(copy),
+                            4 => {
+                                copy.received_at.nanos ^= 1;
+                                Arc::new(copy)
+                            }
+                            _ => last.clone(),
+                        }
                     }
-                }
-                let mut out = Vec::new();
-                let (stamps, key) = encode_client_view(&mut event, &mut out);
-                let published = prost_types::Timestamp { seconds: published, nanos: 0 };
-                encoder.append(stamps, &mut event, sequence, published, &mut out);
-                let mut decoded = pb::Event::decode(out.as_slice()).unwrap();
-                // NaN compares unequal to itself, so compare encodings (a
-                // BTreeMap encodes its entries in one order).
-                prop_assert_eq!(decoded.encode_to_vec(), event.encode_to_vec());
-                prop_assert_eq!(decoded.sequence, sequence);
-                prop_assert_eq!(decoded.timing.as_ref().and_then(|t| t.published_at), Some(published));
-                prop_assert_eq!(client_key(&mut decoded), key);
-                prop_assert_eq!(client_key(&mut event), key);
-                previous = Some(event);
+                    _ => Arc::new(request),
+                };
+                check(&mut encoder, event.clone(), &request, sequence, published)?;
+                previous = Some((request, event.metadata));
             }
         }
     }

@@ -184,13 +184,14 @@ fn a_window_is_timed_from_when_its_first_event_arrived_not_when_it_was_offered()
     let mut d = Driver::new(AggregateConfig::default());
     // The hand arrived at 10 ms and became durable (was offered) at 40 ms.
     for (seq, e) in [start("Pair", ms(10)), joker("Joker", 4.0, "", "", ms(10)), complete(ms(10))].iter().enumerate() {
-        d.agg.offer_arrived("s", seq as u64 + 1, e, ms(10), ms(40), &mut d.out).unwrap();
+        d.agg.offer_arrived("s", seq as u64 + 1, e, Stamped::of(e), ms(10), ms(40), &mut d.out).unwrap();
     }
     assert_eq!(d.agg.next_deadline(), Some(ms(110)));
     assert!(d.tick(ms(109)).is_empty());
     assert_eq!(d.tick(ms(110)).len(), 1);
     // An arrival time after the offer is not believed: the window opens at the offer.
-    d.agg.offer_arrived("s", 4, &start("Flush", ms(0)), ms(500), ms(200), &mut d.out).unwrap();
+    let flush = start("Flush", ms(0));
+    d.agg.offer_arrived("s", 4, &flush, Stamped::of(&flush), ms(500), ms(200), &mut d.out).unwrap();
     assert_eq!(d.agg.next_deadline(), Some(ms(300)));
 }
 

@@ -1,8 +1,9 @@
 //! The one admission step of both ingest edges: what happens to an event
 //! between its decoding and the bus. The session is filled in (the event's
 //! own, else the envelope's, else one derived from the peer and source), the
-//! request's correlation id and the server's receive time are stamped, the
-//! envelope's batch id is kept, and the event is validated. Events plus peer,
+//! request's stamps (its correlation id, the server's receive time and the
+//! envelope's batch id) are set once for all its events, and each event is
+//! validated as it will be stored. Events plus peer,
 //! envelope, request id and receive time go in; append items and rejections
 //! come out. HTTP and gRPC both call [`admit`], so an event is admitted the same
 //! way whichever edge took it. This module must never decode a body or decide
@@ -18,9 +19,11 @@
 
 use crate::bus::AppendItem;
 use jimbus_core::ingest::Envelope;
+use jimbus_core::stamps::RequestStamps;
 use jimbus_core::topic;
 use jimbus_proto::events as pb;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The metadata key that keeps a client's own correlation id.
 pub const CLIENT_CORRELATION_KEY: &str = "client_correlation_id";
@@ -36,15 +39,18 @@ pub fn request_id(given: Option<&str>) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
-/// Stamps an event with its request's id and the time the server received it.
-pub fn stamp(event: &mut pb::Event, request_id: &str, received: prost_types::Timestamp) {
+/// Sets aside what a client put in the fields its request stamps: a different
+/// correlation id of its own is kept in the metadata, and its received time
+/// is dropped (the record takes the request's, see [`RequestStamps::apply`]).
+pub fn set_client_stamps_aside(event: &mut pb::Event, request_id: &str) {
     if !event.correlation_id.is_empty() && event.correlation_id != request_id {
         let own = std::mem::take(&mut event.correlation_id);
         event.metadata.insert(CLIENT_CORRELATION_KEY.into(), own);
     }
     event.correlation_id.clear();
-    event.correlation_id.push_str(request_id);
-    event.timing.get_or_insert_with(Default::default).received_at = Some(received);
+    if let Some(timing) = event.timing.as_mut() {
+        timing.received_at = None;
+    }
 }
 
 /// What admission knows about the request the events came in.
@@ -95,20 +101,23 @@ pub fn admit<R>(
     entries: impl IntoIterator<Item = Entry<R>>,
     mut dead_letter: impl FnMut(usize, &Refusal, R, String) -> Option<AppendItem>,
 ) -> Admitted {
-    let received = crate::clock::timestamp(admission.received_us);
+    let request = Arc::new(RequestStamps {
+        correlation_id: admission.request_id.to_string(),
+        received_at: crate::clock::timestamp(admission.received_us),
+        batch_id: admission.envelope.batch_id.clone(),
+    });
+    let added_bytes = request.added_bytes();
     let mut admitted = Admitted::default();
     let mut derived = DerivedSession::default();
     for Entry { index, event, raw } in entries {
         let refused = match event {
             Ok(mut event) => {
                 fill_session(admission, &mut event, &mut derived);
-                stamp(&mut event, admission.request_id, received);
-                if !admission.envelope.batch_id.is_empty() {
-                    event.metadata.insert("batch_id".into(), admission.envelope.batch_id.clone());
-                }
-                match jimbus_proto::validate::check_event(&event) {
+                set_client_stamps_aside(&mut event, admission.request_id);
+                let added_entries = request.added_entries(&event.metadata);
+                match jimbus_proto::validate::check_event_before_stamps(&event, added_bytes, added_entries) {
                     Ok(()) => {
-                        admitted.items.push(AppendItem::Event(event));
+                        admitted.items.push(AppendItem::Event(event, request.clone()));
                         continue;
                     }
                     Err(violations) => (Refusal::Invalid(violations.to_string()), event.session_id),
@@ -159,10 +168,6 @@ fn fill_session(admission: &Admission<'_>, event: &mut pb::Event, derived: &mut 
 mod tests {
     use super::*;
 
-    fn at(seconds: i64) -> prost_types::Timestamp {
-        prost_types::Timestamp { seconds, nanos: 0 }
-    }
-
     #[test]
     fn a_usable_client_id_is_kept_and_anything_else_is_replaced() {
         assert_eq!(request_id(Some("req-7")), "req-7");
@@ -173,19 +178,18 @@ mod tests {
     }
 
     #[test]
-    fn the_request_id_wins_and_the_clients_own_id_is_kept_aside() {
-        let mut event = pb::Event { correlation_id: "mine".into(), ..Default::default() };
-        stamp(&mut event, "req-1", at(5));
-        assert_eq!(event.correlation_id, "req-1");
+    fn a_clients_own_stamps_are_set_aside_for_the_requests() {
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let timing = Some(pb::Timing { received_at: at(5), client_timestamp_ms: 1.0, ..Default::default() });
+        let mut event = pb::Event { correlation_id: "mine".into(), timing, ..Default::default() };
+        set_client_stamps_aside(&mut event, "req-1");
+        assert_eq!(event.correlation_id, "");
         assert_eq!(event.metadata.get(CLIENT_CORRELATION_KEY).map(String::as_str), Some("mine"));
-        assert_eq!(event.timing.unwrap().received_at, Some(at(5)));
+        let timing = event.timing.unwrap();
+        assert_eq!((timing.received_at, timing.client_timestamp_ms), (None, 1.0));
 
         let mut same = pb::Event { correlation_id: "req-2".into(), ..Default::default() };
-        stamp(&mut same, "req-2", at(1));
-        assert!(same.metadata.is_empty(), "nothing to keep aside");
-
-        let mut bare = pb::Event::default();
-        stamp(&mut bare, "req-3", at(1));
-        assert_eq!((bare.correlation_id.as_str(), bare.metadata.len()), ("req-3", 0));
+        set_client_stamps_aside(&mut same, "req-2");
+        assert!(same.metadata.is_empty() && same.correlation_id.is_empty(), "nothing to keep aside");
     }
 }

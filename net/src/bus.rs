@@ -9,18 +9,22 @@
 //! so either runtime (glommio shards, the tokio edge) can drive them. This
 //! module must never name a segment, a shard's pump or any other backend type.
 
+use jimbus_core::stamps::RequestStamps;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
 use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::events as pb;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// One thing to append.
 #[derive(Debug)]
 pub enum AppendItem {
-    /// A client event whose `session_id` is set; the bus assigns its sequence.
-    Event(Box<pb::Event>),
+    /// A client event whose `session_id` is set, and the stamps of the request
+    /// that carried it, shared with the request's other events; the bus
+    /// assigns its sequence and stores it stamped.
+    Event(Box<pb::Event>, Arc<RequestStamps>),
     /// Something that could not be accepted, kept on `deadletter`.
     DeadLetter(Box<bus::DeadLetter>),
 }
@@ -29,7 +33,7 @@ impl AppendItem {
     /// The session whose order this item belongs to (dead letters may have none).
     pub fn session(&self) -> &str {
         match self {
-            AppendItem::Event(event) => &event.session_id,
+            AppendItem::Event(event, _) => &event.session_id,
             AppendItem::DeadLetter(letter) => &letter.session_id,
         }
     }

@@ -66,3 +66,39 @@ async fn a_request_without_an_id_gets_one_and_its_log_lines_carry_it() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A request's stamps are kept once for the request, yet every stored event
+/// carries them: the request id, the receive time and the envelope's batch id.
+/// A gRPC event's own `batch_id` entry stays when its request has none.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_of_a_request_is_stored_with_its_requests_stamps() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let mut conn = HttpConn::open(server.http);
+    let body = br#"{"batch_id":"b-7","source":"BalatroMCP","session_id":"st","events":[{"type":"HEARTBEAT"},{"type":"MONEY_CHANGED","payload":{"new_value":4}}]}"#;
+    conn.send(&request("POST", "/api/v1/events/batch", body, &[("x-request-id", "batch-req")]));
+    assert_eq!(conn.read_response().status, 200);
+    let mut client = server.client().await;
+    let mut own = pb::Event {
+        event_type: "HEARTBEAT".into(),
+        session_id: "st".into(),
+        payload: Some(pb::event::Payload::Heartbeat(Default::default())),
+        ..Default::default()
+    };
+    own.metadata.insert("batch_id".into(), "client-batch".into());
+    let answer = client.publish(bus::PublishRequest { events: vec![own] }).await.unwrap();
+    assert_eq!(answer.get_ref().accepted, 1, "{:?}", answer.get_ref().rejected);
+
+    let delivered = server.read_all("balatro.st.>", 3).await;
+    let events: Vec<&pb::Event> = delivered.iter().map(event_of).collect();
+    for event in &events[..2] {
+        assert_eq!(event.correlation_id, "batch-req");
+        assert_eq!(event.metadata.get("batch_id").map(String::as_str), Some("b-7"), "{event:?}");
+        assert_eq!(event.sequence, events.iter().position(|e| std::ptr::eq(*e, *event)).unwrap() as u64 + 1);
+    }
+    let timing = |e: &pb::Event| e.timing.expect("stamped times");
+    let received = timing(events[0]).received_at.expect("a received time");
+    assert_eq!(timing(events[1]).received_at, Some(received), "one request, one receive time");
+    assert!(events.iter().all(|e| timing(e).published_at.is_some()));
+    assert_eq!(events[2].metadata.get("batch_id").map(String::as_str), Some("client-batch"));
+    assert!(!events[2].correlation_id.is_empty() && events[2].correlation_id != "batch-req");
+}

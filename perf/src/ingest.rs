@@ -136,12 +136,12 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
     for n in 0..requests {
         let now = jimbus_net::clock::now_micros();
         for item in admitted(&body, &budget, n as u64).unwrap_or_default() {
-            let AppendItem::Event(mut event) = item else { continue };
+            let AppendItem::Event(mut event, request) = item else { continue };
             scratch.clear();
             let (stamps, key) = encode_client_view(&mut event, &mut scratch);
             std::hint::black_box(key);
             let sequence = jimbus_core::take_sequence(&mut sequences, &event.session_id);
-            stamper.append(stamps, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
+            stamper.append(stamps, &request, &mut event, sequence, jimbus_net::clock::timestamp(now), &mut scratch);
             let topic = topics.write(&event.session_id, &event.event_type);
             let record = Record { offset: staged, time_us: now, kind: RecordKind::Event, topic, message: &scratch };
             record::encode(&record, &mut log);

@@ -190,9 +190,27 @@ pub fn check_struct(s: &prost_types::Struct, path: &mut FieldPath, out: &mut Vec
 /// Checks an event before it is stored: its schema rules, the Struct limits, and
 /// its encoded size (at most [`MAX_EVENT_BYTES`]).
 pub fn check_event(event: &crate::events::Event) -> Result<(), Violations> {
+    check_event_before_stamps(event, 0, 0)
+}
+
+/// [`check_event`] of `event` as it will be stored, once stamps the server
+/// keeps apart from it are added: up to `added_bytes` bytes of encoding and
+/// `added_entries` entries of `metadata` (the only rules a server stamp can
+/// break; the stamps' own values are the server's, valid by construction).
+pub fn check_event_before_stamps(
+    event: &crate::events::Event,
+    added_bytes: usize,
+    added_entries: usize,
+) -> Result<(), Violations> {
     let mut out = Vec::new();
     event.validate_into(&mut FieldPath::new(), &mut out);
-    let size = prost::Message::encoded_len(event);
+    let entries = event.metadata.len();
+    if entries <= MAX_METADATA_ENTRIES && entries + added_entries > MAX_METADATA_ENTRIES {
+        let mut path = FieldPath::new();
+        path.push_field("metadata");
+        out.push(path.violation(&format!("max_items={MAX_METADATA_ENTRIES}")));
+    }
+    let size = prost::Message::encoded_len(event) + added_bytes;
     if size > MAX_EVENT_BYTES {
         out.push(Violation {
             path: "event".into(),
@@ -206,9 +224,37 @@ pub fn check_event(event: &crate::events::Event) -> Result<(), Violations> {
     }
 }
 
+/// `Event.metadata`'s `max_items` rule, which the schema's generated check
+/// also applies to the event's own entries.
+const MAX_METADATA_ENTRIES: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stamp that would take the metadata or the size past a limit refuses
+    /// the event as the check of the stamped event does.
+    #[test]
+    fn stamps_added_later_count_against_the_limits() {
+        let payload = crate::events::event::Payload::Heartbeat(Default::default());
+        let mut event = crate::events::Event {
+            event_type: "HEARTBEAT".into(),
+            session_id: "s".into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        event.metadata = (0..MAX_METADATA_ENTRIES).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(check_event(&event).map_err(|v| v.to_string()), Ok(()));
+        assert!(check_event_before_stamps(&event, 0, 0).is_ok());
+        let refused = check_event_before_stamps(&event, 0, 1).unwrap_err();
+        let mut stamped = event.clone();
+        stamped.metadata.insert("batch_id".into(), "b".into());
+        assert_eq!(refused.to_string(), check_event(&stamped).unwrap_err().to_string());
+        let size = prost::Message::encoded_len(&event);
+        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size, 0).is_ok());
+        let too_big = check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0).unwrap_err();
+        assert!(too_big.to_string().contains(&format!("encodes to {} bytes", MAX_EVENT_BYTES + 1)), "{too_big}");
+    }
 
     #[test]
     fn a_path_names_its_segments_and_marks_what_it_could_not_keep() {

@@ -52,13 +52,14 @@ pub(super) enum Update {
     Score,
 }
 
-/// Classifies `event` (server sequence `seq`), building the trigger it carries.
-pub(super) fn classify(seq: u64, event: &pb::Event) -> Kind<'_> {
+/// Classifies `event` (server sequence `seq`, received at `received_at`),
+/// building the trigger it carries.
+pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
     let timing = event.timing.as_ref();
     let base = || pb::TriggerEvent {
         sequence: seq,
         client_timestamp_ms: timing.map_or(0.0, |t| t.client_timestamp_ms),
-        received_at: timing.and_then(|t| t.received_at),
+        received_at,
         ..Default::default()
     };
     match &event.payload {

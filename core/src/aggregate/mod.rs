@@ -86,6 +86,7 @@ pub use classify::is_copy_joker;
 pub use config::{AggregateConfig, ConfigError};
 pub use output::{merge_game_state, AggregateError, AggregateStats, Aggregated, Disposition, FlushReason};
 
+use crate::stamps::RequestStamps;
 use cascade::Cascade;
 use classify::{classify, is_high_priority, Kind};
 use jimbus_proto::events as pb;
@@ -176,9 +177,10 @@ impl Session {
         config: &AggregateConfig,
         seq: u64,
         event: &pb::Event,
+        stamped: Stamped<'_>,
         now: Duration,
     ) -> (Disposition, bool) {
-        match classify(seq, event) {
+        match classify(seq, event, stamped.received_at) {
             Kind::State(g) => {
                 let state = self.state.get_or_insert_with(Default::default);
                 merge_game_state(state, g);
@@ -195,12 +197,12 @@ impl Session {
                 let mut c = Cascade::new(&self.name, seq, true, now);
                 c.hand_type.clone_from(&start.hand_type);
                 c.cards.clone_from(&start.cards);
-                c.push_seq(seq, now, &event.correlation_id);
+                c.push_seq(seq, now, stamped.correlation_id);
                 self.open = Some(c);
             }
             Kind::Complete => match self.open.take() {
                 Some(mut open) => {
-                    open.push_seq(seq, now, &event.correlation_id);
+                    open.push_seq(seq, now, stamped.correlation_id);
                     if open.bracketed {
                         stats.hands_complete += 1;
                     }
@@ -213,13 +215,35 @@ impl Session {
             },
             Kind::Trigger(t, kind) => {
                 let open = self.open.get_or_insert_with(|| Cascade::new(&self.name, seq, false, now));
-                open.push_trigger(t, kind, now, &event.correlation_id);
+                open.push_trigger(t, kind, now, stamped.correlation_id);
                 let split = open.triggers.len() >= config.cascade_split || open.encoded >= config.cascade_split_bytes;
                 return (Disposition::Held, split);
             }
             Kind::Other => return (Disposition::NotAggregated, false),
         }
         (Disposition::Held, false)
+    }
+}
+
+/// The server's stamps that aggregation reads from an event: the id of the
+/// request that carried it and when the server received it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamped<'a> {
+    /// The event's `correlation_id`, which a cascade keeps (its last non-empty one).
+    pub correlation_id: &'a str,
+    /// The event's `timing.received_at`, which a trigger keeps.
+    pub received_at: Option<prost_types::Timestamp>,
+}
+
+impl<'a> Stamped<'a> {
+    /// The stamps `event` carries itself.
+    pub fn of(event: &'a pb::Event) -> Self {
+        Self { correlation_id: &event.correlation_id, received_at: event.timing.as_ref().and_then(|t| t.received_at) }
+    }
+
+    /// The stamps of the request that carried an event (kept apart from it).
+    pub fn of_request(request: &'a RequestStamps) -> Self {
+        Self { correlation_id: &request.correlation_id, received_at: Some(request.received_at) }
     }
 }
 
@@ -304,8 +328,9 @@ impl Aggregator {
         earliest(timer, idle)
     }
 
-    /// Offers one raw event of `session` with its server sequence, received at
-    /// `now`. Messages it completes are pushed to `out`.
+    /// Offers one raw event of `session`, which carries its own stamps, with
+    /// its server sequence, received at `now`. Messages it completes are
+    /// pushed to `out`.
     pub fn offer(
         &mut self,
         session: &str,
@@ -314,17 +339,20 @@ impl Aggregator {
         now: Duration,
         out: &mut Vec<Aggregated>,
     ) -> Result<Disposition, AggregateError> {
-        self.offer_arrived(session, seq, event, now, now, out)
+        self.offer_arrived(session, seq, event, Stamped::of(event), now, now, out)
     }
 
-    /// [`Aggregator::offer`] for an event that arrived at `arrived`, before it
-    /// could be offered (it had to become durable first): a window it opens is
-    /// timed from `arrived`, so waiting for the log does not lengthen it.
+    /// [`Aggregator::offer`] for an event `stamped` apart from it, that
+    /// arrived at `arrived`, before it could be offered (it had to become
+    /// durable first): a window it opens is timed from `arrived`, so waiting
+    /// for the log does not lengthen it.
+    #[allow(clippy::too_many_arguments)]
     pub fn offer_arrived(
         &mut self,
         session: &str,
         seq: u64,
         event: &pb::Event,
+        stamped: Stamped<'_>,
         arrived: Duration,
         now: Duration,
         out: &mut Vec<Aggregated>,
@@ -341,7 +369,7 @@ impl Aggregator {
         self.lru.remove(&(sess.last_active, slot));
         sess.last_active = now;
         self.lru.insert((now, slot));
-        let (disposition, split) = sess.apply(&mut self.stats, &self.config, seq, event, now);
+        let (disposition, split) = sess.apply(&mut self.stats, &self.config, seq, event, stamped, now);
         if disposition == Disposition::Held {
             self.stats.events_held += 1;
             sess.window_start.get_or_insert(arrived.min(now));

@@ -9,9 +9,9 @@
 //! are written with the next commit. What it holds in memory is lost on a
 //! crash: hands still open then are on the raw stream only.
 
-use jimbus_core::aggregate::{AggregateConfig, AggregateStats, Aggregated, Aggregator, ConfigError};
+use super::command::StoredEvent;
+use jimbus_core::aggregate::{AggregateConfig, AggregateStats, Aggregated, Aggregator, ConfigError, Stamped};
 use jimbus_core::budget::{Grant, MemoryBudget};
-use jimbus_proto::events as pb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,15 +85,22 @@ impl AggregationStage {
 
     /// Offers events that just became durable, in log order, each dated from
     /// when the server received it.
-    pub fn offer(&mut self, events: &[(u64, Box<pb::Event>)]) {
+    pub fn offer(&mut self, events: &[StoredEvent]) {
         let now = self.now();
         let wall_now = crate::clock::now_micros();
-        for (sequence, event) in events {
-            let received =
-                event.timing.as_ref().and_then(|t| t.received_at.as_ref()).map_or(wall_now, crate::clock::micros);
+        for StoredEvent { sequence, event, request } in events {
+            let received = crate::clock::micros(&request.received_at);
             let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
-            let offered =
-                self.aggregator.offer_arrived(&event.session_id, *sequence, event, arrived, now, &mut self.pending);
+            let stamped = Stamped::of_request(request);
+            let offered = self.aggregator.offer_arrived(
+                &event.session_id,
+                *sequence,
+                event,
+                stamped,
+                arrived,
+                now,
+                &mut self.pending,
+            );
             if let Err(e) = offered {
                 // Sequences come from this shard's own counter, so this is a bug, not bad input.
                 tracing::error!(shard = %self.shard, error = %e, "aggregation refused an event");

@@ -5,8 +5,10 @@
 
 use super::consumer::{Assignment, Plan};
 use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome, Start};
+use jimbus_core::stamps::RequestStamps;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::events as pb;
+use std::sync::Arc;
 
 /// Where an append is answered: per item, in request order, once durable.
 pub type AppendReply = flume::Sender<Result<Appended, BusError>>;
@@ -20,7 +22,17 @@ pub struct Appended {
     /// them. Freed on the shard instead, their memory went back to the
     /// decoding thread's allocator only lazily, and that thread kept taking
     /// fresh pages (docs/perf.md, "Third pass").
-    pub spent: Vec<(u64, Box<pb::Event>)>,
+    pub spent: Vec<StoredEvent>,
+}
+
+/// An event the shard stored.
+pub struct StoredEvent {
+    /// Its place in its session.
+    pub sequence: u64,
+    /// The event, with its own stamps (not its request's).
+    pub event: Box<pb::Event>,
+    /// The stamps of the request that carried it.
+    pub request: Arc<RequestStamps>,
 }
 
 /// A request to a shard's pump.

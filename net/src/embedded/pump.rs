@@ -11,7 +11,7 @@
 //! shard's state; it only sends commands.
 
 use super::aggregation::AggregationStage;
-use super::command::{AppendReply, Appended, Command, ConsumerRequest};
+use super::command::{AppendReply, Appended, Command, ConsumerRequest, StoredEvent};
 use super::consumer::{Consumer, DurableLimits};
 use super::consumer_store::ConsumerStore;
 use super::consumer_task::ConsumerTask;
@@ -28,7 +28,6 @@ use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{encode_client_view, StampEncoder};
 use jimbus_core::topic::{self, Pattern, TopicWriter};
 use jimbus_core::{take_sequence, FastMap};
-use jimbus_proto::events as pb;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,8 +83,9 @@ pub struct Shard {
     pub(super) batch: BatchSizer,
     /// How long a commit waits for company (see [`PumpOptions::linger`]).
     pub(super) linger: Duration,
-    /// Events staged in the current commit, for aggregation once durable.
-    pub(super) fresh: Vec<(u64, Box<pb::Event>)>,
+    /// Events staged in the current commit, with their sequences and their
+    /// requests' stamps, for aggregation once durable.
+    pub(super) fresh: Vec<StoredEvent>,
 }
 
 /// What one group commit collects before it is written.
@@ -405,7 +405,7 @@ impl Shard {
     /// After a failed commit, hands out again the sequences its events took:
     /// each session's next sequence goes back to its first event's in the commit.
     fn unstage_sequences(&mut self) {
-        for (sequence, event) in self.fresh.drain(..) {
+        for StoredEvent { sequence, event, .. } in self.fresh.drain(..) {
             if let Some(next) = self.next_sequence.get_mut(&event.session_id) {
                 *next = (*next).min(sequence);
             }
@@ -417,7 +417,7 @@ impl Shard {
     fn stage(&mut self, item: AppendItem, keys: &mut Vec<(DedupKey, u64)>, staged: &KeySet) -> ItemOutcome {
         let now = self.writer.monotonic_time_us(now_micros());
         match item {
-            AppendItem::Event(mut event) => {
+            AppendItem::Event(mut event, request) => {
                 self.scratch.clear();
                 let (stamps, key) = encode_client_view(&mut event, &mut self.scratch);
                 if key.is_some_and(|k| self.dedup.contains(k) || staged.contains(&k)) {
@@ -425,7 +425,7 @@ impl Shard {
                     return ItemOutcome::Duplicate;
                 }
                 let sequence = take_sequence(&mut self.next_sequence, &event.session_id);
-                self.stamps.append(stamps, &mut event, sequence, timestamp(now), &mut self.scratch);
+                self.stamps.append(stamps, &request, &mut event, sequence, timestamp(now), &mut self.scratch);
                 let mut topics = std::mem::take(&mut self.topic);
                 let outcome =
                     self.stage_scratch(RecordKind::Event, topics.write(&event.session_id, &event.event_type), now);
@@ -433,7 +433,7 @@ impl Shard {
                 if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
                     keys.push((key, offset));
                 }
-                self.fresh.push((event.sequence, event));
+                self.fresh.push(StoredEvent { sequence, event, request });
                 outcome
             }
             AppendItem::DeadLetter(letter) => {

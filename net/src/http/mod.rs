@@ -517,7 +517,7 @@ impl Handler {
     /// Sends items to their shards and waits until all are durable. Returns
     /// (stored events, duplicates), or the 503 to answer.
     async fn store(&self, items: Vec<AppendItem>) -> Result<(usize, usize), Response<Body>> {
-        let events: Vec<bool> = items.iter().map(|i| matches!(i, AppendItem::Event(_))).collect();
+        let events: Vec<bool> = items.iter().map(|i| matches!(i, AppendItem::Event(..))).collect();
         let appending = self.listener.bus.try_append(items).map_err(|e| {
             tracing::warn!(error = %e, "shedding load");
             metrics::counter!("jimbus_http_overload_total").increment(1);

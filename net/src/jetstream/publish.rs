@@ -23,8 +23,10 @@ use std::sync::Arc;
 fn outbound(item: &mut AppendItem) -> (String, PublishMessage) {
     let now = now_micros();
     match item {
-        AppendItem::Event(event) => {
+        AppendItem::Event(event, request) => {
             let key = client_key(event);
+            // Each message is a whole event: the request's stamps go into it.
+            request.apply(event);
             event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
             let subject = topic::raw_topic(&event.session_id, &event.event_type);
             let mut message = PublishMessage::build().payload(event.encode_to_vec().into()).header(KIND, "event");
@@ -75,7 +77,7 @@ pub(super) async fn publish_all(shared: Arc<Shared>, items: Vec<AppendItem>) -> 
         .iter()
         .zip(&outcomes)
         .filter_map(|(item, outcome)| match (item, outcome) {
-            (AppendItem::Event(event), ItemOutcome::Stored { offset, .. }) => Some((*offset, &**event)),
+            (AppendItem::Event(event, _), ItemOutcome::Stored { offset, .. }) => Some((*offset, &**event)),
             _ => None,
         })
         .collect();
@@ -116,13 +118,22 @@ mod tests {
             event_type: "HEARTBEAT".into(),
             ..Default::default()
         };
-        let (subject, message) = outbound(&mut AppendItem::Event(Box::new(event.clone())));
+        let request = jimbus_core::stamps::RequestStamps {
+            correlation_id: "req-1".into(),
+            received_at: timestamp(5_000_000),
+            batch_id: "b-1".into(),
+        };
+        let (subject, message) = outbound(&mut AppendItem::Event(Box::new(event.clone()), Arc::new(request)));
         assert_eq!(subject, "balatro.s.HEARTBEAT");
         let outbound = message.outbound_message(subject);
         let headers = outbound.headers.unwrap();
         let id = headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
         assert_eq!(id, format!("{:032x}", client_key(&mut event.clone()).unwrap()));
         let stored = pb::Event::decode(outbound.payload).unwrap();
-        assert!(stored.timing.unwrap().published_at.is_some());
+        assert_eq!(stored.correlation_id, "req-1");
+        assert_eq!(stored.metadata.get("batch_id").map(String::as_str), Some("b-1"));
+        let timing = stored.timing.unwrap();
+        assert!(timing.published_at.is_some());
+        assert_eq!(timing.received_at, Some(timestamp(5_000_000)));
     }
 }
