@@ -104,7 +104,7 @@ impl Driver {
     fn offer(&mut self, session: &str, e: &pb::Event, now: Duration) -> u64 {
         let seq = self.seqs.entry(session.into()).or_default();
         *seq += 1;
-        self.agg.offer(session, *seq, e, now, &mut self.out).unwrap();
+        self.agg.offer(session, *seq, &mut e.clone(), now, &mut self.out).unwrap();
         *seq
     }
 
@@ -184,14 +184,16 @@ fn a_window_is_timed_from_when_its_first_event_arrived_not_when_it_was_offered()
     let mut d = Driver::new(AggregateConfig::default());
     // The hand arrived at 10 ms and became durable (was offered) at 40 ms.
     for (seq, e) in [start("Pair", ms(10)), joker("Joker", 4.0, "", "", ms(10)), complete(ms(10))].iter().enumerate() {
-        d.agg.offer_arrived("s", seq as u64 + 1, e, Stamped::of(e), ms(10), ms(40), &mut d.out).unwrap();
+        d.agg
+            .offer_arrived("s", seq as u64 + 1, &mut e.clone(), Stamped::default(), ms(10), ms(40), &mut d.out)
+            .unwrap();
     }
     assert_eq!(d.agg.next_deadline(), Some(ms(110)));
     assert!(d.tick(ms(109)).is_empty());
     assert_eq!(d.tick(ms(110)).len(), 1);
     // An arrival time after the offer is not believed: the window opens at the offer.
-    let flush = start("Flush", ms(0));
-    d.agg.offer_arrived("s", 4, &flush, Stamped::of(&flush), ms(500), ms(200), &mut d.out).unwrap();
+    let mut flush = start("Flush", ms(0));
+    d.agg.offer_arrived("s", 4, &mut flush, Stamped::default(), ms(500), ms(200), &mut d.out).unwrap();
     assert_eq!(d.agg.next_deadline(), Some(ms(300)));
 }
 
@@ -355,7 +357,7 @@ fn a_complete_without_start_closes_the_legacy_group_and_a_stray_one_is_not_aggre
     let out = d.tick(ms(100));
     assert_eq!(out[0].input_sequences, vec![1, 2]);
     let mut out = Vec::new();
-    let disposition = d.agg.offer("s", 3, &complete(ms(200)), ms(200), &mut out).unwrap();
+    let disposition = d.agg.offer("s", 3, &mut complete(ms(200)), ms(200), &mut out).unwrap();
     assert_eq!(disposition, Disposition::NotAggregated);
     assert_eq!(d.agg.stats().stray_completes, 1);
 }
@@ -424,7 +426,7 @@ fn high_priority_events_flush_at_once() {
     d.offer("s", &complete(ms(1)), ms(1));
     assert!(d.take().is_empty());
     let mut out = Vec::new();
-    let disposition = d.agg.offer("s", 3, &error(ms(2)), ms(2), &mut out).unwrap();
+    let disposition = d.agg.offer("s", 3, &mut error(ms(2)), ms(2), &mut out).unwrap();
     assert_eq!(disposition, Disposition::NotAggregated);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].reason, FlushReason::HighPriority);
@@ -434,7 +436,7 @@ fn high_priority_events_flush_at_once() {
     let mut urgent = state(pb::GameStateEvent { money: Some(9.0), ..Default::default() }, ms(3));
     urgent.priority = pb::Priority::High as i32;
     out.clear();
-    d.agg.offer("s", 4, &urgent, ms(3), &mut out).unwrap();
+    d.agg.offer("s", 4, &mut urgent, ms(3), &mut out).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].input_sequences, vec![4]);
     assert!(out[0].message.cascade_info.is_none());
@@ -444,10 +446,10 @@ fn high_priority_events_flush_at_once() {
     let mut meta = state(pb::GameStateEvent { money: Some(10.0), ..Default::default() }, ms(4));
     meta.metadata.insert("priority".into(), "high".into());
     out.clear();
-    d.agg.offer("s", 5, &meta, ms(4), &mut out).unwrap();
+    d.agg.offer("s", 5, &mut meta, ms(4), &mut out).unwrap();
     assert_eq!(out.len(), 1);
-    d.agg.offer("s", 6, &state(pb::GameStateEvent::default(), ms(5)), ms(5), &mut out).unwrap();
-    let decision = event(
+    d.agg.offer("s", 6, &mut state(pb::GameStateEvent::default(), ms(5)), ms(5), &mut out).unwrap();
+    let mut decision = event(
         "LEARNING_DECISION",
         "REQUEST",
         Payload::LearningDecision(pb::LearningDecisionEvent {
@@ -456,7 +458,7 @@ fn high_priority_events_flush_at_once() {
         ms(6),
     );
     out.clear();
-    d.agg.offer("s", 7, &decision, ms(6), &mut out).unwrap();
+    d.agg.offer("s", 7, &mut decision, ms(6), &mut out).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].input_sequences, vec![6]);
     assert_eq!(d.agg.stats().high_priority_flushes, 4);
@@ -547,10 +549,10 @@ fn idle_sessions_are_evicted_and_capacity_evicts_the_least_recent() {
 fn sequences_must_increase_per_session() {
     let mut agg = Aggregator::new(AggregateConfig::default()).unwrap();
     let mut out = Vec::new();
-    agg.offer("s", 5, &heartbeat(ms(0)), ms(0), &mut out).unwrap();
-    let err = agg.offer("s", 5, &heartbeat(ms(0)), ms(0), &mut out).unwrap_err();
+    agg.offer("s", 5, &mut heartbeat(ms(0)), ms(0), &mut out).unwrap();
+    let err = agg.offer("s", 5, &mut heartbeat(ms(0)), ms(0), &mut out).unwrap_err();
     assert_eq!(err, AggregateError::OutOfOrder { session: "s".into(), seq: 5, last: 5 });
-    agg.offer("t", 1, &heartbeat(ms(0)), ms(0), &mut out).unwrap();
+    agg.offer("t", 1, &mut heartbeat(ms(0)), ms(0), &mut out).unwrap();
 }
 
 #[test]
@@ -772,11 +774,11 @@ proptest! {
             let before = model[&session].clone();
             if let Op::State(..) = op {
                 let Some(Payload::GameState(g)) = build(&op, now).payload else { unreachable!() };
-                merge_game_state(model.get_mut(&session).unwrap().get_or_insert_with(Default::default), &g);
+                merge_game_state(model.get_mut(&session).unwrap().get_or_insert_with(Default::default), g);
             }
             let seq = seqs.entry(session.clone()).or_default();
             *seq += 1;
-            let disposition = agg.offer(&session, *seq, &build(&op, now), now, &mut out).unwrap();
+            let disposition = agg.offer(&session, *seq, &mut build(&op, now), now, &mut out).unwrap();
             match op {
                 Op::Heartbeat | Op::Error => prop_assert_eq!(disposition, Disposition::NotAggregated),
                 Op::Complete => {}

@@ -46,7 +46,8 @@ fn run(events: &[pb::Event], sessions: usize, rounds: usize, out: &mut Vec<Aggre
             seq += 1;
             for name in &names {
                 now += Duration::from_micros(10);
-                agg.offer(name, seq, e, now, out).unwrap();
+                // A fresh event each time, as the server offers: an offer takes its game state.
+                agg.offer(name, seq, &mut e.clone(), now, out).unwrap();
                 n += 1;
                 if n.is_multiple_of(64) {
                     agg.tick(now, out);

@@ -31,8 +31,8 @@ pub(super) fn normalize(name: &str) -> String {
 
 /// What an event is to aggregation.
 pub(super) enum Kind<'a> {
-    /// A GAME_STATE payload, to merge into the session's state.
-    State(&'a pb::GameStateEvent),
+    /// A GAME_STATE payload, taken from the event, to merge into the session's state.
+    State(pb::GameStateEvent),
     /// SCORING/HAND_EVAL_START: opens a hand.
     Start(&'a pb::HandEvalStart),
     /// SCORING/HAND_EVAL_COMPLETE: closes the open hand.
@@ -53,8 +53,8 @@ pub(super) enum Update {
 }
 
 /// Classifies `event` (server sequence `seq`, received at `received_at`),
-/// building the trigger it carries.
-pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
+/// building the trigger it carries; a game state is taken out of the event.
+pub(super) fn classify(seq: u64, event: &mut pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
     let timing = event.timing.as_ref();
     let base = || pb::TriggerEvent {
         sequence: seq,
@@ -62,8 +62,8 @@ pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_ty
         received_at,
         ..Default::default()
     };
-    match &event.payload {
-        Some(Payload::GameState(g)) => Kind::State(g),
+    match &mut event.payload {
+        Some(Payload::GameState(g)) => Kind::State(std::mem::take(g)),
         Some(Payload::JokerTrigger(j)) => {
             let mut t = base();
             t.joker_name.clone_from(&j.joker_name);

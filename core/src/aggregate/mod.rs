@@ -12,8 +12,10 @@
 //! size is not aggregation's: it is [`crate::batch`]. It is pure: it must never perform I/O,
 //! read a clock, spawn, or depend on an async runtime — the shard that owns a
 //! session passes the time in (`now`, a monotonic [`Duration`] from any origin) and
-//! publishes what comes out. It must never alter or drop a raw event either: raw
-//! events are logged by the caller as received, and every raw sequence that
+//! publishes what comes out. It must never drop a raw event either: raw events
+//! are logged by the caller as received before they are offered (an offer
+//! takes a GAME_STATE payload out of its event rather than copying it; the
+//! caller only frees the event afterwards), and every raw sequence that
 //! [`Aggregator::offer`] accepts as [`Disposition::Held`] appears in exactly one
 //! [`Aggregated::input_sequences`] later on (events the aggregated stream does not
 //! carry are answered with [`Disposition::NotAggregated`] and are not held).
@@ -176,7 +178,7 @@ impl Session {
         stats: &mut AggregateStats,
         config: &AggregateConfig,
         seq: u64,
-        event: &pb::Event,
+        event: &mut pb::Event,
         stamped: Stamped<'_>,
         now: Duration,
     ) -> (Disposition, bool) {
@@ -236,11 +238,6 @@ pub struct Stamped<'a> {
 }
 
 impl<'a> Stamped<'a> {
-    /// The stamps `event` carries itself.
-    pub fn of(event: &'a pb::Event) -> Self {
-        Self { correlation_id: &event.correlation_id, received_at: event.timing.as_ref().and_then(|t| t.received_at) }
-    }
-
     /// The stamps of the request that carried an event (kept apart from it).
     pub fn of_request(request: &'a RequestStamps) -> Self {
         Self { correlation_id: &request.correlation_id, received_at: Some(request.received_at) }
@@ -330,16 +327,22 @@ impl Aggregator {
 
     /// Offers one raw event of `session`, which carries its own stamps, with
     /// its server sequence, received at `now`. Messages it completes are
-    /// pushed to `out`.
+    /// pushed to `out`. A game state is taken out of the event.
     pub fn offer(
         &mut self,
         session: &str,
         seq: u64,
-        event: &pb::Event,
+        event: &mut pb::Event,
         now: Duration,
         out: &mut Vec<Aggregated>,
     ) -> Result<Disposition, AggregateError> {
-        self.offer_arrived(session, seq, event, Stamped::of(event), now, now, out)
+        // Lent out of the event, which the offer borrows mutably.
+        let correlation_id = std::mem::take(&mut event.correlation_id);
+        let received_at = event.timing.as_ref().and_then(|t| t.received_at);
+        let stamped = Stamped { correlation_id: &correlation_id, received_at };
+        let offered = self.offer_arrived(session, seq, event, stamped, now, now, out);
+        event.correlation_id = correlation_id;
+        offered
     }
 
     /// [`Aggregator::offer`] for an event `stamped` apart from it, that
@@ -351,7 +354,7 @@ impl Aggregator {
         &mut self,
         session: &str,
         seq: u64,
-        event: &pb::Event,
+        event: &mut pb::Event,
         stamped: Stamped<'_>,
         arrived: Duration,
         now: Duration,

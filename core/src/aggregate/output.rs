@@ -109,26 +109,24 @@ pub struct AggregateStats {
 /// numbers, `blind` and `deck` overwrite when present, `phase` when non-empty,
 /// `jokers` and `hand` when non-empty (a repeated field has no presence, so an
 /// empty list cannot be told from an absent one and keeps the previous list), and
-/// `extra` key by key.
-pub fn merge_game_state(into: &mut pb::GameStateEvent, from: &pb::GameStateEvent) {
+/// `extra` key by key. What `from` holds is moved, not copied: a game state
+/// with a dozen jokers is dozens of allocations to copy.
+pub fn merge_game_state(into: &mut pb::GameStateEvent, from: pb::GameStateEvent) {
     if !from.phase.is_empty() {
-        into.phase.clone_from(&from.phase);
+        into.phase = from.phase;
     }
     macro_rules! present {
-        ($($f:ident),*) => { $(if from.$f.is_some() { into.$f.clone_from(&from.$f); })* };
+        ($($f:ident),*) => { $(if from.$f.is_some() { into.$f = from.$f; })* };
     }
     present!(ante, round, money, chips, mult, score, hands_remaining, discards_remaining, blind, deck);
     if !from.jokers.is_empty() {
-        into.jokers.clone_from(&from.jokers);
+        into.jokers = from.jokers;
     }
     if !from.hand.is_empty() {
-        into.hand.clone_from(&from.hand);
+        into.hand = from.hand;
     }
-    if let Some(extra) = &from.extra {
-        let target = into.extra.get_or_insert_with(Default::default);
-        for (k, v) in &extra.fields {
-            target.fields.insert(k.clone(), v.clone());
-        }
+    if let Some(extra) = from.extra {
+        into.extra.get_or_insert_with(Default::default).fields.extend(extra.fields);
     }
 }
 

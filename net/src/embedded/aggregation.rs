@@ -85,22 +85,18 @@ impl AggregationStage {
 
     /// Offers events that just became durable, in log order, each dated from
     /// when the server received it.
-    pub fn offer(&mut self, events: &[StoredEvent]) {
+    pub fn offer(&mut self, events: &mut [StoredEvent]) {
         let now = self.now();
         let wall_now = crate::clock::now_micros();
         for StoredEvent { sequence, event, request } in events {
             let received = crate::clock::micros(&request.received_at);
             let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
             let stamped = Stamped::of_request(request);
-            let offered = self.aggregator.offer_arrived(
-                &event.session_id,
-                *sequence,
-                event,
-                stamped,
-                arrived,
-                now,
-                &mut self.pending,
-            );
+            // Lent out of the event, which the offer borrows mutably (it takes a game state).
+            let session = std::mem::take(&mut event.session_id);
+            let offered =
+                self.aggregator.offer_arrived(&session, *sequence, event, stamped, arrived, now, &mut self.pending);
+            event.session_id = session;
             if let Err(e) = offered {
                 // Sequences come from this shard's own counter, so this is a bug, not bad input.
                 tracing::error!(shard = %self.shard, error = %e, "aggregation refused an event");

@@ -381,7 +381,7 @@ impl Shard {
                     self.dedup.insert(key, offset);
                 }
                 self.checkpoint_if_rolled();
-                self.aggregation.offer(&self.fresh);
+                self.aggregation.offer(&mut self.fresh);
                 let mut fresh = std::mem::take(&mut self.fresh).into_iter();
                 for (reply, outcomes, stored) in batch.appends.drain(..) {
                     let spent = fresh.by_ref().take(stored).collect();

@@ -57,12 +57,16 @@ impl NatsAggregation {
     }
 
     /// Offers events JetStream acknowledged, with their stream sequences, in publish order.
-    pub fn offer(&self, events: &[(u64, &pb::Event)]) {
+    pub fn offer(&self, events: &mut [(u64, &mut pb::Event)]) {
         let now = self.origin.elapsed();
         let mut state = self.state();
         let State { aggregator, pending } = &mut *state;
         for (sequence, event) in events {
-            if let Err(e) = aggregator.offer(&event.session_id, *sequence, event, now, pending) {
+            // Lent out of the event, which the offer borrows mutably (it takes a game state).
+            let session = std::mem::take(&mut event.session_id);
+            let offered = aggregator.offer(&session, *sequence, event, now, pending);
+            event.session_id = session;
+            if let Err(e) = offered {
                 // Two requests of one session raced on two connections.
                 tracing::warn!(error = %e, "aggregation skipped an out-of-order event");
                 metrics::counter!("jimbus_aggregate_refused_total").increment(1);

@@ -73,15 +73,15 @@ pub(super) async fn publish_all(shared: Arc<Shared>, items: Vec<AppendItem>) -> 
             ItemOutcome::Stored { partition: 0, offset: ack.sequence }
         });
     }
-    let stored: Vec<(u64, &pb::Event)> = items
-        .iter()
+    let mut stored: Vec<(u64, &mut pb::Event)> = items
+        .iter_mut()
         .zip(&outcomes)
         .filter_map(|(item, outcome)| match (item, outcome) {
-            (AppendItem::Event(event, _), ItemOutcome::Stored { offset, .. }) => Some((*offset, &**event)),
+            (AppendItem::Event(event, _), ItemOutcome::Stored { offset, .. }) => Some((*offset, &mut **event)),
             _ => None,
         })
         .collect();
-    shared.aggregation.offer(&stored);
+    shared.aggregation.offer(&mut stored);
     Ok(outcomes)
 }
 
