@@ -24,7 +24,7 @@ pub mod record;
 pub mod stamps;
 pub mod topic;
 
-/// A hash map for the hot path (sessions' sequences, topic counts): foldhash,
+/// A hash map for the hot path (sessions' sequences, topic counts, aggregation's sessions): foldhash,
 /// seeded per process, instead of SipHash. The keys are the server's own
 /// (session ids and topics it admitted), and the random seed keeps a client
 /// from choosing colliding keys offline.

@@ -15,7 +15,6 @@ use super::classify::{is_joker_context, normalize, update_context, Update, COPY_
 use jimbus_proto::events as pb;
 use prost::Message as _;
 use prost_types::Timestamp;
-use std::collections::HashMap;
 use std::mem::size_of;
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ pub(super) struct Cascade {
     pub(super) last_now: Duration,
     // Inference state, kept across parts.
     /// Depth of each joker's last trigger, by normalized name, for explicit parents.
-    depth_of: HashMap<String, u32>,
+    depth_of: crate::FastMap<String, u32>,
     /// The previous trigger's joker and depth when it was a copy/retrigger joker.
     prev_copier: Option<(String, u32)>,
     // The current part.
@@ -77,7 +76,7 @@ impl Cascade {
             part: 1,
             order: 0,
             last_now: now,
-            depth_of: HashMap::new(),
+            depth_of: crate::FastMap::default(),
             prev_copier: None,
             triggers: Vec::new(),
             seqs: Vec::new(),

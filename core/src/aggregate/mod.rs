@@ -94,7 +94,7 @@ use classify::{classify, is_high_priority, Kind};
 use jimbus_proto::events as pb;
 use output::Ready;
 use prost::Message as _;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::mem::size_of;
 use std::time::Duration;
 
@@ -253,7 +253,7 @@ pub struct Aggregator {
     /// Free slots, reused before the vector grows, so slot numbers stay small.
     free: Vec<usize>,
     /// The slot of every held session, by name.
-    by_name: HashMap<String, usize>,
+    by_name: crate::FastMap<String, usize>,
     /// (deadline, slot) of every session with a window, legacy gap or timeout pending.
     deadlines: BTreeSet<(Duration, usize)>,
     /// (last_active, slot) of every session, least recently active first.
@@ -277,7 +277,7 @@ impl Aggregator {
             config,
             sessions: Vec::new(),
             free: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: crate::FastMap::default(),
             deadlines: BTreeSet::new(),
             lru: BTreeSet::new(),
             now: Duration::ZERO,
