@@ -53,16 +53,23 @@ impl RequestStamps {
 
     /// The most bytes stamping adds to an event's encoding.
     pub fn added_bytes(&self) -> usize {
-        let timing = StampTimes { received_at: Some(self.received_at), published_at: None };
-        let mut metadata = BTreeMap::new();
-        if !self.batch_id.is_empty() {
-            metadata.insert(BATCH_ID_KEY.to_string(), self.batch_id.clone());
-        }
-        let stamps =
-            Stamps { correlation_id: self.correlation_id.clone(), sequence: 0, timing: Some(timing), metadata };
         // A timing the event already has grows by its received time alone, but
         // its length prefix may take up to two more bytes.
-        stamps.encoded_len() + 2
+        self.shared_with(BTreeMap::new()).encoded_len() + 2
+    }
+
+    /// The stamps an event with its own `metadata` shares with the request's
+    /// other events: all but the sequence and the published time.
+    fn shared_with(&self, mut metadata: BTreeMap<String, String>) -> Stamps {
+        if !self.batch_id.is_empty() {
+            metadata.insert(BATCH_ID_KEY.into(), self.batch_id.clone());
+        }
+        Stamps {
+            correlation_id: self.correlation_id.clone(),
+            sequence: 0,
+            timing: Some(StampTimes { received_at: Some(self.received_at), published_at: None }),
+            metadata,
+        }
     }
 }
 
@@ -193,15 +200,7 @@ impl StampEncoder {
     /// Encodes the stamps `request`'s events with `metadata` share, and keeps
     /// what they came from to compare with.
     fn remember(&mut self, request: &Arc<RequestStamps>, metadata: &BTreeMap<String, String>) {
-        let mut shared = Stamps {
-            correlation_id: request.correlation_id.clone(),
-            sequence: 0,
-            timing: Some(StampTimes { received_at: Some(request.received_at), published_at: None }),
-            metadata: metadata.clone(),
-        };
-        if !request.batch_id.is_empty() {
-            shared.metadata.insert(BATCH_ID_KEY.into(), request.batch_id.clone());
-        }
+        let shared = request.shared_with(metadata.clone());
         self.shared.clear();
         shared.encode_raw(&mut self.shared);
         self.last = Some((request.clone(), metadata.clone()));
