@@ -126,12 +126,14 @@ pub struct LogIndex {
     pub(super) tail_first: u64,
     /// The newest committed records, framed, for readers that keep up.
     pub(super) tail: VecDeque<Bytes>,
-    /// Bytes held in `tail`, kept under `tail_cap`.
+    /// The memory that the commits in `tail` hold: their buffers' capacity,
+    /// not only their records, since a staging buffer that grew by doubling
+    /// can be twice its records (counting records alone let the tail hold
+    /// about twice its cap). Kept under `tail_cap`, except for the newest commit.
     pub(super) tail_bytes: usize,
     pub(super) tail_cap: usize,
-    /// Each commit's whole buffer while any of its records is in `tail`,
-    /// with the offset after its last record.
-    pub(super) commits: VecDeque<(u64, Bytes)>,
+    /// The commits whose records are in `tail`, oldest first.
+    pub(super) commits: VecDeque<TailCommit>,
     /// Emptied buffers of commits the tail has let go of and no reader holds,
     /// for the next commits to stage into: their pages are already mapped, so
     /// a commit does not fault in and zero fresh ones (as a new buffer does
@@ -145,6 +147,16 @@ pub struct LogIndex {
 }
 
 pub type SharedIndex = Rc<RefCell<LogIndex>>;
+
+/// A commit whose records are in the tail.
+pub(super) struct TailCommit {
+    /// The offset after its last record.
+    pub(super) end: u64,
+    /// Its whole buffer, of which the tail's frames are slices.
+    pub(super) data: Bytes,
+    /// The memory that buffer holds: its capacity.
+    pub(super) pinned: usize,
+}
 
 impl LogIndex {
     pub fn end(&self) -> u64 {
@@ -169,33 +181,39 @@ impl LogIndex {
         if self.tail.is_empty() {
             self.tail_first = offset;
         }
-        self.tail_bytes += frame.len();
         self.tail.push_back(frame);
-        while self.tail_bytes > self.tail_cap && self.tail.len() > 1 {
-            if let Some(old) = self.tail.pop_front() {
-                self.tail_bytes -= old.len();
+    }
+
+    /// Adds a commit whose frames were pushed to the tail, then lets go of
+    /// the oldest commits, records and buffer together, while the tail holds
+    /// more than its cap (the newest one always stays).
+    fn push_commit(&mut self, commit: TailCommit) {
+        self.tail_bytes += commit.pinned;
+        self.commits.push_back(commit);
+        while self.tail_bytes > self.tail_cap && self.commits.len() > 1 {
+            let Some(oldest) = self.commits.pop_front() else { break };
+            while self.tail_first < oldest.end && self.tail.pop_front().is_some() {
                 self.tail_first += 1;
             }
+            self.tail_bytes -= oldest.pinned;
+            self.keep_spare(oldest.data);
         }
     }
 
-    /// Takes back the buffers of commits whose records have all left the
-    /// tail; one that a reader still holds a record of is left to it.
-    fn recycle_commits(&mut self) {
-        while self.commits.front().is_some_and(|(end, _)| *end <= self.tail_first) {
-            let Some((_, data)) = self.commits.pop_front() else { break };
-            if self.spare.len() >= SPARE_BUFFERS || data.len() > MAX_SPARE_BYTES {
-                continue;
-            }
-            let held = data.len();
-            // A buffer much larger than what it held would pin that much for
-            // every commit it carries through the tail: let it go instead.
-            if let Ok(buffer) = data.try_into_mut().map(Vec::from) {
-                if buffer.capacity() <= 2 * held {
-                    let mut buffer = buffer;
-                    buffer.clear();
-                    self.spare.push(buffer);
-                }
+    /// Takes back the buffer of a commit that left the tail, unless a reader
+    /// still holds a record of it (then it is left to the reader).
+    fn keep_spare(&mut self, data: Bytes) {
+        if self.spare.len() >= SPARE_BUFFERS || data.len() > MAX_SPARE_BYTES {
+            return;
+        }
+        let held = data.len();
+        // A buffer much larger than what it held would pin that much for
+        // every commit it carries through the tail: let it go instead.
+        if let Ok(buffer) = data.try_into_mut().map(Vec::from) {
+            if buffer.capacity() <= 2 * held {
+                let mut buffer = buffer;
+                buffer.clear();
+                self.spare.push(buffer);
             }
         }
     }
@@ -347,6 +365,7 @@ impl SegmentWriter {
         // The next commit is likely as large as this one: start it at this size
         // rather than growing (and copying) from nothing.
         let next = self.index.borrow_mut().commit_buffer(self.staged.len());
+        let pinned = self.staged.capacity();
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
         let ends = std::mem::take(&mut self.staged_ends);
         let (file, start_len) = {
@@ -359,7 +378,7 @@ impl SegmentWriter {
             let _ = file.truncate(start_len).await;
             return Err(e);
         }
-        self.publish(data, &ends, start_len);
+        self.publish(data, pinned, &ends, start_len);
         let active_len = self.index.borrow().segments.last().map_or(0, |s| s.len);
         if active_len >= self.options.segment_bytes {
             // The records above are durable whatever happens here, so a failed
@@ -398,8 +417,9 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Makes committed records visible to readers.
-    fn publish(&mut self, data: Bytes, ends: &[usize], start_len: u64) {
+    /// Makes committed records visible to readers; `pinned` is the memory
+    /// their buffer `data` holds.
+    fn publish(&mut self, data: Bytes, pinned: usize, ends: &[usize], start_len: u64) {
         let mut log = self.index.borrow_mut();
         let mut from = 0;
         for &end in ends {
@@ -426,8 +446,7 @@ impl SegmentWriter {
         }
         let data_len = data.len();
         let end = log.end;
-        log.commits.push_back((end, data));
-        log.recycle_commits();
+        log.push_commit(TailCommit { end, data, pinned });
         metrics::counter!("jimbus_log_appended_records_total").increment(ends.len() as u64);
         metrics::counter!("jimbus_log_appended_bytes_total").increment(data_len as u64);
         log.committed.notify(usize::MAX);
@@ -510,10 +529,10 @@ mod tests {
     fn commit(index: &mut LogIndex, offset: u64) -> (*const u8, Bytes) {
         let mut buffer = index.commit_buffer(8);
         buffer.extend_from_slice(&[offset as u8; 8]);
+        let pinned = buffer.capacity();
         let data = Bytes::from(buffer);
         index.push_tail(offset, data.clone());
-        index.commits.push_back((offset + 1, data.clone()));
-        index.recycle_commits();
+        index.push_commit(TailCommit { end: offset + 1, data: data.clone(), pinned });
         (data.as_ptr(), data)
     }
 
@@ -533,5 +552,21 @@ mod tests {
         let (fourth_at, _) = commit(&mut index, 3);
         assert_eq!(fourth_at, second_at, "commit 3 is staged in commit 1's buffer");
         assert_eq!(&index.tail.back().expect("tail")[..], &[3; 8]);
+    }
+
+    #[test]
+    fn the_tail_is_capped_by_what_its_buffers_hold_not_by_their_records() {
+        let mut index = index(64);
+        for offset in 0..4u64 {
+            // 8 bytes of record in a buffer that holds 32.
+            let mut buffer = Vec::with_capacity(32);
+            buffer.extend_from_slice(&[offset as u8; 8]);
+            let pinned = buffer.capacity();
+            index.push_tail(offset, Bytes::from(buffer).slice(..));
+            let data = index.tail.back().expect("just pushed").clone();
+            index.push_commit(TailCommit { end: offset + 1, data, pinned });
+        }
+        assert_eq!(index.tail_bytes, 64, "two 32-byte buffers, though only 16 bytes of records");
+        assert_eq!((index.tail_first, index.tail.len(), index.commits.len()), (2, 2, 2));
     }
 }
