@@ -8,10 +8,11 @@
 //! - backends, where events are kept: [`embedded`] (the default, its own log)
 //!   and [`jetstream`] (NATS JetStream);
 //! - the floor both use: [`bus`] (the interface between them), [`admit`],
-//!   [`clock`], [`lock`], [`observe`], [`shutdown`], [`telemetry`];
+//!   [`allocator`], [`clock`], [`lock`], [`observe`], [`shutdown`], [`telemetry`];
 //! - and above them [`config`] and [`server`], which start and stop it all.
 
 pub mod admit;
+pub mod allocator;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -7,7 +7,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jimbus_perf::ingest::{ingest, IngestRun};
 use std::time::Duration;
 
+/// The server's allocator, with its settings (`jimbus_net::allocator::tune`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn whole_path(c: &mut Criterion) {
+    jimbus_net::allocator::tune();
     let body = jimbus_perf::fair_batch50();
     let events = 50u64;
     let mut group = c.benchmark_group("ingest_path");
