@@ -103,8 +103,27 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Reads the record at the start of `data`.
+/// Reads the record at the start of `data`, checking its checksum.
 pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
+    let (header, body) = frame(data)?;
+    if crc32c::crc32c(&data[4..HEADER_LEN + body.len()]) != header.crc.get() {
+        return Err(FrameError::Checksum);
+    }
+    fields(header, body)
+}
+
+/// Reads the record at the start of `data` as [`decode`] does, but without
+/// its checksum: for a frame whose checksum was checked when it was read from
+/// disk, or that this process framed and kept in memory. Publishing a commit
+/// and each subscriber's deliveries read every record again, and computing
+/// its checksum each time was most of what they cost.
+pub fn decode_without_checksum(data: &[u8]) -> Result<Record<'_>, FrameError> {
+    let (header, body) = frame(data)?;
+    fields(header, body)
+}
+
+/// The header at the start of `data` and the body (topic and message) it frames.
+fn frame(data: &[u8]) -> Result<(&RecordHeader, &[u8]), FrameError> {
     let (header, rest) = RecordHeader::ref_from_prefix(data)
         .map_err(|_| FrameError::Torn { needed: HEADER_LEN, available: data.len() })?;
     let len = header.len.get() as usize;
@@ -114,22 +133,18 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
     if rest.len() < len {
         return Err(FrameError::Torn { needed: HEADER_LEN + len, available: data.len() });
     }
-    if crc32c::crc32c(&data[4..HEADER_LEN + len]) != header.crc.get() {
-        return Err(FrameError::Checksum);
-    }
+    Ok((header, &rest[..len]))
+}
+
+/// The record a header and its body describe.
+fn fields<'a>(header: &RecordHeader, body: &'a [u8]) -> Result<Record<'a>, FrameError> {
     let topic_len = header.topic_len.get() as usize;
-    if topic_len > len {
+    if topic_len > body.len() {
         return Err(FrameError::Malformed("topic longer than the record"));
     }
     let kind = RecordKind::from_u8(header.kind).ok_or(FrameError::Malformed("unknown kind"))?;
-    let topic = std::str::from_utf8(&rest[..topic_len]).map_err(|_| FrameError::Malformed("topic is not UTF-8"))?;
-    Ok(Record {
-        offset: header.offset.get(),
-        time_us: header.time_us.get(),
-        kind,
-        topic,
-        message: &rest[topic_len..len],
-    })
+    let topic = std::str::from_utf8(&body[..topic_len]).map_err(|_| FrameError::Malformed("topic is not UTF-8"))?;
+    Ok(Record { offset: header.offset.get(), time_us: header.time_us.get(), kind, topic, message: &body[topic_len..] })
 }
 
 /// Where valid records stop in a segment's bytes.

@@ -116,6 +116,22 @@ fn a_torn_frame_says_how_many_bytes_it_needs() {
 }
 
 #[test]
+fn reading_without_the_checksum_differs_from_decode_only_in_the_checksum() {
+    let data = frame("balatro.s.aggregated", b"0123456789");
+    assert_eq!(record::decode_without_checksum(&data), record::decode(&data));
+    for cut in [3, HEADER_LEN, data.len() - 1] {
+        assert_eq!(record::decode_without_checksum(&data[..cut]), record::decode(&data[..cut]));
+    }
+    let mut damaged = data.clone();
+    *damaged.last_mut().expect("a message") = b'X';
+    assert_eq!(record::decode(&damaged), Err(FrameError::Checksum));
+    assert_eq!(record::decode_without_checksum(&damaged).expect("framed").message, b"012345678X");
+    let mut unknown_kind = data;
+    unknown_kind[24] = 4;
+    assert_eq!(record::decode_without_checksum(&unknown_kind), Err(FrameError::Malformed("unknown kind")));
+}
+
+#[test]
 fn every_kind_reads_back_and_an_unknown_one_is_malformed() {
     for kind in [RecordKind::Event, RecordKind::Aggregated, RecordKind::DeadLetter] {
         let mut data = Vec::new();

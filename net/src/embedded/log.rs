@@ -260,7 +260,9 @@ struct Located {
 }
 
 /// Reads up to `max` framed records starting at `from`. Returns the frames and
-/// the offset after the last one.
+/// the offset after the last one. Every frame read from disk has had its
+/// checksum checked, and the tail's were framed here, so a caller reads them
+/// with [`record::decode_without_checksum`].
 pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(Vec<Bytes>, u64), LogError> {
     let located = {
         let log = index.borrow();
@@ -304,7 +306,8 @@ pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(
 async fn read_chunk(file: &BufferedFile, pos: u64, available: u64) -> Result<Bytes, LogError> {
     let chunk = available.min(READ_CHUNK).max(record::HEADER_LEN as u64);
     let mut bytes = Bytes::copy_from_slice(&file.read_at(pos, chunk as usize).await?);
-    if let Err(FrameError::Torn { needed, .. }) = record::decode(&bytes) {
+    // Only the length matters here: the caller checks each record's checksum.
+    if let Err(FrameError::Torn { needed, .. }) = record::decode_without_checksum(&bytes) {
         bytes = Bytes::copy_from_slice(&file.read_at(pos, needed).await?);
     }
     Ok(bytes)
@@ -425,7 +428,7 @@ impl SegmentWriter {
         for &end in ends {
             let offset = log.end;
             let frame = data.slice(from..end);
-            let time_us = record::decode(&frame).map_or(0, |rec| rec.time_us);
+            let time_us = record::decode_without_checksum(&frame).map_or(0, |rec| rec.time_us);
             if offset.is_multiple_of(TIME_MARK_STRIDE) {
                 log.time_marks.push((time_us, offset));
             }
