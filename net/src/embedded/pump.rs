@@ -21,7 +21,7 @@ use super::subscription::{start_offset_now, subscription};
 use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
 use crate::observe;
-use jimbus_core::aggregate::AggregateConfig;
+use jimbus_core::aggregate::{AggregateConfig, Aggregated};
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
@@ -221,7 +221,7 @@ impl Shard {
                 Some(commands) => commands,
                 None => break,
             };
-            if let Some(done) = self.apply(commands).await {
+            if let Some(done) = self.apply(commands, &queue).await {
                 self.stop().await;
                 let _ = done.send(());
                 return;
@@ -276,41 +276,75 @@ impl Shard {
         }
     }
 
-    /// Writes what aggregation produced; what the log refuses is kept for the next try.
+    /// Writes what aggregation produced, in a commit of its own; what the log
+    /// refuses is kept for the next try.
     async fn commit_aggregated(&mut self) {
-        let messages = self.aggregation.take_pending();
+        let messages = self.stage_aggregated();
         if messages.is_empty() {
             return;
         }
-        let now = self.writer.monotonic_time_us(now_micros());
-        for aggregated in &messages {
-            let topic = topic::aggregated_topic(&aggregated.session);
-            self.stage_message(RecordKind::Aggregated, &topic, &aggregated.message, now);
-        }
-        match self.writer.commit().await {
+        let committed = match self.writer.commit().await {
             Ok(()) => {
-                observe::aggregated(&messages);
                 self.checkpoint_if_rolled();
+                true
             }
             Err(e) => {
                 tracing::warn!(shard = self.id, error = %e, messages = messages.len(), "aggregated messages kept for the next commit");
-                self.aggregation.restore_pending(messages);
+                false
             }
+        };
+        self.settle_aggregated(messages, committed);
+    }
+
+    /// Stages what aggregation produced since the last commit and returns it,
+    /// for [`Shard::settle_aggregated`] once that commit is done.
+    fn stage_aggregated(&mut self) -> Vec<Aggregated> {
+        let messages = self.aggregation.take_pending();
+        if !messages.is_empty() {
+            let now = self.writer.monotonic_time_us(now_micros());
+            for aggregated in &messages {
+                let topic = topic::aggregated_topic(&aggregated.session);
+                self.stage_message(RecordKind::Aggregated, &topic, &aggregated.message, now);
+            }
+        }
+        messages
+    }
+
+    /// After the commit that carried `messages`: counted if it succeeded,
+    /// kept for the next commit if it failed.
+    fn settle_aggregated(&mut self, messages: Vec<Aggregated>, committed: bool) {
+        if messages.is_empty() {
+            return;
+        }
+        if committed {
+            observe::aggregated(&messages);
+        } else {
+            self.aggregation.restore_pending(messages);
         }
         self.aggregation.export_metrics();
     }
 
     /// Applies a batch of commands with one commit; returns the shutdown waiter
     /// when the batch held a shutdown command.
-    async fn apply(&mut self, commands: Vec<Command>) -> Option<flume::Sender<()>> {
+    ///
+    /// What aggregation produced since the last commit goes into this one.
+    /// What it produces now waits for the next batch when commands are
+    /// already queued, and gets a commit of its own only when none are:
+    /// under load, a separate commit (a write and an fdatasync) for every
+    /// batch's aggregated messages delayed the requests queued behind it.
+    async fn apply(&mut self, commands: Vec<Command>, queue: &flume::Receiver<Command>) -> Option<flume::Sender<()>> {
         let mut batch = Batch::default();
         for command in commands {
             self.take(command, &mut batch);
         }
+        let aggregated = self.stage_aggregated();
         let saved = self.persist_acks(&mut batch).await;
-        self.commit(&mut batch, saved.is_ok()).await;
+        let committed = self.commit(&mut batch, saved.is_ok()).await;
+        self.settle_aggregated(aggregated, committed);
         self.aggregation.tick();
-        self.commit_aggregated().await;
+        if queue.is_empty() {
+            self.commit_aggregated().await;
+        }
         batch.shutdown
     }
 
@@ -376,8 +410,9 @@ impl Shard {
         saved
     }
 
-    /// Writes the staged records and answers the batch's appends.
-    async fn commit(&mut self, batch: &mut Batch, consumers_saved: bool) {
+    /// Writes the staged records and answers the batch's appends; true when
+    /// the commit succeeded.
+    async fn commit(&mut self, batch: &mut Batch, consumers_saved: bool) -> bool {
         match self.writer.commit().await {
             Ok(()) => {
                 for (key, offset) in batch.keys.drain(..) {
@@ -393,6 +428,7 @@ impl Shard {
                 if consumers_saved {
                     self.enforce_retention().await;
                 }
+                true
             }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
@@ -401,6 +437,7 @@ impl Shard {
                 for (reply, _, _) in batch.appends.drain(..) {
                     let _ = reply.send(Err(BusError::Storage(e.to_string())));
                 }
+                false
             }
         }
     }
