@@ -115,8 +115,8 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, FrameError> {
 /// Reads the record at the start of `data` as [`decode`] does, but without
 /// its checksum: for a frame whose checksum was checked when it was read from
 /// disk, or that this process framed and kept in memory. Publishing a commit
-/// and each subscriber's deliveries read every record again, and computing
-/// its checksum each time was most of what they cost.
+/// and each subscriber's deliveries read every record again, and each of
+/// them computed its checksum once more.
 pub fn decode_without_checksum(data: &[u8]) -> Result<Record<'_>, FrameError> {
     let (header, body) = frame(data)?;
     fields(header, body)
