@@ -565,8 +565,8 @@ mod tests {
             let mut buffer = Vec::with_capacity(32);
             buffer.extend_from_slice(&[offset as u8; 8]);
             let pinned = buffer.capacity();
-            index.push_tail(offset, Bytes::from(buffer).slice(..));
-            let data = index.tail.back().expect("just pushed").clone();
+            let data = Bytes::from(buffer);
+            index.push_tail(offset, data.clone());
             index.push_commit(TailCommit { end: offset + 1, data, pinned });
         }
         assert_eq!(index.tail_bytes, 64, "two 32-byte buffers, though only 16 bytes of records");

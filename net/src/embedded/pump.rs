@@ -330,8 +330,8 @@ impl Shard {
     /// What aggregation produced since the last commit goes into this one.
     /// What it produces now waits for the next batch when commands are
     /// already queued, and gets a commit of its own only when none are:
-    /// under load, a separate commit (a write and an fdatasync) for every
-    /// batch's aggregated messages delayed the requests queued behind it.
+    /// under load, giving every batch's aggregated messages their own commit
+    /// cost a second write and fdatasync per batch.
     async fn apply(&mut self, commands: Vec<Command>, queue: &flume::Receiver<Command>) -> Option<flume::Sender<()>> {
         let mut batch = Batch::default();
         for command in commands {
