@@ -6,15 +6,18 @@
 //! no answer waiting for the socket, no event stream. hyper answers a head it
 //! cannot parse with an empty-bodied error and may drop it unflushed, so
 //! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
-//! (400, 414, 431 or 505) once hyper has given the socket back. Pipelined
+//! (400, 414, 431 or 505) once hyper has given the socket back. Its buffers
+//! are charged to the memory budget ([`crate::http::charge`]): a connection
+//! whose buffers the budget cannot cover is answered 503 and closed. Pipelined
 //! requests reach hyper one at a time ([`crate::http::frame`]), so the answers
 //! to the requests before a malformed one are written first. This module must
 //! never interpret a body or route a request.
 
+use crate::http::charge::BufferCharge;
 use crate::http::frame::{Framer, Refused};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -59,9 +62,22 @@ impl Drop for Busy {
     }
 }
 
-/// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through a small
-/// owned buffer into hyper's cursor, so hyper's spare capacity is never
-/// zero-filled first (glommio wants an initialised slice).
+/// The buffer a shard's connections read their sockets into, one at a time:
+/// what a read brings is copied out before the read returns, so one buffer
+/// serves every connection of the shard.
+pub type ReadBuffer = Rc<RefCell<Box<[u8]>>>;
+
+/// The size of [`ReadBuffer`]: the most one socket read brings.
+const READ_BYTES: usize = 16 * 1024;
+
+/// A new [`ReadBuffer`] for one shard's connections.
+pub fn read_buffer() -> ReadBuffer {
+    Rc::new(RefCell::new(vec![0; READ_BYTES].into_boxed_slice()))
+}
+
+/// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through the
+/// shard's [`ReadBuffer`] into hyper's cursor, so hyper's spare capacity is
+/// never zero-filled first (glommio wants an initialised slice).
 pub struct GlommioIo {
     stream: TcpStream,
     gate: Rc<crate::http::sse::WriteGate>,
@@ -81,17 +97,27 @@ pub struct GlommioIo {
     request: u64,
     /// Why the framer refused a request, answered by [`finish`].
     refused: Option<&'static str>,
-    scratch: Box<[u8]>,
+    /// The shard's buffer that socket reads land in.
+    read_buffer: ReadBuffer,
+    /// The memory budget this connection's buffers hold.
+    charge: BufferCharge,
+    /// The budget could not cover the buffers: [`finish`] answers 503.
+    over_budget: bool,
+}
+
+/// What a connection is served with besides its socket.
+pub struct Serving {
+    pub gate: Rc<crate::http::sse::WriteGate>,
+    pub activity: Rc<Activity>,
+    pub idle_timeout: Duration,
+    pub max_head: usize,
+    pub read_buffer: ReadBuffer,
+    pub charge: BufferCharge,
 }
 
 impl GlommioIo {
-    pub fn new(
-        stream: TcpStream,
-        gate: Rc<crate::http::sse::WriteGate>,
-        activity: Rc<Activity>,
-        idle_timeout: Duration,
-        max_head: usize,
-    ) -> Self {
+    pub fn new(stream: TcpStream, serving: Serving) -> Self {
+        let Serving { gate, activity, idle_timeout, max_head, read_buffer, charge } = serving;
         Self {
             stream,
             gate,
@@ -105,8 +131,40 @@ impl GlommioIo {
             framer: Framer::new(max_head),
             request: 1,
             refused: None,
-            scratch: vec![0; 16 * 1024].into_boxed_slice(),
+            read_buffer,
+            charge,
+            over_budget: false,
         }
+    }
+
+    /// Brings the connection's charge to what its buffers hold, after they
+    /// grew; an error when the budget cannot cover them.
+    fn follow_buffers(&mut self) -> std::io::Result<()> {
+        let (pending, head) = self.head_buffers();
+        if self.charge.follow(pending, head).is_err() {
+            self.over_budget = true;
+            metrics::counter!("jimbus_budget_denials_total", "component" => "connection").increment(1);
+            return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "the memory budget is spent"));
+        }
+        Ok(())
+    }
+
+    /// Frees `pending` once a large head or pipelined burst in it has gone
+    /// on to hyper, and gives back what the buffers no longer hold.
+    fn release_buffers(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 2 * READ_BYTES {
+            self.pending = Vec::new();
+        }
+        let (pending, head) = self.head_buffers();
+        self.charge.shrink(pending, head);
+    }
+
+    /// The buffers that hold a head: `pending` while the framer reads one
+    /// (a body's bytes in it are the request's, charged by its grant), and
+    /// the framer's copy.
+    fn head_buffers(&self) -> (usize, usize) {
+        let head = self.framer.held();
+        (if self.framer.in_head() { self.pending.capacity() } else { 0 }, head)
     }
 
     /// True once hyper has dispatched the current request and its answer has
@@ -153,6 +211,7 @@ impl hyper::rt::Read for GlommioIo {
                 buf.put_slice(&this.pending[..n]);
                 this.pending.drain(..n);
                 this.ready -= n;
+                this.release_buffers();
                 return Poll::Ready(Ok(()));
             }
             if this.framer.is_done() {
@@ -164,7 +223,11 @@ impl hyper::rt::Read for GlommioIo {
                 this.request += 1;
             }
             if !this.pending.is_empty() {
-                match this.framer.take(&this.pending) {
+                let taken = this.framer.take(&this.pending);
+                if let Err(e) = this.follow_buffers() {
+                    return Poll::Ready(Err(e));
+                }
+                match taken {
                     Err(Refused(reason)) => {
                         this.refused = Some(reason);
                         return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
@@ -184,7 +247,11 @@ impl hyper::rt::Read for GlommioIo {
                     this.ready = this.pending.len();
                 }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => {
+                    if let Err(e) = this.follow_buffers() {
+                        return Poll::Ready(Err(e));
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -195,10 +262,17 @@ impl hyper::rt::Read for GlommioIo {
 impl GlommioIo {
     /// Reads from the socket into `pending`, timing out an idle connection.
     fn read_socket(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_read(cx, &mut self.scratch) {
+        let read = {
+            let mut read_buffer = self.read_buffer.borrow_mut();
+            let read = Pin::new(&mut self.stream).poll_read(cx, &mut read_buffer);
+            if let Poll::Ready(Ok(n)) = read {
+                self.pending.extend_from_slice(&read_buffer[..n]);
+            }
+            read
+        };
+        match read {
             Poll::Ready(Ok(n)) => {
                 self.idle = None;
-                self.pending.extend_from_slice(&self.scratch[..n]);
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -289,6 +363,8 @@ fn is_unparsed(error: &hyper::Error) -> bool {
 pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
     if let Some(reason) = io.refused.take() {
         answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
+    } else if io.over_budget {
+        answer(&mut io, 503, "Service Unavailable", MEMORY_SPENT).await;
     } else if let Some(error) = error.filter(|e| is_unparsed(e)) {
         answer_unparsed(&mut io, error).await;
     }
@@ -301,15 +377,24 @@ async fn answer_unparsed(io: &mut GlommioIo, error: &hyper::Error) {
     answer(io, status, reason, &format!("malformed request: {error}")).await;
 }
 
-/// Writes a JSON error answer on the raw socket.
+/// What a connection refused for memory is told.
+const MEMORY_SPENT: &str = "the server's memory budget is spent, retry later";
+
+/// Writes a JSON error answer on the raw socket; a 503 says when to retry.
 async fn answer(io: &mut GlommioIo, status: u16, reason: &str, message: &str) {
+    let _ = io.stream.write_all(answer_bytes(status, reason, message).as_bytes()).await;
+}
+
+/// The bytes of a JSON error answer that closes its connection.
+pub fn answer_bytes(status: u16, reason: &str, message: &str) -> String {
     let body = serde_json::json!({"status": "error", "error": message}).to_string();
+    let retry = if status == 503 { "retry-after: 1\r\n" } else { "" };
     let answer = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     metrics::counter!("jimbus_http_requests_total", "status" => status.to_string()).increment(1);
-    let _ = io.stream.write_all(answer.as_bytes()).await;
+    answer
 }
 
 #[cfg(test)]

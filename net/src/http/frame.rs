@@ -52,6 +52,21 @@ impl Framer {
         self.state == State::Done
     }
 
+    /// The bytes of capacity the framer holds for the current head (or chunk
+    /// line), which the connection's memory charge follows.
+    pub fn held(&self) -> usize {
+        match &self.state {
+            State::Head(seen) => seen.capacity(),
+            State::ChunkLine { line, .. } => line.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// True while the framer reads a head or a chunk line, not a body.
+    pub fn in_head(&self) -> bool {
+        matches!(self.state, State::Head(_) | State::ChunkLine { .. })
+    }
+
     /// Starts looking for the next request's head.
     pub fn next_request(&mut self) {
         if self.state == State::Done {

@@ -14,6 +14,7 @@
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
+pub mod charge;
 pub mod conn;
 pub mod context;
 pub mod frame;
@@ -23,7 +24,8 @@ pub mod sse;
 pub mod timer;
 pub mod ui;
 
-use crate::http::conn::{finish, Activity, GlommioIo};
+use crate::http::charge::BufferCharge;
+use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, too_large, unavailable};
 use crate::http::timer::ShardTimer;
@@ -131,13 +133,16 @@ pub struct Listener {
     connections: Cell<usize>,
     /// Woken when the last connection closes.
     idle: event_listener::Event,
+    /// The buffer every connection of the shard reads its socket into.
+    read_buffer: ReadBuffer,
 }
 
 type Body = Full<Bytes>;
 
 impl Listener {
     pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, context: Arc<EdgeContext>) -> Rc<Self> {
-        Rc::new(Self { shard, bus, options, context, connections: Cell::new(0), idle: event_listener::Event::new() })
+        let (connections, idle, read_buffer) = (Cell::new(0), event_listener::Event::new(), conn::read_buffer());
+        Rc::new(Self { shard, bus, options, context, connections, idle, read_buffer })
     }
 
     /// Accepts connections until the process stops, then waits for open
@@ -171,13 +176,15 @@ impl Listener {
     fn spawn_connection(self: Rc<Self>, mut stream: TcpStream) {
         if self.connections.get() >= self.options.max_connections {
             metrics::counter!("jimbus_http_connections_refused_total").increment(1);
+            let answer = conn::answer_bytes(503, "Service Unavailable", "too many connections, retry later");
             glommio::spawn_local(async move {
-                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
                 let _ = stream.close().await;
             })
             .detach();
             return;
         }
+        let charge = BufferCharge::new(&self.context.budget);
         self.connections.set(self.connections.get() + 1);
         // A response written while the previous one is unacknowledged must not
         // wait for the client's delayed ACK (Nagle).
@@ -190,7 +197,7 @@ impl Listener {
                 peer: stream.peer_addr().ok(),
                 gate: crate::http::sse::WriteGate::new(),
             };
-            handler.serve(stream).await;
+            handler.serve(stream, charge).await;
             self.connections.set(self.connections.get() - 1);
             if self.connections.get() == 0 {
                 self.idle.notify(usize::MAX);
@@ -205,8 +212,6 @@ impl Listener {
 /// came from (`cargo run --release -p jimbus-perf --example decoded_size`
 /// measures it), rounded up.
 const GRANT_PER_BODY_BYTE: u64 = 6;
-
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 63\r\n\r\n{\"status\":\"error\",\"error\":\"too many connections, retry later\"}\n";
 
 /// The largest request head (request line and headers); more gets 431 (414 for
 /// the request line alone). hyper reads at most this much at once.
@@ -225,12 +230,19 @@ struct Handler {
 }
 
 impl Handler {
-    async fn serve(self, stream: TcpStream) {
+    async fn serve(self, stream: TcpStream, charge: BufferCharge) {
         let shutdown = self.listener.context.shutdown.clone();
         let header_timeout = self.listener.options.header_timeout;
         let activity = Activity::new();
-        let idle_timeout = self.listener.options.idle_timeout;
-        let io = GlommioIo::new(stream, self.gate.clone(), activity.clone(), idle_timeout, MAX_HEAD_BYTES);
+        let serving = Serving {
+            gate: self.gate.clone(),
+            activity: activity.clone(),
+            idle_timeout: self.listener.options.idle_timeout,
+            max_head: MAX_HEAD_BYTES,
+            read_buffer: self.listener.read_buffer.clone(),
+            charge,
+        };
+        let io = GlommioIo::new(stream, serving);
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
