@@ -13,7 +13,7 @@
 //! to the requests before a malformed one are written first. This module must
 //! never interpret a body or route a request.
 
-use crate::http::charge::BufferCharge;
+use crate::http::charge::{BufferCharge, Buffers};
 use crate::http::frame::{Framer, Refused};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -140,8 +140,7 @@ impl GlommioIo {
     /// Brings the connection's charge to what its buffers hold, after they
     /// grew; an error when the budget cannot cover them.
     fn follow_buffers(&mut self) -> std::io::Result<()> {
-        let (pending, head) = self.head_buffers();
-        if self.charge.follow(pending, head).is_err() {
+        if self.charge.follow(self.buffers()).is_err() {
             self.over_budget = true;
             metrics::counter!("jimbus_budget_denials_total", "component" => "connection").increment(1);
             return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "the memory budget is spent"));
@@ -155,16 +154,15 @@ impl GlommioIo {
         if self.pending.is_empty() && self.pending.capacity() > 2 * READ_BYTES {
             self.pending = Vec::new();
         }
-        let (pending, head) = self.head_buffers();
-        self.charge.shrink(pending, head);
+        self.charge.shrink(self.buffers());
     }
 
-    /// The buffers that hold a head: `pending` while the framer reads one
-    /// (a body's bytes in it are the request's, charged by its grant), and
-    /// the framer's copy.
-    fn head_buffers(&self) -> (usize, usize) {
-        let head = self.framer.held();
-        (if self.framer.in_head() { self.pending.capacity() } else { 0 }, head)
+    /// What the buffers hold for the current head: `pending` while the framer
+    /// reads one (a body's bytes in it are the request's, charged by its
+    /// grant), the framer's lines, and what hyper was handed of it.
+    fn buffers(&self) -> Buffers {
+        let pending = if self.framer.in_head() { self.pending.capacity() } else { 0 };
+        Buffers { pending, framer: self.framer.held(), head_passed: self.framer.head_passed() }
     }
 
     /// True once hyper has dispatched the current request and its answer has

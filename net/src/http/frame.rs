@@ -7,13 +7,15 @@
 //! end of each request (its head, then a `Content-Length` body or a chunked
 //! one) and refuses a head with both `Content-Length` and `Transfer-Encoding`
 //! (a smuggling vector hyper would accept). It never judges anything else: a
-//! head it cannot make sense of is passed on whole, and hyper answers it.
+//! head it cannot make sense of is passed on whole, and hyper answers it. A
+//! head is read line by line as it passes, keeping only the lines that decide
+//! its framing, so the framer never holds a copy of it.
 
 /// What the framer is reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
-    /// The bytes of the current head passed on so far.
-    Head(Vec<u8>),
+    /// The current head, read as it passes.
+    Head(HeadScan),
     /// Bytes of a `Content-Length` body still to come.
     Body(u64),
     /// A chunk-size line (or a trailer line, after the last chunk) so far.
@@ -26,11 +28,101 @@ enum State {
     Opaque,
 }
 
+/// A head read line by line as its bytes pass, keeping only what decides
+/// its framing: a copy of the whole head would double what a big head holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct HeadScan {
+    /// Bytes of the head passed on so far.
+    passed: usize,
+    /// The request line has ended.
+    past_request_line: bool,
+    /// The current line so far, while it may be a `Content-Length` or
+    /// `Transfer-Encoding` line; no other line is kept.
+    line: Vec<u8>,
+    /// The current line is of no interest: its bytes are not kept.
+    skipping: bool,
+    /// The last `Content-Length` value, when it was a number.
+    length: Option<u64>,
+    /// `Content-Length` lines seen.
+    lengths: u32,
+    /// A `Transfer-Encoding` line was seen.
+    encoded: bool,
+    /// The last `Transfer-Encoding` ends in `chunked`.
+    chunked: bool,
+}
+
+/// The header names that decide a request's framing, lower case with their colon.
+const FRAMING_HEADERS: [&[u8]; 2] = [b"content-length:", b"transfer-encoding:"];
+
+impl HeadScan {
+    /// Reads `bytes` of the head as they pass.
+    fn read(&mut self, mut bytes: &[u8]) {
+        self.passed += bytes.len();
+        while let Some(newline) = memchr::memchr(b'\n', bytes) {
+            self.keep(&bytes[..newline]);
+            self.end_line();
+            bytes = &bytes[newline + 1..];
+        }
+        self.keep(bytes);
+    }
+
+    /// Keeps part of the current line while it may name a framing header.
+    fn keep(&mut self, part: &[u8]) {
+        if self.skipping || !self.past_request_line || part.is_empty() {
+            return;
+        }
+        self.line.extend_from_slice(part);
+        let line = &self.line;
+        let possible = FRAMING_HEADERS.iter().any(|header| {
+            let n = line.len().min(header.len());
+            line[..n].eq_ignore_ascii_case(&header[..n])
+        });
+        if !possible {
+            self.skipping = true;
+            self.line = Vec::new();
+        }
+    }
+
+    /// A line ended: a framing header's value is noted.
+    fn end_line(&mut self) {
+        if !self.past_request_line {
+            self.past_request_line = true;
+            return;
+        }
+        let line = std::mem::take(&mut self.line);
+        self.skipping = false;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { return };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.lengths += 1;
+            self.length = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.encoded = true;
+            self.chunked = value.eq_ignore_ascii_case(b"chunked") || value.ends_with(b"chunked");
+        }
+    }
+
+    /// What follows the head, or why the request is refused.
+    fn framing(&self) -> Result<State, Refused> {
+        Ok(match (self.encoded, self.lengths, self.length) {
+            (true, 1.., _) => return Err(Refused("a request with both Content-Length and Transfer-Encoding")),
+            (true, _, _) if self.chunked => State::ChunkLine { line: Vec::new(), trailers: false },
+            // A bad or repeated length, or an encoding hyper refuses: hyper answers it.
+            (true, _, _) | (false, 2.., _) | (false, 1, None) => State::Opaque,
+            (false, 1, Some(0)) | (false, 0, _) => State::Done,
+            (false, 1, Some(n)) => State::Body(n),
+        })
+    }
+}
+
 /// Finds request boundaries; see the module documentation.
 #[derive(Debug)]
 pub struct Framer {
     state: State,
     max_head: usize,
+    /// The length of the last whole head passed on.
+    last_head: usize,
 }
 
 /// A request the framer refuses before hyper sees it.
@@ -39,12 +131,12 @@ pub struct Refused(pub &'static str);
 
 impl Framer {
     pub fn new(max_head: usize) -> Self {
-        Self { state: State::Head(Vec::new()), max_head }
+        Self { state: State::Head(HeadScan::default()), max_head, last_head: 0 }
     }
 
     /// A framer that passes everything on (the stream's framing is lost).
     pub fn opaque() -> Self {
-        Self { state: State::Opaque, max_head: 0 }
+        Self { state: State::Opaque, max_head: 0, last_head: 0 }
     }
 
     /// True when the current request has been passed on whole.
@@ -52,13 +144,21 @@ impl Framer {
         self.state == State::Done
     }
 
-    /// The bytes of capacity the framer holds for the current head (or chunk
-    /// line), which the connection's memory charge follows.
+    /// The bytes of capacity the framer holds for the current head's framing
+    /// line (or chunk line), which the connection's memory charge follows.
     pub fn held(&self) -> usize {
         match &self.state {
-            State::Head(seen) => seen.capacity(),
+            State::Head(scan) => scan.line.capacity(),
             State::ChunkLine { line, .. } => line.capacity(),
             _ => 0,
+        }
+    }
+
+    /// Bytes of the current head passed on so far; past it, the whole head's.
+    pub fn head_passed(&self) -> usize {
+        match &self.state {
+            State::Head(scan) => scan.passed,
+            _ => self.last_head,
         }
     }
 
@@ -70,7 +170,7 @@ impl Framer {
     /// Starts looking for the next request's head.
     pub fn next_request(&mut self) {
         if self.state == State::Done {
-            self.state = State::Head(Vec::new());
+            self.state = State::Head(HeadScan::default());
         }
     }
 
@@ -116,44 +216,25 @@ impl Framer {
     /// nothing more can go. A head's bytes go on as they come (so that hyper's
     /// header timeout runs), all but the last three, which may begin the blank
     /// line that ends it: hyper gets the whole head only once it is checked.
+    /// Those three are the front of the next `rest`, so the blank line is
+    /// always found in `rest` alone.
     fn head(&mut self, rest: &[u8]) -> Result<usize, Refused> {
-        let State::Head(seen) = &mut self.state else { unreachable!("in a head") };
-        let passed = seen.len();
-        let combined = [&seen[..], rest].concat();
-        let from = passed.saturating_sub(3);
-        let Some(end) = combined[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i) else {
-            if combined.len() > self.max_head {
+        let State::Head(scan) = &mut self.state else { unreachable!("in a head") };
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if scan.passed + rest.len() > self.max_head {
                 // hyper answers 431 for it.
                 self.state = State::Opaque;
                 return Ok(rest.len());
             }
             let more = rest.len().saturating_sub(3);
-            seen.extend_from_slice(&rest[..more]);
+            scan.read(&rest[..more]);
             return Ok(more);
         };
-        let head = &combined[..end];
-        let (mut length, mut lengths, mut chunked, mut encoded) = (None, 0u32, false, false);
-        for line in head.split(|&b| b == b'\n').skip(1) {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-            if name.eq_ignore_ascii_case(b"content-length") {
-                lengths += 1;
-                length = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                encoded = true;
-                chunked = value.eq_ignore_ascii_case(b"chunked") || value.ends_with(b"chunked");
-            }
-        }
-        self.state = match (encoded, lengths, length) {
-            (true, 1.., _) => return Err(Refused("a request with both Content-Length and Transfer-Encoding")),
-            (true, _, _) if chunked => State::ChunkLine { line: Vec::new(), trailers: false },
-            // A bad or repeated length, or an encoding hyper refuses: hyper answers it.
-            (true, _, _) | (false, 2.., _) | (false, 1, None) => State::Opaque,
-            (false, 1, Some(0)) | (false, 0, _) => State::Done,
-            (false, 1, Some(n)) => State::Body(n),
-        };
-        Ok(end + 4 - passed)
+        // The last line's CRLF ends it; the blank line's is not part of any.
+        scan.read(&rest[..end + 2]);
+        self.last_head = scan.passed + 2;
+        self.state = scan.framing()?;
+        Ok(end + 4)
     }
 
     /// Reads part of a chunk-size or trailer line; returns the bytes taken.
@@ -261,6 +342,99 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Feeds `stream` to a framer in pieces of the `cuts` sizes, as a
+    /// connection does: the bytes taken when the first request is done, the
+    /// refusal, or `None` when it never is (hyper gets the rest unframed).
+    fn first_request(stream: &[u8], cuts: &[usize]) -> Result<Option<usize>, Refused> {
+        let mut framer = Framer::new(64 * 1024);
+        let (mut pending, mut at, mut taken) = (Vec::new(), 0, 0);
+        for cut in cuts.iter().cycle() {
+            let end = (at + cut).min(stream.len());
+            pending.extend_from_slice(&stream[at..end]);
+            at = end;
+            let n = framer.take(&pending)?;
+            pending.drain(..n);
+            taken += n;
+            if framer.is_done() {
+                return Ok(Some(taken));
+            }
+            if at == stream.len() && n == 0 {
+                return Ok(None);
+            }
+        }
+        unreachable!("cuts is never empty")
+    }
+
+    /// A header line of the kinds that decide framing, and others.
+    fn header_line() -> impl proptest::strategy::Strategy<Value = (String, String)> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            (0u32..40).prop_map(|n| ("Content-Length".to_string(), n.to_string())),
+            prop_oneof![Just("chunked"), Just("gzip"), Just("gzip, chunked"), Just("CHUNKED"), Just("gzip, CHUNKED")]
+                .prop_map(|v| ("Transfer-Encoding".to_string(), v.to_string())),
+            "[a-z ]{0,300}".prop_map(|v| ("X-Pad".to_string(), v)),
+            Just(("Content-Lengthy".to_string(), "7".to_string())),
+        ];
+        (value, any::<u32>()).prop_map(|((name, value), case)| {
+            let name = name
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if case >> (i % 32) & 1 == 1 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect();
+            (name, value)
+        })
+    }
+
+    proptest::proptest! {
+        /// A head's framing does not depend on how its bytes arrive, and is
+        /// the one its lines call for: one length, a chunked encoding, no
+        /// body, or refused for both (or left to hyper otherwise).
+        #[test]
+        fn a_heads_framing_is_what_its_lines_say_however_it_arrives(
+            headers in proptest::collection::vec(header_line(), 0..6),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+        ) {
+            let mut head = "POST /api/v1/events HTTP/1.1\r\n".to_string();
+            for (name, value) in &headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let named = |wanted: &'static str| headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(wanted));
+            let lengths: Vec<u64> = named("content-length").map(|(_, v)| v.parse().unwrap()).collect();
+            let chunked = named("transfer-encoding")
+                .next_back()
+                .map(|(_, v)| v.eq_ignore_ascii_case("chunked") || v.ends_with("chunked"));
+            let chunks = "5\r\nhello\r\n0\r\n\r\n";
+            let (body, expected) = match (chunked, lengths.as_slice()) {
+                (Some(_), [_, ..]) => (String::new(), Err(Refused("a request with both Content-Length and Transfer-Encoding"))),
+                (Some(true), []) => (chunks.to_string(), Ok(Some(head.len() + chunks.len()))),
+                (Some(false), []) | (None, [_, _, ..]) => (String::new(), Ok(None)),
+                (None, [n]) => ("b".repeat(*n as usize), Ok(Some(head.len() + *n as usize))),
+                (None, []) => (String::new(), Ok(Some(head.len()))),
+            };
+            let stream = format!("{head}{body}GET /health HTTP/1.1\r\n\r\n").into_bytes();
+            proptest::prop_assert_eq!(first_request(&stream, &[stream.len()]), expected);
+            proptest::prop_assert_eq!(first_request(&stream, &cuts), expected);
+        }
+    }
+
+    #[test]
+    fn a_long_head_is_passed_on_without_a_copy_of_it() {
+        let mut framer = Framer::new(64 * 1024);
+        let head = format!("POST / HTTP/1.1\r\nX-Pad: {}\r\nContent-Length: 2\r\n\r\nab", "h".repeat(60_000));
+        let (mut pending, mut taken) = (Vec::new(), 0);
+        for piece in head.as_bytes().chunks(16 * 1024) {
+            pending.extend_from_slice(piece);
+            let n = framer.take(&pending).unwrap();
+            pending.drain(..n);
+            taken += n;
+            assert!(framer.held() < 1024, "the framer holds {} bytes", framer.held());
+        }
+        assert!(framer.is_done());
+        assert_eq!(taken, head.len());
+        assert_eq!(framer.head_passed(), head.len() - 2, "hyper was handed the whole head, then its body");
     }
 
     #[test]
