@@ -6,8 +6,8 @@
 //! the framer keeps of a head in progress, and hyper's read buffer, which
 //! grows to the largest head the connection has sent and keeps that size.
 //! Without it a client could hold copies of a 64 KiB head on each of
-//! thousands of connections outside the budget. A connection's idle state and its first
-//! [`FREE_BUFFER_BYTES`] of buffers are a fixed cost bounded by
+//! thousands of connections outside the budget. A connection's idle state
+//! and its first [`FREE_BUFFER_BYTES`] of buffers are a fixed cost bounded by
 //! `--max-connections` instead, so that health probes and metrics scrapes are
 //! served while the budget is spent. When the budget cannot cover the rest,
 //! the connection is answered 503 and closed. This module must never allocate
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// The buffers every connection may hold without a charge: one socket read
 /// and a usual head (a mod's is about 200 bytes, a browser's 1–2 KiB) with
-/// its copies. Besides them an idle connection holds about 16 KiB (its task,
+/// its copies. Besides them an idle connection holds about 17 KiB (its task,
 /// hyper's state and first read buffer; `docs/tuning.md`).
 pub const FREE_BUFFER_BYTES: u64 = 16 * 1024;
 
@@ -58,11 +58,6 @@ impl BufferCharge {
     pub fn new(budget: &Arc<MemoryBudget>) -> Self {
         let grant = budget.request(0, 0).expect("a request for nothing is always granted");
         Self { grant, longest_head: 0 }
-    }
-
-    /// The bytes charged now.
-    pub fn bytes(&self) -> u64 {
-        self.grant.bytes()
     }
 
     /// Brings the charge to what `buffers` hold, after they grew.
@@ -118,7 +113,7 @@ mod tests {
         assert_eq!(budget.used(), hypers, "hyper keeps the buffer the head grew");
         charge.follow(buffers(16 * 1024, 0, 0)).unwrap();
         charge.follow(buffers(1024, 0, 0)).unwrap();
-        assert_eq!(charge.bytes(), hypers + 16 * 1024, "a drop within the slack stays");
+        assert_eq!(budget.used(), hypers + 16 * 1024, "a drop within the slack stays");
         drop(charge);
         assert_eq!(budget.used(), 0);
     }

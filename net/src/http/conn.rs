@@ -107,11 +107,17 @@ pub struct GlommioIo {
 
 /// What a connection is served with besides its socket.
 pub struct Serving {
+    /// What the socket has taken, for an event stream's flow control.
     pub gate: Rc<crate::http::sse::WriteGate>,
+    /// The connection's requests in progress, shared with its service.
     pub activity: Rc<Activity>,
+    /// A connection idle this long is closed.
     pub idle_timeout: Duration,
+    /// The largest head the framer passes on as a head (hyper answers 431 beyond).
     pub max_head: usize,
+    /// The shard's buffer that socket reads land in.
     pub read_buffer: ReadBuffer,
+    /// The connection's part of the memory budget.
     pub charge: BufferCharge,
 }
 
