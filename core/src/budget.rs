@@ -141,6 +141,15 @@ impl<C: Counter> Grant<C> {
         }
     }
 
+    /// Takes over `other`'s bytes, which then come back with this grant.
+    ///
+    /// # Panics
+    /// When `other` is a grant of another budget.
+    pub fn merge(&mut self, mut other: Grant<C>) {
+        assert!(Arc::ptr_eq(&self.budget, &other.budget), "grants of one budget");
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
     /// Gives back what is no longer needed, keeping `keep` bytes.
     pub fn shrink_to(&mut self, keep: u64) {
         if keep < self.bytes {
@@ -198,6 +207,16 @@ mod tests {
         assert!(!grant.try_grow(11), "only 10 are free");
         assert_eq!(budget.used(), 90);
         drop(grant);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_merged_grant_comes_back_with_the_one_it_joined() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let mut first = budget.request(30, 30).unwrap();
+        first.merge(budget.request(20, 20).unwrap());
+        assert_eq!((first.bytes(), budget.used()), (50, 50));
+        drop(first);
         assert_eq!(budget.used(), 0);
     }
 

@@ -21,6 +21,7 @@ use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::{self, StartPosition};
 use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::delivery_server::event_bus_service_server::{EventBusService, EventBusServiceServer};
+use jimbus_proto::encoded_events::EncodedEvents;
 use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
 use std::net::SocketAddr;
@@ -73,8 +74,8 @@ pub fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> ht
     response
 }
 
-fn check_count(events: &[pb::Event]) -> Result<(), Status> {
-    if events.len() > MAX_EVENTS {
+fn check_count(events: &EncodedEvents) -> Result<(), Status> {
+    if events.count() > MAX_EVENTS {
         return Err(Status::invalid_argument(format!("events: more than {MAX_EVENTS} in one request")));
     }
     Ok(())
@@ -90,9 +91,14 @@ pub struct BusService {
     budget: Arc<MemoryBudget>,
 }
 
-/// Memory a queued event holds per byte of its encoding: the decoded message
-/// and its boxes take several times their wire size.
+/// Memory a queued event holds per byte of its encoding: its strings, lists
+/// and maps take several times their wire size.
 const HELD_PER_ENCODED_BYTE: u64 = 4;
+
+/// Memory every decoded event holds whatever its size on the wire (an empty
+/// event is 2 bytes): its message in the decoded list, again in its box, and
+/// small allocations.
+const HELD_PER_EVENT: u64 = 2 * std::mem::size_of::<pb::Event>() as u64 + 256;
 
 fn request_id<T>(request: &Request<T>) -> String {
     admit::request_id(request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()))
@@ -116,6 +122,7 @@ fn status_of(e: BusError) -> Status {
 /// A queued request's outcomes, and the memory its events hold until then.
 struct Held {
     outcomes: BusFuture<Vec<ItemOutcome>>,
+    /// The memory of the request's events, held until they are durable.
     _grant: Grant,
 }
 
@@ -132,15 +139,22 @@ impl BusService {
         Self { bus, budget }
     }
 
-    /// Grants the memory `events` hold until they are durable; when the budget
-    /// is spent the call fails with RESOURCE_EXHAUSTED (the client retries).
-    fn grant(&self, events: &[pb::Event]) -> Result<Grant, Status> {
-        let held: u64 = events.iter().map(|e| prost::Message::encoded_len(e) as u64 + 256).sum();
-        let want = held * HELD_PER_ENCODED_BYTE;
-        self.budget.request(want, want).ok_or_else(|| {
+    /// Decodes a request's events once their number is checked and the
+    /// memory they hold until they are durable is granted: too many is
+    /// INVALID_ARGUMENT, and a spent budget RESOURCE_EXHAUSTED (the client
+    /// retries), both before anything is decoded.
+    fn decode_granted(&self, events: EncodedEvents) -> Result<(Vec<pb::Event>, Grant), Status> {
+        check_count(&events)?;
+        let encoded = prost::Message::encoded_len(&events) as u64;
+        let want = encoded * HELD_PER_ENCODED_BYTE + events.count() as u64 * HELD_PER_EVENT;
+        let grant = self.budget.request(want, want).ok_or_else(|| {
             metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
             Status::resource_exhausted("the server's memory budget is spent, retry later")
-        })
+        })?;
+        let decoded = events
+            .decode_events()
+            .map_err(|e| Status::invalid_argument(format!("failed to decode Protobuf message: {e}")))?;
+        Ok((decoded, grant))
     }
 
     /// Validates and stamps events and queues the valid ones; `first_index`
@@ -222,14 +236,13 @@ type DeliveryStream = Pin<Box<dyn Stream<Item = Result<EncodedDelivery, Status>>
 
 #[tonic::async_trait]
 impl EventBusService for BusService {
-    async fn publish(&self, request: Request<bus::PublishRequest>) -> Result<Response<bus::PublishResponse>, Status> {
+    async fn publish(&self, request: Request<EncodedEvents>) -> Result<Response<bus::PublishResponse>, Status> {
         let id = request_id(&request);
         let span = tracing::info_span!("publish", request_id = %id);
         async {
             let mut out = Published::default();
-            check_count(&request.get_ref().events)?;
-            let _grant = self.grant(&request.get_ref().events)?;
-            let outcomes = self.queue_events(request.into_inner().events, &id, 0, &mut out.rejected).await?;
+            let (events, _grant) = self.decode_granted(request.into_inner())?;
+            let outcomes = self.queue_events(events, &id, 0, &mut out.rejected).await?;
             out.settle(outcomes).await?;
             let response =
                 bus::PublishResponse { accepted: out.accepted, duplicates: out.duplicates, rejected: out.rejected };
@@ -241,7 +254,7 @@ impl EventBusService for BusService {
 
     async fn publish_batch(
         &self,
-        request: Request<tonic::Streaming<bus::PublishBatchRequest>>,
+        request: Request<tonic::Streaming<EncodedEvents>>,
     ) -> Result<Response<bus::PublishBatchResponse>, Status> {
         let id = request_id(&request);
         let span = tracing::info_span!("publish_batch", request_id = %id);
@@ -254,6 +267,7 @@ impl EventBusService for BusService {
             // gathered request (see GATHER_BYTES), queued when a slot frees.
             let mut unsettled = std::collections::VecDeque::new();
             let mut gathered: Vec<pb::Event> = Vec::new();
+            let mut gathered_grant: Option<Grant> = None;
             let mut gathered_bytes = 0;
             let mut ended = false;
             while !ended || !gathered.is_empty() {
@@ -262,7 +276,7 @@ impl EventBusService for BusService {
                     let events = std::mem::take(&mut gathered);
                     gathered_bytes = 0;
                     let count = events.len() as u32;
-                    let grant = self.grant(&events)?;
+                    let grant = gathered_grant.take().expect("gathered events hold a grant");
                     let outcomes = self.queue_events(events, &id, index, &mut out.rejected).await?;
                     unsettled.push_back(Held { outcomes, _grant: grant });
                     index += count;
@@ -289,10 +303,14 @@ impl EventBusService for BusService {
                     ended = true;
                     continue;
                 };
-                let events = message.map_err(invalid_if_undecodable)?.events;
-                check_count(&events)?;
-                gathered_bytes += events.iter().map(prost::Message::encoded_len).sum::<usize>();
+                let message = message.map_err(invalid_if_undecodable)?;
+                gathered_bytes += prost::Message::encoded_len(&message);
+                let (events, grant) = self.decode_granted(message)?;
                 gathered.extend(events);
+                match gathered_grant.as_mut() {
+                    Some(held) => held.merge(grant),
+                    None => gathered_grant = Some(grant),
+                }
             }
             while let Some(held) = unsettled.pop_front() {
                 out.settle(held.outcomes).await?;

@@ -1,5 +1,6 @@
 //! Defect 6: long PublishBatch streams, bytes that are not UTF-8, and the same
-//! depth limit as HTTP.
+//! depth limit as HTTP; requests whose events would take more memory decoded
+//! than their number or the budget allows are refused before decoding.
 
 use crate::harness::Jimbus;
 use jimbus_proto::bus;
@@ -72,19 +73,25 @@ fn durable_name_field() -> u32 {
     message.get_field_by_name("durable_name").unwrap().number()
 }
 
-/// Sends `body` as the encoded request of a unary or server-streaming method and
-/// returns the status code the call (or its stream's first message) ends with.
+/// Sends `body` as the encoded request of a method (as one message, whatever
+/// its streaming) and returns the code the call (or its stream's first
+/// message) ends with.
 async fn raw_call(channel: tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
+    raw_status(channel, method, body).await.code()
+}
+
+/// [`raw_call`]'s whole status.
+async fn raw_status(channel: tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path: http::uri::PathAndQuery = method.parse().unwrap();
     let codec = RawCodec;
     let result = grpc.server_streaming(tonic::Request::new(bytes::Bytes::from(body)), path, codec).await;
     match result {
-        Err(status) => status.code(),
+        Err(status) => status,
         Ok(response) => match response.into_inner().message().await {
-            Err(status) => status.code(),
-            Ok(_) => tonic::Code::Ok,
+            Err(status) => status,
+            Ok(_) => tonic::Status::ok(""),
         },
     }
 }
@@ -142,6 +149,50 @@ async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
     let fits = client.publish(bus::PublishRequest { events: vec![big(99)] }).await.unwrap().into_inner();
     assert_eq!(fits.accepted, 1);
+}
+
+/// A decoded event takes at least the size of `Event` (over 600 bytes) however
+/// few bytes it was sent in: 2,000,000 empty events in a 4 MB request decoded
+/// to 1.8 GB before their number was refused. They are counted first now, and
+/// the request is refused whole without being decoded.
+#[tokio::test(flavor = "multi_thread")]
+async fn millions_of_empty_events_are_refused_before_they_are_decoded() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    // `events` (field 1), empty, two million times.
+    let empty_events = [0x0a, 0x00].repeat(2_000_000);
+    for method in ["/jimbot.bus.v1.EventBusService/Publish", "/jimbot.bus.v1.EventBusService/PublishBatch"] {
+        let status = raw_status(channel.clone(), method, empty_events.clone()).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{method}: {status}");
+        assert!(status.message().contains("more than 100000"), "{method}: {status}");
+    }
+    let peak = server.process().unwrap().peak_rss_kib().unwrap();
+    assert!(peak < 256 << 10, "peak RSS {} MiB", peak >> 10);
+    let mut client = server.client().await;
+    let fits = client.publish(bus::PublishRequest { events: vec![event("empty", 1)] }).await.unwrap();
+    assert_eq!(fits.into_inner().accepted, 1);
+}
+
+/// What a publish's events take decoded is granted before they are decoded:
+/// 100,000 empty events ask about 150 MB, more than the 16 MiB a 32 MiB
+/// budget leaves beside the aggregator, so each request is refused at once
+/// and the server never holds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(32u64 << 20).to_string()]);
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    let empty_events = [0x0a, 0x00].repeat(100_000);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(raw_status(channel.clone(), "/jimbot.bus.v1.EventBusService/Publish", empty_events.clone()))
+        })
+        .collect();
+    for call in calls {
+        let status = call.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    }
+    let peak = server.process().unwrap().peak_rss_kib().unwrap();
+    assert!(peak < 64 << 10, "peak RSS {} MiB", peak >> 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
