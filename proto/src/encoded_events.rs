@@ -5,9 +5,10 @@
 //! Decoded, an event takes at least the size of `Event` (over 600 bytes)
 //! however few bytes it was sent in: an empty event is 2 bytes on the wire,
 //! so a 4 MB request of them decoded to 1.8 GB before its count could be
-//! refused. Reading a request into [`EncodedEvents`] copies its event fields
-//! and counts them; [`EncodedEvents::decode_events`] decodes them once the
-//! caller allows it. Both requests are `repeated Event events = 1`, so one type
+//! refused. Reading a request into [`EncodedEvents`] copies its event fields,
+//! counts them and adds up the heap each will take decoded
+//! ([`crate::decoded_size`]); [`EncodedEvents::decode_events`] decodes them
+//! once the caller allows it. Both requests are `repeated Event events = 1`, so one type
 //! serves both (see `build.rs`). This module must never judge an event.
 
 use crate::events as pb;
@@ -25,12 +26,20 @@ pub struct EncodedEvents {
     fields: Vec<u8>,
     /// How many events `fields` holds.
     count: usize,
+    /// The heap the events take decoded, beyond their `Event` structs.
+    decoded_heap: usize,
 }
 
 impl EncodedEvents {
     /// How many events the request holds.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// The heap the events take once decoded, beyond their `Event` structs
+    /// (an upper bound, [`crate::decoded_size::event_heap`]).
+    pub fn decoded_heap(&self) -> usize {
+        self.decoded_heap
     }
 
     /// Decodes the events.
@@ -60,6 +69,7 @@ impl Message for EncodedEvents {
         encoding::bytes::merge(wire_type, &mut event, buf, ctx)?;
         encoding::bytes::encode(EVENTS_FIELD, &event, &mut self.fields);
         self.count += 1;
+        self.decoded_heap += crate::decoded_size::event_heap(&event);
         Ok(())
     }
 
@@ -109,7 +119,17 @@ mod tests {
     fn empty_events_are_counted_without_being_decoded() {
         let wire = [EVENTS_FIELD as u8 * 8 + 2, 0].repeat(200_000);
         let encoded = EncodedEvents::decode(wire.as_slice()).unwrap();
-        assert_eq!((encoded.count(), encoded.encoded_len()), (200_000, 400_000));
+        assert_eq!((encoded.count(), encoded.encoded_len(), encoded.decoded_heap()), (200_000, 400_000, 0));
+    }
+
+    #[test]
+    fn the_decoded_heap_adds_up_each_events() {
+        let events = vec![event("a", "s"), pb::Event { subtype: "x".repeat(100), ..event("b", "s") }];
+        let encoded =
+            EncodedEvents::decode(PublishRequest { events: events.clone() }.encode_to_vec().as_slice()).unwrap();
+        let each: usize = events.iter().map(|e| crate::decoded_size::event_heap(&e.encode_to_vec())).sum();
+        assert_eq!(encoded.decoded_heap(), each);
+        assert!(each > 100, "the long subtype is counted");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! This crate only describes data. It must never do I/O or hold runtime state.
 
+pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
 pub mod validate;

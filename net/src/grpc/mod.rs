@@ -91,14 +91,15 @@ pub struct BusService {
     budget: Arc<MemoryBudget>,
 }
 
-/// Memory a queued event holds per byte of its encoding: its strings, lists
-/// and maps take several times their wire size.
-const HELD_PER_ENCODED_BYTE: u64 = 4;
+/// Memory a publish holds per byte of its encoding: the request in tonic's
+/// buffer while it is read, and its events' copy in `EncodedEvents`.
+const HELD_PER_ENCODED_BYTE: u64 = 2;
 
-/// Memory every decoded event holds whatever its size on the wire (an empty
-/// event is 2 bytes): its message in the decoded list, again in its box, and
-/// small allocations.
-const HELD_PER_EVENT: u64 = 2 * std::mem::size_of::<pb::Event>() as u64 + 256;
+/// Memory each decoded event's `Event` struct holds whatever its size on the
+/// wire (an empty event is 2 bytes): three slots of the decoded list while it
+/// grows (its old buffer and the new, twice as large), or two and its box.
+/// What the event holds besides is `EncodedEvents::decoded_heap`.
+const HELD_PER_EVENT: u64 = 3 * std::mem::size_of::<pb::Event>() as u64 + 256;
 
 fn request_id<T>(request: &Request<T>) -> String {
     admit::request_id(request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()))
@@ -146,7 +147,8 @@ impl BusService {
     fn decode_granted(&self, events: EncodedEvents) -> Result<(Vec<pb::Event>, Grant), Status> {
         check_count(&events)?;
         let encoded = prost::Message::encoded_len(&events) as u64;
-        let want = encoded * HELD_PER_ENCODED_BYTE + events.count() as u64 * HELD_PER_EVENT;
+        let want =
+            encoded * HELD_PER_ENCODED_BYTE + events.count() as u64 * HELD_PER_EVENT + events.decoded_heap() as u64;
         let grant = self.budget.request(want, want).ok_or_else(|| {
             metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
             Status::resource_exhausted("the server's memory budget is spent, retry later")

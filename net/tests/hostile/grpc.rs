@@ -195,6 +195,30 @@ async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
     assert!(peak < 64 << 10, "peak RSS {} MiB", peak >> 10);
 }
 
+/// One event can hold a free-form list of 1,000,000 empty values: 2 MB on
+/// the wire, about 50 MB decoded. What the values take decoded is counted
+/// from their encoding and granted first, so on a small budget such events
+/// are refused before any is decoded.
+#[tokio::test(flavor = "multi_thread")]
+async fn free_form_values_are_granted_their_decoded_size_before_they_are_decoded() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(64u64 << 20).to_string()]);
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    let values = prost_types::ListValue { values: vec![prost_types::Value::default(); 1_000_000] };
+    let list = prost_types::Value { kind: Some(prost_types::value::Kind::ListValue(values)) };
+    let mut big = event("values", 1);
+    big.extra = Some(prost_types::Struct { fields: [("list".to_string(), list)].into() });
+    let body = prost::Message::encode_to_vec(&bus::PublishRequest { events: vec![big] });
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(raw_status(channel.clone(), "/jimbot.bus.v1.EventBusService/Publish", body.clone())))
+        .collect();
+    for call in calls {
+        let status = call.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    }
+    let peak = server.process().unwrap().peak_rss_kib().unwrap();
+    assert!(peak < 96 << 10, "peak RSS {} MiB", peak >> 10);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_over_long_list_topics_pattern_is_invalid_argument() {
     let server = Jimbus::start(&[]);
