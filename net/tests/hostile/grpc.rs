@@ -174,25 +174,28 @@ async fn millions_of_empty_events_are_refused_before_they_are_decoded() {
 }
 
 /// What a publish's events take decoded is granted before they are decoded:
-/// 100,000 empty events ask about 150 MB, more than the 16 MiB a 32 MiB
+/// 100,000 empty events ask about 200 MB, more than the 16 MiB a 32 MiB
 /// budget leaves beside the aggregator, so each request is refused at once
 /// and the server never holds them.
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(32u64 << 20).to_string()]);
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
     let empty_events = [0x0a, 0x00].repeat(100_000);
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            tokio::spawn(raw_status(channel.clone(), "/jimbot.bus.v1.EventBusService/Publish", empty_events.clone()))
-        })
-        .collect();
+    all_refused_for_memory(&server, &empty_events, 8, 64).await;
+}
+
+/// Publishes `body` `calls` times at once: each must be RESOURCE_EXHAUSTED,
+/// and the server's peak RSS stay under `peak_mib`.
+async fn all_refused_for_memory(server: &Jimbus, body: &[u8], calls: usize, peak_mib: u64) {
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    let publish = "/jimbot.bus.v1.EventBusService/Publish";
+    let calls: Vec<_> = (0..calls).map(|_| tokio::spawn(raw_status(channel.clone(), publish, body.to_vec()))).collect();
     for call in calls {
         let status = call.await.unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     }
     let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    assert!(peak < 64 << 10, "peak RSS {} MiB", peak >> 10);
+    assert!(peak < peak_mib << 10, "peak RSS {} MiB", peak >> 10);
 }
 
 /// One event can hold a free-form list of 1,000,000 empty values: 2 MB on
@@ -202,21 +205,12 @@ async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn free_form_values_are_granted_their_decoded_size_before_they_are_decoded() {
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(64u64 << 20).to_string()]);
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
     let values = prost_types::ListValue { values: vec![prost_types::Value::default(); 1_000_000] };
     let list = prost_types::Value { kind: Some(prost_types::value::Kind::ListValue(values)) };
     let mut big = event("values", 1);
     big.extra = Some(prost_types::Struct { fields: [("list".to_string(), list)].into() });
     let body = prost::Message::encode_to_vec(&bus::PublishRequest { events: vec![big] });
-    let calls: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(raw_status(channel.clone(), "/jimbot.bus.v1.EventBusService/Publish", body.clone())))
-        .collect();
-    for call in calls {
-        let status = call.await.unwrap();
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
-    }
-    let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    assert!(peak < 96 << 10, "peak RSS {} MiB", peak >> 10);
+    all_refused_for_memory(&server, &body, 4, 96).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
