@@ -151,7 +151,16 @@ impl BusService {
             encoded * HELD_PER_ENCODED_BYTE + events.count() as u64 * HELD_PER_EVENT + events.decoded_heap() as u64;
         let grant = self.budget.request(want, want).ok_or_else(|| {
             metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
-            Status::resource_exhausted("the server's memory budget is spent, retry later")
+            let limit = self.budget.limit();
+            if want > limit {
+                // A retry would never fit: the client must split the request.
+                Status::resource_exhausted(format!(
+                    "the events take {want} bytes decoded, more than the server's whole memory budget \
+                     ({limit}); send fewer at a time"
+                ))
+            } else {
+                Status::resource_exhausted("the server's memory budget is spent, retry later")
+            }
         })?;
         let decoded = events
             .decode_events()

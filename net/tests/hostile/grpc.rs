@@ -147,6 +147,7 @@ async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
     let events: Vec<_> = (0..20).map(big).collect();
     let refused = client.publish(bus::PublishRequest { events }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("retry later"), "it fits the budget when nothing else holds it: {refused}");
     let fits = client.publish(bus::PublishRequest { events: vec![big(99)] }).await.unwrap().into_inner();
     assert_eq!(fits.accepted, 1);
 }
@@ -187,12 +188,15 @@ async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
 /// Publishes `body` `calls` times at once: each must be RESOURCE_EXHAUSTED,
 /// and the server's peak RSS stay under `peak_mib`.
 async fn all_refused_for_memory(server: &Jimbus, body: &[u8], calls: usize, peak_mib: u64) {
+    // More than the whole budget: the answer says to split, not to retry.
+    let says = "more than the server's whole memory budget";
     let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
     let publish = "/jimbot.bus.v1.EventBusService/Publish";
     let calls: Vec<_> = (0..calls).map(|_| tokio::spawn(raw_status(channel.clone(), publish, body.to_vec()))).collect();
     for call in calls {
         let status = call.await.unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        assert!(status.message().contains(says), "{status}");
     }
     let peak = server.process().unwrap().peak_rss_kib().unwrap();
     assert!(peak < peak_mib << 10, "peak RSS {} MiB", peak >> 10);
