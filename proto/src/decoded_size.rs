@@ -36,9 +36,9 @@ const NODE_EXTRA: usize = 16 + 12 * 8;
 /// bytes (see [`UNREAD_PER_BYTE`]).
 const MAX_DEPTH: u32 = 100;
 
-/// What a byte that cannot be walked (past [`MAX_DEPTH`], or malformed, which
-/// prost refuses after allocating up to it) is charged: the largest ratio a
-/// walked byte can reach.
+/// What a byte the walk cannot read is charged: past [`MAX_DEPTH`], or
+/// malformed. prost refuses such a message, and what it allocated before the
+/// bad byte is counted already; this keeps the figure generous all the same.
 const UNREAD_PER_BYTE: usize = 64;
 
 /// A scalar in a repeated field or a map: at most 8 bytes.
