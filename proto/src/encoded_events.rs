@@ -8,8 +8,9 @@
 //! refused. Reading a request into [`EncodedEvents`] copies its event fields,
 //! counts them and adds up the heap each will take decoded
 //! ([`crate::decoded_size`]); [`EncodedEvents::decode_events`] decodes them
-//! once the caller allows it. Both requests are `repeated Event events = 1`, so one type
-//! serves both (see `build.rs`). This module must never judge an event.
+//! once the caller allows it. Both requests are `repeated Event events = 1`,
+//! so one type serves both (see `build.rs`). This module must never judge an
+//! event.
 
 use crate::events as pb;
 use bytes::{Buf, BufMut};
