@@ -72,12 +72,6 @@ async fn ack(server: &Jimbus, name: &str, deliveries: &[&bus::SubscribeResponse]
     server.client().await.ack(request).await.expect("ack").into_inner().acked
 }
 
-fn metric(server: &Jimbus, name: &str) -> f64 {
-    let text = String::from_utf8(server.get("/metrics").body).unwrap();
-    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in /metrics"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 /// The regression of issue 19, defect 2: one integer was kept per record read
 /// past an unacknowledged one, and consumers.json was rewritten on every Ack.
 #[tokio::test(flavor = "multi_thread")]
@@ -106,7 +100,7 @@ async fn a_stuck_consumer_reading_past_many_records_keeps_a_few_bytes_of_state()
         snapshot_before,
         "an Ack does not rewrite the snapshot"
     );
-    let ranges = metric(&server, "jimbus_consumer_state_ranges");
+    let ranges = server.metric("jimbus_consumer_state_ranges");
     assert!(ranges <= 1.0, "{total} records past the floor are kept as {ranges} ranges");
 
     // After a crash the journal is replayed: the held record comes back, the

@@ -111,14 +111,6 @@ fn post_ok(server: &Jimbus, body: &[u8]) {
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
 }
 
-fn metric(server: &Jimbus, name: &str) -> f64 {
-    let text = String::from_utf8(server.get("/metrics").body).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Polls `check` until it holds or `within` passes.
 fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -128,22 +120,9 @@ fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The server's resident memory, found by its unique data directory.
+/// The server's resident memory, in bytes.
 fn server_rss(server: &Jimbus) -> u64 {
-    let dir = server.data_dir.to_string_lossy().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == dir) {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap();
-            let kib: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap();
-            return kib * 1024;
-        }
-    }
-    panic!("the server process was not found");
+    server.process().and_then(|p| p.rss_kib()).expect("the server runs") * 1024
 }
 
 #[test]
@@ -276,13 +255,13 @@ fn a_stalled_client_is_paused_while_others_go_on_and_then_gets_everything() {
 fn a_thousand_streams_hold_within_the_memory_budget() {
     const STREAMS: usize = 1000;
     let server = Jimbus::start(&["--shards", "2", "--max-connections", "2048"]);
-    let before = metric(&server, "jimbus_budget_used_bytes");
+    let before = server.metric("jimbus_budget_used_bytes");
     let mut streams: Vec<Stream> = (0..STREAMS)
         .map(|_| Stream::open(server.http, "pattern=balatro.many.%3E%20-balatro.*.aggregated", None))
         .collect();
-    assert_eq!(metric(&server, "jimbus_sse_streams"), STREAMS as f64);
-    let used = metric(&server, "jimbus_budget_used_bytes");
-    let limit = metric(&server, "jimbus_budget_limit_bytes");
+    assert_eq!(server.metric("jimbus_sse_streams"), STREAMS as f64);
+    let used = server.metric("jimbus_budget_used_bytes");
+    let limit = server.metric("jimbus_budget_limit_bytes");
     assert_eq!(used - before, (STREAMS * 64 * 1024) as f64, "each stream holds its grant");
     assert!(used <= limit);
     let rss = server_rss(&server);
@@ -300,7 +279,7 @@ fn a_thousand_streams_hold_within_the_memory_budget() {
     }
     drop(streams);
     wait_for(Duration::from_secs(30), "the streams' grants to come back", || {
-        metric(&server, "jimbus_sse_streams") == 0.0 && metric(&server, "jimbus_budget_used_bytes") == before
+        server.metric("jimbus_sse_streams") == 0.0 && server.metric("jimbus_budget_used_bytes") == before
     });
 }
 
@@ -323,7 +302,7 @@ fn open_until_refused(server: &Jimbus, most: usize) -> Vec<Stream> {
 fn streams_beyond_the_budget_get_503_until_one_closes() {
     // 2 shards' aggregators hold 32 MiB; 1 MiB more leaves room for 16 streams.
     let server = Jimbus::start(&["--shards", "2", "--memory-budget", &(33u64 << 20).to_string()]);
-    let free = metric(&server, "jimbus_budget_limit_bytes") - metric(&server, "jimbus_budget_used_bytes");
+    let free = server.metric("jimbus_budget_limit_bytes") - server.metric("jimbus_budget_used_bytes");
     let room = (free / (64.0 * 1024.0)) as usize;
     assert!(room >= 1, "the test needs room for one stream");
     let mut open = open_until_refused(&server, room + 1);
@@ -338,7 +317,7 @@ fn streams_beyond_the_budget_get_503_until_one_closes() {
 fn streams_never_hold_more_than_half_the_budget() {
     // One aggregator holds 16 MiB of 80: 64 MiB free, but streams get 40 MiB.
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(80u64 << 20).to_string()]);
-    let half = metric(&server, "jimbus_budget_limit_bytes") / 2.0;
+    let half = server.metric("jimbus_budget_limit_bytes") / 2.0;
     let share = (half / (64.0 * 1024.0)) as usize;
     let open = open_until_refused(&server, share + 1);
     assert_eq!(open.len(), share, "streams stop at half the budget");

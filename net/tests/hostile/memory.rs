@@ -42,31 +42,11 @@ fn post(server: &Jimbus, body: &[u8]) -> u16 {
     conn.try_read_response().map_or(0, |r| r.status)
 }
 
-/// The server process's pid, found by its data directory on its command line.
-fn server_pid(server: &Jimbus) -> u32 {
-    let wanted = server.data_dir.to_str().unwrap().as_bytes().to_vec();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cmdline.split(|&b| b == 0).any(|arg| arg == wanted.as_slice()) {
-            return pid;
-        }
-    }
-    panic!("no process serves {}", server.data_dir.display());
-}
-
-/// A line of /proc/PID/status in bytes (`VmHWM`, `VmRSS`).
-fn status_bytes(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 #[test]
 fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodies() {
     let budget = BUDGET.to_string();
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &budget, "--max-connections", "64"]);
-    let pid = server_pid(&server);
+    let process = server.process().expect("the server runs");
     let bodies = hostile_bodies();
     let mut statuses = std::collections::BTreeMap::<(&str, u16), usize>::new();
     // Each body alone, then all of them twice over at once.
@@ -88,7 +68,7 @@ fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodie
         *statuses.entry(answer).or_default() += 1;
     }
     std::thread::sleep(Duration::from_millis(50));
-    let peak = status_bytes(pid, "VmHWM");
+    let peak = process.peak_rss_kib().expect("VmHWM") * 1024;
     eprintln!("answers {statuses:?}; peak RSS {} MiB", peak >> 20);
     assert!(statuses.keys().all(|(_, status)| matches!(status, 200 | 400 | 413 | 503)), "{statuses:?}");
     let stored = statuses.iter().filter(|((_, status), _)| *status == 200).map(|(_, n)| n).sum::<usize>();
@@ -121,7 +101,8 @@ fn a_small_budget_still_leaves_ingest_room_on_every_shard() {
 #[test]
 fn the_server_keeps_to_small_pages() {
     let server = Jimbus::start(&[]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server_pid(&server))).unwrap();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.process().expect("the server runs").pid)).unwrap();
     let thp = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("a kernel that reports THP_enabled");
     assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
 }
@@ -136,7 +117,7 @@ const UNFINISHED_HEAD: u64 = 60_000;
 const UNCHARGED_PER_CONNECTION: u64 = 16 << 10;
 
 /// What an idle connection holds outside the budget (17 KiB measured with
-/// `perf/connection-memory.py`), rounded up.
+/// `perf/examples/connection_memory.rs`), rounded up.
 const IDLE_PER_CONNECTION: u64 = 24 << 10;
 
 /// Connections holding big unfinished heads are charged to the budget: once
@@ -148,10 +129,10 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
     const CONNECTIONS: u64 = 300;
     let budget = (20u64 << 20).to_string();
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &budget, "--max-connections", "1000"]);
-    let pid = server_pid(&server);
-    let used_at_rest = metric(&server, "jimbus_budget_used_bytes");
-    let free = metric(&server, "jimbus_budget_limit_bytes") - used_at_rest;
-    let before = status_bytes(pid, "VmRSS");
+    let process = server.process().expect("the server runs");
+    let used_at_rest = server.metric("jimbus_budget_used_bytes") as u64;
+    let free = server.metric("jimbus_budget_limit_bytes") as u64 - used_at_rest;
+    let before = process.rss_kib().expect("VmRSS") * 1024;
     let head = format!("POST /api/v1/events HTTP/1.1\r\nHost: x\r\nX-Pad: {}", "h".repeat(UNFINISHED_HEAD as usize));
     let mut connections: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
@@ -172,7 +153,7 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
         }
         *statuses.entry(answer.map_or(0, |a| a.status)).or_default() += 1;
     }
-    let grown = status_bytes(pid, "VmHWM").saturating_sub(before);
+    let grown = (process.peak_rss_kib().expect("VmHWM") * 1024).saturating_sub(before);
     eprintln!("answers {statuses:?}; {} KiB free; RSS grew by {} KiB", free >> 10, grown >> 10);
     // A held head ends with the header timeout: a 408, or the connection closed (0).
     assert!(statuses.keys().all(|s| matches!(s, 0 | 408 | 503)), "{statuses:?}");
@@ -186,15 +167,8 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
     assert!(grown < bound, "RSS grew by {} MiB, more than {} MiB", grown >> 20, bound >> 20);
     drop(connections);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&server, "jimbus_budget_used_bytes") > used_at_rest {
+    while server.metric("jimbus_budget_used_bytes") as u64 > used_at_rest {
         assert!(std::time::Instant::now() < deadline, "the connections' charges never came back");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A metric's value on the server's `/metrics` page.
-fn metric(server: &Jimbus, name: &str) -> u64 {
-    let page = String::from_utf8(server.get("/metrics").body).unwrap();
-    let line = page.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
-    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
 }

@@ -214,6 +214,22 @@ impl Jimbus {
         conn.read_response()
     }
 
+    /// A metric on the server's `/metrics` page: the sum of its samples over
+    /// their labels (its one sample when it has none).
+    ///
+    /// # Panics
+    /// When the page holds no sample of it.
+    pub fn metric(&self, name: &str) -> f64 {
+        let page = String::from_utf8(self.get("/metrics").body).expect("the metrics page is UTF-8");
+        let samples: Vec<f64> = page
+            .lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!samples.is_empty(), "no {name} in /metrics:\n{page}");
+        samples.iter().sum()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
