@@ -168,7 +168,13 @@ class UsingIt:
     def live_tail(self, line: str) -> None:
         """A tail without --count runs until interrupted: it must print what is
         published after it started, then stop on SIGINT."""
-        tail = subprocess.Popen(shlex.split(line), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, text=True)
+        # As from a terminal, where Ctrl-C reaches it: a test run started in the
+        # background (`cmd &` in a script) ignores SIGINT, and its children
+        # inherit that, so the tail would never see the interrupt.
+        tail = subprocess.Popen(
+            shlex.split(line), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in tail.stdout], daemon=True).start()
         try:
