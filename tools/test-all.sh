@@ -21,6 +21,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# A run of every suite is one build from scratch: incremental caches would only
+# add ~2 GB to the target folders. (A CI machine ran out of disk once.)
+export CARGO_INCREMENTAL=0
+
+free_disk() {
+  echo "disk: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free where the builds go"
+}
+free_disk
+
 if [[ "${JIMBUS_SKIP_INSTALL:-0}" != 1 ]]; then
   tools/install-test-deps.sh
 fi
@@ -48,11 +57,17 @@ suite() {
   else
     failed+=("$name")
     echo "=== suite $name: FAILED with status $status ($((SECONDS - start)) s)"
+    free_disk
   fi
 }
 
 rust_suite() {
-  cargo build --bin jimbus && tools/coverage.sh rust
+  local status=0
+  cargo build --bin jimbus && tools/coverage.sh rust || status=$?
+  # On CI the instrumented build (several GB) is done with once its report is
+  # written to target/coverage; a developer keeps it for the next run.
+  if [[ "${CI:-}" == true ]]; then rm -rf target/llvm-cov-target; fi
+  return "$status"
 }
 
 python_suite() {
@@ -78,6 +93,7 @@ for script in tools/suites.d/*.sh; do
 done
 
 echo
+free_disk
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "failed suites: ${failed[*]}"
 fi

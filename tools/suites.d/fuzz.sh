@@ -14,7 +14,12 @@ export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is missing (tools/deps.d/fuzz.sh installs it)" >&2; exit 1; }
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# On CI the sanitizer build (about 1 GB) goes once the targets have run.
+if [[ "${CI:-}" == true ]]; then
+  trap 'rm -rf "$work" fuzz/target' EXIT
+else
+  trap 'rm -rf "$work"' EXIT
+fi
 
 cargo fuzz build
 targets=$(cargo fuzz list)
