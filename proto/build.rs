@@ -32,7 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Generates a second `EventBusService` server whose Subscribe streams
 /// `crate::delivery::EncodedDelivery` (wire-identical to `SubscribeResponse`)
 /// and whose Publish and PublishBatch take `crate::encoded_events::EncodedEvents`
-/// (events counted before they are decoded), every other type being the one
+/// (events counted before they are decoded) and Ack `crate::capped_ack::CappedAck`
+/// (positions past the rule's limit skipped), every other type being the one
 /// generated above.
 fn compile_delivery_server(mut fds: prost_types::FileDescriptorSet, out: &std::path::Path) -> std::io::Result<()> {
     let dir = out.join("delivery_server");
@@ -44,6 +45,7 @@ fn compile_delivery_server(mut fds: prost_types::FileDescriptorSet, out: &std::p
         .extern_path(".jimbot.bus.v1.SubscribeResponse", "crate::delivery::EncodedDelivery")
         .extern_path(".jimbot.bus.v1.PublishRequest", "crate::encoded_events::EncodedEvents")
         .extern_path(".jimbot.bus.v1.PublishBatchRequest", "crate::encoded_events::EncodedEvents")
+        .extern_path(".jimbot.bus.v1.AckRequest", "crate::capped_ack::CappedAck")
         .extern_path(".jimbot.bus.v1", "crate::jimbot::bus::v1")
         .extern_path(".jimbot.events.v1", "crate::jimbot::events::v1")
         .compile_fds(fds)

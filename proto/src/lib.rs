@@ -5,6 +5,7 @@
 //!
 //! This crate only describes data. It must never do I/O or hold runtime state.
 
+pub mod capped_ack;
 pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
@@ -27,10 +28,10 @@ pub mod jimbot {
 }
 
 /// The `EventBusService` server as jimbus serves it: the generated trait and
-/// service, with Subscribe streaming [`delivery::EncodedDelivery`] and Publish
-/// and PublishBatch taking [`encoded_events::EncodedEvents`] (the generated
-/// server in [`bus`] streams decoded `SubscribeResponse`s and takes decoded
-/// requests).
+/// service, with Subscribe streaming [`delivery::EncodedDelivery`], Publish
+/// and PublishBatch taking [`encoded_events::EncodedEvents`] and Ack taking
+/// [`capped_ack::CappedAck`] (the generated server in [`bus`] streams decoded
+/// `SubscribeResponse`s and takes decoded requests).
 #[allow(clippy::all, missing_docs)]
 pub mod delivery_server {
     include!(concat!(env!("OUT_DIR"), "/delivery_server/jimbot.bus.v1.rs"));

@@ -19,6 +19,7 @@ use jimbus_core::ingest::Envelope;
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus::{self, StartPosition};
+use jimbus_proto::capped_ack::CappedAck;
 use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::delivery_server::event_bus_service_server::{EventBusService, EventBusServiceServer};
 use jimbus_proto::encoded_events::EncodedEvents;
@@ -360,11 +361,12 @@ impl EventBusService for BusService {
         Ok(with_request_id(Response::new(stream), &id))
     }
 
-    async fn ack(&self, request: Request<bus::AckRequest>) -> Result<Response<bus::AckResponse>, Status> {
+    async fn ack(&self, request: Request<CappedAck>) -> Result<Response<bus::AckResponse>, Status> {
         let request = request.into_inner();
-        if let Err(violations) = request.validate() {
-            return Err(Status::invalid_argument(violations.to_string()));
-        }
+        let sent = request.positions_sent();
+        let request = request
+            .into_valid()
+            .map_err(|violations| Status::invalid_argument(format!("{violations} ({sent} positions sent)")))?;
         let positions = request.positions.iter().map(|p| (p.partition, p.offset)).collect();
         let acked = self.bus.ack(request.durable_name, positions).await.map_err(status_of)?;
         Ok(Response::new(bus::AckResponse { acked }))
