@@ -5,6 +5,8 @@
 # Exit status: 0 when every suite passed, 1 otherwise.
 #
 # JIMBUS_SKIP_INSTALL=1  skips tools/install-test-deps.sh (already installed).
+# CI=true                 removes the instrumented and fuzz builds once their
+#                         suites are done, to keep a CI machine's disk free.
 #
 # Suites, in order:
 #   proto-gen     Python, TypeScript and Go code from the schemas, each compiled or imported
@@ -22,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # A run of every suite is one build from scratch: incremental caches would only
-# add ~2 GB to the target folders. (A CI machine ran out of disk once.)
+# add a GB or two to the target folders. (A CI machine ran out of disk once.)
 export CARGO_INCREMENTAL=0
 
 free_disk() {
@@ -64,7 +66,7 @@ suite() {
 rust_suite() {
   local status=0
   cargo build --bin jimbus && tools/coverage.sh rust || status=$?
-  # On CI the instrumented build (several GB) is done with once its report is
+  # On CI the instrumented build (over a GB) is done with once its report is
   # written to target/coverage; a developer keeps it for the next run.
   if [[ "${CI:-}" == true ]]; then rm -rf target/llvm-cov-target; fi
   return "$status"
