@@ -2,9 +2,9 @@
 //! schema's `max_items` are counted, not decoded.
 //!
 //! An empty `AckPosition` is 2 bytes on the wire and 16 decoded, so a 4 MB
-//! request of them decoded to 2,000,000 positions (32 MB, in a vector that
-//! doubled to 64 MB) before its `max_items=100000` rule refused it; eight at
-//! once took 120 MB. [`CappedAck`] keeps one position more than the rule
+//! request of them decoded to 2,000,000 positions (32 MB, and more while
+//! the vector grew) before its `max_items=100000` rule refused it; eight at
+//! once took the server to 147 MiB. [`CappedAck`] keeps one position more than the rule
 //! allows, so the generated check still sees the request as too long and
 //! says so in its own words, and skips the rest. This module must never
 //! judge a position: the schema's rules do that.
