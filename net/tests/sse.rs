@@ -5,11 +5,11 @@
 
 mod harness;
 
-use harness::Jimbus;
+use harness::{wait_for, Jimbus};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One event of the stream: its id and its JSON data.
 #[derive(Debug, Clone)]
@@ -109,15 +109,6 @@ fn heartbeats(session: &str, count: usize, padding: usize) -> Vec<u8> {
 fn post_ok(server: &Jimbus, body: &[u8]) {
     let answer = server.post("/api/v1/events/batch", body);
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
-}
-
-/// Polls `check` until it holds or `within` passes.
-fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The server's resident memory, in bytes.

@@ -167,8 +167,7 @@ async fn millions_of_empty_events_are_refused_before_they_are_decoded() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{method}: {status}");
         assert!(status.message().contains("more than 100000"), "{method}: {status}");
     }
-    let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    assert!(peak < 256 << 10, "peak RSS {} MiB", peak >> 10);
+    assert_peak_rss_under(&server, 256);
     let mut client = server.client().await;
     let fits = client.publish(bus::PublishRequest { events: vec![event("empty", 1)] }).await.unwrap();
     assert_eq!(fits.into_inner().accepted, 1);
@@ -190,16 +189,30 @@ async fn empty_events_are_granted_their_decoded_size_before_they_are_decoded() {
 async fn all_refused_for_memory(server: &Jimbus, body: &[u8], calls: usize, peak_mib: u64) {
     // More than the whole budget: the answer says to split, not to retry.
     let says = "more than the server's whole memory budget";
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
-    let publish = "/jimbot.bus.v1.EventBusService/Publish";
-    let calls: Vec<_> = (0..calls).map(|_| tokio::spawn(raw_status(channel.clone(), publish, body.to_vec()))).collect();
-    for call in calls {
-        let status = call.await.unwrap();
+    for status in statuses_at_once(server, "/jimbot.bus.v1.EventBusService/Publish", body, calls).await {
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
         assert!(status.message().contains(says), "{status}");
     }
+    assert_peak_rss_under(server, peak_mib);
+}
+
+/// Sends `body` to `method` `calls` times at once, on one connection, and
+/// returns how each call ended.
+async fn statuses_at_once(server: &Jimbus, method: &'static str, body: &[u8], calls: usize) -> Vec<tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+    let calls: Vec<_> = (0..calls).map(|_| tokio::spawn(raw_status(channel.clone(), method, body.to_vec()))).collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses
+}
+
+/// The server's peak RSS so far (VmHWM) is under `mib`.
+fn assert_peak_rss_under(server: &Jimbus, mib: u64) {
     let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    assert!(peak < peak_mib << 10, "peak RSS {} MiB", peak >> 10);
+    eprintln!("peak RSS {} MiB", peak >> 10);
+    assert!(peak < mib << 10, "peak RSS {} MiB", peak >> 10);
 }
 
 /// An empty ack position is 2 bytes on the wire and 16 decoded: eight 4 MB
@@ -209,20 +222,14 @@ async fn all_refused_for_memory(server: &Jimbus, body: &[u8], calls: usize, peak
 #[tokio::test(flavor = "multi_thread")]
 async fn millions_of_empty_ack_positions_are_refused_before_they_are_decoded() {
     let server = Jimbus::start(&["--shards", "1"]);
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
     // `durable_name` "t" (field 1), then `positions` (field 2), empty, two million times.
     let mut body = vec![0x0a, 1, b't'];
     body.extend_from_slice(&[0x12, 0x00].repeat(2_000_000));
-    let ack = "/jimbot.bus.v1.EventBusService/Ack";
-    let calls: Vec<_> = (0..8).map(|_| tokio::spawn(raw_status(channel.clone(), ack, body.clone()))).collect();
-    for call in calls {
-        let status = call.await.unwrap();
+    for status in statuses_at_once(&server, "/jimbot.bus.v1.EventBusService/Ack", &body, 8).await {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
         assert_eq!(status.message(), "positions: max_items=100000 (2000000 positions sent)");
     }
-    let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    eprintln!("peak RSS {} MiB", peak >> 10);
-    assert!(peak < 96 << 10, "peak RSS {} MiB", peak >> 10);
+    assert_peak_rss_under(&server, 96);
 }
 
 /// The Resource Coordinator's requests are small by their schema (ids of at
@@ -247,20 +254,12 @@ async fn resource_requests_past_the_schemas_limits_are_refused() {
     assert!(long.message().contains("component: max_len=128"), "{long}");
     let mut crowded = ask("trainer");
     crowded.metadata = (0..350_000).map(|i| (format!("k{i}"), String::new())).collect();
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let (mut client, crowded) = (client.clone(), crowded.clone());
-            tokio::spawn(async move { client.request_resource(crowded).await.unwrap_err() })
-        })
-        .collect();
-    for call in calls {
-        let status = call.await.unwrap();
+    let body = prost::Message::encode_to_vec(&crowded);
+    for status in statuses_at_once(&server, "/jimbot.ResourceCoordinator/RequestResource", &body, 8).await {
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
         assert!(status.message().contains("message length too large"), "{status}");
     }
-    let peak = server.process().unwrap().peak_rss_kib().unwrap();
-    eprintln!("peak RSS {} MiB", peak >> 10);
-    assert!(peak < 64 << 10, "peak RSS {} MiB", peak >> 10);
+    assert_peak_rss_under(&server, 64);
     let granted = client.request_resource(ask("trainer")).await.unwrap().into_inner();
     assert_eq!(granted.status, rc::RequestStatus::Granted as i32, "{granted:?}");
 }

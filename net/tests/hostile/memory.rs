@@ -70,7 +70,8 @@ fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodie
     }
     // Accepted events are held (and granted) until their windows are stored:
     // once every grant is back, the work these bodies caused is over.
-    wait_until_grants_return(&server, used_at_rest, "the bodies' grants never came back");
+    let at_rest = || server.metric("jimbus_budget_used_bytes") <= used_at_rest;
+    crate::harness::wait_for(Duration::from_secs(10), "the bodies' grants to come back", at_rest);
     let peak = process.peak_rss_kib().expect("VmHWM") * 1024;
     eprintln!("answers {statuses:?}; peak RSS {} MiB", peak >> 20);
     assert!(statuses.keys().all(|(_, status)| matches!(status, 200 | 400 | 413 | 503)), "{statuses:?}");
@@ -169,14 +170,6 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
     let bound = free + CONNECTIONS * IDLE_PER_CONNECTION + (8 << 20);
     assert!(grown < bound, "RSS grew by {} MiB, more than {} MiB", grown >> 20, bound >> 20);
     drop(connections);
-    wait_until_grants_return(&server, used_at_rest, "the connections' charges never came back");
-}
-
-/// Polls the budget until no more is in use than at rest (10 s at most).
-fn wait_until_grants_return(server: &Jimbus, used_at_rest: f64, failure: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.metric("jimbus_budget_used_bytes") > used_at_rest {
-        assert!(std::time::Instant::now() < deadline, "{failure}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let at_rest = || server.metric("jimbus_budget_used_bytes") <= used_at_rest;
+    crate::harness::wait_for(Duration::from_secs(10), "the connections' charges to come back", at_rest);
 }

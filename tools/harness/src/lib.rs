@@ -17,6 +17,18 @@ pub use process::ServerProcess;
 pub use server::{binary_beside_current_exe, Jimbus, Launcher};
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` once
+/// `within` has passed. For effects the server reports but does not signal
+/// (a metric returning to rest, a file going away).
+pub fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// The compat fixtures (the field mod's own bodies), in the workspace.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/tests/fixtures/compat");
