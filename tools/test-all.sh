@@ -2,7 +2,10 @@
 # THE test command (CI's .ci/run calls it): installs what the tests need, then
 # runs every suite, keeps going after a failure, and ends with the line
 #   suites: N passed, M failed
-# Exit status: 0 when every suite passed, 1 otherwise.
+# Exit status: 0 when every suite passed, 1 otherwise. Each suite's output is
+# also kept in target/test-logs/<suite>.log; the run ends with what failed in
+# each failed suite, and with any test that passed only when nextest ran it
+# again (.config/nextest.toml).
 #
 # JIMBUS_SKIP_INSTALL=1  skips tools/install-test-deps.sh (already installed).
 # CI=true                 removes the instrumented and fuzz builds once their
@@ -43,6 +46,42 @@ export PATH="$ROOT/tools/.venv/bin:$PATH"
 
 passed=()
 failed=()
+LOGS="$ROOT/target/test-logs"
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# A log without its colour codes.
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
+
+# What failed in a suite, in a few lines, printed again at the end of the run:
+# a CI page shows the end of a long log, and a suite's failure can be thousands
+# of lines above it. The lines that name a failure (nextest's FAIL lines, a
+# panic and the message under it, errors, pytest and TAP failures); the log's
+# last lines when none matches.
+failure_lines() {
+  plain "$1" |
+    grep -E -A4 "panicked at|^ *(TRY [0-9]+ )?(FAIL|TIMEOUT|SIGSEGV|SIGABRT) \[|^error(\[|:)|^FAILED |^E  |^not ok|AssertionError|: FAILED|No space left" |
+    head -n 80
+}
+
+failure_digest() {
+  local name="$1" lines
+  echo "--- what failed in suite $name (whole output: target/test-logs/$name.log)"
+  lines="$(failure_lines "$LOGS/$name.log")"
+  if [[ -n "$lines" ]]; then echo "$lines"; else tail -n 30 "$LOGS/$name.log"; fi
+}
+
+# Tests that failed once and passed when nextest ran them again
+# (.config/nextest.toml): listed with how they failed, even when their suite passed.
+flaky_digest() {
+  local log
+  for log in "$LOGS"/*.log; do
+    plain "$log" | grep -q -E "^ *FLAKY " || continue
+    echo "--- flaky tests in suite $(basename "$log" .log): failed, then passed on a retry"
+    plain "$log" | grep -E "^ *FLAKY "
+    failure_lines "$log"
+  done
+}
 
 suite() {
   local name="$1"
@@ -51,8 +90,20 @@ suite() {
   echo "=== suite $name: $*"
   local start=$SECONDS status=0
   # In a subshell, so a failing suite ends only itself. (errexit does not apply
-  # inside a tested command: suites chain their steps with &&.)
-  ("$@") || status=$?
+  # inside a tested command: suites chain their steps with &&.) Its output is
+  # also kept in target/test-logs for the digest of failures at the end. tee
+  # runs in a process substitution, not a pipe, so a process a suite leaves
+  # behind with our stdout cannot keep the run waiting: its last lines are
+  # waited for 5 s at most, so they come before the suite's verdict.
+  local out tee_pid tick
+  exec {out}> >(tee "$LOGS/$name.log")
+  tee_pid=$!
+  ("$@") >&"$out" 2>&1 || status=$?
+  exec {out}>&-
+  for tick in {1..50}; do
+    kill -0 "$tee_pid" 2>/dev/null || break
+    sleep 0.1
+  done
   if [[ $status -eq 0 ]]; then
     passed+=("$name")
     echo "=== suite $name: passed ($((SECONDS - start)) s)"
@@ -96,7 +147,9 @@ done
 
 echo
 free_disk
+flaky_digest
 if [[ ${#failed[@]} -gt 0 ]]; then
+  for name in "${failed[@]}"; do failure_digest "$name"; done
   echo "failed suites: ${failed[*]}"
 fi
 echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
