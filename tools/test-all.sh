@@ -95,12 +95,12 @@ suite() {
   # runs in a process substitution, not a pipe, so a process a suite leaves
   # behind with our stdout cannot keep the run waiting: its last lines are
   # waited for 5 s at most, so they come before the suite's verdict.
-  local out tee_pid tick
+  local out tee_pid
   exec {out}> >(tee "$LOGS/$name.log")
   tee_pid=$!
   ("$@") >&"$out" 2>&1 || status=$?
   exec {out}>&-
-  for tick in {1..50}; do
+  for _ in {1..50}; do
     kill -0 "$tee_pid" 2>/dev/null || break
     sleep 0.1
   done
