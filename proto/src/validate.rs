@@ -28,6 +28,14 @@ impl fmt::Display for Violation {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct Violations(pub Vec<Violation>);
 
+/// A gRPC request that breaks the schema's rules is INVALID_ARGUMENT, naming
+/// each rule it broke: every service answers it alike with `request.validate()?`.
+impl From<Violations> for tonic::Status {
+    fn from(violations: Violations) -> Self {
+        tonic::Status::invalid_argument(violations.to_string())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Segment {
     Field(&'static str),

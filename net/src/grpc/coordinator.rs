@@ -54,7 +54,7 @@ impl ResourceCoordinator for CoordinatorService {
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ResourceResponse>, Status> {
         let request = request.into_inner();
-        request.validate().map_err(|violations| Status::invalid_argument(violations.to_string()))?;
+        request.validate()?;
         let response = self.pools().request(&request, now_ms());
         let outcome = if response.status == pb::RequestStatus::Granted as i32 { "granted" } else { "denied" };
         metrics::counter!("jimbus_coordinator_requests_total", "outcome" => outcome).increment(1);

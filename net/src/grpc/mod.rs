@@ -343,9 +343,7 @@ impl EventBusService for BusService {
     async fn subscribe(&self, request: Request<bus::SubscribeRequest>) -> Result<Response<DeliveryStream>, Status> {
         let id = request_id(&request);
         let request = request.into_inner();
-        if let Err(violations) = request.validate() {
-            return Err(Status::invalid_argument(violations.to_string()));
-        }
+        request.validate()?;
         let pattern =
             Pattern::parse(&request.pattern).map_err(|e| Status::invalid_argument(format!("pattern: {e}")))?;
         let durable = durable_of(&request);
@@ -377,9 +375,7 @@ impl EventBusService for BusService {
         request: Request<bus::ListTopicsRequest>,
     ) -> Result<Response<bus::ListTopicsResponse>, Status> {
         let request = request.into_inner();
-        if let Err(violations) = request.validate() {
-            return Err(Status::invalid_argument(violations.to_string()));
-        }
+        request.validate()?;
         let pattern = request.pattern;
         let pattern = if pattern.is_empty() {
             None
