@@ -131,6 +131,22 @@ pub fn text(r: &mut Reader<'_>) -> Result<String> {
     }
 }
 
+/// [`text`], written over `into`, whose capacity is used first: an event
+/// taken from the thread's spares ([`crate::spare_events`]) fills its
+/// strings without allocating.
+fn text_into(r: &mut Reader<'_>, into: &mut String) -> Result<()> {
+    match r.peek()? {
+        Kind::String => {
+            let value = r.string()?;
+            into.clear();
+            into.push_str(&value);
+        }
+        Kind::Number => *into = format_number(r.number()?),
+        _ => return Err(mismatch(r, "a string")),
+    }
+    Ok(())
+}
+
 fn format_number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         format!("{}", value as i64)
@@ -354,7 +370,7 @@ struct PayloadSpan {
 /// The event is built in its box, where it stays until the shard stores it:
 /// an `Event` is over 600 bytes, and each move would copy them.
 pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
-    let mut event = Box::<pb::Event>::default();
+    let mut event = crate::spare_events::take();
     let mut timing = pb::Timing::default();
     let mut extra = None;
     let mut payload_at: Option<PayloadSpan> = None;
@@ -363,16 +379,16 @@ pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
     object(r, &mut extra, |r, key| {
         match key {
             "type" => {
-                event.event_type = text(r)?;
+                text_into(r, &mut event.event_type)?;
                 retyped |= payload_at.is_some();
             }
             "subtype" => {
-                event.subtype = text(r)?;
+                text_into(r, &mut event.subtype)?;
                 retyped |= payload_at.is_some();
             }
-            "source" => event.source = text(r)?,
-            "event_id" => event.event_id = text(r)?,
-            "session_id" => event.session_id = text(r)?,
+            "source" => text_into(r, &mut event.source)?,
+            "event_id" => text_into(r, &mut event.event_id)?,
+            "session_id" => text_into(r, &mut event.session_id)?,
             "sequence" => event.client_sequence = uint64(r)?,
             "timestamp" => timing.client_timestamp_ms = number(r)?,
             "game_time_ms" => timing.game_time_ms = number(r)?,

@@ -7,8 +7,10 @@
 //! of an event ([`stamps`]), the on-disk record format ([`record`]), what a
 //! closed segment leaves for a fast restart ([`checkpoint`]), what durable
 //! consumers persist ([`consumer_state`]), the memory budget
-//! ([`budget`]), aggregation ([`aggregate`]), the pump's adaptive batch size ([`batch`]) and the Resource Coordinator's pools
-//! ([`pools`]). It must never perform I/O or depend on an async runtime.
+//! ([`budget`]), aggregation ([`aggregate`]), the pump's adaptive batch size
+//! ([`batch`]), a thread's spare decoded events ([`spare_events`]) and the
+//! Resource Coordinator's pools ([`pools`]). It must never perform I/O or
+//! depend on an async runtime.
 
 pub mod adapt;
 pub mod aggregate;
@@ -21,6 +23,7 @@ pub mod ingest;
 pub mod json;
 pub mod pools;
 pub mod record;
+pub mod spare_events;
 pub mod stamps;
 pub mod topic;
 

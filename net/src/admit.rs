@@ -147,21 +147,21 @@ fn fill_session(admission: &Admission<'_>, event: &mut pb::Event, derived: &mut 
         return;
     }
     let envelope = admission.envelope;
-    event.session_id = if !envelope.session_id.is_empty() {
-        envelope.session_id.clone()
+    // `clone_from` writes into the event's own string, which a spare event
+    // (jimbus_core::spare_events) brings with room for it.
+    if !envelope.session_id.is_empty() {
+        event.session_id.clone_from(&envelope.session_id);
     } else if let Some(ip) = admission.peer {
         let source = if event.source.is_empty() { &envelope.source } else { &event.source };
         match &derived.session {
-            Some(session) if derived.source == *source => session.clone(),
+            Some(session) if derived.source == *source => event.session_id.clone_from(session),
             _ => {
                 let session = topic::derived_session(ip, source);
-                (derived.source, derived.session) = (source.clone(), Some(session.clone()));
-                session
+                event.session_id.clone_from(&session);
+                (derived.source, derived.session) = (source.clone(), Some(session));
             }
         }
-    } else {
-        return;
-    };
+    }
 }
 
 #[cfg(test)]

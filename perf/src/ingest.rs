@@ -146,6 +146,8 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
             let record = Record { offset: staged, time_us: now, kind: RecordKind::Event, topic, message: &scratch };
             record::encode(&record, &mut log);
             staged += 1;
+            // As the edge does with the events the shard hands back.
+            jimbus_core::spare_events::give_back([event]);
         }
         if log.len() > 1 << 20 {
             log.clear();

@@ -18,10 +18,11 @@ pub struct Appended {
     /// Each item's outcome, in request order.
     pub outcomes: Vec<ItemOutcome>,
     /// The request's stored events, done with on the shard: they go back with
-    /// the answer so that the thread that decoded (and allocated) them frees
-    /// them. Freed on the shard instead, their memory went back to the
-    /// decoding thread's allocator only lazily, and that thread kept taking
-    /// fresh pages (docs/perf.md, "Third pass").
+    /// the answer so that the thread that decoded (and allocated) them keeps
+    /// them as its spares (`jimbus_core::spare_events`) or frees them. Freed
+    /// on the shard instead, their memory went back to the decoding thread's
+    /// allocator only lazily, and that thread kept taking fresh pages
+    /// (docs/perf.md, "Third pass").
     pub spent: Vec<StoredEvent>,
 }
 

@@ -63,8 +63,8 @@ impl ShardRouter {
                 for (place, outcome) in places.into_iter().zip(answered) {
                     outcomes[place] = outcome;
                 }
-                // Here, on the thread that decoded them.
-                drop(spent);
+                // Here, on the thread that decoded them: kept as its spares, or freed.
+                jimbus_core::spare_events::give_back(spent.into_iter().map(|stored| stored.event));
             }
             Ok(outcomes)
         })
