@@ -104,15 +104,9 @@ fn a_malformed_pool_spec_is_one_line_and_exit_code_two() {
 
 /// Polls `/metrics` until it shows `line` (a lease and a fallback take seconds by design).
 fn wait_for_metric(server: &Jimbus, line: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    loop {
-        let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
-        if metrics.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "never saw {line:?}:\n{metrics}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    harness::wait_for(std::time::Duration::from_secs(40), &format!("{line:?} in /metrics"), || {
+        String::from_utf8(server.get("/metrics").body).unwrap().lines().any(|l| l == line)
+    });
 }
 
 /// Posts `body` as a careful client does: headers with `Expect: 100-continue`

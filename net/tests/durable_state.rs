@@ -143,15 +143,14 @@ async fn a_new_durable_name_past_max_durables_gets_resource_exhausted() {
     let _b_again = subscribe(&server, "b", ">", 10).await;
 }
 
+/// Polls `probe` until it finds something, and returns that.
 fn poll<T>(mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(std::time::Instant::now() < deadline, "the condition never held");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut found = None;
+    harness::wait_for(Duration::from_secs(20), "the condition", || {
+        found = probe();
+        found.is_some()
+    });
+    found.expect("wait_for returns once the probe found something")
 }
 
 /// Polls `subscribe` for `name` until it is accepted (a name freed by expiry).
