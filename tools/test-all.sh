@@ -74,12 +74,14 @@ failure_digest() {
 # Tests that failed once and passed when nextest ran them again
 # (.config/nextest.toml): listed with how they failed, even when their suite passed.
 flaky_digest() {
-  local log
+  local log name
   for log in "$LOGS"/*.log; do
     plain "$log" | grep -q -E "^ *FLAKY " || continue
-    echo "--- flaky tests in suite $(basename "$log" .log): failed, then passed on a retry"
+    name="$(basename "$log" .log)"
+    echo "--- flaky tests in suite $name: failed, then passed on a retry"
     plain "$log" | grep -E "^ *FLAKY "
-    failure_lines "$log"
+    # A failed suite's digest below shows its failures, these among them.
+    [[ " ${failed[*]} " == *" $name "* ]] || failure_lines "$log"
   done
 }
 
