@@ -45,6 +45,30 @@ impl FieldError {
 
 type Result<T> = std::result::Result<T, FieldError>;
 
+/// The most bytes of protobuf one byte of an event's JSON can become: a
+/// number where a string is expected is written out in full, so `1e308,`
+/// in a list of strings (6 bytes) becomes 309 digits and 3 bytes of tag and
+/// length. Every other value grows less: a number kept as a `Value` in a list
+/// (`1,`) becomes 11 bytes, an empty list (`[],`) 4.
+const ENCODED_PER_JSON_BYTE: usize = 64;
+
+/// What the encoding of an event holds that its JSON does not pay for: the
+/// timing's clock, the payload field's key, a typed empty payload, and the
+/// metadata entry the client's own correlation id moves to at admission,
+/// with room to spare.
+const ENCODED_WITHOUT_JSON: usize = 256;
+
+/// The most bytes the protobuf encoding of an event can take that was read
+/// from `json_len` bytes of JSON and then given a session of `session_len`
+/// bytes at admission (before the server's stamps). Admission checks an
+/// event's size against the schema's limit with it, and walks the event for
+/// its exact size only when the bound does not fit; a proptest and the
+/// dialect's fuzz target check that no event breaks it.
+pub fn encoded_len_bound(json_len: usize, session_len: usize) -> usize {
+    // The session's tag and length prefix take at most 3 bytes more.
+    json_len.saturating_mul(ENCODED_PER_JSON_BYTE).saturating_add(ENCODED_WITHOUT_JSON + session_len + 3)
+}
+
 /// Epoch milliseconds of 2001-01-01: client timestamps below it are game-clock readings.
 const EPOCH_FLOOR_MS: f64 = 978_307_200_000.0;
 

@@ -253,4 +253,134 @@ proptest! {
             }
         }
     }
+
+    /// No event encodes to more than `encoded_len_bound` of its JSON, which
+    /// admission trusts instead of computing the size: with numbers where
+    /// strings are expected (written out in full: `1e308` is 309 digits),
+    /// alone, in lists of strings, in jokers and cards, as top-level ids, and
+    /// free-form values of every kind in unknown keys.
+    #[test]
+    fn no_event_encodes_past_the_bound_admission_trusts(
+        kind in 0..TYPES.len(),
+        top in proptest::collection::vec(top_field(), 0..5),
+        payload in proptest::collection::vec(payload_field(), 0..6),
+        free in proptest::option::of(lua_strategy()),
+    ) {
+        let (event_type, subtype) = TYPES[kind];
+        let mut json = format!(r#"{{"type":"{event_type}","subtype":"{subtype}""#);
+        for field in &top {
+            json.push(',');
+            json.push_str(field);
+        }
+        let mut fields = payload.clone();
+        if let Some(free) = &free {
+            let mut text = String::new();
+            encode_lua(free, &mut text);
+            fields.push(format!(r#""free":{text}"#));
+        }
+        json.push_str(&format!(r#","payload":{{{}}}}}"#, fields.join(",")));
+        let event = jimbus_core::adapt::read_event(&mut Reader::new(json.as_bytes()))
+            .map_err(|e| TestCaseError::fail(format!("{e} in {json}")))?;
+        let size = prost::Message::encoded_len(&*event);
+        prop_assert!(size <= jimbus_core::adapt::encoded_len_bound(json.len(), 0), "{size} bytes from {json}");
+    }
+}
+
+/// The most growth known: `1e308` where a string is expected is 309 digits,
+/// 52 times its 6 bytes in a list. Lists of it in each list of strings the
+/// payloads have stay within the bound, with 20 % to spare.
+#[test]
+fn the_largest_growth_known_stays_within_the_bound() {
+    let numbers = vec!["1e308"; 2000].join(",");
+    for (event_type, subtype, key) in [
+        ("HAND_PLAYED", "", "cards"),
+        ("CARDS_DISCARDED", "", "cards"),
+        ("SCORING", "HAND_EVAL_START", "cards"),
+        ("LEARNING_DECISION", "REQUEST", "available_actions"),
+    ] {
+        let json = format!(r#"{{"type":"{event_type}","subtype":"{subtype}","payload":{{"{key}":[{numbers}]}}}}"#);
+        let event = jimbus_core::adapt::read_event(&mut Reader::new(json.as_bytes())).unwrap();
+        let size = prost::Message::encoded_len(&*event);
+        let bound = jimbus_core::adapt::encoded_len_bound(json.len(), 0);
+        assert!(size > 50 * json.len() && size * 6 / 5 <= bound, "{key}: {size} bytes from {} of JSON", json.len());
+    }
+}
+
+/// Every type and subtype the decoder gives a typed payload, and one it does not.
+const TYPES: [(&str, &str); 22] = [
+    ("HEARTBEAT", ""),
+    ("GAME_STATE", ""),
+    ("MONEY_CHANGED", ""),
+    ("SCORE_CHANGED", ""),
+    ("HAND_PLAYED", ""),
+    ("CARDS_DISCARDED", ""),
+    ("JOKERS_CHANGED", ""),
+    ("ROUND_CHANGED", ""),
+    ("PHASE_CHANGED", ""),
+    ("ROUND_COMPLETE", ""),
+    ("JOKER_TRIGGER", ""),
+    ("SCORING", "HAND_EVAL_START"),
+    ("SCORING", "JOKER_TRIGGER"),
+    ("SCORING", "SCORE_UPDATE"),
+    ("SCORING", "MULT_UPDATE"),
+    ("SCORING", "CHIPS_UPDATE"),
+    ("SCORING", "HAND_EVAL_COMPLETE"),
+    ("LEARNING_DECISION", "REQUEST"),
+    ("LEARNING_DECISION", "RESPONSE"),
+    ("ERROR", ""),
+    ("connection_test", ""),
+    ("ANYTHING_ELSE", ""),
+];
+
+/// Short numbers that are written out long where a string is expected.
+fn long_number() -> proptest::sample::Select<&'static str> {
+    // Weighted towards the longest: lists of them reach the most growth.
+    proptest::sample::select(vec!["1e308", "1e308", "1e308", "9e307", "5e-324", "-1e308", "1e99", "1", "-1"])
+}
+
+fn numbers(most: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(long_number(), 0..most).prop_map(|n| format!("[{}]", n.join(",")))
+}
+
+/// A top-level key of the event with a value that fits it.
+fn top_field() -> impl Strategy<Value = String> {
+    let text_key = proptest::sample::select(vec!["source", "event_id", "session_id", "correlation_id"]);
+    prop_oneof![
+        (text_key, long_number()).prop_map(|(k, v)| format!(r#""{k}":{v}"#)),
+        numbers(40).prop_map(|v| format!(r#""unknown":{v}"#)),
+        Just(r#""nested":[[],[],[[]],{}]"#.to_string()),
+    ]
+}
+
+/// A payload key with a value that fits it in every payload that knows it.
+fn payload_field() -> impl Strategy<Value = String> {
+    let text_key = proptest::sample::select(vec![
+        "hand_type",
+        "phase",
+        "old_phase",
+        "new_phase",
+        "message",
+        "stack",
+        "request_id",
+        "action",
+        "context",
+        "parent",
+        "source",
+        "joker_name",
+        "joker_id",
+        "name",
+        "version",
+    ]);
+    let list_key = proptest::sample::select(vec!["cards", "enhancements", "available_actions"]);
+    let joker = (long_number(), long_number()).prop_map(|(n, i)| format!(r#"{{"name":{n},"id":{i}}}"#));
+    let card = (long_number(), long_number(), numbers(8))
+        .prop_map(|(r, s, e)| format!(r#"{{"rank":{r},"suit":{s},"enhancements":{e}}}"#));
+    prop_oneof![
+        (text_key, long_number()).prop_map(|(k, v)| format!(r#""{k}":{v}"#)),
+        (list_key, numbers(60)).prop_map(|(k, v)| format!(r#""{k}":{v}"#)),
+        joker.clone().prop_map(|j| format!(r#""joker":{j}"#)),
+        proptest::collection::vec(joker, 0..8).prop_map(|j| format!(r#""jokers":[{}]"#, j.join(","))),
+        proptest::collection::vec(card, 0..8).prop_map(|c| format!(r#""hand":[{}]"#, c.join(","))),
+        numbers(40).prop_map(|v| format!(r#""odd":{v}"#)),
+    ]
 }

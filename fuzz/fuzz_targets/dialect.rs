@@ -1,8 +1,10 @@
 //! The field mod's JSON dialect, as a request body on both endpoints and as a
-//! bare value: no input may panic, and whatever is decoded must point inside
-//! the body it came from.
+//! bare value: no input may panic, whatever is decoded must point inside
+//! the body it came from, and no event may encode to more than the bound
+//! admission trusts instead of computing its size.
 #![no_main]
 
+use jimbus_core::adapt::encoded_len_bound;
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_core::json::Reader;
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +15,9 @@ fuzz_target!(|body: &[u8]| {
             Ok(decoded) => {
                 for event in &decoded.events {
                     assert!(event.raw.start <= event.raw.end && event.raw.end <= body.len(), "{:?}", event.raw);
+                    let size = prost::Message::encoded_len(&*event.event);
+                    let bound = encoded_len_bound(event.raw.len(), 0);
+                    assert!(size <= bound, "{size} bytes encoded from {} of JSON", event.raw.len());
                 }
                 for rejected in &decoded.rejected {
                     assert!(rejected.raw.start <= rejected.raw.end && rejected.raw.end <= body.len());

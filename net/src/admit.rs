@@ -72,6 +72,10 @@ pub struct Entry<R> {
     pub index: usize,
     pub event: Result<Box<pb::Event>, String>,
     pub raw: R,
+    /// The length of the event's JSON, when it came as JSON: its encoding
+    /// is bounded by it (`jimbus_core::adapt::encoded_len_bound`), so its
+    /// size is computed only when the bound could pass the limit.
+    pub json_len: Option<usize>,
 }
 
 /// Why an event was refused.
@@ -109,13 +113,14 @@ pub fn admit<R>(
     let added_bytes = request.added_bytes();
     let mut admitted = Admitted::default();
     let mut derived = DerivedSession::default();
-    for Entry { index, event, raw } in entries {
+    for Entry { index, event, raw, json_len } in entries {
         let refused = match event {
             Ok(mut event) => {
                 fill_session(admission, &mut event, &mut derived);
                 set_client_stamps_aside(&mut event, admission.request_id);
                 let added_entries = request.added_entries(&event.metadata);
-                match jimbus_proto::validate::check_event_before_stamps(&event, added_bytes, added_entries) {
+                let bound = json_len.map(|len| jimbus_core::adapt::encoded_len_bound(len, event.session_id.len()));
+                match jimbus_proto::validate::check_event_before_stamps(&event, added_bytes, added_entries, bound) {
                     Ok(()) => {
                         admitted.items.push(AppendItem::Event(event, request.clone()));
                         continue;

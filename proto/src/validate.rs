@@ -198,17 +198,20 @@ pub fn check_struct(s: &prost_types::Struct, path: &mut FieldPath, out: &mut Vec
 /// Checks an event before it is stored: its schema rules, the Struct limits, and
 /// its encoded size (at most [`MAX_EVENT_BYTES`]).
 pub fn check_event(event: &crate::events::Event) -> Result<(), Violations> {
-    check_event_before_stamps(event, 0, 0)
+    check_event_before_stamps(event, 0, 0, None)
 }
 
 /// [`check_event`] of `event` as it will be stored, once stamps the server
 /// keeps apart from it are added: up to `added_bytes` bytes of encoding and
 /// `added_entries` entries of `metadata` (the only rules a server stamp can
 /// break; the stamps' own values are the server's, valid by construction).
+/// `encoded_at_most`, when the caller knows a bound on the event's encoding,
+/// spares walking the event for its size whenever the bound fits.
 pub fn check_event_before_stamps(
     event: &crate::events::Event,
     added_bytes: usize,
     added_entries: usize,
+    encoded_at_most: Option<usize>,
 ) -> Result<(), Violations> {
     let mut out = Vec::new();
     event.validate_into(&mut FieldPath::new(), &mut out);
@@ -218,7 +221,8 @@ pub fn check_event_before_stamps(
         path.push_field("metadata");
         out.push(path.violation(&format!("max_items={MAX_METADATA_ENTRIES}")));
     }
-    let size = prost::Message::encoded_len(event) + added_bytes;
+    let surely_fits = encoded_at_most.is_some_and(|bound| bound.saturating_add(added_bytes) <= MAX_EVENT_BYTES);
+    let size = if surely_fits { 0 } else { prost::Message::encoded_len(event) + added_bytes };
     if size > MAX_EVENT_BYTES {
         out.push(Violation {
             path: "event".into(),
@@ -253,15 +257,23 @@ mod tests {
         };
         event.metadata = (0..MAX_METADATA_ENTRIES).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(check_event(&event).map_err(|v| v.to_string()), Ok(()));
-        assert!(check_event_before_stamps(&event, 0, 0).is_ok());
-        let refused = check_event_before_stamps(&event, 0, 1).unwrap_err();
+        assert!(check_event_before_stamps(&event, 0, 0, None).is_ok());
+        let refused = check_event_before_stamps(&event, 0, 1, None).unwrap_err();
         let mut stamped = event.clone();
         stamped.metadata.insert("batch_id".into(), "b".into());
         assert_eq!(refused.to_string(), check_event(&stamped).unwrap_err().to_string());
         let size = prost::Message::encoded_len(&event);
-        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size, 0).is_ok());
-        let too_big = check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0).unwrap_err();
+        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size, 0, None).is_ok());
+        let too_big = check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0, None).unwrap_err();
         assert!(too_big.to_string().contains(&format!("encodes to {} bytes", MAX_EVENT_BYTES + 1)), "{too_big}");
+        // A bound that fits is trusted and spares the walk (this one is below
+        // the real size, so only the bound let the event through); one that
+        // does not fit leaves the answer to the walk, whichever way it goes.
+        let fits = Some(MAX_EVENT_BYTES - (MAX_EVENT_BYTES - size + 1));
+        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0, fits).is_ok());
+        let loose = Some(MAX_EVENT_BYTES);
+        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0, loose).is_err());
+        assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size, 0, loose).is_ok());
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl BusService {
             index: first_index as usize + i,
             event: Ok(Box::new(event)),
             raw: (),
+            json_len: None,
         });
         let admitted = admit::admit(&admission, entries, |_, _, (), _| None);
         rejected.extend(admitted.rejected.into_iter().map(|(index, refusal)| {

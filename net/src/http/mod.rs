@@ -67,9 +67,12 @@ pub fn prepare(
     let ordered = std::iter::from_fn(|| match (events.peek(), refused.peek()) {
         (Some(e), Some(r)) if e.index < r.index => events.next().map(decoded_entry),
         (Some(_), None) => events.next().map(decoded_entry),
-        (_, Some(_)) => {
-            refused.next().map(|r| admit::Entry { index: r.index, event: Err(r.error.to_string()), raw: r.raw })
-        }
+        (_, Some(_)) => refused.next().map(|r| admit::Entry {
+            index: r.index,
+            event: Err(r.error.to_string()),
+            raw: r.raw,
+            json_len: None,
+        }),
         (None, None) => None,
     });
     let peer = peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
@@ -95,7 +98,8 @@ fn message_of(index: usize, refusal: &admit::Refusal) -> String {
 
 /// A decoded event as admission takes it, with its raw bytes' range.
 fn decoded_entry(decoded: jimbus_core::ingest::DecodedEvent) -> admit::Entry<std::ops::Range<usize>> {
-    admit::Entry { index: decoded.index, event: Ok(decoded.event), raw: decoded.raw }
+    let json_len = Some(decoded.raw.len());
+    admit::Entry { index: decoded.index, event: Ok(decoded.event), raw: decoded.raw, json_len }
 }
 
 /// Limits and paths of the HTTP edge.
