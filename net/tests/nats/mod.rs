@@ -1,5 +1,6 @@
 //! Real `nats-server` processes for the JetStream tests: one server, or a
-//! cluster, on free loopback ports with their own temporary stores. Readiness
+//! cluster, on loopback ports reserved below the ephemeral range (see
+//! [`reserve_port`]) with their own temporary stores. Readiness
 //! is polled from each server's monitoring endpoint (`/healthz`) with a
 //! deadline, never guessed with a sleep. A missing nats-server fails the test
 //! with instructions; it is never skipped.
@@ -37,8 +38,60 @@ pub fn binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+/// Ports reserved by the nats-servers of the tests running now, one lock
+/// file each, shared by every test process.
+fn port_locks() -> PathBuf {
+    std::env::temp_dir().join("jimbus-test-nats-ports")
+}
+
+/// A lock older than this was left by a test that was killed: no test runs
+/// this long.
+const STALE_LOCK: Duration = Duration::from_secs(2 * 3600);
+
+/// A port for a nats-server, reserved until `locks` are removed.
+///
+/// It comes from below the kernel's ephemeral range (`ip_local_port_range`),
+/// which `bind(127.0.0.1:0)` draws from. A port taken with `:0` and let go
+/// before nats-server listens on it could be handed to any test running
+/// beside this one (jimbus binds `:0`) in between, and a killed server's
+/// ports could be taken before it restarts on them: a jimbus then reconnected
+/// to another test's nats-server and found no stream there. Ports below the
+/// range are never handed out that way, and the lock file (created
+/// atomically) keeps two tests from choosing the same one.
+fn reserve_port(locks: &mut Vec<PathBuf>) -> u16 {
+    let dir = port_locks();
+    std::fs::create_dir_all(&dir).expect("the port lock folder");
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_start.max(12_000);
+    for attempt in 0u64..100_000 {
+        let port = range.start + (random(attempt) % u64::from(range.end - range.start)) as u16;
+        let lock = dir.join(port.to_string());
+        let stale = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().unwrap_or_default() > STALE_LOCK);
+        if stale {
+            let _ = std::fs::remove_file(&lock);
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
+            continue;
+        }
+        // Something else may listen there.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            locks.push(lock);
+            return port;
+        }
+        let _ = std::fs::remove_file(&lock);
+    }
+    panic!("no free port for nats-server below {ephemeral_start} (locks in {})", dir.display());
+}
+
+/// A number that differs between calls, processes and runs.
+fn random(salt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((salt, std::process::id(), Instant::now()))
 }
 
 /// One server of a cluster.
@@ -57,6 +110,8 @@ pub struct Nats {
     pub nodes: Vec<Node>,
     cluster: bool,
     dir: tempfile::TempDir,
+    /// The lock files of the servers' ports, removed on drop.
+    port_locks: Vec<PathBuf>,
 }
 
 impl Nats {
@@ -74,7 +129,9 @@ impl Nats {
         let binary = binary();
         assert!(binary.is_file(), "nats-server not found at {}", binary.display());
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (free_port(), free_port(), free_port())).collect();
+        let mut port_locks = Vec::new();
+        let mut port = || reserve_port(&mut port_locks);
+        let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (port(), port(), port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}")).collect();
         let mut nodes = Vec::new();
         for (i, (client, route, monitor)) in ports.into_iter().enumerate() {
@@ -98,7 +155,7 @@ impl Nats {
             let log = dir.path().join(format!("{name}.log"));
             nodes.push(Node { name, client, route, monitor, config, log, child: None });
         }
-        let mut nats = Self { nodes, cluster: size > 1, dir };
+        let mut nats = Self { nodes, cluster: size > 1, dir, port_locks };
         for i in 0..size {
             nats.spawn(i);
         }
@@ -169,6 +226,9 @@ impl Drop for Nats {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill9(i);
+        }
+        for lock in &self.port_locks {
+            let _ = std::fs::remove_file(lock);
         }
     }
 }
