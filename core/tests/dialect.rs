@@ -12,15 +12,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat");
-    let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    out.sort();
-    assert!(out.len() >= 30, "fixtures missing from {dir:?}");
+    let out = jimbus_harness::fixtures();
+    assert!(out.len() >= 30, "fixtures missing from {}", jimbus_harness::FIXTURES);
     out
 }
 

@@ -4,57 +4,43 @@
 //! decoded event back, and on a thread that never gets one back, where every
 //! event is new.
 
-use jimbus_core::ingest::{decode_body, Endpoint};
+use jimbus_core::ingest::{decode_body, DecodedEvent, Endpoint};
 use jimbus_core::spare_events;
 use proptest::prelude::*;
 use prost::Message;
-use std::path::PathBuf;
 
 /// What a decoding produced, comparable even with NaNs in it: the events'
 /// places and protobuf bytes, the rejections, or the body's error.
 type Outcome = Result<(Vec<(usize, std::ops::Range<usize>, Vec<u8>)>, String), String>;
 
-/// Decodes `body`, then hands its events back to this thread's spares.
-fn decode_and_give_back(body: &[u8], endpoint: Endpoint) -> Outcome {
+/// What decoding `body` produced; its decoded events go to `then`.
+fn decode(body: &[u8], endpoint: Endpoint, then: impl FnOnce(Vec<DecodedEvent>)) -> Outcome {
     let decoded = decode_body(body, endpoint).map_err(|e| format!("{e:?}"))?;
     let events = decoded.events.iter().map(|e| (e.index, e.raw.clone(), e.event.encode_to_vec())).collect();
     let rest = format!("{:?} {:?}", decoded.rejected, decoded.envelope);
-    spare_events::give_back(decoded.events.into_iter().map(|e| e.event));
+    then(decoded.events);
     Ok((events, rest))
+}
+
+/// Decodes `body`, then hands its events back to this thread's spares.
+fn decode_and_give_back(body: &[u8], endpoint: Endpoint) -> Outcome {
+    decode(body, endpoint, |events| spare_events::give_back(events.into_iter().map(|e| e.event)))
 }
 
 /// Decodes each body on a new thread, where no event is ever given back.
 fn decode_fresh(bodies: &[(Vec<u8>, Endpoint)]) -> Vec<Outcome> {
     let bodies = bodies.to_vec();
-    std::thread::spawn(move || {
-        bodies
-            .iter()
-            .map(|(body, endpoint)| {
-                let decoded = decode_body(body, *endpoint).map_err(|e| format!("{e:?}"))?;
-                let events = decoded.events.iter().map(|e| (e.index, e.raw.clone(), e.event.encode_to_vec())).collect();
-                Ok((events, format!("{:?} {:?}", decoded.rejected, decoded.envelope)))
-            })
-            .collect()
-    })
-    .join()
-    .unwrap()
+    std::thread::spawn(move || bodies.iter().map(|(body, endpoint)| decode(body, *endpoint, drop)).collect())
+        .join()
+        .unwrap()
 }
 
 fn fixtures() -> Vec<(Vec<u8>, Endpoint)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    assert!(paths.len() >= 30, "fixtures missing from {dir:?}");
-    paths
-        .iter()
-        .map(|p| {
-            let batch = p.file_name().unwrap().to_string_lossy().starts_with("batch_");
-            (std::fs::read(p).unwrap(), if batch { Endpoint::Batch } else { Endpoint::Single })
-        })
+    let fixtures = jimbus_harness::fixtures();
+    assert!(fixtures.len() >= 30, "fixtures missing from {}", jimbus_harness::FIXTURES);
+    fixtures
+        .into_iter()
+        .map(|(name, body)| (body, if name.starts_with("batch_") { Endpoint::Batch } else { Endpoint::Single }))
         .collect()
 }
 
