@@ -222,12 +222,14 @@ pub fn check_event_before_stamps(
         out.push(path.violation(&format!("max_items={MAX_METADATA_ENTRIES}")));
     }
     let surely_fits = encoded_at_most.is_some_and(|bound| bound.saturating_add(added_bytes) <= MAX_EVENT_BYTES);
-    let size = if surely_fits { 0 } else { prost::Message::encoded_len(event) + added_bytes };
-    if size > MAX_EVENT_BYTES {
-        out.push(Violation {
-            path: "event".into(),
-            rule: format!("max_size={MAX_EVENT_BYTES}: encodes to {size} bytes"),
-        });
+    if !surely_fits {
+        let size = prost::Message::encoded_len(event) + added_bytes;
+        if size > MAX_EVENT_BYTES {
+            out.push(Violation {
+                path: "event".into(),
+                rule: format!("max_size={MAX_EVENT_BYTES}: encodes to {size} bytes"),
+            });
+        }
     }
     if out.is_empty() {
         Ok(())
