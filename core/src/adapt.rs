@@ -148,6 +148,9 @@ fn uint64(r: &mut Reader<'_>) -> Result<u64> {
 
 /// A string; numbers are accepted and written as Lua would print integers.
 pub fn text(r: &mut Reader<'_>) -> Result<String> {
+    // Not `text_into` a new String, which would be shorter: growing an empty
+    // String costs about 200 instructions per event more than `into_owned`
+    // (perf/callgrind-ingest.sh: 13,129 against 12,916).
     match r.peek()? {
         Kind::String => Ok(r.string()?.into_owned()),
         Kind::Number => Ok(format_number(r.number()?)),
