@@ -9,6 +9,7 @@
 //! or server time, which belong to the shard that owns the session.
 
 use crate::json::{JsonError, Kind, Reader};
+use crate::spare_events;
 use jimbus_proto::events::{self as pb, event::Payload};
 use prost_types::Struct;
 use std::borrow::Cow;
@@ -339,13 +340,17 @@ payload_reader!(decision_response, pb::DecisionResponse {
 payload_reader!(error_event, pb::ErrorEvent { "message" => message: text, "stack" => stack: text });
 payload_reader!(connection_test, pb::ConnectionTestEvent { "message" => message: text });
 
-/// Reads the payload object of an event of `event_type`/`subtype`.
-fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str) -> Result<Payload> {
+/// Reads the payload object of an event of `event_type`/`subtype` into
+/// `slot`, the event's own payload field. Written there rather than returned:
+/// a `Payload` is 304 bytes whatever its variant (a game state's size), and
+/// returning it through the readers' results moved it about six times per
+/// event (docs/perf.md, "Ninth pass"). `slot` is left as it was on an error.
+fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str, slot: &mut Option<Payload>) -> Result<()> {
     use pb::learning_decision_event::Kind as Decision;
     use pb::scoring_event::Step;
     let scoring = |step| Payload::Scoring(pb::ScoringEvent { step: Some(step) });
     let decision = |kind| Payload::LearningDecision(pb::LearningDecisionEvent { kind: Some(kind) });
-    Ok(match (event_type, subtype) {
+    *slot = Some(match (event_type, subtype) {
         ("HEARTBEAT", _) => Payload::Heartbeat(heartbeat(r)?),
         ("GAME_STATE", _) => Payload::GameState(game_state(r)?),
         ("MONEY_CHANGED", _) => Payload::MoneyChanged(money_changed(r)?),
@@ -368,13 +373,16 @@ fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str) -> Result<
         ("ERROR", _) => Payload::Error(error_event(r)?),
         ("connection_test", _) => Payload::ConnectionTest(connection_test(r)?),
         _ => Payload::Generic(pb::GenericEvent { payload: Some(free_object(r)?) }),
-    })
+    });
+    Ok(())
 }
 
-/// The payload for an event that sent none: typed and empty, so subscribers can
+/// Gives an event that sent no payload a typed, empty one, so subscribers can
 /// still match on the type.
-fn empty_payload(event_type: &str, subtype: &str) -> Payload {
-    typed_payload(&mut Reader::new(b"{}"), event_type, subtype).unwrap_or(Payload::Generic(pb::GenericEvent::default()))
+fn empty_payload(event: &mut pb::Event) {
+    if typed_payload(&mut Reader::new(b"{}"), &event.event_type, &event.subtype, &mut event.payload).is_err() {
+        event.payload = Some(Payload::Generic(pb::GenericEvent::default()));
+    }
 }
 
 /// Where an event's payload lies, and what was read of it while the event's
@@ -382,9 +390,10 @@ fn empty_payload(event_type: &str, subtype: &str) -> Payload {
 struct PayloadSpan {
     /// Offset and depth of the payload's value.
     at: (usize, u32),
-    /// The payload typed by the type and subtype known when it was reached;
-    /// `None` when it came before the type.
-    early: Option<Result<Payload>>,
+    /// Whether the payload was typed, into the event, by the type and
+    /// subtype known when it was reached (and the error if it did not fit
+    /// them); `None` when it came before the type.
+    early: Option<Result<()>>,
 }
 
 /// Reads one event object. The reader must be placed on the object.
@@ -397,7 +406,7 @@ struct PayloadSpan {
 /// The event is built in its box, where it stays until the shard stores it:
 /// an `Event` is over 600 bytes, and each move would copy them.
 pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
-    let mut event = crate::spare_events::take();
+    let mut event = spare_events::take();
     let mut timing = pb::Timing::default();
     let mut extra = None;
     let mut payload_at: Option<PayloadSpan> = None;
@@ -441,7 +450,7 @@ pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
                 }
                 event.payload_field =
                     if key == "payload" { pb::PayloadField::Payload } else { pb::PayloadField::Data } as i32;
-                payload_at = Some(read_payload_early(r, &event)?);
+                payload_at = Some(read_payload_early(r, &mut event)?);
             }
             _ => return Ok(false),
         }
@@ -453,32 +462,31 @@ pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
     timing.client_clock = client_clock(timing.client_timestamp_ms) as i32;
     event.timing = Some(timing);
     event.extra = extra;
-    let payload = match payload_at {
+    match payload_at {
         Some(span) => {
             let key = if event.payload_field == pb::PayloadField::Data as i32 { "data" } else { "payload" };
             let typed = match span.early {
                 Some(typed) if !retyped => typed,
-                _ => read_payload_again(r, span.at, &event),
+                _ => read_payload_again(r, span.at, &mut event),
             };
-            typed.map_err(|e| e.within(key))?
+            typed.map_err(|e| e.within(key))?;
         }
-        None => empty_payload(&event.event_type, &event.subtype),
-    };
-    event.payload = Some(payload);
+        None => empty_payload(&mut event),
+    }
     Ok(event)
 }
 
-/// Notes where the payload is and, when the type is known, types it now. A
-/// payload that does not fit its type is skipped for its syntax alone, as if
-/// not yet read, and its error kept for when the object is done: a syntax
-/// error later in the object, or a missing type, is reported first.
-fn read_payload_early(r: &mut Reader<'_>, event: &pb::Event) -> Result<PayloadSpan> {
+/// Notes where the payload is and, when the type is known, types it now into
+/// the event. A payload that does not fit its type is skipped for its syntax
+/// alone, as if not yet read, and its error kept for when the object is done:
+/// a syntax error later in the object, or a missing type, is reported first.
+fn read_payload_early(r: &mut Reader<'_>, event: &mut pb::Event) -> Result<PayloadSpan> {
     let at = (r.offset(), r.depth());
     if event.event_type.is_empty() {
         r.skip()?;
         return Ok(PayloadSpan { at, early: None });
     }
-    let typed = typed_payload(r, &event.event_type, &event.subtype);
+    let typed = typed_payload(r, &event.event_type, &event.subtype, &mut event.payload);
     if typed.is_err() {
         r.rewind(at.0, at.1);
         r.skip()?;
@@ -486,13 +494,13 @@ fn read_payload_early(r: &mut Reader<'_>, event: &pb::Event) -> Result<PayloadSp
     Ok(PayloadSpan { at, early: Some(typed) })
 }
 
-/// Types a payload from its noted span, then puts the reader back where it
-/// was (the end of the event's object). The same reader is used so the
-/// values built are counted with the event's.
-fn read_payload_again(r: &mut Reader<'_>, (offset, depth): (usize, u32), event: &pb::Event) -> Result<Payload> {
+/// Types a payload into the event from its noted span, then puts the reader
+/// back where it was (the end of the event's object). The same reader is used
+/// so the values built are counted with the event's.
+fn read_payload_again(r: &mut Reader<'_>, (offset, depth): (usize, u32), event: &mut pb::Event) -> Result<()> {
     let end = (r.offset(), r.depth());
     r.rewind(offset, depth);
-    let typed = typed_payload(r, &event.event_type, &event.subtype);
+    let typed = typed_payload(r, &event.event_type, &event.subtype, &mut event.payload);
     r.rewind(end.0, end.1);
     typed
 }

@@ -91,7 +91,11 @@ fn empty(event: &mut pb::Event) {
         }
     }
     (*sequence, *client_sequence, *version, *priority, *debug, *payload_field) = (0, 0, 0, 0, false, 0);
-    (*timing, *extra, *payload) = (None, None, None);
+    // One by one: as a tuple, the three are built in a temporary and copied
+    // over the event's 330 bytes of them (a `memcpy` per event).
+    *timing = None;
+    *extra = None;
+    *payload = None;
     metadata.clear();
 }
 
