@@ -196,33 +196,39 @@ fn message_validator(file: &FileDescriptorProto, message: &DescriptorProto, inde
     ))
 }
 
-/// Checks on one value `v` (a reference) of a field's element type.
-fn value_check(field: &FieldDescriptorProto, rules: &Rules) -> String {
+/// The statement that reports a broken rule where the path is already the
+/// field's: the generated code keeps the path up to date as it descends.
+fn report_here(rule: &str) -> String {
+    format!("out.push(path.violation(\"{rule}\"));")
+}
+
+/// Checks on one value `v` (a reference) of a field's element type, each
+/// reporting a broken rule with `report`.
+fn value_check(field: &FieldDescriptorProto, rules: &Rules, report: &dyn Fn(&str) -> String) -> String {
     let mut checks = String::new();
     match field.r#type() {
         Type::String | Type::Bytes => {
             if let Some(n) = rules.max_len {
-                let _ = writeln!(checks, "if v.len() > {n} {{ out.push(path.violation(\"max_len={n}\")); }}");
+                let _ = writeln!(checks, "if v.len() > {n} {{ {} }}", report(&format!("max_len={n}")));
             }
         }
         Type::Double | Type::Float => {
             if rules.finite {
-                checks += "if !v.is_finite() { out.push(path.violation(\"finite\")); }\n";
+                let _ = writeln!(checks, "if !v.is_finite() {{ {} }}", report("finite"));
             }
             if let Some(min) = &rules.min {
-                let _ =
-                    writeln!(checks, "if !((*v as f64) >= {min}_f64) {{ out.push(path.violation(\"min={min}\")); }}");
+                let _ = writeln!(checks, "if !((*v as f64) >= {min}_f64) {{ {} }}", report(&format!("min={min}")));
             }
             if let Some(max) = &rules.max {
-                let _ =
-                    writeln!(checks, "if !((*v as f64) <= {max}_f64) {{ out.push(path.violation(\"max={max}\")); }}");
+                let _ = writeln!(checks, "if !((*v as f64) <= {max}_f64) {{ {} }}", report(&format!("max={max}")));
             }
         }
         Type::Enum => {
             let _ = writeln!(
                 checks,
-                "if {}::try_from(*v).is_err() {{ out.push(path.violation(\"enum: undefined value\")); }}",
-                rust_path(field.type_name())
+                "if {}::try_from(*v).is_err() {{ {} }}",
+                rust_path(field.type_name()),
+                report("enum: undefined value")
             );
         }
         Type::Message if field.type_name().starts_with(".jimbot.") => {
@@ -234,23 +240,47 @@ fn value_check(field: &FieldDescriptorProto, rules: &Rules) -> String {
         Type::Message | Type::Group | Type::Bool => {}
         _ => {
             if let Some(min) = &rules.min {
-                let _ = writeln!(checks, "if (*v as f64) < {min}_f64 {{ out.push(path.violation(\"min={min}\")); }}");
+                let _ = writeln!(checks, "if (*v as f64) < {min}_f64 {{ {} }}", report(&format!("min={min}")));
             }
             if let Some(max) = &rules.max {
-                let _ = writeln!(checks, "if (*v as f64) > {max}_f64 {{ out.push(path.violation(\"max={max}\")); }}");
+                let _ = writeln!(checks, "if (*v as f64) > {max}_f64 {{ {} }}", report(&format!("max={max}")));
             }
         }
     }
     checks
 }
 
+/// The checks of one field. A message field, or a repeated one, puts its name
+/// on the path for the checks below it; a single scalar puts it there only
+/// when it breaks a rule, so that a valid message costs no path store per
+/// scalar field (docs/perf.md, "Ninth pass").
 fn field_check(message: &DescriptorProto, field: &FieldDescriptorProto, rules: &Rules) -> Result<String, String> {
     let name = field.name();
-    let checks = value_check(field, rules);
+    let scalar = field.label() != Label::Repeated && field.r#type() != Type::Message;
+    if scalar {
+        let report_named =
+            |rule: &str| format!("path.push_field(\"{name}\"); out.push(path.violation(\"{rule}\")); path.pop();");
+        let checks = value_check(field, rules, &report_named);
+        let mut body = String::new();
+        if rules.required && field.proto3_optional() {
+            let _ = writeln!(body, "        if self.{name}.is_none() {{ {} }}", report_named("required"));
+        } else if rules.required && matches!(field.r#type(), Type::String | Type::Bytes) {
+            let _ = writeln!(body, "        if self.{name}.is_empty() {{ {} }}", report_named("required"));
+        }
+        if !checks.is_empty() {
+            let binding = match field.proto3_optional() {
+                true => format!("if let Some(v) = &self.{name} {{"),
+                false => format!("{{ let v = &self.{name};"),
+            };
+            let _ = writeln!(body, "        {binding}\n{checks}}}");
+        }
+        return Ok(body);
+    }
+    let checks = value_check(field, rules, &report_here);
     let mut body = String::new();
     if field.label() == Label::Repeated {
         if let Some(n) = rules.max_items {
-            let _ = writeln!(body, "if self.{name}.len() > {n} {{ out.push(path.violation(\"max_items={n}\")); }}");
+            let _ = writeln!(body, "if self.{name}.len() > {n} {{ {} }}", report_here(&format!("max_items={n}")));
         }
         if !is_map(message, field) && !checks.is_empty() {
             let _ = writeln!(
@@ -258,19 +288,12 @@ fn field_check(message: &DescriptorProto, field: &FieldDescriptorProto, rules: &
                 "for (i, v) in self.{name}.iter().enumerate() {{ path.push_index(i);\n{checks}path.pop(); }}"
             );
         }
-    } else if field.r#type() == Type::Message || field.proto3_optional() {
+    } else {
         if rules.required {
-            let _ = writeln!(body, "if self.{name}.is_none() {{ out.push(path.violation(\"required\")); }}");
+            let _ = writeln!(body, "if self.{name}.is_none() {{ {} }}", report_here("required"));
         }
         if !checks.is_empty() {
             let _ = writeln!(body, "if let Some(v) = &self.{name} {{\n{checks}}}");
-        }
-    } else {
-        if rules.required && matches!(field.r#type(), Type::String | Type::Bytes) {
-            let _ = writeln!(body, "if self.{name}.is_empty() {{ out.push(path.violation(\"required\")); }}");
-        }
-        if !checks.is_empty() {
-            let _ = writeln!(body, "{{ let v = &self.{name};\n{checks}}}");
         }
     }
     if body.is_empty() {
@@ -284,7 +307,7 @@ fn oneof_check(package: &str, message: &DescriptorProto, oneof: &str, oneof_inde
     let enum_path = format!("{module}::{}", camel(oneof));
     let mut arms = String::new();
     for field in message.field.iter().filter(|f| f.oneof_index == Some(oneof_index)) {
-        let checks = value_check(field, &Rules::default());
+        let checks = value_check(field, &Rules::default(), &report_here);
         let _ = writeln!(
             arms,
             "Some({enum_path}::{}(v)) => {{ path.push_field(\"{}\"); {checks} path.pop(); }}",
