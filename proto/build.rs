@@ -7,6 +7,9 @@ use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+#[path = "build/wire.rs"]
+mod wire;
+
 const PROTOS: &[&str] =
     &["jimbot/events/v1/events.proto", "jimbot/bus/v1/bus.proto", "jimbot/resource_coordinator.proto"];
 
@@ -22,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("descriptor.bin"), compiler.encode_file_descriptor_set())?;
     std::fs::write(out.join("validate.rs"), generate_validators(&fds.file)?)?;
     std::fs::write(out.join("sizes.rs"), generate_sizes(&fds.file))?;
+    std::fs::write(out.join("wire.rs"), wire::generate(&fds.file)?)?;
     // Maps are BTreeMaps: an event's metadata is filled on the ingest path,
     // where std's HashMap would hash with SipHash and allocate a table per
     // event, and a BTreeMap encodes its entries in one order every time.

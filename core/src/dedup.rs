@@ -17,7 +17,6 @@
 //! writer.
 
 use jimbus_proto::events as pb;
-use prost::Message;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -30,7 +29,9 @@ pub fn dedup_key(event: &pb::Event) -> Option<DedupKey> {
     if event.event_id.is_empty() {
         return None;
     }
-    Some(dedup_key_of_encoding(&event.encode_to_vec()))
+    let mut encoded = Vec::new();
+    jimbus_proto::wire::Write::write(event, &mut encoded);
+    Some(dedup_key_of_encoding(&encoded))
 }
 
 /// The key of a client event from its protobuf encoding (for callers that

@@ -14,6 +14,7 @@
 
 use crate::dedup::{dedup_key, dedup_key_of_encoding, DedupKey};
 use jimbus_proto::events as pb;
+use jimbus_proto::wire::{self, Write};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -145,9 +146,9 @@ impl Stamps {
 pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
     let stamps = Stamps::take(event);
     let start = out.len();
-    // `encode_raw` skips `encode`'s capacity check, which walks the whole
-    // event once more for its length; a `Vec` grows as needed.
-    event.encode_raw(out);
+    // prost's bytes, written in one pass (`jimbus_proto::wire`): prost's own
+    // encoder walks each nested message again for its length at every level.
+    event.write(out);
     let key = (!event.event_id.is_empty()).then(|| dedup_key_of_encoding(&out[start..]));
     (stamps, key)
 }
@@ -190,8 +191,7 @@ impl StampEncoder {
             self.remember(request, &stamps.metadata);
         }
         out.extend_from_slice(&self.shared);
-        let own = StampTimes { received_at: None, published_at: Some(published) };
-        Stamps { sequence, timing: Some(own), ..Default::default() }.encode_raw(out);
+        write_own_stamps(sequence, &published, out);
         stamps.sequence = sequence;
         stamps.timing.get_or_insert_with(Default::default).published_at = Some(published);
         stamps.restore(event);
@@ -205,6 +205,27 @@ impl StampEncoder {
         shared.encode_raw(&mut self.shared);
         self.last = Some((request.clone(), metadata.clone()));
     }
+}
+
+/// Appends prost's encoding of the stamps only this event has, `Stamps {
+/// sequence, timing: Some(StampTimes { published_at: Some(published), .. }),
+/// .. }`, without building one: a `Stamps` to encode cost as much as the rest
+/// of the record's stamps (a test compares the bytes with prost's).
+fn write_own_stamps(sequence: u64, published: &prost_types::Timestamp, out: &mut Vec<u8>) {
+    /// `StampTimes` holding only `published_at` (field 5).
+    struct PublishedAt<'a>(&'a prost_types::Timestamp);
+    impl Write for PublishedAt<'_> {
+        fn write(&self, buf: &mut Vec<u8>) {
+            buf.push(0x2a);
+            wire::nested(buf, self.0);
+        }
+    }
+    if sequence != 0 {
+        out.push(0x38); // `Stamps.sequence`, field 7, a varint.
+        wire::varint(out, sequence);
+    }
+    out.push(0x4a); // `Stamps.timing`, field 9, a message.
+    wire::nested(out, &PublishedAt(published));
 }
 
 /// The dedup key of a stamped event: that of its client's view.
@@ -288,6 +309,19 @@ mod tests {
         prop_assert_eq!(client_key(&mut decoded), key);
         prop_assert_eq!(client_key(&mut event), key);
         Ok(())
+    }
+
+    proptest! {
+        /// The stamps of one event are written as prost writes them.
+        #[test]
+        fn own_stamps_are_prost_bytes(sequence in prop_oneof![Just(0u64), any::<u64>()], seconds: i64, nanos: i32) {
+            let published = prost_types::Timestamp { seconds, nanos };
+            let own = StampTimes { received_at: None, published_at: Some(published) };
+            let expected = Stamps { sequence, timing: Some(own), ..Default::default() }.encode_to_vec();
+            let mut written = Vec::new();
+            write_own_stamps(sequence, &published, &mut written);
+            prop_assert_eq!(written, expected);
+        }
     }
 
     proptest! {

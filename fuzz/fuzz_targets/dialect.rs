@@ -1,7 +1,8 @@
 //! The field mod's JSON dialect, as a request body on both endpoints and as a
 //! bare value: no input may panic, whatever is decoded must point inside
-//! the body it came from, and no event may encode to more than the bound
-//! admission trusts instead of computing its size.
+//! the body it came from, no event may encode to more than the bound
+//! admission trusts instead of computing its size, and the one-pass encoder
+//! the log uses (`jimbus_proto::wire`) must write prost's bytes for it.
 #![no_main]
 
 use jimbus_core::adapt::encoded_len_bound;
@@ -18,6 +19,9 @@ fuzz_target!(|body: &[u8]| {
                     let size = prost::Message::encoded_len(&*event.event);
                     let bound = encoded_len_bound(event.raw.len(), 0);
                     assert!(size <= bound, "{size} bytes encoded from {} of JSON", event.raw.len());
+                    let mut written = Vec::new();
+                    jimbus_proto::wire::Write::write(&*event.event, &mut written);
+                    assert!(written == prost::Message::encode_to_vec(&*event.event), "wire differs from prost");
                 }
                 for rejected in &decoded.rejected {
                     assert!(rejected.raw.start <= rejected.raw.end && rejected.raw.end <= body.len());

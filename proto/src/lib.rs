@@ -10,6 +10,7 @@ pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
 pub mod validate;
+pub mod wire;
 
 /// Generated code, one module per protobuf package.
 #[allow(clippy::all, missing_docs)]

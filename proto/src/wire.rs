@@ -1,0 +1,161 @@
+//! Writes the protobuf encoding of event messages in one pass: each nested
+//! message goes after a one-byte length that is widened, moving the message
+//! up, only when it came out longer than 127 bytes. prost's `encode` instead
+//! computes a nested message's length before writing it, walking it once
+//! more for every level above it, which was most of the cost of encoding an
+//! event on the ingest path (docs/perf.md, "Ninth pass").
+//!
+//! It owns [`Write`], implemented for the schema's event messages by code
+//! that `build.rs` generates (`build/wire.rs`) and here for the well-known
+//! types they hold. It must never write bytes other than prost's for the same
+//! message: records, dedup keys and golden files compare encodings, and
+//! proto/tests/wire.rs checks it on random messages of every type.
+
+use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value};
+
+/// A message that can write its fields (without a length before them).
+pub trait Write {
+    /// Appends the encoding of the message's fields to `buf`.
+    fn write(&self, buf: &mut Vec<u8>);
+}
+
+/// Appends `value` as a varint.
+#[inline]
+pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// Appends a string field's length and bytes (its key is already written).
+#[inline]
+pub fn text(buf: &mut Vec<u8>, text: &str) {
+    varint(buf, text.len() as u64);
+    buf.extend_from_slice(text.as_bytes());
+}
+
+/// Appends a nested message's length and fields (its key is already written).
+#[inline]
+pub fn nested(buf: &mut Vec<u8>, message: &impl Write) {
+    let at = buf.len();
+    buf.push(0);
+    message.write(buf);
+    let len = buf.len() - at - 1;
+    match u8::try_from(len) {
+        Ok(short) if short < 0x80 => buf[at] = short,
+        _ => widen(buf, at, len),
+    }
+}
+
+/// Replaces the one-byte placeholder at `at` with the varint of `len`,
+/// moving the `len` bytes after it up to make room.
+fn widen(buf: &mut Vec<u8>, at: usize, len: usize) {
+    let mut prefix = Vec::with_capacity(10);
+    varint(&mut prefix, len as u64);
+    let end = buf.len();
+    buf.resize(end + prefix.len() - 1, 0);
+    buf.copy_within(at + 1..end, at + prefix.len());
+    buf[at..at + prefix.len()].copy_from_slice(&prefix);
+}
+
+/// An entry of a `map<string, string>`: key 1 and value 2, each left out
+/// when empty, as prost writes map entries.
+pub struct TextEntry<'a>(pub &'a str, pub &'a str);
+
+impl Write for TextEntry<'_> {
+    fn write(&self, buf: &mut Vec<u8>) {
+        if !self.0.is_empty() {
+            buf.push(0x0a);
+            text(buf, self.0);
+        }
+        if !self.1.is_empty() {
+            buf.push(0x12);
+            text(buf, self.1);
+        }
+    }
+}
+
+/// An entry of a `Struct`'s `map<string, Value>`: the value is left out when
+/// it holds no kind (prost compares it with the default).
+struct ValueEntry<'a>(&'a str, &'a Value);
+
+impl Write for ValueEntry<'_> {
+    fn write(&self, buf: &mut Vec<u8>) {
+        if !self.0.is_empty() {
+            buf.push(0x0a);
+            text(buf, self.0);
+        }
+        if self.1.kind.is_some() {
+            buf.push(0x12);
+            nested(buf, self.1);
+        }
+    }
+}
+
+impl Write for Struct {
+    fn write(&self, buf: &mut Vec<u8>) {
+        for (key, value) in &self.fields {
+            buf.push(0x0a);
+            nested(buf, &ValueEntry(key, value));
+        }
+    }
+}
+
+impl Write for Value {
+    fn write(&self, buf: &mut Vec<u8>) {
+        match &self.kind {
+            Some(Kind::NullValue(n)) => {
+                buf.push(0x08);
+                varint(buf, *n as i64 as u64);
+            }
+            Some(Kind::NumberValue(n)) => {
+                buf.push(0x11);
+                buf.extend_from_slice(&n.to_le_bytes());
+            }
+            Some(Kind::StringValue(s)) => {
+                buf.push(0x1a);
+                text(buf, s);
+            }
+            Some(Kind::BoolValue(b)) => buf.extend_from_slice(&[0x20, u8::from(*b)]),
+            Some(Kind::StructValue(s)) => {
+                buf.push(0x2a);
+                nested(buf, s);
+            }
+            Some(Kind::ListValue(l)) => {
+                buf.push(0x32);
+                nested(buf, l);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Write for ListValue {
+    fn write(&self, buf: &mut Vec<u8>) {
+        for value in &self.values {
+            buf.push(0x0a);
+            nested(buf, value);
+        }
+    }
+}
+
+impl Write for Timestamp {
+    fn write(&self, buf: &mut Vec<u8>) {
+        if self.seconds != 0 {
+            buf.push(0x08);
+            varint(buf, self.seconds as u64);
+        }
+        if self.nanos != 0 {
+            buf.push(0x10);
+            varint(buf, self.nanos as i64 as u64);
+        }
+    }
+}
+
+/// The generated `Write` of every event message.
+#[allow(clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/wire.rs"));
+}
