@@ -83,6 +83,7 @@ impl<'a> Reader<'a> {
 
     /// `buf[start..end]` as text, when the whole body is UTF-8 (the bounds sit
     /// next to ASCII quotes, so they are character boundaries).
+    #[inline]
     fn text_of(&self, start: usize, end: usize) -> Option<&'a str> {
         self.text?.get(start..end)
     }
@@ -129,11 +130,13 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn peek_byte(&mut self) -> Result<u8, JsonError> {
         self.skip_ws();
         self.buf.get(self.pos).copied().ok_or_else(|| self.syntax("unexpected end of body"))
     }
 
+    #[inline]
     fn expect(&mut self, byte: u8) -> Result<(), JsonError> {
         if self.peek_byte()? == byte {
             self.pos += 1;
@@ -144,6 +147,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The kind of the next value, without consuming it.
+    #[inline]
     pub fn peek(&mut self) -> Result<Kind, JsonError> {
         Ok(match self.peek_byte()? {
             b'{' => Kind::Object,
@@ -242,6 +246,7 @@ impl<'a> Reader<'a> {
     /// with JSON escapes when that is the only valid reading; when both the
     /// escaped and the literal reading are valid and differ, the body is
     /// ambiguous and refused.
+    #[inline]
     fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
         if self.peek_byte()? != b'"' {
             return Err(self.syntax("expected a string key"));
@@ -274,6 +279,7 @@ impl<'a> Reader<'a> {
     /// The usual key, read in one short scan: no backslash, UTF-8 (the body
     /// is), and its closing quote right before `:`. This is the key the
     /// general reading in [`Reader::key`] finds too; any other key is left to it.
+    #[inline]
     fn plain_key(&mut self, start: usize) -> Option<Cow<'a, str>> {
         let len = quote_or_backslash(&self.buf[start..])?;
         let quote = start + len;
@@ -315,6 +321,7 @@ impl<'a> Reader<'a> {
     /// Reads a string value. The field mod escapes only `\\`, `"`, `\n`, `\r` and
     /// `\t` and leaves other control characters raw; both are accepted, as are all
     /// standard JSON escapes.
+    #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"')?;
         let start = self.pos;
@@ -337,6 +344,7 @@ impl<'a> Reader<'a> {
     /// The offset of the closing quote of the string starting at `self.pos`,
     /// and whether the string holds a backslash (found on the same scan, so
     /// the common string without one is not scanned twice).
+    #[inline]
     fn string_end(&self) -> Result<(usize, bool), JsonError> {
         let mut at = self.pos;
         let mut escaped = false;
