@@ -252,9 +252,17 @@ impl<'a> Reader<'a> {
             return Err(self.syntax("expected a string key"));
         }
         let start = self.pos + 1;
-        if let Some(key) = self.plain_key(start) {
-            return Ok(key);
+        match self.plain_key(start) {
+            Some(key) => Ok(key),
+            None => self.unusual_key(start),
         }
+    }
+
+    /// A key [`Reader::plain_key`] does not read: one with a backslash or a
+    /// quote in it, or white space before its colon. Kept out of line, so
+    /// that the usual key's path stays short where it is inlined.
+    #[inline(never)]
+    fn unusual_key(&mut self, start: usize) -> Result<Cow<'a, str>, JsonError> {
         let mut end = start;
         loop {
             let Some(found) = memchr::memchr(b'"', &self.buf[end..]) else {
