@@ -52,12 +52,18 @@ pub fn nested(buf: &mut Vec<u8>, message: &impl Write) {
 /// Replaces the one-byte placeholder at `at` with the varint of `len`,
 /// moving the `len` bytes after it up to make room.
 fn widen(buf: &mut Vec<u8>, at: usize, len: usize) {
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
+    let (mut prefix, mut width, mut rest) = ([0u8; 10], 0, len as u64);
+    while rest >= 0x80 {
+        prefix[width] = rest as u8 | 0x80;
+        rest >>= 7;
+        width += 1;
+    }
+    prefix[width] = rest as u8;
+    width += 1;
     let end = buf.len();
-    buf.resize(end + prefix.len() - 1, 0);
-    buf.copy_within(at + 1..end, at + prefix.len());
-    buf[at..at + prefix.len()].copy_from_slice(&prefix);
+    buf.resize(end + width - 1, 0);
+    buf.copy_within(at + 1..end, at + width);
+    buf[at..at + width].copy_from_slice(&prefix[..width]);
 }
 
 /// An entry of a `map<string, string>`: key 1 and value 2, each left out
