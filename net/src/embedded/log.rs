@@ -322,8 +322,9 @@ pub struct SegmentWriter {
     pub(super) index: SharedIndex,
     /// Encoded records waiting for the next commit.
     pub(super) staged: Vec<u8>,
-    /// Where each staged record ends in `staged`.
-    pub(super) staged_ends: Vec<usize>,
+    /// Where each staged record ends in `staged`, and its time: publishing
+    /// needs the time, which it would otherwise decode the record again for.
+    pub(super) staged_ends: Vec<(usize, u64)>,
     /// The newest receive time handed out (see [`SegmentWriter::monotonic_time_us`]).
     pub(super) last_time_us: u64,
     /// The base of a segment started since the caller last asked (see [`SegmentWriter::take_rolled`]).
@@ -354,7 +355,7 @@ impl SegmentWriter {
     pub fn stage(&mut self, kind: RecordKind, topic: &str, message: &[u8], time_us: u64) -> u64 {
         let offset = self.next_offset();
         record::encode(&Record { offset, time_us, kind, topic, message }, &mut self.staged);
-        self.staged_ends.push(self.staged.len());
+        self.staged_ends.push((self.staged.len(), time_us));
         offset
     }
 
@@ -399,12 +400,18 @@ impl SegmentWriter {
         Ok(())
     }
 
-    async fn write_durably(&self, file: &BufferedFile, data: &[u8], ends: &[usize], at: u64) -> Result<(), LogError> {
+    async fn write_durably(
+        &self,
+        file: &BufferedFile,
+        data: &[u8],
+        ends: &[(usize, u64)],
+        at: u64,
+    ) -> Result<(), LogError> {
         let started = std::time::Instant::now();
         match self.options.fsync {
             FsyncMode::Always => {
                 let mut from = 0;
-                for &end in ends {
+                for &(end, _) in ends {
                     layout::write_all(file, &data[from..end], at + from as u64).await?;
                     crate::observe::fdatasync(file).await?;
                     from = end;
@@ -422,13 +429,12 @@ impl SegmentWriter {
 
     /// Makes committed records visible to readers; `pinned` is the memory
     /// their buffer `data` holds.
-    fn publish(&mut self, data: Bytes, pinned: usize, ends: &[usize], start_len: u64) {
+    fn publish(&mut self, data: Bytes, pinned: usize, ends: &[(usize, u64)], start_len: u64) {
         let mut log = self.index.borrow_mut();
         let mut from = 0;
-        for &end in ends {
+        for &(end, time_us) in ends {
             let offset = log.end;
             let frame = data.slice(from..end);
-            let time_us = record::decode_without_checksum(&frame).map_or(0, |rec| rec.time_us);
             if offset.is_multiple_of(TIME_MARK_STRIDE) {
                 log.time_marks.push((time_us, offset));
             }
