@@ -146,10 +146,19 @@ fn oneof_writer(
     Ok(format!("        match &self.{} {{\n{arms}            None => {{}}\n        }}\n", field_name(oneof)))
 }
 
-/// The Rust name prost gives a field: `type` becomes `r#type`.
+/// The Rust name prost gives a field (its `sanitize_identifier`): a keyword
+/// is raw (`r#type`), and the few that cannot be raw get an underscore. A
+/// name this misses does not compile; it is never another field.
 fn field_name(name: &str) -> String {
+    const RAW: &[&str] = &[
+        "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "do", "dyn", "else", "enum",
+        "false", "final", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move",
+        "mut", "override", "priv", "pub", "ref", "return", "static", "struct", "trait", "true", "try", "type",
+        "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+    ];
     match name {
-        "type" | "match" | "move" | "ref" | "self" | "use" | "fn" | "mod" => format!("r#{name}"),
+        "self" | "super" | "extern" | "crate" => format!("{name}_"),
+        _ if RAW.contains(&name) => format!("r#{name}"),
         _ => name.to_string(),
     }
 }
