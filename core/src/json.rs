@@ -118,10 +118,8 @@ impl<'a> Reader<'a> {
         JsonError { offset: self.pos, reason: reason.into(), syntax: true }
     }
 
-    #[inline]
     fn skip_ws(&mut self) {
-        // The mod writes no white space: one comparison finds the usual
-        // next byte, which is above the space, before the loop runs.
+        // The mod writes no white space: one comparison usually ends it.
         if self.buf.get(self.pos).is_some_and(|&b| b > b' ') {
             return;
         }
@@ -258,9 +256,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A key [`Reader::plain_key`] does not read: one with a backslash or a
-    /// quote in it, or white space before its colon. Kept out of line, so
-    /// that the usual key's path stays short where it is inlined.
+    /// A key [`Reader::plain_key`] does not read (a backslash or quote in it,
+    /// space before its colon), out of line: the usual key's path stays short.
     #[inline(never)]
     fn unusual_key(&mut self, start: usize) -> Result<Cow<'a, str>, JsonError> {
         let mut end = start;
@@ -475,10 +472,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The offset of the first `"` or `\` in `bytes`. Keys and most strings
-/// end within a few words, where eight bytes at a time cost less than
-/// memchr's vector set-up; a string still running after 32 bytes is left to
-/// memchr.
+/// The offset of the first `"` or `\` in `bytes`. Keys and most strings end
+/// within a few words, where eight bytes at a time cost less than memchr's
+/// vector set-up; a string running past 32 bytes is left to memchr.
 pub fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
