@@ -17,6 +17,7 @@
 //! writer.
 
 use jimbus_proto::events as pb;
+use prost::Message;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -29,9 +30,7 @@ pub fn dedup_key(event: &pb::Event) -> Option<DedupKey> {
     if event.event_id.is_empty() {
         return None;
     }
-    let mut encoded = Vec::new();
-    jimbus_proto::wire::Write::write(event, &mut encoded);
-    Some(dedup_key_of_encoding(&encoded))
+    Some(dedup_key_of_encoding(&event.encode_to_vec()))
 }
 
 /// The key of a client event from its protobuf encoding (for callers that

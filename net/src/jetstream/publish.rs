@@ -29,9 +29,7 @@ fn outbound(item: &mut AppendItem) -> (String, PublishMessage) {
             request.apply(event);
             event.timing.get_or_insert_with(Default::default).published_at = Some(timestamp(now));
             let subject = topic::raw_topic(&event.session_id, &event.event_type);
-            let mut encoded = Vec::new();
-            jimbus_proto::wire::Write::write(&**event, &mut encoded);
-            let mut message = PublishMessage::build().payload(encoded.into()).header(KIND, "event");
+            let mut message = PublishMessage::build().payload(event.encode_to_vec().into()).header(KIND, "event");
             if let Some(key) = key {
                 message = message.message_id(format!("{key:032x}"));
             }
