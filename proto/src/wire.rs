@@ -19,7 +19,10 @@ pub trait Write {
     fn write(&self, buf: &mut Vec<u8>);
 }
 
-/// Appends `value` as a varint.
+/// Appends `value` as a varint. Not prost's `encode_varint`, which writes
+/// each byte through `BufMut` (perf/callgrind-ingest.sh: 10,174 instructions
+/// per event with it against 9,923); nor a stack array copied in, as
+/// [`widen`] needs (10,844).
 #[inline]
 pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
@@ -50,7 +53,9 @@ pub fn nested(buf: &mut Vec<u8>, message: &impl Write) {
 }
 
 /// Replaces the one-byte placeholder at `at` with the varint of `len`,
-/// moving the `len` bytes after it up to make room.
+/// moving the `len` bytes after it up to make room. The varint is built on
+/// the stack: [`varint`] appends to the end of `buf`, and a `Vec` for it was
+/// an allocation per long message.
 fn widen(buf: &mut Vec<u8>, at: usize, len: usize) {
     let (mut prefix, mut width, mut rest) = ([0u8; 10], 0, len as u64);
     while rest >= 0x80 {
