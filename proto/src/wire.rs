@@ -22,7 +22,7 @@ pub trait Write {
 /// Appends `value` as a varint. Not prost's `encode_varint`, which writes
 /// each byte through `BufMut` (perf/callgrind-ingest.sh: 10,174 instructions
 /// per event with it against 9,923); nor a stack array copied in, as
-/// [`widen`] needs (10,844).
+/// `widen` needs (10,844).
 #[inline]
 pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
