@@ -78,7 +78,7 @@ impl ResourceCoordinator for CoordinatorService {
 
     type StreamResourceStatusStream = StatusStream;
 
-    /// The status of the asked pools now, then every [`STATUS_EVERY`], until the client leaves.
+    /// The status of the asked pools now, then every `STATUS_EVERY`, until the client leaves.
     async fn stream_resource_status(
         &self,
         request: Request<pb::ResourceStatusRequest>,

@@ -173,7 +173,7 @@ pub fn storage_failed(message: &str) {
 }
 
 /// True while the data directory is full: a write failed for want of space and
-/// the free space has not grown by [`ROOM`] since, or less than [`ROOM`] is free.
+/// the free space has not grown by `ROOM` since, or less than `ROOM` is free.
 pub fn storage_full() -> bool {
     let Some(dir) = DATA_DIR.get() else { return false };
     let Ok(free) = free_bytes(dir) else { return false };

@@ -1,7 +1,7 @@
 //! The HTTP/1.1 edge on each shard: the field mod's API, health, readiness and metrics.
 //!
 //! [`Listener`] accepts on the shard's SO_REUSEPORT socket and caps connections;
-//! [`Handler`] serves one connection through hyper over glommio's TcpStream. A
+//! `Handler` serves one connection through hyper over glommio's TcpStream. A
 //! request body is a `Bytes` view of the connection's read buffer (hyper's
 //! `BytesMut`, which it reclaims and reuses once the request's views are dropped,
 //! so it is the connection's buffer pool; a body that spans several reads is

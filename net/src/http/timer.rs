@@ -7,7 +7,7 @@
 //! and the context switches behind them cost about a tenth of the server's CPU
 //! under wrk. Here a sleep is an `Arc` deadline put in its shard's list, and
 //! one glommio task per shard, running only while the list is not empty,
-//! fires what is due every [`TICK`] and forgets what hyper dropped. A deadline
+//! fires what is due every `TICK` and forgets what hyper dropped. A deadline
 //! fires up to one tick late, which a timeout of seconds does not notice.
 //! This module must never be used off a glommio executor (a sleep is listed
 //! on the thread that asks for it) and never carries anything but deadlines.
