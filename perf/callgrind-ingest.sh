@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per event on the CPU-bound part of the ingest path
 # (decode, admission, client view, dedup key, sequence, stamps, topic, record
-# framing), counted by callgrind, which repeats to a few instructions on a
-# noisy machine where wall time does not:
+# framing, aggregation on a simulated clock), counted by callgrind, which
+# repeats to a few instructions on a noisy machine where wall time does not:
 #
 #   perf/callgrind-ingest.sh [INGEST_COUNT_BINARY]
 #

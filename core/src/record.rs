@@ -86,21 +86,46 @@ pub enum FrameError {
 
 /// Appends a framed record to `out`.
 pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
+    let message = |out: &mut Vec<u8>| {
+        out.extend_from_slice(record.message);
+        Some(())
+    };
+    encode_with(record.offset, record.time_us, record.kind, record.topic, out, message);
+}
+
+/// Frames a record at the end of `out` whose message `message` appends
+/// straight after the topic, so that an event is encoded once, into the
+/// buffer that is written, and not into a scratch buffer and copied. When
+/// `message` returns `None`, `out` is cut back to what it was.
+pub fn encode_with<T>(
+    offset: u64,
+    time_us: u64,
+    kind: RecordKind,
+    topic: &str,
+    out: &mut Vec<u8>,
+    message: impl FnOnce(&mut Vec<u8>) -> Option<T>,
+) -> Option<T> {
     let start = out.len();
-    let header = RecordHeader {
+    let mut header = RecordHeader {
         crc: U32::new(0),
-        len: U32::new((record.topic.len() + record.message.len()) as u32),
-        offset: U64::new(record.offset),
-        time_us: U64::new(record.time_us),
-        kind: record.kind as u8,
-        topic_len: U16::new(record.topic.len() as u16),
+        len: U32::new(0),
+        offset: U64::new(offset),
+        time_us: U64::new(time_us),
+        kind: kind as u8,
+        topic_len: U16::new(topic.len() as u16),
         reserved: 0,
     };
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(record.topic.as_bytes());
-    out.extend_from_slice(record.message);
+    out.extend_from_slice(topic.as_bytes());
+    let Some(written) = message(out) else {
+        out.truncate(start);
+        return None;
+    };
+    header.len = U32::new((out.len() - start - HEADER_LEN) as u32);
+    out[start..start + HEADER_LEN].copy_from_slice(header.as_bytes());
     let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    Some(written)
 }
 
 /// Reads the record at the start of `data`, checking its checksum.
@@ -208,6 +233,29 @@ mod tests {
                 prop_assert_eq!(&message, &items[i].1);
                 prop_assert_eq!(offset, i as u64);
             }
+        }
+
+        #[test]
+        fn a_refused_message_leaves_nothing(items in records(), refused in proptest::collection::vec(any::<bool>(), 20)) {
+            let mut data = Vec::new();
+            let mut kept = Vec::new();
+            for (i, (topic, message)) in items.iter().enumerate() {
+                // Half of the message is written before the refusal, as a
+                // duplicate found after its encoding is.
+                let framed = encode_with(i as u64, 7, RecordKind::Event, topic, &mut data, |out| {
+                    out.extend_from_slice(&message[..message.len() / 2]);
+                    (!refused[i]).then(|| out.extend_from_slice(&message[message.len() / 2..]))
+                });
+                prop_assert_eq!(framed.is_some(), !refused[i]);
+                if framed.is_some() {
+                    kept.push((topic.clone(), message.clone(), i as u64));
+                }
+            }
+            let mut seen = Vec::new();
+            let end = scan(&data, |_, r| seen.push((r.topic.to_string(), r.message.to_vec(), r.offset)));
+            prop_assert_eq!(end.stopped, None);
+            prop_assert_eq!(end.valid_len, data.len());
+            prop_assert_eq!(seen, kept);
         }
 
         #[test]

@@ -33,6 +33,12 @@ pub struct AggregateConfig {
     pub idle_timeout: Duration,
     /// At most this many sessions are held; the least recently active is evicted.
     pub max_sessions: usize,
+    /// A session's merged game state restarts from the incoming state when
+    /// merging it could make the state longer than this (its `extra` keys
+    /// accumulate, so a client sending new keys would grow it without end,
+    /// and every message carries it). At most 2 MiB, an accepted event's
+    /// size, keeps a part under the 4 MiB above.
+    pub max_state_bytes: usize,
     /// The initial memory budget in bytes (see
     /// [`Aggregator::set_memory_budget`](super::Aggregator::set_memory_budget)).
     pub memory_budget: usize,
@@ -49,6 +55,7 @@ impl Default for AggregateConfig {
             cascade_split_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(300),
             max_sessions: 65_536,
+            max_state_bytes: 1 << 20,
             memory_budget: 256 << 20,
         }
     }
@@ -85,6 +92,7 @@ impl AggregateConfig {
             (self.cascade_split, "cascade_split"),
             (self.cascade_split_bytes, "cascade_split_bytes"),
             (self.max_sessions, "max_sessions"),
+            (self.max_state_bytes, "max_state_bytes"),
         ];
         for (value, name) in zero_counts {
             if value == 0 {

@@ -65,7 +65,10 @@
 //! GAME_STATE payloads are merged by presence ([`merge_game_state`]) into the
 //! session's cumulative state; every message carries that state as `base`, and
 //! the first message after them accounts for the merged events
-//! (`coalesced_game_states`, `input_sequences`).
+//! (`coalesced_game_states`, `input_sequences`). A state that merging the next
+//! could make longer than `max_state_bytes` (1 MiB) restarts from that next
+//! one (counted): `extra` keys accumulate, and a client sending new keys
+//! would otherwise grow the state, and every message carrying it, without end.
 //!
 //! # Bounds
 //! Per session at most one cascade is open and holds at most `cascade_split`
@@ -83,6 +86,8 @@ mod cascade;
 mod classify;
 mod config;
 mod output;
+#[cfg(test)]
+mod tests;
 
 pub use classify::is_copy_joker;
 pub use config::{AggregateConfig, ConfigError};
@@ -116,7 +121,8 @@ struct Session {
     last_active: Duration,
     /// The cumulative merged game state.
     state: Option<pb::GameStateEvent>,
-    /// Approximate heap bytes of `state`, recomputed at each merge.
+    /// Approximate heap bytes of `state`: its encoded length, measured at each
+    /// window's end, plus at most the length of each state merged since.
     state_bytes: usize,
     /// GAME_STATE sequences not yet accounted for by a message.
     state_seqs: Vec<u64>,
@@ -163,6 +169,34 @@ impl Session {
             + self.ready_bytes
     }
 
+    /// Measures the merged game state exactly, in place of the bound its
+    /// merges added up (see [`Session::apply`]): once per window.
+    fn measure_state(&mut self) {
+        self.state_bytes = self.state.as_ref().map_or(0, |s| size_of::<pb::GameStateEvent>() + s.encoded_len());
+    }
+
+    /// Drops the merged game state when merging `g` (`incoming` bytes at most)
+    /// could make it longer than `max_state_bytes`, so that the state restarts
+    /// from `g`: measured exactly first, since the account may be a bound.
+    fn restart_state_if_too_long(
+        &mut self,
+        stats: &mut AggregateStats,
+        config: &AggregateConfig,
+        incoming: usize,
+        g: &pb::GameStateEvent,
+    ) {
+        let limit = size_of::<pb::GameStateEvent>() + config.max_state_bytes;
+        if self.state.is_none() || self.state_bytes + incoming <= limit {
+            return;
+        }
+        self.measure_state();
+        if self.state_bytes + g.encoded_len() > limit {
+            stats.game_states_restarted += 1;
+            self.state = None;
+            self.state_bytes = 0;
+        }
+    }
+
     /// When the session next has work: its window's end or its open cascade's
     /// timeout (legacy gap for a bracketless group).
     fn next_deadline(&self, c: &AggregateConfig) -> Option<Duration> {
@@ -184,9 +218,16 @@ impl Session {
     ) -> (Disposition, bool) {
         match classify(seq, event, stamped.received_at) {
             Kind::State(g) => {
-                let state = self.state.get_or_insert_with(Default::default);
-                merge_game_state(state, g);
-                self.state_bytes = size_of::<pb::GameStateEvent>() + state.encoded_len();
+                // An upper bound until the window ends (`measure_state`): a
+                // merge replaces or extends what the state held, so the merged
+                // state is no longer than the two together, and the event's
+                // encoding holds the state's. Measuring the whole state at every
+                // merge walked all its jokers, cards and extra values again.
+                let incoming = stamped.encoded_len.unwrap_or_else(|| g.encoded_len());
+                self.restart_state_if_too_long(stats, config, incoming, &g);
+                let first = if self.state.is_none() { size_of::<pb::GameStateEvent>() } else { 0 };
+                self.state_bytes += first + incoming;
+                merge_game_state(self.state.get_or_insert_with(Default::default), g);
                 self.state_seqs.push(seq);
             }
             Kind::Start(start) => {
@@ -235,12 +276,21 @@ pub struct Stamped<'a> {
     pub correlation_id: &'a str,
     /// The event's `timing.received_at`, which a trigger keeps.
     pub received_at: Option<prost_types::Timestamp>,
+    /// The length of the event's encoding, when the caller has it (a shard
+    /// has just written it). It bounds the length of the game state the
+    /// event carries, which aggregation measures otherwise.
+    pub encoded_len: Option<usize>,
 }
 
 impl<'a> Stamped<'a> {
-    /// The stamps of the request that carried an event (kept apart from it).
-    pub fn of_request(request: &'a RequestStamps) -> Self {
-        Self { correlation_id: &request.correlation_id, received_at: Some(request.received_at) }
+    /// What a shard knows of an event it stored: the stamps of the request
+    /// that carried it (kept apart from it), and the length of its record.
+    pub fn of_stored(request: &'a RequestStamps, encoded_len: usize) -> Self {
+        Self {
+            correlation_id: &request.correlation_id,
+            received_at: Some(request.received_at),
+            encoded_len: Some(encoded_len),
+        }
     }
 }
 
@@ -339,7 +389,7 @@ impl Aggregator {
         // Lent out of the event, which the offer borrows mutably.
         let correlation_id = std::mem::take(&mut event.correlation_id);
         let received_at = event.timing.as_ref().and_then(|t| t.received_at);
-        let stamped = Stamped { correlation_id: &correlation_id, received_at };
+        let stamped = Stamped { correlation_id: &correlation_id, received_at, encoded_len: None };
         let offered = self.offer_arrived(session, seq, event, stamped, now, now, out);
         event.correlation_id = correlation_id;
         offered
@@ -369,9 +419,13 @@ impl Aggregator {
         }
         let before = sess.bytes();
         sess.last_seq = seq;
-        self.lru.remove(&(sess.last_active, slot));
-        sess.last_active = now;
-        self.lru.insert((now, slot));
+        // A shard offers a commit's events at one `now`: the session's place
+        // in the index moves only with its first.
+        if sess.last_active != now {
+            self.lru.remove(&(sess.last_active, slot));
+            sess.last_active = now;
+            self.lru.insert((now, slot));
+        }
         let (disposition, split) = sess.apply(&mut self.stats, &self.config, seq, event, stamped, now);
         if disposition == Disposition::Held {
             self.stats.events_held += 1;

@@ -91,6 +91,9 @@ pub struct AggregateStats {
     pub game_states_coalesced: u64,
     /// GAME_STATE events superseded: merged without a message of their own.
     pub game_states_superseded: u64,
+    /// Merged game states restarted from one GAME_STATE, which could have
+    /// made them longer than `max_state_bytes`.
+    pub game_states_restarted: u64,
     /// HAND_EVAL_COMPLETE events with nothing open.
     pub stray_completes: u64,
     /// Flushes caused by high-priority events.
@@ -185,6 +188,7 @@ pub(super) fn flush_window(
     }
     sess.window_start = None;
     sess.window_events = 0;
+    sess.measure_state();
 }
 
 /// Emits one message with the session's state as `base`; the game states

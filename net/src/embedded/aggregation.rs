@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The aggregator's counters, in the order [`AggregationStage::export_metrics`] computes them.
-const COUNTERS: [&str; 6] = [
+const COUNTERS: [&str; 7] = [
     "jimbus_aggregate_messages_total",
     "jimbus_aggregate_hands_complete_total",
     "jimbus_aggregate_cascades_incomplete_total",
     "jimbus_aggregate_cascade_splits_total",
     "jimbus_aggregate_game_states_coalesced_total",
     "jimbus_aggregate_sessions_evicted_total",
+    "jimbus_aggregate_game_state_restarts_total",
 ];
 
 /// One shard's aggregator and what it has produced but not yet logged.
@@ -88,10 +89,10 @@ impl AggregationStage {
     pub fn offer(&mut self, events: &mut [StoredEvent]) {
         let now = self.now();
         let wall_now = crate::clock::now_micros();
-        for StoredEvent { sequence, event, request } in events {
+        for StoredEvent { sequence, event, request, encoded_len } in events {
             let received = crate::clock::micros(&request.received_at);
             let arrived = now.saturating_sub(Duration::from_micros(wall_now.saturating_sub(received)));
-            let stamped = Stamped::of_request(request);
+            let stamped = Stamped::of_stored(request, *encoded_len);
             // Lent out of the event, which the offer borrows mutably (it takes a game state).
             let session = std::mem::take(&mut event.session_id);
             let offered =
@@ -144,6 +145,7 @@ impl AggregationStage {
             now.cascade_splits - before.cascade_splits,
             now.game_states_coalesced - before.game_states_coalesced,
             now.evicted_idle + now.evicted_capacity - before.evicted_idle - before.evicted_capacity,
+            now.game_states_restarted - before.game_states_restarted,
         ];
         let counters = COUNTERS.into_iter().zip(gains);
         for (name, gained) in counters {

@@ -34,6 +34,9 @@ pub struct StoredEvent {
     pub event: Box<pb::Event>,
     /// The stamps of the request that carried it.
     pub request: Arc<RequestStamps>,
+    /// The length of its record's message, which bounds its payload's for
+    /// aggregation's memory account.
+    pub encoded_len: usize,
 }
 
 /// A request to a shard's pump.

@@ -14,7 +14,7 @@ use super::layout;
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
 use jimbus_core::checkpoint::SegmentIndex;
-use jimbus_core::record::{self, FrameError, Record, RecordKind};
+use jimbus_core::record::{self, FrameError, RecordKind};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -351,12 +351,30 @@ impl SegmentWriter {
         self.last_time_us
     }
 
-    /// Adds a record to the next commit and returns its offset.
+    /// Adds a record of already encoded `message` bytes to the next commit
+    /// and returns its offset.
     pub fn stage(&mut self, kind: RecordKind, topic: &str, message: &[u8], time_us: u64) -> u64 {
+        let copy = |out: &mut Vec<u8>| {
+            out.extend_from_slice(message);
+            Some(())
+        };
+        self.stage_encoded(kind, topic, time_us, copy).expect("copying never refuses").0
+    }
+
+    /// Adds a record whose message `encode` appends straight into the commit
+    /// buffer, and returns its offset with what `encode` returned. When
+    /// `encode` returns `None` nothing is staged (see [`record::encode_with`]).
+    pub fn stage_encoded<T>(
+        &mut self,
+        kind: RecordKind,
+        topic: &str,
+        time_us: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Option<T>,
+    ) -> Option<(u64, T)> {
         let offset = self.next_offset();
-        record::encode(&Record { offset, time_us, kind, topic, message }, &mut self.staged);
+        let encoded = record::encode_with(offset, time_us, kind, topic, &mut self.staged, encode)?;
         self.staged_ends.push((self.staged.len(), time_us));
-        offset
+        Some((offset, encoded))
     }
 
     /// Writes every staged record and makes it durable per the fsync mode. On

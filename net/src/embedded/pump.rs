@@ -71,8 +71,6 @@ pub struct Shard {
     pub(super) dedup: DedupWindow,
     /// Records per topic, for ListTopics.
     pub(super) topics: FastMap<String, u64>,
-    /// One record's encoding, reused for every record.
-    pub(super) scratch: Vec<u8>,
     /// Writes each event's topic into one reused buffer.
     pub(super) topic: TopicWriter,
     /// Completes each event's record after its client view.
@@ -455,50 +453,57 @@ impl Shard {
     /// Stages one item received at `now`: assigns its sequence and offset, or
     /// recognises a retry (a key already durable, or `staged` by an earlier
     /// request of this commit).
+    ///
+    /// An event is encoded once, straight into the log's commit buffer: its
+    /// client view (whose bytes give its dedup key), then its stamps. A retry
+    /// found after its encoding is cut back out.
     fn stage(&mut self, item: AppendItem, now: u64, keys: &mut Vec<(DedupKey, u64)>, staged: &KeySet) -> ItemOutcome {
-        match item {
-            AppendItem::Event(mut event, request) => {
-                self.scratch.clear();
-                let (stamps, key) = encode_client_view(&mut event, &mut self.scratch);
-                if key.is_some_and(|k| self.dedup.contains(k) || staged.contains(&k)) {
-                    metrics::counter!("jimbus_events_duplicate_total").increment(1);
-                    return ItemOutcome::Duplicate;
-                }
-                let sequence = take_sequence(&mut self.next_sequence, &event.session_id);
-                self.stamps.append(stamps, &request, &mut event, sequence, timestamp(now), &mut self.scratch);
-                let mut topics = std::mem::take(&mut self.topic);
-                let outcome =
-                    self.stage_scratch(RecordKind::Event, topics.write(&event.session_id, &event.event_type), now);
-                self.topic = topics;
-                if let (Some(key), ItemOutcome::Stored { offset, .. }) = (key, outcome) {
-                    keys.push((key, offset));
-                }
-                self.fresh.push(StoredEvent { sequence, event, request });
-                outcome
-            }
+        let (mut event, request) = match item {
+            AppendItem::Event(event, request) => (event, request),
             AppendItem::DeadLetter(letter) => {
                 metrics::counter!("jimbus_deadletter_total").increment(1);
-                self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER, &*letter, now)
+                return self.stage_message(RecordKind::DeadLetter, topic::DEADLETTER, &*letter, now);
             }
+        };
+        let (dedup, next_sequence, stamps) = (&self.dedup, &mut self.next_sequence, &mut self.stamps);
+        let topic = self.topic.write(&event.session_id, &event.event_type);
+        let staged = self.writer.stage_encoded(RecordKind::Event, topic, now, |out| {
+            let start = out.len();
+            let (own, key) = encode_client_view(&mut event, out);
+            if key.is_some_and(|k| dedup.contains(k) || staged.contains(&k)) {
+                return None;
+            }
+            let sequence = take_sequence(next_sequence, &event.session_id);
+            stamps.append(own, &request, &mut event, sequence, timestamp(now), out);
+            Some((key, sequence, out.len() - start))
+        });
+        let Some((offset, (key, sequence, encoded_len))) = staged else {
+            metrics::counter!("jimbus_events_duplicate_total").increment(1);
+            return ItemOutcome::Duplicate;
+        };
+        count_topic(&mut self.topics, topic);
+        if let Some(key) = key {
+            keys.push((key, offset));
         }
+        self.fresh.push(StoredEvent { sequence, event, request, encoded_len });
+        ItemOutcome::Stored { partition: self.id as u32, offset }
     }
 
     fn stage_message(&mut self, kind: RecordKind, topic: &str, message: &impl Message, now: u64) -> ItemOutcome {
-        self.scratch.clear();
-        message.encode(&mut self.scratch).expect("a Vec grows as needed");
-        self.stage_scratch(kind, topic, now)
-    }
-
-    /// Stages the message encoded in `scratch`.
-    fn stage_scratch(&mut self, kind: RecordKind, topic: &str, now: u64) -> ItemOutcome {
-        let offset = self.writer.stage(kind, topic, &self.scratch, now);
-        match self.topics.get_mut(topic) {
-            Some(count) => *count += 1,
-            None => {
-                self.topics.insert(topic.to_string(), 1);
-            }
-        }
+        let encode = |out: &mut Vec<u8>| message.encode(out).ok();
+        let (offset, ()) = self.writer.stage_encoded(kind, topic, now, encode).expect("a Vec grows as needed");
+        count_topic(&mut self.topics, topic);
         ItemOutcome::Stored { partition: self.id as u32, offset }
+    }
+}
+
+/// Counts one more record of `topic`, for ListTopics.
+fn count_topic(topics: &mut FastMap<String, u64>, topic: &str) {
+    match topics.get_mut(topic) {
+        Some(count) => *count += 1,
+        None => {
+            topics.insert(topic.to_string(), 1);
+        }
     }
 }
 

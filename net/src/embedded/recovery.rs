@@ -86,7 +86,6 @@ impl Shard {
             next_sequence,
             dedup,
             topics,
-            scratch: Vec::new(),
             topic: TopicWriter::default(),
             stamps: StampEncoder::default(),
             aggregation,

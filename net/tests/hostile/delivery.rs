@@ -1,7 +1,9 @@
 //! Defect 1 (and 6c): an event that is accepted reaches a default client. Every
 //! event is posted over HTTP and read back with the default tonic client
-//! (prost's recursion limit) and with `jimbus tail` (protobuf JSON); the Python
-//! runtime's side is tools/tests/test_hostile_delivery.py.
+//! (prost's recursion limit, a 4 MiB message limit) and with `jimbus tail`
+//! (protobuf JSON); the Python runtime's side is
+//! tools/tests/test_hostile_delivery.py. So does the aggregated message that
+//! carries what a session's game states merged into.
 
 use crate::harness::Jimbus;
 use jimbus_proto::bus::subscribe_response::Body;
@@ -118,4 +120,36 @@ async fn grpc_structs_with_non_finite_numbers_are_rejected() {
     let answer = client.publish(jimbus_proto::bus::PublishRequest { events: vec![*event] }).await.unwrap().into_inner();
     assert_eq!(answer.accepted, 0);
     assert!(answer.rejected[0].error.contains("finite"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn game_states_with_ever_new_keys_keep_the_aggregated_state_deliverable() {
+    // One window for the whole test, ended by an ERROR: one aggregated message.
+    let server = Jimbus::start(&["--shards", "1", "--aggregate-window-ms", "600000"]);
+    // 64 states of 4,000 new keys each: about 6 MiB merged, past the default
+    // client's 4 MiB message limit; every single state is far below it.
+    let states = 64;
+    for batch in 0..states / 8 {
+        let events: Vec<String> = (0..8)
+            .map(|i| {
+                let n = batch * 8 + i;
+                let keys: Vec<String> = (0..4000).map(|k| format!(r#""key{n}_{k}":{k}"#)).collect();
+                format!(r#"{{"type":"GAME_STATE","session_id":"grow","payload":{{"ante":1,{}}}}}"#, keys.join(","))
+            })
+            .collect();
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        let response = server.post("/api/v1/events/batch", body.as_bytes());
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.json()["accepted"], 8);
+    }
+    let response =
+        server.post("/api/v1/events", br#"{"type":"ERROR","session_id":"grow","payload":{"message":"end"}}"#);
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    let delivered = server.read_all("balatro.grow.aggregated", 1).await;
+    assert_eq!(delivered.len(), 1, "the default client reads the aggregated message");
+    let Some(Body::Aggregated(message)) = &delivered[0].body else { panic!("not an aggregated message") };
+    assert_eq!(message.coalesced_game_states, states as u32, "every state is accounted for");
+    let base = prost::Message::encoded_len(message.base.as_ref().expect("the merged state"));
+    assert!(base <= 1 << 20, "the merged state is {base} bytes");
+    assert!(server.metric("jimbus_aggregate_game_state_restarts_total") >= 1.0);
 }
