@@ -38,10 +38,25 @@ impl CappedAck {
     }
 
     /// The request, once it keeps the schema's rules.
-    pub fn into_valid(self) -> Result<bus::AckRequest, Violations> {
-        self.request.validate()?;
-        Ok(self.request)
+    pub fn into_valid(self) -> Result<bus::AckRequest, AckRefused> {
+        let sent = self.positions_sent();
+        match self.request.validate() {
+            Ok(()) => Ok(self.request),
+            Err(violations) => Err(AckRefused { violations, too_many: (sent >= KEPT_POSITIONS).then_some(sent) }),
+        }
     }
+}
+
+/// Why an ack request was refused: the schema's violations, and how many
+/// positions were sent when they were over its rule (the rule's words name
+/// only the limit, and the request's positions were not all decoded).
+#[derive(Debug, thiserror::Error)]
+#[error("{violations}{}", too_many.map(|n| format!(" ({n} positions sent)")).unwrap_or_default())]
+pub struct AckRefused {
+    /// The rules the request broke, in the schema's words.
+    pub violations: Violations,
+    /// The positions sent, when they were more than the rule allows.
+    pub too_many: Option<usize>,
 }
 
 impl Message for CappedAck {
@@ -101,7 +116,22 @@ mod tests {
         assert_eq!(ack.request.positions.len(), KEPT_POSITIONS);
         assert_eq!(ack.request.durable_name, "x");
         let refused = ack.into_valid().unwrap_err();
-        assert_eq!(refused.to_string(), format!("positions: max_items={}", KEPT_POSITIONS - 1));
+        let limit = KEPT_POSITIONS - 1;
+        assert_eq!(
+            refused.to_string(),
+            format!("positions: max_items={limit} ({} positions sent)", 2 * KEPT_POSITIONS)
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_positions_sent_only_when_they_were_too_many() {
+        let mut short_name = request(3);
+        short_name.durable_name.clear();
+        let refused = CappedAck::decode(short_name.encode_to_vec().as_slice()).unwrap().into_valid().unwrap_err();
+        assert_eq!(refused.too_many, None);
+        assert!(!refused.to_string().contains("positions sent"), "{refused}");
+        let over = CappedAck::decode(request(KEPT_POSITIONS).encode_to_vec().as_slice()).unwrap();
+        assert_eq!(over.into_valid().unwrap_err().too_many, Some(KEPT_POSITIONS));
     }
 
     #[test]

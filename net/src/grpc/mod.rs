@@ -361,11 +361,8 @@ impl EventBusService for BusService {
     }
 
     async fn ack(&self, request: Request<CappedAck>) -> Result<Response<bus::AckResponse>, Status> {
-        let request = request.into_inner();
-        let sent = request.positions_sent();
-        let request = request
-            .into_valid()
-            .map_err(|violations| Status::invalid_argument(format!("{violations} ({sent} positions sent)")))?;
+        let request =
+            request.into_inner().into_valid().map_err(|refused| Status::invalid_argument(refused.to_string()))?;
         let positions = request.positions.iter().map(|p| (p.partition, p.offset)).collect();
         let acked = self.bus.ack(request.durable_name, positions).await.map_err(status_of)?;
         Ok(Response::new(bus::AckResponse { acked }))
