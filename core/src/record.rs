@@ -29,7 +29,11 @@ pub struct RecordHeader {
 
 pub const HEADER_LEN: usize = std::mem::size_of::<RecordHeader>();
 
-/// A larger record than this is refused on write and treated as corrupt on read.
+/// A larger record than this is treated as corrupt on read. Writers stay far
+/// under it, so [`encode_with`] only asserts it in debug builds: an event is
+/// at most the schema's 2 MiB at admission, a dead letter's raw bytes are
+/// cut, and an aggregated message holds a cascade part of at most
+/// `cascade_split_bytes` and a game state of at most `max_state_bytes`.
 pub const MAX_RECORD_LEN: usize = 64 << 20;
 
 /// What a record's message bytes hold.
@@ -121,7 +125,9 @@ pub fn encode_with<T>(
         out.truncate(start);
         return None;
     };
-    header.len = U32::new((out.len() - start - HEADER_LEN) as u32);
+    let len = out.len() - start - HEADER_LEN;
+    debug_assert!(len <= MAX_RECORD_LEN, "a record of {len} bytes could never be read back");
+    header.len = U32::new(len as u32);
     out[start..start + HEADER_LEN].copy_from_slice(header.as_bytes());
     let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());

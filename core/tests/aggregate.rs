@@ -592,6 +592,9 @@ fn bad_configs_are_refused() {
     };
     assert_eq!(bad(|c| c.window = Duration::ZERO), Some(ConfigError::Zero("window")));
     assert_eq!(bad(|c| c.cascade_split = 10_001), Some(ConfigError::SplitTooLarge));
+    assert_eq!(bad(|c| c.cascade_split_bytes = 2 << 20), None);
+    assert_eq!(bad(|c| c.cascade_split_bytes = (2 << 20) + 1), Some(ConfigError::PartTooLarge("cascade_split_bytes")));
+    assert_eq!(bad(|c| c.max_state_bytes = (2 << 20) + 1), Some(ConfigError::PartTooLarge("max_state_bytes")));
     let batch = |f: fn(&mut BatchConfig)| {
         let mut c = BatchConfig::default();
         f(&mut c);

@@ -12,6 +12,9 @@ use std::time::Duration;
 /// The most triggers one message may carry: the schema's `max_items` for `triggers`.
 const MAX_CASCADE_SPLIT: usize = 10_000;
 
+/// The most bytes of one part of a message: its cascade or its game state.
+const MAX_PART_BYTES: usize = 2 << 20;
+
 /// Everything the aggregator is configured with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateConfig {
@@ -37,7 +40,8 @@ pub struct AggregateConfig {
     /// merging it could make the state longer than this (its `extra` keys
     /// accumulate, so a client sending new keys would grow it without end,
     /// and every message carries it). At most 2 MiB, an accepted event's
-    /// size, keeps a part under the 4 MiB above.
+    /// size, as `cascade_split_bytes` (validated), keeps a message under the
+    /// 4 MiB above.
     pub max_state_bytes: usize,
     /// The initial memory budget in bytes (see
     /// [`Aggregator::set_memory_budget`](super::Aggregator::set_memory_budget)).
@@ -71,6 +75,10 @@ pub enum ConfigError {
     /// `cascade_split` exceeds what one message may carry.
     #[error("cascade_split must be at most 10000 (the schema's max_items for triggers)")]
     SplitTooLarge,
+    /// A byte limit of one message's part exceeds 2 MiB, which together with
+    /// the other part could pass default gRPC clients' 4 MiB.
+    #[error("{0} must be at most 2 MiB (a message's two parts stay under gRPC's 4 MiB)")]
+    PartTooLarge(&'static str),
 }
 
 impl AggregateConfig {
@@ -101,6 +109,13 @@ impl AggregateConfig {
         }
         if self.cascade_split > MAX_CASCADE_SPLIT {
             return Err(ConfigError::SplitTooLarge);
+        }
+        for (value, name) in
+            [(self.cascade_split_bytes, "cascade_split_bytes"), (self.max_state_bytes, "max_state_bytes")]
+        {
+            if value > MAX_PART_BYTES {
+                return Err(ConfigError::PartTooLarge(name));
+            }
         }
         Ok(())
     }
