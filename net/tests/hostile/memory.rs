@@ -42,6 +42,13 @@ fn post(server: &Jimbus, body: &[u8]) -> u16 {
     conn.try_read_response().map_or(0, |r| r.status)
 }
 
+/// Waits until the budget is used no more than `at_rest` bytes again: `what`
+/// has given back every grant it took.
+fn wait_until_at_rest(server: &Jimbus, at_rest: f64, what: &str) {
+    let back = || server.metric("jimbus_budget_used_bytes") <= at_rest;
+    crate::harness::wait_for(Duration::from_secs(10), what, back);
+}
+
 #[test]
 fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodies() {
     let budget = BUDGET.to_string();
@@ -70,8 +77,7 @@ fn peak_memory_stays_under_the_budget_and_the_fixed_overhead_under_hostile_bodie
     }
     // Accepted events are held (and granted) until their windows are stored:
     // once every grant is back, the work these bodies caused is over.
-    let at_rest = || server.metric("jimbus_budget_used_bytes") <= used_at_rest;
-    crate::harness::wait_for(Duration::from_secs(10), "the bodies' grants to come back", at_rest);
+    wait_until_at_rest(&server, used_at_rest, "the bodies' grants to come back");
     let peak = process.peak_rss_kib().expect("VmHWM") * 1024;
     eprintln!("answers {statuses:?}; peak RSS {} MiB", peak >> 20);
     assert!(statuses.keys().all(|(_, status)| matches!(status, 200 | 400 | 413 | 503)), "{statuses:?}");
@@ -170,6 +176,5 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
     let bound = free + CONNECTIONS * IDLE_PER_CONNECTION + (8 << 20);
     assert!(grown < bound, "RSS grew by {} MiB, more than {} MiB", grown >> 20, bound >> 20);
     drop(connections);
-    let at_rest = || server.metric("jimbus_budget_used_bytes") <= used_at_rest;
-    crate::harness::wait_for(Duration::from_secs(10), "the connections' charges to come back", at_rest);
+    wait_until_at_rest(&server, used_at_rest, "the connections' charges to come back");
 }
