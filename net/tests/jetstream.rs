@@ -132,6 +132,44 @@ async fn durable_a_member_that_leaves_gives_its_unacked_deliveries_to_the_group(
     cases::durable::a_member_that_leaves_gives_its_unacked_deliveries_to_the_group(&jimbus_on(&nats, &[])).await;
 }
 
+/// The backend publishes on its own runtime's thread, but a published event
+/// comes back to the thread that awaits the answer, the edge's that decoded
+/// it: the next event decoded there fills the same box, with the capacity of
+/// its strings, instead of a new one (no cross-thread free).
+#[test]
+fn a_published_event_comes_back_to_the_thread_that_decoded_it() {
+    use jimbus_core::spare_events;
+    use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
+    let nats = Nats::single();
+    let options = jimbus_net::jetstream::JetStreamOptions {
+        urls: vec![nats.urls()],
+        replicas: 1,
+        publish_timeout: Duration::from_secs(10),
+        max_age: None,
+        max_bytes: None,
+        startup_timeout: Duration::from_secs(30),
+        aggregate: Default::default(),
+    };
+    let bus = jimbus_net::jetstream::JetStreamBus::start(options).expect("the bus reaches nats-server");
+    // As the decoder does: an event taken from this thread's spares, filled.
+    let mut event = spare_events::take();
+    event.event_id = String::with_capacity(48);
+    event.event_id.push_str("spare-1");
+    (event.session_id, event.event_type) = ("s".into(), "HEARTBEAT".into());
+    let request = jimbus_core::stamps::RequestStamps {
+        correlation_id: "req-1".into(),
+        received_at: jimbus_net::clock::timestamp(jimbus_net::clock::now_micros()),
+        batch_id: String::new(),
+    };
+    let answer = bus.try_append(vec![AppendItem::Event(event, Arc::new(request))]).expect("the bus takes it");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let outcomes = runtime.block_on(answer).expect("stored");
+    assert!(matches!(outcomes[..], [ItemOutcome::Stored { .. }]), "{outcomes:?}");
+    let next = spare_events::take();
+    assert!(next.event_id.is_empty() && next.event_id.capacity() >= 48, "a new event, not the spare: {next:?}");
+    bus.stop();
+}
+
 // --- failures ------------------------------------------------------------------
 
 const SESSIONS: usize = 4;

@@ -154,6 +154,23 @@ impl JetStreamBus {
         });
         Box::pin(async move { answer.recv_async().await.map_err(|_| BusError::Stopped)? })
     }
+
+    /// Publishes `items` on the runtime. Their events come back to the
+    /// thread that awaits the answer, the edge's that decoded them, and are
+    /// kept there as its spares (`jimbus_core::spare_events`) or freed.
+    fn publish(&self, items: Vec<AppendItem>) -> BusFuture<Vec<ItemOutcome>> {
+        let shared = self.shared.clone();
+        let published = self.run(async move { Ok(publish::publish_all(shared, items).await) });
+        Box::pin(async move {
+            let (outcomes, items) = published.await?;
+            let events = items.into_iter().filter_map(|item| match item {
+                AppendItem::Event(event, _) => Some(event),
+                AppendItem::DeadLetter(_) => None,
+            });
+            jimbus_core::spare_events::give_back(events);
+            outcomes
+        })
+    }
 }
 
 impl Bus for JetStreamBus {
@@ -166,13 +183,13 @@ impl Bus for JetStreamBus {
         if self.shared.events_in_flight.load(Ordering::Acquire) + items.len() > MAX_EVENTS_IN_FLIGHT {
             return Err(BusError::Overloaded);
         }
-        Ok(self.run(publish::publish_all(self.shared.clone(), items)))
+        Ok(self.publish(items))
     }
 
     /// Queued means stored here: acknowledgements of different requests could
     /// complete out of order, and aggregation must see each session in order.
     fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>> {
-        let stored = self.run(publish::publish_all(self.shared.clone(), items));
+        let stored = self.publish(items);
         Box::pin(async move {
             let outcomes = stored.await?;
             Ok(Box::pin(std::future::ready(Ok(outcomes))) as BusFuture<Vec<ItemOutcome>>)

@@ -52,13 +52,23 @@ fn publish_error(e: impl std::fmt::Display, kind: PublishErrorKind) -> BusError 
     }
 }
 
-/// Publishes every item with all acks in flight together, then waits for each.
-pub(super) async fn publish_all(shared: Arc<Shared>, items: Vec<AppendItem>) -> Result<Vec<ItemOutcome>, BusError> {
+/// Publishes every item with all acks in flight together, then waits for
+/// each. The items come back with the outcome, whatever it is, so that their
+/// events are freed (or kept as spares) by the thread that decoded them, not
+/// by the NATS runtime's.
+pub(super) async fn publish_all(
+    shared: Arc<Shared>,
+    mut items: Vec<AppendItem>,
+) -> (Result<Vec<ItemOutcome>, BusError>, Vec<AppendItem>) {
+    let outcomes = publish_items(&shared, &mut items).await;
+    (outcomes, items)
+}
+
+async fn publish_items(shared: &Shared, items: &mut [AppendItem]) -> Result<Vec<ItemOutcome>, BusError> {
     let count = items.len();
-    let _in_flight = InFlight::new(&shared, count);
+    let _in_flight = InFlight::new(shared, count);
     let mut acks = Vec::with_capacity(count);
-    let mut items = items;
-    for item in &mut items {
+    for item in items.iter_mut() {
         let (subject, message) = outbound(item);
         let ack = shared.js.send_publish(subject, message).await.map_err(|e| publish_error(&e, e.kind()))?;
         acks.push(ack);
