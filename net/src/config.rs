@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// Replicas of the JetStream stream [default: 3 when several URLs are given, else 1].
     #[arg(long, env = "JIMBUS_BUS_REPLICAS")]
     pub bus_replicas: Option<usize>,
+    /// Nice value (0-19) of the gRPC edge's threads: above 0, the shards pinned
+    /// to the cores get the CPU first when both want it, so ingest answers
+    /// sooner and subscribers and gRPC publishers fall behind at saturation
+    /// (see docs/tuning.md); 0 shares it evenly [default: 0].
+    #[arg(long, env = "JIMBUS_GRPC_NICE")]
+    pub grpc_nice: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +164,7 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     max_durables: Option<usize>,
     durable_idle_expiry_seconds: Option<u64>,
+    grpc_nice: Option<i32>,
     bus: Option<String>,
     bus_replicas: Option<usize>,
 }
@@ -189,6 +196,16 @@ pub struct ServeConfig {
     pub resource_coordinator: Option<String>,
     /// `Some` runs on NATS JetStream instead of the embedded log.
     pub bus: Option<JetStreamOptions>,
+    /// Nice value of the gRPC edge's threads (0 to 19).
+    pub grpc_nice: i32,
+}
+
+/// Checks `--grpc-nice`: a lower priority only, as a higher one needs privileges.
+fn checked_nice(nice: i32) -> Result<i32, ConfigError> {
+    if !(0..=19).contains(&nice) {
+        return Err(ConfigError::Invalid(format!("--grpc-nice must be between 0 and 19, not {nice}")));
+    }
+    Ok(nice)
 }
 
 /// Parses `--bus`: comma-separated NATS URLs (`nats://` is added to a bare host:port).
@@ -276,6 +293,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             bus,
+            grpc_nice: self.grpc_nice.or(file.grpc_nice).map_or(Ok(0), checked_nice)?,
             http: self.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
             grpc: self.grpc.or(file.grpc).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
             data_dir: absolute_path(self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()))?,

@@ -101,8 +101,9 @@ impl Server {
             let shutdown = shutdown.clone();
             crate::observe::watch_data_dir(config.data_dir.clone(), move || shutdown.is_stopping());
         }
+        let lease = remote_lease(&config, &budget);
         let (grpc, grpc_addr, grpc_stop) =
-            spawn_grpc(config.grpc, bus, config.resource_pools, remote_lease(&config, &budget), budget.clone())?;
+            spawn_grpc(config.grpc, bus, config.resource_pools, lease, budget.clone(), config.grpc_nice)?;
         shutdown.set_ready(true);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
@@ -207,6 +208,25 @@ fn spawn_shard(
 
 type GrpcThread = (JoinHandle<()>, SocketAddr, tokio::sync::oneshot::Sender<()>);
 
+/// Lowers the calling thread's priority to `nice` (Linux keeps one per
+/// thread), so that the gRPC edge yields a core to the shard pinned there
+/// when both want it (`--grpc-nice`; its trade-off is measured in
+/// docs/tuning.md). Only ever lowered, which needs no privilege; a refusal
+/// is logged, not fatal.
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory of ours.
+    let thread = unsafe { libc::gettid() } as libc::id_t;
+    // Never raised: a server started niced keeps its edge at least as low.
+    if nice <= unsafe { libc::getpriority(libc::PRIO_PROCESS, thread) } {
+        return;
+    }
+    // SAFETY: as above.
+    let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, nice) } != 0;
+    if refused {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the gRPC edge's priority");
+    }
+}
+
 /// The remote coordinator to lease the budget from, with the budget it sets.
 fn remote_lease(config: &ServeConfig, budget: &Arc<MemoryBudget>) -> Option<(String, Arc<MemoryBudget>)> {
     config.resource_coordinator.clone().map(|url| (url, budget.clone()))
@@ -218,15 +238,18 @@ fn spawn_grpc(
     pools: PoolCapacity,
     lease: Option<(String, Arc<MemoryBudget>)>,
     budget: Arc<MemoryBudget>,
+    nice: i32,
 ) -> Result<GrpcThread, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new()
         .name("grpc-edge".into())
         .spawn(move || {
+            lower_priority(nice);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("grpc")
+                .on_thread_start(move || lower_priority(nice))
                 .enable_all()
                 .build()
             {

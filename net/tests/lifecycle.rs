@@ -110,6 +110,43 @@ fn a_bad_flag_is_one_line_and_exit_code_two() {
     assert!(stderr.contains("--no-such-flag"));
     let out = jimbus(&["serve", "--shards", "0"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = jimbus(&["serve", "--grpc-nice", "20"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grpc-nice must be between 0 and 19"), "{out:?}");
+}
+
+/// The nice value in a `/proc/…/stat` line: field 19, counted after the
+/// name's closing parenthesis (field 2).
+fn nice_in(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// The name and nice value of each of a process's threads.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    let nice_of = |task: std::fs::DirEntry| {
+        let name = std::fs::read_to_string(task.path().join("comm")).ok()?.trim().to_string();
+        Some((name, nice_in(&std::fs::read_to_string(task.path().join("stat")).ok()?)?))
+    };
+    tasks.flatten().filter_map(nice_of).collect()
+}
+
+/// With `--grpc-nice`, the gRPC edge's threads yield the cores to the
+/// shards: they run at that nice value, the shards at the one they started
+/// with; by default, both at the latter.
+#[test]
+fn the_grpc_edge_runs_at_a_lower_priority_than_the_shards() {
+    // What the server inherits from this test (0 unless the run was niced).
+    let base = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).expect("a nice value");
+    for (flags, nice) in [(&[][..], base), (&["--grpc-nice", "10"][..], 10), (&["--grpc-nice", "19"][..], 19)] {
+        let server = Jimbus::start(flags);
+        let threads = thread_nices(server.process().expect("the server runs").pid);
+        let grpc: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("grpc")).collect();
+        assert!(grpc.len() >= 3, "the edge's thread and its two workers: {threads:?}");
+        assert!(grpc.iter().all(|(_, n)| *n == nice.max(base)), "{flags:?}: {threads:?}");
+        let shards: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("shard-")).collect();
+        assert!(!shards.is_empty() && shards.iter().all(|(_, n)| *n == base), "{flags:?}: {threads:?}");
+    }
 }
 
 #[test]
