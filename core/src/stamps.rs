@@ -143,7 +143,7 @@ impl Stamps {
 
 /// Appends the encoding of the client's view of `event` to `out`; returns the
 /// stamps taken out of it (to be put back by [`StampEncoder::append`]) and its dedup key.
-pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
+fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, Option<DedupKey>) {
     let stamps = Stamps::take(event);
     let start = out.len();
     // prost's bytes, written in one pass (`jimbus_proto::wire`): prost's own
@@ -153,8 +153,9 @@ pub fn encode_client_view(event: &mut pb::Event, out: &mut Vec<u8>) -> (Stamps, 
     (stamps, key)
 }
 
-/// Completes records after the client's views that [`encode_client_view`]
-/// wrote, remembering the encoding of the stamps a request's events share.
+/// Encodes records ([`StampEncoder::append_record`]): the client's view of an
+/// event, then its stamps, remembering the encoding of the stamps a request's
+/// events share.
 ///
 /// The request's stamps and the event's own metadata are the same for
 /// consecutive events nearly always, so their encoding is kept and copied
@@ -175,7 +176,7 @@ impl StampEncoder {
     /// (staged). The record decodes as `event` stamped by
     /// [`RequestStamps::apply`]; `event` itself gets back its own stamps with
     /// the sequence and the published time, not the request's.
-    pub fn append(
+    fn append(
         &mut self,
         mut stamps: Stamps,
         request: &Arc<RequestStamps>,
@@ -197,6 +198,30 @@ impl StampEncoder {
         stamps.restore(event);
     }
 
+    /// Appends `event`'s whole record message to `out`, as a shard stores it:
+    /// its client's view, then, unless `is_retry` knows the view's dedup key,
+    /// its stamps with the sequence `sequence_of` hands out for its session.
+    /// `None` for a retry, whose view stays in `out` for
+    /// [`record::encode_with`](crate::record::encode_with) to cut back.
+    pub fn append_record(
+        &mut self,
+        event: &mut pb::Event,
+        request: &Arc<RequestStamps>,
+        published: prost_types::Timestamp,
+        out: &mut Vec<u8>,
+        is_retry: impl FnOnce(DedupKey) -> bool,
+        sequence_of: impl FnOnce(&str) -> u64,
+    ) -> Option<RecordMessage> {
+        let start = out.len();
+        let (own, key) = encode_client_view(event, out);
+        if key.is_some_and(is_retry) {
+            return None;
+        }
+        let sequence = sequence_of(&event.session_id);
+        self.append(own, request, event, sequence, published, out);
+        Some(RecordMessage { key, sequence, len: out.len() - start })
+    }
+
     /// Encodes the stamps `request`'s events with `metadata` share, and keeps
     /// what they came from to compare with.
     fn remember(&mut self, request: &Arc<RequestStamps>, metadata: &BTreeMap<String, String>) {
@@ -205,6 +230,17 @@ impl StampEncoder {
         shared.encode_raw(&mut self.shared);
         self.last = Some((request.clone(), metadata.clone()));
     }
+}
+
+/// What [`StampEncoder::append_record`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMessage {
+    /// The dedup key of the client's view, when the event has an id.
+    pub key: Option<DedupKey>,
+    /// The sequence its session gave it.
+    pub sequence: u64,
+    /// The length of the message, view and stamps.
+    pub len: usize,
 }
 
 /// Appends prost's encoding of the stamps only this event has, `Stamps {

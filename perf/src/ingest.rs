@@ -14,7 +14,7 @@ use jimbus_core::aggregate::{AggregateConfig, Aggregated, Aggregator, Stamped};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::ingest::{decode_body_within, Endpoint, Limits, MAX_EVENTS};
 use jimbus_core::record::{self, RecordKind};
-use jimbus_core::stamps::{encode_client_view, RequestStamps, StampEncoder};
+use jimbus_core::stamps::{RecordMessage, RequestStamps, StampEncoder};
 use jimbus_core::topic::TopicWriter;
 use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
 use jimbus_net::embedded::{self, DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention, ShardRouter};
@@ -194,17 +194,19 @@ impl CpuShard {
     fn stage(&mut self, mut event: Box<Event>, request: &Arc<RequestStamps>, now: u64, simulated: Duration) {
         let (sequences, stamper) = (&mut self.sequences, &mut self.stamper);
         let topic = self.topics.write(&event.session_id, &event.event_type);
+        let published = jimbus_net::clock::timestamp(now);
         let stored = record::encode_with(self.staged, now, RecordKind::Event, topic, &mut self.log, |out| {
-            let start = out.len();
-            let (stamps, key) = encode_client_view(&mut event, out);
-            std::hint::black_box(key);
-            let sequence = jimbus_core::take_sequence(sequences, &event.session_id);
-            stamper.append(stamps, request, &mut event, sequence, jimbus_net::clock::timestamp(now), out);
-            Some((sequence, out.len() - start))
+            // The pump's staging, with a dedup window that never holds the key.
+            let is_retry = |key| {
+                std::hint::black_box(key);
+                false
+            };
+            let sequence_of = |session: &str| jimbus_core::take_sequence(sequences, session);
+            stamper.append_record(&mut event, request, published, out, is_retry, sequence_of)
         });
         self.staged += 1;
         let session = std::mem::take(&mut event.session_id);
-        let (sequence, encoded_len) = stored.expect("nothing is refused");
+        let RecordMessage { sequence, len: encoded_len, .. } = stored.expect("nothing is refused");
         let stamped = Stamped::of_stored(request, encoded_len);
         let offered = self.aggregator.offer_arrived(
             &session,

@@ -25,7 +25,7 @@ use jimbus_core::aggregate::{AggregateConfig, Aggregated};
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
 use jimbus_core::record::RecordKind;
-use jimbus_core::stamps::{encode_client_view, StampEncoder};
+use jimbus_core::stamps::{RecordMessage, StampEncoder};
 use jimbus_core::topic::{self, Pattern, TopicWriter};
 use jimbus_core::{take_sequence, FastMap};
 use prost::Message;
@@ -468,16 +468,11 @@ impl Shard {
         let (dedup, next_sequence, stamps) = (&self.dedup, &mut self.next_sequence, &mut self.stamps);
         let topic = self.topic.write(&event.session_id, &event.event_type);
         let staged = self.writer.stage_encoded(RecordKind::Event, topic, now, |out| {
-            let start = out.len();
-            let (own, key) = encode_client_view(&mut event, out);
-            if key.is_some_and(|k| dedup.contains(k) || staged.contains(&k)) {
-                return None;
-            }
-            let sequence = take_sequence(next_sequence, &event.session_id);
-            stamps.append(own, &request, &mut event, sequence, timestamp(now), out);
-            Some((key, sequence, out.len() - start))
+            let is_retry = |key| dedup.contains(key) || staged.contains(&key);
+            let sequence_of = |session: &str| take_sequence(next_sequence, session);
+            stamps.append_record(&mut event, &request, timestamp(now), out, is_retry, sequence_of)
         });
-        let Some((offset, (key, sequence, encoded_len))) = staged else {
+        let Some((offset, RecordMessage { key, sequence, len: encoded_len })) = staged else {
             metrics::counter!("jimbus_events_duplicate_total").increment(1);
             return ItemOutcome::Duplicate;
         };
