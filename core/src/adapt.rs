@@ -8,7 +8,7 @@
 //! module reads bytes and builds messages; it must never assign sessions, sequences
 //! or server time, which belong to the shard that owns the session.
 
-use crate::json::{JsonError, Kind, Reader};
+use crate::json::{self, JsonError, Kind, Reader};
 use crate::spare_events;
 use jimbus_proto::events::{self as pb, event::Payload};
 use prost_types::Struct;
@@ -156,7 +156,7 @@ pub fn text(r: &mut Reader<'_>) -> Result<String> {
     // (perf/callgrind-ingest.sh: 13,129 against 12,916).
     match r.peek()? {
         Kind::String => Ok(r.string()?.into_owned()),
-        Kind::Number => Ok(format_number(r.number()?)),
+        Kind::Number => format_number(r),
         _ => Err(mismatch(r, "a string")),
     }
 }
@@ -171,18 +171,20 @@ fn text_into(r: &mut Reader<'_>, into: &mut String) -> Result<()> {
             into.clear();
             into.push_str(&value);
         }
-        Kind::Number => *into = format_number(r.number()?),
+        Kind::Number => *into = format_number(r)?,
         _ => return Err(mismatch(r, "a string")),
     }
     Ok(())
 }
 
-fn format_number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        value.to_string()
-    }
+/// The number at the reader, as text. Counted as built: `1e300` is 5 bytes
+/// of input and 301 of text, in a string grown by doubling while it was
+/// written (so up to twice its capacity was live).
+fn format_number(r: &mut Reader<'_>) -> Result<String> {
+    let value = r.number()?;
+    let text = if value.fract() == 0.0 && value.abs() < 1e15 { format!("{}", value as i64) } else { value.to_string() };
+    r.note_built(2 * text.capacity())?;
+    Ok(text)
 }
 
 /// A boolean, or the strings "true"/"false" that arrays of booleans become.
@@ -213,6 +215,8 @@ pub fn list<'a, T>(r: &mut Reader<'a>, mut item: impl FnMut(&mut Reader<'a>) -> 
     }
     let mut out = Vec::new();
     r.array(|r, i| {
+        // Counted before the element is read: a reading past its allowance stops here.
+        r.note_built(json::list_slot_bytes::<T>(i))?;
         out.push(item(r).map_err(|e| e.within(&format!("[{i}]")))?);
         Ok::<_, FieldError>(())
     })?;
@@ -237,6 +241,9 @@ fn object<'a>(
         let known = field(r, &key, |r| on_key(r, &key))?;
         if !known {
             let value = field(r, &key, |r| Ok(r.value()?))?;
+            if extra.is_none() {
+                r.note_built(json::HELD_PER_STRUCT)?;
+            }
             extra.get_or_insert_with(Struct::default).fields.insert(key.into_owned(), value);
         }
         Ok(())

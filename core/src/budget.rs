@@ -40,6 +40,17 @@ impl Counter for AtomicU64 {
     }
 }
 
+/// The answer to [`Grant::grow_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// The grant holds the total asked.
+    Held,
+    /// Not now: the budget has not that much free.
+    NotNow,
+    /// Never: the total is over [`MemoryBudget::most_one_grant_may_hold`].
+    BeyondLimit,
+}
+
 /// How much of a request was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantStatus {
@@ -81,6 +92,13 @@ impl<C: Counter> MemoryBudget<C> {
 
     pub fn used(&self) -> u64 {
         self.used.load()
+    }
+
+    /// Half the limit. The other half is what may be held for the server's
+    /// life (the aggregators ask for at most that), so a grant up to here is
+    /// granted once others give theirs back, and one past it maybe never.
+    pub fn most_one_grant_may_hold(&self) -> u64 {
+        self.limit() / 2
     }
 
     /// Requests refused so far.
@@ -141,6 +159,20 @@ impl<C: Counter> Grant<C> {
         }
     }
 
+    /// Grows this grant to hold `total` bytes, all or nothing: a caller that
+    /// counts what it holds so far asks with the total, not the difference.
+    pub fn grow_to(&mut self, total: u64) -> Growth {
+        if total <= self.bytes {
+            Growth::Held
+        } else if total > self.budget.most_one_grant_may_hold() {
+            Growth::BeyondLimit
+        } else if self.try_grow(total - self.bytes) {
+            Growth::Held
+        } else {
+            Growth::NotNow
+        }
+    }
+
     /// Takes over `other`'s bytes, which then come back with this grant.
     ///
     /// # Panics
@@ -196,6 +228,22 @@ mod tests {
         assert!(budget.request(1, 1).is_none(), "80 held is over the new limit");
         drop(held);
         assert_eq!(budget.request(50, 50).map(|g| g.bytes()), Some(50));
+    }
+
+    #[test]
+    fn growing_to_a_total_tells_not_now_from_never() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let other = budget.request(30, 30).unwrap();
+        let mut grant = budget.request(10, 10).unwrap();
+        assert_eq!(grant.grow_to(8), Growth::Held, "already held");
+        assert_eq!(grant.grow_to(40), Growth::Held);
+        assert_eq!((grant.bytes(), budget.used()), (40, 70));
+        assert_eq!(grant.grow_to(51), Growth::BeyondLimit, "over half the limit, whatever is free");
+        let more = budget.request(30, 30).unwrap();
+        assert_eq!(grant.grow_to(50), Growth::NotNow, "all 100 are held");
+        drop((other, more));
+        assert_eq!(grant.grow_to(50), Growth::Held);
+        assert_eq!(budget.used(), 50);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! must never decide a session, a sequence or a status code.
 
 use crate::adapt::{self, FieldError};
+use crate::budget::Growth;
 use crate::json::{JsonError, Kind, Reader};
 use jimbus_proto::events as pb;
 use std::ops::Range;
@@ -28,28 +29,37 @@ pub const HELD_PER_REJECTED: usize = 2 * std::mem::size_of::<RejectedEvent>() + 
 /// Memory per byte of an event's raw JSON (its strings, copied or unescaped).
 pub const HELD_PER_RAW_BYTE: usize = 2;
 
-/// Memory of one `Value`: its own 32 bytes in a list or map that grows by
-/// doubling, and the allocator's rounding; a one-element list allocates four.
-pub const HELD_PER_VALUE: usize = 160;
+/// What an event's reading may build (`Value`s, lists) before it is stopped
+/// and read again with twice the room: more than any event the field mod
+/// sends builds, so that only an event made to expand is read twice.
+pub const FIRST_ALLOWANCE: usize = 32 * 1024;
 
-/// Memory of one `Struct`: a BTreeMap allocates a whole node of eleven
-/// entries for its first key.
-pub const HELD_PER_STRUCT: usize = 640;
+/// The most one event's reading may build (`Value`s, lists): an event that
+/// needs more is refused alone, whatever the budget. No event the field mod
+/// sends comes near it; only a few made to expand (half a million empty
+/// values in 2 MiB) could fit the schema's `max_size` and still need more.
+pub const MAX_BUILT_PER_EVENT: usize = 64 << 20;
 
 /// What a caller bounds while a body is decoded.
 pub struct Limits<'a> {
     /// More events than this refuse the body ([`BodyError::TooManyEvents`]).
     pub max_events: usize,
-    /// Told the memory each event holds as soon as it is read; answering false
-    /// stops decoding with [`BodyError::OverBudget`].
-    pub charge: &'a mut dyn FnMut(usize) -> bool,
+    /// Asked, before each event is read and again after, for the total memory
+    /// the body's events may hold so far; the totals asked only grow. An
+    /// event is read within what was granted before it: a reading that
+    /// builds more is stopped, and the event asked for with twice the room
+    /// and read again. A refusal stops decoding: [`Growth::NotNow`] with
+    /// [`BodyError::OverBudget`], [`Growth::BeyondLimit`] with
+    /// [`BodyError::BeyondBudget`].
+    pub reserve: &'a mut dyn FnMut(usize) -> Growth,
 }
 
 /// The memory one event holds: read from `raw` bytes of JSON, building
-/// `built` (`Value`s, `Struct`s), accepted or not.
-pub fn held_bytes(raw: usize, built: (usize, usize), accepted: bool) -> usize {
+/// `built` bytes (`Value`s, `Struct`s, lists: [`Reader::built_bytes`]),
+/// accepted or not.
+pub fn held_bytes(raw: usize, built: usize, accepted: bool) -> usize {
     let base = if accepted { HELD_PER_EVENT } else { HELD_PER_REJECTED };
-    base + raw * HELD_PER_RAW_BYTE + built.0 * HELD_PER_VALUE + built.1 * HELD_PER_STRUCT
+    base + raw * HELD_PER_RAW_BYTE + built
 }
 
 /// Which endpoint the body arrived on.
@@ -114,13 +124,18 @@ pub enum BodyError {
     /// The decoded events would hold more memory than the caller can grant.
     #[error("the decoded events need more memory than the server's budget has free")]
     OverBudget,
+    /// The decoded events would hold more than the caller could ever grant.
+    #[error(
+        "the decoded events need more than {0} bytes, more than one request may hold of the server's memory budget"
+    )]
+    BeyondBudget(usize),
 }
 
 impl BodyError {
     /// The byte offset the error points at, when there is one.
     pub fn offset(&self) -> Option<usize> {
         match self {
-            BodyError::Empty | BodyError::TooManyEvents(_) | BodyError::OverBudget => None,
+            BodyError::Empty | BodyError::TooManyEvents(_) | BodyError::OverBudget | BodyError::BeyondBudget(_) => None,
             BodyError::Syntax(e) => Some(e.offset),
             BodyError::Field(e) => Some(e.offset),
         }
@@ -145,7 +160,7 @@ fn classify(e: FieldError) -> BodyError {
 
 /// Decodes a request body, with [`MAX_EVENTS`] and no memory bound.
 pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyError> {
-    decode_body_within(body, endpoint, Limits { max_events: MAX_EVENTS, charge: &mut |_| true })
+    decode_body_within(body, endpoint, Limits { max_events: MAX_EVENTS, reserve: &mut |_| Growth::Held })
 }
 
 /// Decodes a request body within `limits`.
@@ -157,11 +172,8 @@ pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -
     let decoded = match endpoint {
         Endpoint::Single => {
             let start = skip_ws(body, 0);
-            let event = adapt::read_event(&mut reader).map_err(classify)?;
+            let event = Reservation::new(limits.reserve).read_event(&mut reader, start)?.map_err(classify)?;
             let raw = start..reader.offset();
-            if !(limits.charge)(held_bytes(raw.len(), reader.built(), true)) {
-                return Err(BodyError::OverBudget);
-            }
             DecodedBody { events: vec![DecodedEvent { index: 0, event, raw }], ..DecodedBody::default() }
         }
         Endpoint::Batch => decode_batch(&mut reader, body, limits)?,
@@ -178,7 +190,8 @@ fn skip_ws(body: &[u8], from: usize) -> usize {
 /// Why a batch stopped being read before its end, besides its own errors.
 enum Stop {
     TooMany,
-    OverBudget,
+    /// [`Limits::reserve`] refused: [`BodyError::OverBudget`] or [`BodyError::BeyondBudget`].
+    Refused(BodyError),
 }
 
 fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Result<DecodedBody, BodyError> {
@@ -218,7 +231,7 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Resu
     });
     match stop {
         Some(Stop::TooMany) => return Err(BodyError::TooManyEvents(limits.max_events)),
-        Some(Stop::OverBudget) => return Err(BodyError::OverBudget),
+        Some(Stop::Refused(refused)) => return Err(refused),
         None => result.map_err(classify)?,
     }
     if !saw_events {
@@ -250,20 +263,20 @@ fn read_events(
     }
     let halt =
         |r: &Reader<'_>| FieldError { path: String::new(), reason: String::new(), offset: r.offset(), syntax: true };
+    let mut reservation = Reservation::new(limits.reserve);
     r.array(|r, index| {
         if index >= limits.max_events {
             *stop = Some(Stop::TooMany);
             return Err(halt(r));
         }
-        let start = skip_ws(body, r.offset());
-        let (depth, built) = (r.depth(), r.built());
-        let read = adapt::read_event(r);
-        let now = r.built();
-        let held = held_bytes(r.offset().saturating_sub(start), (now.0 - built.0, now.1 - built.1), read.is_ok());
-        if !(limits.charge)(held) {
-            *stop = Some(Stop::OverBudget);
-            return Err(halt(r));
-        }
+        let (start, depth) = (skip_ws(body, r.offset()), r.depth());
+        let read = match reservation.read_event(r, start) {
+            Ok(read) => read,
+            Err(refused) => {
+                *stop = Some(Stop::Refused(refused));
+                return Err(halt(r));
+            }
+        };
         match read {
             Ok(event) => out.events.push(DecodedEvent { index, event, raw: start..r.offset() }),
             Err(e) if e.syntax => return Err(e),
@@ -277,6 +290,80 @@ fn read_events(
         }
         Ok(())
     })
+}
+
+/// The memory a body's decoded events hold, and what the caller granted for
+/// them ([`Limits::reserve`]).
+struct Reservation<'l> {
+    /// What the events read so far hold ([`held_bytes`]).
+    held: usize,
+    /// The largest total the caller granted: up to it, nothing is asked.
+    granted: usize,
+    reserve: &'l mut dyn FnMut(usize) -> Growth,
+}
+
+impl<'l> Reservation<'l> {
+    fn new(reserve: &'l mut dyn FnMut(usize) -> Growth) -> Self {
+        Self { held: 0, granted: 0, reserve }
+    }
+
+    /// Makes sure `total` is granted. Asked with `room` more first, so that
+    /// the next events, which each hold a few KiB, rarely ask again; without
+    /// it when that is refused.
+    fn cover(&mut self, total: usize, room: usize) -> Result<(), BodyError> {
+        if total <= self.granted {
+            return Ok(());
+        }
+        let with_room = total.saturating_add(room);
+        let (asked, answer) = match (self.reserve)(with_room) {
+            refused if refused != Growth::Held && room > 0 => (total, (self.reserve)(total)),
+            answer => (with_room, answer),
+        };
+        match answer {
+            Growth::Held => {
+                self.granted = asked;
+                Ok(())
+            }
+            Growth::NotNow => Err(BodyError::OverBudget),
+            Growth::BeyondLimit => Err(BodyError::BeyondBudget(asked)),
+        }
+    }
+
+    /// Reads the event at `start`, where the reader is. Its reading may build
+    /// [`FIRST_ALLOWANCE`], granted first; one that needs more is stopped
+    /// there and read again from `start` with twice the room, so that nothing
+    /// is built before it is granted, up to [`MAX_BUILT_PER_EVENT`], past
+    /// which the event is refused alone (the caller skips it). Then what the
+    /// event holds is granted. The error is the caller's refusal, which stops
+    /// the body.
+    fn read_event(
+        &mut self,
+        r: &mut Reader<'_>,
+        start: usize,
+    ) -> Result<Result<Box<pb::Event>, FieldError>, BodyError> {
+        let depth = r.depth();
+        let mut allowance = FIRST_ALLOWANCE;
+        let read = loop {
+            self.cover(self.held.saturating_add(allowance), FIRST_ALLOWANCE)?;
+            let built = r.built_bytes();
+            r.allow_built(allowance);
+            let read = adapt::read_event(r);
+            if !r.past_allowance() {
+                self.held += held_bytes(r.offset().saturating_sub(start), r.built_bytes() - built, read.is_ok());
+                break read;
+            }
+            drop(read);
+            r.rewind(start, depth);
+            allowance = allowance.saturating_mul(2);
+            if allowance > MAX_BUILT_PER_EVENT {
+                self.held += held_bytes(0, 0, false);
+                let reason = format!("needs more than {MAX_BUILT_PER_EVENT} bytes of memory once decoded");
+                break Err(FieldError { path: String::new(), reason, offset: start, syntax: false });
+            }
+        };
+        r.allow_built(usize::MAX);
+        self.cover(self.held, 0).map(|()| read)
+    }
 }
 
 #[cfg(test)]
@@ -334,24 +421,41 @@ mod tests {
 
     #[test]
     fn the_values_a_payload_builds_are_charged_with_its_event() {
-        let charged = |body: &[u8]| {
-            let mut total = 0;
-            let mut charge = |bytes| {
-                total += bytes;
-                true
-            };
-            decode_body_within(body, Endpoint::Batch, Limits { max_events: 10, charge: &mut charge }).unwrap();
-            total
-        };
         // An unknown type keeps its payload as a Struct of four Values; both
         // orders of `type` and `payload` are charged for them.
-        for body in [
-            &br#"{"events":[{"type":"NEW","payload":{"a":1,"b":2,"c":3}}]}"#[..],
-            br#"{"events":[{"payload":{"a":1,"b":2,"c":3},"type":"NEW"}]}"#,
+        for event in [
+            &br#"{"type":"NEW","payload":{"a":1,"b":2,"c":3}}"#[..],
+            br#"{"payload":{"a":1,"b":2,"c":3},"type":"NEW"}"#,
         ] {
-            let raw = body.len() - r#"{"events":[]}"#.len();
-            assert_eq!(charged(body), held_bytes(raw, (3, 1), true), "{}", String::from_utf8_lossy(body));
+            let mut asked = Vec::new();
+            let mut reserve = |total| {
+                asked.push(total);
+                Growth::Held
+            };
+            let mut reservation = Reservation::new(&mut reserve);
+            reservation.read_event(&mut Reader::new(event), 0).unwrap().unwrap();
+            let held = held_bytes(event.len(), 3 * crate::json::HELD_PER_VALUE + crate::json::HELD_PER_STRUCT, true);
+            assert_eq!(reservation.held, held, "{}", String::from_utf8_lossy(event));
+            assert_eq!(asked, [2 * FIRST_ALLOWANCE], "asked once, with room for the next events");
         }
+    }
+
+    #[test]
+    fn room_that_is_refused_is_not_needed() {
+        let mut asked = Vec::new();
+        let mut reserve = |total| {
+            asked.push(total);
+            if total <= FIRST_ALLOWANCE + 100 {
+                Growth::Held
+            } else {
+                Growth::NotNow
+            }
+        };
+        let mut reservation = Reservation::new(&mut reserve);
+        assert_eq!(reservation.cover(FIRST_ALLOWANCE, FIRST_ALLOWANCE), Ok(()));
+        assert_eq!(reservation.cover(FIRST_ALLOWANCE + 100, 0), Ok(()));
+        assert_eq!(reservation.cover(FIRST_ALLOWANCE + 101, 0), Err(BodyError::OverBudget));
+        assert_eq!(asked, [2 * FIRST_ALLOWANCE, FIRST_ALLOWANCE, FIRST_ALLOWANCE + 100, FIRST_ALLOWANCE + 101]);
     }
 
     #[test]

@@ -131,10 +131,14 @@ pub(crate) fn error(
 }
 
 pub(crate) fn body_error(e: &BodyError) -> Response<Full<Bytes>> {
-    if matches!(e, BodyError::TooManyEvents(_)) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, Some("events".into()));
+    match e {
+        BodyError::TooManyEvents(_) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, Some("events".into()))
+        }
+        // However much memory is freed, these events never fit: not a 503 to retry.
+        BodyError::BeyondBudget(_) => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None, None),
+        _ => error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string)),
     }
-    error(StatusCode::BAD_REQUEST, &e.to_string(), e.offset(), e.field().map(str::to_string))
 }
 
 pub(crate) fn too_large(limit: usize) -> Response<Full<Bytes>> {

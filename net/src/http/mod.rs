@@ -481,14 +481,11 @@ impl Handler {
                 session_id,
             }))
         };
-        // Each event is charged as it is read: the grant asked before the body
-        // covers ordinary bodies, and grows (or stops the request) for the rest.
-        let mut charged = 0u64;
-        let mut charge = |bytes: usize| {
-            charged += bytes as u64;
-            charged <= grant.bytes() || grant.try_grow(charged - grant.bytes())
-        };
-        let limits = Limits { max_events: MAX_EVENTS, charge: &mut charge };
+        // Each event is read within memory granted before it: the grant asked
+        // before the body covers ordinary bodies, and grows (or stops the
+        // request) for the rest.
+        let mut reserve = |total: usize| grant.grow_to(total as u64);
+        let limits = Limits { max_events: MAX_EVENTS, reserve: &mut reserve };
         let decoded = match decode_body_within(&body, endpoint, limits) {
             Ok(decoded) => decoded,
             Err(BodyError::OverBudget) => {

@@ -1,7 +1,8 @@
 //! Defects 4, 5 and 7 on the HTTP edge: malformed requests get a JSON answer
 //! with the right status, the idle timer never cuts a request or its answer,
-//! a stalled body gets 408, long rejection lists are cut, and HEAD works on the
-//! probes.
+//! a stalled body gets 408, long rejection lists are cut, an event made to
+//! expand is refused alone, a body whose events could never fit the memory
+//! budget gets 413, and HEAD works on the probes.
 
 use crate::harness::{request, HttpConn, Jimbus};
 use std::io::Write;
@@ -84,10 +85,7 @@ async fn a_long_rejected_list_and_its_dead_letters_are_bounded() {
     assert_eq!(answer["accepted"], 1);
     assert_eq!(answer["rejected"].as_array().unwrap().len(), 1000, "listed up to the bound");
     assert_eq!(answer["rejected_count"], 1500);
-    let mut client = server.client().await;
-    let topics = client.list_topics(jimbus_proto::bus::ListTopicsRequest::default()).await.unwrap().into_inner();
-    let letters = topics.topics.iter().find(|t| t.name == "deadletter").map_or(0, |t| t.events);
-    assert_eq!(letters, 101, "100 dead letters and one summary: {topics:?}");
+    assert_eq!(dead_letters(&server).await, 101, "100 dead letters and one summary");
 }
 
 #[test]
@@ -97,6 +95,49 @@ fn more_than_100000_events_in_a_request_is_413() {
     let response = server.post("/api/v1/events/batch", format!(r#"{{"events":[{items}]}}"#).as_bytes());
     assert_eq!(response.status, 413);
     assert!(response.json()["error"].as_str().unwrap().contains("100000"));
+}
+
+/// 1.2 MB of empty jokers decode to about 100 MB: over the most one event
+/// may build, so that event alone is refused and kept as a dead letter, and
+/// the rest of its batch is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_made_to_expand_is_refused_alone() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let jokers = vec!["{}"; 400_000].join(",");
+    let body = format!(
+        r#"{{"events":[{{"type":"GAME_STATE","session_id":"j","payload":{{"jokers":[{jokers}]}}}},{{"type":"HEARTBEAT","session_id":"j"}}]}}"#
+    );
+    let response = server.post("/api/v1/events/batch", body.as_bytes());
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    let answer = response.json();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let reason = answer["rejected"][0]["error"].as_str().unwrap();
+    assert!(reason.starts_with("events[0]: needs more than 67108864 bytes of memory once decoded"), "{reason}");
+    assert_eq!(dead_letters(&server).await, 1);
+}
+
+/// On a 12 MiB budget one request may hold 6 MiB: a body whose events need
+/// more is never granted, so it gets 413, not a 503 to retry, and is kept
+/// as a dead letter like any other body it refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_could_never_fit_the_budget_is_413() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(12u64 << 20).to_string()]);
+    let jokers = vec!["{}"; 400_000].join(",");
+    let body = format!(r#"{{"events":[{{"type":"GAME_STATE","session_id":"j","payload":{{"jokers":[{jokers}]}}}}]}}"#);
+    let response = server.post("/api/v1/events/batch", body.as_bytes());
+    assert_eq!(response.status, 413, "{}", String::from_utf8_lossy(&response.body));
+    let error = response.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("more than one request may hold of the server's memory budget"), "{error}");
+    assert_eq!(dead_letters(&server).await, 1);
+    let fits = server.post("/api/v1/events/batch", br#"{"events":[{"type":"HEARTBEAT","session_id":"j"}]}"#);
+    assert_eq!(fits.status, 200);
+}
+
+/// Records on the dead-letter topic.
+async fn dead_letters(server: &Jimbus) -> u64 {
+    let mut client = server.client().await;
+    let topics = client.list_topics(jimbus_proto::bus::ListTopicsRequest::default()).await.unwrap().into_inner();
+    topics.topics.iter().find(|t| t.name == "deadletter").map_or(0, |t| t.events)
 }
 
 #[test]

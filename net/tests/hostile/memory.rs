@@ -1,10 +1,11 @@
 //! Defect 3: the memory budget bounds real memory. A hostile mix of bodies
 //! (100,000 empty objects, 100,000 tiny events, a 7 MiB string, 30,000 events
-//! with lists,
-//! the deepest accepted nesting, too many events) is sent six at a time to a
-//! server with a small `--memory-budget`; its peak RSS (VmHWM) must stay under
-//! the budget plus the fixed overhead the README states for one shard: 45 MiB
-//! for the process, 17 MiB of dedup window and an 8 MiB record cache.
+//! with lists, the deepest accepted nesting, too many events, and typed lists
+//! made to expand: empty jokers, card names written as `1e300`) is sent eight
+//! at a time to a server with a small `--memory-budget`; its peak RSS (VmHWM)
+//! must stay under the budget plus the fixed overhead the README states for
+//! one shard: 45 MiB for the process, 17 MiB of dedup window and an 8 MiB
+//! record cache.
 
 use crate::harness::Jimbus;
 use std::io::Write;
@@ -23,6 +24,10 @@ fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
     let deeps = vec![deep.as_str(); 8_000].join(",");
     let big_string = format!(r#"{{"type":"D","session_id":"s","note":"{}"}}"#, "q".repeat(7 << 20));
     let too_many = vec!["1"; 100_001].join(",");
+    // Typed lists made to expand: 3 bytes per joker slot of 80, and 6 bytes
+    // per card text of 301 (`1e300` written out); once decoded unbounded.
+    let jokers = vec!["{}"; 2_400_000].join(",");
+    let long_numbers = vec!["1e300"; 1_200_000].join(",");
     vec![
         ("empty objects", format!(r#"{{"events":[{empty}]}}"#).into_bytes()),
         ("tiny events", format!(r#"{{"events":[{}]}}"#, tiny.join(",")).into_bytes()),
@@ -30,6 +35,18 @@ fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ("deep events", format!(r#"{{"events":[{deeps}]}}"#).into_bytes()),
         ("one big string", format!(r#"{{"events":[{big_string}]}}"#).into_bytes()),
         ("too many events", format!(r#"{{"events":[{too_many}]}}"#).into_bytes()),
+        (
+            "jokers made to expand",
+            format!(r#"{{"events":[{{"type":"GAME_STATE","session_id":"j","payload":{{"jokers":[{jokers}]}}}}]}}"#)
+                .into_bytes(),
+        ),
+        (
+            "numbers that format long",
+            format!(
+                r#"{{"events":[{{"type":"HAND_PLAYED","session_id":"n","payload":{{"cards":[{long_numbers}]}}}}]}}"#
+            )
+            .into_bytes(),
+        ),
     ]
 }
 

@@ -8,9 +8,10 @@
 //! the caller asks for one (unknown keys). It must never guess: input that has two
 //! readings is a [`JsonError`] with the byte offset.
 
-use prost_types::value::Kind as ValueKind;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+
+mod built;
+pub use built::{list_slot_bytes, HELD_PER_STRUCT, HELD_PER_VALUE};
 
 /// Deeper nesting than this is refused rather than risking the stack.
 pub const MAX_DEPTH: u32 = 512;
@@ -61,8 +62,15 @@ pub struct Reader<'a> {
     text: Option<&'a str>,
     pos: usize,
     depth: u32,
-    /// `Value`s and `Struct`s built so far, for callers that bound memory.
-    built: (usize, usize),
+    /// Heap bytes built so far beyond copies of the input's strings: the
+    /// `Value`s and `Struct`s of [`Reader::value`], and what callers note
+    /// with [`Reader::note_built`] (their lists' slots, formatted numbers).
+    /// A list of empty objects builds fifty times its bytes, so callers that
+    /// bound memory count this, not the input's length.
+    built_bytes: usize,
+    /// [`Reader::note_built`] fails once `built_bytes` passes this: a caller
+    /// holds one value's reading to the memory it was granted.
+    built_ceiling: usize,
 }
 
 const NON_FINITE: &[(&[u8], f64)] = &[
@@ -78,7 +86,14 @@ const NON_FINITE: &[(&[u8], f64)] = &[
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         // SIMD validation: the whole body at once costs less than checking each string.
-        Self { buf, text: simdutf8::basic::from_utf8(buf).ok(), pos: 0, depth: 0, built: (0, 0) }
+        Self {
+            buf,
+            text: simdutf8::basic::from_utf8(buf).ok(),
+            pos: 0,
+            depth: 0,
+            built_bytes: 0,
+            built_ceiling: usize::MAX,
+        }
     }
 
     /// `buf[start..end]` as text, when the whole body is UTF-8 (the bounds sit
@@ -102,11 +117,6 @@ impl<'a> Reader<'a> {
 
     pub fn depth(&self) -> u32 {
         self.depth
-    }
-
-    /// How many `Value`s and `Struct`s [`Reader::value`] has built so far.
-    pub fn built(&self) -> (usize, usize) {
-        self.built
     }
 
     /// The bytes between two offsets.
@@ -428,47 +438,6 @@ impl<'a> Reader<'a> {
             Kind::Bool => self.boolean().map(drop),
             Kind::Null => self.null(),
         }
-    }
-
-    /// Reads one value into a protobuf `Value`, for keys that have no typed field.
-    pub fn value(&mut self) -> Result<prost_types::Value, JsonError> {
-        self.built.0 += 1;
-        let kind = match self.peek()? {
-            Kind::Object => ValueKind::StructValue(self.object_value()?),
-            Kind::Array => {
-                let mut values = Vec::new();
-                self.array(|r, _| {
-                    values.push(r.value()?);
-                    Ok::<_, JsonError>(())
-                })?;
-                ValueKind::ListValue(prost_types::ListValue { values })
-            }
-            Kind::String => ValueKind::StringValue(self.string()?.into_owned()),
-            // Protobuf JSON cannot write inf or nan in a Value, so they are kept
-            // as the strings it writes for such doubles (DIALECT.md).
-            Kind::Number => match self.number()? {
-                n if n.is_finite() => ValueKind::NumberValue(n),
-                n if n.is_nan() => ValueKind::StringValue("NaN".into()),
-                n => ValueKind::StringValue(if n > 0.0 { "Infinity" } else { "-Infinity" }.into()),
-            },
-            Kind::Bool => ValueKind::BoolValue(self.boolean()?),
-            Kind::Null => {
-                self.null()?;
-                ValueKind::NullValue(0)
-            }
-        };
-        Ok(prost_types::Value { kind: Some(kind) })
-    }
-
-    /// Reads an object into a protobuf `Struct`.
-    pub fn object_value(&mut self) -> Result<prost_types::Struct, JsonError> {
-        self.built.1 += 1;
-        let mut fields = BTreeMap::new();
-        self.object(|r, key| {
-            fields.insert(key.into_owned(), r.value()?);
-            Ok::<_, JsonError>(())
-        })?;
-        Ok(prost_types::Struct { fields })
     }
 }
 

@@ -1,0 +1,107 @@
+//! What reading builds, and how much memory that takes: the protobuf
+//! `Value`s and `Struct`s [`Reader::value`] builds for keys that have no
+//! typed field, and the count of every heap byte a reading builds beyond
+//! copies of its strings, which the caller may cap ([`Reader::allow_built`]).
+//!
+//! The count exists because a body's length says little about its decoded
+//! size: a list of empty objects builds fifty times its bytes. A caller that
+//! grants memory before work (the ingest) grants an allowance, and the
+//! reading stops when it is spent instead of building past it. This module
+//! must never build anything it has not counted first.
+
+use super::{JsonError, Kind, Reader};
+use prost_types::value::Kind as ValueKind;
+use std::collections::BTreeMap;
+
+/// Memory of one `Value`: its own 32 bytes in a list or map that grows by
+/// doubling, and the allocator's rounding; a one-element list allocates four.
+pub const HELD_PER_VALUE: usize = 160;
+
+/// Memory of one `Struct`: a BTreeMap allocates a whole node of eleven
+/// entries for its first key.
+pub const HELD_PER_STRUCT: usize = 640;
+
+/// A list's slots per element, at most: its capacity grows by doubling, and
+/// while it grows the old buffer and the new, twice as large, are both live.
+const SLOTS_PER_ELEMENT: usize = 3;
+
+/// A list's first element: a `Vec` first allocates room for four.
+const FIRST_SLOTS: usize = 4;
+
+/// The most memory the slot of element `index` in a growing `Vec<T>` can
+/// add: summed over a list's elements, it covers the list's peak.
+pub fn list_slot_bytes<T>(index: usize) -> usize {
+    let slots = if index == 0 { FIRST_SLOTS + SLOTS_PER_ELEMENT } else { SLOTS_PER_ELEMENT };
+    slots * std::mem::size_of::<T>()
+}
+
+impl Reader<'_> {
+    /// Heap bytes built so far (see `built_bytes`).
+    pub fn built_bytes(&self) -> usize {
+        self.built_bytes
+    }
+
+    /// Counts `bytes` of heap the caller is about to build from this input.
+    /// Past the ceiling set by [`Reader::allow_built`] it fails, as a syntax
+    /// error so that the reading stops at once; the caller tells it apart
+    /// with [`Reader::past_allowance`].
+    #[inline]
+    pub fn note_built(&mut self, bytes: usize) -> Result<(), JsonError> {
+        self.built_bytes += bytes;
+        if self.built_bytes > self.built_ceiling {
+            return Err(self.syntax("the value needs more memory than was allowed for it"));
+        }
+        Ok(())
+    }
+
+    /// Allows `bytes` more to be built from here on, and no more.
+    pub fn allow_built(&mut self, bytes: usize) {
+        self.built_ceiling = self.built_bytes.saturating_add(bytes);
+    }
+
+    /// Whether the reading stopped because it needed more than it was allowed.
+    pub fn past_allowance(&self) -> bool {
+        self.built_bytes > self.built_ceiling
+    }
+
+    /// Reads one value into a protobuf `Value`, for keys that have no typed field.
+    pub fn value(&mut self) -> Result<prost_types::Value, JsonError> {
+        self.note_built(HELD_PER_VALUE)?;
+        let kind = match self.peek()? {
+            Kind::Object => ValueKind::StructValue(self.object_value()?),
+            Kind::Array => {
+                let mut values = Vec::new();
+                self.array(|r, _| {
+                    values.push(r.value()?);
+                    Ok::<_, JsonError>(())
+                })?;
+                ValueKind::ListValue(prost_types::ListValue { values })
+            }
+            Kind::String => ValueKind::StringValue(self.string()?.into_owned()),
+            // Protobuf JSON cannot write inf or nan in a Value, so they are kept
+            // as the strings it writes for such doubles (DIALECT.md).
+            Kind::Number => match self.number()? {
+                n if n.is_finite() => ValueKind::NumberValue(n),
+                n if n.is_nan() => ValueKind::StringValue("NaN".into()),
+                n => ValueKind::StringValue(if n > 0.0 { "Infinity" } else { "-Infinity" }.into()),
+            },
+            Kind::Bool => ValueKind::BoolValue(self.boolean()?),
+            Kind::Null => {
+                self.null()?;
+                ValueKind::NullValue(0)
+            }
+        };
+        Ok(prost_types::Value { kind: Some(kind) })
+    }
+
+    /// Reads an object into a protobuf `Struct`.
+    pub fn object_value(&mut self) -> Result<prost_types::Struct, JsonError> {
+        self.note_built(HELD_PER_STRUCT)?;
+        let mut fields = BTreeMap::new();
+        self.object(|r, key| {
+            fields.insert(key.into_owned(), r.value()?);
+            Ok::<_, JsonError>(())
+        })?;
+        Ok(prost_types::Struct { fields })
+    }
+}
