@@ -14,6 +14,7 @@
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
+pub mod body;
 pub mod charge;
 pub mod conn;
 pub mod context;
@@ -27,13 +28,13 @@ pub mod ui;
 use crate::http::charge::BufferCharge;
 use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
-use crate::http::guard::{body_error, error, field_of, json, too_large, unavailable};
+use crate::http::guard::{body_error, error, field_of, json, unavailable};
 use crate::http::timer::ShardTimer;
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use jimbus_core::budget::Grant;
 use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
@@ -368,39 +369,19 @@ impl Handler {
 
     /// `POST {url}/health`: the mod's breaker probe. Ready means it may send again.
     async fn health_probe(&self, req: Request<Incoming>) -> Response<Body> {
-        if let Err(response) = self.read_body(req).await {
+        // A probe's few bytes are granted as they arrive, from nothing up front.
+        let Some(mut grant) = self.listener.context.budget.request(0, 0) else {
+            return unavailable("the server's memory budget is spent, retry later");
+        };
+        if let Err(response) = body::read(req, self.body_limits(), &mut grant).await {
             return response;
         }
         self.readiness()
     }
 
-    /// Reads a request body within the size and time limits.
-    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-        let limit = self.listener.options.body_limit;
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > limit) {
-            return Err(too_large(limit));
-        }
-        let timeout = self.listener.options.body_timeout;
-        let collect = Limited::new(req.into_body(), limit).collect();
-        let body = futures_lite::future::or(async { Some(collect.await) }, async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
-        match body {
-            None => Err(error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("the body did not arrive within {timeout:?}"),
-                None,
-                None,
-            )),
-            Some(Ok(collected)) => Ok(collected.to_bytes()),
-            Some(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
-            Some(Err(e)) => {
-                Err(error(StatusCode::BAD_REQUEST, &format!("the body could not be read: {e}"), None, None))
-            }
-        }
+    fn body_limits(&self) -> body::BodyLimits {
+        let options = &self.listener.options;
+        body::BodyLimits { max: options.body_limit, timeout: options.body_timeout }
     }
 
     async fn ingest(&self, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
@@ -412,7 +393,8 @@ impl Handler {
     }
 
     async fn ingest_traced(&self, req: Request<Incoming>, endpoint: Endpoint, request_id: String) -> Response<Body> {
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = body::declared_length(&req);
+        // Without a length (chunked), the grant grows as the body arrives.
         let body = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit) as u64;
         // On a tight budget, room for the body itself is enough to go on.
         let Some(mut grant) = self.listener.context.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
@@ -421,7 +403,7 @@ impl Handler {
             return unavailable("the server's memory budget is spent, retry later");
         };
         let origin = req.uri().path().to_string();
-        let mut response = match self.read_body(req).await {
+        let mut response = match body::read(req, self.body_limits(), &mut grant).await {
             Err(response) => response,
             Ok(body) => self.accept(body, endpoint, &request_id, origin, &mut grant).await,
         };
@@ -484,7 +466,7 @@ impl Handler {
         // Each event is read within memory granted before it: the grant asked
         // before the body covers ordinary bodies, and grows (or stops the
         // request) for the rest.
-        let mut reserve = |total: usize| grant.grow_to(total as u64);
+        let mut reserve = |total: usize| grant.grow_to((body.len() + total) as u64);
         let limits = Limits { max_events: MAX_EVENTS, reserve: &mut reserve };
         let decoded = match decode_body_within(&body, endpoint, limits) {
             Ok(decoded) => decoded,

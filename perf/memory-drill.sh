@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Peak RSS of a server under two bodies made to take memory no budget
+# counted (docs/perf.md, "Twelfth pass"):
+#
+#   perf/memory-drill.sh BIN [BIN...]
+#
+# For each binary, on a fresh server and data directory each:
+#   jokers:  four 8 MiB batches at once, each one GAME_STATE whose `jokers`
+#            are 2.8 million empty objects, on the default 256 MiB budget;
+#   chunked: forty 7.5 MiB bodies sent chunked (no Content-Length) and left
+#            unfinished, on a 64 MiB budget; counted 2 s after the last is sent.
+# It prints each server's VmHWM and the answers. Run nothing else meanwhile.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/lib.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -c '
+import sys
+n = (8 << 20) // 3 - 100
+open(sys.argv[1], "w").write("{\"events\":[{\"type\":\"GAME_STATE\",\"payload\":{\"jokers\":[" + ",".join(["{}"] * n) + "]}}]}")
+' "$work/jokers.json"
+
+jokers() { # jokers PORT
+  local codes
+  codes=$(for _ in 1 2 3 4; do
+    curl -s -o /dev/null -w '%{http_code} ' -H 'Content-Type: application/json' \
+      --data-binary @"$work/jokers.json" "http://127.0.0.1:$1/api/v1/events/batch" &
+  done; wait)
+  echo "answers $codes"
+}
+
+chunked() { # chunked PORT
+  python3 - "$1" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+chunk = b"x" * 65536
+sockets, refused = [], 0
+for _ in range(40):
+    s = socket.create_connection(("127.0.0.1", port))
+    sockets.append(s)
+    try:
+        s.sendall(b"POST /api/v1/events/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"1f\r\n{\"events\":[{\"type\":\"A\",\"note\":\"\r\n")
+        for _ in range(120):
+            s.sendall(b"10000\r\n" + chunk + b"\r\n")
+    except OSError:
+        refused += 1
+time.sleep(2)
+answered = 0
+for s in sockets:
+    s.setblocking(False)
+    try:
+        answered += s.recv(64).startswith(b"HTTP/1.1 503")
+    except BlockingIOError:
+        pass
+    s.close()
+print(f"refused while sending {refused}, answered 503 {answered}")
+PY
+}
+
+for bin in "$@"; do
+  for drill in jokers chunked; do
+    budget=268435456
+    [[ $drill == chunked ]] && budget=67108864
+    port=$(free_port) grpc=$(free_port)
+    "$bin" serve --http "127.0.0.1:$port" --grpc "127.0.0.1:$grpc" --data-dir "$work/data-$drill" \
+      --memory-budget "$budget" >"$work/log" 2>&1 &
+    pid=$!
+    wait_ready "$pid" "http://127.0.0.1:$port/ready"
+    result=$("$drill" "$port")
+    echo "$bin $drill (budget $((budget >> 20)) MiB): $result; $(grep VmHWM "/proc/$pid/status" | tr -s ' \t' ' ')"
+    stop "$pid"
+    rm -rf "$work/data-$drill"
+  done
+done
