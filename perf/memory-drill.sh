@@ -8,8 +8,13 @@
 #   jokers:  four 8 MiB batches at once, each one GAME_STATE whose `jokers`
 #            are 2.8 million empty objects, on the default 256 MiB budget;
 #   chunked: forty 7.5 MiB bodies sent chunked (no Content-Length) and left
-#            unfinished, on a 64 MiB budget; counted 2 s after the last is sent.
-# It prints each server's VmHWM and the answers. Run nothing else meanwhile.
+#            unfinished, on a 64 MiB budget; counted 2 s after the last is sent;
+#   subscriptions: 500,000 events posted (jimbus-load), then a thousand gRPC
+#            subscriptions from the start that read one delivery or none, on
+#            the default budget; counted 5 s after the last is opened.
+# It prints each server's VmHWM (and VmRSS) and the answers. It needs
+# target/release/jimbus-load and tools/.venv's grpcio (tools/install-test-deps.sh).
+# Run nothing else meanwhile.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -59,8 +64,36 @@ print(f"refused while sending {refused}, answered 503 {answered}")
 PY
 }
 
+subscriptions() { # subscriptions PORT GRPC_PORT
+  "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
+    --duration 30 >/dev/null
+  "$here/../tools/.venv/bin/python" - "$2" <<'PY'
+import sys, time, grpc
+sys.path.insert(0, "tools/python/src")
+from jimbus._proto.jimbot.bus.v1 import bus_pb2
+channels = [grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") for _ in range(10)]
+calls, opened, refused = [], 0, 0
+for i in range(1000):
+    subscribe = channels[i % 10].unary_stream(
+        "/jimbot.bus.v1.EventBusService/Subscribe",
+        request_serializer=bus_pb2.SubscribeRequest.SerializeToString,
+        response_deserializer=bus_pb2.SubscribeResponse.FromString)
+    call = subscribe(bus_pb2.SubscribeRequest(pattern=">", start=bus_pb2.START_POSITION_EARLIEST))
+    try:
+        next(call)
+        opened += 1
+        calls.append(call)
+    except grpc.RpcError as e:
+        refused += e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+time.sleep(5)
+print(f"subscriptions open {opened}, refused for memory {refused}")
+for call in calls:
+    call.cancel()
+PY
+}
+
 for bin in "$@"; do
-  for drill in jokers chunked; do
+  for drill in jokers chunked subscriptions; do
     budget=268435456
     [[ $drill == chunked ]] && budget=67108864
     port=$(free_port) grpc=$(free_port)
@@ -68,8 +101,8 @@ for bin in "$@"; do
       --memory-budget "$budget" >"$work/log" 2>&1 &
     pid=$!
     wait_ready "$pid" "http://127.0.0.1:$port/ready"
-    result=$("$drill" "$port")
-    echo "$bin $drill (budget $((budget >> 20)) MiB): $result; $(grep VmHWM "/proc/$pid/status" | tr -s ' \t' ' ')"
+    result=$("$drill" "$port" "$grpc")
+    echo "$bin $drill (budget $((budget >> 20)) MiB): $result; $(grep -E 'VmHWM|VmRSS' "/proc/$pid/status" | tr -s ' \t\n' ' ')"
     stop "$pid"
     rm -rf "$work/data-$drill"
   done

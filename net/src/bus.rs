@@ -9,6 +9,7 @@
 //! so either runtime (glommio shards, the tokio edge) can drive them. This
 //! module must never name a segment, a shard's pump or any other backend type.
 
+use bytes::Bytes;
 use jimbus_core::stamps::RequestStamps;
 use jimbus_core::topic::Pattern;
 use jimbus_proto::bus;
@@ -16,7 +17,7 @@ use jimbus_proto::delivery::EncodedDelivery;
 use jimbus_proto::events as pb;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One thing to append.
 #[derive(Debug)]
@@ -106,6 +107,42 @@ pub struct Subscription {
     pub buffer: usize,
 }
 
+/// Deliveries' bytes with the subscriber's room they take, given back on drop.
+struct Held {
+    bytes: Vec<u8>,
+    /// Set once the room is taken, after the copy.
+    _room: Arc<OnceLock<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+/// `deliveries` (of `bytes` topic and body bytes) as views of one copy of
+/// them, with the slot for the room the copy will hold.
+fn copied(
+    mut deliveries: DeliveryBatch,
+    bytes: usize,
+) -> (DeliveryBatch, Arc<OnceLock<tokio::sync::OwnedSemaphorePermit>>) {
+    let mut copy = Vec::with_capacity(bytes);
+    for delivery in &deliveries {
+        copy.extend_from_slice(&delivery.topic);
+        copy.extend_from_slice(&delivery.body);
+    }
+    let room = Arc::new(OnceLock::new());
+    let shared = Bytes::from_owner(Held { bytes: copy, _room: room.clone() });
+    let mut at = 0;
+    for delivery in &mut deliveries {
+        let (topic, body) = (delivery.topic.len(), delivery.body.len());
+        delivery.topic = shared.slice(at..at + topic);
+        delivery.body = shared.slice(at + topic..at + topic + body);
+        at += topic + body;
+    }
+    (deliveries, room)
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Deliveries handed to a subscriber together: one message on its channel,
 /// so a subscriber's task wakes once per batch, not once per record.
 pub type DeliveryBatch = Vec<EncodedDelivery>;
@@ -113,15 +150,25 @@ pub type DeliveryBatch = Vec<EncodedDelivery>;
 /// The most deliveries in one batch.
 pub const MAX_DELIVERY_BATCH: usize = 256;
 
+/// Bytes of deliveries one subscriber may have queued or in hand at once,
+/// across all shards: past them its shards wait for it, so a stalled
+/// subscriber holds no more (docs/tuning.md, "Subscriptions").
+pub const SUBSCRIBER_BYTES: usize = 256 * 1024;
+
 /// The sending end of a subscription's channel. It cuts what it is given into
-/// batches of at most its limit, and the channel holds whole batches worth
-/// about the subscription's buffer, so a slow subscriber holds up its
-/// producers (flow control) with a bounded number of deliveries queued.
+/// batches of at most its limit, copies each batch into one buffer of its own
+/// once the subscriber has room for its bytes, and the channel holds whole
+/// batches worth about the subscription's buffer, so a slow subscriber holds
+/// up its producers (flow control) with bounded deliveries and bytes queued.
 #[derive(Clone)]
 pub struct DeliverySender {
     tx: flume::Sender<DeliveryBatch>,
     /// The most deliveries per batch.
     limit: usize,
+    /// The subscriber's room, in bytes ([`SUBSCRIBER_BYTES`]), shared by
+    /// every shard sending to it: a batch takes its bytes' worth and gives
+    /// them back when the subscriber has dropped the last of it.
+    room: Arc<tokio::sync::Semaphore>,
 }
 
 /// A subscription's channel for `buffer` deliveries: batches of at most
@@ -129,13 +176,26 @@ pub struct DeliverySender {
 pub fn delivery_channel(buffer: usize) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
     let limit = buffer.clamp(1, MAX_DELIVERY_BATCH);
     let (tx, rx) = flume::bounded(buffer.max(1).div_ceil(limit));
-    (DeliverySender { tx, limit }, rx)
+    (DeliverySender { tx, limit, room: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBER_BYTES)) }, rx)
 }
 
 impl DeliverySender {
     /// Sends `deliveries` in order, in batches, waiting for room; false once
     /// the subscriber is gone.
-    pub async fn send(&self, mut deliveries: DeliveryBatch) -> bool {
+    ///
+    /// They are first copied into one buffer of their own, so that they no
+    /// longer pin what they were read from (a shard's commit buffer, or a
+    /// read of the log); then the subscriber's room for their bytes is taken
+    /// (all of it for more than that), held by the buffer until the
+    /// subscriber drops the last of them.
+    pub async fn send(&self, deliveries: DeliveryBatch) -> bool {
+        let bytes: usize = deliveries.iter().map(|d| d.topic.len() + d.body.len()).sum();
+        let (mut deliveries, room) = copied(deliveries, bytes);
+        let want = bytes.min(SUBSCRIBER_BYTES) as u32;
+        // Closed only when dropped: it cannot fail while `self` holds it.
+        let Ok(taken) = self.room.clone().acquire_many_owned(want).await else { return false };
+        // Set once, by this call alone.
+        let _ = room.set(taken);
         while deliveries.len() > self.limit {
             let rest = deliveries.split_off(self.limit);
             if self.tx.send_async(deliveries).await.is_err() {
@@ -182,4 +242,52 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Every topic with its record count.
     fn topics(&self) -> BusFuture<Vec<(String, u64)>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::{block_on, poll_once};
+
+    /// `count` deliveries of `bytes` body bytes each, viewing one shared buffer.
+    fn deliveries(count: usize, bytes: usize) -> DeliveryBatch {
+        let read = Bytes::from(vec![7u8; count * bytes]);
+        (0..count)
+            .map(|i| EncodedDelivery { body: read.slice(i * bytes..(i + 1) * bytes), ..Default::default() })
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_subscriber_holds_its_room_and_no_more() {
+        let (sender, receiver) = delivery_channel(1024);
+        let third = SUBSCRIBER_BYTES / 3;
+        block_on(async {
+            assert!(sender.send(deliveries(1, third)).await);
+            assert!(sender.send(deliveries(1, third)).await);
+            // A third batch would pass the room: it waits for the subscriber.
+            let mut waiting = Box::pin(sender.send(deliveries(2, third / 2 + 2)));
+            assert!(poll_once(&mut waiting).await.is_none(), "the room is spent");
+            let taken = receiver.recv_async().await.unwrap();
+            assert!(poll_once(&mut waiting).await.is_none(), "a batch taken but still held keeps its room");
+            drop(taken);
+            assert_eq!(poll_once(&mut waiting).await, Some(true), "a batch dropped gives its room back");
+        });
+    }
+
+    #[test]
+    fn deliveries_are_copied_and_pin_nothing_they_were_read_from() {
+        let (sender, receiver) = delivery_channel(16);
+        let read = Bytes::from(vec![1u8; 4096]);
+        let delivery = EncodedDelivery { topic: read.slice(0..5), body: read.slice(5..105), ..Default::default() };
+        let weak = read.clone();
+        drop(read);
+        assert!(block_on(sender.send(vec![delivery])));
+        let got = receiver.try_recv().unwrap();
+        assert_eq!((got[0].topic.len(), got[0].body.len()), (5, 100));
+        // The read's buffer is now held by `weak` alone.
+        assert!(weak.is_unique(), "the delivery still pins the read it came from");
+        drop(got);
+        // A batch larger than the room takes all of it, and still goes.
+        assert!(block_on(sender.send(deliveries(1, SUBSCRIBER_BYTES + 1))));
+    }
 }

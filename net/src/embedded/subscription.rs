@@ -6,7 +6,7 @@
 //! module reads the log and must never write it or change a shard's state.
 
 use super::log::{read_frames, SharedIndex};
-use crate::bus::{DeliverySender, Start};
+use crate::bus::{DeliverySender, Start, MAX_DELIVERY_BATCH};
 use crate::observe;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -100,7 +100,7 @@ pub(super) async fn subscription(
             .await;
             continue;
         }
-        let (frames, next) = match read_frames(&index, cursor, 512).await {
+        let (frames, next) = match read_frames(&index, cursor, MAX_DELIVERY_BATCH).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(shard, error = %e, "subscription read failed");
@@ -121,7 +121,10 @@ pub(super) async fn subscription(
             oldest.get_or_insert(rec.time_us);
             batch.push(delivery(shard, frame, &rec));
         }
-        // One read's matches go out as one batch (cut to the subscriber's limit).
+        // One read's matches go out as one batch (cut to the subscriber's
+        // limit), copied before the wait for the subscriber's room, so that
+        // a stalled subscriber pins neither the read nor a commit buffer.
+        drop(frames);
         if !out.send(batch).await {
             break;
         }

@@ -12,7 +12,9 @@ pub mod coordinator;
 pub mod remote_budget;
 
 use crate::admit;
-use crate::bus::{Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription};
+use crate::bus::{
+    Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription, SUBSCRIBER_BYTES,
+};
 use crate::clock::{micros, now_micros};
 use jimbus_core::budget::{Grant, MemoryBudget};
 use jimbus_core::ingest::Envelope;
@@ -27,6 +29,7 @@ use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -85,11 +88,34 @@ fn check_count(events: &EncodedEvents) -> Result<(), Status> {
 /// Deliveries buffered per subscriber before its shard tasks wait.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// Memory budget an open subscription holds for its life: its room for
+/// deliveries queued or in hand ([`SUBSCRIBER_BYTES`]), and what each shard
+/// holds while it waits for that room (one read of the log and its copy),
+/// with tonic's stream. Measured for 170 stalled subscriptions replaying on
+/// 2 shards: about 800 KB of RSS each (docs/tuning.md, "Subscriptions");
+/// with more shards a stalled subscription can hold more.
+pub const SUBSCRIPTION_GRANT: u64 = 4 * SUBSCRIBER_BYTES as u64;
+
 /// The EventBusService over the shards.
 pub struct BusService {
     bus: Arc<dyn Bus>,
-    /// Published events are granted memory here until they are durable.
+    /// Published events are granted memory here until they are durable, and
+    /// each open subscription [`SUBSCRIPTION_GRANT`] for its life.
     budget: Arc<MemoryBudget>,
+    /// Subscriptions open: together they hold at most half the budget.
+    subscriptions: Arc<AtomicU64>,
+}
+
+/// What an open subscription holds: its grant, and its place among the open ones.
+struct SubscriptionHold {
+    _grant: Grant,
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for SubscriptionHold {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Memory a publish holds per byte of its encoding: the request in tonic's
@@ -138,7 +164,26 @@ struct Published {
 
 impl BusService {
     pub fn new(bus: Arc<dyn Bus>, budget: Arc<MemoryBudget>) -> Self {
-        Self { bus, budget }
+        Self { bus, budget, subscriptions: Arc::default() }
+    }
+
+    /// A subscription's grant, unless the open ones would hold more than
+    /// half the budget (the rest stays for the mods' requests) or the budget
+    /// has not that much free: RESOURCE_EXHAUSTED, to retry later.
+    fn hold_subscription(&self) -> Result<SubscriptionHold, Status> {
+        let open = self.subscriptions.fetch_add(1, Ordering::AcqRel) + 1;
+        let hold = |grant| SubscriptionHold { _grant: grant, open: self.subscriptions.clone() };
+        let granted = (open * SUBSCRIPTION_GRANT <= self.budget.limit() / 2)
+            .then(|| self.budget.request(SUBSCRIPTION_GRANT, SUBSCRIPTION_GRANT))
+            .flatten();
+        granted.map(hold).ok_or_else(|| {
+            self.subscriptions.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("jimbus_budget_denials_total", "component" => "subscription").increment(1);
+            Status::resource_exhausted(format!(
+                "too many subscriptions are open for the memory budget: each holds {SUBSCRIPTION_GRANT} bytes, \
+                 and together at most half of it; retry later"
+            ))
+        })
     }
 
     /// Decodes a request's events once their number is checked and the
@@ -352,11 +397,16 @@ impl EventBusService for BusService {
         let buffer =
             durable.as_ref().map_or(SUBSCRIBER_BUFFER, |d| d.options.max_in_flight.clamp(1, SUBSCRIBER_BUFFER));
         let pattern_text = pattern.to_string();
+        let hold = self.hold_subscription()?;
         let receiver = self.bus.subscribe(Subscription { pattern, start, durable, buffer }).map_err(status_of)?;
         tracing::info!(request_id = %id, pattern = %pattern_text, "subscription opened");
-        // Batches from the bus, one delivery per gRPC message.
+        // Batches from the bus, one delivery per gRPC message; the stream holds
+        // the subscription's grant until tonic drops it.
         let deliveries = futures_util::StreamExt::flat_map(receiver.into_stream(), futures_util::stream::iter);
-        let stream: DeliveryStream = Box::pin(deliveries.map(Ok));
+        let stream: DeliveryStream = Box::pin(deliveries.map(move |delivery| {
+            let _held = &hold;
+            Ok(delivery)
+        }));
         Ok(with_request_id(Response::new(stream), &id))
     }
 

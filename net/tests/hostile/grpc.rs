@@ -1,6 +1,7 @@
 //! Defect 6: long PublishBatch streams, bytes that are not UTF-8, and the same
 //! depth limit as HTTP; requests whose events would take more memory decoded
-//! than their number or the budget allows are refused before decoding.
+//! than their number or the budget allows are refused before decoding; and
+//! subscriptions, each granted its memory, past half the budget are refused.
 
 use crate::harness::Jimbus;
 use jimbus_proto::bus;
@@ -287,4 +288,45 @@ async fn an_over_long_list_topics_pattern_is_invalid_argument() {
     let refused = client.list_topics(bus::ListTopicsRequest { pattern }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
     assert!(refused.message().contains("max_len=512"), "{refused}");
+}
+
+/// A stalled subscription held about 1.75 MB of deliveries and reads, and
+/// nothing bounded how many were open: a thousand took a server to 1.8 GB.
+/// Each holds its grant now, and together at most half the budget: on a
+/// 16 MiB budget the subscription past 8 MiB is RESOURCE_EXHAUSTED, and one
+/// that ends gives its room back.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
+    use jimbus_net::grpc::SUBSCRIPTION_GRANT;
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(16u64 << 20).to_string()]);
+    let mut client = server.client().await;
+    let request = || bus::SubscribeRequest {
+        pattern: ">".into(),
+        start: bus::StartPosition::Earliest as i32,
+        ..Default::default()
+    };
+    let mut open = Vec::new();
+    let refused = loop {
+        match client.subscribe(request()).await {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => break status,
+        }
+        assert!(open.len() <= 64, "subscriptions were never refused");
+    };
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("too many subscriptions are open for the memory budget"), "{refused}");
+    assert!(!open.is_empty() && open.len() as u64 * SUBSCRIPTION_GRANT <= 8 << 20, "{} open", open.len());
+    drop(open.pop());
+    // The server sees the stream end in its own time: until then it refuses.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match client.subscribe(request()).await {
+            Ok(_) => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "the ended subscription's room never came back");
+                tokio::task::yield_now().await;
+            }
+            Err(status) => panic!("{status}"),
+        }
+    }
 }
