@@ -44,11 +44,12 @@ pub const MAX_BUILT_PER_EVENT: usize = 64 << 20;
 pub struct Limits<'a> {
     /// More events than this refuse the body ([`BodyError::TooManyEvents`]).
     pub max_events: usize,
-    /// Asked, before each event is read and again after, for the total memory
-    /// the body's events may hold so far; the totals asked only grow. An
-    /// event is read within what was granted before it: a reading that
-    /// builds more is stopped, and the event asked for with twice the room
-    /// and read again. A refusal stops decoding: [`Growth::NotNow`] with
+    /// Asked for the total memory the body's events may hold, whenever they
+    /// may need more than it granted so far (before an event is read, with
+    /// room for a few more, and after); the totals asked only grow. An event
+    /// is read within what was granted before it: a reading that builds more
+    /// is stopped, and the event asked for with twice the room and read
+    /// again. A refusal stops decoding: [`Growth::NotNow`] with
     /// [`BodyError::OverBudget`], [`Growth::BeyondLimit`] with
     /// [`BodyError::BeyondBudget`].
     pub reserve: &'a mut dyn FnMut(usize) -> Growth,
