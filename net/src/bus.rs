@@ -155,11 +155,12 @@ pub const MAX_DELIVERY_BATCH: usize = 256;
 /// subscriber holds no more (docs/tuning.md, "Subscriptions").
 pub const SUBSCRIBER_BYTES: usize = 256 * 1024;
 
-/// The sending end of a subscription's channel. It cuts what it is given into
-/// batches of at most its limit, copies each batch into one buffer of its own
-/// once the subscriber has room for its bytes, and the channel holds whole
-/// batches worth about the subscription's buffer, so a slow subscriber holds
-/// up its producers (flow control) with bounded deliveries and bytes queued.
+/// The sending end of a subscription's channel. It copies what it is given
+/// into one buffer of its own, waits until the subscriber has room for its
+/// bytes, and cuts it into batches of at most its limit; the channel holds
+/// whole batches worth about the subscription's buffer, so a slow subscriber
+/// holds up its producers (flow control) with bounded deliveries and bytes
+/// queued.
 #[derive(Clone)]
 pub struct DeliverySender {
     tx: flume::Sender<DeliveryBatch>,
@@ -279,13 +280,13 @@ mod tests {
         let (sender, receiver) = delivery_channel(16);
         let read = Bytes::from(vec![1u8; 4096]);
         let delivery = EncodedDelivery { topic: read.slice(0..5), body: read.slice(5..105), ..Default::default() };
-        let weak = read.clone();
+        let the_read = read.clone();
         drop(read);
         assert!(block_on(sender.send(vec![delivery])));
         let got = receiver.try_recv().unwrap();
         assert_eq!((got[0].topic.len(), got[0].body.len()), (5, 100));
-        // The read's buffer is now held by `weak` alone.
-        assert!(weak.is_unique(), "the delivery still pins the read it came from");
+        // The read's buffer is now held by `the_read` alone.
+        assert!(the_read.is_unique(), "the delivery still pins the read it came from");
         drop(got);
         // A batch larger than the room takes all of it, and still goes.
         assert!(block_on(sender.send(deliveries(1, SUBSCRIBER_BYTES + 1))));
