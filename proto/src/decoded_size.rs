@@ -16,11 +16,12 @@ use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 include!(concat!(env!("OUT_DIR"), "/sizes.rs"));
 
 /// A list's elements, at most: its capacity grows by doubling, and while it
-/// grows the old buffer and the new, twice as large, are both live.
-const SLACK: usize = 3;
+/// grows the old buffer and the new, twice as large, are both live. (The
+/// JSON reader's count of what it builds uses the same model.)
+pub const SLACK: usize = 3;
 
 /// A list's first element: a `Vec` first allocates room for four.
-const FIRST_SLOTS: usize = 4;
+pub const FIRST_SLOTS: usize = 4;
 
 /// The least a non-empty string or byte string allocates.
 const MIN_STRING: usize = 8;

@@ -10,6 +10,7 @@
 //! must never build anything it has not counted first.
 
 use super::{JsonError, Kind, Reader};
+use jimbus_proto::decoded_size::{FIRST_SLOTS, SLACK};
 use prost_types::value::Kind as ValueKind;
 use std::collections::BTreeMap;
 
@@ -21,17 +22,12 @@ pub const HELD_PER_VALUE: usize = 160;
 /// entries for its first key.
 pub const HELD_PER_STRUCT: usize = 640;
 
-/// A list's slots per element, at most: its capacity grows by doubling, and
-/// while it grows the old buffer and the new, twice as large, are both live.
-const SLOTS_PER_ELEMENT: usize = 3;
-
-/// A list's first element: a `Vec` first allocates room for four.
-const FIRST_SLOTS: usize = 4;
-
 /// The most memory the slot of element `index` in a growing `Vec<T>` can
-/// add: summed over a list's elements, it covers the list's peak.
+/// add: summed over a list's elements, it covers the list's peak. The model
+/// of a `Vec`'s growth is the one the gRPC edge's decoded sizes use
+/// (`jimbus_proto::decoded_size`); the first element counts its own slack too.
 pub fn list_slot_bytes<T>(index: usize) -> usize {
-    let slots = if index == 0 { FIRST_SLOTS + SLOTS_PER_ELEMENT } else { SLOTS_PER_ELEMENT };
+    let slots = if index == 0 { FIRST_SLOTS + SLACK } else { SLACK };
     slots * std::mem::size_of::<T>()
 }
 
