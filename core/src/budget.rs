@@ -7,8 +7,10 @@
 //! caller sheds load: 429/503 at HTTP, flow control on gRPC). A [`Grant`] gives
 //! its bytes back when dropped, so nothing leaks on an error path. The counter
 //! is one atomic updated by compare-and-swap, so threads never block on it; the
-//! counter type is a parameter so that loom can check the protocol. This module
-//! must never allocate on behalf of the caller or wait for memory to free up.
+//! counter type is a parameter so that loom can check the protocol.
+//! [`StreamGrants`] holds long-lived streams (subscriptions, live views) to
+//! half the budget between them. This module must never allocate on behalf
+//! of the caller or wait for memory to free up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -203,6 +205,75 @@ impl<C: Counter> Drop for Grant<C> {
     }
 }
 
+/// Why [`StreamGrants::take`] refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// The cap is reached, or one more stream would hold more than half the
+    /// budget's limit (the other half stays for the mods' requests).
+    TooMany,
+    /// The budget has not a stream's grant free now.
+    BudgetSpent,
+}
+
+/// Long-lived streams of one kind (gRPC subscriptions, live views): each
+/// holds a fixed grant for its life, and the open ones together at most half
+/// the budget's limit, and at most a fixed number.
+#[derive(Debug, Clone)]
+pub struct StreamGrants {
+    /// Where each stream's grant comes from.
+    budget: Arc<MemoryBudget>,
+    /// Bytes each open stream holds.
+    each: u64,
+    /// Streams open at most, whatever the budget.
+    most: u64,
+    /// Streams open now, shared with every [`StreamGrant`] so each gives its place back.
+    open: Arc<AtomicU64>,
+}
+
+impl StreamGrants {
+    pub fn new(budget: Arc<MemoryBudget>, each: u64, most: u64) -> Self {
+        Self { budget, each, most, open: Arc::default() }
+    }
+
+    /// Bytes each open stream holds.
+    pub fn each(&self) -> u64 {
+        self.each
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// A place and a grant for one more stream. The place is counted before
+    /// the limit is checked, so two racing takes never both pass the last place.
+    pub fn take(&self) -> Result<StreamGrant, StreamRefusal> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let refused = if open > self.most || open.saturating_mul(self.each) > self.budget.limit() / 2 {
+            StreamRefusal::TooMany
+        } else if let Some(grant) = self.budget.request(self.each, self.each) {
+            return Ok(StreamGrant { _grant: grant, open: self.open.clone() });
+        } else {
+            StreamRefusal::BudgetSpent
+        };
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        Err(refused)
+    }
+}
+
+/// One open stream's place among [`StreamGrants`] and its grant; both are given back on drop.
+#[derive(Debug)]
+pub struct StreamGrant {
+    _grant: Grant,
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for StreamGrant {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +349,31 @@ mod tests {
         assert_eq!(grant.bytes(), 30, "shrinking never grows");
         drop(grant);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn streams_hold_at_most_half_the_limit_and_give_their_place_back() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(100);
+        let streams = StreamGrants::new(budget.clone(), 20, 10);
+        let (a, b) = (streams.take().unwrap(), streams.take().unwrap());
+        assert_eq!((streams.open(), budget.used()), (2, 40));
+        assert_eq!(streams.take().unwrap_err(), StreamRefusal::TooMany, "60 is over half of 100");
+        assert_eq!(streams.open(), 2, "a refused stream takes no place");
+        drop(a);
+        assert_eq!((streams.open(), budget.used()), (1, 20));
+        let rest = budget.request(80, 80).unwrap();
+        assert_eq!(streams.take().unwrap_err(), StreamRefusal::BudgetSpent);
+        drop((b, rest));
+        assert_eq!((streams.open(), budget.used()), (0, 0));
+    }
+
+    #[test]
+    fn streams_stop_at_their_cap_whatever_the_budget() {
+        let budget: Arc<MemoryBudget> = MemoryBudget::new(1000);
+        let streams = StreamGrants::new(budget, 1, 2);
+        let held = [streams.take().unwrap(), streams.take().unwrap()];
+        assert_eq!(streams.take().unwrap_err(), StreamRefusal::TooMany);
+        drop(held);
+        assert!(streams.take().is_ok());
     }
 }

@@ -12,7 +12,7 @@
 use crate::bus::Bus;
 use crate::config::ServeConfig;
 use crate::embedded::{self, ShardQueue, ShardRouter};
-use crate::http::{EdgeContext, Listener};
+use crate::http::{sse, EdgeContext, Listener};
 use crate::jetstream::JetStreamBus;
 use crate::shutdown::Shutdown;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -71,7 +71,12 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let shutdown = Arc::new(Shutdown::default());
         let budget = MemoryBudget::new(config.memory_budget);
-        let context = Arc::new(EdgeContext { shutdown: shutdown.clone(), metrics, budget: budget.clone() });
+        let context = Arc::new(EdgeContext {
+            shutdown: shutdown.clone(),
+            metrics,
+            budget: budget.clone(),
+            streams: sse::stream_grants(budget.clone()),
+        });
         let (router, receivers) = embedded::queues(config.shards, config.queue_capacity);
         let jetstream = config.bus.clone().map(JetStreamBus::start).transpose()?;
         let bus: Arc<dyn Bus> = match &jetstream {

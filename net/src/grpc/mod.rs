@@ -16,7 +16,7 @@ use crate::bus::{
     Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription, SUBSCRIBER_BYTES,
 };
 use crate::clock::{micros, now_micros};
-use jimbus_core::budget::{Grant, MemoryBudget};
+use jimbus_core::budget::{Grant, MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
 use jimbus_core::ingest::Envelope;
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
@@ -29,7 +29,6 @@ use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -102,20 +101,9 @@ pub struct BusService {
     /// Published events are granted memory here until they are durable, and
     /// each open subscription [`SUBSCRIPTION_GRANT`] for its life.
     budget: Arc<MemoryBudget>,
-    /// Subscriptions open: together they hold at most half the budget.
-    subscriptions: Arc<AtomicU64>,
-}
-
-/// What an open subscription holds: its grant, and its place among the open ones.
-struct SubscriptionHold {
-    _grant: Grant,
-    open: Arc<AtomicU64>,
-}
-
-impl Drop for SubscriptionHold {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// Subscriptions open, each holding [`SUBSCRIPTION_GRANT`] of `budget`:
+    /// together at most half of it.
+    subscriptions: StreamGrants,
 }
 
 /// Memory a publish holds per byte of its encoding: the request in tonic's
@@ -164,25 +152,23 @@ struct Published {
 
 impl BusService {
     pub fn new(bus: Arc<dyn Bus>, budget: Arc<MemoryBudget>) -> Self {
-        Self { bus, budget, subscriptions: Arc::default() }
+        let subscriptions = StreamGrants::new(budget.clone(), SUBSCRIPTION_GRANT, u64::MAX);
+        Self { bus, budget, subscriptions }
     }
 
     /// A subscription's grant, unless the open ones would hold more than
     /// half the budget (the rest stays for the mods' requests) or the budget
     /// has not that much free: RESOURCE_EXHAUSTED, to retry later.
-    fn hold_subscription(&self) -> Result<SubscriptionHold, Status> {
-        let open = self.subscriptions.fetch_add(1, Ordering::AcqRel) + 1;
-        let hold = |grant| SubscriptionHold { _grant: grant, open: self.subscriptions.clone() };
-        let granted = (open * SUBSCRIPTION_GRANT <= self.budget.limit() / 2)
-            .then(|| self.budget.request(SUBSCRIPTION_GRANT, SUBSCRIPTION_GRANT))
-            .flatten();
-        granted.map(hold).ok_or_else(|| {
-            self.subscriptions.fetch_sub(1, Ordering::AcqRel);
+    fn hold_subscription(&self) -> Result<StreamGrant, Status> {
+        self.subscriptions.take().map_err(|refusal| {
             metrics::counter!("jimbus_budget_denials_total", "component" => "subscription").increment(1);
-            Status::resource_exhausted(format!(
-                "too many subscriptions are open for the memory budget: each holds {SUBSCRIPTION_GRANT} bytes, \
-                 and together at most half of it; retry later"
-            ))
+            Status::resource_exhausted(match refusal {
+                StreamRefusal::TooMany => format!(
+                    "too many subscriptions are open for the memory budget: each holds {SUBSCRIPTION_GRANT} bytes, \
+                     and together at most half of it; retry later"
+                ),
+                StreamRefusal::BudgetSpent => "the server's memory budget is spent, retry later".to_string(),
+            })
         })
     }
 

@@ -4,7 +4,7 @@
 //! anything of one connection or one shard.
 
 use crate::shutdown::Shutdown;
-use jimbus_core::budget::MemoryBudget;
+use jimbus_core::budget::{MemoryBudget, StreamGrants};
 use std::sync::Arc;
 
 /// What every listener of the process shares.
@@ -16,4 +16,7 @@ pub struct EdgeContext {
     /// Every request body is granted memory here before it is read; when the
     /// budget is spent, requests get 503 with `Retry-After`.
     pub budget: Arc<MemoryBudget>,
+    /// The live view's streams, each holding a fixed grant of `budget` (from
+    /// `sse::stream_grants`).
+    pub streams: StreamGrants,
 }

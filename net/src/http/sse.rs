@@ -31,20 +31,19 @@
 use crate::bus::{Bus, BusError, DeliveryBatch, Start, Subscription};
 use bytes::Bytes;
 use hyper::body::Frame;
-use jimbus_core::budget::Grant;
+use jimbus_core::budget::{MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::delivery::EncodedDelivery;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// Concurrent streams across the process.
-pub const MAX_STREAMS: usize = 2048;
+pub const MAX_STREAMS: u64 = 2048;
 /// Deliveries a stream holds (its channel and the batch it frames) before the
 /// shards wait for its client.
 pub const STREAM_BUFFER: usize = 16;
@@ -56,8 +55,6 @@ pub const STREAM_GRANT: u64 = 64 * 1024;
 /// A comment is sent after this much silence, so a vanished client is noticed
 /// and proxies keep the connection.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-
-static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SseError {
@@ -295,26 +292,35 @@ impl WriteGate {
     }
 }
 
-/// One slot of [`MAX_STREAMS`], given back on drop.
-struct Slot;
+/// The live view's streams: [`STREAM_GRANT`] each, at most [`MAX_STREAMS`]
+/// and half of `budget`.
+pub fn stream_grants(budget: Arc<MemoryBudget>) -> StreamGrants {
+    StreamGrants::new(budget, STREAM_GRANT, MAX_STREAMS)
+}
+
+/// An open stream's place and grant, counted in `jimbus_sse_streams` while it lives.
+struct Slot {
+    _held: StreamGrant,
+}
 
 impl Slot {
-    /// A slot, unless [`MAX_STREAMS`] are open or `budget_limit` would be more
-    /// than half spent on streams (the rest stays for the mods' requests).
-    fn take(budget_limit: u64) -> Option<Self> {
-        let taken = OPEN_STREAMS.fetch_add(1, Ordering::AcqRel);
-        if taken >= MAX_STREAMS || (taken as u64 + 1) * STREAM_GRANT > budget_limit / 2 {
-            OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+    fn take(streams: &StreamGrants) -> Result<Self, SseError> {
+        let grant = streams.take().map_err(|refusal| match refusal {
+            StreamRefusal::TooMany => {
+                SseError::Unavailable("too many streams are open (at most 2048, and half the memory budget)".into())
+            }
+            StreamRefusal::BudgetSpent => {
+                metrics::counter!("jimbus_budget_denials_total", "component" => "sse").increment(1);
+                SseError::Unavailable("the server's memory budget is spent, retry later".into())
+            }
+        })?;
         metrics::gauge!("jimbus_sse_streams").increment(1.0);
-        Some(Slot)
+        Ok(Slot { _held: grant })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("jimbus_sse_streams").decrement(1.0);
     }
 }
@@ -326,13 +332,7 @@ pub fn open(
     gate: &Rc<WriteGate>,
     request: StreamRequest,
 ) -> Result<SseBody, SseError> {
-    let slot = Slot::take(context.budget.limit()).ok_or_else(|| {
-        SseError::Unavailable("too many streams are open (at most 2048, and half the memory budget)".into())
-    })?;
-    let grant = context.budget.request(STREAM_GRANT, STREAM_GRANT).ok_or_else(|| {
-        metrics::counter!("jimbus_budget_denials_total", "component" => "sse").increment(1);
-        SseError::Unavailable("the server's memory budget is spent, retry later".into())
-    })?;
+    let slot = Slot::take(&context.streams)?;
     let subscription = Subscription {
         pattern: request.pattern,
         start: request.cursor.origin.start(),
@@ -356,7 +356,6 @@ pub fn open(
         produced: gate.written.get(),
         keepalive: async_io::Timer::after(KEEPALIVE),
         _slot: slot,
-        _grant: grant,
     })
 }
 
@@ -375,7 +374,6 @@ pub struct SseBody {
     produced: u64,
     keepalive: async_io::Timer,
     _slot: Slot,
-    _grant: Grant,
 }
 
 impl SseBody {
