@@ -11,7 +11,10 @@
 #            unfinished, on a 64 MiB budget; counted 2 s after the last is sent;
 #   subscriptions: 500,000 events posted (jimbus-load), then a thousand gRPC
 #            subscriptions from the start that read one delivery or none, on
-#            the default budget; counted 5 s after the last is opened.
+#            the default budget; counted 5 s after the last is opened;
+#   wide:    the same thousand subscriptions on 16 shards, over 20,000 events
+#            of 4 KiB each (64 sessions, so every shard holds some).
+# DRILLS="jokers wide" runs only those.
 # It prints each server's VmHWM (and VmRSS) and the answers. It needs
 # target/release/jimbus-load and tools/.venv's grpcio (tools/install-test-deps.sh).
 # Run nothing else meanwhile.
@@ -64,10 +67,8 @@ print(f"refused while sending {refused}, answered 503 {answered}")
 PY
 }
 
-subscriptions() { # subscriptions PORT GRPC_PORT
-  "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
-    --duration 30 >/dev/null
-  "$here/../tools/.venv/bin/python" - "$2" <<'PY'
+open_subscriptions() { # open_subscriptions GRPC_PORT
+  "$here/../tools/.venv/bin/python" - "$1" <<'PY'
 import sys, time, grpc
 sys.path.insert(0, "tools/python/src")
 from jimbus._proto.jimbot.bus.v1 import bus_pb2
@@ -92,17 +93,38 @@ for call in calls:
 PY
 }
 
+subscriptions() { # subscriptions PORT GRPC_PORT
+  "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
+    --duration 30 >/dev/null
+  open_subscriptions "$2"
+}
+
+wide() { # wide PORT GRPC_PORT
+  python3 - "$1" <<'PY'
+import json, sys, urllib.request
+note = "x" * 4096
+for i in range(400):
+    events = [{"type": "MONEY_CHANGED", "session_id": f"wide-{i % 64}", "note": note,
+               "payload": {"old_value": 1, "new_value": 2, "difference": 1}} for _ in range(50)]
+    request = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/api/v1/events/batch",
+                                     json.dumps({"events": events}).encode(), {"Content-Type": "application/json"})
+    urllib.request.urlopen(request).read()
+PY
+  open_subscriptions "$2"
+}
+
 for bin in "$@"; do
-  for drill in jokers chunked subscriptions; do
-    budget=268435456
+  for drill in ${DRILLS:-jokers chunked subscriptions wide}; do
+    budget=268435456 shards=2
     [[ $drill == chunked ]] && budget=67108864
+    [[ $drill == wide ]] && shards=16
     port=$(free_port) grpc=$(free_port)
     "$bin" serve --http "127.0.0.1:$port" --grpc "127.0.0.1:$grpc" --data-dir "$work/data-$drill" \
-      --memory-budget "$budget" >"$work/log" 2>&1 &
+      --memory-budget "$budget" --shards "$shards" >"$work/log" 2>&1 &
     pid=$!
     wait_ready "$pid" "http://127.0.0.1:$port/ready"
     result=$("$drill" "$port" "$grpc")
-    echo "$bin $drill (budget $((budget >> 20)) MiB): $result; $(grep -E 'VmHWM|VmRSS' "/proc/$pid/status" | tr -s ' \t\n' ' ')"
+    echo "$bin $drill (budget $((budget >> 20)) MiB, $shards shards): $result; $(grep -E 'VmHWM|VmRSS' "/proc/$pid/status" | tr -s ' \t\n' ' ')"
     stop "$pid"
     rm -rf "$work/data-$drill"
   done

@@ -170,17 +170,55 @@ pub struct DeliverySender {
     /// every shard sending to it: a batch takes its bytes' worth and gives
     /// them back when the subscriber has dropped the last of it.
     room: Arc<tokio::sync::Semaphore>,
+    /// Bytes of records one sender reads for this subscriber at a time: the
+    /// room shared among its senders, since each holds its last read's copy
+    /// while it waits for room.
+    read_share: usize,
 }
 
-/// A subscription's channel for `buffer` deliveries: batches of at most
-/// `buffer` (up to [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
-pub fn delivery_channel(buffer: usize) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
+/// A subscription's channel for `buffer` deliveries from `senders` senders
+/// (one per shard): batches of at most `buffer` (up to
+/// [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
+pub fn delivery_channel(buffer: usize, senders: usize) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
     let limit = buffer.clamp(1, MAX_DELIVERY_BATCH);
     let (tx, rx) = flume::bounded(buffer.max(1).div_ceil(limit));
-    (DeliverySender { tx, limit, room: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBER_BYTES)) }, rx)
+    let room = Arc::new(tokio::sync::Semaphore::new(SUBSCRIBER_BYTES));
+    (DeliverySender { tx, limit, room, read_share: read_share(senders) }, rx)
+}
+
+/// One [`DeliverySender::send`] holding its copy until the subscriber takes
+/// it, counted in `jimbus_subscriber_sends_waiting`: a count that stays high
+/// says slow subscribers are holding their shards' reads.
+struct SendUnderWay(metrics::Gauge);
+
+impl SendUnderWay {
+    fn start() -> Self {
+        let gauge = metrics::gauge!("jimbus_subscriber_sends_waiting");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for SendUnderWay {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Bytes of records each of `senders` reads for one subscriber at once (at
+/// least one record): the subscriber's room shared among them, so that what
+/// they hold while they wait for it is about [`SUBSCRIBER_BYTES`] however
+/// many they are.
+pub fn read_share(senders: usize) -> usize {
+    SUBSCRIBER_BYTES / senders.max(1)
 }
 
 impl DeliverySender {
+    /// Bytes of records a sender reads for this subscriber at once ([`read_share`]).
+    pub fn read_share(&self) -> usize {
+        self.read_share
+    }
+
     /// Sends `deliveries` in order, in batches, waiting for room; false once
     /// the subscriber is gone.
     ///
@@ -192,6 +230,7 @@ impl DeliverySender {
     pub async fn send(&self, deliveries: DeliveryBatch) -> bool {
         let bytes: usize = deliveries.iter().map(|d| d.topic.len() + d.body.len()).sum();
         let (mut deliveries, room) = copied(deliveries, bytes);
+        let _under_way = SendUnderWay::start();
         let want = bytes.min(SUBSCRIBER_BYTES) as u32;
         // Closed only when dropped: it cannot fail while `self` holds it.
         let Ok(taken) = self.room.clone().acquire_many_owned(want).await else { return false };
@@ -260,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_stalled_subscriber_holds_its_room_and_no_more() {
-        let (sender, receiver) = delivery_channel(1024);
+        let (sender, receiver) = delivery_channel(1024, 1);
         let third = SUBSCRIBER_BYTES / 3;
         block_on(async {
             assert!(sender.send(deliveries(1, third)).await);
@@ -277,7 +316,7 @@ mod tests {
 
     #[test]
     fn deliveries_are_copied_and_pin_nothing_they_were_read_from() {
-        let (sender, receiver) = delivery_channel(16);
+        let (sender, receiver) = delivery_channel(16, 1);
         let read = Bytes::from(vec![1u8; 4096]);
         let delivery = EncodedDelivery { topic: read.slice(0..5), body: read.slice(5..105), ..Default::default() };
         let the_read = read.clone();

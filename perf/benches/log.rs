@@ -114,7 +114,7 @@ fn fan_out(c: &mut Criterion) {
                             for _ in 0..subscribers {
                                 let mut at = 0;
                                 while at < RECORDS as u64 {
-                                    let (frames, next) = read_frames(&index, at, 512).await.unwrap();
+                                    let (frames, next) = read_frames(&index, at, 512, usize::MAX).await.unwrap();
                                     for frame in &frames {
                                         encode_delivery(how, frame, &mut out);
                                     }

@@ -10,7 +10,7 @@ use super::consumer::{Assignment, Plan};
 use super::log::{read_frames, SharedIndex};
 use super::router::ShardRouter;
 use super::subscription::delivery;
-use crate::bus::{AppendItem, Bus, DeliveryBatch, DeliverySender};
+use crate::bus::{read_share, AppendItem, Bus, DeliveryBatch, DeliverySender};
 use crate::clock::now_micros;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -73,7 +73,8 @@ impl ConsumerTask {
 
     /// Reads records from `cursor`, offers them to the pump, and sends what it assigns.
     async fn read_and_send(&self, cursor: u64) {
-        let Ok((frames, next)) = read_frames(&self.index, cursor, READ_AHEAD).await else {
+        let Ok((frames, next)) = read_frames(&self.index, cursor, READ_AHEAD, read_share(self.router.shards())).await
+        else {
             // Nothing can be read right now: wait for the next commit or timer.
             glommio::timer::sleep(Duration::from_millis(5)).await;
             return;
@@ -104,7 +105,7 @@ impl ConsumerTask {
             let held = read.binary_search_by_key(&assignment.offset, |(offset, _)| *offset).ok();
             let frame = match held {
                 Some(i) => read[i].1.clone(),
-                None => match read_frames(&self.index, assignment.offset, 1).await {
+                None => match read_frames(&self.index, assignment.offset, 1, usize::MAX).await {
                     Ok((frames, _)) if !frames.is_empty() => frames[0].clone(),
                     _ => continue,
                 },
@@ -135,7 +136,7 @@ impl ConsumerTask {
     }
 
     async fn append_dead_letter(&self, offset: u64, count: u32) -> bool {
-        let Ok((frames, _)) = read_frames(&self.index, offset, 1).await else { return false };
+        let Ok((frames, _)) = read_frames(&self.index, offset, 1, usize::MAX).await else { return false };
         let Some(frame) = frames.first() else { return false };
         let Ok(rec) = record::decode_without_checksum(frame) else { return false };
         if rec.kind == RecordKind::DeadLetter {
@@ -192,7 +193,7 @@ impl Gauges {
 
 /// The receive time of the record at `offset`, if it can be read.
 async fn record_time(index: &SharedIndex, offset: u64) -> Option<u64> {
-    let (frames, _) = read_frames(index, offset, 1).await.ok()?;
+    let (frames, _) = read_frames(index, offset, 1, usize::MAX).await.ok()?;
     let frame = frames.first()?;
     record::decode_without_checksum(frame).ok().map(|rec| rec.time_us)
 }

@@ -259,11 +259,17 @@ struct Located {
     available: u64,
 }
 
-/// Reads up to `max` framed records starting at `from`. Returns the frames and
-/// the offset after the last one. Every frame read from disk has had its
+/// Reads up to `max` framed records starting at `from`, and no more than
+/// `max_bytes` of them unless the first alone is larger. Returns the frames
+/// and the offset after the last one. Every frame read from disk has had its
 /// checksum checked, and the tail's were framed here, so a caller reads them
 /// with [`record::decode_without_checksum`].
-pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(Vec<Bytes>, u64), LogError> {
+pub async fn read_frames(
+    index: &SharedIndex,
+    from: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Bytes>, u64), LogError> {
     let located = {
         let log = index.borrow();
         let from = from.max(log.start());
@@ -272,7 +278,12 @@ pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(
         }
         if from >= log.tail_first && !log.tail.is_empty() {
             let skip = (from - log.tail_first) as usize;
-            let frames: Vec<Bytes> = log.tail.iter().skip(skip).take(max).cloned().collect();
+            let (mut held, mut first) = (0, true);
+            let within = |frame: &&Bytes| {
+                held += frame.len();
+                std::mem::take(&mut first) || held <= max_bytes
+            };
+            let frames: Vec<Bytes> = log.tail.iter().skip(skip).take(max).take_while(within).cloned().collect();
             let next = from + frames.len() as u64;
             return Ok((frames, next));
         }
@@ -281,7 +292,7 @@ pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(
     let Some(Located { file, first, mut pos, mut available }) = located else { return Ok((Vec::new(), from)) };
     // The records from the mark up to `from` (fewer than POSITION_STRIDE) are
     // read and stepped over; reading stops at the first chunk that yields a frame.
-    let (mut frames, mut offset) = (Vec::new(), first);
+    let (mut frames, mut offset, mut held) = (Vec::new(), first, 0);
     while frames.is_empty() && available > 0 {
         let bytes = read_chunk(&file, pos, available).await?;
         let mut at = 0;
@@ -289,6 +300,10 @@ pub async fn read_frames(index: &SharedIndex, from: u64, max: usize) -> Result<(
             let Ok(rec) = record::decode(&bytes[at..]) else { break };
             let len = rec.framed_len();
             if offset >= from {
+                if !frames.is_empty() && held + len > max_bytes {
+                    break;
+                }
+                held += len;
                 frames.push(bytes.slice(at..at + len));
             }
             (offset, at) = (offset + 1, at + len);

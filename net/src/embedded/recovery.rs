@@ -316,6 +316,7 @@ fn scan_segment(
 mod tests {
     use super::super::log::{read_frames, FsyncMode, Retention, SharedIndex};
     use super::*;
+    use bytes::Bytes;
     use jimbus_core::record::RecordKind;
 
     fn options() -> LogOptions {
@@ -337,14 +338,45 @@ mod tests {
     /// Reading from each offset returns the record at that offset first, and those after it.
     async fn check_every_offset(index: &SharedIndex, end: u64) {
         for from in 0..end {
-            let (frames, next) = read_frames(index, from, 3).await.unwrap();
+            let (frames, next) = read_frames(index, from, 3, usize::MAX).await.unwrap();
             assert!(!frames.is_empty(), "nothing read from {from}");
             assert_eq!(next, from + frames.len() as u64);
             for (i, frame) in frames.iter().enumerate() {
                 let rec = record::decode(frame).unwrap();
                 assert_eq!((rec.offset, rec.message), (from + i as u64, &message(from + i as u64)[..]));
             }
+            // Within 1,000 bytes: the same records, as many as fit, and at least one.
+            let (within, next) = read_frames(index, from, 3, 1000).await.unwrap();
+            assert_eq!((&within[..], next), (&frames[..within.len()], from + within.len() as u64));
+            let bytes: usize = within.iter().map(Bytes::len).sum();
+            let more = frames.get(within.len()).map_or(0, Bytes::len);
+            assert!(within.len() == 1 || bytes <= 1000, "{bytes} bytes read from {from}");
+            assert!(within.len() == frames.len() || bytes + more > 1000, "stopped early at {from}");
         }
+    }
+
+    #[test]
+    fn every_offset_reads_back_from_the_tail_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let options = LogOptions { tail_cache_bytes: 16 << 20, ..options() };
+                let (mut writer, _) = SegmentWriter::open(&path, options, 0, |_| {}).await.unwrap();
+                for offset in 0..300 {
+                    writer.stage(RecordKind::Event, "t", &message(offset), offset);
+                    if offset % 7 == 0 {
+                        writer.commit().await.unwrap();
+                    }
+                }
+                writer.commit().await.unwrap();
+                let index = writer.index();
+                assert_eq!(index.borrow().tail.len(), 300, "every record is in the tail");
+                check_every_offset(&index, 300).await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Subscriptions on one shard: where a start position falls in the log, and
 //! the task that streams matching records to one ephemeral subscriber. Each
-//! delivery is a view of the stored bytes (topic and message), never a copy or
-//! a decode. A subscription waits for room in its subscriber's channel, so a
-//! slow subscriber slows only itself and never makes the shard buffer. This
-//! module reads the log and must never write it or change a shard's state.
+//! delivery is a view of the stored bytes (topic and message), never a
+//! decode; the sender copies a read's deliveries once before it waits. A
+//! subscription waits for room in its subscriber's channel, so a slow
+//! subscriber slows only itself and never makes the shard buffer, and it
+//! reads no more than its share of that room at a time, so what it holds
+//! while it waits stays small however many shards there are. This module
+//! reads the log and must never write it or change a shard's state.
 
 use super::log::{read_frames, SharedIndex};
 use crate::bus::{DeliverySender, Start, MAX_DELIVERY_BATCH};
@@ -38,7 +41,7 @@ async fn start_offset(index: &SharedIndex, start: Start) -> u64 {
         Start::TimeMicros(t) => {
             let mut at = index.borrow().offset_near_time(t);
             loop {
-                let Ok((frames, next)) = read_frames(index, at, 256).await else { return at };
+                let Ok((frames, next)) = read_frames(index, at, 256, usize::MAX).await else { return at };
                 if frames.is_empty() {
                     return at;
                 }
@@ -100,7 +103,7 @@ pub(super) async fn subscription(
             .await;
             continue;
         }
-        let (frames, next) = match read_frames(&index, cursor, MAX_DELIVERY_BATCH).await {
+        let (frames, next) = match read_frames(&index, cursor, MAX_DELIVERY_BATCH, out.read_share()).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(shard, error = %e, "subscription read failed");

@@ -89,10 +89,11 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// Memory budget an open subscription holds for its life: its room for
 /// deliveries queued or in hand ([`SUBSCRIBER_BYTES`]), and what each shard
-/// holds while it waits for that room (one read of the log and its copy),
-/// with tonic's stream. Measured for 170 stalled subscriptions replaying on
-/// 2 shards: about 800 KB of RSS each (docs/tuning.md, "Subscriptions");
-/// with more shards a stalled subscription can hold more.
+/// holds while it waits for that room (the copy of its last read, of its
+/// share of that room: [`crate::bus::read_share`]), with tonic's stream.
+/// Measured for 170 stalled subscriptions replaying on 2 shards: about
+/// 800 KB of RSS each; on 16 shards, 16 of them grew a server by 9 MiB
+/// (docs/tuning.md, "Subscriptions").
 pub const SUBSCRIPTION_GRANT: u64 = 4 * SUBSCRIBER_BYTES as u64;
 
 /// The EventBusService over the shards.

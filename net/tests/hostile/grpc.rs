@@ -6,6 +6,7 @@
 use crate::harness::Jimbus;
 use jimbus_proto::bus;
 use jimbus_proto::events as pb;
+use std::time::Duration;
 
 fn event(session: &str, i: usize) -> pb::Event {
     pb::Event {
@@ -318,7 +319,7 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
     assert!(!open.is_empty() && open.len() as u64 * SUBSCRIPTION_GRANT <= 8 << 20, "{} open", open.len());
     drop(open.pop());
     // The server sees the stream end in its own time: until then it refuses.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match client.subscribe(request()).await {
             Ok(_) => break,
@@ -329,4 +330,51 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
             Err(status) => panic!("{status}"),
         }
     }
+}
+
+/// Every shard a stalled subscription reads holds the copy of its last read
+/// while it waits for the subscriber. Reads were 256 records whatever their
+/// size, so on 16 shards with 4 KiB events a stalled subscription held about
+/// 16 MiB against its 1 MiB grant (a thousand of them took a server with a
+/// 256 MiB budget to 2 GB). Each shard now reads its share of the
+/// subscriber's room: the subscriptions that fit half of a 32 MiB budget,
+/// all stalled, grow the server by about their grants.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_subscriptions_on_many_shards_hold_about_their_grants() {
+    use jimbus_net::grpc::SUBSCRIPTION_GRANT;
+    const SHARDS: u64 = 16;
+    let server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &(32u64 << 20).to_string()]);
+    // 16 MiB of 4 KiB events over 1,024 sessions: every shard holds about 1 MiB.
+    let note = "n".repeat(4096);
+    for batch in 0..64 {
+        let events: Vec<String> = (0..64)
+            .map(|i| format!(r#"{{"type":"A","session_id":"s{}","note":"{note}"}}"#, (batch * 64 + i) % 1024))
+            .collect();
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        assert_eq!(server.post("/api/v1/events/batch", body.as_bytes()).status, 200);
+    }
+    let process = server.process().expect("the server runs");
+    let before = process.rss_kib().expect("VmRSS") << 10;
+    process.reset_peak_rss().expect("VmHWM can be reset");
+    let request = || bus::SubscribeRequest {
+        pattern: ">".into(),
+        start: bus::StartPosition::Earliest as i32,
+        ..Default::default()
+    };
+    let mut open = Vec::new();
+    // One connection each: a stalled stream holds its connection's flow-control window.
+    while let Ok(stream) = server.client().await.subscribe(request()).await {
+        let mut stream = stream.into_inner();
+        stream.message().await.expect("a delivery").expect("the stream is open");
+        open.push(stream); // and never read again
+        assert!(open.len() <= 64, "subscriptions were never refused");
+    }
+    // Wait until at least half the shards of every subscription hold a read for it.
+    let stalled = open.len() as f64 * SHARDS as f64 / 2.0;
+    let waiting = || server.metric("jimbus_subscriber_sends_waiting") >= stalled;
+    tokio::task::block_in_place(|| crate::harness::wait_for(Duration::from_secs(30), "shards waiting", waiting));
+    let grown = (process.peak_rss_kib().expect("VmHWM") << 10).saturating_sub(before);
+    eprintln!("{} stalled subscriptions grew the server by {} KiB", open.len(), grown >> 10);
+    let bound = open.len() as u64 * SUBSCRIPTION_GRANT + (8 << 20);
+    assert!(grown < bound, "{} MiB held, more than {} MiB", grown >> 20, bound >> 20);
 }

@@ -46,6 +46,12 @@ impl ServerProcess {
         self.status_kib("VmHWM:")
     }
 
+    /// Starts `VmHWM` again from the resident set now (`5` to `clear_refs`),
+    /// so a later peak is the peak of what happens after this.
+    pub fn reset_peak_rss(&self) -> std::io::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+    }
+
     /// A `/proc/<pid>/status` value in KiB.
     pub fn status_kib(&self, key: &str) -> Option<u64> {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
