@@ -1,7 +1,8 @@
 //! Defect 6: long PublishBatch streams, bytes that are not UTF-8, and the same
 //! depth limit as HTTP; requests whose events would take more memory decoded
 //! than their number or the budget allows are refused before decoding; and
-//! subscriptions, each granted its memory, past half the budget are refused.
+//! subscriptions, each granted its memory, past half the budget are refused,
+//! and stalled ones, plain or durable, hold about that grant on many shards.
 
 use crate::harness::Jimbus;
 use jimbus_proto::bus;
@@ -336,11 +337,26 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
 /// while it waits for the subscriber. Reads were 256 records whatever their
 /// size, so on 16 shards with 4 KiB events a stalled subscription held about
 /// 16 MiB against its 1 MiB grant (a thousand of them took a server with a
-/// 256 MiB budget to 2 GB). Each shard now reads its share of the
+/// 256 MiB budget to 1.6 GB). Each shard now reads its share of the
 /// subscriber's room: the subscriptions that fit half of a 32 MiB budget,
 /// all stalled, grow the server by about their grants.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscriptions_on_many_shards_hold_about_their_grants() {
+    stalled_on_many_shards(|_| String::new()).await;
+}
+
+/// The same for durable consumers, whose shards read for the consumer and
+/// send each member what it is assigned.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_durable_consumers_on_many_shards_hold_about_their_grants() {
+    stalled_on_many_shards(|i| format!("durable-{i}")).await;
+}
+
+/// Opens subscriptions from the start (durable as `durable_name(i)` names
+/// them, unless empty) on a 16-shard server holding 16 MiB of 4 KiB events,
+/// until the budget refuses one; reads one delivery from each and no more;
+/// then checks how much the server grew once they have stalled.
+async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String) {
     use jimbus_net::grpc::SUBSCRIPTION_GRANT;
     const SHARDS: u64 = 16;
     let server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &(32u64 << 20).to_string()]);
@@ -356,14 +372,15 @@ async fn stalled_subscriptions_on_many_shards_hold_about_their_grants() {
     let process = server.process().expect("the server runs");
     let before = process.rss_kib().expect("VmRSS") << 10;
     process.reset_peak_rss().expect("VmHWM can be reset");
-    let request = || bus::SubscribeRequest {
+    let request = |i| bus::SubscribeRequest {
         pattern: ">".into(),
         start: bus::StartPosition::Earliest as i32,
+        durable_name: durable_name(i),
         ..Default::default()
     };
     let mut open = Vec::new();
     // One connection each: a stalled stream holds its connection's flow-control window.
-    while let Ok(stream) = server.client().await.subscribe(request()).await {
+    while let Ok(stream) = server.client().await.subscribe(request(open.len())).await {
         let mut stream = stream.into_inner();
         stream.message().await.expect("a delivery").expect("the stream is open");
         open.push(stream); // and never read again
