@@ -13,7 +13,10 @@
 #            subscriptions from the start that read one delivery or none, on
 #            the default budget; counted 5 s after the last is opened;
 #   wide:    the same thousand subscriptions on 16 shards, over 20,000 events
-#            of 4 KiB each (64 sessions, so every shard holds some).
+#            of 4 KiB each (64 sessions, so every shard holds some);
+#   streams: 500,000 events posted, then a thousand live-view streams
+#            (/api/v1/stream) from the start whose clients read nothing
+#            past the answer's head (4 KiB socket buffers).
 # DRILLS="jokers wide" runs only those.
 # It prints each server's VmHWM (and VmRSS) and the answers. It needs
 # target/release/jimbus-load and tools/.venv's grpcio (tools/install-test-deps.sh).
@@ -113,8 +116,30 @@ PY
   open_subscriptions "$2"
 }
 
+streams() { # streams PORT GRPC_PORT
+  "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
+    --duration 30 >/dev/null
+  python3 - "$1" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+streams, opened, refused = [], 0, 0
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /api/v1/stream?from=earliest&pattern=balatro.%3E HTTP/1.1\r\nHost: x\r\n\r\n")
+    if s.recv(4096).startswith(b"HTTP/1.1 200"):
+        opened += 1
+        streams.append(s)
+    else:
+        refused += 1
+        s.close()
+time.sleep(5)
+print(f"streams open {opened}, refused {refused}")
+PY
+}
+
 for bin in "$@"; do
-  for drill in ${DRILLS:-jokers chunked subscriptions wide}; do
+  for drill in ${DRILLS:-jokers chunked subscriptions wide streams}; do
     budget=268435456 shards=2
     [[ $drill == chunked ]] && budget=67108864
     [[ $drill == wide ]] && shards=16

@@ -218,7 +218,7 @@ pub enum StreamRefusal {
 /// Long-lived streams of one kind (gRPC subscriptions, live views): each
 /// holds a fixed grant for its life, and the open ones together at most half
 /// the budget's limit, and at most a fixed number.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StreamGrants {
     /// Where each stream's grant comes from.
     budget: Arc<MemoryBudget>,
@@ -233,11 +233,6 @@ pub struct StreamGrants {
 impl StreamGrants {
     pub fn new(budget: Arc<MemoryBudget>, each: u64, most: u64) -> Self {
         Self { budget, each, most, open: Arc::default() }
-    }
-
-    /// Bytes each open stream holds.
-    pub fn each(&self) -> u64 {
-        self.each
     }
 
     /// Streams open now.

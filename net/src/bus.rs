@@ -105,6 +105,9 @@ pub struct Subscription {
     pub durable: Option<Durable>,
     /// Deliveries buffered before the bus waits for the subscriber.
     pub buffer: usize,
+    /// Bytes of deliveries the subscriber may have queued or in hand before
+    /// the bus waits for it ([`SUBSCRIBER_BYTES`] for gRPC).
+    pub room: usize,
 }
 
 /// Deliveries' bytes with the subscriber's room they take, given back on drop.
@@ -150,8 +153,8 @@ pub type DeliveryBatch = Vec<EncodedDelivery>;
 /// The most deliveries in one batch.
 pub const MAX_DELIVERY_BATCH: usize = 256;
 
-/// Bytes of deliveries one subscriber may have queued or in hand at once,
-/// across all shards: past them its shards wait for it, so a stalled
+/// Bytes of deliveries one gRPC subscriber may have queued or in hand at
+/// once, across all shards: past them its shards wait for it, so a stalled
 /// subscriber holds no more (docs/tuning.md, "Subscriptions").
 pub const SUBSCRIBER_BYTES: usize = 256 * 1024;
 
@@ -166,24 +169,37 @@ pub struct DeliverySender {
     tx: flume::Sender<DeliveryBatch>,
     /// The most deliveries per batch.
     limit: usize,
-    /// The subscriber's room, in bytes ([`SUBSCRIBER_BYTES`]), shared by
-    /// every shard sending to it: a batch takes its bytes' worth and gives
-    /// them back when the subscriber has dropped the last of it.
+    /// The subscriber's room, in bytes, shared by every shard sending to it:
+    /// a batch takes its bytes' worth (all of it, for more) and gives them
+    /// back when the subscriber has dropped the last of it.
     room: Arc<tokio::sync::Semaphore>,
+    /// The room's size.
+    room_bytes: usize,
     /// Bytes of records one sender reads for this subscriber at a time: the
     /// room shared among its senders, since each holds its last read's copy
     /// while it waits for room.
     read_share: usize,
 }
 
-/// A subscription's channel for `buffer` deliveries from `senders` senders
-/// (one per shard): batches of at most `buffer` (up to
-/// [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
-pub fn delivery_channel(buffer: usize, senders: usize) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
+/// A subscription's channel for `buffer` deliveries of at most `room` bytes
+/// from `senders` senders (one per shard): batches of at most `buffer` (up
+/// to [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
+pub fn delivery_channel(
+    buffer: usize,
+    room: usize,
+    senders: usize,
+) -> (DeliverySender, flume::Receiver<DeliveryBatch>) {
     let limit = buffer.clamp(1, MAX_DELIVERY_BATCH);
     let (tx, rx) = flume::bounded(buffer.max(1).div_ceil(limit));
-    let room = Arc::new(tokio::sync::Semaphore::new(SUBSCRIBER_BYTES));
-    (DeliverySender { tx, limit, room, read_share: read_share(senders) }, rx)
+    let room_bytes = room.max(1);
+    let sender = DeliverySender {
+        tx,
+        limit,
+        room: Arc::new(tokio::sync::Semaphore::new(room_bytes)),
+        room_bytes,
+        read_share: read_share(room_bytes, senders),
+    };
+    (sender, rx)
 }
 
 /// One [`DeliverySender::send`] holding its copy until the subscriber takes
@@ -205,12 +221,11 @@ impl Drop for SendUnderWay {
     }
 }
 
-/// Bytes of records each of `senders` reads for one subscriber at once (at
-/// least one record): the subscriber's room shared among them, so that what
-/// they hold while they wait for it is about [`SUBSCRIBER_BYTES`] however
-/// many they are.
-pub fn read_share(senders: usize) -> usize {
-    SUBSCRIBER_BYTES / senders.max(1)
+/// Bytes of records each of `senders` reads for one subscriber of `room`
+/// bytes at once (at least one record): the room shared among them, so that
+/// what they hold while they wait for it is about `room` however many they are.
+pub fn read_share(room: usize, senders: usize) -> usize {
+    room / senders.max(1)
 }
 
 impl DeliverySender {
@@ -231,7 +246,7 @@ impl DeliverySender {
         let bytes: usize = deliveries.iter().map(|d| d.topic.len() + d.body.len()).sum();
         let (mut deliveries, room) = copied(deliveries, bytes);
         let _under_way = SendUnderWay::start();
-        let want = bytes.min(SUBSCRIBER_BYTES) as u32;
+        let want = bytes.min(self.room_bytes) as u32;
         // Closed only when dropped: it cannot fail while `self` holds it.
         let Ok(taken) = self.room.clone().acquire_many_owned(want).await else { return false };
         // Set once, by this call alone.
@@ -299,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_stalled_subscriber_holds_its_room_and_no_more() {
-        let (sender, receiver) = delivery_channel(1024, 1);
+        let (sender, receiver) = delivery_channel(1024, SUBSCRIBER_BYTES, 1);
         let third = SUBSCRIBER_BYTES / 3;
         block_on(async {
             assert!(sender.send(deliveries(1, third)).await);
@@ -316,7 +331,7 @@ mod tests {
 
     #[test]
     fn deliveries_are_copied_and_pin_nothing_they_were_read_from() {
-        let (sender, receiver) = delivery_channel(16, 1);
+        let (sender, receiver) = delivery_channel(16, SUBSCRIBER_BYTES, 1);
         let read = Bytes::from(vec![1u8; 4096]);
         let delivery = EncodedDelivery { topic: read.slice(0..5), body: read.slice(5..105), ..Default::default() };
         let the_read = read.clone();

@@ -365,7 +365,7 @@ mod tests {
 
     fn flight(deadline: Instant, count: u32) -> InFlight {
         // A member that is still listening (the receiver is leaked on purpose).
-        let (member, listening) = crate::bus::delivery_channel(16, 1);
+        let (member, listening) = crate::bus::delivery_channel(16, crate::bus::SUBSCRIBER_BYTES, 1);
         std::mem::forget(listening);
         InFlight { deadline, count, member }
     }
@@ -419,7 +419,7 @@ mod tests {
         let mut c = consumer();
         let later = Instant::now() + Duration::from_secs(10);
         assert!(c.idle_for(Duration::from_secs(5), later));
-        let (member, listening) = crate::bus::delivery_channel(16, 1);
+        let (member, listening) = crate::bus::delivery_channel(16, crate::bus::SUBSCRIBER_BYTES, 1);
         c.add_member(member);
         assert!(!c.idle_for(Duration::from_secs(5), later));
         drop(listening);
@@ -466,7 +466,7 @@ mod tests {
     fn what_a_departed_member_held_is_sent_again_at_once() {
         let mut c = consumer();
         let later = Instant::now() + Duration::from_secs(60);
-        let (gone, receiver) = crate::bus::delivery_channel(16, 1);
+        let (gone, receiver) = crate::bus::delivery_channel(16, crate::bus::SUBSCRIBER_BYTES, 1);
         drop(receiver);
         c.in_flight.insert(7, InFlight { deadline: later, count: 1, member: gone });
         c.in_flight.insert(8, flight(later, 1));
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn an_offer_skips_what_does_not_match_and_stops_where_room_ends() {
         let mut c = consumer();
-        let (member, _listening) = crate::bus::delivery_channel(16, 1);
+        let (member, _listening) = crate::bus::delivery_channel(16, crate::bus::SUBSCRIBER_BYTES, 1);
         c.add_member(member);
         let now = Instant::now();
         c.done.insert(3);
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn a_plan_resends_and_exhausts_after_the_ack_wait() {
         let mut c = consumer();
-        let (member, _listening) = crate::bus::delivery_channel(16, 1);
+        let (member, _listening) = crate::bus::delivery_channel(16, crate::bus::SUBSCRIBER_BYTES, 1);
         c.add_member(member);
         let start = Instant::now();
         assert_eq!(c.offer(0, 1, &[0], start).len(), 1);

@@ -10,7 +10,7 @@ use super::consumer::{Assignment, Plan};
 use super::log::{read_frames, SharedIndex};
 use super::router::ShardRouter;
 use super::subscription::delivery;
-use crate::bus::{read_share, AppendItem, Bus, DeliveryBatch, DeliverySender};
+use crate::bus::{read_share, AppendItem, Bus, DeliveryBatch, DeliverySender, SUBSCRIBER_BYTES};
 use crate::clock::now_micros;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -73,7 +73,8 @@ impl ConsumerTask {
 
     /// Reads records from `cursor`, offers them to the pump, and sends what it assigns.
     async fn read_and_send(&self, cursor: u64) {
-        let Ok((frames, next)) = read_frames(&self.index, cursor, READ_AHEAD, read_share(self.router.shards())).await
+        let Ok((frames, next)) =
+            read_frames(&self.index, cursor, READ_AHEAD, read_share(SUBSCRIBER_BYTES, self.router.shards())).await
         else {
             // Nothing can be read right now: wait for the next commit or timer.
             glommio::timer::sleep(Duration::from_millis(5)).await;

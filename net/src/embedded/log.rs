@@ -39,6 +39,8 @@ pub(super) const POSITION_STRIDE: u64 = 64;
 pub(super) const TIME_MARK_STRIDE: u64 = 1024;
 /// The most bytes one read of a segment brings (a larger record is read whole).
 const READ_CHUNK: u64 = 256 * 1024;
+/// The smallest read of a segment that asks for fewer bytes than [`READ_CHUNK`].
+const MIN_READ_CHUNK: u64 = 16 * 1024;
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -292,9 +294,12 @@ pub async fn read_frames(
     let Some(Located { file, first, mut pos, mut available }) = located else { return Ok((Vec::new(), from)) };
     // The records from the mark up to `from` (fewer than POSITION_STRIDE) are
     // read and stepped over; reading stops at the first chunk that yields a frame.
+    // Reads no larger than what is kept, but not so small that the records
+    // stepped over take many: every read in flight is a buffer held.
+    let chunk = (max_bytes as u64).clamp(MIN_READ_CHUNK, READ_CHUNK);
     let (mut frames, mut offset, mut held) = (Vec::new(), first, 0);
     while frames.is_empty() && available > 0 {
-        let bytes = read_chunk(&file, pos, available).await?;
+        let bytes = read_chunk(&file, pos, available.min(chunk)).await?;
         let mut at = 0;
         while frames.len() < max {
             let Ok(rec) = record::decode(&bytes[at..]) else { break };

@@ -345,13 +345,13 @@ mod tests {
                 let rec = record::decode(frame).unwrap();
                 assert_eq!((rec.offset, rec.message), (from + i as u64, &message(from + i as u64)[..]));
             }
-            // Within 1,000 bytes: the same records, as many as fit, and at least one.
+            // Within 1,000 bytes: the same records, no more than fit (a
+            // smaller read may end sooner), and at least one.
             let (within, next) = read_frames(index, from, 3, 1000).await.unwrap();
+            assert!(!within.is_empty(), "nothing read within 1,000 bytes from {from}");
             assert_eq!((&within[..], next), (&frames[..within.len()], from + within.len() as u64));
             let bytes: usize = within.iter().map(Bytes::len).sum();
-            let more = frames.get(within.len()).map_or(0, Bytes::len);
             assert!(within.len() == 1 || bytes <= 1000, "{bytes} bytes read from {from}");
-            assert!(within.len() == frames.len() || bytes + more > 1000, "stopped early at {from}");
         }
     }
 

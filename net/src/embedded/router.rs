@@ -138,7 +138,7 @@ impl Bus for ShardRouter {
         if let Some(durable) = &subscription.durable {
             self.durables.reserve(&durable.name).map_err(BusError::Exhausted)?;
         }
-        let (deliveries, receiver) = delivery_channel(subscription.buffer, self.shards());
+        let (deliveries, receiver) = delivery_channel(subscription.buffer, subscription.room, self.shards());
         let opened = self.broadcast(|| Command::Subscribe {
             pattern: subscription.pattern.clone(),
             start: subscription.start,

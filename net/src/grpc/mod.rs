@@ -385,7 +385,10 @@ impl EventBusService for BusService {
             durable.as_ref().map_or(SUBSCRIBER_BUFFER, |d| d.options.max_in_flight.clamp(1, SUBSCRIBER_BUFFER));
         let pattern_text = pattern.to_string();
         let hold = self.hold_subscription()?;
-        let receiver = self.bus.subscribe(Subscription { pattern, start, durable, buffer }).map_err(status_of)?;
+        let receiver = self
+            .bus
+            .subscribe(Subscription { pattern, start, durable, buffer, room: SUBSCRIBER_BYTES })
+            .map_err(status_of)?;
         tracing::info!(request_id = %id, pattern = %pattern_text, "subscription opened");
         // Batches from the bus, one delivery per gRPC message; the stream holds
         // the subscription's grant until tonic drops it.

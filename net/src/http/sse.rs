@@ -16,8 +16,9 @@
 //! that the resumed subscription re-reads the log from the origin.
 //!
 //! Memory: each stream holds [`STREAM_GRANT`] of the memory budget for its
-//! life, at most [`STREAM_BUFFER`] deliveries in its channel and the batch
-//! it is framing (half of them each), and at most
+//! life, at most [`STREAM_BUFFER`] deliveries and [`STREAM_ROOM`] bytes in
+//! its channel and the batch it is framing (half of them each), the shards'
+//! reads waiting for that room (each its share of it), and at most
 //! [`WRITE_AHEAD`] bytes written but not yet taken by the socket: the
 //! connection's [`WriteGate`] counts what the socket took (hyper's own write
 //! buffer is unbounded on these connections, which flush pipelined answers
@@ -42,15 +43,19 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Concurrent streams across the process.
+/// Concurrent streams across the server.
 pub const MAX_STREAMS: u64 = 2048;
 /// Deliveries a stream holds (its channel and the batch it frames) before the
 /// shards wait for its client.
 pub const STREAM_BUFFER: usize = 16;
+/// Bytes of deliveries a stream may have queued or in hand (its channel and
+/// the batch it frames) before the shards wait for its client.
+pub const STREAM_ROOM: usize = 16 * 1024;
 /// Bytes of events a stream produces beyond what its socket has taken.
 pub const WRITE_AHEAD: u64 = 32 * 1024;
-/// Memory budget held by each open stream: [`WRITE_AHEAD`] and its channel of
-/// [`STREAM_BUFFER`] deliveries, which is 64 KiB for events of up to 2 KiB.
+/// Memory budget held by each open stream: [`WRITE_AHEAD`], its
+/// [`STREAM_ROOM`], and the shards' reads waiting for that room (as much
+/// again in all: each shard reads its share of it, or one record).
 pub const STREAM_GRANT: u64 = 64 * 1024;
 /// A comment is sent after this much silence, so a vanished client is noticed
 /// and proxies keep the connection.
@@ -339,6 +344,7 @@ pub fn open(
         durable: None,
         // Batches of half the buffer, one in the channel and one being framed.
         buffer: STREAM_BUFFER / 2,
+        room: STREAM_ROOM,
     };
     let receiver = bus.subscribe(subscription).map_err(|e| match e {
         BusError::InvalidArgument(m) => SseError::Pattern(m),

@@ -200,7 +200,7 @@ impl Bus for JetStreamBus {
         if let Some(durable) = &subscription.durable {
             subscribe::check_consumer_name(&durable.name)?;
         }
-        let (out, receiver) = delivery_channel(subscription.buffer, 1);
+        let (out, receiver) = delivery_channel(subscription.buffer, subscription.room, 1);
         let shared = self.shared.clone();
         let Subscription { pattern, start, durable, .. } = subscription;
         match durable {
