@@ -42,6 +42,10 @@ impl Counter for AtomicU64 {
     }
 }
 
+/// What every edge answers a request refused because the budget has not
+/// the memory free now (503 at HTTP, RESOURCE_EXHAUSTED on gRPC).
+pub const SPENT: &str = "the server's memory budget is spent, retry later";
+
 /// The answer to [`Grant::grow_to`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Growth {

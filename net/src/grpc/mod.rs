@@ -16,7 +16,7 @@ use crate::bus::{
     Bus, BusError, BusFuture, ConsumerOptions, Durable, ItemOutcome, Start, Subscription, SUBSCRIBER_BYTES,
 };
 use crate::clock::{micros, now_micros};
-use jimbus_core::budget::{Grant, MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
+use jimbus_core::budget::{self, Grant, MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
 use jimbus_core::ingest::Envelope;
 use jimbus_core::pools::PoolCapacity;
 use jimbus_core::topic::Pattern;
@@ -168,7 +168,7 @@ impl BusService {
                     "too many subscriptions are open for the memory budget: each holds {SUBSCRIPTION_GRANT} bytes, \
                      and together at most half of it; retry later"
                 ),
-                StreamRefusal::BudgetSpent => "the server's memory budget is spent, retry later".to_string(),
+                StreamRefusal::BudgetSpent => budget::SPENT.to_string(),
             })
         })
     }
@@ -192,7 +192,7 @@ impl BusService {
                      ({limit}); send fewer at a time"
                 ))
             } else {
-                Status::resource_exhausted("the server's memory budget is spent, retry later")
+                Status::resource_exhausted(budget::SPENT)
             }
         })?;
         let decoded = events

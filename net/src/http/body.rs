@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use jimbus_core::budget::{Grant, Growth};
+use jimbus_core::budget::{self, Grant, Growth};
 use std::time::Duration;
 
 /// How a body may be read.
@@ -61,7 +61,7 @@ pub(crate) async fn read(
             None,
             None,
         )),
-        Some(Err(Unread::Budget(_))) => Err(unavailable("the server's memory budget is spent, retry later")),
+        Some(Err(Unread::Budget(_))) => Err(unavailable(budget::SPENT)),
         Some(Err(Unread::Broken(e))) => {
             Err(error(StatusCode::BAD_REQUEST, &format!("the body could not be read: {e}"), None, None))
         }

@@ -17,6 +17,7 @@ use crate::http::charge::{BufferCharge, Buffers};
 use crate::http::frame::{Framer, Refused};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use jimbus_core::budget;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
@@ -368,7 +369,7 @@ pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
     if let Some(reason) = io.refused.take() {
         answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
     } else if io.over_budget {
-        answer(&mut io, 503, "Service Unavailable", MEMORY_SPENT).await;
+        answer(&mut io, 503, "Service Unavailable", budget::SPENT).await;
     } else if let Some(error) = error.filter(|e| is_unparsed(e)) {
         answer_unparsed(&mut io, error).await;
     }
@@ -380,9 +381,6 @@ async fn answer_unparsed(io: &mut GlommioIo, error: &hyper::Error) {
     let (status, reason) = unparsed_status(io.held_error.take(), error);
     answer(io, status, reason, &format!("malformed request: {error}")).await;
 }
-
-/// What a connection refused for memory is told.
-const MEMORY_SPENT: &str = "the server's memory budget is spent, retry later";
 
 /// Writes a JSON error answer on the raw socket; a 503 says when to retry.
 async fn answer(io: &mut GlommioIo, status: u16, reason: &str, message: &str) {

@@ -36,7 +36,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use jimbus_core::budget::Grant;
+use jimbus_core::budget::{self, Grant};
 use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
 use jimbus_proto::bus;
 use std::cell::Cell;
@@ -398,7 +398,7 @@ impl Handler {
         let Some(mut grant) = self.listener.context.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
             metrics::counter!("jimbus_http_overload_total").increment(1);
             metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
-            return unavailable("the server's memory budget is spent, retry later");
+            return unavailable(budget::SPENT);
         };
         let origin = req.uri().path().to_string();
         let mut response = match body::read(req, self.body_limits(), &mut grant).await {

@@ -32,7 +32,7 @@
 use crate::bus::{Bus, BusError, DeliveryBatch, Start, Subscription};
 use bytes::Bytes;
 use hyper::body::Frame;
-use jimbus_core::budget::{MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
+use jimbus_core::budget::{self, MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::delivery::EncodedDelivery;
 use std::cell::Cell;
@@ -316,7 +316,7 @@ impl Slot {
             }
             StreamRefusal::BudgetSpent => {
                 metrics::counter!("jimbus_budget_denials_total", "component" => "sse").increment(1);
-                SseError::Unavailable("the server's memory budget is spent, retry later".into())
+                SseError::Unavailable(budget::SPENT.into())
             }
         })?;
         metrics::gauge!("jimbus_sse_streams").increment(1.0);
