@@ -96,9 +96,13 @@ for call in calls:
 PY
 }
 
-subscriptions() { # subscriptions PORT GRPC_PORT
+post_half_a_million() { # post_half_a_million PORT
   "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
     --duration 30 >/dev/null
+}
+
+subscriptions() { # subscriptions PORT GRPC_PORT
+  post_half_a_million "$1"
   open_subscriptions "$2"
 }
 
@@ -117,8 +121,7 @@ PY
 }
 
 streams() { # streams PORT GRPC_PORT
-  "$here/../target/release/jimbus-load" --url "http://127.0.0.1:$1/api/v1/events/batch" --events 500000 \
-    --duration 30 >/dev/null
+  post_half_a_million "$1"
   python3 - "$1" <<'PY'
 import socket, sys, time
 port = int(sys.argv[1])
