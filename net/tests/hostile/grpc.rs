@@ -302,14 +302,9 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
     use jimbus_net::grpc::SUBSCRIPTION_GRANT;
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(16u64 << 20).to_string()]);
     let mut client = server.client().await;
-    let request = || bus::SubscribeRequest {
-        pattern: ">".into(),
-        start: bus::StartPosition::Earliest as i32,
-        ..Default::default()
-    };
     let mut open = Vec::new();
     let refused = loop {
-        match client.subscribe(request()).await {
+        match client.subscribe(everything(String::new())).await {
             Ok(stream) => open.push(stream.into_inner()),
             Err(status) => break status,
         }
@@ -322,7 +317,7 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
     // The server sees the stream end in its own time: until then it refuses.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match client.subscribe(request()).await {
+        match client.subscribe(everything(String::new())).await {
             Ok(_) => break,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 assert!(std::time::Instant::now() < deadline, "the ended subscription's room never came back");
@@ -372,15 +367,9 @@ async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String) {
     let process = server.process().expect("the server runs");
     let before = process.rss_kib().expect("VmRSS") << 10;
     process.reset_peak_rss().expect("VmHWM can be reset");
-    let request = |i| bus::SubscribeRequest {
-        pattern: ">".into(),
-        start: bus::StartPosition::Earliest as i32,
-        durable_name: durable_name(i),
-        ..Default::default()
-    };
     let mut open = Vec::new();
     // One connection each: a stalled stream holds its connection's flow-control window.
-    while let Ok(stream) = server.client().await.subscribe(request(open.len())).await {
+    while let Ok(stream) = server.client().await.subscribe(everything(durable_name(open.len()))).await {
         let mut stream = stream.into_inner();
         stream.message().await.expect("a delivery").expect("the stream is open");
         open.push(stream); // and never read again
@@ -394,4 +383,15 @@ async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String) {
     eprintln!("{} stalled subscriptions grew the server by {} KiB", open.len(), grown >> 10);
     let bound = open.len() as u64 * SUBSCRIPTION_GRANT + (8 << 20);
     assert!(grown < bound, "{} MiB held, more than {} MiB", grown >> 20, bound >> 20);
+}
+
+/// Subscribe to every topic from the start, durable as `durable_name` names
+/// it unless it is empty.
+fn everything(durable_name: String) -> bus::SubscribeRequest {
+    bus::SubscribeRequest {
+        pattern: ">".into(),
+        start: bus::StartPosition::Earliest as i32,
+        durable_name,
+        ..Default::default()
+    }
 }
