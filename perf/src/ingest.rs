@@ -108,7 +108,8 @@ pub async fn one_request(router: &ShardRouter, body: &Bytes, budget: &std::sync:
 /// its memory grant, then admitted.
 fn admitted(body: &Bytes, budget: &std::sync::Arc<MemoryBudget>, n: u64) -> Option<Vec<AppendItem>> {
     let mut grant = budget.request(body.len() as u64 * 8, body.len() as u64)?;
-    let mut reserve = |total: usize| grant.grow_to(total as u64);
+    // The body and its decoded events, as the HTTP edge asks.
+    let mut reserve = |total: usize| grant.grow_to((body.len() + total) as u64);
     let limits = Limits { max_events: MAX_EVENTS, reserve: &mut reserve };
     let decoded = decode_body_within(body, Endpoint::Batch, limits).ok()?;
     let request_id = format!("bench-{n}");
