@@ -113,7 +113,7 @@ pub struct Subscription {
 /// Deliveries' bytes with the subscriber's room they take, given back on drop.
 struct Held {
     bytes: Vec<u8>,
-    /// Set once the room is taken, after the copy.
+    /// Set once the room is taken (after the copy, unless it was taken first).
     _room: Arc<OnceLock<tokio::sync::OwnedSemaphorePermit>>,
 }
 
@@ -181,6 +181,24 @@ pub struct DeliverySender {
     read_share: usize,
 }
 
+/// What became of the deliveries given to [`DeliverySender::send`].
+#[derive(Debug)]
+pub enum Sent {
+    /// Queued for the subscriber, in order.
+    Queued,
+    /// Given back unsent and uncopied: they are past the sender's read share
+    /// (one record larger than it) and the subscriber's room for them is not
+    /// free now. A shard drops them, waits for the room with
+    /// [`DeliverySender::reserve`] holding nothing, then reads them again.
+    Deferred(DeliveryBatch),
+    /// The subscriber has gone away.
+    Gone,
+}
+
+/// The subscriber's room for a read past the read share, taken before the
+/// read ([`DeliverySender::reserve`]) and given to [`DeliverySender::send`].
+pub struct Reserved(tokio::sync::OwnedSemaphorePermit);
+
 /// A subscription's channel for `buffer` deliveries of at most `room` bytes
 /// from `senders` senders (one per shard): batches of at most `buffer` (up
 /// to [`MAX_DELIVERY_BATCH`]), and room for as many as make `buffer`.
@@ -221,6 +239,11 @@ impl Drop for SendUnderWay {
     }
 }
 
+/// The topic and body bytes of `deliveries`, which their copy holds.
+fn bytes_of(deliveries: &DeliveryBatch) -> usize {
+    deliveries.iter().map(|d| d.topic.len() + d.body.len()).sum()
+}
+
 /// Bytes of records each of `senders` reads for one subscriber of `room`
 /// bytes at once (at least one record): the room shared among them, so that
 /// what they hold while they wait for it is about `room` however many they are.
@@ -234,31 +257,68 @@ impl DeliverySender {
         self.read_share
     }
 
-    /// Sends `deliveries` in order, in batches, waiting for room; false once
-    /// the subscriber is gone.
+    /// Sends `deliveries` in order, in batches, waiting for room.
     ///
     /// They are first copied into one buffer of their own, so that they no
     /// longer pin what they were read from (a shard's commit buffer, or a
     /// read of the log); then the subscriber's room for their bytes is taken
     /// (all of it for more than that), held by the buffer until the
     /// subscriber drops the last of them.
-    pub async fn send(&self, deliveries: DeliveryBatch) -> bool {
-        let bytes: usize = deliveries.iter().map(|d| d.topic.len() + d.body.len()).sum();
+    ///
+    /// Deliveries past the read share (a read takes at least one record,
+    /// however large) are copied only once their room is taken: `reserved`
+    /// for them, or room free now, else they are [`Sent::Deferred`]. Waiting
+    /// with such a copy would let every shard hold one record for each
+    /// stalled subscriber, outside its grant.
+    pub async fn send(&self, deliveries: DeliveryBatch, reserved: Option<Reserved>) -> Sent {
+        let bytes = bytes_of(&deliveries);
+        let want = bytes.min(self.room_bytes) as u32;
+        let taken = match reserved.filter(|r| r.0.num_permits() >= want as usize) {
+            Some(Reserved(permit)) => Some(permit),
+            None if bytes > self.read_share => match self.room.clone().try_acquire_many_owned(want) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!("jimbus_subscriber_reads_deferred_total").increment(1);
+                    return Sent::Deferred(deliveries);
+                }
+            },
+            None => None,
+        };
         let (mut deliveries, room) = copied(deliveries, bytes);
         let _under_way = SendUnderWay::start();
-        let want = bytes.min(self.room_bytes) as u32;
-        // Closed only when dropped: it cannot fail while `self` holds it.
-        let Ok(taken) = self.room.clone().acquire_many_owned(want).await else { return false };
+        let taken = match taken {
+            Some(permit) => permit,
+            // Closed only when dropped: it cannot fail while `self` holds it.
+            None => match self.room.clone().acquire_many_owned(want).await {
+                Ok(permit) => permit,
+                Err(_) => return Sent::Gone,
+            },
+        };
         // Set once, by this call alone.
         let _ = room.set(taken);
         while deliveries.len() > self.limit {
             let rest = deliveries.split_off(self.limit);
             if self.tx.send_async(deliveries).await.is_err() {
-                return false;
+                return Sent::Gone;
             }
             deliveries = rest;
         }
-        deliveries.is_empty() || self.tx.send_async(deliveries).await.is_ok()
+        if deliveries.is_empty() || self.tx.send_async(deliveries).await.is_ok() {
+            Sent::Queued
+        } else {
+            Sent::Gone
+        }
+    }
+
+    /// Waits until the subscriber has room for `deliveries` (all of it for
+    /// more), and takes it for the next [`Self::send`] of them: after a
+    /// [`Sent::Deferred`]. The future does not borrow them, so a shard drops
+    /// them first and waits holding nothing. Waiters are served in turn, so
+    /// a large read is not put off for ever by smaller ones.
+    pub fn reserve(&self, deliveries: &DeliveryBatch) -> impl Future<Output = Option<Reserved>> + use<> {
+        let want = bytes_of(deliveries).min(self.room_bytes) as u32;
+        let room = self.room.clone();
+        async move { room.acquire_many_owned(want).await.ok().map(Reserved) }
     }
 
     /// Whether the subscriber has gone away.
@@ -317,15 +377,15 @@ mod tests {
         let (sender, receiver) = delivery_channel(1024, SUBSCRIBER_BYTES, 1);
         let third = SUBSCRIBER_BYTES / 3;
         block_on(async {
-            assert!(sender.send(deliveries(1, third)).await);
-            assert!(sender.send(deliveries(1, third)).await);
+            assert!(matches!(sender.send(deliveries(1, third), None).await, Sent::Queued));
+            assert!(matches!(sender.send(deliveries(1, third), None).await, Sent::Queued));
             // A third batch would pass the room: it waits for the subscriber.
-            let mut waiting = Box::pin(sender.send(deliveries(2, third / 2 + 2)));
+            let mut waiting = Box::pin(sender.send(deliveries(2, third / 2 + 2), None));
             assert!(poll_once(&mut waiting).await.is_none(), "the room is spent");
             let taken = receiver.recv_async().await.unwrap();
             assert!(poll_once(&mut waiting).await.is_none(), "a batch taken but still held keeps its room");
             drop(taken);
-            assert_eq!(poll_once(&mut waiting).await, Some(true), "a batch dropped gives its room back");
+            assert!(matches!(poll_once(&mut waiting).await, Some(Sent::Queued)), "a batch dropped gives its room back");
         });
     }
 
@@ -336,13 +396,37 @@ mod tests {
         let delivery = EncodedDelivery { topic: read.slice(0..5), body: read.slice(5..105), ..Default::default() };
         let the_read = read.clone();
         drop(read);
-        assert!(block_on(sender.send(vec![delivery])));
+        assert!(matches!(block_on(sender.send(vec![delivery], None)), Sent::Queued));
         let got = receiver.try_recv().unwrap();
         assert_eq!((got[0].topic.len(), got[0].body.len()), (5, 100));
         // The read's buffer is now held by `the_read` alone.
         assert!(the_read.is_unique(), "the delivery still pins the read it came from");
         drop(got);
         // A batch larger than the room takes all of it, and still goes.
-        assert!(block_on(sender.send(deliveries(1, SUBSCRIBER_BYTES + 1))));
+        assert!(matches!(block_on(sender.send(deliveries(1, SUBSCRIBER_BYTES + 1), None)), Sent::Queued));
+    }
+
+    #[test]
+    fn a_read_past_the_share_is_copied_only_with_its_room_taken() {
+        let (sender, receiver) = delivery_channel(16, SUBSCRIBER_BYTES, 4);
+        let share = sender.read_share();
+        block_on(async {
+            let first = sender.send(deliveries(1, share * 3), None).await;
+            assert!(matches!(first, Sent::Queued), "the room is free");
+            let Sent::Deferred(past) = sender.send(deliveries(1, share * 2), None).await else {
+                panic!("a read past the share was copied to wait for room")
+            };
+            assert!(past[0].body.is_unique(), "given back uncopied");
+            let mut reserving = Box::pin(sender.reserve(&past));
+            drop(past);
+            assert!(poll_once(&mut reserving).await.is_none(), "the room is held by the first read");
+            let mut within = Box::pin(sender.send(deliveries(1, share), None));
+            assert!(poll_once(&mut within).await.is_none(), "a read within the share waits its turn");
+            drop(receiver.recv_async().await.unwrap());
+            let reserved = poll_once(&mut reserving).await.expect("the first reservation is served first");
+            assert!(matches!(sender.send(deliveries(1, share * 2), reserved).await, Sent::Queued));
+            assert_eq!(receiver.recv_async().await.unwrap()[0].body.len(), share * 2, "in order");
+            assert!(matches!(poll_once(&mut within).await, Some(Sent::Queued)));
+        });
     }
 }

@@ -29,6 +29,7 @@ const COUNTERS: &[&str] = &[
     "jimbus_http_overload_total",
     "jimbus_http_connections_refused_total",
     "jimbus_aggregate_refused_total",
+    "jimbus_subscriber_reads_deferred_total",
 ];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];

@@ -10,7 +10,7 @@ use super::consumer::{Assignment, Plan};
 use super::log::{read_frames, SharedIndex};
 use super::router::ShardRouter;
 use super::subscription::delivery;
-use crate::bus::{read_share, AppendItem, Bus, DeliveryBatch, DeliverySender, SUBSCRIBER_BYTES};
+use crate::bus::{read_share, AppendItem, Bus, DeliveryBatch, DeliverySender, Sent, SUBSCRIBER_BYTES};
 use crate::clock::now_micros;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -41,7 +41,7 @@ impl ConsumerTask {
             let Some(plan) = self.plan().await else { return };
             gauges.update(&self.index, plan.floor).await;
             self.dead_letter(&plan.exhausted).await;
-            self.send(plan.resend, &[]).await;
+            self.send(plan.resend, Vec::new()).await;
             let end = self.index.borrow().end();
             if plan.room > 0 && plan.cursor < end {
                 self.read_and_send(plan.cursor).await;
@@ -93,35 +93,51 @@ impl ConsumerTask {
         let to = next.max(cursor + 1);
         self.ask(ConsumerRequest::Offer { from: cursor, to, matching: offsets, reply }).await;
         let assigned = answer.recv_async().await.unwrap_or_default();
-        self.send(assigned, &matching).await;
+        self.send(assigned, matching).await;
     }
 
     /// Sends each assignment to its member, reading the record unless `read`
     /// already holds it; each member gets its share as one batch, in order. A
     /// member that went away is noticed by the pump at the next plan, which
-    /// sends its deliveries again.
-    async fn send(&self, assigned: Vec<Assignment>, read: &[(u64, bytes::Bytes)]) {
-        let mut batches: Vec<(DeliverySender, DeliveryBatch)> = Vec::new();
-        for assignment in assigned {
-            let held = read.binary_search_by_key(&assignment.offset, |(offset, _)| *offset).ok();
-            let frame = match held {
-                Some(i) => read[i].1.clone(),
-                None => match read_frames(&self.index, assignment.offset, 1, usize::MAX).await {
+    /// sends its deliveries again. A batch past the read share whose room is
+    /// not free ([`Sent::Deferred`]) is dropped with `read`, and read and sent
+    /// again once its room is taken, with nothing held meanwhile.
+    async fn send(&self, assigned: Vec<Assignment>, mut read: Vec<(u64, bytes::Bytes)>) {
+        let mut members: Vec<(DeliverySender, Vec<(u64, u32)>)> = Vec::new();
+        for Assignment { offset, count, member } in assigned {
+            match members.iter_mut().find(|(to, _)| to.same_subscriber(&member)) {
+                Some((_, deliveries)) => deliveries.push((offset, count)),
+                None => members.push((member, vec![(offset, count)])),
+            }
+        }
+        for (member, deliveries) in members {
+            let mut reserved = None;
+            while let Sent::Deferred(batch) = member.send(self.batch(&deliveries, &read).await, reserved.take()).await {
+                let room = member.reserve(&batch);
+                drop((batch, std::mem::take(&mut read)));
+                reserved = room.await;
+            }
+        }
+    }
+
+    /// The deliveries of the records at these offsets, with their delivery
+    /// counts, taken from `read` where it holds them and read otherwise.
+    async fn batch(&self, deliveries: &[(u64, u32)], read: &[(u64, bytes::Bytes)]) -> DeliveryBatch {
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for &(offset, count) in deliveries {
+            let frame = match read.binary_search_by_key(&offset, |(at, _)| *at) {
+                Ok(i) => read[i].1.clone(),
+                Err(_) => match read_frames(&self.index, offset, 1, usize::MAX).await {
                     Ok((frames, _)) if !frames.is_empty() => frames[0].clone(),
                     _ => continue,
                 },
             };
             let Ok(rec) = record::decode_without_checksum(&frame) else { continue };
             let mut delivery = delivery(self.shard, &frame, &rec);
-            delivery.delivery_count = assignment.count;
-            match batches.iter_mut().find(|(member, _)| member.same_subscriber(&assignment.member)) {
-                Some((_, batch)) => batch.push(delivery),
-                None => batches.push((assignment.member, vec![delivery])),
-            }
+            delivery.delivery_count = count;
+            batch.push(delivery);
         }
-        for (member, batch) in batches {
-            member.send(batch).await;
-        }
+        batch
     }
 
     /// Moves each exhausted delivery to the dead-letter topic; it is done once

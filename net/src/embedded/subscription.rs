@@ -5,11 +5,13 @@
 //! subscription waits for room in its subscriber's channel, so a slow
 //! subscriber slows only itself and never makes the shard buffer, and it
 //! reads no more than its share of that room at a time, so what it holds
-//! while it waits stays small however many shards there are. This module
+//! while it waits stays small however many shards there are; a record larger
+//! than the share is copied only with the subscriber's room for it taken,
+//! and otherwise dropped and read again once the room is free. This module
 //! reads the log and must never write it or change a shard's state.
 
 use super::log::{read_frames, SharedIndex};
-use crate::bus::{DeliverySender, Start, MAX_DELIVERY_BATCH};
+use crate::bus::{DeliverySender, Sent, Start, MAX_DELIVERY_BATCH};
 use crate::observe;
 use jimbus_core::record::{self, RecordKind};
 use jimbus_core::topic::Pattern;
@@ -92,6 +94,9 @@ pub(super) async fn subscription(
     // Lag is measured once the subscription has caught up: a replay from the
     // start is not late.
     let mut live = false;
+    // The subscriber's room, taken for a read past the share before it is
+    // read again.
+    let mut reserved = None;
     while !out.is_disconnected() {
         let listener = index.borrow().committed.listen();
         if cursor >= index.borrow().end() {
@@ -128,8 +133,15 @@ pub(super) async fn subscription(
         // limit), copied before the wait for the subscriber's room, so that
         // a stalled subscriber pins neither the read nor a commit buffer.
         drop(frames);
-        if !out.send(batch).await {
-            break;
+        match out.send(batch, reserved.take()).await {
+            Sent::Queued => {}
+            Sent::Deferred(batch) => {
+                let room = out.reserve(&batch);
+                drop(batch);
+                reserved = room.await;
+                continue;
+            }
+            Sent::Gone => break,
         }
         if let Some(oldest) = oldest.filter(|_| live) {
             observe::delivered(oldest);

@@ -12,7 +12,7 @@
 
 use super::acks::{self, Pending};
 use super::{Shared, EVENT_SUBJECTS, KIND, STREAM};
-use crate::bus::{BusError, ConsumerOptions, DeliverySender, Durable, Start};
+use crate::bus::{BusError, ConsumerOptions, DeliverySender, Durable, Sent, Start};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
@@ -334,9 +334,21 @@ async fn hold_chunk(
     }
 }
 
-/// Sends and empties `deliveries`, as batches; false when the subscriber is gone.
+/// Sends and empties `deliveries`, as batches; false when the subscriber is
+/// gone. Deliveries past the room's share wait for it whole: they are
+/// messages the NATS client holds anyway, so they are kept, not read again.
 async fn send_all(out: &DeliverySender, deliveries: &mut Vec<EncodedDelivery>) -> bool {
-    out.send(std::mem::take(deliveries)).await
+    let (mut batch, mut reserved) = (std::mem::take(deliveries), None);
+    loop {
+        match out.send(batch, reserved.take()).await {
+            Sent::Queued => return true,
+            Sent::Gone => return false,
+            Sent::Deferred(back) => {
+                reserved = out.reserve(&back).await;
+                batch = back;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

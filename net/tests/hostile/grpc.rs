@@ -337,33 +337,44 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
 /// all stalled, grow the server by about their grants.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscriptions_on_many_shards_hold_about_their_grants() {
-    stalled_on_many_shards(|_| String::new()).await;
+    stalled_on_many_shards(|_| String::new(), 4 << 10).await;
 }
 
 /// The same for durable consumers, whose shards read for the consumer and
 /// send each member what it is assigned.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_durable_consumers_on_many_shards_hold_about_their_grants() {
-    stalled_on_many_shards(|i| format!("durable-{i}")).await;
+    stalled_on_many_shards(|i| format!("durable-{i}"), 4 << 10).await;
+}
+
+/// A read takes at least one record, however large: with 1 MiB events each
+/// of 16 shards held one for each stalled subscription, 16 MiB against its
+/// 1 MiB grant. A read past a shard's share is now copied only with the
+/// subscriber's room for it taken, and otherwise dropped and read again once
+/// the room is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_subscriptions_hold_records_past_their_share_one_at_a_time() {
+    stalled_on_many_shards(|_| String::new(), 1 << 20).await;
+}
+
+/// The same for durable consumers.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_durable_consumers_hold_records_past_their_share_one_at_a_time() {
+    stalled_on_many_shards(|i| format!("durable-{i}"), 1 << 20).await;
 }
 
 /// Opens subscriptions from the start (durable as `durable_name(i)` names
-/// them, unless empty) on a 16-shard server holding 16 MiB of 4 KiB events,
-/// until the budget refuses one; reads one delivery from each and no more;
-/// then checks how much the server grew once they have stalled.
-async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String) {
-    use jimbus_net::grpc::SUBSCRIPTION_GRANT;
+/// them, unless empty) on a 16-shard server with a 32 MiB budget holding
+/// 32 MiB of events of `event_bytes` each, until the budget refuses one;
+/// reads one delivery from each and no more; then checks how much the server
+/// grew once they have stalled: about their grants, and the records each has
+/// in hand when they are larger than the room.
+async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String, event_bytes: usize) {
+    use jimbus_net::{bus::SUBSCRIBER_BYTES, grpc::SUBSCRIPTION_GRANT};
     const SHARDS: u64 = 16;
-    let server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &(32u64 << 20).to_string()]);
-    // 16 MiB of 4 KiB events over 1,024 sessions: every shard holds about 1 MiB.
-    let note = "n".repeat(4096);
-    for batch in 0..64 {
-        let events: Vec<String> = (0..64)
-            .map(|i| format!(r#"{{"type":"A","session_id":"s{}","note":"{note}"}}"#, (batch * 64 + i) % 1024))
-            .collect();
-        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-        assert_eq!(server.post("/api/v1/events/batch", body.as_bytes()).status, 200);
-    }
+    const BUDGET: u64 = 32 << 20;
+    let server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &BUDGET.to_string()]);
+    post_spread_over_shards(&server, 32 << 20, event_bytes);
     let process = server.process().expect("the server runs");
     let before = process.rss_kib().expect("VmRSS") << 10;
     process.reset_peak_rss().expect("VmHWM can be reset");
@@ -371,18 +382,41 @@ async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String) {
     // One connection each: a stalled stream holds its connection's flow-control window.
     while let Ok(stream) = server.client().await.subscribe(everything(durable_name(open.len()))).await {
         let mut stream = stream.into_inner();
-        stream.message().await.expect("a delivery").expect("the stream is open");
+        let first = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        first.expect("a first delivery within 30 s").expect("a delivery").expect("the stream is open");
         open.push(stream); // and never read again
         assert!(open.len() <= 64, "subscriptions were never refused");
     }
-    // Wait until at least half the shards of every subscription hold a read for it.
+    // Wait until at least half the shards of every subscription hold a read
+    // for it, or have put it off for want of room.
     let stalled = open.len() as f64 * SHARDS as f64 / 2.0;
-    let waiting = || server.metric("jimbus_subscriber_sends_waiting") >= stalled;
+    let waiting = || {
+        server.metric("jimbus_subscriber_sends_waiting") + server.metric("jimbus_subscriber_reads_deferred_total")
+            >= stalled
+    };
     tokio::task::block_in_place(|| crate::harness::wait_for(Duration::from_secs(30), "shards waiting", waiting));
     let grown = (process.peak_rss_kib().expect("VmHWM") << 10).saturating_sub(before);
     eprintln!("{} stalled subscriptions grew the server by {} KiB", open.len(), grown >> 10);
-    let bound = open.len() as u64 * SUBSCRIPTION_GRANT + (8 << 20);
+    // Records larger than the room pass the grant by what is in hand: one
+    // in the subscriber's channel, one tonic is encoding, and its encoding
+    // (45 MiB for 16 subscriptions here, 270 MiB when each shard held one).
+    let in_hand = if event_bytes > SUBSCRIBER_BYTES { 3 * event_bytes as u64 } else { 0 };
+    let bound = open.len() as u64 * (SUBSCRIPTION_GRANT + in_hand) + (8 << 20);
     assert!(grown < bound, "{} MiB held, more than {} MiB", grown >> 20, bound >> 20);
+}
+
+/// Posts `total` bytes of events of `event_bytes` each over 1,024 sessions,
+/// so that every one of the 16 shards holds some, in bodies of about 2 MiB.
+fn post_spread_over_shards(server: &Jimbus, total: usize, event_bytes: usize) {
+    let note = "n".repeat(event_bytes);
+    let per_body = ((2 << 20) / event_bytes).max(1);
+    let sessions = (0..total / event_bytes).map(|i| i * 997 % 1024).collect::<Vec<_>>();
+    for chunk in sessions.chunks(per_body) {
+        let events: Vec<String> =
+            chunk.iter().map(|s| format!(r#"{{"type":"A","session_id":"s{s}","note":"{note}"}}"#)).collect();
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        assert_eq!(server.post("/api/v1/events/batch", body.as_bytes()).status, 200);
+    }
 }
 
 /// Subscribe to every topic from the start, durable as `durable_name` names
