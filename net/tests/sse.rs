@@ -274,6 +274,54 @@ fn a_thousand_streams_hold_within_the_memory_budget() {
     });
 }
 
+/// Streams replaying the log to clients that read nothing past the answer's
+/// head hold about their grants. Until their deliveries had a stream's own
+/// room (16 KiB), each shard copied 128 KiB of them per stalled stream and
+/// read the log 256 KiB at a time: a thousand such streams took a server to
+/// 408-415 MiB on 62.5 MiB of grants (docs/perf.md, "Thirteenth pass").
+#[test]
+fn stalled_streams_replaying_the_log_hold_about_their_grants() {
+    use jimbus_net::http::sse::STREAM_GRANT;
+    /// Each connection's own buffers and task, outside the budget (docs/tuning.md).
+    const CONNECTION: u64 = 32 * 1024;
+    const STREAMS: usize = 300;
+    let server = Jimbus::start(&["--shards", "2", "--max-connections", "2048"]);
+    // 16 MiB of events over 32 sessions, so that both shards hold some.
+    for session in 0..32 {
+        post_ok(&server, &heartbeats(&format!("replay-{session}"), 500, 1024));
+    }
+    let process = server.process().expect("the server runs");
+    let before = process.rss_kib().expect("VmRSS") << 10;
+    process.reset_peak_rss().expect("VmHWM can be reset");
+    let streams: Vec<TcpStream> =
+        (0..STREAMS).map(|_| stalled_stream(server.http, "from=earliest&pattern=%3E")).collect();
+    // Every stream has a shard's read waiting for it once its client has stalled.
+    wait_for(Duration::from_secs(60), "every stream to stall", || {
+        server.metric("jimbus_subscriber_sends_waiting") >= STREAMS as f64
+    });
+    let grown = (process.peak_rss_kib().expect("VmHWM") << 10).saturating_sub(before);
+    eprintln!("{STREAMS} stalled streams grew the server by {} KiB", grown >> 10);
+    let bound = STREAMS as u64 * (STREAM_GRANT + CONNECTION) + (8 << 20);
+    assert!(grown < bound, "{} MiB held, more than {} MiB", grown >> 20, bound >> 20);
+    drop(streams);
+}
+
+/// Opens a stream whose client takes the answer's head and then reads
+/// nothing, with a 4 KiB receive buffer so that it stalls soon.
+fn stalled_stream(addr: SocketAddr, query: &str) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("a runtime");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let stream = runtime.block_on(socket.connect(addr)).expect("connects").into_std().expect("a std socket");
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(&stream, "GET /api/v1/stream?{query} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    (&stream).read_exact(&mut head).expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream opens");
+    stream
+}
+
 /// Opens streams until one is refused; returns them (the refusal must be 503).
 fn open_until_refused(server: &Jimbus, most: usize) -> Vec<Stream> {
     let mut open = Vec::new();
