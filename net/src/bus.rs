@@ -277,10 +277,7 @@ impl DeliverySender {
             Some(Reserved(permit)) => Some(permit),
             None if bytes > self.read_share => match self.room.clone().try_acquire_many_owned(want) {
                 Ok(permit) => Some(permit),
-                Err(_) => {
-                    metrics::counter!("jimbus_subscriber_reads_deferred_total").increment(1);
-                    return Sent::Deferred(deliveries);
-                }
+                Err(_) => return Sent::Deferred(deliveries),
             },
             None => None,
         };
@@ -316,7 +313,14 @@ impl DeliverySender {
     /// them first and waits holding nothing. Waiters are served in turn, so
     /// a large read is not put off for ever by smaller ones.
     pub fn reserve(&self, deliveries: &DeliveryBatch) -> impl Future<Output = Option<Reserved>> + use<> {
-        let want = bytes_of(deliveries).min(self.room_bytes) as u32;
+        self.reserve_bytes(bytes_of(deliveries))
+    }
+
+    /// [`Self::reserve`] for `bytes` not yet read. Each wait is counted in
+    /// `jimbus_subscriber_reads_deferred_total`.
+    pub fn reserve_bytes(&self, bytes: usize) -> impl Future<Output = Option<Reserved>> + use<> {
+        metrics::counter!("jimbus_subscriber_reads_deferred_total").increment(1);
+        let want = bytes.min(self.room_bytes) as u32;
         let room = self.room.clone();
         async move { room.acquire_many_owned(want).await.ok().map(Reserved) }
     }

@@ -314,7 +314,7 @@ fn scan_segment(
 
 #[cfg(test)]
 mod tests {
-    use super::super::log::{read_frames, FsyncMode, Retention, SharedIndex};
+    use super::super::log::{read_frames, read_log, FsyncMode, LogRead, Retention, SharedIndex};
     use super::*;
     use bytes::Bytes;
     use jimbus_core::record::RecordKind;
@@ -352,6 +352,18 @@ mod tests {
             assert_eq!((&within[..], next), (&frames[..within.len()], from + within.len() as u64));
             let bytes: usize = within.iter().map(Bytes::len).sum();
             assert!(within.len() == 1 || bytes <= 1000, "{bytes} bytes read from {from}");
+            // Left unread: a first record on disk that needs a read of its own.
+            let on_disk = from < index.borrow().tail_first;
+            match read_log(index, from, 3, 1000, false).await.unwrap() {
+                LogRead::Frames(unless_larger, next) => {
+                    assert!(!on_disk || message(from).len() < 16 << 10, "record {from} was read");
+                    assert_eq!((&unless_larger, next), (&within, from + within.len() as u64));
+                }
+                LogRead::Larger(len) => {
+                    assert!(on_disk, "record {from} is in memory");
+                    assert_eq!(len, frames[0].len(), "record {from}'s framed length");
+                }
+            }
         }
     }
 

@@ -6,11 +6,11 @@
 //! subscriber slows only itself and never makes the shard buffer, and it
 //! reads no more than its share of that room at a time, so what it holds
 //! while it waits stays small however many shards there are; a record larger
-//! than the share is copied only with the subscriber's room for it taken,
-//! and otherwise dropped and read again once the room is free. This module
+//! than the share is read from disk, and copied, only with the subscriber's
+//! room for it taken. This module
 //! reads the log and must never write it or change a shard's state.
 
-use super::log::{read_frames, SharedIndex};
+use super::log::{read_frames, read_log, LogRead, SharedIndex};
 use crate::bus::{DeliverySender, Sent, Start, MAX_DELIVERY_BATCH};
 use crate::observe;
 use jimbus_core::record::{self, RecordKind};
@@ -94,8 +94,8 @@ pub(super) async fn subscription(
     // Lag is measured once the subscription has caught up: a replay from the
     // start is not late.
     let mut live = false;
-    // The subscriber's room, taken for a read past the share before it is
-    // read again.
+    // The subscriber's room, taken for a record past the share before it is
+    // read (or read again, after a send gave it back).
     let mut reserved = None;
     while !out.is_disconnected() {
         let listener = index.borrow().committed.listen();
@@ -108,8 +108,13 @@ pub(super) async fn subscription(
             .await;
             continue;
         }
-        let (frames, next) = match read_frames(&index, cursor, MAX_DELIVERY_BATCH, out.read_share()).await {
-            Ok(read) => read,
+        let read = read_log(&index, cursor, MAX_DELIVERY_BATCH, out.read_share(), reserved.is_some()).await;
+        let (frames, next) = match read {
+            Ok(LogRead::Frames(frames, next)) => (frames, next),
+            Ok(LogRead::Larger(bytes)) => {
+                reserved = out.reserve_bytes(bytes).await;
+                continue;
+            }
             Err(e) => {
                 tracing::error!(shard, error = %e, "subscription read failed");
                 break;

@@ -337,14 +337,14 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
 /// all stalled, grow the server by about their grants.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscriptions_on_many_shards_hold_about_their_grants() {
-    stalled_on_many_shards(|_| String::new(), 4 << 10).await;
+    stalled_on_many_shards(|_| String::new(), 4 << 10, ReadFrom::Disk).await;
 }
 
 /// The same for durable consumers, whose shards read for the consumer and
 /// send each member what it is assigned.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_durable_consumers_on_many_shards_hold_about_their_grants() {
-    stalled_on_many_shards(|i| format!("durable-{i}"), 4 << 10).await;
+    stalled_on_many_shards(|i| format!("durable-{i}"), 4 << 10, ReadFrom::Tail).await;
 }
 
 /// A read takes at least one record, however large: with 1 MiB events each
@@ -354,13 +354,13 @@ async fn stalled_durable_consumers_on_many_shards_hold_about_their_grants() {
 /// the room is free.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscriptions_hold_records_past_their_share_one_at_a_time() {
-    stalled_on_many_shards(|_| String::new(), 1 << 20).await;
+    stalled_on_many_shards(|_| String::new(), 1 << 20, ReadFrom::Disk).await;
 }
 
 /// The same for durable consumers.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_durable_consumers_hold_records_past_their_share_one_at_a_time() {
-    stalled_on_many_shards(|i| format!("durable-{i}"), 1 << 20).await;
+    stalled_on_many_shards(|i| format!("durable-{i}"), 1 << 20, ReadFrom::Tail).await;
 }
 
 /// Opens subscriptions from the start (durable as `durable_name(i)` names
@@ -369,12 +369,16 @@ async fn stalled_durable_consumers_hold_records_past_their_share_one_at_a_time()
 /// reads one delivery from each and no more; then checks how much the server
 /// grew once they have stalled: about their grants, and the records each has
 /// in hand when they are larger than the room.
-async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String, event_bytes: usize) {
+async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String, event_bytes: usize, from: ReadFrom) {
     use jimbus_net::{bus::SUBSCRIBER_BYTES, grpc::SUBSCRIPTION_GRANT};
     const SHARDS: u64 = 16;
     const BUDGET: u64 = 32 << 20;
-    let server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &BUDGET.to_string()]);
-    post_spread_over_shards(&server, 32 << 20, event_bytes);
+    let mut server = Jimbus::start(&["--shards", &SHARDS.to_string(), "--memory-budget", &BUDGET.to_string()]);
+    let posted = post_spread_over_shards(&server, 32 << 20, event_bytes);
+    if from == ReadFrom::Disk {
+        assert!(server.terminate().success());
+        server.restart();
+    }
     let process = server.process().expect("the server runs");
     let before = process.rss_kib().expect("VmRSS") << 10;
     process.reset_peak_rss().expect("VmHWM can be reset");
@@ -403,11 +407,53 @@ async fn stalled_on_many_shards(durable_name: impl Fn(usize) -> String, event_by
     let in_hand = if event_bytes > SUBSCRIBER_BYTES { 3 * event_bytes as u64 } else { 0 };
     let bound = open.len() as u64 * (SUBSCRIPTION_GRANT + in_hand) + (8 << 20);
     assert!(grown < bound, "{} MiB held, more than {} MiB", grown >> 20, bound >> 20);
+    drop(open);
+    reads_every_event_in_order(&server, posted).await;
+}
+
+/// Where the subscriptions of [`stalled_on_many_shards`] read the records.
+#[derive(PartialEq)]
+enum ReadFrom {
+    /// The in-memory tail, which holds every record (it is not restarted).
+    Tail,
+    /// The segment files, after a restart. Not for durable consumers: their
+    /// shard task reads a record past its share before it knows the member
+    /// it is for, so its reads in flight are bounded by the consumers and
+    /// shards, not by the subscribers' room (docs/perf.md, fourteenth pass).
+    Disk,
+}
+
+/// A new subscription from the start gets `posted` events, each partition's
+/// offsets following on without a gap. It waits for the stalled ones' grants
+/// to come back first.
+async fn reads_every_event_in_order(server: &Jimbus, posted: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match server.client().await.subscribe(everything(String::new())).await {
+            Ok(stream) => break stream.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "the stalled subscriptions' grants never came back");
+                tokio::task::yield_now().await;
+            }
+            Err(status) => panic!("{status}"),
+        }
+    };
+    let mut next_offset = std::collections::HashMap::new();
+    let mut events = 0;
+    while events < posted {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        let delivery = delivery.expect("the next delivery within 30 s").expect("a delivery").expect("open");
+        let expected = next_offset.entry(delivery.partition).or_insert(delivery.offset);
+        assert_eq!(delivery.offset, *expected, "partition {}: a gap or a repeat", delivery.partition);
+        *expected += 1;
+        events += usize::from(matches!(delivery.body, Some(bus::subscribe_response::Body::Event(_))));
+    }
 }
 
 /// Posts `total` bytes of events of `event_bytes` each over 1,024 sessions,
-/// so that every one of the 16 shards holds some, in bodies of about 2 MiB.
-fn post_spread_over_shards(server: &Jimbus, total: usize, event_bytes: usize) {
+/// so that every one of the 16 shards holds some, in bodies of about 2 MiB;
+/// returns how many.
+fn post_spread_over_shards(server: &Jimbus, total: usize, event_bytes: usize) -> usize {
     let note = "n".repeat(event_bytes);
     let per_body = ((2 << 20) / event_bytes).max(1);
     let sessions = (0..total / event_bytes).map(|i| i * 997 % 1024).collect::<Vec<_>>();
@@ -417,6 +463,7 @@ fn post_spread_over_shards(server: &Jimbus, total: usize, event_bytes: usize) {
         let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
         assert_eq!(server.post("/api/v1/events/batch", body.as_bytes()).status, 200);
     }
+    sessions.len()
 }
 
 /// Subscribe to every topic from the start, durable as `durable_name` names

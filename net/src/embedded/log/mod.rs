@@ -10,11 +10,15 @@
 //! This module must never acknowledge anything itself: it tells the pump what is
 //! durable and the pump answers clients.
 
+mod read;
+
+pub use read::{read_frames, read_log, LogRead};
+
 use super::layout;
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
 use jimbus_core::checkpoint::SegmentIndex;
-use jimbus_core::record::{self, FrameError, RecordKind};
+use jimbus_core::record::{self, RecordKind};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -37,10 +41,6 @@ pub(super) const POSITION_STRIDE: u64 = 64;
 /// Every this many offsets, a record's time is kept in memory for time-based
 /// starts, which read forward from the mark to the first record at the time.
 pub(super) const TIME_MARK_STRIDE: u64 = 1024;
-/// The most bytes one read of a segment brings (a larger record is read whole).
-const READ_CHUNK: u64 = 256 * 1024;
-/// The smallest read of a segment that asks for fewer bytes than [`READ_CHUNK`].
-const MIN_READ_CHUNK: u64 = 16 * 1024;
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -259,78 +259,6 @@ struct Located {
     pos: u64,
     /// The bytes of whole records from `pos` to the end of the segment.
     available: u64,
-}
-
-/// Reads up to `max` framed records starting at `from`, and no more than
-/// `max_bytes` of them unless the first alone is larger. Returns the frames
-/// and the offset after the last one. Every frame read from disk has had its
-/// checksum checked, and the tail's were framed here, so a caller reads them
-/// with [`record::decode_without_checksum`].
-pub async fn read_frames(
-    index: &SharedIndex,
-    from: u64,
-    max: usize,
-    max_bytes: usize,
-) -> Result<(Vec<Bytes>, u64), LogError> {
-    let located = {
-        let log = index.borrow();
-        let from = from.max(log.start());
-        if from >= log.end {
-            return Ok((Vec::new(), from));
-        }
-        if from >= log.tail_first && !log.tail.is_empty() {
-            let skip = (from - log.tail_first) as usize;
-            let (mut held, mut first) = (0, true);
-            let within = |frame: &&Bytes| {
-                held += frame.len();
-                std::mem::take(&mut first) || held <= max_bytes
-            };
-            let frames: Vec<Bytes> = log.tail.iter().skip(skip).take(max).take_while(within).cloned().collect();
-            let next = from + frames.len() as u64;
-            return Ok((frames, next));
-        }
-        log.locate(from)
-    };
-    let Some(Located { file, first, mut pos, mut available }) = located else { return Ok((Vec::new(), from)) };
-    // The records from the mark up to `from` (fewer than POSITION_STRIDE) are
-    // read and stepped over; reading stops at the first chunk that yields a frame.
-    // Reads no larger than what is kept, but not so small that the records
-    // stepped over take many: every read in flight is a buffer held.
-    let chunk = (max_bytes as u64).clamp(MIN_READ_CHUNK, READ_CHUNK);
-    let (mut frames, mut offset, mut held) = (Vec::new(), first, 0);
-    while frames.is_empty() && available > 0 {
-        let bytes = read_chunk(&file, pos, available.min(chunk)).await?;
-        let mut at = 0;
-        while frames.len() < max {
-            let Ok(rec) = record::decode(&bytes[at..]) else { break };
-            let len = rec.framed_len();
-            if offset >= from {
-                if !frames.is_empty() && held + len > max_bytes {
-                    break;
-                }
-                held += len;
-                frames.push(bytes.slice(at..at + len));
-            }
-            (offset, at) = (offset + 1, at + len);
-        }
-        if at == 0 {
-            break; // nothing whole here: the end of what is written, or a damaged record
-        }
-        (pos, available) = (pos + at as u64, available.saturating_sub(at as u64));
-    }
-    Ok((frames, offset.max(from)))
-}
-
-/// Reads up to [`READ_CHUNK`] bytes of a segment at `pos`, or the whole
-/// record there when it is larger.
-async fn read_chunk(file: &BufferedFile, pos: u64, available: u64) -> Result<Bytes, LogError> {
-    let chunk = available.min(READ_CHUNK).max(record::HEADER_LEN as u64);
-    let mut bytes = Bytes::copy_from_slice(&file.read_at(pos, chunk as usize).await?);
-    // Only the length matters here: the caller checks each record's checksum.
-    if let Err(FrameError::Torn { needed, .. }) = record::decode_without_checksum(&bytes) {
-        bytes = Bytes::copy_from_slice(&file.read_at(pos, needed).await?);
-    }
-    Ok(bytes)
 }
 
 /// The single writer of a shard's log.
