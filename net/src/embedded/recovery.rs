@@ -367,67 +367,65 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_offset_reads_back_from_the_tail_too() {
+    /// Runs `test` on a glommio executor of its own, with a temporary
+    /// directory for its log.
+    fn with_log_dir<F: std::future::Future<Output = ()> + 'static>(
+        test: impl FnOnce(std::path::PathBuf) -> F + Send + 'static,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let options = LogOptions { tail_cache_bytes: 16 << 20, ..options() };
-                let (mut writer, _) = SegmentWriter::open(&path, options, 0, |_| {}).await.unwrap();
-                for offset in 0..300 {
-                    writer.stage(RecordKind::Event, "t", &message(offset), offset);
-                    if offset % 7 == 0 {
-                        writer.commit().await.unwrap();
-                    }
+        glommio::LocalExecutorBuilder::default().spawn(move || test(path)).unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn every_offset_reads_back_from_the_tail_too() {
+        with_log_dir(|path| async move {
+            let options = LogOptions { tail_cache_bytes: 16 << 20, ..options() };
+            let (mut writer, _) = SegmentWriter::open(&path, options, 0, |_| {}).await.unwrap();
+            for offset in 0..300 {
+                writer.stage(RecordKind::Event, "t", &message(offset), offset);
+                if offset % 7 == 0 {
+                    writer.commit().await.unwrap();
                 }
-                writer.commit().await.unwrap();
-                let index = writer.index();
-                assert_eq!(index.borrow().tail.len(), 300, "every record is in the tail");
-                check_every_offset(&index, 300).await;
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+            writer.commit().await.unwrap();
+            let index = writer.index();
+            assert_eq!(index.borrow().tail.len(), 300, "every record is in the tail");
+            check_every_offset(&index, 300).await;
+        });
     }
 
     #[test]
     fn every_offset_reads_back_from_the_sparse_positions_before_and_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let (mut writer, _) = SegmentWriter::open(&path, options(), 0, |_| {}).await.unwrap();
-                let mut offset = 0;
-                for commit in 0..120u64 {
-                    for _ in 0..1 + commit % 9 {
-                        writer.stage(RecordKind::Event, "t", &message(offset), offset);
-                        offset += 1;
-                    }
-                    writer.commit().await.unwrap();
+        with_log_dir(|path| async move {
+            let (mut writer, _) = SegmentWriter::open(&path, options(), 0, |_| {}).await.unwrap();
+            let mut offset = 0;
+            for commit in 0..120u64 {
+                for _ in 0..1 + commit % 9 {
+                    writer.stage(RecordKind::Event, "t", &message(offset), offset);
+                    offset += 1;
                 }
-                let index = writer.index();
-                assert!(index.borrow().segments.len() > 3, "the records span several segments");
-                for segment in &index.borrow().segments {
-                    // One position in memory per POSITION_STRIDE records, not one per record.
-                    assert_eq!(segment.marks.len() as u64, segment.records.div_ceil(POSITION_STRIDE));
-                }
-                check_every_offset(&index, offset).await;
-                let closed: Vec<u64> = index.borrow().segments.iter().rev().skip(1).map(|s| s.base).collect();
-                drop((writer, index));
-                // Each closed segment's index file is written in the background.
-                while !closed.iter().all(|&base| layout::segment_index(&path, base).exists()) {
-                    futures_lite::future::yield_now().await;
-                }
-                for replay_from in [0, offset] {
-                    // From 0 every segment is scanned; from the end, closed ones come from their index files.
-                    let (writer, report) = SegmentWriter::open(&path, options(), replay_from, |_| {}).await.unwrap();
-                    assert_eq!(report.indexed, if replay_from == 0 { 0 } else { closed.len() });
-                    check_every_offset(&writer.index(), offset).await;
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+                writer.commit().await.unwrap();
+            }
+            let index = writer.index();
+            assert!(index.borrow().segments.len() > 3, "the records span several segments");
+            for segment in &index.borrow().segments {
+                // One position in memory per POSITION_STRIDE records, not one per record.
+                assert_eq!(segment.marks.len() as u64, segment.records.div_ceil(POSITION_STRIDE));
+            }
+            check_every_offset(&index, offset).await;
+            let closed: Vec<u64> = index.borrow().segments.iter().rev().skip(1).map(|s| s.base).collect();
+            drop((writer, index));
+            // Each closed segment's index file is written in the background.
+            while !closed.iter().all(|&base| layout::segment_index(&path, base).exists()) {
+                futures_lite::future::yield_now().await;
+            }
+            for replay_from in [0, offset] {
+                // From 0 every segment is scanned; from the end, closed ones come from their index files.
+                let (writer, report) = SegmentWriter::open(&path, options(), replay_from, |_| {}).await.unwrap();
+                assert_eq!(report.indexed, if replay_from == 0 { 0 } else { closed.len() });
+                check_every_offset(&writer.index(), offset).await;
+            }
+        });
     }
 }
