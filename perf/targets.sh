@@ -28,13 +28,13 @@ jimbus=${1:-target/release/jimbus}
 load=${2:-target/release/jimbus-load}
 seconds=${3:-10}
 repeat=${REPEAT:-1}
-nats=${NATS_SERVER:-$( [[ -x tools/.venv/bin/nats-server ]] && echo tools/.venv/bin/nats-server || command -v nats-server || true)}
 for b in "$jimbus" "$load"; do [[ -x $b ]] || { echo "$b is not executable" >&2; exit 2; }; done
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 # shellcheck source=perf/lib.sh
 source perf/lib.sh
+nats=$(nats_server_bin)
 
 load_avg() { uptime | sed 's/.*load average: //'; }
 
@@ -118,7 +118,7 @@ if [[ -n $nats ]]; then
     port=$(free_port)
     "$nats" -js -sd "$work/nats$i" -a 127.0.0.1 -p "$port" >"$work/nats$i.log" 2>&1 &
     npid=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    wait_listening "$port"
     run "js$i" --subscribers 1 --drain-timeout 60 -- --bus "nats://127.0.0.1:$port"
     show "js$i" '{dps:,.0f} deliveries/s to the subscriber (over load + {drain:.1f} s drain), ingest {eps:,.0f} events/s, lost {lost}, errors {err}'
     kill "$npid"
