@@ -28,9 +28,14 @@ const COUNTERS: &[&str] = &[
     "jimbus_consumer_dead_lettered_total",
     "jimbus_http_overload_total",
     "jimbus_http_connections_refused_total",
+    "jimbus_grpc_subscriptions_refused_total",
     "jimbus_aggregate_refused_total",
     "jimbus_subscriber_reads_deferred_total",
 ];
+/// The `component`s of `jimbus_budget_denials_total`: what the spent budget
+/// refused (ingest bodies, a connection's buffers, gRPC publishes, and the
+/// two kinds of long-lived stream).
+const BUDGET_COMPONENTS: &[&str] = &["http", "connection", "grpc", "subscription", "sse"];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
 /// Counters of the JetStream backend only.
@@ -49,7 +54,9 @@ pub fn register(embedded: bool, queue_capacity: usize) {
     for &name in COUNTERS.iter().chain(backend) {
         metrics::counter!(name).absolute(0);
     }
-    metrics::counter!("jimbus_budget_denials_total", "component" => "http").absolute(0);
+    for component in BUDGET_COMPONENTS {
+        metrics::counter!("jimbus_budget_denials_total", "component" => *component).absolute(0);
+    }
 }
 
 /// Reads the free and total bytes of the file system holding `dir` every few

@@ -162,13 +162,17 @@ impl BusService {
     /// has not that much free: RESOURCE_EXHAUSTED, to retry later.
     fn hold_subscription(&self) -> Result<StreamGrant, Status> {
         self.subscriptions.take().map_err(|refusal| {
-            metrics::counter!("jimbus_budget_denials_total", "component" => "subscription").increment(1);
+            metrics::counter!("jimbus_grpc_subscriptions_refused_total").increment(1);
             Status::resource_exhausted(match refusal {
                 StreamRefusal::TooMany => format!(
                     "too many subscriptions are open for the memory budget: each holds {SUBSCRIPTION_GRANT} bytes, \
                      and together at most half of it; retry later"
                 ),
-                StreamRefusal::BudgetSpent => budget::SPENT.to_string(),
+                // Only this one is the budget's denial, as for the live view's streams.
+                StreamRefusal::BudgetSpent => {
+                    metrics::counter!("jimbus_budget_denials_total", "component" => "subscription").increment(1);
+                    budget::SPENT.to_string()
+                }
             })
         })
     }

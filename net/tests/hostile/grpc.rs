@@ -313,6 +313,10 @@ async fn subscriptions_past_half_the_budget_are_resource_exhausted() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
     assert!(refused.message().contains("too many subscriptions are open for the memory budget"), "{refused}");
     assert!(!open.is_empty() && open.len() as u64 * SUBSCRIPTION_GRANT <= 8 << 20, "{} open", open.len());
+    // Refused for the subscriptions' half, not for a spent budget: the
+    // budget's denials (which page about ingest) do not count it.
+    assert_eq!(server.metric("jimbus_grpc_subscriptions_refused_total"), 1.0);
+    assert_eq!(server.metric("jimbus_budget_denials_total{component=\"subscription\"}"), 0.0);
     drop(open.pop());
     // The server sees the stream end in its own time: until then it refuses.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
