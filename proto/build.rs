@@ -29,7 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Maps are BTreeMaps: an event's metadata is filled on the ingest path,
     // where std's HashMap would hash with SipHash and allocate a table per
     // event, and a BTreeMap encodes its entries in one order every time.
-    tonic_prost_build::configure().btree_map(".").bytes(".jimbot.bus.v1.DeadLetter.raw").compile_fds(fds.clone())?;
+    // Joker is written by hand (src/joker.rs): its strings are held inline.
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .bytes(".jimbot.bus.v1.DeadLetter.raw")
+        .extern_path(".jimbot.events.v1.Joker", "crate::joker::Joker")
+        .compile_fds(fds.clone())?;
     Ok(compile_delivery_server(fds, &out)?)
 }
 

@@ -11,6 +11,7 @@
 use crate::json::{self, JsonError, Kind, Reader};
 use crate::spare_events;
 use jimbus_proto::events::{self as pb, event::Payload};
+use jimbus_proto::joker::CompactString;
 use prost_types::Struct;
 use std::borrow::Cow;
 
@@ -161,6 +162,15 @@ pub fn text(r: &mut Reader<'_>) -> Result<String> {
     }
 }
 
+/// [`text`] for a field held inline when short (a joker's name and id).
+fn short_text(r: &mut Reader<'_>) -> Result<CompactString> {
+    match r.peek()? {
+        Kind::String => Ok(CompactString::from(r.string()?)),
+        Kind::Number => Ok(format_number(r)?.into()),
+        _ => Err(mismatch(r, "a string")),
+    }
+}
+
 /// [`text`], written over `into`, whose capacity is used first: an event
 /// taken from the thread's spares ([`crate::spare_events`]) fills its
 /// strings without allocating.
@@ -282,7 +292,7 @@ fn some<T>(read: impl Fn(&mut Reader<'_>) -> Result<T>) -> impl Fn(&mut Reader<'
     move |r| read(r).map(Some)
 }
 
-payload_reader!(joker, pb::Joker { "name" => name: text, "id" => id: text, "position" => position: int32 });
+payload_reader!(joker, pb::Joker { "name" => name: short_text, "id" => id: short_text, "position" => position: int32 });
 payload_reader!(card, pb::Card { "rank" => rank: text, "suit" => suit: text, "enhancements" => enhancements: texts });
 payload_reader!(blind, pb::Blind { "name" => name: text, "chips" => chips: number });
 payload_reader!(deck, pb::DeckSummary { "cards_remaining" => cards_remaining: int32, "size" => size: int32 });

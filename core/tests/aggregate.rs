@@ -51,7 +51,7 @@ fn complete(at: Duration) -> pb::Event {
 
 fn joker(name: &str, mult: f64, parent: &str, context: &str, at: Duration) -> pb::Event {
     let j = pb::ScoringJokerTrigger {
-        joker: Some(pb::Joker { name: name.into(), id: format!("j_{name}"), position: 1, extra: None }),
+        joker: Some(pb::Joker { name: name.into(), id: format!("j_{name}").into(), position: 1, extra: None }),
         mult,
         score_contribution: mult,
         parent: parent.into(),

@@ -9,6 +9,7 @@ pub mod capped_ack;
 pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
+pub mod joker;
 pub mod validate;
 pub mod wire;
 
@@ -18,6 +19,7 @@ pub mod jimbot {
     pub mod events {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/jimbot.events.v1.rs"));
+            pub use crate::joker::Joker;
         }
     }
     pub mod bus {

@@ -74,7 +74,10 @@ fn event() -> impl Strategy<Value = pb::Event> {
     let metadata = proptest::collection::btree_map("[a-z]{1,8}", "[a-z]{0,16}", 0..200);
     let extra = proptest::collection::btree_map("[a-z]{0,8}", value(), 0..6);
     (jokers, metadata, extra).prop_map(|(jokers, metadata, extra)| {
-        let jokers = jokers.into_iter().map(|(name, id)| pb::Joker { name, id, ..Default::default() }).collect();
+        let jokers = jokers
+            .into_iter()
+            .map(|(name, id)| pb::Joker { name: name.into(), id: id.into(), ..Default::default() })
+            .collect();
         let state = pb::GameStateEvent { jokers, phase: "SHOP".into(), ..Default::default() };
         pb::Event {
             event_type: "GAME_STATE".into(),

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 
 fn joker() -> impl Strategy<Value = pb::Joker> {
     ("[A-Za-z ]{0,20}", "[a-z0-9]{0,8}", 0i32..=1000).prop_map(|(name, id, position)| pb::Joker {
-        name,
-        id,
+        name: name.into(),
+        id: id.into(),
         position,
         extra: None,
     })

@@ -91,8 +91,8 @@ fn classify_step(step: &Step, base: impl Fn() -> pb::TriggerEvent) -> Kind<'_> {
         Step::JokerTrigger(j) => {
             let mut t = base();
             if let Some(joker) = &j.joker {
-                t.joker_name.clone_from(&joker.name);
-                t.joker_id.clone_from(&joker.id);
+                joker.name.as_str().clone_into(&mut t.joker_name);
+                joker.id.as_str().clone_into(&mut t.joker_id);
                 t.position = joker.position;
             }
             t.context = if j.context.is_empty() { "JOKER_TRIGGER".into() } else { j.context.clone() };

@@ -25,8 +25,8 @@ fn extra() -> impl Strategy<Value = Option<Struct>> {
 /// A partial game state, as the mod sends one: any field may be absent.
 fn game_state() -> impl Strategy<Value = pb::GameStateEvent> {
     let joker = ("[A-Za-z ]{0,16}", "[0-9]{0,3}", 0..6i32).prop_map(|(name, id, position)| pb::Joker {
-        name,
-        id,
+        name: name.into(),
+        id: id.into(),
         position,
         extra: None,
     });
