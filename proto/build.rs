@@ -29,11 +29,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Maps are BTreeMaps: an event's metadata is filled on the ingest path,
     // where std's HashMap would hash with SipHash and allocate a table per
     // event, and a BTreeMap encodes its entries in one order every time.
-    // Joker is written by hand (src/joker.rs): its strings are held inline.
+    // Joker and the free-form types are written by hand (src/joker.rs,
+    // src/free_form.rs): their short strings are held inline.
     tonic_prost_build::configure()
         .btree_map(".")
         .bytes(".jimbot.bus.v1.DeadLetter.raw")
         .extern_path(".jimbot.events.v1.Joker", "crate::joker::Joker")
+        .extern_path(".google.protobuf.Struct", "crate::free_form::Struct")
+        .extern_path(".google.protobuf.Value", "crate::free_form::Value")
+        .extern_path(".google.protobuf.ListValue", "crate::free_form::ListValue")
         .compile_fds(fds.clone())?;
     Ok(compile_delivery_server(fds, &out)?)
 }
@@ -57,6 +61,7 @@ fn compile_delivery_server(mut fds: prost_types::FileDescriptorSet, out: &std::p
         .extern_path(".jimbot.bus.v1.AckRequest", "crate::capped_ack::CappedAck")
         .extern_path(".jimbot.bus.v1", "crate::jimbot::bus::v1")
         .extern_path(".jimbot.events.v1", "crate::jimbot::events::v1")
+        .extern_path(".google.protobuf.Struct", "crate::free_form::Struct")
         .compile_fds(fds)
 }
 

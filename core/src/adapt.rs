@@ -11,8 +11,7 @@
 use crate::json::{self, JsonError, Kind, Reader};
 use crate::spare_events;
 use jimbus_proto::events::{self as pb, event::Payload};
-use jimbus_proto::joker::CompactString;
-use prost_types::Struct;
+use jimbus_proto::free_form::{CompactString, Struct};
 use std::borrow::Cow;
 
 /// A value that does not fit its field, with the field's path.
@@ -254,7 +253,7 @@ fn object<'a>(
             if extra.is_none() {
                 r.note_built(json::HELD_PER_STRUCT)?;
             }
-            extra.get_or_insert_with(Struct::default).fields.insert(key.into_owned(), value);
+            extra.get_or_insert_with(Struct::default).fields.insert(CompactString::from(key), value);
         }
         Ok(())
     })

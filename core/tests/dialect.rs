@@ -6,8 +6,8 @@ use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_core::json::Reader;
 use jimbus_proto::events::event::Payload;
 use jimbus_proto::events::scoring_event::Step;
+use jimbus_proto::free_form::value::Kind;
 use proptest::prelude::*;
-use prost_types::value::Kind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -153,31 +153,31 @@ fn encode_lua(v: &Lua, out: &mut String) {
 }
 
 /// What the reader must return for a Lua value.
-fn expected(v: &Lua, in_list: bool) -> prost_types::Value {
+fn expected(v: &Lua, in_list: bool) -> jimbus_proto::free_form::Value {
     let kind = match v {
-        Lua::Num(n) if in_list => Kind::StringValue(lua_number(*n)),
-        Lua::Bool(b) if in_list => Kind::StringValue(b.to_string()),
+        Lua::Num(n) if in_list => Kind::StringValue(lua_number(*n).into()),
+        Lua::Bool(b) if in_list => Kind::StringValue(b.to_string().into()),
         // A Value cannot carry inf or nan to protobuf JSON: they become its strings.
         Lua::Num(n) if n.is_nan() => Kind::StringValue("NaN".into()),
         Lua::Num(n) if n.is_infinite() => Kind::StringValue(if *n > 0.0 { "Infinity" } else { "-Infinity" }.into()),
         Lua::Num(n) => Kind::NumberValue(*n),
         Lua::Bool(b) => Kind::BoolValue(*b),
-        Lua::Str(s) => Kind::StringValue(s.clone()),
+        Lua::Str(s) => Kind::StringValue(s.as_str().into()),
         Lua::Table(m) if m.is_empty() => Kind::StructValue(Default::default()),
-        Lua::Table(m) => Kind::StructValue(prost_types::Struct {
-            fields: m.iter().map(|(k, v)| (k.clone(), expected(v, false))).collect(),
+        Lua::Table(m) => Kind::StructValue(jimbus_proto::free_form::Struct {
+            fields: m.iter().map(|(k, v)| (k.as_str().into(), expected(v, false))).collect(),
         }),
         Lua::List(items) if items.is_empty() => Kind::StructValue(Default::default()),
-        Lua::List(items) => {
-            Kind::ListValue(prost_types::ListValue { values: items.iter().map(|v| expected(v, true)).collect() })
-        }
+        Lua::List(items) => Kind::ListValue(jimbus_proto::free_form::ListValue {
+            values: items.iter().map(|v| expected(v, true)).collect(),
+        }),
     };
-    prost_types::Value { kind: Some(kind) }
+    jimbus_proto::free_form::Value { kind: Some(kind) }
 }
 
 /// Equality that treats NaN as equal to NaN, and compares numbers bit for bit
 /// otherwise (so -0 and 0 differ).
-fn same(a: &prost_types::Value, b: &prost_types::Value) -> bool {
+fn same(a: &jimbus_proto::free_form::Value, b: &jimbus_proto::free_form::Value) -> bool {
     match (&a.kind, &b.kind) {
         (Some(Kind::NumberValue(x)), Some(Kind::NumberValue(y))) => {
             (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
@@ -238,7 +238,7 @@ proptest! {
         prop_assert_eq!(list.values.len(), value.len());
         for (v, (s, i, f, b)) in list.values.iter().zip(&value) {
             let Some(Kind::StructValue(obj)) = &v.kind else { panic!() };
-            prop_assert_eq!(&obj.fields["s"].kind, &Some(Kind::StringValue(s.clone())));
+            prop_assert_eq!(&obj.fields["s"].kind, &Some(Kind::StringValue(s.as_str().into())));
             prop_assert_eq!(&obj.fields["i"].kind, &Some(Kind::NumberValue(*i as f64)));
             prop_assert_eq!(&obj.fields["b"].kind, &Some(Kind::BoolValue(*b)));
             if f.is_finite() {

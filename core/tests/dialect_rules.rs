@@ -5,7 +5,7 @@
 
 use jimbus_core::ingest::{decode_body, Endpoint};
 use jimbus_proto::events::event::Payload;
-use prost_types::value::Kind;
+use jimbus_proto::free_form::value::Kind;
 
 fn one(body: &str) -> jimbus_proto::events::Event {
     let mut decoded = decode_body(body.as_bytes(), Endpoint::Single).unwrap();
@@ -14,7 +14,7 @@ fn one(body: &str) -> jimbus_proto::events::Event {
 
 fn extra_text(event: &jimbus_proto::events::Event, key: &str) -> String {
     match &event.extra.as_ref().unwrap().fields[key].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
+        Some(Kind::StringValue(s)) => s.to_string(),
         other => panic!("{key} is not a string: {other:?}"),
     }
 }

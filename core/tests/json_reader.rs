@@ -1,15 +1,15 @@
 //! The dialect reader on its own: numbers, strings, keys, depth and offsets.
 use jimbus_core::json::*;
-use prost_types::value::Kind as ValueKind;
+use jimbus_proto::free_form::value::Kind as ValueKind;
 
-fn read_value(text: &str) -> Result<prost_types::Value, JsonError> {
+fn read_value(text: &str) -> Result<jimbus_proto::free_form::Value, JsonError> {
     let mut r = Reader::new(text.as_bytes());
     let v = r.value()?;
     r.finish()?;
     Ok(v)
 }
 
-fn number(v: &prost_types::Value) -> f64 {
+fn number(v: &jimbus_proto::free_form::Value) -> f64 {
     match v.kind {
         Some(ValueKind::NumberValue(n)) => n,
         _ => panic!("not a number: {v:?}"),
@@ -30,7 +30,7 @@ fn reads_lua_numbers_and_non_finite_tokens() {
 
 #[test]
 fn non_finite_values_become_protobuf_json_strings() {
-    let text = |v: prost_types::Value| match v.kind {
+    let text = |v: jimbus_proto::free_form::Value| match v.kind {
         Some(ValueKind::StringValue(s)) => s,
         other => panic!("not a string: {other:?}"),
     };

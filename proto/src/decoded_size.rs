@@ -68,9 +68,9 @@ pub fn type_size(message: &MessageDescriptor) -> usize {
     use std::mem::size_of;
     generated_size(message.full_name())
         .or(match message.full_name() {
-            "google.protobuf.Struct" => Some(size_of::<prost_types::Struct>()),
-            "google.protobuf.Value" => Some(size_of::<prost_types::Value>()),
-            "google.protobuf.ListValue" => Some(size_of::<prost_types::ListValue>()),
+            "google.protobuf.Struct" => Some(size_of::<crate::free_form::Struct>()),
+            "google.protobuf.Value" => Some(size_of::<crate::free_form::Value>()),
+            "google.protobuf.ListValue" => Some(size_of::<crate::free_form::ListValue>()),
             "google.protobuf.Timestamp" => Some(size_of::<prost_types::Timestamp>()),
             "google.protobuf.Duration" => Some(size_of::<prost_types::Duration>()),
             _ => None,

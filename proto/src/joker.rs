@@ -9,7 +9,8 @@
 //! against a prost-derived twin). This module must never change the wire
 //! format or the field names the generated code had.
 
-pub use compact_str::CompactString;
+use crate::inline_text;
+use compact_str::CompactString;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::DecodeError;
@@ -24,7 +25,7 @@ pub struct Joker {
     /// 1-based slot, 0 when unknown (field 3). rule: min=0, max=1000
     pub position: i32,
     /// Payload keys the schema does not name (field 15).
-    pub extra: Option<prost_types::Struct>,
+    pub extra: Option<crate::free_form::Struct>,
 }
 
 impl std::fmt::Debug for Joker {
@@ -45,8 +46,8 @@ const EXTRA: u32 = 15;
 
 impl prost::Message for Joker {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_text(NAME, &self.name, buf);
-        encode_text(ID, &self.id, buf);
+        inline_text::encode(NAME, &self.name, false, buf);
+        inline_text::encode(ID, &self.id, false, buf);
         if self.position != 0 {
             encoding::int32::encode(POSITION, &self.position, buf);
         }
@@ -63,8 +64,8 @@ impl prost::Message for Joker {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            NAME => merge_text(&mut self.name, wire_type, buf, ctx).map_err(|e| in_field(e, "name")),
-            ID => merge_text(&mut self.id, wire_type, buf, ctx).map_err(|e| in_field(e, "id")),
+            NAME => inline_text::merge(&mut self.name, wire_type, buf, ctx).map_err(|e| in_field(e, "name")),
+            ID => inline_text::merge(&mut self.id, wire_type, buf, ctx).map_err(|e| in_field(e, "id")),
             POSITION => {
                 encoding::int32::merge(wire_type, &mut self.position, buf, ctx).map_err(|e| in_field(e, "position"))
             }
@@ -75,8 +76,8 @@ impl prost::Message for Joker {
     }
 
     fn encoded_len(&self) -> usize {
-        text_len(NAME, &self.name)
-            + text_len(ID, &self.id)
+        inline_text::encoded_len(NAME, &self.name, false)
+            + inline_text::encoded_len(ID, &self.id, false)
             + if self.position != 0 { encoding::int32::encoded_len(POSITION, &self.position) } else { 0 }
             + self.extra.as_ref().map_or(0, |extra| encoding::message::encoded_len(EXTRA, extra))
     }
@@ -84,38 +85,6 @@ impl prost::Message for Joker {
     fn clear(&mut self) {
         *self = Self::default();
     }
-}
-
-/// A string field, left out when empty (proto3).
-fn encode_text(tag: u32, text: &str, buf: &mut impl BufMut) {
-    if !text.is_empty() {
-        encoding::encode_key(tag, WireType::LengthDelimited, buf);
-        encoding::encode_varint(text.len() as u64, buf);
-        buf.put_slice(text.as_bytes());
-    }
-}
-
-fn text_len(tag: u32, text: &str) -> usize {
-    if text.is_empty() {
-        0
-    } else {
-        encoding::key_len(tag) + encoding::encoded_len_varint(text.len() as u64) + text.len()
-    }
-}
-
-/// Decodes a string field with prost's own checks (wire type, length, UTF-8),
-/// then holds it inline when it is short. Only clients decode jokers: the
-/// server reads them from JSON.
-fn merge_text(
-    into: &mut CompactString,
-    wire_type: WireType,
-    buf: &mut impl Buf,
-    ctx: DecodeContext,
-) -> Result<(), DecodeError> {
-    let mut text = String::new();
-    encoding::string::merge(wire_type, &mut text, buf, ctx)?;
-    *into = CompactString::from(text);
-    Ok(())
 }
 
 fn in_field(mut error: DecodeError, field: &'static str) -> DecodeError {

@@ -9,6 +9,8 @@ pub mod capped_ack;
 pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
+pub mod free_form;
+mod inline_text;
 pub mod joker;
 pub mod validate;
 pub mod wire;

@@ -156,8 +156,8 @@ const EVENT_LEVEL: usize = 2;
 pub const MAX_EVENT_BYTES: usize = 2 << 20;
 
 /// How many levels a `Value` takes, counting itself and every message below it.
-fn value_depth(value: &prost_types::Value, non_finite: &mut bool) -> usize {
-    use prost_types::value::Kind;
+fn value_depth(value: &crate::free_form::Value, non_finite: &mut bool) -> usize {
+    use crate::free_form::value::Kind;
     1 + match &value.kind {
         Some(Kind::StructValue(s)) => struct_depth(s, non_finite),
         Some(Kind::ListValue(l)) => 1 + l.values.iter().map(|v| value_depth(v, non_finite)).max().unwrap_or(0),
@@ -170,7 +170,7 @@ fn value_depth(value: &prost_types::Value, non_finite: &mut bool) -> usize {
 }
 
 /// Levels of a `Struct`: itself, then a map entry and a `Value` per key.
-fn struct_depth(s: &prost_types::Struct, non_finite: &mut bool) -> usize {
+fn struct_depth(s: &crate::free_form::Struct, non_finite: &mut bool) -> usize {
     1 + s.fields.values().map(|v| 1 + value_depth(v, non_finite)).max().unwrap_or(0)
 }
 
@@ -178,7 +178,7 @@ fn struct_depth(s: &prost_types::Struct, non_finite: &mut bool) -> usize {
 /// [`MAX_DELIVERY_DEPTH`] messages, and it holds no inf or nan number (protobuf
 /// JSON cannot write one in a `Value`; the schema's Limits paragraph says how
 /// jimbus carries them).
-pub fn check_struct(s: &prost_types::Struct, path: &mut FieldPath, out: &mut Vec<Violation>) {
+pub fn check_struct(s: &crate::free_form::Struct, path: &mut FieldPath, out: &mut Vec<Violation>) {
     let mut non_finite = false;
     let below = struct_depth(s, &mut non_finite) - 1;
     let level = EVENT_LEVEL + path.message_depth();

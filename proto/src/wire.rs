@@ -11,7 +11,8 @@
 //! message: records, dedup keys and golden files compare encodings, and
 //! proto/tests/wire.rs checks it on random messages of every type.
 
-use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value};
+use crate::free_form::{value::Kind, ListValue, Struct, Value};
+use prost_types::Timestamp;
 
 /// A message that can write its fields (without a length before them).
 pub trait Write {

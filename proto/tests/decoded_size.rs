@@ -5,9 +5,9 @@
 
 use jimbus_proto::decoded_size::heap_of;
 use jimbus_proto::events as pb;
+use jimbus_proto::free_form::value::Kind;
 use proptest::prelude::*;
 use prost::Message;
-use prost_types::value::Kind;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -50,22 +50,28 @@ fn event_descriptor() -> prost_reflect::MessageDescriptor {
     jimbus_proto::descriptor_pool().get_message_by_name("jimbot.events.v1.Event").unwrap()
 }
 
-fn value() -> impl Strategy<Value = prost_types::Value> {
+fn free_form(
+    fields: std::collections::BTreeMap<String, jimbus_proto::free_form::Value>,
+) -> jimbus_proto::free_form::Struct {
+    jimbus_proto::free_form::Struct { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect() }
+}
+
+fn value() -> impl Strategy<Value = jimbus_proto::free_form::Value> {
     let leaf = prop_oneof![
         Just(Kind::NullValue(0)),
         any::<f64>().prop_map(Kind::NumberValue),
-        "[a-z]{0,40}".prop_map(Kind::StringValue),
+        "[a-z]{0,40}".prop_map(|s: String| Kind::StringValue(s.into())),
         any::<bool>().prop_map(Kind::BoolValue),
     ]
-    .prop_map(|kind| prost_types::Value { kind: Some(kind) });
+    .prop_map(|kind| jimbus_proto::free_form::Value { kind: Some(kind) });
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..40)
-                .prop_map(|values| Kind::ListValue(prost_types::ListValue { values })),
+                .prop_map(|values| Kind::ListValue(jimbus_proto::free_form::ListValue { values })),
             proptest::collection::btree_map("[a-z]{0,6}", inner, 0..12)
-                .prop_map(|fields| Kind::StructValue(prost_types::Struct { fields })),
+                .prop_map(|fields| Kind::StructValue(free_form(fields))),
         ]
-        .prop_map(|kind| prost_types::Value { kind: Some(kind) })
+        .prop_map(|kind| jimbus_proto::free_form::Value { kind: Some(kind) })
     })
 }
 
@@ -82,7 +88,7 @@ fn event() -> impl Strategy<Value = pb::Event> {
         pb::Event {
             event_type: "GAME_STATE".into(),
             metadata,
-            extra: Some(prost_types::Struct { fields: extra }),
+            extra: Some(free_form(extra)),
             payload: Some(pb::event::Payload::GameState(state)),
             ..Default::default()
         }
@@ -101,12 +107,14 @@ proptest! {
 
 #[test]
 fn lists_of_empty_messages_are_counted_at_their_decoded_size() {
-    let empty_values = vec![prost_types::Value::default(); 100_000];
-    let list = prost_types::Value { kind: Some(Kind::ListValue(prost_types::ListValue { values: empty_values })) };
+    let empty_values = vec![jimbus_proto::free_form::Value::default(); 100_000];
+    let list = jimbus_proto::free_form::Value {
+        kind: Some(Kind::ListValue(jimbus_proto::free_form::ListValue { values: empty_values })),
+    };
     let jokers = vec![pb::Joker::default(); 100_000];
     let state = pb::GameStateEvent { jokers, ..Default::default() };
     let event = pb::Event {
-        extra: Some(prost_types::Struct { fields: [("l".to_string(), list)].into() }),
+        extra: Some(jimbus_proto::free_form::Struct { fields: [("l".into(), list)].into() }),
         payload: Some(pb::event::Payload::GameState(state)),
         ..Default::default()
     };

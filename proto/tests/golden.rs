@@ -45,10 +45,12 @@ fn golden() -> bus::PublishRequest {
         jokers,
         ..Default::default()
     };
-    let extra = prost_types::Struct {
+    let extra = jimbus_proto::free_form::Struct {
         fields: [(
-            "levels".to_string(),
-            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("1".into())) },
+            "levels".into(),
+            jimbus_proto::free_form::Value {
+                kind: Some(jimbus_proto::free_form::value::Kind::StringValue("1".into())),
+            },
         )]
         .into(),
     };

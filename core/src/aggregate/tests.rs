@@ -5,21 +5,27 @@
 
 use super::*;
 use jimbus_proto::events::event::Payload;
+use jimbus_proto::free_form::{value::Kind as ValueKind, Struct, Value};
 use proptest::prelude::*;
-use prost_types::{value::Kind as ValueKind, Struct, Value};
 
 /// Extra keys: strings, numbers and one level of nesting, so that replacing
 /// a key can shrink or grow its entry.
 fn extra() -> impl Strategy<Value = Option<Struct>> {
-    let leaf =
-        prop_oneof!["[a-z ]{0,12}".prop_map(ValueKind::StringValue), any::<f64>().prop_map(ValueKind::NumberValue),];
+    let leaf = prop_oneof![
+        "[a-z ]{0,12}".prop_map(|s: String| ValueKind::StringValue(s.into())),
+        any::<f64>().prop_map(ValueKind::NumberValue),
+    ];
     let value = prop_oneof![
         leaf.clone(),
         proptest::collection::btree_map("[a-z]{0,4}", leaf.prop_map(|k| Value { kind: Some(k) }), 0..3)
-            .prop_map(|fields| ValueKind::StructValue(Struct { fields })),
+            .prop_map(|fields| ValueKind::StructValue(free_form(fields))),
     ];
     let fields = proptest::collection::btree_map("[a-c]{0,2}", value.prop_map(|k| Value { kind: Some(k) }), 0..4);
-    proptest::option::of(fields.prop_map(|fields| Struct { fields }))
+    proptest::option::of(fields.prop_map(free_form))
+}
+
+fn free_form(fields: std::collections::BTreeMap<String, Value>) -> Struct {
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect() }
 }
 
 /// A partial game state, as the mod sends one: any field may be absent.

@@ -11,7 +11,7 @@
 
 use super::{JsonError, Kind, Reader};
 use jimbus_proto::decoded_size::{FIRST_SLOTS, SLACK};
-use prost_types::value::Kind as ValueKind;
+use jimbus_proto::free_form::{value::Kind as ValueKind, CompactString, ListValue, Struct, Value};
 use std::collections::BTreeMap;
 
 /// Memory of one `Value`: its own 32 bytes in a list or map that grows by
@@ -61,7 +61,7 @@ impl Reader<'_> {
     }
 
     /// Reads one value into a protobuf `Value`, for keys that have no typed field.
-    pub fn value(&mut self) -> Result<prost_types::Value, JsonError> {
+    pub fn value(&mut self) -> Result<Value, JsonError> {
         self.note_built(HELD_PER_VALUE)?;
         let kind = match self.peek()? {
             Kind::Object => ValueKind::StructValue(self.object_value()?),
@@ -71,9 +71,9 @@ impl Reader<'_> {
                     values.push(r.value()?);
                     Ok::<_, JsonError>(())
                 })?;
-                ValueKind::ListValue(prost_types::ListValue { values })
+                ValueKind::ListValue(ListValue { values })
             }
-            Kind::String => ValueKind::StringValue(self.string()?.into_owned()),
+            Kind::String => ValueKind::StringValue(CompactString::from(self.string()?)),
             // Protobuf JSON cannot write inf or nan in a Value, so they are kept
             // as the strings it writes for such doubles (DIALECT.md).
             Kind::Number => match self.number()? {
@@ -87,17 +87,17 @@ impl Reader<'_> {
                 ValueKind::NullValue(0)
             }
         };
-        Ok(prost_types::Value { kind: Some(kind) })
+        Ok(Value { kind: Some(kind) })
     }
 
     /// Reads an object into a protobuf `Struct`.
-    pub fn object_value(&mut self) -> Result<prost_types::Struct, JsonError> {
+    pub fn object_value(&mut self) -> Result<Struct, JsonError> {
         self.note_built(HELD_PER_STRUCT)?;
         let mut fields = BTreeMap::new();
         self.object(|r, key| {
-            fields.insert(key.into_owned(), r.value()?);
+            fields.insert(CompactString::from(key), r.value()?);
             Ok::<_, JsonError>(())
         })?;
-        Ok(prost_types::Struct { fields })
+        Ok(Struct { fields })
     }
 }

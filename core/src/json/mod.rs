@@ -4,7 +4,7 @@
 //! `-inf`, `nan`, `-nan` (and `Infinity`/`NaN`), raw control characters inside
 //! strings, and unescaped object keys where they can be read unambiguously. Strings
 //! are borrowed from the buffer unless they contain escapes. The reader never builds
-//! a tree for the caller; [`Reader::value`] builds a `prost_types::Value` only where
+//! a tree for the caller; [`Reader::value`] builds a protobuf `Value` only where
 //! the caller asks for one (unknown keys). It must never guess: input that has two
 //! readings is a [`JsonError`] with the byte offset.
 

@@ -116,7 +116,10 @@ async fn grpc_structs_with_non_finite_numbers_are_rejected() {
     .remove(0)
     .event;
     let extra = event.extra.as_mut().unwrap();
-    extra.fields.insert("x".into(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)) });
+    extra.fields.insert(
+        "x".into(),
+        jimbus_proto::free_form::Value { kind: Some(jimbus_proto::free_form::value::Kind::NumberValue(f64::NAN)) },
+    );
     let answer = client.publish(jimbus_proto::bus::PublishRequest { events: vec![*event] }).await.unwrap().into_inner();
     assert_eq!(answer.accepted, 0);
     assert!(answer.rejected[0].error.contains("finite"), "{answer:?}");

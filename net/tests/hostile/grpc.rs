@@ -143,8 +143,10 @@ async fn a_publish_past_the_memory_budget_is_resource_exhausted() {
     let mut client = server.client().await;
     let big = |i: usize| {
         let mut e = event("budget", i);
-        let text = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("b".repeat(100_000))) };
-        e.extra = Some(prost_types::Struct { fields: [("note".to_string(), text)].into() });
+        let text = jimbus_proto::free_form::Value {
+            kind: Some(jimbus_proto::free_form::value::Kind::StringValue("b".repeat(100_000).into())),
+        };
+        e.extra = Some(jimbus_proto::free_form::Struct { fields: [("note".into(), text)].into() });
         e
     };
     let events: Vec<_> = (0..20).map(big).collect();
@@ -274,10 +276,11 @@ async fn resource_requests_past_the_schemas_limits_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn free_form_values_are_granted_their_decoded_size_before_they_are_decoded() {
     let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(64u64 << 20).to_string()]);
-    let values = prost_types::ListValue { values: vec![prost_types::Value::default(); 1_000_000] };
-    let list = prost_types::Value { kind: Some(prost_types::value::Kind::ListValue(values)) };
+    let values =
+        jimbus_proto::free_form::ListValue { values: vec![jimbus_proto::free_form::Value::default(); 1_000_000] };
+    let list = jimbus_proto::free_form::Value { kind: Some(jimbus_proto::free_form::value::Kind::ListValue(values)) };
     let mut big = event("values", 1);
-    big.extra = Some(prost_types::Struct { fields: [("list".to_string(), list)].into() });
+    big.extra = Some(jimbus_proto::free_form::Struct { fields: [("list".into(), list)].into() });
     let body = prost::Message::encode_to_vec(&bus::PublishRequest { events: vec![big] });
     all_refused_for_memory(&server, &body, 4, 96).await;
 }
