@@ -226,6 +226,11 @@ pub fn list<'a, T>(r: &mut Reader<'a>, mut item: impl FnMut(&mut Reader<'a>) -> 
     r.array(|r, i| {
         // Counted before the element is read: a reading past its allowance stops here.
         r.note_built(json::list_slot_bytes::<T>(i))?;
+        if i == 0 {
+            // Room for eight at once: a game's five jokers (or a hand) is one
+            // allocation, where a `Vec` grown from four took two.
+            out.reserve_exact(json::FIRST_LIST_SLOTS);
+        }
         out.push(item(r).map_err(|e| e.within(&format!("[{i}]")))?);
         Ok::<_, FieldError>(())
     })?;
@@ -539,6 +544,20 @@ mod tests {
 
     fn event(body: &str) -> Result<pb::Event> {
         read_event(&mut Reader::new(body.as_bytes())).map(|e| *e)
+    }
+
+    /// What a typed list counts as built covers the most its `Vec` holds at
+    /// once: its first room, then, as it doubles, the old and new buffers.
+    #[test]
+    fn a_list_counts_at_least_the_room_it_holds() {
+        for n in 0..40 {
+            let body = format!("[{}]", vec!["{}"; n].join(","));
+            let mut r = Reader::new(body.as_bytes());
+            let jokers = list(&mut r, joker).unwrap();
+            let room = jokers.capacity() * std::mem::size_of::<pb::Joker>();
+            let peak = if jokers.capacity() > json::FIRST_LIST_SLOTS { room + room / 2 } else { room };
+            assert!(r.built_bytes() >= peak, "{n} jokers: {} counted, {peak} held", r.built_bytes());
+        }
     }
 
     #[test]

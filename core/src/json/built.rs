@@ -10,7 +10,7 @@
 //! must never build anything it has not counted first.
 
 use super::{JsonError, Kind, Reader};
-use jimbus_proto::decoded_size::{FIRST_SLOTS, SLACK};
+use jimbus_proto::decoded_size::SLACK;
 use jimbus_proto::free_form::{value::Kind as ValueKind, CompactString, ListValue, Struct, Value};
 use std::collections::BTreeMap;
 
@@ -22,12 +22,18 @@ pub const HELD_PER_VALUE: usize = 160;
 /// entries for its first key.
 pub const HELD_PER_STRUCT: usize = 640;
 
+/// The room a typed list takes at its first element (`adapt::list`), so that
+/// a game's five jokers are one allocation; a `Vec` grown from nothing takes
+/// four, then eight.
+pub const FIRST_LIST_SLOTS: usize = 8;
+
 /// The most memory the slot of element `index` in a growing `Vec<T>` can
-/// add: summed over a list's elements, it covers the list's peak. The model
-/// of a `Vec`'s growth is the one the gRPC edge's decoded sizes use
-/// (`jimbus_proto::decoded_size`); the first element counts its own slack too.
+/// add: summed over a list's elements, it covers the list's peak. Past its
+/// first [`FIRST_LIST_SLOTS`], the list grows by doubling, as the gRPC edge's
+/// decoded sizes model it (`jimbus_proto::decoded_size`: old and new buffer
+/// both live); the first element counts its own slack too.
 pub fn list_slot_bytes<T>(index: usize) -> usize {
-    let slots = if index == 0 { FIRST_SLOTS + SLACK } else { SLACK };
+    let slots = if index == 0 { FIRST_LIST_SLOTS + SLACK } else { SLACK };
     slots * std::mem::size_of::<T>()
 }
 

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 mod built;
-pub use built::{list_slot_bytes, HELD_PER_STRUCT, HELD_PER_VALUE};
+pub use built::{list_slot_bytes, FIRST_LIST_SLOTS, HELD_PER_STRUCT, HELD_PER_VALUE};
 
 /// Deeper nesting than this is refused rather than risking the stack.
 pub const MAX_DEPTH: u32 = 512;
