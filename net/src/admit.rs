@@ -64,6 +64,9 @@ pub struct Admission<'a> {
     pub peer: Option<IpAddr>,
     /// The body's envelope (session, source, batch id); empty over gRPC.
     pub envelope: &'a Envelope,
+    /// How many entries the request holds: room for its items is taken once,
+    /// not grown by doubling.
+    pub entries: usize,
 }
 
 /// One event entering admission: its place in the request, the event or why
@@ -112,6 +115,7 @@ pub fn admit<R>(
     });
     let added_bytes = request.added_bytes();
     let mut admitted = Admitted::default();
+    admitted.items.reserve_exact(admission.entries);
     let mut derived = DerivedSession::default();
     for Entry { index, event, raw, json_len } in entries {
         let refused = match event {

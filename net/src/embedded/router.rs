@@ -39,6 +39,13 @@ impl ShardRouter {
 
     /// Splits `items` by owning shard, keeping each item's place in the request.
     fn split(&self, items: Vec<AppendItem>) -> Vec<(usize, Vec<usize>, Vec<AppendItem>)> {
+        // Nearly always every item of a request has one session, hence one
+        // shard: the request goes whole, without growing new lists for it.
+        if let Some(first) = items.first().map(AppendItem::session) {
+            if items.iter().all(|item| item.session() == first) {
+                return vec![(self.shard_for(first), (0..items.len()).collect(), items)];
+            }
+        }
         let mut parts: Vec<(usize, Vec<usize>, Vec<AppendItem>)> = Vec::new();
         for (place, item) in items.into_iter().enumerate() {
             let shard = self.shard_for(item.session());
@@ -187,5 +194,41 @@ impl Bus for ShardRouter {
             }
             Ok(totals.into_iter().collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jimbus_core::stamps::RequestStamps;
+    use jimbus_proto::events as pb;
+    use proptest::prelude::*;
+
+    fn item(session: &str, stamps: &Arc<RequestStamps>) -> AppendItem {
+        AppendItem::Event(Box::new(pb::Event { session_id: session.into(), ..Default::default() }), stamps.clone())
+    }
+
+    proptest! {
+        /// Every item lands once, on its session's shard, in request order
+        /// within its part; a request of one session goes whole.
+        #[test]
+        fn split_keeps_every_item_on_its_shard_in_order(sessions in prop::collection::vec("[a-d]", 0..40)) {
+            let (router, _queues) = super::super::queues(4, 1);
+            let stamps = Arc::new(RequestStamps::default());
+            let parts = router.split(sessions.iter().map(|s| item(s, &stamps)).collect());
+            let mut seen = vec![false; sessions.len()];
+            for (shard, places, items) in &parts {
+                prop_assert_eq!(places.len(), items.len());
+                prop_assert!(places.windows(2).all(|w| w[0] < w[1]));
+                for (&place, item) in places.iter().zip(items) {
+                    prop_assert_eq!(item.session(), sessions[place].as_str());
+                    prop_assert_eq!(router.shard_for(item.session()), *shard);
+                    prop_assert!(!std::mem::replace(&mut seen[place], true));
+                }
+            }
+            prop_assert!(seen.iter().all(|&s| s));
+            let distinct: std::collections::BTreeSet<_> = sessions.iter().map(|s| router.shard_for(s)).collect();
+            prop_assert_eq!(parts.len(), distinct.len());
+        }
     }
 }

@@ -216,8 +216,13 @@ impl BusService {
         rejected: &mut Vec<bus::Rejection>,
     ) -> Result<BusFuture<Vec<ItemOutcome>>, Status> {
         let envelope = Envelope::default();
-        let admission =
-            admit::Admission { request_id: correlation, received_us: now_micros(), peer: None, envelope: &envelope };
+        let admission = admit::Admission {
+            request_id: correlation,
+            received_us: now_micros(),
+            peer: None,
+            envelope: &envelope,
+            entries: events.len(),
+        };
         let entries = events.into_iter().enumerate().map(|(i, event)| admit::Entry {
             index: first_index as usize + i,
             event: Ok(Box::new(event)),

@@ -61,6 +61,7 @@ pub fn prepare(
     letter: &dyn Fn(String, Bytes, String) -> AppendItem,
 ) -> (Vec<AppendItem>, Vec<(usize, String)>) {
     let envelope = decoded.envelope;
+    let entries = decoded.events.len() + decoded.rejected.len();
     // Both lists are in index order: merged one item at a time, since a
     // merged copy of a large batch would double what it holds.
     let mut events = decoded.events.into_iter().peekable();
@@ -77,7 +78,8 @@ pub fn prepare(
         (None, None) => None,
     });
     let peer = peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let admission = admit::Admission { request_id, received_us: received, peer: Some(peer), envelope: &envelope };
+    let admission =
+        admit::Admission { request_id, received_us: received, peer: Some(peer), envelope: &envelope, entries };
     let mut letters = crate::http::guard::Letters::default();
     let mut admitted = admit::admit(&admission, ordered, |index, refusal, raw, session| {
         letters.admit(index).then(|| letter(message_of(index, refusal), body.slice(raw), session))
