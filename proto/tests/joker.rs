@@ -94,3 +94,14 @@ fn a_later_field_replaces_an_earlier_one_and_clear_empties() {
     joker.clear();
     assert_eq!(joker, pb::Joker::default());
 }
+
+/// The schema's `Joker` has exactly the fields the hand-written type knows:
+/// a field added to the schema must be added to src/joker.rs too, or it would
+/// be skipped when decoded and never written.
+#[test]
+fn the_schema_s_joker_has_the_fields_the_hand_written_one_has() {
+    let joker = jimbus_proto::descriptor_pool().get_message_by_name("jimbot.events.v1.Joker").expect("in the schema");
+    let fields: Vec<(u32, String)> = joker.fields().map(|f| (f.number(), f.name().to_string())).collect();
+    let known = [(1, "name"), (2, "id"), (3, "position"), (15, "extra")].map(|(n, name)| (n, name.to_string()));
+    assert_eq!(fields, known, "update proto/src/joker.rs to the schema");
+}
