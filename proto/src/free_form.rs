@@ -11,7 +11,7 @@
 //! checks it against `prost_types` on random values. This module must never
 //! change the wire format.
 
-use crate::inline_text;
+use crate::hand_written::{encode_text, in_field, merge_text, text_len};
 pub use compact_str::CompactString;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, btree_map, message, DecodeContext, WireType};
@@ -66,11 +66,11 @@ use value::Kind;
 const FIELDS: u32 = 1;
 
 fn key_encode(tag: u32, key: &CompactString, buf: &mut impl BufMut) {
-    inline_text::encode(tag, key, false, buf);
+    encode_text(tag, key, false, buf);
 }
 
 fn key_len(tag: u32, key: &CompactString) -> usize {
-    inline_text::encoded_len(tag, key, false)
+    text_len(tag, key, false)
 }
 
 fn key_merge(
@@ -79,7 +79,7 @@ fn key_merge(
     buf: &mut impl Buf,
     ctx: DecodeContext,
 ) -> Result<(), DecodeError> {
-    inline_text::merge(key, wire_type, buf, ctx)
+    merge_text(key, wire_type, buf, ctx)
 }
 
 impl prost::Message for Struct {
@@ -95,10 +95,8 @@ impl prost::Message for Struct {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if tag == FIELDS {
-            btree_map::merge(key_merge, message::merge, &mut self.fields, buf, ctx).map_err(|mut e| {
-                e.push("Struct", "fields");
-                e
-            })
+            btree_map::merge(key_merge, message::merge, &mut self.fields, buf, ctx)
+                .map_err(in_field("Struct", "fields"))
         } else {
             encoding::skip_field(wire_type, tag, buf, ctx)
         }
@@ -126,10 +124,7 @@ impl prost::Message for ListValue {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if tag == FIELDS {
-            message::merge_repeated(wire_type, &mut self.values, buf, ctx).map_err(|mut e| {
-                e.push("ListValue", "values");
-                e
-            })
+            message::merge_repeated(wire_type, &mut self.values, buf, ctx).map_err(in_field("ListValue", "values"))
         } else {
             encoding::skip_field(wire_type, tag, buf, ctx)
         }
@@ -150,7 +145,7 @@ impl prost::Message for Value {
         match &self.kind {
             Some(Kind::NullValue(n)) => encoding::int32::encode(1, n, buf),
             Some(Kind::NumberValue(n)) => encoding::double::encode(2, n, buf),
-            Some(Kind::StringValue(s)) => inline_text::encode(3, s, true, buf),
+            Some(Kind::StringValue(s)) => encode_text(3, s, true, buf),
             Some(Kind::BoolValue(b)) => encoding::bool::encode(4, b, buf),
             Some(Kind::StructValue(s)) => message::encode(5, s, buf),
             Some(Kind::ListValue(l)) => message::encode(6, l, buf),
@@ -165,17 +160,14 @@ impl prost::Message for Value {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        merge_kind(&mut self.kind, tag, wire_type, buf, ctx).map_err(|mut e| {
-            e.push("Value", "kind");
-            e
-        })
+        merge_kind(&mut self.kind, tag, wire_type, buf, ctx).map_err(in_field("Value", "kind"))
     }
 
     fn encoded_len(&self) -> usize {
         match &self.kind {
             Some(Kind::NullValue(n)) => encoding::int32::encoded_len(1, n),
             Some(Kind::NumberValue(n)) => encoding::double::encoded_len(2, n),
-            Some(Kind::StringValue(s)) => inline_text::encoded_len(3, s, true),
+            Some(Kind::StringValue(s)) => text_len(3, s, true),
             Some(Kind::BoolValue(b)) => encoding::bool::encoded_len(4, b),
             Some(Kind::StructValue(s)) => message::encoded_len(5, s),
             Some(Kind::ListValue(l)) => message::encoded_len(6, l),
@@ -210,7 +202,7 @@ fn merge_kind(
         }
         3 => {
             let mut s = CompactString::default();
-            inline_text::merge(&mut s, wire_type, buf, ctx)?;
+            merge_text(&mut s, wire_type, buf, ctx)?;
             *kind = Some(Kind::StringValue(s));
         }
         4 => {

@@ -9,7 +9,7 @@
 //! against a prost-derived twin). This module must never change the wire
 //! format or the field names the generated code had.
 
-use crate::inline_text;
+use crate::hand_written::{encode_text, in_field, merge_text, text_len};
 use compact_str::CompactString;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -46,8 +46,8 @@ const EXTRA: u32 = 15;
 
 impl prost::Message for Joker {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        inline_text::encode(NAME, &self.name, false, buf);
-        inline_text::encode(ID, &self.id, false, buf);
+        encode_text(NAME, &self.name, false, buf);
+        encode_text(ID, &self.id, false, buf);
         if self.position != 0 {
             encoding::int32::encode(POSITION, &self.position, buf);
         }
@@ -64,20 +64,20 @@ impl prost::Message for Joker {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            NAME => inline_text::merge(&mut self.name, wire_type, buf, ctx).map_err(|e| in_field(e, "name")),
-            ID => inline_text::merge(&mut self.id, wire_type, buf, ctx).map_err(|e| in_field(e, "id")),
+            NAME => merge_text(&mut self.name, wire_type, buf, ctx).map_err(in_field("Joker", "name")),
+            ID => merge_text(&mut self.id, wire_type, buf, ctx).map_err(in_field("Joker", "id")),
             POSITION => {
-                encoding::int32::merge(wire_type, &mut self.position, buf, ctx).map_err(|e| in_field(e, "position"))
+                encoding::int32::merge(wire_type, &mut self.position, buf, ctx).map_err(in_field("Joker", "position"))
             }
             EXTRA => encoding::message::merge(wire_type, self.extra.get_or_insert_with(Default::default), buf, ctx)
-                .map_err(|e| in_field(e, "extra")),
+                .map_err(in_field("Joker", "extra")),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        inline_text::encoded_len(NAME, &self.name, false)
-            + inline_text::encoded_len(ID, &self.id, false)
+        text_len(NAME, &self.name, false)
+            + text_len(ID, &self.id, false)
             + if self.position != 0 { encoding::int32::encoded_len(POSITION, &self.position) } else { 0 }
             + self.extra.as_ref().map_or(0, |extra| encoding::message::encoded_len(EXTRA, extra))
     }
@@ -85,9 +85,4 @@ impl prost::Message for Joker {
     fn clear(&mut self) {
         *self = Self::default();
     }
-}
-
-fn in_field(mut error: DecodeError, field: &'static str) -> DecodeError {
-    error.push("Joker", field);
-    error
 }

@@ -10,7 +10,7 @@ pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
 pub mod free_form;
-mod inline_text;
+mod hand_written;
 pub mod joker;
 pub mod validate;
 pub mod wire;

@@ -1,7 +1,8 @@
-//! The protobuf encoding of a `string` field held in a [`CompactString`]
-//! (inline up to 24 bytes), for the hand-written messages ([`crate::joker`],
-//! [`crate::free_form`]): prost's `string` functions take a `String`. It must
-//! never encode differently from them.
+//! What the hand-written messages ([`crate::joker`], [`crate::free_form`])
+//! share: the protobuf encoding of a `string` field held in a
+//! [`CompactString`] (inline up to 24 bytes), since prost's `string`
+//! functions take a `String`, and the field path of a decoding error. It must
+//! never encode differently from prost.
 
 use compact_str::CompactString;
 use prost::bytes::{Buf, BufMut};
@@ -10,7 +11,7 @@ use prost::DecodeError;
 
 /// A field with its key; an empty string is left out (proto3), unless `always`
 /// (a oneof member or a map key, which are written whatever they hold).
-pub(crate) fn encode(tag: u32, text: &str, always: bool, buf: &mut impl BufMut) {
+pub(crate) fn encode_text(tag: u32, text: &str, always: bool, buf: &mut impl BufMut) {
     if always || !text.is_empty() {
         encoding::encode_key(tag, WireType::LengthDelimited, buf);
         encoding::encode_varint(text.len() as u64, buf);
@@ -18,8 +19,8 @@ pub(crate) fn encode(tag: u32, text: &str, always: bool, buf: &mut impl BufMut) 
     }
 }
 
-/// The bytes [`encode`] writes.
-pub(crate) fn encoded_len(tag: u32, text: &str, always: bool) -> usize {
+/// The bytes [`encode_text`] writes.
+pub(crate) fn text_len(tag: u32, text: &str, always: bool) -> usize {
     if always || !text.is_empty() {
         encoding::key_len(tag) + encoding::encoded_len_varint(text.len() as u64) + text.len()
     } else {
@@ -30,7 +31,7 @@ pub(crate) fn encoded_len(tag: u32, text: &str, always: bool) -> usize {
 /// Decodes a string field with prost's own checks (wire type, length,
 /// UTF-8), then holds it inline when it is short. Only clients decode these
 /// messages on a hot path: the server builds them from JSON.
-pub(crate) fn merge(
+pub(crate) fn merge_text(
     into: &mut CompactString,
     wire_type: WireType,
     buf: &mut impl Buf,
@@ -40,4 +41,12 @@ pub(crate) fn merge(
     encoding::string::merge(wire_type, &mut text, buf, ctx)?;
     *into = CompactString::from(text);
     Ok(())
+}
+
+/// Names `message.field` in a decoding error's path, as prost's derived code does.
+pub(crate) fn in_field(message: &'static str, field: &'static str) -> impl FnOnce(DecodeError) -> DecodeError {
+    move |mut error| {
+        error.push(message, field);
+        error
+    }
 }
