@@ -46,8 +46,15 @@ def embedded(tmp_path_factory):
         assert durable_subscribe(server.grpc, "trainer", wanted=3) == 3
         expected = ("jimbus_delivery_lag_seconds_count", "jimbus_consumer_oldest_unacked_age_seconds",
                     "jimbus_aggregate_cascade_triggers_count", "jimbus_data_dir_free_bytes")
-        yield wait_until("the load's metrics", lambda: (lambda t: all(n in exported_names(t) for n in expected)
-                                                         and t)(server.metrics()))
+
+        def settled(text: str) -> bool:
+            # A hand is counted when its 100 ms window closes, after its answer
+            # and its raw deliveries: wait for all four hands' triggers, not
+            # only the first window's.
+            return (all(n in exported_names(text) for n in expected)
+                    and sample(text, "jimbus_aggregate_cascade_triggers_sum") >= 20)
+
+        yield wait_until("the load's metrics and its four hands", lambda: (lambda t: settled(t) and t)(server.metrics()))
     finally:
         tail.stop()
         server.stop()
