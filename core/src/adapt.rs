@@ -150,22 +150,15 @@ fn uint64(r: &mut Reader<'_>) -> Result<u64> {
 }
 
 /// A string; numbers are accepted and written as Lua would print integers.
-pub fn text(r: &mut Reader<'_>) -> Result<String> {
+/// Read as a `String`, or as a [`CompactString`] for a field held inline
+/// when short (a joker's name and id).
+pub fn text<T: for<'a> From<Cow<'a, str>> + From<String>>(r: &mut Reader<'_>) -> Result<T> {
     // Not `text_into` a new String, which would be shorter: growing an empty
     // String costs about 200 instructions per event more than `into_owned`
     // (perf/callgrind-ingest.sh: 13,129 against 12,916).
     match r.peek()? {
-        Kind::String => Ok(r.string()?.into_owned()),
-        Kind::Number => format_number(r),
-        _ => Err(mismatch(r, "a string")),
-    }
-}
-
-/// [`text`] for a field held inline when short (a joker's name and id).
-fn short_text(r: &mut Reader<'_>) -> Result<CompactString> {
-    match r.peek()? {
-        Kind::String => Ok(CompactString::from(r.string()?)),
-        Kind::Number => Ok(format_number(r)?.into()),
+        Kind::String => Ok(T::from(r.string()?)),
+        Kind::Number => Ok(T::from(format_number(r)?)),
         _ => Err(mismatch(r, "a string")),
     }
 }
@@ -296,7 +289,7 @@ fn some<T>(read: impl Fn(&mut Reader<'_>) -> Result<T>) -> impl Fn(&mut Reader<'
     move |r| read(r).map(Some)
 }
 
-payload_reader!(joker, pb::Joker { "name" => name: short_text, "id" => id: short_text, "position" => position: int32 });
+payload_reader!(joker, pb::Joker { "name" => name: text, "id" => id: text, "position" => position: int32 });
 payload_reader!(card, pb::Card { "rank" => rank: text, "suit" => suit: text, "enhancements" => enhancements: texts });
 payload_reader!(blind, pb::Blind { "name" => name: text, "chips" => chips: number });
 payload_reader!(deck, pb::DeckSummary { "cards_remaining" => cards_remaining: int32, "size" => size: int32 });
@@ -457,7 +450,7 @@ pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
                 // Any other value (another word, a number) is kept as an unknown
                 // field: read again from where it starts, as the caller expects.
                 let (at, depth) = (r.offset(), r.depth());
-                match text(r).as_deref() {
+                match text::<String>(r).as_deref() {
                     Ok("high") => event.priority = pb::Priority::High as i32,
                     Ok("low") => event.priority = pb::Priority::Low as i32,
                     _ => {

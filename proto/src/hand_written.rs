@@ -10,7 +10,8 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::DecodeError;
 
 /// A field with its key; an empty string is left out (proto3), unless `always`
-/// (a oneof member or a map key, which are written whatever they hold).
+/// (a oneof member, which is written whatever it holds). A map's empty key is
+/// left out by prost's map functions before this is called.
 pub(crate) fn encode_text(tag: u32, text: &str, always: bool, buf: &mut impl BufMut) {
     if always || !text.is_empty() {
         encoding::encode_key(tag, WireType::LengthDelimited, buf);
