@@ -115,10 +115,10 @@ pub enum BodyError {
     Empty,
     /// The JSON cannot be read past `offset`.
     #[error("malformed JSON: {0}")]
-    Syntax(JsonError),
+    Syntax(Box<JsonError>),
     /// The single event, or the envelope, has a field that does not fit.
     #[error("{0}")]
-    Field(FieldError),
+    Field(Box<FieldError>),
     /// The batch holds more than [`Limits::max_events`] events.
     #[error("events: more than {0} events in one request")]
     TooManyEvents(usize),
@@ -151,9 +151,10 @@ impl BodyError {
     }
 }
 
-fn classify(e: FieldError) -> BodyError {
+fn classify(e: Box<FieldError>) -> BodyError {
     if e.syntax {
-        BodyError::Syntax(JsonError { offset: e.offset, reason: e.reason, syntax: true })
+        let FieldError { offset, reason, .. } = *e;
+        BodyError::Syntax(Box::new(JsonError { offset, reason, syntax: true }))
     } else {
         BodyError::Field(e)
     }
@@ -200,15 +201,13 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Resu
     let mut saw_events = false;
     let mut stop = None;
     if r.peek().map_err(BodyError::Syntax)? != Kind::Object {
-        return Err(BodyError::Field(FieldError {
-            path: String::new(),
-            reason: "expected a batch object".into(),
-            offset: r.offset(),
-            syntax: false,
-        }));
+        return Err(BodyError::Field(FieldError::value(r.offset(), "expected a batch object".into())));
     }
     let result = r.object(|r, key| {
-        let in_key = |e: FieldError| FieldError { path: key.to_string(), ..e };
+        let in_key = |mut e: Box<FieldError>| {
+            e.path = key.to_string();
+            e
+        };
         match key.as_ref() {
             "events" => {
                 // A repeated key: the last one wins, here as everywhere (DIALECT.md).
@@ -236,12 +235,12 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Resu
         None => result.map_err(classify)?,
     }
     if !saw_events {
-        return Err(BodyError::Field(FieldError {
+        return Err(BodyError::Field(Box::new(FieldError {
             path: "events".into(),
             reason: "required".into(),
             offset: 0,
             syntax: false,
-        }));
+        })));
     }
     Ok(out)
 }
@@ -252,18 +251,14 @@ fn read_events(
     out: &mut DecodedBody,
     limits: &mut Limits<'_>,
     stop: &mut Option<Stop>,
-) -> Result<(), FieldError> {
+) -> adapt::Result<()> {
     if !matches!(r.peek()?, Kind::Array | Kind::Object) {
         let found = r.peek()?.name();
-        return Err(FieldError {
-            path: String::new(),
-            reason: format!("expected a list, found {found}"),
-            offset: r.offset(),
-            syntax: false,
-        });
+        return Err(FieldError::value(r.offset(), format!("expected a list, found {found}")));
     }
-    let halt =
-        |r: &Reader<'_>| FieldError { path: String::new(), reason: String::new(), offset: r.offset(), syntax: true };
+    let halt = |r: &Reader<'_>| {
+        Box::new(FieldError { path: String::new(), reason: String::new(), offset: r.offset(), syntax: true })
+    };
     let mut reservation = Reservation::new(limits.reserve);
     r.array(|r, index| {
         if index >= limits.max_events {
@@ -284,8 +279,8 @@ fn read_events(
             Err(e) => {
                 r.rewind(start, depth);
                 r.skip()?;
-                let error =
-                    FieldError { path: format!("events[{index}].{}", e.path).trim_end_matches('.').into(), ..e };
+                let mut error = *e;
+                error.path = format!("events[{index}].{}", error.path).trim_end_matches('.').into();
                 out.rejected.push(RejectedEvent { index, error, raw: start..r.offset() });
             }
         }
@@ -337,11 +332,7 @@ impl<'l> Reservation<'l> {
     /// which the event is refused alone (the caller skips it). Then what the
     /// event holds is granted. The error is the caller's refusal, which stops
     /// the body.
-    fn read_event(
-        &mut self,
-        r: &mut Reader<'_>,
-        start: usize,
-    ) -> Result<Result<Box<pb::Event>, FieldError>, BodyError> {
+    fn read_event(&mut self, r: &mut Reader<'_>, start: usize) -> Result<adapt::Result<Box<pb::Event>>, BodyError> {
         let depth = r.depth();
         let mut allowance = FIRST_ALLOWANCE;
         let read = loop {
@@ -359,7 +350,7 @@ impl<'l> Reservation<'l> {
             if allowance > MAX_BUILT_PER_EVENT {
                 self.held += held_bytes(0, 0, false);
                 let reason = format!("needs more than {MAX_BUILT_PER_EVENT} bytes of memory once decoded");
-                break Err(FieldError { path: String::new(), reason, offset: start, syntax: false });
+                break Err(FieldError::value(start, reason));
             }
         };
         r.allow_built(usize::MAX);

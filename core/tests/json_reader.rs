@@ -2,7 +2,7 @@
 use jimbus_core::json::*;
 use jimbus_proto::free_form::value::Kind as ValueKind;
 
-fn read_value(text: &str) -> Result<jimbus_proto::free_form::Value, JsonError> {
+fn read_value(text: &str) -> Result<jimbus_proto::free_form::Value, Box<JsonError>> {
     let mut r = Reader::new(text.as_bytes());
     let v = r.value()?;
     r.finish()?;

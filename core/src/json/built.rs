@@ -48,7 +48,7 @@ impl Reader<'_> {
     /// error so that the reading stops at once; the caller tells it apart
     /// with [`Reader::past_allowance`].
     #[inline]
-    pub fn note_built(&mut self, bytes: usize) -> Result<(), JsonError> {
+    pub fn note_built(&mut self, bytes: usize) -> Result<(), Box<JsonError>> {
         self.built_bytes += bytes;
         if self.built_bytes > self.built_ceiling {
             return Err(self.syntax("the value needs more memory than was allowed for it"));
@@ -67,7 +67,7 @@ impl Reader<'_> {
     }
 
     /// Reads one value into a protobuf `Value`, for keys that have no typed field.
-    pub fn value(&mut self) -> Result<Value, JsonError> {
+    pub fn value(&mut self) -> Result<Value, Box<JsonError>> {
         self.note_built(HELD_PER_VALUE)?;
         let kind = match self.peek()? {
             Kind::Object => ValueKind::StructValue(self.object_value()?),
@@ -75,7 +75,7 @@ impl Reader<'_> {
                 let mut values = Vec::new();
                 self.array(|r, _| {
                     values.push(r.value()?);
-                    Ok::<_, JsonError>(())
+                    Ok::<_, Box<JsonError>>(())
                 })?;
                 ValueKind::ListValue(ListValue { values })
             }
@@ -97,12 +97,12 @@ impl Reader<'_> {
     }
 
     /// Reads an object into a protobuf `Struct`.
-    pub fn object_value(&mut self) -> Result<Struct, JsonError> {
+    pub fn object_value(&mut self) -> Result<Struct, Box<JsonError>> {
         self.note_built(HELD_PER_STRUCT)?;
         let mut fields = BTreeMap::new();
         self.object(|r, key| {
             fields.insert(CompactString::from(key), r.value()?);
-            Ok::<_, JsonError>(())
+            Ok::<_, Box<JsonError>>(())
         })?;
         Ok(Struct { fields })
     }

@@ -16,7 +16,7 @@ pub use built::{list_slot_bytes, FIRST_LIST_SLOTS, HELD_PER_STRUCT, HELD_PER_VAL
 /// Deeper nesting than this is refused rather than risking the stack.
 pub const MAX_DEPTH: u32 = 512;
 
-/// What went wrong, and where.
+/// What went wrong, and where. The reader returns it boxed ([`JsonError::at`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{reason} at byte {offset}")]
 pub struct JsonError {
@@ -37,6 +37,21 @@ pub enum Kind {
     Number,
     Bool,
     Null,
+}
+
+// A string's reading is no larger than its `Cow` (the tag fits in the
+// `Cow`'s spare bits). With the error unboxed, it is not: the build stops here.
+const _: () = assert!(std::mem::size_of::<Result<Cow<'static, str>, Box<JsonError>>>() <= 24);
+
+impl JsonError {
+    /// An error at byte `offset`, boxed as the reader returns it: a `Result`
+    /// holding the 40-byte error inline is copied through memory at every
+    /// `?` of the decoder's hot path (see `adapt::Result` for the measure).
+    /// Cold, so that building one stays out of the callers' inlined code.
+    #[cold]
+    fn at(offset: usize, reason: impl Into<String>, syntax: bool) -> Box<Self> {
+        Box::new(JsonError { offset, reason: reason.into(), syntax })
+    }
 }
 
 impl Kind {
@@ -124,8 +139,9 @@ impl<'a> Reader<'a> {
         &self.buf[start..end]
     }
 
-    fn syntax(&self, reason: impl Into<String>) -> JsonError {
-        JsonError { offset: self.pos, reason: reason.into(), syntax: true }
+    #[cold]
+    fn syntax(&self, reason: impl Into<String>) -> Box<JsonError> {
+        JsonError::at(self.pos, reason, true)
     }
 
     fn skip_ws(&mut self) {
@@ -139,13 +155,13 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn peek_byte(&mut self) -> Result<u8, JsonError> {
+    fn peek_byte(&mut self) -> Result<u8, Box<JsonError>> {
         self.skip_ws();
         self.buf.get(self.pos).copied().ok_or_else(|| self.syntax("unexpected end of body"))
     }
 
     #[inline]
-    fn expect(&mut self, byte: u8) -> Result<(), JsonError> {
+    fn expect(&mut self, byte: u8) -> Result<(), Box<JsonError>> {
         if self.peek_byte()? == byte {
             self.pos += 1;
             Ok(())
@@ -156,7 +172,7 @@ impl<'a> Reader<'a> {
 
     /// The kind of the next value, without consuming it.
     #[inline]
-    pub fn peek(&mut self) -> Result<Kind, JsonError> {
+    pub fn peek(&mut self) -> Result<Kind, Box<JsonError>> {
         Ok(match self.peek_byte()? {
             b'{' => Kind::Object,
             b'[' => Kind::Array,
@@ -169,7 +185,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Checks that nothing but white space follows the document.
-    pub fn finish(&mut self) -> Result<(), JsonError> {
+    pub fn finish(&mut self) -> Result<(), Box<JsonError>> {
         self.skip_ws();
         if self.pos == self.buf.len() {
             Ok(())
@@ -178,7 +194,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn enter(&mut self) -> Result<(), JsonError> {
+    fn enter(&mut self) -> Result<(), Box<JsonError>> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.syntax(format!("nesting deeper than {MAX_DEPTH}")));
@@ -188,7 +204,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an object, calling `on_key` for each key with the reader placed on its
     /// value. `on_key` must consume the value.
-    pub fn object<E: From<JsonError>>(
+    pub fn object<E: From<Box<JsonError>>>(
         &mut self,
         mut on_key: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -217,7 +233,7 @@ impl<'a> Reader<'a> {
     /// Reads an array, calling `on_item` with the index and the reader placed on
     /// each element. The field mod writes an empty list as `{}`, which is accepted
     /// here as an empty array.
-    pub fn array<E: From<JsonError>>(
+    pub fn array<E: From<Box<JsonError>>>(
         &mut self,
         mut on_item: impl FnMut(&mut Self, usize) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -255,7 +271,7 @@ impl<'a> Reader<'a> {
     /// escaped and the literal reading are valid and differ, the body is
     /// ambiguous and refused.
     #[inline]
-    fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
+    fn key(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
         if self.peek_byte()? != b'"' {
             return Err(self.syntax("expected a string key"));
         }
@@ -269,7 +285,7 @@ impl<'a> Reader<'a> {
     /// A key [`Reader::plain_key`] does not read (a backslash or quote in it,
     /// space before its colon), out of line: the usual key's path stays short.
     #[inline(never)]
-    fn unusual_key(&mut self, start: usize) -> Result<Cow<'a, str>, JsonError> {
+    fn unusual_key(&mut self, start: usize) -> Result<Cow<'a, str>, Box<JsonError>> {
         let mut end = start;
         loop {
             let Some(found) = memchr::memchr(b'"', &self.buf[end..]) else {
@@ -306,15 +322,11 @@ impl<'a> Reader<'a> {
         Some(Cow::Borrowed(text))
     }
 
-    fn key_text(&self, start: usize, end: usize) -> Result<Cow<'a, str>, JsonError> {
+    fn key_text(&self, start: usize, end: usize) -> Result<Cow<'a, str>, Box<JsonError>> {
         let raw = &self.buf[start..end];
         let literal = match self.text_of(start, end) {
             Some(text) => text,
-            None => std::str::from_utf8(raw).map_err(|_| JsonError {
-                offset: start,
-                reason: "key is not UTF-8".into(),
-                syntax: true,
-            })?,
+            None => std::str::from_utf8(raw).map_err(|_| JsonError::at(start, "key is not UTF-8", true))?,
         };
         if !raw.contains(&b'\\') {
             return Ok(Cow::Borrowed(literal));
@@ -322,13 +334,11 @@ impl<'a> Reader<'a> {
         match unescape(raw, start) {
             Ok(text) if text == literal => Ok(Cow::Borrowed(literal)),
             Ok(_) if raw.contains(&b'"') && !all_quotes_escaped(raw) => Ok(Cow::Borrowed(literal)),
-            Ok(_) => Err(JsonError {
-                offset: start,
-                reason: format!(
-                    "ambiguous key `{literal}`: it reads both as escaped JSON and as an unescaped field-mod key"
-                ),
-                syntax: true,
-            }),
+            Ok(_) => Err(JsonError::at(
+                start,
+                format!("ambiguous key `{literal}`: it reads both as escaped JSON and as an unescaped field-mod key"),
+                true,
+            )),
             Err(_) => Ok(Cow::Borrowed(literal)),
         }
     }
@@ -337,7 +347,7 @@ impl<'a> Reader<'a> {
     /// `\t` and leaves other control characters raw; both are accepted, as are all
     /// standard JSON escapes.
     #[inline]
-    pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+    pub fn string(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
         self.expect(b'"')?;
         let start = self.pos;
         let (end, escaped) = self.string_end()?;
@@ -349,18 +359,16 @@ impl<'a> Reader<'a> {
         if let Some(text) = self.text_of(start, end) {
             return Ok(Cow::Borrowed(text));
         }
-        std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|e| JsonError {
-            offset: start + e.valid_up_to(),
-            reason: "string is not UTF-8".into(),
-            syntax: false,
-        })
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|e| JsonError::at(start + e.valid_up_to(), "string is not UTF-8", false))
     }
 
     /// The offset of the closing quote of the string starting at `self.pos`,
     /// and whether the string holds a backslash (found on the same scan, so
     /// the common string without one is not scanned twice).
     #[inline]
-    fn string_end(&self) -> Result<(usize, bool), JsonError> {
+    fn string_end(&self) -> Result<(usize, bool), Box<JsonError>> {
         let mut at = self.pos;
         let mut escaped = false;
         loop {
@@ -373,11 +381,11 @@ impl<'a> Reader<'a> {
                 break;
             }
         }
-        Err(JsonError { offset: self.buf.len(), reason: "unterminated string".into(), syntax: true })
+        Err(JsonError::at(self.buf.len(), "unterminated string", true))
     }
 
     /// Reads a number, including the bare non-finite tokens of Lua's `tostring`.
-    pub fn number(&mut self) -> Result<f64, JsonError> {
+    pub fn number(&mut self) -> Result<f64, Box<JsonError>> {
         self.skip_ws();
         let rest = &self.buf[self.pos..];
         if let Some((value, len)) = small_integer(rest) {
@@ -403,7 +411,7 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    pub fn boolean(&mut self) -> Result<bool, JsonError> {
+    pub fn boolean(&mut self) -> Result<bool, Box<JsonError>> {
         self.skip_ws();
         for (token, value) in [(&b"true"[..], true), (&b"false"[..], false)] {
             if self.buf[self.pos..].starts_with(token) {
@@ -414,7 +422,7 @@ impl<'a> Reader<'a> {
         Err(self.syntax("expected `true` or `false`"))
     }
 
-    pub fn null(&mut self) -> Result<(), JsonError> {
+    pub fn null(&mut self) -> Result<(), Box<JsonError>> {
         self.skip_ws();
         if self.buf[self.pos..].starts_with(b"null") {
             self.pos += 4;
@@ -425,7 +433,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one value, checking its syntax but not the UTF-8 of its strings.
-    pub fn skip(&mut self) -> Result<(), JsonError> {
+    pub fn skip(&mut self) -> Result<(), Box<JsonError>> {
         match self.peek()? {
             Kind::Object => self.object(|r, _| r.skip()),
             Kind::Array => self.array(|r, _| r.skip()),
@@ -513,8 +521,8 @@ fn is_json_number(text: &str) -> bool {
 }
 
 /// Decodes JSON escapes in a string body; raw control characters pass through.
-fn unescape(raw: &[u8], base: usize) -> Result<String, JsonError> {
-    let err = |at: usize, reason: &str, syntax: bool| JsonError { offset: base + at, reason: reason.into(), syntax };
+fn unescape(raw: &[u8], base: usize) -> Result<String, Box<JsonError>> {
+    let err = |at: usize, reason: &str, syntax: bool| JsonError::at(base + at, reason, syntax);
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
