@@ -385,13 +385,24 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a number, including the bare non-finite tokens of Lua's `tostring`.
+    #[inline]
     pub fn number(&mut self) -> Result<f64, Box<JsonError>> {
         self.skip_ws();
-        let rest = &self.buf[self.pos..];
-        if let Some((value, len)) = small_integer(rest) {
-            self.pos += len;
-            return Ok(value);
+        match small_integer(&self.buf[self.pos..]) {
+            Some((value, len)) => {
+                self.pos += len;
+                Ok(value)
+            }
+            None => self.other_number(),
         }
+    }
+
+    /// A number [`small_integer`] does not read, out of line: the common
+    /// small integer's path stays short (its callee-saved registers were
+    /// most of its cost, about 20 instructions a number).
+    #[inline(never)]
+    fn other_number(&mut self) -> Result<f64, Box<JsonError>> {
+        let rest = &self.buf[self.pos..];
         for (token, value) in NON_FINITE {
             if rest.starts_with(token) && !rest.get(token.len()).is_some_and(u8::is_ascii_alphanumeric) {
                 self.pos += token.len();
