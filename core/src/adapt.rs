@@ -110,8 +110,10 @@ pub fn number(r: &mut Reader<'_>) -> Result<f64> {
         Kind::String => {
             let at = r.offset();
             let text = r.string()?;
+            // Built only when the string is not a number: a numeric string
+            // (the dialect's arrays of scalars) allocates nothing here.
             parse_number_text(&text)
-                .ok_or(FieldError::value(at, format!("expected a number, found the string {text:?}")))
+                .ok_or_else(|| FieldError::value(at, format!("expected a number, found the string {text:?}")))
         }
         _ => Err(mismatch(r, "a number")),
     }
