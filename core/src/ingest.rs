@@ -154,7 +154,7 @@ impl BodyError {
 fn classify(e: Box<FieldError>) -> BodyError {
     if e.syntax {
         let FieldError { offset, reason, .. } = *e;
-        BodyError::Syntax(Box::new(JsonError { offset, reason, syntax: true }))
+        BodyError::Syntax(JsonError::at(offset, reason, true))
     } else {
         BodyError::Field(e)
     }

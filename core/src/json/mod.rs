@@ -49,7 +49,7 @@ impl JsonError {
     /// `?` of the decoder's hot path (see `adapt::Result` for the measure).
     /// Cold, so that building one stays out of the callers' inlined code.
     #[cold]
-    fn at(offset: usize, reason: impl Into<String>, syntax: bool) -> Box<Self> {
+    pub(crate) fn at(offset: usize, reason: impl Into<String>, syntax: bool) -> Box<Self> {
         Box::new(JsonError { offset, reason: reason.into(), syntax })
     }
 }
