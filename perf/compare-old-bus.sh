@@ -30,7 +30,14 @@
 # default log filter writes a JSON line at debug level per request; OLD_BUS_LOG
 # (its RUST_LOG, default warn) turns that off so that neither server logs per
 # request (OLD_BUS_LOG=event_bus_rust=debug,tower_http=debug is its own
-# default). It listens on the ports given through EVENT_BUS__SERVER__* below;
+# default).
+#
+# FLOOR names perf/examples/http_floor's binary (build it with `cargo build
+# --release -p jimbus-perf --example http_floor`): when set, each round also
+# measures it under the same load, as the row "floor": a server that reads
+# each request whole and answers it without looking at the events, so its
+# CPU per event is what this transport costs on this machine before any
+# server does any work. It listens on the ports given through EVENT_BUS__SERVER__* below;
 # its metrics port is fixed at 9090, which must be free. Every other port is a
 # loopback port picked free at each start.
 set -euo pipefail
@@ -96,9 +103,21 @@ run_old() {
   measure old-bus "$run" "$pid" "http://127.0.0.1:$http/api/v1/events/batch"
 }
 
+run_floor() {
+  local run=$1 http
+  http=$(free_port)
+  "$floor" "127.0.0.1:$http" >"$work/floor.$run.log" 2>&1 &
+  local pid=$!
+  wait_ready "$pid" "http://127.0.0.1:$http/ready"
+  measure floor "$run" "$pid" "http://127.0.0.1:$http/api/v1/events/batch"
+}
+
+floor=${FLOOR:-}
+[[ -z $floor || -x $floor ]] || { echo "FLOOR $floor is not executable" >&2; exit 2; }
 for run in $(seq "$repeat"); do
   for i in "${!labels[@]}"; do run_jimbus "${labels[$i]}" "${paths[$i]}" "$run"; done
   run_old "$run"
+  [[ -z $floor ]] || run_floor "$run"
 done
 
 echo
@@ -111,7 +130,7 @@ col() { awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$work/results" | median;
 ob_rate=$(col old-bus 3) ob_cpu=$(col old-bus 4) ob_rss=$(col old-bus 5)
 printf '| %-16s | %10s | %12s | %12s | %16s | %18s | %14s |\n' server events/s "CPU us/event" "peak RSS MiB" "events/s vs old" "old CPU/evt / this" "RSS vs old"
 echo "|------------------|------------|--------------|--------------|------------------|--------------------|----------------|"
-for name in "${labels[@]}" old-bus; do
+for name in "${labels[@]}" old-bus ${floor:+floor}; do
   awk -v n="$name" -v r="$(col "$name" 3)" -v c="$(col "$name" 4)" -v m="$(col "$name" 5)" \
     -v orate="$ob_rate" -v ocpu="$ob_cpu" -v orss="$ob_rss" 'BEGIN {
     printf "| %-16s | %10.0f | %12.2f | %12.1f | %15.2fx | %17.2fx | %13.2fx |\n", n, r, c, m / 1024, r / orate, ocpu / c, m / orss

@@ -1,7 +1,9 @@
 //! Workloads shared by the benchmarks and the load generator: request bodies in
-//! the field mod's dialect, shaped like a self-play farm's traffic. This module
-//! must never measure anything itself.
+//! the field mod's dialect, shaped like a self-play farm's traffic, the ingest
+//! path without sockets (`ingest`) and the transport's floor (`floor`). This
+//! module must never measure anything itself.
 
+pub mod floor;
 pub mod ingest;
 
 /// One event as the field mod encodes it: arbitrary key order, scalar arrays as
