@@ -42,8 +42,9 @@ impl FieldError {
         Box::new(FieldError { path: String::new(), reason, offset, syntax: false })
     }
 
+    /// The error of the field named `segment` that holds this value.
     #[cold]
-    fn within(mut self: Box<Self>, segment: &str) -> Box<Self> {
+    pub(crate) fn within(mut self: Box<Self>, segment: &str) -> Box<Self> {
         self.path = match (self.path.is_empty(), self.path.starts_with('[')) {
             (true, _) => segment.to_string(),
             (false, true) => format!("{segment}{}", self.path),
@@ -468,12 +469,7 @@ pub fn read_event(r: &mut Reader<'_>) -> Result<Box<pb::Event>> {
         Ok(true)
     })?;
     if event.event_type.is_empty() {
-        return Err(Box::new(FieldError {
-            path: "type".into(),
-            reason: "required".into(),
-            offset: r.offset(),
-            syntax: false,
-        }));
+        return Err(FieldError::value(r.offset(), "required".into()).within("type"));
     }
     timing.client_clock = client_clock(timing.client_timestamp_ms) as i32;
     event.timing = Some(timing);

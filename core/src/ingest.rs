@@ -235,12 +235,7 @@ fn decode_batch(r: &mut Reader<'_>, body: &[u8], mut limits: Limits<'_>) -> Resu
         None => result.map_err(classify)?,
     }
     if !saw_events {
-        return Err(BodyError::Field(Box::new(FieldError {
-            path: "events".into(),
-            reason: "required".into(),
-            offset: 0,
-            syntax: false,
-        })));
+        return Err(BodyError::Field(FieldError::value(0, "required".into()).within("events")));
     }
     Ok(out)
 }
