@@ -30,16 +30,16 @@
 # default log filter writes a JSON line at debug level per request; OLD_BUS_LOG
 # (its RUST_LOG, default warn) turns that off so that neither server logs per
 # request (OLD_BUS_LOG=event_bus_rust=debug,tower_http=debug is its own
-# default).
+# default). It listens on the ports given through EVENT_BUS__SERVER__* below;
+# its metrics port is fixed at 9090, which must be free. Every other port is a
+# loopback port picked free at each start.
 #
 # FLOOR names perf/examples/http_floor's binary (build it with `cargo build
 # --release -p jimbus-perf --example http_floor`): when set, each round also
 # measures it under the same load, as the row "floor": a server that reads
 # each request whole and answers it without looking at the events, so its
 # CPU per event is what this transport costs on this machine before any
-# server does any work. It listens on the ports given through EVENT_BUS__SERVER__* below;
-# its metrics port is fixed at 9090, which must be free. Every other port is a
-# loopback port picked free at each start.
+# server does any work.
 set -euo pipefail
 old=${1:?path of the old bus binary}
 seconds=${2:-8}
