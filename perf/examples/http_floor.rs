@@ -11,8 +11,9 @@
 //! which measures it in the same rounds as jimbus and the old bus.
 
 fn main() -> std::io::Result<()> {
-    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let given = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let address = given.parse().map_err(|e| std::io::Error::other(format!("{given}: {e} (want HOST:PORT)")))?;
     let executors = std::thread::available_parallelism().map_or(1, usize::from);
     println!("http_floor on {address}, {executors} executors");
-    jimbus_perf::floor::run(&address, executors)
+    jimbus_perf::floor::run(address, executors)
 }

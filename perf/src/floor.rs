@@ -20,21 +20,26 @@ x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\ncontent-length: 58\r\n\
 date: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n\
 {\"accepted\":50,\"duplicates\":0,\"rejected\":[],\"status\":\"ok\"}";
 
-/// Serves `address` on every allowed CPU until the process is killed.
-pub fn run(address: &str, executors: usize) -> std::io::Result<()> {
-    let address = address.to_string();
+/// Serves `address` with `executors` pinned executors until the process is
+/// killed; an error when an executor cannot start or listen.
+pub fn run(address: std::net::SocketAddr, executors: usize) -> std::io::Result<()> {
     let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(executors, None))
-        .on_all_shards(move || async move {
-            let listener = TcpListener::bind(address.as_str()).expect("the floor's port");
-            loop {
-                if let Ok(stream) = listener.accept().await {
-                    glommio::spawn_local(answer_all(stream)).detach();
-                }
-            }
-        })
+        .on_all_shards(move || accept_all(address))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    pool.join_all();
+    for ended in pool.join_all() {
+        ended.map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
     Ok(())
+}
+
+/// Accepts connections on `address` for ever; an error only when it cannot listen.
+async fn accept_all(address: std::net::SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address)?;
+    loop {
+        if let Ok(stream) = listener.accept().await {
+            glommio::spawn_local(answer_all(stream)).detach();
+        }
+    }
 }
 
 /// Answers every request on one connection until the client closes it.
