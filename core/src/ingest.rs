@@ -274,8 +274,7 @@ fn read_events(
             Err(e) => {
                 r.rewind(start, depth);
                 r.skip()?;
-                let mut error = *e;
-                error.path = format!("events[{index}].{}", error.path).trim_end_matches('.').into();
+                let error = *e.within(&format!("events[{index}]"));
                 out.rejected.push(RejectedEvent { index, error, raw: start..r.offset() });
             }
         }
