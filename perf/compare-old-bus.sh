@@ -18,6 +18,15 @@
 # column; every single run is printed before it. SECONDS (default 8) is the
 # length of each wrk run.
 #
+# SIZES (default 50) lists batch sizes to run, from 1, 10 and 50: the bodies
+# of perf/wrk/fair-batchN.lua, the first N events of the 50-event batch. Each
+# round runs every size for every server. With more than one size, a last
+# table fits each server's median CPU per answered request to a line over the
+# sizes: a fixed cost per request (the transport, the request's own work,
+# waiting for its commit) and a cost per event. CLOSE=1 sends every request
+# with `Connection: close`, as a field mod's LuaSocket does (one connection per
+# request), so the fixed cost includes a TCP connection's setup and teardown.
+#
 # OLD_BUS_BINARY is the old bus's release build: the public repository
 # spencerduncan/jimbot, folder services/event-bus-rust, built there with
 # `cargo build --release` (its build script also needs the repository's
@@ -66,17 +75,26 @@ done
 # shellcheck source=perf/lib.sh
 source perf/lib.sh
 
-# measure NAME RUN PID URL: one wrk run, one line "NAME RUN events/s us/event VmHWM-KiB" in results.
+# The wrk script of each size: the body's file, plus the header for CLOSE=1.
+sizes=${SIZES:-50}
+for size in $sizes; do
+  [[ -f perf/wrk/fair-batch$size.lua ]] || { echo "no perf/wrk/fair-batch$size.lua: SIZES are among 1 10 50" >&2; exit 2; }
+  cp "perf/wrk/fair-batch$size.lua" "$work/batch$size.lua"
+  [[ ${CLOSE:-0} != 1 ]] || echo 'wrk.headers["Connection"] = "close"' >>"$work/batch$size.lua"
+done
+
+# measure NAME RUN PID URL: one wrk run of the round's $size, one line
+# "NAME RUN SIZE events/s us/event VmHWM-KiB us/request" in results.
 measure() {
-  local name=$1 run=$2 pid=$3 url=$4 out=$work/$1.$2.txt
-  echo "== $name, run $run (pid $pid), $(uptime | sed 's/.*load average/load average/')"
-  perf/wrk-cpu.sh "$pid" "$url" "$seconds" >"$out"
+  local name=$1 run=$2 pid=$3 url=$4 out=$work/$1.$2.$size.txt
+  echo "== $name, run $run, $size-event batches (pid $pid), $(uptime | sed 's/.*load average/load average/')"
+  perf/wrk-cpu.sh "$pid" "$url" "$seconds" "$work/batch$size.lua" >"$out"
   tail -1 "$out"
   local hwm
   hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
   echo "peak RSS $hwm kB"
   stop "$pid"
-  awk -v n="$name" -v r="$run" -v h="$hwm" '/acknowledged/ { print n, r, $5, $12, h }' "$out" >>"$work/results"
+  awk -v n="$name" -v r="$run" -v z="$size" -v h="$hwm" '/acknowledged/ { print n, r, z, $5, $12, h, $16 }' "$out" >>"$work/results"
 }
 
 run_jimbus() {
@@ -115,25 +133,43 @@ run_floor() {
 floor=${FLOOR:-}
 [[ -z $floor || -x $floor ]] || { echo "FLOOR $floor is not executable" >&2; exit 2; }
 for run in $(seq "$repeat"); do
-  for i in "${!labels[@]}"; do run_jimbus "${labels[$i]}" "${paths[$i]}" "$run"; done
-  run_old "$run"
-  [[ -z $floor ]] || run_floor "$run"
+  for size in $sizes; do
+    for i in "${!labels[@]}"; do run_jimbus "${labels[$i]}" "${paths[$i]}" "$run"; done
+    run_old "$run"
+    [[ -z $floor ]] || run_floor "$run"
+  done
 done
 
 echo
-echo "every run (server run events/s us-per-event VmHWM-KiB):"
+echo "every run (server run batch-size events/s us-per-event VmHWM-KiB us-per-request):"
 cat "$work/results"
-echo
-echo "median of $repeat run(s), wrk -t1 -c32 for ${seconds}s, 50-event batches:"
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-col() { awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$work/results" | median; }
-ob_rate=$(col old-bus 3) ob_cpu=$(col old-bus 4) ob_rss=$(col old-bus 5)
-printf '| %-16s | %10s | %12s | %12s | %16s | %18s | %14s |\n' server events/s "CPU us/event" "peak RSS MiB" "events/s vs old" "old CPU/evt / this" "RSS vs old"
-echo "|------------------|------------|--------------|--------------|------------------|--------------------|----------------|"
-for name in "${labels[@]}" old-bus ${floor:+floor}; do
-  awk -v n="$name" -v r="$(col "$name" 3)" -v c="$(col "$name" 4)" -v m="$(col "$name" 5)" \
-    -v orate="$ob_rate" -v ocpu="$ob_cpu" -v orss="$ob_rss" 'BEGIN {
-    printf "| %-16s | %10.0f | %12.2f | %12.1f | %15.2fx | %17.2fx | %13.2fx |\n", n, r, c, m / 1024, r / orate, ocpu / c, m / orss
-  }'
+col() { awk -v n="$1" -v z="$2" -v c="$3" '$1 == n && $3 == z { print $c }' "$work/results" | median; }
+servers=("${labels[@]}" old-bus ${floor:+floor})
+closing=$([[ ${CLOSE:-0} == 1 ]] && echo ", one connection per request (CLOSE=1)" || true)
+for size in $sizes; do
+  echo
+  echo "median of $repeat run(s), wrk -t1 -c32 for ${seconds}s, $size-event batches${closing}:"
+  ob_rate=$(col old-bus "$size" 4) ob_cpu=$(col old-bus "$size" 5) ob_rss=$(col old-bus "$size" 6)
+  printf '| %-16s | %10s | %12s | %12s | %16s | %18s | %14s |\n' server events/s "CPU us/event" "peak RSS MiB" "events/s vs old" "old CPU/evt / this" "RSS vs old"
+  echo "|------------------|------------|--------------|--------------|------------------|--------------------|----------------|"
+  for name in "${servers[@]}"; do
+    awk -v n="$name" -v r="$(col "$name" "$size" 4)" -v c="$(col "$name" "$size" 5)" -v m="$(col "$name" "$size" 6)" \
+      -v orate="$ob_rate" -v ocpu="$ob_cpu" -v orss="$ob_rss" 'BEGIN {
+      printf "| %-16s | %10.0f | %12.2f | %12.1f | %15.2fx | %17.2fx | %13.2fx |\n", n, r, c, m / 1024, r / orate, ocpu / c, m / orss
+    }'
+  done
 done
-echo "(issue 15's targets: events/s vs old >= 3x, old CPU per event / this >= 3x and <= 2.0 us per event)"
+echo "(issue 15's targets, at 50-event batches: events/s vs old >= 3x, old CPU per event / this >= 3x and <= 2.0 us per event)"
+[[ $(wc -w <<<"$sizes") -gt 1 ]] || exit 0
+echo
+echo "server CPU per answered request against batch size (medians), fitted by least squares to fixed + per-event:"
+header="| server          "
+for size in $sizes; do header+=$(printf ' | %10s' "$size-event"); done
+echo "$header | fixed us/request | us per event |"
+echo "$header |" | sed "s/[^|]/-/g" | sed "s/|$/|------------------|--------------|/"
+for name in "${servers[@]}"; do
+  for size in $sizes; do echo "$size $(col "$name" "$size" 7)"; done | awk -v n="$name" '
+    { sx += $1; sy += $2; sxx += $1 * $1; sxy += $1 * $2; cells = cells sprintf(" | %10.1f", $2) }
+    END { slope = (NR * sxy - sx * sy) / (NR * sxx - sx * sx); printf "| %-16s%s | %16.1f | %12.2f |\n", n, cells, (sy - slope * sx) / NR, slope }'
+done

@@ -2,30 +2,38 @@
 # Events/s and server CPU time per acknowledged event under wrk, for any server
 # that takes the field mod's batch (jimbus, or the old jimbot bus):
 #
-#   perf/wrk-cpu.sh PID URL [SECONDS]
+#   perf/wrk-cpu.sh PID URL [SECONDS [SCRIPT]]
 #
 # PID is the running server's process id, URL its batch endpoint. The load is
-# perf/wrk/fair-batch50.lua (one 50-event batch of types both servers accept),
-# wrk -t1 -c32. Server CPU = utime + stime from /proc/PID/stat over the run.
-# Events acknowledged = 2xx answers x 50 (wrk counts non-2xx apart), per second
-# of wrk's own measured run time.
+# SCRIPT, by default perf/wrk/fair-batch50.lua (one 50-event batch of types
+# both servers accept; fair-batch10.lua and fair-batch1.lua hold its first 10
+# and its first event), wrk -t1 -c32. Server CPU = utime + stime from
+# /proc/PID/stat over the run. Events acknowledged = 2xx answers x the events
+# in SCRIPT's body (wrk counts non-2xx apart), per second of wrk's own measured
+# run time; the last line also gives the server CPU per answered request.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
 seconds=${3:-8}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+script=${4:-$here/wrk/fair-batch50.lua}
+# Each event of the field mod's batch has one "type" key, escaped in the Lua string.
+per_request=$(grep -o '\\"type\\":' "$script" | wc -l)
+(( per_request > 0 )) || { echo "no events in $script's body" >&2; exit 2; }
 ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
 before=$(ticks)
-out=$(wrk -t1 -c32 -d"${seconds}s" -s "$here/wrk/fair-batch50.lua" "$url")
+out=$(wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
 after=$(ticks)
 echo "$out"
 requests=$(awk '/requests in/ { print $1 }' <<<"$out")
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
   if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
 non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
-events=$(( (requests - ${non2xx:-0}) * 50 ))
+answered=$(( requests - ${non2xx:-0} ))
+events=$(( answered * per_request ))
 hz=$(getconf CLK_TCK)
-awk -v e="$events" -v t=$((after - before)) -v hz="$hz" -v s="${elapsed:-$seconds}" 'BEGIN {
+awk -v e="$events" -v a="$answered" -v t=$((after - before)) -v hz="$hz" -v s="${elapsed:-$seconds}" 'BEGIN {
   cpu = t / hz
-  printf "acknowledged %d events = %.0f events/s; server CPU %.2f s = %.2f us per event\n", e, e / s, cpu, (e ? cpu * 1e6 / e : 0)
+  printf "acknowledged %d events = %.0f events/s; server CPU %.2f s = %.2f us per event, %.1f us per request\n",
+    e, e / s, cpu, (e ? cpu * 1e6 / e : 0), (a ? cpu * 1e6 / a : 0)
 }'

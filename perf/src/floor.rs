@@ -20,6 +20,13 @@ x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\ncontent-length: 58\r\n\
 date: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n\
 {\"accepted\":50,\"duplicates\":0,\"rejected\":[],\"status\":\"ok\"}";
 
+/// [`ANSWER`] to a request that asked to close its connection: hyper's
+/// `connection: close` header added where jimbus adds it.
+const ANSWER_CLOSING: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\nconnection: close\r\ncontent-length: 58\r\n\
+date: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n\
+{\"accepted\":50,\"duplicates\":0,\"rejected\":[],\"status\":\"ok\"}";
+
 /// Serves `address` with `executors` pinned executors until the process is
 /// killed; an error when an executor cannot start or listen.
 pub fn run(address: std::net::SocketAddr, executors: usize) -> std::io::Result<()> {
@@ -42,15 +49,17 @@ async fn accept_all(address: std::net::SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// Answers every request on one connection until the client closes it.
+/// Answers every request on one connection until the client closes it, or
+/// until a request asks to close it (`Connection: close`, as a field mod's
+/// LuaSocket sends): then, as jimbus does, after answering that one.
 async fn answer_all(mut stream: TcpStream) {
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;
     loop {
-        let end = loop {
-            if let Some(end) = request_end(&buf[..filled]) {
-                break end;
+        let (end, closing) = loop {
+            if let Some(found) = request_end(&buf[..filled]) {
+                break found;
             }
             if filled == buf.len() {
                 buf.resize(buf.len() * 2, 0);
@@ -60,7 +69,8 @@ async fn answer_all(mut stream: TcpStream) {
                 Ok(n) => filled += n,
             }
         };
-        if stream.write_all(ANSWER).await.is_err() {
+        if stream.write_all(if closing { ANSWER_CLOSING } else { ANSWER }).await.is_err() || closing {
+            let _ = stream.close().await;
             return;
         }
         buf.copy_within(end..filled, 0);
@@ -70,18 +80,19 @@ async fn answer_all(mut stream: TcpStream) {
 
 /// Where the first request in `bytes` ends (its head up to the blank line,
 /// then `Content-Length` bytes of body, none without the header), once it
-/// is all there.
-pub fn request_end(bytes: &[u8]) -> Option<usize> {
+/// is all there, and whether it asks to close the connection.
+pub fn request_end(bytes: &[u8]) -> Option<(usize, bool)> {
     let head = memchr::memmem::find(bytes, b"\r\n\r\n")? + 4;
-    let length = std::str::from_utf8(&bytes[..head])
-        .ok()?
-        .split("\r\n")
-        .find_map(|line| {
+    let head_text = std::str::from_utf8(&bytes[..head]).ok()?;
+    let header = |wanted: &str| {
+        head_text.split("\r\n").find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+            name.trim().eq_ignore_ascii_case(wanted).then(|| value.trim())
         })
-        .unwrap_or(0);
-    (bytes.len() >= head + length).then_some(head + length)
+    };
+    let length = header("content-length").and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
+    let closing = header("connection").is_some_and(|value| value.eq_ignore_ascii_case("close"));
+    (bytes.len() >= head + length).then_some((head + length, closing))
 }
 
 #[cfg(test)]
@@ -98,7 +109,17 @@ mod tests {
     #[test]
     fn a_request_without_a_length_ends_at_its_head() {
         let get = b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\nGET";
-        assert_eq!(request_end(get), Some(get.len() - 3));
+        assert_eq!(request_end(get), Some((get.len() - 3, false)));
+    }
+
+    #[test]
+    fn a_request_that_asks_to_close_is_told_apart() {
+        for (header, closing) in
+            [("Connection: close", true), ("connection: CLOSE", true), ("Connection: keep-alive", false)]
+        {
+            let get = format!("GET /ready HTTP/1.1\r\n{header}\r\n\r\n");
+            assert_eq!(request_end(get.as_bytes()), Some((get.len(), closing)), "{header}");
+        }
     }
 
     proptest! {
@@ -117,7 +138,7 @@ mod tests {
                 for cut in start..start + r.len() {
                     prop_assert_eq!(request_end(&stream[start..cut]), None);
                 }
-                prop_assert_eq!(request_end(&stream[start..]), Some(r.len()));
+                prop_assert_eq!(request_end(&stream[start..]), Some((r.len(), false)));
                 start += r.len();
             }
         }
