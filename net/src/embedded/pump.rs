@@ -79,6 +79,11 @@ pub struct Shard {
     pub(super) aggregation: AggregationStage,
     /// How many queued commands the next group commit takes.
     pub(super) batch: BatchSizer,
+    /// This shard's `jimbus_shard_queue_depth`, registered once: a `gauge!`
+    /// per batch rebuilt its key (`observe::per_thread` says what that costs).
+    pub(super) queue_depth_gauge: metrics::Gauge,
+    /// This shard's `jimbus_shard_batch_target`, registered once likewise.
+    pub(super) batch_target_gauge: metrics::Gauge,
     /// How long a commit waits for company (see [`PumpOptions::linger`]).
     pub(super) linger: Duration,
     /// Events staged in the current commit, with their sequences and their
@@ -256,9 +261,8 @@ impl Shard {
     /// The number of commands to drain next, from the queue's depth.
     fn batch_size(&mut self, queue_depth: usize) -> usize {
         let size = self.batch.observe(queue_depth);
-        let shard = self.id.to_string();
-        metrics::gauge!("jimbus_shard_queue_depth", "shard" => shard.clone()).set(queue_depth as f64);
-        metrics::gauge!("jimbus_shard_batch_target", "shard" => shard).set(size as f64);
+        self.queue_depth_gauge.set(queue_depth as f64);
+        self.batch_target_gauge.set(size as f64);
         size
     }
 

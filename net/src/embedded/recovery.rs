@@ -90,6 +90,8 @@ impl Shard {
             stamps: StampEncoder::default(),
             aggregation,
             batch: BatchSizer::new(batch),
+            queue_depth_gauge: metrics::gauge!("jimbus_shard_queue_depth", "shard" => id.to_string()),
+            batch_target_gauge: metrics::gauge!("jimbus_shard_batch_target", "shard" => id.to_string()),
             linger: options.linger,
             fresh: Vec::new(),
         };

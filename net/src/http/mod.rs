@@ -30,6 +30,7 @@ use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, unavailable};
 use crate::http::timer::ShardTimer;
+use crate::observe::per_thread;
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -337,16 +338,7 @@ impl Handler {
             }
             _ => error(StatusCode::NOT_FOUND, "no such endpoint", None, None),
         };
-        let (status, seconds) = (response.status(), started.elapsed().as_secs_f64());
-        metrics::counter!("jimbus_http_requests_total", "status" => status.as_str().to_string()).increment(1);
-        metrics::histogram!("jimbus_http_request_seconds").record(seconds);
-        if endpoint.is_some() {
-            // The ingest SLOs (deploy/prometheus): answers by status, and the time to a 2xx.
-            metrics::counter!("jimbus_ingest_requests_total", "status" => status.as_str().to_string()).increment(1);
-            if status.is_success() {
-                metrics::histogram!("jimbus_ingest_ack_seconds").record(seconds);
-            }
-        }
+        count_answer(response.status(), started.elapsed().as_secs_f64(), endpoint.is_some());
         response
     }
 
@@ -495,15 +487,10 @@ impl Handler {
         }
         match self.store(items).await {
             Ok((accepted, duplicates)) => {
-                metrics::counter!("jimbus_events_accepted_total").increment(accepted as u64);
-                metrics::counter!("jimbus_events_rejected_total").increment(rejected.len() as u64);
-                let listed = crate::http::guard::rejected_json(&rejected);
-                let mut body = serde_json::json!({"status": "ok", "accepted": accepted, "duplicates": duplicates, "rejected": listed});
-                if rejected.len() > crate::http::guard::REJECTED_LISTED {
-                    // A long list is cut: the count says how many there were.
-                    body["rejected_count"] = rejected.len().into();
-                }
-                json(StatusCode::OK, body.to_string())
+                per_thread!(Counter, counter!("jimbus_events_accepted_total")).with(|c| c.increment(accepted as u64));
+                per_thread!(Counter, counter!("jimbus_events_rejected_total"))
+                    .with(|c| c.increment(rejected.len() as u64));
+                json(StatusCode::OK, crate::http::guard::accepted_body(accepted, duplicates, &rejected))
             }
             Err(response) => response,
         }
@@ -531,6 +518,32 @@ impl Handler {
             }
         }
         Ok((stored, duplicates))
+    }
+}
+
+/// Counts one answer: every answer by status and its time, and for ingest the
+/// SLOs of deploy/prometheus (answers by status, and the time to a 2xx). The
+/// handles of a 200, nearly every answer, are kept per thread; a rarer
+/// status is looked up each time.
+fn count_answer(status: StatusCode, seconds: f64, ingest: bool) {
+    let count = |ok: &'static std::thread::LocalKey<metrics::Counter>, name: &'static str| {
+        if status == StatusCode::OK {
+            ok.with(|c| c.increment(1));
+        } else {
+            metrics::counter!(name, "status" => status.as_str().to_string()).increment(1);
+        }
+    };
+    let requests = per_thread!(Counter, counter!("jimbus_http_requests_total", "status" => "200"));
+    count(requests, "jimbus_http_requests_total");
+    per_thread!(Histogram, histogram!("jimbus_http_request_seconds")).with(|h| h.record(seconds));
+    if ingest {
+        count(
+            per_thread!(Counter, counter!("jimbus_ingest_requests_total", "status" => "200")),
+            "jimbus_ingest_requests_total",
+        );
+        if status.is_success() {
+            per_thread!(Histogram, histogram!("jimbus_ingest_ack_seconds")).with(|h| h.record(seconds));
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod read;
 pub use read::{read_frames, read_log, LogRead};
 
 use super::layout;
+use crate::observe::per_thread;
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
 use jimbus_core::checkpoint::SegmentIndex;
@@ -422,8 +423,8 @@ impl SegmentWriter {
         let data_len = data.len();
         let end = log.end;
         log.push_commit(TailCommit { end, data, pinned });
-        metrics::counter!("jimbus_log_appended_records_total").increment(ends.len() as u64);
-        metrics::counter!("jimbus_log_appended_bytes_total").increment(data_len as u64);
+        per_thread!(Counter, counter!("jimbus_log_appended_records_total")).with(|c| c.increment(ends.len() as u64));
+        per_thread!(Counter, counter!("jimbus_log_appended_bytes_total")).with(|c| c.increment(data_len as u64));
         log.committed.notify(usize::MAX);
     }
 
