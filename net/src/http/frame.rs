@@ -71,15 +71,20 @@ impl HeadScan {
         if self.skipping || !self.past_request_line || part.is_empty() {
             return;
         }
-        self.line.extend_from_slice(part);
+        // The line so far, then as much of `part` as a header name still needs:
+        // a line is copied only while it may be one.
         let line = &self.line;
         let possible = FRAMING_HEADERS.iter().any(|header| {
-            let n = line.len().min(header.len());
-            line[..n].eq_ignore_ascii_case(&header[..n])
+            let (had, has) = (line.len().min(header.len()), (line.len() + part.len()).min(header.len()));
+            line[..had].eq_ignore_ascii_case(&header[..had])
+                && part[..has - had].eq_ignore_ascii_case(&header[had..has])
         });
-        if !possible {
+        if possible {
+            self.line.extend_from_slice(part);
+        } else {
             self.skipping = true;
-            self.line = Vec::new();
+            // Cleared, not dropped: the head's next line reuses the room.
+            self.line.clear();
         }
     }
 
@@ -89,9 +94,16 @@ impl HeadScan {
             self.past_request_line = true;
             return;
         }
-        let line = std::mem::take(&mut self.line);
         self.skipping = false;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let mut line = std::mem::take(&mut self.line);
+        self.note(line.strip_suffix(b"\r").unwrap_or(&line));
+        // Kept with its room for the next line: one allocation per head, not per line.
+        line.clear();
+        self.line = line;
+    }
+
+    /// Notes a whole header `line` if it is a framing header.
+    fn note(&mut self, line: &[u8]) {
         let Some(colon) = line.iter().position(|&b| b == b':') else { return };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
         if name.eq_ignore_ascii_case(b"content-length") {
