@@ -521,6 +521,11 @@ impl Handler {
     }
 }
 
+/// Answers by status, every endpoint's.
+const HTTP_REQUESTS: &str = "jimbus_http_requests_total";
+/// Answers by status, the ingest endpoints' (the SLOs of deploy/prometheus).
+const INGEST_REQUESTS: &str = "jimbus_ingest_requests_total";
+
 /// Counts one answer: every answer by status and its time, and for ingest the
 /// SLOs of deploy/prometheus (answers by status, and the time to a 2xx). The
 /// handles of a 200, nearly every answer, are kept per thread; a rarer
@@ -533,14 +538,10 @@ fn count_answer(status: StatusCode, seconds: f64, ingest: bool) {
             metrics::counter!(name, "status" => status.as_str().to_string()).increment(1);
         }
     };
-    let requests = per_thread!(Counter, counter!("jimbus_http_requests_total", "status" => "200"));
-    count(requests, "jimbus_http_requests_total");
+    count(per_thread!(Counter, counter!(HTTP_REQUESTS, "status" => "200")), HTTP_REQUESTS);
     per_thread!(Histogram, histogram!("jimbus_http_request_seconds")).with(|h| h.record(seconds));
     if ingest {
-        count(
-            per_thread!(Counter, counter!("jimbus_ingest_requests_total", "status" => "200")),
-            "jimbus_ingest_requests_total",
-        );
+        count(per_thread!(Counter, counter!(INGEST_REQUESTS, "status" => "200")), INGEST_REQUESTS);
         if status.is_success() {
             per_thread!(Histogram, histogram!("jimbus_ingest_ack_seconds")).with(|h| h.record(seconds));
         }
