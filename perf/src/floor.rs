@@ -13,19 +13,26 @@
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
-/// The answer to every request: jimbus's answer to an accepted 50-event
-/// batch, headers included, so that as many bytes are written.
-const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\ncontent-length: 58\r\n\
-date: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n\
-{\"accepted\":50,\"duplicates\":0,\"rejected\":[],\"status\":\"ok\"}";
+/// jimbus's answer to an accepted 50-event batch, headers included, so that
+/// as many bytes are written, with `$connection` (a header line, or none)
+/// where hyper puts its `connection` header.
+macro_rules! answer {
+    ($connection:literal) => {
+        concat!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+            "x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\n",
+            $connection,
+            "content-length: 58\r\ndate: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n",
+            r#"{"accepted":50,"duplicates":0,"rejected":[],"status":"ok"}"#,
+        )
+        .as_bytes()
+    };
+}
 
-/// [`ANSWER`] to a request that asked to close its connection: hyper's
-/// `connection: close` header added where jimbus adds it.
-const ANSWER_CLOSING: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-x-request-id: 581f530f-18a7-46ee-855f-938c5edf4db9\r\nconnection: close\r\ncontent-length: 58\r\n\
-date: Wed, 02 Dec 2026 14:58:03 GMT\r\n\r\n\
-{\"accepted\":50,\"duplicates\":0,\"rejected\":[],\"status\":\"ok\"}";
+/// The answer to every request.
+const ANSWER: &[u8] = answer!("");
+/// [`ANSWER`] to a request that asked to close its connection.
+const ANSWER_CLOSING: &[u8] = answer!("connection: close\r\n");
 
 /// Serves `address` with `executors` pinned executors until the process is
 /// killed; an error when an executor cannot start or listen.
