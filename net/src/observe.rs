@@ -34,6 +34,10 @@ macro_rules! per_thread {
 }
 pub(crate) use per_thread;
 
+/// HTTP answers by status: every endpoint's, counted by the handler, and the
+/// connection's own (a refused connection, an unreadable request).
+pub(crate) const HTTP_REQUESTS: &str = "jimbus_http_requests_total";
+
 /// How often the data directory's free space is read.
 const DISK_EVERY: Duration = Duration::from_secs(5);
 

@@ -395,7 +395,7 @@ pub fn answer_bytes(status: u16, reason: &str, message: &str) -> String {
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    metrics::counter!("jimbus_http_requests_total", "status" => status.to_string()).increment(1);
+    metrics::counter!(crate::observe::HTTP_REQUESTS, "status" => status.to_string()).increment(1);
     answer
 }
 

@@ -30,7 +30,7 @@ use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, unavailable};
 use crate::http::timer::ShardTimer;
-use crate::observe::per_thread;
+use crate::observe::{per_thread, HTTP_REQUESTS};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -521,8 +521,6 @@ impl Handler {
     }
 }
 
-/// Answers by status, every endpoint's.
-const HTTP_REQUESTS: &str = "jimbus_http_requests_total";
 /// Answers by status, the ingest endpoints' (the SLOs of deploy/prometheus).
 const INGEST_REQUESTS: &str = "jimbus_ingest_requests_total";
 
