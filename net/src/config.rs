@@ -42,13 +42,13 @@ pub struct ServeArgs {
     /// Open HTTP connections per shard; more get 503 [default: 4096].
     #[arg(long, env = "JIMBUS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Seconds a connection may stay silent before it is closed [default: 30].
+    /// Seconds a connection may stay silent between requests before it is closed [default: 30].
     #[arg(long, env = "JIMBUS_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Seconds a request body may take to arrive before 408 [default: 30].
     #[arg(long, env = "JIMBUS_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Seconds a request's headers may take to arrive before 408 [default: 10].
+    /// Seconds a request's headers may take to arrive, from their first byte, before 408 [default: 10].
     #[arg(long, env = "JIMBUS_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
     /// Bytes of memory the server may grant to request bodies in flight, across

@@ -234,6 +234,36 @@ fn cpu_profiles_are_served_only_when_enabled() {
 }
 
 #[test]
+fn silence_between_requests_is_timed_by_the_idle_timeout_and_a_begun_head_by_the_header_timeout() {
+    let server = Jimbus::start(&["--header-timeout", "1", "--idle-timeout", "4"]);
+    let mut kept = HttpConn::open(server.http);
+    kept.send(&request("GET", "/health", b"", &[]));
+    assert_eq!(kept.read_response().status, 200);
+    // Silent for twice the header timeout, half the idle one: still open.
+    kept.reader.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let mut byte = [0u8; 1];
+    let quiet = std::io::Read::read(&mut kept.reader, &mut byte);
+    let waited = quiet.as_ref().map_err(std::io::Error::kind);
+    assert!(
+        matches!(waited, Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a silent kept-alive connection ended before its idle timeout: {quiet:?}"
+    );
+    kept.send(&request("GET", "/health", b"", &[]));
+    assert_eq!(kept.read_response().status, 200, "the kept-alive connection is still served");
+
+    let mut slow = HttpConn::open(server.http);
+    slow.send(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\n");
+    let response = slow.read_response();
+    assert_eq!(response.status, 408);
+    let error = response.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("headers did not arrive within 1s"), "{error}");
+    assert!(slow.is_closed());
+
+    kept.reader.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    assert!(kept.is_closed(), "silence past the idle timeout closes the connection");
+}
+
+#[test]
 fn headers_trickling_in_slower_than_the_header_timeout_end_the_connection() {
     let server = Jimbus::start(&["--header-timeout", "1", "--idle-timeout", "30"]);
     let mut conn = HttpConn::open(server.http);

@@ -1,9 +1,14 @@
 //! One HTTP connection's socket as hyper sees it: reads, writes, the idle
-//! timeout, and the answer to a request hyper cannot parse.
+//! and header timeouts, and the answer to a request hyper cannot parse.
 //!
-//! [`GlommioIo`] adapts glommio's TcpStream to hyper. Its idle timer runs only
-//! while the connection is truly idle: no request in progress ([`Activity`]),
-//! no answer waiting for the socket, no event stream. hyper answers a head it
+//! [`GlommioIo`] adapts glommio's TcpStream to hyper. One clock times a read
+//! that waits on the socket, and only while no request is in progress
+//! ([`Activity`]), no answer waits for the socket and no event stream is
+//! open: before a head's first byte it is the idle timeout (silence, closed
+//! without an answer), from that byte on the header timeout (the whole head,
+//! however it trickles in, else 408). hyper's own header timer is not used:
+//! it starts as soon as hyper waits for a head, so it would close a silent
+//! kept-alive connection at the header timeout, not the idle one. hyper answers a head it
 //! cannot parse with an empty-bodied error and may drop it unflushed, so
 //! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
 //! (400, 414, 431 or 505) once hyper has given the socket back. Its buffers
@@ -63,6 +68,15 @@ impl Drop for Busy {
     }
 }
 
+/// What the clock of a read that waits on the socket times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Silence before a request's head: the idle timeout, then a close.
+    Idle,
+    /// A head under way, from its first byte: the header timeout, then 408.
+    Head,
+}
+
 /// The buffer a shard's connections read their sockets into, one at a time:
 /// what a read brings is copied out before the read returns, so one buffer
 /// serves every connection of the shard.
@@ -83,9 +97,17 @@ pub struct GlommioIo {
     stream: TcpStream,
     gate: Rc<crate::http::sse::WriteGate>,
     activity: Rc<Activity>,
+    /// Silence allowed between requests (see [`Serving`]).
     idle_timeout: Duration,
-    /// Armed while a read waits on an idle connection.
-    idle: Option<glommio::timer::Timer>,
+    /// Time allowed for a head from its first byte (see [`Serving`]).
+    header_timeout: Duration,
+    /// The clock of a read that waits, kept from request to request (reset,
+    /// not made anew, when it starts timing something else).
+    clock: Option<glommio::timer::Timer>,
+    /// What `clock` times now; `None` once that wait is over.
+    timing: Option<Wait>,
+    /// A head did not arrive whole within the header timeout: [`finish`] answers 408.
+    head_timed_out: bool,
     /// A write or flush is waiting for the socket (the client reads slowly).
     writing: bool,
     /// The status of hyper's own answer to a head it could not parse, held back.
@@ -112,8 +134,10 @@ pub struct Serving {
     pub gate: Rc<crate::http::sse::WriteGate>,
     /// The connection's requests in progress, shared with its service.
     pub activity: Rc<Activity>,
-    /// A connection idle this long is closed.
+    /// A connection silent this long between requests is closed.
     pub idle_timeout: Duration,
+    /// A head not whole this long after its first byte gets 408.
+    pub header_timeout: Duration,
     /// The largest head the framer passes on as a head (hyper answers 431 beyond).
     pub max_head: usize,
     /// The shard's buffer that socket reads land in.
@@ -124,13 +148,16 @@ pub struct Serving {
 
 impl GlommioIo {
     pub fn new(stream: TcpStream, serving: Serving) -> Self {
-        let Serving { gate, activity, idle_timeout, max_head, read_buffer, charge } = serving;
+        let Serving { gate, activity, idle_timeout, header_timeout, max_head, read_buffer, charge } = serving;
         Self {
             stream,
             gate,
             activity,
             idle_timeout,
-            idle: None,
+            header_timeout,
+            clock: None,
+            timing: None,
+            head_timed_out: false,
             writing: false,
             held_error: None,
             pending: Vec::new(),
@@ -187,17 +214,39 @@ impl GlommioIo {
         self.writing = writing;
     }
 
-    /// Polls the idle timer of a read that is waiting: it runs only when no
-    /// request is in progress, no answer is being written, and no event stream
-    /// (whose client never sends) is open.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// What a read that waits on the socket is timed against: nothing while
+    /// a request is in progress, an answer is being written, or an event
+    /// stream (whose client never sends) is open.
+    fn wait(&self) -> Option<Wait> {
         if self.activity.busy.get() > 0 || self.writing || self.gate.is_streaming() {
-            self.idle = None;
-            return false;
+            None
+        } else if self.framer.head_begun(self.pending.len()) {
+            Some(Wait::Head)
+        } else {
+            Some(Wait::Idle)
         }
-        let timeout = self.idle_timeout;
-        let timer = self.idle.get_or_insert_with(|| glommio::timer::Timer::new(timeout));
-        Pin::new(timer).poll(cx).is_ready()
+    }
+
+    /// Polls the clock of a read that waits on the socket; what ran out, if
+    /// anything did. A clock left armed while nothing is timed may still fire
+    /// once: that only wakes the connection's task.
+    fn wait_expired(&mut self, cx: &mut Context<'_>) -> Option<Wait> {
+        let Some(wait) = self.wait() else {
+            self.timing = None;
+            return None;
+        };
+        let limit = match wait {
+            Wait::Idle => self.idle_timeout,
+            Wait::Head => self.header_timeout,
+        };
+        if self.timing != Some(wait) {
+            self.timing = Some(wait);
+            if let Some(clock) = &mut self.clock {
+                clock.reset(limit);
+            }
+        }
+        let clock = self.clock.get_or_insert_with(|| glommio::timer::Timer::new(limit));
+        Pin::new(clock).poll(cx).is_ready().then_some(wait)
     }
 }
 
@@ -226,6 +275,8 @@ impl hyper::rt::Read for GlommioIo {
                 }
                 this.framer.next_request();
                 this.request += 1;
+                // Each head has its own clock, even one already in `pending`.
+                this.timing = None;
             }
             if !this.pending.is_empty() {
                 let taken = this.framer.take(&this.pending);
@@ -265,7 +316,8 @@ impl hyper::rt::Read for GlommioIo {
 }
 
 impl GlommioIo {
-    /// Reads from the socket into `pending`, timing out an idle connection.
+    /// Reads from the socket into `pending`, timing out a silent connection
+    /// or a head that does not arrive in time.
     fn read_socket(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let read = {
             let mut read_buffer = self.read_buffer.borrow_mut();
@@ -277,14 +329,23 @@ impl GlommioIo {
         };
         match read {
             Poll::Ready(Ok(n)) => {
-                self.idle = None;
+                // Silence ends with any byte; a head's clock runs on.
+                if self.timing == Some(Wait::Idle) {
+                    self.timing = None;
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.idle_expired(cx) => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
-            }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.wait_expired(cx) {
+                Some(Wait::Idle) => {
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
+                }
+                Some(Wait::Head) => {
+                    self.head_timed_out = true;
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head too slow")))
+                }
+                None => Poll::Pending,
+            },
         }
     }
 }
@@ -370,6 +431,9 @@ pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
         answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
     } else if io.over_budget {
         answer(&mut io, 503, "Service Unavailable", budget::SPENT).await;
+    } else if io.head_timed_out {
+        let message = format!("the request's headers did not arrive within {:?}", io.header_timeout);
+        answer(&mut io, 408, "Request Timeout", &message).await;
     } else if let Some(error) = error.filter(|e| is_unparsed(e)) {
         answer_unparsed(&mut io, error).await;
     }

@@ -174,6 +174,12 @@ impl Framer {
         }
     }
 
+    /// True once a byte of the current request's head has come: passed on,
+    /// or among the `unpassed` bytes the connection still holds.
+    pub fn head_begun(&self, unpassed: usize) -> bool {
+        matches!(&self.state, State::Head(scan) if scan.passed + unpassed > 0)
+    }
+
     /// True while the framer reads a head or a chunk line, not a body.
     pub fn in_head(&self) -> bool {
         matches!(self.state, State::Head(_) | State::ChunkLine { .. })
@@ -225,8 +231,8 @@ impl Framer {
     }
 
     /// Reads a head at the front of `rest`: the bytes it takes, or 0 while
-    /// nothing more can go. A head's bytes go on as they come (so that hyper's
-    /// header timeout runs), all but the last three, which may begin the blank
+    /// nothing more can go. A head's bytes go on as they come (no copy of
+    /// the head is held), all but the last three, which may begin the blank
     /// line that ends it: hyper gets the whole head only once it is checked.
     /// Those three are the front of the next `rest`, so the blank line is
     /// always found in `rest` alone.

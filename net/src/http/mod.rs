@@ -22,14 +22,12 @@ pub mod frame;
 pub mod guard;
 pub mod profile;
 pub mod sse;
-pub mod timer;
 pub mod ui;
 
 use crate::http::charge::BufferCharge;
 use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
 use crate::http::guard::{body_error, error, field_of, json, unavailable};
-use crate::http::timer::ShardTimer;
 use crate::observe::{per_thread, HTTP_REQUESTS};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
@@ -240,12 +238,12 @@ struct Handler {
 impl Handler {
     async fn serve(self, stream: TcpStream, charge: BufferCharge) {
         let shutdown = self.listener.context.shutdown.clone();
-        let header_timeout = self.listener.options.header_timeout;
         let activity = Activity::new();
         let serving = Serving {
             gate: self.gate.clone(),
             activity: activity.clone(),
             idle_timeout: self.listener.options.idle_timeout,
+            header_timeout: self.listener.options.header_timeout,
             max_head: MAX_HEAD_BYTES,
             read_buffer: self.listener.read_buffer.clone(),
             charge,
@@ -254,7 +252,7 @@ impl Handler {
         let this = Rc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            // The idle timer does not run while a request is in progress.
+            // The connection's clock (idle, header timeouts) stops while a request is in progress.
             let busy = activity.enter();
             async move {
                 let response = this.route_browser(req).await;
@@ -263,8 +261,8 @@ impl Handler {
             }
         });
         let mut conn = hyper::server::conn::http1::Builder::new()
-            .timer(ShardTimer)
-            .header_read_timeout(header_timeout)
+            // The connection times heads itself (see crate::http::conn).
+            .header_read_timeout(None)
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true)
             .pipeline_flush(true)
