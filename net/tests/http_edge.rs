@@ -264,6 +264,30 @@ fn silence_between_requests_is_timed_by_the_idle_timeout_and_a_begun_head_by_the
 }
 
 #[test]
+fn a_client_that_takes_none_of_its_answers_is_cut_off_after_the_idle_timeout() {
+    let server = Jimbus::start(&["--idle-timeout", "1"]);
+    let mut writer = std::net::TcpStream::connect(server.http).unwrap();
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Pipelined requests, their answers never read: the answers fill both
+        // ends' socket buffers, then the requests do, and this write blocks
+        // until the server lets go of the connection.
+        let one = request("GET", "/metrics", b"", &[]);
+        let error = loop {
+            if let Err(error) = writer.write_all(&one) {
+                break error;
+            }
+        };
+        let _ = done.send(error);
+    });
+    let error = ended
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server still holds a connection whose client reads nothing");
+    assert!(matches!(error.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe), "{error:?}");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
 fn headers_trickling_in_slower_than_the_header_timeout_end_the_connection() {
     let server = Jimbus::start(&["--header-timeout", "1", "--idle-timeout", "30"]);
     let mut conn = HttpConn::open(server.http);

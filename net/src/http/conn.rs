@@ -1,22 +1,23 @@
 //! One HTTP connection's socket as hyper sees it: reads, writes, the idle
 //! and header timeouts, and the answer to a request hyper cannot parse.
 //!
-//! [`GlommioIo`] adapts glommio's TcpStream to hyper. One clock times a read
-//! that waits on the socket, and only while no request is in progress
-//! ([`Activity`]), no answer waits for the socket and no event stream is
-//! open: before a head's first byte it is the idle timeout (silence, closed
-//! without an answer), from that byte on the header timeout (the whole head,
-//! however it trickles in, else 408). hyper's own header timer is not used:
-//! it starts as soon as hyper waits for a head, so it would close a silent
-//! kept-alive connection at the header timeout, not the idle one. hyper answers a head it
-//! cannot parse with an empty-bodied error and may drop it unflushed, so
-//! `GlommioIo` holds that answer back and [`finish`] writes a JSON one
-//! (400, 414, 431 or 505) once hyper has given the socket back. Its buffers
-//! are charged to the memory budget ([`crate::http::charge`]): a connection
-//! whose buffers the budget cannot cover is answered 503 and closed. Pipelined
-//! requests reach hyper one at a time ([`crate::http::frame`]), so the answers
-//! to the requests before a malformed one are written first. This module must
-//! never interpret a body or route a request.
+//! [`GlommioIo`] adapts glommio's TcpStream to hyper. One clock times its waits
+//! on the socket, none while an event stream is open: an answer the client
+//! takes none of, the idle timeout from the last byte taken (then a close);
+//! otherwise, unless a request is in progress ([`Activity`]), the silence
+//! before a head, the idle timeout (then a close without an answer), and a head
+//! from its first byte, the header timeout however it trickles in (then 408).
+//! hyper's own header timer is not used: it starts as soon as hyper waits for a
+//! head, so it would close a silent kept-alive connection at the header
+//! timeout, not the idle one. hyper answers a head it cannot parse with an
+//! empty-bodied error and may drop it unflushed, so `GlommioIo` holds that
+//! answer back and [`finish`] writes a JSON one (400, 414, 431 or 505) once
+//! hyper has given the socket back. Its buffers are charged to the memory
+//! budget ([`crate::http::charge`]): a connection whose buffers the budget
+//! cannot cover is answered 503 and closed. Pipelined requests reach hyper one
+//! at a time ([`crate::http::frame`]), so the answers to the requests before a
+//! malformed one are written first. This module must never interpret a body or
+//! route a request.
 
 use crate::http::charge::{BufferCharge, Buffers};
 use crate::http::frame::{Framer, Refused};
@@ -75,6 +76,9 @@ enum Wait {
     Idle,
     /// A head under way, from its first byte: the header timeout, then 408.
     Head,
+    /// An answer the client takes none of: the idle timeout from the last
+    /// byte it took, then a close (it reads no answer).
+    Send,
 }
 
 /// The buffer a shard's connections read their sockets into, one at a time:
@@ -214,11 +218,17 @@ impl GlommioIo {
         self.writing = writing;
     }
 
-    /// What a read that waits on the socket is timed against: nothing while
-    /// a request is in progress, an answer is being written, or an event
-    /// stream (whose client never sends) is open.
+    /// What a read or write that waits on the socket is timed against: an
+    /// answer waiting for the client to take it, else nothing while a request
+    /// is in progress or an event stream (whose client never sends, and which
+    /// paces itself, see [`crate::http::sse`]) is open, else the head or the
+    /// silence before it.
     fn wait(&self) -> Option<Wait> {
-        if self.activity.busy.get() > 0 || self.writing || self.gate.is_streaming() {
+        if self.gate.is_streaming() {
+            None
+        } else if self.writing {
+            Some(Wait::Send)
+        } else if self.activity.busy.get() > 0 {
             None
         } else if self.framer.head_begun(self.pending.len()) {
             Some(Wait::Head)
@@ -227,16 +237,46 @@ impl GlommioIo {
         }
     }
 
-    /// Polls the clock of a read that waits on the socket; what ran out, if
-    /// anything did. A clock left armed while nothing is timed may still fire
-    /// once: that only wakes the connection's task.
+    /// The error that ends a connection whose wait on the socket ran out.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        let what = match self.wait_expired(cx)? {
+            Wait::Idle => "idle connection",
+            Wait::Head => {
+                self.head_timed_out = true;
+                "request head too slow"
+            }
+            Wait::Send => "the client takes none of its answer",
+        };
+        Some(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+    }
+
+    /// A pending socket operation, or the error ending the connection if
+    /// its wait ran out.
+    fn pending_or_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match self.timed_out(cx) {
+            Some(error) => Poll::Ready(Err(error)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Bytes moved: a wait of `kind` starts its clock anew (silence and a
+    /// stalled answer are timed from the last byte; a head from its first).
+    fn progressed(&mut self, kind: Wait) {
+        if self.timing == Some(kind) {
+            self.timing = None;
+        }
+    }
+
+    /// Polls the clock of a read or write that waits on the socket; what ran
+    /// out, if anything did. A clock left armed while nothing is timed may
+    /// still fire once: that only wakes the connection's task.
     fn wait_expired(&mut self, cx: &mut Context<'_>) -> Option<Wait> {
         let Some(wait) = self.wait() else {
             self.timing = None;
             return None;
         };
         let limit = match wait {
-            Wait::Idle => self.idle_timeout,
+            Wait::Idle | Wait::Send => self.idle_timeout,
             Wait::Head => self.header_timeout,
         };
         if self.timing != Some(wait) {
@@ -329,23 +369,11 @@ impl GlommioIo {
         };
         match read {
             Poll::Ready(Ok(n)) => {
-                // Silence ends with any byte; a head's clock runs on.
-                if self.timing == Some(Wait::Idle) {
-                    self.timing = None;
-                }
+                self.progressed(Wait::Idle);
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.wait_expired(cx) {
-                Some(Wait::Idle) => {
-                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
-                }
-                Some(Wait::Head) => {
-                    self.head_timed_out = true;
-                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head too slow")))
-                }
-                None => Poll::Pending,
-            },
+            Poll::Pending => self.pending_or_timed_out(cx),
         }
     }
 }
@@ -364,17 +392,25 @@ impl hyper::rt::Write for GlommioIo {
         }
         let written = Pin::new(&mut this.stream).poll_write(cx, out);
         this.set_writing(written.is_pending());
-        if let Poll::Ready(Ok(n)) = written {
-            this.gate.wrote(n);
+        match written {
+            Poll::Ready(Ok(n)) => {
+                this.gate.wrote(n);
+                this.progressed(Wait::Send);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => this.pending_or_timed_out(cx),
+            failed => failed,
         }
-        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut this.stream).poll_flush(cx);
         this.set_writing(flushed.is_pending());
-        flushed
+        match flushed {
+            Poll::Pending => this.pending_or_timed_out(cx),
+            done => done,
+        }
     }
 
     /// Only flushes: the socket is closed by [`finish`] once hyper gives it
