@@ -81,6 +81,24 @@ fn oversized_bodies_get_413_by_length_and_by_chunks() {
 }
 
 #[test]
+fn a_compressed_body_gets_415_naming_its_coding() {
+    let server = Jimbus::start(&[]);
+    let event = br#"{"type":"HEARTBEAT","source":"BalatroMCP","timestamp":1,"payload":{}}"#;
+    let gzip = request("POST", "/api/v1/events", event, &[("Content-Encoding", "identity, gzip")]);
+    let mut conn = HttpConn::open(server.http);
+    conn.send(&gzip);
+    let response = conn.read_response();
+    assert_eq!(response.status, 415);
+    let error = response.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("`gzip`") && error.contains("uncompressed"), "{error}");
+
+    let identity = request("POST", "/api/v1/events", event, &[("Content-Encoding", "identity")]);
+    let mut conn = HttpConn::open(server.http);
+    conn.send(&identity);
+    assert_eq!(conn.read_response().json()["accepted"], 1, "identity is no coding");
+}
+
+#[test]
 fn a_stalled_body_gets_408_and_a_silent_connection_is_closed() {
     let server = Jimbus::start(&["--body-timeout", "1", "--idle-timeout", "2"]);
     let mut conn = HttpConn::open(server.http);

@@ -42,6 +42,10 @@ pub(crate) async fn read(
     if declared_length(&req).is_some_and(|len| len > limits.max) {
         return Err(too_large(limits.max));
     }
+    if let Some(coding) = content_coding(&req) {
+        let message = format!("Content-Encoding `{coding}` is not supported: send the body uncompressed");
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message, None, None));
+    }
     let chunks =
         futures_lite::future::or(async { Some(chunks_within(req.into_body(), limits.max, grant).await) }, async {
             glommio::timer::sleep(limits.timeout).await;
@@ -71,6 +75,19 @@ pub(crate) async fn read(
 /// The `Content-Length` a request declares, if it declares one.
 pub(crate) fn declared_length<B>(req: &Request<B>) -> Option<usize> {
     req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+}
+
+/// The `Content-Encoding` a request declares, unless it is none or
+/// `identity`: the body would be compressed, which is not read here (its
+/// bytes would only be refused as malformed JSON).
+fn content_coding<B>(req: &Request<B>) -> Option<String> {
+    let mut codings = Vec::new();
+    for value in req.headers().get_all(http::header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let named = text.split(',').map(str::trim).filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        codings.extend(named.map(String::from));
+    }
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 /// The body's data chunks, each granted before it is kept.
