@@ -1,5 +1,5 @@
-//! One HTTP connection's socket as hyper sees it: reads, writes, the idle
-//! and header timeouts, and the answer to a request hyper cannot parse.
+//! One HTTP connection's socket as hyper sees it: reads, writes, their
+//! timeouts, and the answer to a request hyper cannot parse.
 //!
 //! [`GlommioIo`] adapts glommio's TcpStream to hyper. One clock times its waits
 //! on the socket, none while an event stream is open: an answer the client
@@ -69,7 +69,7 @@ impl Drop for Busy {
     }
 }
 
-/// What the clock of a read that waits on the socket times.
+/// What the clock of a read or write that waits on the socket times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     /// Silence before a request's head: the idle timeout, then a close.
@@ -101,12 +101,12 @@ pub struct GlommioIo {
     stream: TcpStream,
     gate: Rc<crate::http::sse::WriteGate>,
     activity: Rc<Activity>,
-    /// Silence allowed between requests (see [`Serving`]).
+    /// Silence allowed between requests, and to a stalled answer (see [`Serving`]).
     idle_timeout: Duration,
     /// Time allowed for a head from its first byte (see [`Serving`]).
     header_timeout: Duration,
-    /// The clock of a read that waits, kept from request to request (reset,
-    /// not made anew, when it starts timing something else).
+    /// The clock of a read or write that waits on the socket, kept from
+    /// request to request (reset, not made anew, when it times another wait).
     clock: Option<glommio::timer::Timer>,
     /// What `clock` times now; `None` once that wait is over.
     timing: Option<Wait>,
@@ -138,7 +138,8 @@ pub struct Serving {
     pub gate: Rc<crate::http::sse::WriteGate>,
     /// The connection's requests in progress, shared with its service.
     pub activity: Rc<Activity>,
-    /// A connection silent this long between requests is closed.
+    /// A connection silent this long between requests, or taking none of an
+    /// answer this long, is closed.
     pub idle_timeout: Duration,
     /// A head not whole this long after its first byte gets 408.
     pub header_timeout: Duration,
