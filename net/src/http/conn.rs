@@ -81,6 +81,17 @@ enum Wait {
     Send,
 }
 
+/// Why a connection ends with an answer of its own rather than hyper's.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// The framer refused a request (400, with the reason).
+    Refused(&'static str),
+    /// The budget could not cover the connection's buffers (503).
+    OverBudget,
+    /// A head did not arrive whole within the header timeout (408).
+    HeadTimedOut,
+}
+
 /// The buffer a shard's connections read their sockets into, one at a time:
 /// what a read brings is copied out before the read returns, so one buffer
 /// serves every connection of the shard.
@@ -110,8 +121,6 @@ pub struct GlommioIo {
     clock: Option<glommio::timer::Timer>,
     /// What `clock` times now; `None` once that wait is over.
     timing: Option<Wait>,
-    /// A head did not arrive whole within the header timeout: [`finish`] answers 408.
-    head_timed_out: bool,
     /// A write or flush is waiting for the socket (the client reads slowly).
     writing: bool,
     /// The status of hyper's own answer to a head it could not parse, held back.
@@ -122,14 +131,13 @@ pub struct GlommioIo {
     framer: Framer,
     /// The request the framer is in (1 for the first).
     request: u64,
-    /// Why the framer refused a request, answered by [`finish`].
-    refused: Option<&'static str>,
+    /// Why the connection ends with an answer of its own, which [`finish`]
+    /// writes: each cause fails the read at once, so there is only ever one.
+    ending: Option<Ending>,
     /// The shard's buffer that socket reads land in.
     read_buffer: ReadBuffer,
     /// The memory budget this connection's buffers hold.
     charge: BufferCharge,
-    /// The budget could not cover the buffers: [`finish`] answers 503.
-    over_budget: bool,
 }
 
 /// What a connection is served with besides its socket.
@@ -162,17 +170,15 @@ impl GlommioIo {
             header_timeout,
             clock: None,
             timing: None,
-            head_timed_out: false,
             writing: false,
             held_error: None,
             pending: Vec::new(),
             ready: 0,
             framer: Framer::new(max_head),
             request: 1,
-            refused: None,
+            ending: None,
             read_buffer,
             charge,
-            over_budget: false,
         }
     }
 
@@ -180,7 +186,7 @@ impl GlommioIo {
     /// grew; an error when the budget cannot cover them.
     fn follow_buffers(&mut self) -> std::io::Result<()> {
         if self.charge.follow(self.buffers()).is_err() {
-            self.over_budget = true;
+            self.ending = Some(Ending::OverBudget);
             metrics::counter!("jimbus_budget_denials_total", "component" => "connection").increment(1);
             return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "the memory budget is spent"));
         }
@@ -238,26 +244,19 @@ impl GlommioIo {
         }
     }
 
-    /// The error that ends a connection whose wait on the socket ran out.
-    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        let what = match self.wait_expired(cx)? {
-            Wait::Idle => "idle connection",
-            Wait::Head => {
-                self.head_timed_out = true;
-                "request head too slow"
-            }
-            Wait::Send => "the client takes none of its answer",
-        };
-        Some(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
-    }
-
     /// A pending socket operation, or the error ending the connection if
     /// its wait ran out.
     fn pending_or_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        match self.timed_out(cx) {
-            Some(error) => Poll::Ready(Err(error)),
-            None => Poll::Pending,
-        }
+        let what = match self.wait_expired(cx) {
+            None => return Poll::Pending,
+            Some(Wait::Idle) => "idle connection",
+            Some(Wait::Head) => {
+                self.ending = Some(Ending::HeadTimedOut);
+                "request head too slow"
+            }
+            Some(Wait::Send) => "the client takes none of its answer",
+        };
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, what)))
     }
 
     /// Bytes moved: a wait of `kind` starts its clock anew (silence and a
@@ -326,7 +325,7 @@ impl hyper::rt::Read for GlommioIo {
                 }
                 match taken {
                     Err(Refused(reason)) => {
-                        this.refused = Some(reason);
+                        this.ending = Some(Ending::Refused(reason));
                         return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
                     }
                     Ok(0) if this.framer.is_done() => continue,
@@ -461,18 +460,24 @@ fn is_unparsed(error: &hyper::Error) -> bool {
     error.is_parse() || error.is_parse_too_large() || error.is_parse_version_h2()
 }
 
-/// Closes a connection hyper is done with; when it ended on a head hyper
-/// could not parse, a JSON answer is written first.
+/// Closes a connection hyper is done with; when it ended for a cause of its
+/// own ([`Ending`]) or on a head hyper could not parse, a JSON answer is
+/// written first.
 pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
-    if let Some(reason) = io.refused.take() {
-        answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
-    } else if io.over_budget {
-        answer(&mut io, 503, "Service Unavailable", budget::SPENT).await;
-    } else if io.head_timed_out {
-        let message = format!("the request's headers did not arrive within {:?}", io.header_timeout);
-        answer(&mut io, 408, "Request Timeout", &message).await;
-    } else if let Some(error) = error.filter(|e| is_unparsed(e)) {
-        answer_unparsed(&mut io, error).await;
+    match io.ending.take() {
+        Some(Ending::Refused(reason)) => {
+            answer(&mut io, 400, "Bad Request", &format!("malformed request: {reason}")).await;
+        }
+        Some(Ending::OverBudget) => answer(&mut io, 503, "Service Unavailable", budget::SPENT).await,
+        Some(Ending::HeadTimedOut) => {
+            let message = format!("the request's headers did not arrive within {:?}", io.header_timeout);
+            answer(&mut io, 408, "Request Timeout", &message).await;
+        }
+        None => {
+            if let Some(error) = error.filter(|e| is_unparsed(e)) {
+                answer_unparsed(&mut io, error).await;
+            }
+        }
     }
     let _ = io.stream.close().await;
 }
