@@ -77,10 +77,11 @@ source perf/lib.sh
 
 # The wrk script of each size: the body's file, plus the header for CLOSE=1.
 sizes=${SIZES:-50}
+close=${CLOSE:-0}
 for size in $sizes; do
   [[ -f perf/wrk/fair-batch$size.lua ]] || { echo "no perf/wrk/fair-batch$size.lua: SIZES are among 1 10 50" >&2; exit 2; }
   cp "perf/wrk/fair-batch$size.lua" "$work/batch$size.lua"
-  [[ ${CLOSE:-0} != 1 ]] || echo 'wrk.headers["Connection"] = "close"' >>"$work/batch$size.lua"
+  [[ $close != 1 ]] || echo 'wrk.headers["Connection"] = "close"' >>"$work/batch$size.lua"
 done
 
 # measure NAME RUN PID URL: one wrk run of the round's $size, one line
@@ -146,7 +147,7 @@ cat "$work/results"
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 col() { awk -v n="$1" -v z="$2" -v c="$3" '$1 == n && $3 == z { print $c }' "$work/results" | median; }
 servers=("${labels[@]}" old-bus ${floor:+floor})
-closing=$([[ ${CLOSE:-0} == 1 ]] && echo ", one connection per request (CLOSE=1)" || true)
+closing=$([[ $close == 1 ]] && echo ", one connection per request (CLOSE=1)" || true)
 for size in $sizes; do
   echo
   echo "median of $repeat run(s), wrk -t1 -c32 for ${seconds}s, $size-event batches${closing}:"

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Open HTTP connections per shard; more get 503 [default: 4096].
     #[arg(long, env = "JIMBUS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Seconds a connection may stay silent between requests, or take none of an answer, before it is closed [default: 30].
+    /// Seconds a connection may stay silent between requests, or take none of an answer or event stream, before it is closed [default: 30].
     #[arg(long, env = "JIMBUS_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Seconds a request body may take to arrive before 408 [default: 30].

@@ -1,7 +1,7 @@
 //! `GET /api/v1/stream` (Server-Sent Events) against the real binary: patterns
-//! and exclusions, resume by `Last-Event-ID` across partitions, a stalled
-//! client paused (not buffered), and a thousand open streams within the memory
-//! budget. The client here is a raw socket, as a browser's EventSource is.
+//! and exclusions, resume by `Last-Event-ID` across partitions, a slow client
+//! paused (not buffered), one that takes nothing closed after the idle timeout,
+//! and a thousand open streams within the memory budget. The client here is a raw socket, as a browser's EventSource is.
 
 mod harness;
 
@@ -214,7 +214,9 @@ fn last_event_id_resumes_every_partition_without_gaps_or_repeats() {
 
 #[test]
 fn a_stalled_client_is_paused_while_others_go_on_and_then_gets_everything() {
-    let server = Jimbus::start(&["--shards", "2"]);
+    // The stall lasts as long as the posting; a client that took nothing for
+    // the idle timeout would be closed (see the test after this one).
+    let server = Jimbus::start(&["--shards", "2", "--idle-timeout", "600"]);
     let query = "pattern=balatro.slow.HEARTBEAT&from=latest";
     let mut slow = Stream::open(server.http, query, None);
     let mut fast = Stream::open(server.http, query, None);
@@ -240,6 +242,28 @@ fn a_stalled_client_is_paused_while_others_go_on_and_then_gets_everything() {
     for sequence in 1..=total {
         assert_eq!(slow.next().key().1, sequence, "the stalled stream resumes where it stopped");
     }
+}
+
+/// A client that takes nothing of its stream for the idle timeout is closed,
+/// and its slot and grant come back: stalled streams cannot keep the live
+/// view from others for ever. Its `Last-Event-ID` would resume it.
+#[test]
+fn a_client_that_takes_none_of_its_stream_is_closed_after_the_idle_timeout() {
+    let server = Jimbus::start(&["--shards", "1", "--idle-timeout", "1"]);
+    let before = server.metric("jimbus_budget_used_bytes");
+    let stalled = stalled_stream(server.http, "pattern=balatro.%3E%20-balatro.*.aggregated");
+    assert_eq!(server.metric("jimbus_sse_streams"), 1.0);
+    // 8 MiB of events: more than both ends' socket buffers take, so the
+    // server's writes wait for a client that never reads.
+    for _ in 0..16 {
+        post_ok(&server, &heartbeats("stalled", 500, 1024));
+    }
+    wait_for(Duration::from_secs(30), "the stalled stream to be closed", || {
+        server.metric("jimbus_sse_streams") == 0.0 && server.metric("jimbus_budget_used_bytes") == before
+    });
+    drop(stalled);
+    let mut fresh = Stream::open(server.http, "pattern=balatro.%3E%20-balatro.*.aggregated&from=earliest", None);
+    assert_eq!(fresh.next().key(), ("stalled".to_string(), 1), "the log kept what the closed stream missed");
 }
 
 #[test]
@@ -285,7 +309,8 @@ fn stalled_streams_replaying_the_log_hold_about_their_grants() {
     /// Each connection's own buffers and task, outside the budget (docs/tuning.md).
     const CONNECTION: u64 = 32 * 1024;
     const STREAMS: usize = 300;
-    let server = Jimbus::start(&["--shards", "2", "--max-connections", "2048"]);
+    // The streams stay stalled while they are measured, under the idle timeout.
+    let server = Jimbus::start(&["--shards", "2", "--max-connections", "2048", "--idle-timeout", "600"]);
     // 16 MiB of events over 32 sessions, so that both shards hold some.
     for session in 0..32 {
         post_ok(&server, &heartbeats(&format!("replay-{session}"), 500, 1024));

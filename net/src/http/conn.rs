@@ -2,11 +2,12 @@
 //! timeouts, and the answer to a request hyper cannot parse.
 //!
 //! [`GlommioIo`] adapts glommio's TcpStream to hyper. One clock times its waits
-//! on the socket, none while an event stream is open: an answer the client
-//! takes none of, the idle timeout from the last byte taken (then a close);
-//! otherwise, unless a request is in progress ([`Activity`]), the silence
-//! before a head, the idle timeout (then a close without an answer), and a head
-//! from its first byte, the header timeout however it trickles in (then 408).
+//! on the socket: an answer (or an event stream's bytes) the client takes none
+//! of, the idle timeout from the last byte taken (then a close); otherwise,
+//! unless a request is in progress ([`Activity`]) or an event stream is open
+//! (its client sends nothing), the silence before a head, the idle timeout
+//! (then a close without an answer), and a head from its first byte, the
+//! header timeout however it trickles in (then 408).
 //! hyper's own header timer is not used: it starts as soon as hyper waits for a
 //! head, so it would close a silent kept-alive connection at the header
 //! timeout, not the idle one. hyper answers a head it cannot parse with an
@@ -226,16 +227,17 @@ impl GlommioIo {
     }
 
     /// What a read or write that waits on the socket is timed against: an
-    /// answer waiting for the client to take it, else nothing while a request
-    /// is in progress or an event stream (whose client never sends, and which
-    /// paces itself, see [`crate::http::sse`]) is open, else the head or the
-    /// silence before it.
+    /// answer (or an event stream's next bytes) waiting for the client to take
+    /// it, else nothing while a request is in progress or an event stream
+    /// (whose client never sends) is open, else the head or the silence before
+    /// it. A stream's client that reads slowly is paused, not cut off (see
+    /// [`crate::http::sse`]); one that takes nothing for the idle timeout is
+    /// closed, so that it gives its slot and grant back, and its `EventSource`
+    /// resumes from its `Last-Event-ID` when it reads again.
     fn wait(&self) -> Option<Wait> {
-        if self.gate.is_streaming() {
-            None
-        } else if self.writing {
+        if self.writing {
             Some(Wait::Send)
-        } else if self.activity.busy.get() > 0 {
+        } else if self.gate.is_streaming() || self.activity.busy.get() > 0 {
             None
         } else if self.framer.head_begun(self.pending.len()) {
             Some(Wait::Head)

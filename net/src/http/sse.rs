@@ -23,7 +23,9 @@
 //! connection's [`WriteGate`] counts what the socket took (hyper's own write
 //! buffer is unbounded on these connections, which flush pipelined answers
 //! together). A slow client therefore fills its channel and the shards wait for
-//! it: it is paused, never buffered without bound.
+//! it: it is paused, never buffered without bound. A client that takes none of
+//! its stream for the idle timeout is closed ([`crate::http::conn`]), which
+//! gives its slot and grant back.
 //! Streams past [`MAX_STREAMS`], past half the budget (the other half stays
 //! for the mods' requests), or without a grant, get 503. A stream ends
 //! when the server stops. This module must never hold shard state: it only
