@@ -12,7 +12,8 @@
 # JIMBUS_BINS lists the jimbus binaries to measure, separated by spaces, each
 # `LABEL=PATH` or a bare PATH (labelled by its file name); the default is
 # target/release/jimbus (build it with `cargo build --release --bin jimbus`).
-# Each runs on a fresh data directory with its defaults (--fsync batch).
+# Each runs on a fresh data directory with its defaults (--fsync batch), after
+# 2 GiB written and deleted there first (prime_page_cache in perf/lib.sh).
 # REPEAT (default 1) runs the whole set that many times, interleaved (every
 # jimbus, then the old bus, then again), and the table shows the median of each
 # column; every single run is printed before it. SECONDS (default 8) is the
@@ -74,6 +75,7 @@ done
 
 # shellcheck source=perf/lib.sh
 source perf/lib.sh
+prime_page_cache "$work"
 
 # The wrk script of each size: the body's file, plus the header for CLOSE=1.
 sizes=${SIZES:-50}

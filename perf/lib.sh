@@ -36,3 +36,15 @@ stop() {
   kill -9 "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+
+# prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.
+# On a fresh virtual machine, the first gigabytes written go into page-cache
+# memory the guest has never touched, and the kernel's copy into it costs
+# about 8 times what it does into memory touched before (docs/perf.md,
+# "Twentieth pass"): the first server that writes would be charged for it.
+# The kernel hands freed pages out again first, so the servers measured after
+# this write into memory that has been touched.
+prime_page_cache() {
+  dd if=/dev/zero of="$1/prime" bs=1M count=2048 conv=fdatasync status=none
+  rm -f "$1/prime"
+}

@@ -21,7 +21,8 @@
 # nats-server (default: tools/.venv/bin/nats-server, else PATH). LOAD_ARGS adds
 # flags to every jimbus-load run (e.g. "--threads 1" on a small machine). The
 # generator shares the machine with the server; the load average is printed
-# with each run.
+# with each run. 2 GiB are written and deleted in the work directory first
+# (prime_page_cache in perf/lib.sh), so no run pays for fresh memory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jimbus=${1:-target/release/jimbus}
@@ -34,6 +35,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 
 # shellcheck source=perf/lib.sh
 source perf/lib.sh
+prime_page_cache "$work"
 nats=$(nats_server_bin)
 
 load_avg() { uptime | sed 's/.*load average: //'; }
