@@ -1,7 +1,8 @@
 //! `GET /api/v1/stream` (Server-Sent Events) against the real binary: patterns
 //! and exclusions, resume by `Last-Event-ID` across partitions, a slow client
 //! paused (not buffered), one that takes nothing closed after the idle timeout,
-//! and a thousand open streams within the memory budget. The client here is a raw socket, as a browser's EventSource is.
+//! and a thousand open streams within the memory budget. The client here is a
+//! raw socket, as a browser's EventSource is.
 
 mod harness;
 
