@@ -75,7 +75,6 @@ done
 
 # shellcheck source=perf/lib.sh
 source perf/lib.sh
-prime_page_cache "$work"
 
 # The wrk script of each size: the body's file, plus the header for CLOSE=1.
 sizes=${SIZES:-50}
@@ -135,6 +134,7 @@ run_floor() {
 
 floor=${FLOOR:-}
 [[ -z $floor || -x $floor ]] || { echo "FLOOR $floor is not executable" >&2; exit 2; }
+prime_page_cache "$work"
 for run in $(seq "$repeat"); do
   for size in $sizes; do
     for i in "${!labels[@]}"; do run_jimbus "${labels[$i]}" "${paths[$i]}" "$run"; done

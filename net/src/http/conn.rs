@@ -77,8 +77,8 @@ enum Wait {
     Idle,
     /// A head under way, from its first byte: the header timeout, then 408.
     Head,
-    /// An answer the client takes none of: the idle timeout from the last
-    /// byte it took, then a close (it reads no answer).
+    /// An answer (or an event stream's bytes) the client takes none of: the
+    /// idle timeout from the last byte it took, then a close (it reads no answer).
     Send,
 }
 
