@@ -88,7 +88,7 @@ local function new_worker()
   state.channel = channel()
   state.inbox = worker_loop.held_inbox(state.channel)
   state.sender = sender_mod.new({
-    config = config, transport = require("bmcp.transport").luasocket(), clock = clock,
+    config = config, transport = require("bmcp.transport").keepalive(), clock = clock,
     random = math.random, fs = require("bmcp.fs").io(), spill_dir = spill_dir, log = log,
     inbox = state.inbox, instance = string.format("h%x-%d", os.time(), state.restarts),
     epoch_ms = function() return math.floor(clock()) end,

@@ -50,6 +50,7 @@ const COUNTERS: &[&str] = &[
     "jimbus_deadletter_total",
     "jimbus_consumer_dead_lettered_total",
     "jimbus_http_overload_total",
+    "jimbus_http_connections_accepted_total",
     "jimbus_http_connections_refused_total",
     "jimbus_grpc_subscriptions_refused_total",
     "jimbus_aggregate_refused_total",

@@ -84,6 +84,13 @@ class Server:
         except OSError:
             return False
 
+    def metric(self, name):
+        """The sum of a metric's samples in /metrics; this read is one connection."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith((name + " ", name + "{")))
+
     def log(self):
         try:
             return Path(self.data, "server.log").read_text(errors="replace")[-3000:]
@@ -280,9 +287,14 @@ class LoveHarness(unittest.TestCase):
 
     def test_a_round_arrives_whole_in_order_with_every_hand_bracketed(self):
         srv = self.server().start()
+        accepted = srv.metric("jimbus_http_connections_accepted_total")
         g = self.game(self.tmp / "a", "scenario=round", "url=" + srv.url, *FAST)
         report = g.finish(self)
         st, book = report["status"], report["book"]
+        # The worker keeps one connection for all its requests (each metric
+        # read is a connection of its own).
+        self.assertEqual(srv.metric("jimbus_http_connections_accepted_total") - accepted - 1, 1)
+        self.assertGreaterEqual(srv.metric("jimbus_ingest_requests_total"), 3)
         self.assertEqual(st["dropped"], 0)
         self.assertEqual(st["worker"]["pending"], 0)
         events = srv.events(st["session"], st["emitted"])

@@ -180,6 +180,9 @@ impl Listener {
     }
 
     fn spawn_connection(self: Rc<Self>, mut stream: TcpStream) {
+        // Against the request count, it shows whether mods keep their
+        // connections: a new one costs the server more than a small request.
+        per_thread!(Counter, counter!("jimbus_http_connections_accepted_total")).with(|c| c.increment(1));
         if self.connections.get() >= self.options.max_connections {
             metrics::counter!("jimbus_http_connections_refused_total").increment(1);
             let answer = conn::answer_bytes(503, "Service Unavailable", "too many connections, retry later");
