@@ -11,6 +11,7 @@
 --   eof      200 with no length: the body ends where the connection is closed
 --   idle     200 like `length`, then closes the idle connection and prints `closed C`
 --   drop     closes the connection without answering
+--   echo     200 with the request's Host and Authorization as the body: `HOST|AUTHORIZATION`
 -- The test reads its output to wait for it: no sleeps. A client that stops
 -- short (a failing test) leaves it waiting; it gives up after 20 s of that and
 -- prints `gave up`, so the test fails rather than hangs.
@@ -26,19 +27,21 @@ local function read_request(conn)
   local line = conn:receive("*l")
   if not line then return nil end
   local method, path = line:match("^(%u+) (%S+) HTTP/1%.1$")
-  local length = 0
+  local headers = {}
   repeat
     line = conn:receive("*l")
     if not line then return nil end
-    local n = line:match("^[Cc]ontent%-[Ll]ength:%s*(%d+)")
-    if n then length = tonumber(n) end
+    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+    if name then headers[name:lower()] = value end
   until line == ""
+  local length = tonumber(headers["content-length"]) or 0
   local body = length > 0 and conn:receive(length) or ""
-  return { method = method, path = path, body = body }
+  return { method = method, path = path, body = body, headers = headers }
 end
 
-local function answer(conn, kind, n)
+local function answer(conn, kind, n, req)
   local body = string.format('{"n":%d}', n)
+  if kind == "echo" then body = (req.headers.host or "") .. "|" .. (req.headers.authorization or "") end
   if kind == "chunked" then
     conn:send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
       .. string.format("%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n", 3, body:sub(1, 3), #body - 3, body:sub(4)))
@@ -50,7 +53,7 @@ local function answer(conn, kind, n)
   else
     local close = kind == "close" and "Connection: close\r\n" or ""
     conn:send(string.format("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s", #body, close, body))
-    return kind == "length"
+    return kind == "length" or kind == "echo"
   end
   return true
 end
@@ -67,7 +70,7 @@ while used < #answers do
     if not req then break end
     used = used + 1
     print(string.format("request %d %s %s %s", connections, req.method, req.path, req.body))
-    keep = answer(conn, answers[used], used)
+    keep = answer(conn, answers[used], used, req)
     if answers[used] == "idle" then keep = false end
   end
   conn:close()

@@ -18,30 +18,38 @@
 local M = {}
 
 -- The parts of a URL a request needs, cached per URL (the sender uses two).
+-- `Host` and, for a URL with a user and password, `Authorization` are what
+-- socket.http sends, so a URL that worked with it still does.
 local function target_of(url, cache)
   local t = cache[url]
   if t then return t end
-  local u = require("socket.url").parse(url)
+  local urls = require("socket.url")
+  local u = urls.parse(url)
   if not u or not u.host then return nil end
   local port = tonumber(u.port) or 80
   local path = (u.path and u.path ~= "") and u.path or "/"
   if u.query then path = path .. "?" .. u.query end
+  local host = u.host:find(":", 1, true) and ("[" .. u.host .. "]") or u.host
   t = { host = u.host, port = port, path = path, key = u.host .. ":" .. port,
-        authority = u.port and (u.host .. ":" .. port) or u.host }
+        authority = port == 80 and host or (host .. ":" .. port) }
+  if u.user and u.password then
+    t.authorization = "Basic " .. require("mime").b64(u.user .. ":" .. urls.unescape(u.password))
+  end
   cache[url] = t
   return t
 end
 
 local function request_bytes(req, t)
   local lines = { string.format("%s %s HTTP/1.1", req.method or "POST", t.path), "Host: " .. t.authority }
-  local has_length = false
+  local given = {}
   for name, value in pairs(req.headers or {}) do
     local lower = string.lower(name)
-    if lower == "content-length" then has_length = true end
+    given[lower] = true
     if lower ~= "host" and lower ~= "connection" then lines[#lines + 1] = name .. ": " .. tostring(value) end
   end
   local body = req.body or ""
-  if not has_length then lines[#lines + 1] = "Content-Length: " .. #body end
+  if not given["content-length"] then lines[#lines + 1] = "Content-Length: " .. #body end
+  if t.authorization and not given.authorization then lines[#lines + 1] = "Authorization: " .. t.authorization end
   lines[#lines + 1] = "\r\n"
   return table.concat(lines, "\r\n") .. body
 end
@@ -114,9 +122,9 @@ local function read_answer(conn, method)
 end
 
 --- Kept-alive HTTP/1.1 over LuaSocket: one connection, reused while the server
---- keeps it. `socket` may be injected (tests use the real one).
-function M.keepalive(socket)
-  socket = socket or require("socket")
+--- keeps it.
+function M.keepalive()
+  local socket = require("socket")
   local targets, conn, conn_key = {}, nil, nil
 
   local function drop()
@@ -142,12 +150,18 @@ function M.keepalive(socket)
     return c
   end
 
-  -- One request on one connection: the answer and whether to keep the
-  -- connection, or nil, err and whether the server closed it unanswered.
-  local function exchange(c, bytes, method)
-    local sent, err = c:send(bytes)
+  -- One request on `conn`: the answer and whether to keep the connection,
+  -- or nil, err and whether the server closed it without a byte of answer.
+  local function exchange(bytes, method)
+    local sent, err = conn:send(bytes)
     if not sent then return nil, err, true end
-    return read_answer(c, method)
+    return read_answer(conn, method)
+  end
+
+  local function finish(res, keep_or_err)
+    if not res then drop(); return { err = tostring(keep_or_err or "request failed") } end
+    if not keep_or_err then drop() end
+    return res
   end
 
   return function(req)
@@ -155,24 +169,17 @@ function M.keepalive(socket)
     if not t then return { err = "bad URL " .. tostring(req.url) } end
     local timeout = (req.timeout_ms or 5000) / 1000
     local bytes = request_bytes(req, t)
-    local reused = usable(t.key)
-    if not reused then drop() end
-    local c, err = conn, nil
-    if not reused then
-      c, err = connect(t, timeout)
-      if not c then return { err = tostring(err) } end
+    if usable(t.key) then
+      conn:settimeout(timeout)
+      local res, keep_or_err, unanswered = exchange(bytes, req.method)
+      if res or not unanswered or keep_or_err == "timeout" then return finish(res, keep_or_err) end
+      -- The server closed the kept connection as the request went out: once
+      -- more on a new one.
     end
-    c:settimeout(timeout)
-    local res, keep_or_err, unanswered = exchange(c, bytes, req.method)
-    if not res and reused and unanswered and keep_or_err ~= "timeout" then
-      drop() -- the server closed the kept connection as the request went out
-      c, err = connect(t, timeout)
-      if not c then return { err = tostring(err) } end
-      res, keep_or_err = exchange(c, bytes, req.method)
-    end
-    if not res then drop(); return { err = tostring(keep_or_err or "request failed") } end
-    if not keep_or_err then drop() end
-    return res
+    drop()
+    local connected, err = connect(t, timeout)
+    if not connected then return { err = tostring(err) } end
+    return finish(exchange(bytes, req.method))
   end
 end
 

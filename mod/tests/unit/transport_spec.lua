@@ -50,7 +50,7 @@ describe("the kept-alive transport", function()
     assert.same({ "request 1 POST /e {}", "request 2 POST /e {}", "request 3 POST /e {}" }, lines_of(pipe))
   end)
 
-  it("notices a kept connection the server closed while idle and opens a new one", function()
+  it("goes on a new connection, without an error, after the server closed an idle kept one", function()
     local base, pipe = serve("idle", "length")
     local send = transport.keepalive()
     assert.equal(200, post(send, base .. "/e", "a").status)
@@ -80,6 +80,16 @@ describe("the kept-alive transport", function()
     assert.equal("closed", res.err)
     assert.equal(200, post(send, base .. "/e", "b").status) -- the sender's retry, not the transport's
     assert.same({ "request 1 POST /e a", "request 2 POST /e b" }, lines_of(pipe))
+  end)
+
+  it("sends the Host and, for a URL with a user and password, the Authorization socket.http sent", function()
+    local base, pipe = serve("echo", "echo")
+    local send = transport.keepalive()
+    local authority = base:match("^http://(.*)$")
+    assert.equal(authority .. "|", post(send, base .. "/e", "a").body)
+    local with_user = "http://jim:pa%20ss@" .. authority .. "/e"
+    assert.equal(authority .. "|Basic " .. require("mime").b64("jim:pa ss"), post(send, with_user, "b").body)
+    lines_of(pipe)
   end)
 
   it("reports a refused connection as an error, not a status", function()
