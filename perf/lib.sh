@@ -37,6 +37,13 @@ stop() {
   wait "$1" 2>/dev/null || true
 }
 
+# cpu_ticks PID: the process's utime + stime so far, in clock ticks
+# (getconf CLK_TCK per second). Fields are counted after the command name's
+# closing parenthesis, which may hold spaces.
+cpu_ticks() {
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
 # prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.
 # On a fresh virtual machine, the first gigabytes written go into page-cache
 # memory the guest has never touched, and the kernel's copy into it costs

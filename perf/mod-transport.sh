@@ -27,18 +27,17 @@ pid=$!
 trap 'stop $pid; rm -rf "$work"' EXIT
 wait_ready "$pid" "http://127.0.0.1:$http/ready"
 url="http://127.0.0.1:$http/api/v1/events/batch"
-ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 
 one_set() { # one_set MODE: prints MODE, answered requests, server CPU us per request
   local mode=$1 before after answered=0 started=$SECONDS pids=()
-  before=$(ticks)
+  before=$(cpu_ticks "$pid")
   for c in $(seq "$clients"); do
     luajit mod/bench/transport_cost.lua "$url" "$requests" "$mode" >"$work/client.$c" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
-  after=$(ticks)
+  after=$(cpu_ticks "$pid")
   for c in $(seq "$clients"); do answered=$(( answered + $(awk '{ print $2 }' "$work/client.$c") )); done
   awk -v m="$mode" -v a="$answered" -v t=$((after - before)) -v hz="$hz" -v s=$((SECONDS - started)) 'BEGIN {
     printf "%-5s answered %d in %d s; server CPU %.2f s = %.1f us per request\n", m, a, s, t / hz, (a ? t / hz * 1e6 / a : 0)

@@ -16,14 +16,15 @@ pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
 seconds=${3:-8}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=perf/lib.sh
+source "$here/lib.sh"
 script=${4:-$here/wrk/fair-batch50.lua}
 # Each event of the field mod's batch has one "type" key, escaped in the Lua string.
 per_request=$(grep -o '\\"type\\":' "$script" | wc -l)
 (( per_request > 0 )) || { echo "no events in $script's body" >&2; exit 2; }
-ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
-before=$(ticks)
+before=$(cpu_ticks "$pid")
 out=$(wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
-after=$(ticks)
+after=$(cpu_ticks "$pid")
 echo "$out"
 requests=$(awk '/requests in/ { print $1 }' <<<"$out")
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0

@@ -2,7 +2,7 @@
 -- worker posts them, either the field mods' way or ours.
 --
 -- Owns: sending REQUESTS one-event batches (the body of
--- perf/wrk/fair-batch1.lua) to URL and printing `answered N of M`. MODE `field`
+-- perf/wrk/fair-batch1.lua, read from it) to URL and printing `answered N of M`. MODE `field`
 -- posts with socket.http, which opens a connection per request as the field
 -- mods do; MODE `mod` posts with bmcp.transport.keepalive(), which the mod's
 -- worker uses. It measures nothing itself: perf/mod-transport.sh reads the
@@ -11,13 +11,15 @@
 --
 -- Usage: luajit mod/bench/transport_cost.lua URL REQUESTS field|mod
 
-package.path = arg[0]:gsub("[^/]*$", "") .. "../BalatroMCP/?.lua;" .. package.path
+local here = arg[0]:gsub("[^/]*$", "")
+package.path = here .. "../BalatroMCP/?.lua;" .. package.path
 local url, requests, mode = arg[1], tonumber(arg[2]), arg[3]
 assert(url and requests and (mode == "field" or mode == "mod"), "usage: transport_cost.lua URL REQUESTS field|mod")
 
-local body = '{"batch_id":"b-1","events":[{"type":"MONEY_CHANGED","source":"BalatroMCP",'
-  .. '"payload":{"old_value":5,"new_value":9,"difference":4},"timestamp":1700000000000,"version":1}],'
-  .. '"source":"BalatroMCP","timestamp":1700000000000}'
+-- The body wrk sends in perf/compare-old-bus.sh, read from its script.
+local wrk = { headers = {} }
+setfenv(assert(loadfile(here .. "../../perf/wrk/fair-batch1.lua")), { wrk = wrk })()
+local body = assert(wrk.body, "perf/wrk/fair-batch1.lua sets no wrk.body")
 local headers = { ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }
 
 local send

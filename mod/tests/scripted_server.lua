@@ -39,6 +39,7 @@ local function read_request(conn)
   return { method = method, path = path, body = body, headers = headers }
 end
 
+-- Writes the answer `kind`; returns whether the connection stays open.
 local function answer(conn, kind, n, req)
   local body = string.format('{"n":%d}', n)
   if kind == "echo" then body = (req.headers.host or "") .. "|" .. (req.headers.authorization or "") end
@@ -71,7 +72,6 @@ while used < #answers do
     used = used + 1
     print(string.format("request %d %s %s %s", connections, req.method, req.path, req.body))
     keep = answer(conn, answers[used], used, req)
-    if answers[used] == "idle" then keep = false end
   end
   conn:close()
   if answers[used] == "idle" then print("closed " .. connections) end

@@ -28,8 +28,8 @@
 //! gives its slot and grant back.
 //! Streams past [`MAX_STREAMS`], past half the budget (the other half stays
 //! for the mods' requests), or without a grant, get 503. A stream ends
-//! when the server stops, or when its client stalls as above. This module must never hold shard state: it only
-//! reads the bus.
+//! when the server stops, or when its client stalls as above. This module
+//! must never hold shard state: it only reads the bus.
 
 use crate::bus::{Bus, BusError, DeliveryBatch, Start, Subscription};
 use bytes::Bytes;
