@@ -125,7 +125,8 @@ impl Server {
         tracing::info!("stopping: no new connections, draining requests");
         self.shutdown.begin();
         for _ in 0..self.shards.len() {
-            let _ = self.drained.recv_timeout(Duration::from_secs(30));
+            // A shard stops waiting for its connections at the drain timeout.
+            let _ = self.drained.recv_timeout(crate::http::DRAIN_TIMEOUT + Duration::from_secs(1));
         }
         let _ = self.grpc_stop.send(());
         let _ = self.grpc.join();

@@ -313,7 +313,10 @@ impl hyper::rt::Read for GlommioIo {
             if this.framer.is_done() {
                 if !this.answered() {
                     this.activity.waiting.set(Some(cx.waker().clone()));
-                    return Poll::Pending;
+                    // Timed all the same: were hyper ever to wait for more of a
+                    // request the framer holds whole, the connection would
+                    // otherwise hold its slot, and the shard's drain, forever.
+                    return this.pending_or_timed_out(cx);
                 }
                 this.framer.next_request();
                 this.request += 1;

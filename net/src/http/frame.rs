@@ -6,10 +6,12 @@
 //! next request only once the previous one is answered; [`Framer`] finds the
 //! end of each request (its head, then a `Content-Length` body or a chunked
 //! one) and refuses a head with both `Content-Length` and `Transfer-Encoding`
-//! (a smuggling vector hyper would accept). It never judges anything else: a
-//! head it cannot make sense of is passed on whole, and hyper answers it. A
-//! head is read line by line as it passes, keeping only the lines that decide
-//! its framing, so the framer never holds a copy of it.
+//! (a smuggling vector hyper would accept). It also refuses a chunked body
+//! that hyper would not read, as strictly as hyper reads it: hyper ends the
+//! connection on such a body without an answer. It never judges anything
+//! else: a head it cannot make sense of is passed on whole, and hyper answers
+//! it. A head is read line by line as it passes, keeping only the lines that
+//! decide its framing, so the framer never holds a copy of it.
 
 /// What the framer is reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,8 @@ enum State {
 struct HeadScan {
     /// Bytes of the head passed on so far.
     passed: usize,
+    /// A byte other than the empty lines hyper skips before a request line came.
+    started: bool,
     /// The request line has ended.
     past_request_line: bool,
     /// The current line so far, while it may be a `Content-Length` or
@@ -135,6 +139,9 @@ pub struct Framer {
     max_head: usize,
     /// The length of the last whole head passed on.
     last_head: usize,
+    /// Bytes of the current body's chunk extensions and trailers, and its
+    /// trailer lines: hyper limits both (16 KiB, 100 lines).
+    chunk_extras: (usize, usize),
 }
 
 /// A request the framer refuses before hyper sees it.
@@ -143,12 +150,12 @@ pub struct Refused(pub &'static str);
 
 impl Framer {
     pub fn new(max_head: usize) -> Self {
-        Self { state: State::Head(HeadScan::default()), max_head, last_head: 0 }
+        Self { state: State::Head(HeadScan::default()), max_head, last_head: 0, chunk_extras: (0, 0) }
     }
 
     /// A framer that passes everything on (the stream's framing is lost).
     pub fn opaque() -> Self {
-        Self { state: State::Opaque, max_head: 0, last_head: 0 }
+        Self { state: State::Opaque, max_head: 0, last_head: 0, chunk_extras: (0, 0) }
     }
 
     /// True when the current request has been passed on whole.
@@ -189,6 +196,7 @@ impl Framer {
     pub fn next_request(&mut self) {
         if self.state == State::Done {
             self.state = State::Head(HeadScan::default());
+            self.chunk_extras = (0, 0);
         }
     }
 
@@ -217,13 +225,19 @@ impl Framer {
                 }
                 State::ChunkData(left) => {
                     let used = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    // The last two bytes of `left` are the CRLF after the data.
+                    let data = usize::try_from(left.saturating_sub(2)).unwrap_or(usize::MAX).min(used);
+                    let crlf = &b"\r\n"[2 - (*left).min(2) as usize..];
+                    if !crlf.starts_with(&rest[data..used]) {
+                        return Err(Refused("a chunked body whose chunk is not followed by CRLF"));
+                    }
                     *left -= used as u64;
                     if *left == 0 {
                         self.state = State::ChunkLine { line: Vec::new(), trailers: false };
                     }
                     used
                 }
-                State::ChunkLine { .. } => self.chunk_line(rest),
+                State::ChunkLine { .. } => self.chunk_line(rest)?,
             };
             at += used;
         }
@@ -235,58 +249,118 @@ impl Framer {
     /// the head is held), all but the last three, which may begin the blank
     /// line that ends it: hyper gets the whole head only once it is checked.
     /// Those three are the front of the next `rest`, so the blank line is
-    /// always found in `rest` alone.
+    /// always found in `rest` alone. Lines end in CRLF or, as hyper also
+    /// reads them, a bare LF; empty lines before the request line, which hyper
+    /// skips (RFC 9112, section 2.2), pass on as they come.
     fn head(&mut self, rest: &[u8]) -> Result<usize, Refused> {
         let State::Head(scan) = &mut self.state else { unreachable!("in a head") };
-        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-            if scan.passed + rest.len() > self.max_head {
+        let lead = if scan.started { 0 } else { rest.iter().take_while(|&&b| b == b'\r' || b == b'\n').count() };
+        scan.passed += lead;
+        if lead == rest.len() {
+            return Ok(lead);
+        }
+        scan.started = true;
+        let line = &rest[lead..];
+        let Some((newline, blank)) = blank_line(line) else {
+            if scan.passed + line.len() > self.max_head {
                 // hyper answers 431 for it.
                 self.state = State::Opaque;
                 return Ok(rest.len());
             }
-            let more = rest.len().saturating_sub(3);
-            scan.read(&rest[..more]);
-            return Ok(more);
+            let more = line.len().saturating_sub(3);
+            scan.read(&line[..more]);
+            return Ok(lead + more);
         };
-        // The last line's CRLF ends it; the blank line's is not part of any.
-        scan.read(&rest[..end + 2]);
-        self.last_head = scan.passed + 2;
+        // The last line's newline ends it; the blank line's is not part of any.
+        scan.read(&line[..=newline]);
+        self.last_head = scan.passed + blank;
         self.state = scan.framing()?;
-        Ok(end + 4)
+        Ok(lead + newline + 1 + blank)
     }
 
-    /// Reads part of a chunk-size or trailer line; returns the bytes taken.
-    fn chunk_line(&mut self, rest: &[u8]) -> usize {
+    /// Reads part of a chunk-size or trailer line; returns the bytes taken,
+    /// or why the body is refused. The lines are read as strictly as hyper
+    /// reads them: hyper ends a connection on a chunked body it cannot read
+    /// without answering it, so the framer refuses it first, with an answer.
+    fn chunk_line(&mut self, rest: &[u8]) -> Result<usize, Refused> {
         let State::ChunkLine { line, trailers } = &mut self.state else { unreachable!("in a chunk line") };
-        let (used, complete) = match rest.iter().position(|&b| b == b'\n') {
+        let (used, complete) = match memchr::memchr(b'\n', rest) {
             Some(i) => (i + 1, true),
             None => (rest.len(), false),
         };
         line.extend_from_slice(&rest[..used]);
-        if !complete {
-            if line.len() > 4096 {
-                self.state = State::Opaque;
-            }
-            return used;
+        if line.len() > MAX_CHUNK_LINE {
+            return Err(Refused("a chunked body with a line longer than 4096 bytes"));
         }
-        let text = trim(line);
-        self.state = if *trailers {
-            if text.is_empty() {
-                State::Done
-            } else {
+        if !complete {
+            return Ok(used);
+        }
+        let text = match line.strip_suffix(b"\r\n") {
+            Some(text) if !text.contains(&b'\r') => text,
+            _ => return Err(Refused("a chunked body with a line that does not end in CRLF")),
+        };
+        let (extra_bytes, trailer_lines) = &mut self.chunk_extras;
+        let next = match (*trailers, text.is_empty()) {
+            (true, true) => State::Done,
+            (true, false) => {
+                (*extra_bytes, *trailer_lines) = (*extra_bytes + text.len(), *trailer_lines + 1);
                 State::ChunkLine { line: Vec::new(), trailers: true }
             }
-        } else {
-            let size = text.split(|&b| b == b';').next().map(trim).unwrap_or_default();
-            match std::str::from_utf8(size).ok().and_then(|s| u64::from_str_radix(s, 16).ok()) {
-                Some(0) => State::ChunkLine { line: Vec::new(), trailers: true },
-                // The data, then its CRLF.
-                Some(n) => State::ChunkData(n + 2),
-                None => State::Opaque,
+            (false, _) => {
+                let (size, extension) = chunk_size(text).ok_or(Refused(BAD_CHUNK_SIZE))?;
+                *extra_bytes += extension;
+                match size {
+                    0 => State::ChunkLine { line: Vec::new(), trailers: true },
+                    // The data, then its CRLF.
+                    n => State::ChunkData(n.checked_add(2).ok_or(Refused(BAD_CHUNK_SIZE))?),
+                }
             }
         };
-        used
+        if *extra_bytes > MAX_CHUNK_EXTRAS.0 || *trailer_lines > MAX_CHUNK_EXTRAS.1 {
+            return Err(Refused(
+                "a chunked body with more than 8 KiB of chunk extensions and trailers, or 64 trailers",
+            ));
+        }
+        self.state = next;
+        Ok(used)
     }
+}
+
+/// The longest chunk-size or trailer line the framer reads.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// The most bytes of chunk extensions and trailers, and trailer lines, a
+/// body may have: well inside hyper's limits, so that hyper never ends the
+/// connection on them unanswered.
+const MAX_CHUNK_EXTRAS: (usize, usize) = (8 * 1024, 64);
+
+const BAD_CHUNK_SIZE: &str = "a chunked body with a chunk size that is not a hexadecimal number of 64 bits";
+
+/// Where a head ends in `bytes`: the newline that ends its last line, and
+/// the length of the blank line after it (LF or CRLF).
+fn blank_line(bytes: &[u8]) -> Option<(usize, usize)> {
+    memchr::memchr_iter(b'\n', bytes).find_map(|newline| match &bytes[newline + 1..] {
+        [b'\n', ..] => Some((newline, 1)),
+        [b'\r', b'\n', ..] => Some((newline, 2)),
+        _ => None,
+    })
+}
+
+/// The size a chunk-size line (its CRLF removed) gives, as hyper reads it
+/// (hexadecimal digits, spaces or tabs, then an optional `;` extension), and
+/// the length of its extension.
+fn chunk_size(line: &[u8]) -> Option<(u64, usize)> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let spaces = line[digits..].iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let after = &line[digits + spaces..];
+    if digits == 0 || !(after.is_empty() || after[0] == b';') {
+        return None;
+    }
+    let size = line[..digits].iter().try_fold(0u64, |size, &b| {
+        let digit = (b as char).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(digit))
+    })?;
+    Some((size, after.len()))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -413,12 +487,17 @@ mod tests {
         fn a_heads_framing_is_what_its_lines_say_however_it_arrives(
             headers in proptest::collection::vec(header_line(), 0..6),
             cuts in proptest::collection::vec(1usize..40, 1..8),
+            ends in proptest::collection::vec(proptest::prop_oneof!["\r\n", "\n"], 8),
+            lead in "(\r\n|\n){0,3}",
         ) {
-            let mut head = "POST /api/v1/events HTTP/1.1\r\n".to_string();
+            // Lines end in CRLF or a bare LF, as hyper reads them, and empty
+            // lines before the request line are hyper's to skip.
+            let mut ends = ends.iter().cycle();
+            let mut head = format!("{lead}POST /api/v1/events HTTP/1.1{}", ends.next().unwrap());
             for (name, value) in &headers {
-                head.push_str(&format!("{name}: {value}\r\n"));
+                head.push_str(&format!("{name}: {value}{}", ends.next().unwrap()));
             }
-            head.push_str("\r\n");
+            head.push_str(ends.next().unwrap());
             let named = |wanted: &'static str| headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(wanted));
             let lengths: Vec<u64> = named("content-length").map(|(_, v)| v.parse().unwrap()).collect();
             let chunked = named("transfer-encoding")
@@ -453,6 +532,74 @@ mod tests {
         assert!(framer.is_done());
         assert_eq!(taken, head.len());
         assert_eq!(framer.head_passed(), head.len() - 2, "hyper was handed the whole head, then its body");
+    }
+
+    /// A chunked POST whose body is `chunks`, with a request after it.
+    fn chunked(chunks: &[u8]) -> Vec<u8> {
+        [b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", chunks, b"GET / HTTP/1.1\r\n\r\n"].concat()
+    }
+
+    #[test]
+    fn chunked_bodies_hyper_reads_are_framed_whole() {
+        let bodies: [&[u8]; 5] = [
+            b"0\r\n\r\n",
+            b"A\r\n0123456789\r\n0\r\n\r\n",
+            b"1 \t;name=value\r\nx\r\n0;last\r\nTrailer: yes\r\nAnother: one\r\n\r\n",
+            b"00000002\r\nab\r\n0\r\n\r\n",
+            b"ffFF\r\n",
+        ];
+        for body in &bodies[..4] {
+            let stream = chunked(body);
+            let whole = stream.len() - b"GET / HTTP/1.1\r\n\r\n".len();
+            for cuts in [&[stream.len()][..], &[1], &[3, 1, 7]] {
+                assert_eq!(first_request(&stream, cuts), Ok(Some(whole)), "{}", String::from_utf8_lossy(body));
+            }
+        }
+        let mut framer = Framer::new(1024);
+        framer.take(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", bodies[4]].concat()).unwrap();
+        assert_eq!(framer.state, State::ChunkData(0xffff + 2), "a size in either case");
+    }
+
+    #[test]
+    fn chunked_bodies_hyper_would_not_read_are_refused() {
+        let refused: [(&[u8], &str); 10] = [
+            (b"zz\r\nab\r\n0\r\n\r\n", "not hexadecimal"),
+            (b"+2\r\nab\r\n0\r\n\r\n", "a sign"),
+            (b" 2\r\nab\r\n0\r\n\r\n", "space before the size"),
+            (b"2 x\r\nab\r\n0\r\n\r\n", "text after the size's spaces"),
+            (b"10000000000000000\r\n", "past 64 bits"),
+            (b"2\r\nabc\r\n0\r\n\r\n", "data past its size"),
+            (b"2\r\nabXX0\r\n\r\n", "data not followed by CRLF"),
+            (b"2\nab\r\n0\r\n\r\n", "a size line ending in a bare LF"),
+            (b"2;a\rb\r\nab\r\n0\r\n\r\n", "a bare CR in an extension"),
+            (b"0\r\nTrailer: x\n\r\n", "a trailer ending in a bare LF"),
+        ];
+        for (body, what) in refused {
+            let stream = chunked(body);
+            for cuts in [&[stream.len()][..], &[1], &[2, 5]] {
+                assert!(first_request(&stream, cuts).is_err(), "{what}, in pieces of {cuts:?}");
+            }
+        }
+        let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert!(first_request(&chunked(long_line.as_bytes()), &[100]).is_err(), "a line past 4096 bytes");
+        let extensions = format!("1;{}\r\nx\r\n", "e".repeat(3000)).repeat(3) + "0\r\n\r\n";
+        assert!(first_request(&chunked(extensions.as_bytes()), &[512]).is_err(), "extensions past 8 KiB");
+        let trailers = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_CHUNK_EXTRAS.1 + 1) + "\r\n";
+        assert!(first_request(&chunked(trailers.as_bytes()), &[64]).is_err(), "more than 64 trailers");
+        let at_the_limits = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_CHUNK_EXTRAS.1) + "\r\n";
+        assert!(first_request(&chunked(at_the_limits.as_bytes()), &[64]).unwrap().is_some(), "64 trailers");
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_go_on_with_its_head() {
+        let stream = b"\r\n\n\r\nGET /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n";
+        let first = stream.len() / 2 + 3;
+        for cuts in [&[stream.len()][..], &[1], &[2, 3]] {
+            assert_eq!(first_request(stream, cuts), Ok(Some(first)), "in pieces of {cuts:?}");
+        }
+        let mut framer = Framer::new(1024);
+        assert_eq!(framer.take(b"\r\n\r\n").unwrap(), 4, "empty lines alone go on, and are no request");
+        assert!(!framer.is_done());
     }
 
     #[test]

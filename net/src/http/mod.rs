@@ -152,7 +152,7 @@ impl Listener {
     }
 
     /// Accepts connections until the process stops, then waits for open
-    /// connections to finish their requests.
+    /// connections to finish their requests, at most [`DRAIN_TIMEOUT`].
     pub async fn run(self: Rc<Self>, socket: TcpListener) {
         loop {
             let stop = self.context.shutdown.listen();
@@ -171,6 +171,26 @@ impl Listener {
             }
         }
         drop(socket);
+        let drained = futures_lite::future::or(
+            async {
+                self.until_no_connections().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(DRAIN_TIMEOUT).await;
+                false
+            },
+        )
+        .await;
+        if !drained {
+            // Their tasks end with the shard's executor, after its pump has
+            // answered every append: nothing acknowledged is lost.
+            let open = self.connections.get();
+            tracing::warn!(shard = self.shard, open, "connections still open at the drain timeout are dropped");
+        }
+    }
+
+    async fn until_no_connections(&self) {
         while self.connections.get() > 0 {
             let idle = self.idle.listen();
             if self.connections.get() > 0 {
@@ -221,6 +241,9 @@ impl Listener {
 /// came from (`cargo run --release -p jimbus-perf --example decoded_size`
 /// measures it), rounded up.
 const GRANT_PER_BODY_BYTE: u64 = 6;
+
+/// How long a stopping shard waits for its open connections to end.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The largest request head (request line and headers); more gets 431 (414 for
 /// the request line alone). hyper reads at most this much at once.

@@ -1,5 +1,6 @@
-//! Defects 4, 5 and 7 on the HTTP edge: malformed requests get a JSON answer
-//! with the right status, the idle timer never cuts a request or its answer,
+//! Defects 4, 5 and 7 on the HTTP edge: malformed requests (malformed
+//! chunked bodies among them) get a JSON answer with the right status, empty
+//! lines before a request and bare LF heads are answered, the idle timer never cuts a request or its answer,
 //! a stalled body gets 408, long rejection lists are cut, an event made to
 //! expand is refused alone, a body whose events could never fit the memory
 //! budget gets 413, and HEAD works on the probes.
@@ -37,6 +38,14 @@ fn malformed_requests_get_a_status_and_a_json_body() {
         ("oversized headers", big_header.into_bytes(), 431),
         ("over-long URI", long_uri.into_bytes(), 414),
         ("unsupported version", b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(), 505),
+        // hyper ended the connection on a chunked body it could not read, unanswered.
+        ("chunk size not hexadecimal", chunked(b"zz\r\nab\r\n0\r\n\r\n"), 400),
+        ("chunk size past 64 bits", chunked(b"ffffffffffffffffffff\r\nab\r\n0\r\n\r\n"), 400),
+        ("chunk size with a sign", chunked(b"+2\r\n{}\r\n0\r\n\r\n"), 400),
+        ("chunk data longer than its size", chunked(b"2\r\n{}XX\r\n0\r\n\r\n"), 400),
+        ("chunk line ending in a bare LF", chunked(b"2\n{}\r\n0\r\n\r\n"), 400),
+        ("chunk extensions past 8 KiB", chunked(format!("1;{}\r\n{{\r\n", "x".repeat(9000)).as_bytes()), 400),
+        ("a chunked body to a probe", b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
     ];
     for (what, bytes, status) in cases {
         let response = answer_to(&server, &bytes);
@@ -44,6 +53,39 @@ fn malformed_requests_get_a_status_and_a_json_body() {
         assert_eq!(response.json()["status"], "error", "{what}");
     }
     assert_eq!(server.get("/health").status, 200, "the server is still up");
+}
+
+/// A chunked POST to the events endpoint with `body` as its chunked bytes.
+fn chunked(body: &[u8]) -> Vec<u8> {
+    [b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), body].concat()
+}
+
+/// Empty lines before a request line made the framer take them for a
+/// whole request, which hyper never answered: the connection hung, and
+/// held the server's stop, forever. Heads with bare LF line ends, which hyper
+/// reads, waited for a CRLF blank line until the header timeout.
+#[test]
+fn empty_lines_before_a_request_and_bare_lf_heads_are_answered() {
+    let server = Jimbus::start(&[]);
+    let event = br#"{"type":"HEARTBEAT","session_id":"lf"}"#;
+    let lf_post = format!("POST /api/v1/events HTTP/1.1\nHost: x\nContent-Length: {}\n\n", event.len());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("two empty lines first", b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("empty lines of both kinds first", b"\n\r\n\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bare LF head", b"GET /health HTTP/1.1\nHost: x\n\n".to_vec()),
+        ("bare LF head ended by CRLF", b"GET /health HTTP/1.1\nHost: x\n\r\n".to_vec()),
+        ("bare LF head with a body", [lf_post.as_bytes(), event].concat()),
+    ];
+    for (what, bytes) in cases {
+        let mut conn = HttpConn::open(server.http);
+        // Twice on one connection: the second request is framed after the first.
+        conn.send(&[bytes.as_slice(), &bytes].concat());
+        for _ in 0..2 {
+            // Before, the first hung (no answer in 30 s) or got 408 at the header timeout.
+            let response = conn.try_read_response().unwrap_or_else(|| panic!("{what}: no answer"));
+            assert_eq!(response.status, 200, "{what}");
+        }
+    }
 }
 
 /// hyper read pipelined requests ahead and dropped the answers it had not yet
