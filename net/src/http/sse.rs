@@ -37,6 +37,7 @@ use hyper::body::Frame;
 use jimbus_core::budget::{self, MemoryBudget, StreamGrant, StreamGrants, StreamRefusal};
 use jimbus_core::topic::Pattern;
 use jimbus_proto::delivery::EncodedDelivery;
+use jimbus_proto::validate::Validate;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -67,6 +68,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 pub enum SseError {
     #[error("pattern: {0}")]
     Pattern(String),
+    #[error("{0}: not UTF-8 once its %XX escapes are decoded")]
+    NotUtf8(String),
+    /// A rule of gRPC Subscribe's request broken, named as gRPC names it.
+    #[error(transparent)]
+    Rules(#[from] jimbus_proto::validate::Violations),
     #[error("from: {0:?} is not latest, earliest, offset:N or time:<unix ms>")]
     From(String),
     #[error("last event id: {0:?} is not a cursor this server wrote")]
@@ -156,15 +162,18 @@ pub fn parse_request(
     let (mut pattern, mut from, mut resume) = ("balatro.>".to_string(), "latest".to_string(), None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
+        let decoded = || percent_decode(value).ok_or_else(|| SseError::NotUtf8(key.to_string()));
         match key {
-            "pattern" => pattern = value,
-            "from" => from = value,
-            "last_event_id" if !value.is_empty() => resume = Some(value),
+            "pattern" => pattern = decoded()?,
+            "from" => from = decoded()?,
+            "last_event_id" if !value.is_empty() => resume = Some(decoded()?),
             _ => {}
         }
     }
-    let pattern = Pattern::parse(&pattern).map_err(|e| SseError::Pattern(e.to_string()))?;
+    // The rules gRPC Subscribe holds its pattern to (its length).
+    let subscribe = jimbus_proto::bus::SubscribeRequest { pattern, ..Default::default() };
+    subscribe.validate()?;
+    let pattern = Pattern::parse(&subscribe.pattern).map_err(|e| SseError::Pattern(e.to_string()))?;
     if let Some(id) = last_event_id.filter(|id| !id.is_empty()).map(str::to_string).or(resume) {
         return Ok(StreamRequest { pattern, cursor: Cursor::parse(&id)? });
     }
@@ -182,8 +191,9 @@ pub fn parse_request(
     Ok(StreamRequest { pattern, cursor: Cursor { origin, delivered: BTreeMap::new() } })
 }
 
-/// `%XX` and `+` decoding of one query value (invalid escapes are kept as sent).
-fn percent_decode(value: &str) -> String {
+/// `%XX` and `+` decoding of one query value (invalid escapes are kept as
+/// sent); `None` when the bytes it gives are not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -202,7 +212,7 @@ fn percent_decode(value: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// The canonical protobuf JSON of an encoded `jimbot.bus.v1.SubscribeResponse`.
@@ -486,10 +496,27 @@ mod tests {
         assert!(parse_request(Some("pattern=a..b"), None, 7).is_err());
     }
 
+    /// An SSE stream took patterns gRPC refuses: one past 512 bytes, and
+    /// bytes that are not UTF-8 (read as U+FFFD).
+    #[test]
+    fn the_query_is_held_to_grpcs_rules() {
+        let longest = format!("pattern=a.{}", "b".repeat(510));
+        assert!(parse_request(Some(&longest), None, 7).is_ok());
+        let refused = parse_request(Some(&format!("{longest}b")), None, 7).err().unwrap();
+        assert_eq!(refused.to_string(), "pattern: max_len=512");
+        let refused = parse_request(Some("pattern=a.%FF"), None, 7).err().unwrap();
+        assert_eq!(refused.to_string(), "pattern: not UTF-8 once its %XX escapes are decoded");
+        assert!(parse_request(Some("from=%C3"), None, 7).is_err());
+        assert!(parse_request(Some("other=%FF"), None, 7).is_ok(), "keys it does not read are not judged");
+    }
+
     #[test]
     fn percent_decoding_keeps_bad_escapes() {
-        assert_eq!(percent_decode("a%20b+c%3e"), "a b c>");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        let decoded = |value| percent_decode(value).unwrap();
+        assert_eq!(decoded("a%20b+c%3e"), "a b c>");
+        assert_eq!(decoded("100%"), "100%");
+        assert_eq!(decoded("%zz%4"), "%zz%4");
+        assert_eq!(decoded("%C3%A9"), "é");
+        assert_eq!(percent_decode("%C3"), None);
     }
 }
