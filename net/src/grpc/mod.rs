@@ -9,6 +9,7 @@
 //! metadata. This module must never hold shard state.
 
 pub mod coordinator;
+pub mod frames;
 pub mod remote_budget;
 
 use crate::admit;
@@ -47,6 +48,10 @@ const GATHER_BYTES: usize = 8 << 20;
 
 /// The HTTP/2 connection window of the gRPC port (see [`serve`]).
 const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;
+
+/// Streams one gRPC connection may have open at once (h2 refuses more, and
+/// clients queue them): twice the subscriptions the default budget allows.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Events in one Publish request or one PublishBatch message (the schema's
 /// `max_items`), and in one request gathered from a stream.
@@ -457,6 +462,7 @@ pub async fn serve(
     // Without TCP_NODELAY a delivery written behind an unacknowledged one waits
     // for the subscriber's delayed ACK (40 ms on Linux).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let frame_budgets = frames::FrameBudgets::new(budget.clone());
     tonic::transport::Server::builder()
         // h2 closes a connection whose buffered small DATA frames cost more
         // framing than half its connection window (GOAWAY too_many_data_frames).
@@ -466,7 +472,10 @@ pub async fn serve(
         // meets flow control first.
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
         .initial_stream_window_size(GRPC_CONNECTION_WINDOW / 16)
+        // Each stream's state, and what h2 buffers for it, is outside the budget.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
+        .layer(tower::util::MapRequestLayer::new(move |request| frames::granted(request, &frame_budgets)))
         .add_service(health)
         .add_service(reflection)
         .add_service(EventBusServiceServer::new(BusService::new(bus, budget)))

@@ -483,3 +483,53 @@ fn everything(durable_name: String) -> bus::SubscribeRequest {
         ..Default::default()
     }
 }
+
+/// A Publish call on its own connection whose body sends `bytes` and then
+/// stays open until the server answers or ends the call.
+async fn stalled_publish(url: String, bytes: bytes::Bytes) {
+    use tower::{Service, ServiceExt};
+    let mut channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let (frames, body) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>>(1);
+    frames.send(Ok(hyper::body::Frame::data(bytes))).await.unwrap();
+    let body =
+        tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body)));
+    let request = http::Request::builder()
+        .uri("/jimbot.bus.v1.EventBusService/Publish")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    // A refused call is answered (RESOURCE_EXHAUSTED) or reset while its body
+    // is still open; either ends it.
+    let _ = channel.ready().await.unwrap().call(request).await;
+    drop(frames);
+}
+
+/// tonic gathers a message whole before a handler sees it, and h2 opened
+/// every stream a client asked for: 64 calls, each sending all but the last
+/// byte of a 4 MiB message, made the server hold 256 MiB outside a 64 MiB
+/// budget. Each message is granted its length when its prefix arrives now:
+/// the calls past the budget are RESOURCE_EXHAUSTED at once, and the server
+/// holds about the budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_under_way_on_many_streams_are_granted_before_they_are_held() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(64u64 << 20).to_string()]);
+    let at_rest = server.metric("jimbus_budget_used_bytes");
+    let length: u32 = 4 << 20;
+    let mut message = vec![0u8];
+    message.extend_from_slice(&length.to_be_bytes());
+    message.resize(5 + length as usize - 1, 0x0a);
+    let message = bytes::Bytes::from(message);
+    let calls: Vec<_> = (0..64).map(|_| tokio::spawn(stalled_publish(server.grpc_url(), message.clone()))).collect();
+    // At most 16 fit the budget: the others are refused while they wait.
+    // Before, none was (and this fails at the deadline).
+    let refused = || server.metric("jimbus_budget_denials_total") >= 48.0;
+    crate::harness::wait_for(Duration::from_secs(60), "48 messages refused for memory", refused);
+    assert_peak_rss_under(&server, 192);
+    calls.iter().for_each(tokio::task::JoinHandle::abort);
+    let back = || server.metric("jimbus_budget_used_bytes") <= at_rest;
+    crate::harness::wait_for(Duration::from_secs(10), "the stalled calls' grants given back", back);
+    let mut client = server.client().await;
+    let fits = client.publish(bus::PublishRequest { events: vec![event("after", 1)] }).await.unwrap();
+    assert_eq!(fits.into_inner().accepted, 1);
+}

@@ -1,0 +1,229 @@
+//! Memory for the gRPC messages a request is still receiving.
+//!
+//! tonic gathers each message of a request whole before a handler sees it (up
+//! to its 4 MiB limit), and h2 opened as many streams as a client asked: a
+//! client that sent all but the last byte of 4 MiB messages on many streams
+//! made the server hold them outside the memory budget, without bound.
+//! [`GrantedBody`] reads the gRPC framing of a request body as it passes to
+//! tonic and grants each message's declared length from the budget (a short
+//! one from a small reserve first) when its 5-byte prefix arrives, before
+//! tonic holds a byte of it (RESOURCE_EXHAUSTED when there is no room), and
+//! gives it back once the message has passed: from
+//! then on its handler holds it (the bus grants what events take decoded). It
+//! must never change the bytes it passes, or decode a message.
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use jimbus_core::budget::{self, Grant, MemoryBudget};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tonic::Status;
+
+/// A gRPC message's prefix: a compression flag, then its length (big-endian).
+const PREFIX: usize = 5;
+
+/// The longest message tonic takes (its default limit); it refuses a longer
+/// one from the prefix alone, holding none of it, so no more is granted.
+pub const MAX_MESSAGE_BYTES: u64 = 4 << 20;
+
+/// A message this short takes its grant from [`SHORT_RESERVE`] first: a
+/// Subscribe, an ack or a topic list must reach its handler, which says why
+/// it is refused, when ingest has spent the budget.
+pub const SHORT_MESSAGE_BYTES: u64 = 4 << 10;
+
+/// What short messages under way may hold beside the budget, in all.
+pub const SHORT_RESERVE: u64 = 16 << 20;
+
+/// The budgets a gRPC port's messages under way are granted from.
+#[derive(Clone)]
+pub struct FrameBudgets {
+    /// The server's memory budget.
+    pub budget: Arc<MemoryBudget>,
+    /// [`SHORT_RESERVE`], for short messages before the budget.
+    pub short: Arc<MemoryBudget>,
+}
+
+impl FrameBudgets {
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        Self { budget, short: MemoryBudget::new(SHORT_RESERVE) }
+    }
+}
+
+/// Gives every request body of the gRPC port its grants (a tower request map).
+pub fn granted(request: http::Request<tonic::body::Body>, budgets: &FrameBudgets) -> http::Request<tonic::body::Body> {
+    let budgets = budgets.clone();
+    request.map(|inner| tonic::body::Body::new(GrantedBody::new(inner, budgets)))
+}
+
+/// A request body whose message under way holds its length of the budget.
+pub struct GrantedBody {
+    inner: tonic::body::Body,
+    budgets: FrameBudgets,
+    /// The current message's prefix, `seen` bytes of it so far.
+    prefix: [u8; PREFIX],
+    seen: usize,
+    /// Bytes of the current message still to come, once its prefix is whole.
+    left: u64,
+    /// What the current message holds of the budget, from its prefix to its end.
+    grant: Option<Grant>,
+}
+
+impl GrantedBody {
+    fn new(inner: tonic::body::Body, budgets: FrameBudgets) -> Self {
+        Self { inner, budgets, prefix: [0; PREFIX], seen: 0, left: 0, grant: None }
+    }
+
+    /// Follows the framing through `bytes`, granting each message as it begins.
+    fn follow(&mut self, mut bytes: &[u8]) -> Result<(), Status> {
+        while !bytes.is_empty() {
+            if self.seen < PREFIX {
+                let n = (PREFIX - self.seen).min(bytes.len());
+                self.prefix[self.seen..self.seen + n].copy_from_slice(&bytes[..n]);
+                (self.seen, bytes) = (self.seen + n, &bytes[n..]);
+                if self.seen == PREFIX {
+                    let [_, length @ ..] = self.prefix;
+                    self.left = u64::from(u32::from_be_bytes(length));
+                    self.grant = Some(self.grant_for(self.left)?);
+                }
+            } else {
+                let n = bytes.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                (self.left, bytes) = (self.left - n as u64, &bytes[n..]);
+            }
+            if self.seen == PREFIX && self.left == 0 {
+                // Whole: tonic decodes it now, and its handler holds it.
+                (self.seen, self.grant) = (0, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn grant_for(&self, length: u64) -> Result<Grant, Status> {
+        let want = length.min(MAX_MESSAGE_BYTES);
+        let short = (want <= SHORT_MESSAGE_BYTES).then(|| self.budgets.short.request(want, want)).flatten();
+        short.or_else(|| self.budgets.budget.request(want, want)).ok_or_else(|| {
+            metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
+            Status::resource_exhausted(budget::SPENT)
+        })
+    }
+}
+
+impl Body for GrantedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
+                this.follow(data)?;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(budget: &Arc<MemoryBudget>) -> GrantedBody {
+        let budgets = FrameBudgets { budget: budget.clone(), short: MemoryBudget::new(0) };
+        GrantedBody::new(tonic::body::Body::empty(), budgets)
+    }
+
+    fn prefix(length: u32) -> Vec<u8> {
+        [&[0][..], &length.to_be_bytes()].concat()
+    }
+
+    fn message(length: u32) -> Vec<u8> {
+        let mut bytes = prefix(length);
+        bytes.resize(PREFIX + length as usize, 7);
+        bytes
+    }
+
+    proptest::proptest! {
+        /// However the bytes of several messages arrive, each holds its length
+        /// from its prefix's last byte to its own, and nothing after.
+        #[test]
+        fn each_message_holds_its_length_while_it_arrives(
+            lengths in proptest::collection::vec(0u32..12_000, 1..5),
+            cuts in proptest::collection::vec(1usize..3000, 1..8),
+        ) {
+            let budget = MemoryBudget::new(1 << 20);
+            let mut granted = body(&budget);
+            let stream: Vec<u8> = lengths.iter().flat_map(|&l| message(l)).collect();
+            // What must be held after each byte: the message it is in, once its prefix is whole.
+            let mut held_after = Vec::new();
+            for &length in &lengths {
+                held_after.extend(std::iter::repeat_n(0, PREFIX - 1));
+                held_after.extend(std::iter::repeat_n(u64::from(length), length as usize));
+                held_after.push(0);
+            }
+            let mut at = 0;
+            for cut in cuts.iter().cycle() {
+                let end = (at + cut).min(stream.len());
+                granted.follow(&stream[at..end]).unwrap();
+                proptest::prop_assert_eq!(budget.used(), held_after[end - 1], "after byte {}", end);
+                at = end;
+                if at == stream.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_the_budget_has_no_room_for_is_refused_before_it_is_held() {
+        let budget = MemoryBudget::new(10_000);
+        let mut first = body(&budget);
+        first.follow(&message(8_000)[..100]).unwrap();
+        assert_eq!(budget.used(), 8_000);
+        let refused = body(&budget).follow(&prefix(5_000)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        first.follow(&message(8_000)[100..]).unwrap();
+        assert_eq!(budget.used(), 0, "a whole message is its handler's to hold");
+        body(&budget).follow(&prefix(5_000)).unwrap();
+    }
+
+    #[test]
+    fn a_short_message_is_granted_from_the_reserve_first() {
+        let budget = MemoryBudget::new(1_000);
+        let budgets = FrameBudgets { budget: budget.clone(), short: MemoryBudget::new(3_000) };
+        let body = || GrantedBody::new(tonic::body::Body::empty(), budgets.clone());
+        let (mut first, mut second, mut third) = (body(), body(), body());
+        first.follow(&prefix(2_000)).unwrap();
+        second.follow(&prefix(800)).unwrap();
+        assert_eq!((budgets.short.used(), budget.used()), (2_800, 0));
+        third.follow(&prefix(900)).unwrap();
+        assert_eq!((budgets.short.used(), budget.used()), (2_800, 900), "past the reserve, from the budget");
+        let refused = body().follow(&prefix(900)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "and past both, refused");
+        drop(first);
+        body().follow(&prefix(2_000)).expect("a grant given back is the reserve's again");
+        let reserve_only = FrameBudgets { budget: MemoryBudget::new(0), short: MemoryBudget::new(1 << 20) };
+        let body = || GrantedBody::new(tonic::body::Body::empty(), reserve_only.clone());
+        body().follow(&prefix(SHORT_MESSAGE_BYTES as u32)).unwrap();
+        assert!(
+            body().follow(&prefix(SHORT_MESSAGE_BYTES as u32 + 1)).is_err(),
+            "a longer one never takes the reserve"
+        );
+    }
+
+    #[test]
+    fn a_message_past_tonics_limit_holds_only_the_limit() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut huge = body(&budget);
+        huge.follow(&prefix(u32::MAX)).unwrap();
+        assert_eq!(budget.used(), MAX_MESSAGE_BYTES, "tonic refuses it from the prefix");
+    }
+}
