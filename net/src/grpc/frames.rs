@@ -58,7 +58,9 @@ pub fn granted(request: http::Request<tonic::body::Body>, budgets: &FrameBudgets
 
 /// A request body whose message under way holds its length of the budget.
 pub struct GrantedBody {
+    /// The body as h2 delivers it.
     inner: tonic::body::Body,
+    /// Where the messages' grants come from.
     budgets: FrameBudgets,
     /// The current message's prefix, `seen` bytes of it so far.
     prefix: [u8; PREFIX],
@@ -98,6 +100,7 @@ impl GrantedBody {
         Ok(())
     }
 
+    /// The grant of a message of `length` bytes, or RESOURCE_EXHAUSTED.
     fn grant_for(&self, length: u64) -> Result<Grant, Status> {
         let want = length.min(MAX_MESSAGE_BYTES);
         let short = (want <= SHORT_MESSAGE_BYTES).then(|| self.budgets.short.request(want, want)).flatten();

@@ -139,9 +139,19 @@ pub struct Framer {
     max_head: usize,
     /// The length of the last whole head passed on.
     last_head: usize,
-    /// Bytes of the current body's chunk extensions and trailers, and its
-    /// trailer lines: hyper limits both (16 KiB, 100 lines).
-    chunk_extras: (usize, usize),
+    /// What the current chunked body has sent besides its data.
+    extras: ChunkExtras,
+}
+
+/// What a chunked body sends besides its data, which hyper limits (16 KiB,
+/// 100 trailers) and the framer holds to [`MAX_CHUNK_EXTRA_BYTES`] and
+/// [`MAX_TRAILERS`].
+#[derive(Debug, Default)]
+struct ChunkExtras {
+    /// Bytes of chunk extensions and trailers.
+    bytes: usize,
+    /// Trailer lines.
+    trailers: usize,
 }
 
 /// A request the framer refuses before hyper sees it.
@@ -150,12 +160,12 @@ pub struct Refused(pub &'static str);
 
 impl Framer {
     pub fn new(max_head: usize) -> Self {
-        Self { state: State::Head(HeadScan::default()), max_head, last_head: 0, chunk_extras: (0, 0) }
+        Self { state: State::Head(HeadScan::default()), max_head, last_head: 0, extras: ChunkExtras::default() }
     }
 
     /// A framer that passes everything on (the stream's framing is lost).
     pub fn opaque() -> Self {
-        Self { state: State::Opaque, max_head: 0, last_head: 0, chunk_extras: (0, 0) }
+        Self { state: State::Opaque, max_head: 0, last_head: 0, extras: ChunkExtras::default() }
     }
 
     /// True when the current request has been passed on whole.
@@ -196,7 +206,7 @@ impl Framer {
     pub fn next_request(&mut self) {
         if self.state == State::Done {
             self.state = State::Head(HeadScan::default());
-            self.chunk_extras = (0, 0);
+            self.extras = ChunkExtras::default();
         }
     }
 
@@ -299,16 +309,16 @@ impl Framer {
             Some(text) if !text.contains(&b'\r') => text,
             _ => return Err(Refused("a chunked body with a line that does not end in CRLF")),
         };
-        let (extra_bytes, trailer_lines) = &mut self.chunk_extras;
+        let extras = &mut self.extras;
         let next = match (*trailers, text.is_empty()) {
             (true, true) => State::Done,
             (true, false) => {
-                (*extra_bytes, *trailer_lines) = (*extra_bytes + text.len(), *trailer_lines + 1);
+                (extras.bytes, extras.trailers) = (extras.bytes + text.len(), extras.trailers + 1);
                 State::ChunkLine { line: Vec::new(), trailers: true }
             }
             (false, _) => {
                 let (size, extension) = chunk_size(text).ok_or(Refused(BAD_CHUNK_SIZE))?;
-                *extra_bytes += extension;
+                extras.bytes += extension;
                 match size {
                     0 => State::ChunkLine { line: Vec::new(), trailers: true },
                     // The data, then its CRLF.
@@ -316,7 +326,7 @@ impl Framer {
                 }
             }
         };
-        if *extra_bytes > MAX_CHUNK_EXTRAS.0 || *trailer_lines > MAX_CHUNK_EXTRAS.1 {
+        if extras.bytes > MAX_CHUNK_EXTRA_BYTES || extras.trailers > MAX_TRAILERS {
             return Err(Refused(
                 "a chunked body with more than 8 KiB of chunk extensions and trailers, or 64 trailers",
             ));
@@ -329,10 +339,13 @@ impl Framer {
 /// The longest chunk-size or trailer line the framer reads.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// The most bytes of chunk extensions and trailers, and trailer lines, a
-/// body may have: well inside hyper's limits, so that hyper never ends the
-/// connection on them unanswered.
-const MAX_CHUNK_EXTRAS: (usize, usize) = (8 * 1024, 64);
+/// The most bytes of chunk extensions and trailers a body may have: well
+/// inside hyper's limit, so that hyper never ends the connection on them
+/// unanswered.
+const MAX_CHUNK_EXTRA_BYTES: usize = 8 * 1024;
+
+/// The most trailers a body may have, likewise.
+const MAX_TRAILERS: usize = 64;
 
 const BAD_CHUNK_SIZE: &str = "a chunked body with a chunk size that is not a hexadecimal number of 64 bits";
 
@@ -584,9 +597,9 @@ mod tests {
         assert!(first_request(&chunked(long_line.as_bytes()), &[100]).is_err(), "a line past 4096 bytes");
         let extensions = format!("1;{}\r\nx\r\n", "e".repeat(3000)).repeat(3) + "0\r\n\r\n";
         assert!(first_request(&chunked(extensions.as_bytes()), &[512]).is_err(), "extensions past 8 KiB");
-        let trailers = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_CHUNK_EXTRAS.1 + 1) + "\r\n";
+        let trailers = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_TRAILERS + 1) + "\r\n";
         assert!(first_request(&chunked(trailers.as_bytes()), &[64]).is_err(), "more than 64 trailers");
-        let at_the_limits = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_CHUNK_EXTRAS.1) + "\r\n";
+        let at_the_limits = "0\r\n".to_string() + &"T: t\r\n".repeat(MAX_TRAILERS) + "\r\n";
         assert!(first_request(&chunked(at_the_limits.as_bytes()), &[64]).unwrap().is_some(), "64 trailers");
     }
 

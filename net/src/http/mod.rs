@@ -190,6 +190,7 @@ impl Listener {
         }
     }
 
+    /// Returns once the shard's last connection has closed.
     async fn until_no_connections(&self) {
         while self.connections.get() > 0 {
             let idle = self.idle.listen();
