@@ -8,9 +8,9 @@
 //! tonic and grants each message's declared length from the budget (a short
 //! one from a small reserve first) when its 5-byte prefix arrives, before
 //! tonic holds a byte of it (RESOURCE_EXHAUSTED when there is no room), and
-//! gives it back once the message has passed: from
-//! then on its handler holds it (the bus grants what events take decoded). It
-//! must never change the bytes it passes, or decode a message.
+//! gives it back once the message has passed: from then on its handler holds
+//! it (the bus grants what events take decoded). It must never change the
+//! bytes it passes, or decode a message.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -62,8 +62,9 @@ pub struct GrantedBody {
     inner: tonic::body::Body,
     /// Where the messages' grants come from.
     budgets: FrameBudgets,
-    /// The current message's prefix, `seen` bytes of it so far.
+    /// The current message's prefix, as far as it has come.
     prefix: [u8; PREFIX],
+    /// Bytes of `prefix` come so far.
     seen: usize,
     /// Bytes of the current message still to come, once its prefix is whole.
     left: u64,
