@@ -23,8 +23,9 @@ use tonic::Status;
 /// A gRPC message's prefix: a compression flag, then its length (big-endian).
 const PREFIX: usize = 5;
 
-/// The longest message tonic takes (its default limit); it refuses a longer
-/// one from the prefix alone, holding none of it, so no more is granted.
+/// The longest message the gRPC port takes (tonic's default, which the bus
+/// service sets explicitly); tonic refuses a longer one from the prefix
+/// alone, holding none of it, so no more is granted.
 pub const MAX_MESSAGE_BYTES: u64 = 4 << 20;
 
 /// A message this short takes its grant from [`SHORT_RESERVE`] first: a
@@ -105,10 +106,9 @@ impl GrantedBody {
     fn grant_for(&self, length: u64) -> Result<Grant, Status> {
         let want = length.min(MAX_MESSAGE_BYTES);
         let short = (want <= SHORT_MESSAGE_BYTES).then(|| self.budgets.short.request(want, want)).flatten();
-        short.or_else(|| self.budgets.budget.request(want, want)).ok_or_else(|| {
-            metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
-            Status::resource_exhausted(budget::SPENT)
-        })
+        short
+            .or_else(|| self.budgets.budget.request(want, want))
+            .ok_or_else(|| super::refused_for_memory(budget::SPENT))
     }
 }
 

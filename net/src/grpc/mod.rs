@@ -82,6 +82,13 @@ pub fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> ht
     response
 }
 
+/// RESOURCE_EXHAUSTED for a request the budget has no room for, counted in
+/// `jimbus_budget_denials_total{component="grpc"}`.
+fn refused_for_memory(message: impl Into<String>) -> Status {
+    metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
+    Status::resource_exhausted(message)
+}
+
 fn check_count(events: &EncodedEvents) -> Result<(), Status> {
     if events.count() > MAX_EVENTS {
         return Err(Status::invalid_argument(format!("events: more than {MAX_EVENTS} in one request")));
@@ -192,16 +199,15 @@ impl BusService {
         let want =
             encoded * HELD_PER_ENCODED_BYTE + events.count() as u64 * HELD_PER_EVENT + events.decoded_heap() as u64;
         let grant = self.budget.request(want, want).ok_or_else(|| {
-            metrics::counter!("jimbus_budget_denials_total", "component" => "grpc").increment(1);
             let limit = self.budget.limit();
             if want > limit {
                 // A retry would never fit: the client must split the request.
-                Status::resource_exhausted(format!(
+                refused_for_memory(format!(
                     "the events take {want} bytes decoded, more than the server's whole memory budget \
                      ({limit}); send fewer at a time"
                 ))
             } else {
-                Status::resource_exhausted(budget::SPENT)
+                refused_for_memory(budget::SPENT)
             }
         })?;
         let decoded = events
@@ -478,7 +484,11 @@ pub async fn serve(
         .layer(tower::util::MapRequestLayer::new(move |request| frames::granted(request, &frame_budgets)))
         .add_service(health)
         .add_service(reflection)
-        .add_service(EventBusServiceServer::new(BusService::new(bus, budget)))
+        // The limit the frames' grants stop at (tonic's default, made explicit).
+        .add_service(
+            EventBusServiceServer::new(BusService::new(bus, budget))
+                .max_decoding_message_size(frames::MAX_MESSAGE_BYTES as usize),
+        )
         .add_service(crate::grpc::coordinator::CoordinatorService::server(pools))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -1,9 +1,10 @@
 //! Defects 4, 5 and 7 on the HTTP edge: malformed requests (malformed
 //! chunked bodies among them) get a JSON answer with the right status, empty
-//! lines before a request and bare LF heads are answered, the idle timer never cuts a request or its answer,
-//! a stalled body gets 408, long rejection lists are cut, an event made to
-//! expand is refused alone, a body whose events could never fit the memory
-//! budget gets 413, and HEAD works on the probes.
+//! lines before a request and bare LF heads are answered, the idle timer
+//! never cuts a request or its answer, a stalled body gets 408, long
+//! rejection lists are cut, an event made to expand is refused alone, a body
+//! whose events could never fit the memory budget gets 413, and HEAD works on
+//! the probes.
 
 use crate::harness::{request, HttpConn, Jimbus};
 use std::io::Write;
