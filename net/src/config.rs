@@ -3,6 +3,7 @@
 //! This module must never start anything.
 
 use crate::embedded::{DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention};
+use crate::grpc::accept::GrpcLimits;
 use crate::http::HttpOptions;
 use crate::jetstream::JetStreamOptions;
 use jimbus_core::aggregate::AggregateConfig;
@@ -42,13 +43,16 @@ pub struct ServeArgs {
     /// Open HTTP connections per shard; more get 503 [default: 4096].
     #[arg(long, env = "JIMBUS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Open gRPC connections; more are closed at accept [default: 1024].
+    #[arg(long, env = "JIMBUS_MAX_GRPC_CONNECTIONS")]
+    pub max_grpc_connections: Option<usize>,
     /// Seconds a connection may stay silent between requests, or take none of an answer or event stream, before it is closed [default: 30].
     #[arg(long, env = "JIMBUS_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Seconds a request body may take to arrive before 408 [default: 30].
     #[arg(long, env = "JIMBUS_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Seconds a request's headers may take to arrive, from their first byte, before 408 [default: 10].
+    /// Seconds a request's headers may take to arrive, from their first byte, before 408, and a new gRPC connection to begin HTTP/2 before it is closed [default: 10].
     #[arg(long, env = "JIMBUS_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
     /// Bytes of memory the server may grant to request bodies in flight, across
@@ -144,6 +148,7 @@ struct FileConfig {
     ingest_path: Option<String>,
     max_body: Option<usize>,
     max_connections: Option<usize>,
+    max_grpc_connections: Option<usize>,
     idle_timeout: Option<u64>,
     body_timeout: Option<u64>,
     header_timeout: Option<u64>,
@@ -198,6 +203,8 @@ pub struct ServeConfig {
     pub bus: Option<JetStreamOptions>,
     /// Nice value of the gRPC edge's threads (0 to 19).
     pub grpc_nice: i32,
+    /// The gRPC port's connection cap and handshake timeout.
+    pub grpc_limits: GrpcLimits,
 }
 
 /// Checks `--grpc-nice`: a lower priority only, as a higher one needs privileges.
@@ -291,9 +298,14 @@ impl ServeArgs {
             }
             None => None,
         };
+        let header_timeout = Duration::from_secs(self.header_timeout.or(file.header_timeout).unwrap_or(10).max(1));
         Ok(ServeConfig {
             bus,
             grpc_nice: self.grpc_nice.or(file.grpc_nice).map_or(Ok(0), checked_nice)?,
+            grpc_limits: GrpcLimits {
+                max_connections: self.max_grpc_connections.or(file.max_grpc_connections).unwrap_or(1024).max(1),
+                handshake_timeout: header_timeout,
+            },
             http: self.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
             grpc: self.grpc.or(file.grpc).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
             data_dir: absolute_path(self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "jimbus-data".into()))?,
@@ -334,7 +346,7 @@ impl ServeArgs {
                 ingest_path,
                 body_limit: self.max_body.or(file.max_body).unwrap_or(8 << 20),
                 idle_timeout: Duration::from_secs(self.idle_timeout.or(file.idle_timeout).unwrap_or(30).max(1)),
-                header_timeout: Duration::from_secs(self.header_timeout.or(file.header_timeout).unwrap_or(10).max(1)),
+                header_timeout,
                 body_timeout: Duration::from_secs(self.body_timeout.or(file.body_timeout).unwrap_or(30).max(1)),
                 profiling: self.enable_profiling || file.enable_profiling.unwrap_or(false),
                 ui: !(self.no_ui || file.no_ui.unwrap_or(false)),

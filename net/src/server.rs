@@ -17,7 +17,6 @@ use crate::jetstream::JetStreamBus;
 use crate::shutdown::Shutdown;
 use glommio::{LocalExecutorBuilder, Placement};
 use jimbus_core::budget::MemoryBudget;
-use jimbus_core::pools::PoolCapacity;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -107,8 +106,7 @@ impl Server {
             crate::observe::watch_data_dir(config.data_dir.clone(), move || shutdown.is_stopping());
         }
         let lease = remote_lease(&config, &budget);
-        let (grpc, grpc_addr, grpc_stop) =
-            spawn_grpc(config.grpc, bus, config.resource_pools, lease, budget.clone(), config.grpc_nice)?;
+        let (grpc, grpc_addr, grpc_stop) = spawn_grpc(&config, bus, lease, budget.clone())?;
         shutdown.set_ready(true);
         if let Some(jetstream) = &jetstream {
             // Ready follows the cluster: a bus without quorum is not ready.
@@ -238,14 +236,14 @@ fn remote_lease(config: &ServeConfig, budget: &Arc<MemoryBudget>) -> Option<(Str
     config.resource_coordinator.clone().map(|url| (url, budget.clone()))
 }
 
+/// Starts the gRPC edge's thread and runtime on `config.grpc`.
 fn spawn_grpc(
-    addr: SocketAddr,
+    config: &ServeConfig,
     bus: Arc<dyn Bus>,
-    pools: PoolCapacity,
     lease: Option<(String, Arc<MemoryBudget>)>,
     budget: Arc<MemoryBudget>,
-    nice: i32,
 ) -> Result<GrpcThread, ServerError> {
+    let (addr, pools, nice, limits) = (config.grpc, config.resource_pools, config.grpc_nice, config.grpc_limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new()
@@ -278,7 +276,7 @@ fn spawn_grpc(
                     tokio::spawn(crate::grpc::remote_budget::lease_from(url, budget));
                 }
                 let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-                let serve = tokio::spawn(crate::grpc::serve(listener, bus, budget, pools, async move {
+                let serve = tokio::spawn(crate::grpc::serve(listener, bus, budget, pools, limits, async move {
                     let _ = stop_rx.await;
                     let _ = grace_tx.send(());
                 }));

@@ -11,6 +11,8 @@ mod delivery;
 mod disk;
 #[path = "hostile/grpc.rs"]
 mod grpc;
+#[path = "hostile/grpc_connections.rs"]
+mod grpc_connections;
 #[path = "hostile/http.rs"]
 mod http;
 #[path = "hostile/memory.rs"]

@@ -8,6 +8,7 @@
 //! [`crate::admit`]), names the request's log span, and is echoed in the response
 //! metadata. This module must never hold shard state.
 
+pub mod accept;
 pub mod coordinator;
 pub mod frames;
 pub mod remote_budget;
@@ -48,6 +49,12 @@ const GATHER_BYTES: usize = 8 << 20;
 
 /// The HTTP/2 connection window of the gRPC port (see [`serve`]).
 const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;
+
+/// A connection silent this long is pinged, and closed when the ping is not
+/// answered within [`KEEPALIVE_TIMEOUT`]: a peer that vanished does not keep
+/// its slot ([`accept`]), nor its subscriptions' share of the budget.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Streams one gRPC connection may have open at once (h2 refuses more, and
 /// clients queue them): twice the subscriptions the default budget allows.
@@ -456,6 +463,7 @@ pub async fn serve(
     bus: Arc<dyn Bus>,
     budget: Arc<MemoryBudget>,
     pools: PoolCapacity,
+    limits: accept::GrpcLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -465,9 +473,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the descriptor set is valid");
-    // Without TCP_NODELAY a delivery written behind an unacknowledged one waits
-    // for the subscriber's delayed ACK (40 ms on Linux).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let frame_budgets = frames::FrameBudgets::new(budget.clone());
     tonic::transport::Server::builder()
         // h2 closes a connection whose buffered small DATA frames cost more
@@ -480,6 +485,8 @@ pub async fn serve(
         .initial_stream_window_size(GRPC_CONNECTION_WINDOW / 16)
         // Each stream's state, and what h2 buffers for it, is outside the budget.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
         .layer(tower::util::MapRequestLayer::new(move |request| frames::granted(request, &frame_budgets)))
         .add_service(health)
@@ -490,7 +497,7 @@ pub async fn serve(
                 .max_decoding_message_size(frames::MAX_MESSAGE_BYTES as usize),
         )
         .add_service(crate::grpc::coordinator::CoordinatorService::server(pools))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(accept::incoming(listener, limits), shutdown)
         .await
 }
 

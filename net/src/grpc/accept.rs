@@ -1,0 +1,171 @@
+//! The gRPC port's connections before tonic serves them: how many may be open
+//! at once, and how soon a new one must begin HTTP/2.
+//!
+//! An open connection costs about 16 KiB of h2 and task state before it opens
+//! a stream, and the memory budget grants none of it, so their number is
+//! capped ([`GrpcLimits::max_connections`]): a connection past the cap is
+//! closed at accept and counted. A socket that sends nothing would hold a slot
+//! for good, so a new connection has the handshake timeout to send the HTTP/2
+//! preface and the header of the SETTINGS frame that must follow it, or it is
+//! closed. Once open, HTTP/2 pings (see [`super::serve`]) close a peer that
+//! stops answering. This module must never read a request or hold one back.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The bytes a client opens HTTP/2 with: the 24-byte preface and the 9-byte
+/// header of its first frame, which must be SETTINGS (RFC 9113, 3.4).
+const OPENING_BYTES: usize = 24 + 9;
+
+/// How long to wait before accepting again after the process ran out of
+/// descriptors (or another accept error): accepting at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the gRPC port allows a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcLimits {
+    /// Open connections at most; more are closed at accept.
+    pub max_connections: usize,
+    /// A new connection not through its opening bytes this long is closed.
+    pub handshake_timeout: Duration,
+}
+
+/// A connection of the gRPC port, holding its slot until it drops.
+pub struct GrpcConnection {
+    stream: TcpStream,
+    /// Until the opening bytes are in: their deadline, and how many came.
+    opening: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// The port's count of open connections, which this one is part of.
+    open: Arc<AtomicUsize>,
+}
+
+/// The connections tonic serves: accepted with `TCP_NODELAY` while fewer than
+/// `limits.max_connections` are open (the rest closed and counted).
+pub fn incoming(listener: TcpListener, limits: GrpcLimits) -> impl Stream<Item = io::Result<GrpcConnection>> {
+    let acceptor = Acceptor { listener, limits, open: Arc::new(AtomicUsize::new(0)), refusing: false };
+    futures_util::stream::unfold(acceptor, |mut acceptor| async move {
+        let connection = acceptor.next().await;
+        Some((Ok(connection), acceptor))
+    })
+}
+
+/// The accept loop's state.
+struct Acceptor {
+    listener: TcpListener,
+    limits: GrpcLimits,
+    /// Connections open now (each [`GrpcConnection`] gives its one back).
+    open: Arc<AtomicUsize>,
+    /// Whether the connection accepted last was past the cap: a flood past it
+    /// is logged once, when it starts, and counted for each connection.
+    refusing: bool,
+}
+
+impl Acceptor {
+    /// Waits for the next connection the cap admits.
+    async fn next(&mut self) -> GrpcConnection {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+                metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => "over_limit").increment(1);
+                if !std::mem::replace(&mut self.refusing, true) {
+                    let max = self.limits.max_connections;
+                    tracing::warn!(max, "closing gRPC connections past --max-grpc-connections");
+                }
+                continue;
+            }
+            self.refusing = false;
+            // Without TCP_NODELAY a delivery written behind an unacknowledged
+            // one waits for the subscriber's delayed ACK (40 ms on Linux).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on a gRPC connection");
+            }
+            let count = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+            metrics::gauge!("jimbus_grpc_connections").set(count as f64);
+            let deadline = Box::pin(tokio::time::sleep(self.limits.handshake_timeout));
+            return GrpcConnection { stream, opening: Some((deadline, 0)), open: self.open.clone() };
+        }
+    }
+}
+
+impl Drop for GrpcConnection {
+    fn drop(&mut self) {
+        let count = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("jimbus_grpc_connections").set(count as f64);
+    }
+}
+
+impl Connected for GrpcConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for GrpcConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some((deadline, seen)) = &mut this.opening else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                *seen += buf.filled().len() - before;
+                if *seen >= OPENING_BYTES {
+                    this.opening = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => "handshake_timeout").increment(1);
+                tracing::debug!("closed a gRPC connection that did not begin HTTP/2 in time");
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for GrpcConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

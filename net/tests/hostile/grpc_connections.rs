@@ -1,0 +1,78 @@
+//! The gRPC port's connections: each costs about 16 KiB outside the memory
+//! budget, so past `--max-grpc-connections` they are closed at accept, and a
+//! socket that does not begin HTTP/2 within `--header-timeout` is closed, so
+//! silent sockets cannot hold the slots. Before, 5,000 connections grew the
+//! server by 79 MiB, and a silent one stayed open for good.
+
+use crate::harness::{wait_for, Jimbus};
+use jimbus_proto::bus;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// The HTTP/2 preface and an empty SETTINGS frame: a client's opening bytes.
+const OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// A connection to the gRPC port that has sent `bytes`.
+fn connect_sending(server: &Jimbus, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(server.grpc).expect("connect to the gRPC port");
+    stream.write_all(bytes).expect("send the opening bytes");
+    stream
+}
+
+/// True when the server closes `stream` (reading whatever it sent first)
+/// within the harness's bound of 30 s; false when the read times out.
+fn closed_by_server(mut stream: TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// True when a tonic client connects and is answered a ListTopics.
+async fn served(server: &Jimbus) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await else {
+        return false;
+    };
+    let mut client = bus::event_bus_service_client::EventBusServiceClient::new(channel);
+    client.list_topics(bus::ListTopicsRequest::default()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_are_closed_at_accept() {
+    let server = Jimbus::start(&["--max-grpc-connections", "4"]);
+    let held: Vec<TcpStream> = (0..4).map(|_| connect_sending(&server, OPENING)).collect();
+    wait_for(Duration::from_secs(30), "4 open gRPC connections", || server.metric("jimbus_grpc_connections") == 4.0);
+    let fifth = connect_sending(&server, OPENING);
+    assert!(closed_by_server(fifth), "the connection past the cap was kept open");
+    assert_eq!(server.metric("jimbus_grpc_connections_closed_total"), 1.0);
+    assert!(!served(&server).await, "a client past the cap was served");
+    drop(held);
+    wait_for(Duration::from_secs(30), "the held connections to close", || {
+        server.metric("jimbus_grpc_connections") == 0.0
+    });
+    assert!(served(&server).await, "a client under the cap was not served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_does_not_begin_http2_in_time_is_closed() {
+    let server = Jimbus::start(&["--header-timeout", "1"]);
+    let silent = connect_sending(&server, b"");
+    let preface_only = connect_sending(&server, &OPENING[..24]);
+    let opened = connect_sending(&server, OPENING);
+    assert!(closed_by_server(silent), "a silent connection was kept open");
+    assert!(closed_by_server(preface_only), "a connection with no SETTINGS after its preface was kept open");
+    assert_eq!(server.metric("jimbus_grpc_connections_closed_total"), 2.0);
+    // The connection that began HTTP/2 is open; only its pings (30 s) could close it.
+    wait_for(Duration::from_secs(30), "only the opened connection left", || {
+        server.metric("jimbus_grpc_connections") == 1.0
+    });
+    drop(opened);
+    assert!(served(&server).await, "a client that begins HTTP/2 was not served");
+}
