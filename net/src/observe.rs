@@ -60,6 +60,8 @@ const COUNTERS: &[&str] = &[
 /// refused (ingest bodies, a connection's buffers, gRPC publishes, and the
 /// two kinds of long-lived stream).
 const BUDGET_COMPONENTS: &[&str] = &["http", "connection", "grpc", "subscription", "sse"];
+/// The `reason`s of `jimbus_grpc_connections_closed_total` (see `grpc::accept`).
+const GRPC_CLOSE_REASONS: &[&str] = &["over_limit", "handshake_timeout"];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
 /// Counters of the JetStream backend only.
@@ -81,6 +83,10 @@ pub fn register(embedded: bool, queue_capacity: usize) {
     for component in BUDGET_COMPONENTS {
         metrics::counter!("jimbus_budget_denials_total", "component" => *component).absolute(0);
     }
+    for reason in GRPC_CLOSE_REASONS {
+        metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => *reason).absolute(0);
+    }
+    metrics::gauge!("jimbus_grpc_connections").set(0.0);
 }
 
 /// Reads the free and total bytes of the file system holding `dir` every few
