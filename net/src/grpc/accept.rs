@@ -95,8 +95,9 @@ impl Acceptor {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY on a gRPC connection");
             }
-            let count = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-            metrics::gauge!("jimbus_grpc_connections").set(count as f64);
+            self.open.fetch_add(1, Ordering::AcqRel);
+            // Moved, not set: connections end on any thread, in any order.
+            metrics::gauge!("jimbus_grpc_connections").increment(1.0);
             let deadline = Box::pin(tokio::time::sleep(self.limits.handshake_timeout));
             return GrpcConnection { stream, opening: Some((deadline, 0)), open: self.open.clone() };
         }
@@ -105,8 +106,8 @@ impl Acceptor {
 
 impl Drop for GrpcConnection {
     fn drop(&mut self) {
-        let count = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("jimbus_grpc_connections").set(count as f64);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("jimbus_grpc_connections").decrement(1.0);
     }
 }
 

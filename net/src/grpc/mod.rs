@@ -54,6 +54,7 @@ const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;
 /// answered within [`KEEPALIVE_TIMEOUT`]: a peer that vanished does not keep
 /// its slot ([`accept`]), nor its subscriptions' share of the budget.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a ping of [`KEEPALIVE_INTERVAL`] waits for its answer.
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Streams one gRPC connection may have open at once (h2 refuses more, and
