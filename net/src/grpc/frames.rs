@@ -9,7 +9,10 @@
 //! one from a small reserve first) when its 5-byte prefix arrives, before
 //! tonic holds a byte of it (RESOURCE_EXHAUSTED when there is no room), and
 //! gives it back once the message has passed: from then on its handler holds
-//! it (the bus grants what events take decoded). It must never change the
+//! it (the bus grants what events take decoded). The call itself holds
+//! [`STREAM_BYTES`] while its request arrives: h2 opens up to 256 streams on
+//! each of up to `--max-grpc-connections`, and calls stalled before their
+//! first byte held 9.5 KiB each outside the budget. It must never change the
 //! bytes it passes, or decode a message.
 
 use bytes::Bytes;
@@ -36,6 +39,12 @@ pub const SHORT_MESSAGE_BYTES: u64 = 4 << 10;
 /// What short messages under way may hold beside the budget, in all.
 pub const SHORT_RESERVE: u64 = 16 << 20;
 
+/// What a call holds besides its messages while its request arrives: h2's
+/// stream state and the request's futures (1,000 calls stalled before their
+/// first message grew the server by 9.3 MiB). Granted like a short message,
+/// so a Subscribe still reaches its handler when ingest has spent the budget.
+pub const STREAM_BYTES: u64 = 16 << 10;
+
 /// The budgets a gRPC port's messages under way are granted from.
 #[derive(Clone)]
 pub struct FrameBudgets {
@@ -51,10 +60,15 @@ impl FrameBudgets {
     }
 }
 
-/// Gives every request body of the gRPC port its grants (a tower request map).
+/// Gives every request body of the gRPC port its grants (a tower request
+/// map): the call's [`STREAM_BYTES`] at once, its messages as they arrive.
 pub fn granted(request: http::Request<tonic::body::Body>, budgets: &FrameBudgets) -> http::Request<tonic::body::Body> {
     let budgets = budgets.clone();
-    request.map(|inner| tonic::body::Body::new(GrantedBody::new(inner, budgets)))
+    request.map(|inner| {
+        let mut body = GrantedBody::new(inner, budgets);
+        body.call = Some(body.reserve_first(STREAM_BYTES));
+        tonic::body::Body::new(body)
+    })
 }
 
 /// A request body whose message under way holds its length of the budget.
@@ -71,11 +85,14 @@ pub struct GrantedBody {
     left: u64,
     /// What the current message holds of the budget, from its prefix to its end.
     grant: Option<Grant>,
+    /// What the call holds while its request arrives ([`STREAM_BYTES`]), or
+    /// why the call is refused, which the first read answers.
+    call: Option<Result<Grant, Status>>,
 }
 
 impl GrantedBody {
     fn new(inner: tonic::body::Body, budgets: FrameBudgets) -> Self {
-        Self { inner, budgets, prefix: [0; PREFIX], seen: 0, left: 0, grant: None }
+        Self { inner, budgets, prefix: [0; PREFIX], seen: 0, left: 0, grant: None, call: None }
     }
 
     /// Follows the framing through `bytes`, granting each message as it begins.
@@ -105,8 +122,16 @@ impl GrantedBody {
     /// The grant of a message of `length` bytes, or RESOURCE_EXHAUSTED.
     fn grant_for(&self, length: u64) -> Result<Grant, Status> {
         let want = length.min(MAX_MESSAGE_BYTES);
-        let short = (want <= SHORT_MESSAGE_BYTES).then(|| self.budgets.short.request(want, want)).flatten();
-        short
+        if want <= SHORT_MESSAGE_BYTES {
+            return self.reserve_first(want);
+        }
+        self.budgets.budget.request(want, want).ok_or_else(|| super::refused_for_memory(budget::SPENT))
+    }
+
+    /// `want` bytes from [`SHORT_RESERVE`], else from the budget, else
+    /// RESOURCE_EXHAUSTED.
+    fn reserve_first(&self, want: u64) -> Result<Grant, Status> {
+        (self.budgets.short.request(want, want))
             .or_else(|| self.budgets.budget.request(want, want))
             .ok_or_else(|| super::refused_for_memory(budget::SPENT))
     }
@@ -118,6 +143,9 @@ impl Body for GrantedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
+        if let Some(Err(refused)) = this.call.take_if(|call| call.is_err()) {
+            return Poll::Ready(Some(Err(refused)));
+        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
@@ -139,6 +167,7 @@ impl Body for GrantedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     fn body(budget: &Arc<MemoryBudget>) -> GrantedBody {
         let budgets = FrameBudgets { budget: budget.clone(), short: MemoryBudget::new(0) };
@@ -221,6 +250,28 @@ mod tests {
             body().follow(&prefix(SHORT_MESSAGE_BYTES as u32 + 1)).is_err(),
             "a longer one never takes the reserve"
         );
+    }
+
+    #[test]
+    fn a_call_holds_its_stream_bytes_until_it_ends_and_is_refused_without_room() {
+        use http_body_util::BodyExt;
+        let budgets = FrameBudgets { budget: MemoryBudget::new(STREAM_BYTES), short: MemoryBudget::new(STREAM_BYTES) };
+        // A body still to come (tonic keeps none of one that has ended).
+        let open = || {
+            tonic::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
+                Result<Frame<Bytes>, Status>,
+            >()))
+        };
+        let call = || granted(http::Request::new(open()), &budgets).into_body();
+        let (first, second) = (call(), call());
+        assert_eq!((budgets.short.used(), budgets.budget.used()), (STREAM_BYTES, STREAM_BYTES), "reserve first");
+        let mut third = call();
+        let refused = third.frame().now_or_never().expect("answered at once").expect("an error, not the end");
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        drop((first, second));
+        assert_eq!((budgets.short.used(), budgets.budget.used()), (0, 0), "given back when the call's body drops");
+        let mut fourth = call();
+        assert!(fourth.frame().now_or_never().is_none(), "with room, the body waits for the client's bytes");
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! The gRPC port's connections: each costs about 16 KiB outside the memory
-//! budget, so past `--max-grpc-connections` they are closed at accept, and a
-//! socket that does not begin HTTP/2 within `--header-timeout` is closed, so
-//! silent sockets cannot hold the slots. Before, 5,000 connections grew the
-//! server by 79 MiB, and a silent one stayed open for good.
+//! The gRPC port's connections and calls: each connection costs about 16 KiB
+//! outside the memory budget, so past `--max-grpc-connections` they are
+//! closed at accept, and a socket that does not begin HTTP/2 within
+//! `--header-timeout` is closed, so silent sockets cannot hold the slots.
+//! Before, 5,000 connections grew the server by 77 MiB, and a silent one
+//! stayed open for good. Each call holds 16 KiB of the budget (a reserve
+//! first) while its request arrives: calls that never send their message,
+//! 256 to a connection, held 9.5 KiB each outside it.
 
 use crate::harness::{wait_for, Jimbus};
 use jimbus_proto::bus;
@@ -75,4 +78,43 @@ async fn a_connection_that_does_not_begin_http2_in_time_is_closed() {
     });
     drop(opened);
     assert!(served(&server).await, "a client that begins HTTP/2 was not served");
+}
+
+/// A Publish call on `channel` whose request never sends a byte of its message.
+async fn stalled_call(mut channel: tonic::transport::Channel) -> Option<tonic::Code> {
+    use tower::{Service, ServiceExt};
+    let never = futures_util::stream::pending::<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>>();
+    let request = http::Request::builder()
+        .uri("/jimbot.bus.v1.EventBusService/Publish")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(never)))
+        .unwrap();
+    let answer = channel.ready().await.ok()?.call(request).await.ok()?;
+    tonic::Status::from_header_map(answer.headers()).map(|status| status.code())
+}
+
+/// 2,560 calls on 10 connections, none sending its message: with 33 MiB of
+/// budget (16 MiB of it the aggregator's) and the 16 MiB reserve, about 2,100
+/// fit; the rest are RESOURCE_EXHAUSTED at once. Before, all were held.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_never_send_their_message_are_granted_before_they_are_held() {
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &(33u64 << 20).to_string()]);
+    let at_rest = server.metric("jimbus_budget_used_bytes");
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let channel = tonic::transport::Channel::from_shared(server.grpc_url()).unwrap().connect().await.unwrap();
+        calls.extend((0..256).map(|_| tokio::spawn(stalled_call(channel.clone()))));
+    }
+    let refused = || server.metric("jimbus_budget_denials_total") >= 400.0;
+    wait_for(Duration::from_secs(60), "400 calls refused for memory", refused);
+    let (ended, held): (Vec<_>, Vec<_>) = calls.into_iter().partition(tokio::task::JoinHandle::is_finished);
+    assert!(!ended.is_empty() && held.len() >= 2_000, "{} calls ended, {} held", ended.len(), held.len());
+    for call in ended {
+        assert_eq!(call.await.unwrap(), Some(tonic::Code::ResourceExhausted));
+    }
+    held.iter().for_each(tokio::task::JoinHandle::abort);
+    let back = || server.metric("jimbus_budget_used_bytes") <= at_rest;
+    wait_for(Duration::from_secs(30), "the stalled calls' grants given back", back);
+    assert!(served(&server).await, "a call after the stalled ones was not served");
 }
