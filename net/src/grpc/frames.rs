@@ -131,7 +131,9 @@ impl GrantedBody {
     /// `want` bytes from [`SHORT_RESERVE`], else from the budget, else
     /// RESOURCE_EXHAUSTED.
     fn reserve_first(&self, want: u64) -> Result<Grant, Status> {
-        (self.budgets.short.request(want, want))
+        self.budgets
+            .short
+            .request(want, want)
             .or_else(|| self.budgets.budget.request(want, want))
             .ok_or_else(|| super::refused_for_memory(budget::SPENT))
     }
