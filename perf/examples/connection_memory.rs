@@ -12,10 +12,9 @@
 //! (held until the header timeout), `none` sends nothing. Needs `ulimit -n`
 //! above COUNT plus a few.
 
-use jimbus_harness::{Jimbus, Launcher, ServerProcess};
+use jimbus_harness::{Jimbus, Launcher};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,9 +24,9 @@ fn main() {
     let connections = (count + 16).to_string();
     let server = Launcher::new(binary).args(&["--shards", "1", "--max-connections", &connections]).start();
     let process = server.process().expect("the server runs");
-    let (rss, used) = (settled_rss_kib(process), server.metric("jimbus_budget_used_bytes"));
+    let (rss, used) = (process.settled_rss_kib(), server.metric("jimbus_budget_used_bytes"));
     let open = open_connections(&server, count, mode);
-    let grown = settled_rss_kib(process).saturating_sub(rss);
+    let grown = process.settled_rss_kib().saturating_sub(rss);
     let charged = server.metric("jimbus_budget_used_bytes") - used;
     println!(
         "{mode}: {count} connections, VmRSS {:.1} KiB and budget {:.1} KiB per connection",
@@ -55,18 +54,4 @@ fn open_connections(server: &Jimbus, count: usize, mode: &str) -> Vec<TcpStream>
             conn
         })
         .collect()
-}
-
-/// VmRSS once three readings 200 ms apart agree within 64 KiB: the server
-/// reads what the connections sent on its own time.
-fn settled_rss_kib(process: ServerProcess) -> u64 {
-    let mut readings = vec![process.rss_kib().expect("VmRSS")];
-    loop {
-        let last = &readings[readings.len().saturating_sub(3)..];
-        if last.len() == 3 && last.iter().max().unwrap() - last.iter().min().unwrap() <= 64 {
-            return readings[readings.len() - 1];
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        readings.push(process.rss_kib().expect("VmRSS"));
-    }
 }

@@ -7,14 +7,11 @@
 //! first) while its request arrives: calls that never send their message,
 //! 256 to a connection, held 9.5 KiB each outside it.
 
-use crate::harness::{wait_for, Jimbus};
+use crate::harness::{wait_for, Jimbus, HTTP2_OPENING};
 use jimbus_proto::bus;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-
-/// The HTTP/2 preface and an empty SETTINGS frame: a client's opening bytes.
-const OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 /// A connection to the gRPC port that has sent `bytes`.
 fn connect_sending(server: &Jimbus, bytes: &[u8]) -> TcpStream {
@@ -50,9 +47,9 @@ async fn served(server: &Jimbus) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_cap_are_closed_at_accept() {
     let server = Jimbus::start(&["--max-grpc-connections", "4"]);
-    let held: Vec<TcpStream> = (0..4).map(|_| connect_sending(&server, OPENING)).collect();
+    let held: Vec<TcpStream> = (0..4).map(|_| connect_sending(&server, HTTP2_OPENING)).collect();
     wait_for(Duration::from_secs(30), "4 open gRPC connections", || server.metric("jimbus_grpc_connections") == 4.0);
-    let fifth = connect_sending(&server, OPENING);
+    let fifth = connect_sending(&server, HTTP2_OPENING);
     assert!(closed_by_server(fifth), "the connection past the cap was kept open");
     assert_eq!(server.metric("jimbus_grpc_connections_closed_total"), 1.0);
     assert!(!served(&server).await, "a client past the cap was served");
@@ -67,8 +64,8 @@ async fn connections_past_the_cap_are_closed_at_accept() {
 async fn a_connection_that_does_not_begin_http2_in_time_is_closed() {
     let server = Jimbus::start(&["--header-timeout", "1"]);
     let silent = connect_sending(&server, b"");
-    let preface_only = connect_sending(&server, &OPENING[..24]);
-    let opened = connect_sending(&server, OPENING);
+    let preface_only = connect_sending(&server, &HTTP2_OPENING[..24]);
+    let opened = connect_sending(&server, HTTP2_OPENING);
     assert!(closed_by_server(silent), "a silent connection was kept open");
     assert!(closed_by_server(preface_only), "a connection with no SETTINGS after its preface was kept open");
     assert_eq!(server.metric("jimbus_grpc_connections_closed_total"), 2.0);

@@ -19,6 +19,10 @@ pub use server::{binary_beside_current_exe, Jimbus, Launcher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The bytes a gRPC client opens a connection with: the HTTP/2 preface and
+/// an empty SETTINGS frame (RFC 9113, 3.4).
+pub const HTTP2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
 /// Polls `check` every 20 ms until it holds; panics naming `what` once
 /// `within` has passed. For effects the server reports but does not signal
 /// (a metric returning to rest, a file going away).

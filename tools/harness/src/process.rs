@@ -52,6 +52,21 @@ impl ServerProcess {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
     }
 
+    /// VmRSS once three readings 200 ms apart agree within 64 KiB: a server
+    /// reads what its clients sent on its own time. A measurement's wait,
+    /// not a test's synchronisation.
+    pub fn settled_rss_kib(&self) -> u64 {
+        let mut readings = vec![self.rss_kib().expect("VmRSS")];
+        loop {
+            let last = &readings[readings.len().saturating_sub(3)..];
+            if last.len() == 3 && last.iter().max().unwrap() - last.iter().min().unwrap() <= 64 {
+                return readings[readings.len() - 1];
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            readings.push(self.rss_kib().expect("VmRSS"));
+        }
+    }
+
     /// A `/proc/<pid>/status` value in KiB.
     pub fn status_kib(&self, key: &str) -> Option<u64> {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;

@@ -220,14 +220,21 @@ impl Jimbus {
     /// # Panics
     /// When the page holds no sample of it.
     pub fn metric(&self, name: &str) -> f64 {
+        self.metric_if(name).unwrap_or_else(|| {
+            panic!("no {name} in /metrics:\n{}", String::from_utf8_lossy(&self.get("/metrics").body))
+        })
+    }
+
+    /// [`Jimbus::metric`], or `None` when the page holds no sample of it (a
+    /// binary older than the metric, when a measurement compares builds).
+    pub fn metric_if(&self, name: &str) -> Option<f64> {
         let page = String::from_utf8(self.get("/metrics").body).expect("the metrics page is UTF-8");
         let samples: Vec<f64> = page
             .lines()
             .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        assert!(!samples.is_empty(), "no {name} in /metrics:\n{page}");
-        samples.iter().sum()
+        (!samples.is_empty()).then(|| samples.iter().sum())
     }
 
     pub fn log_text(&self) -> String {
