@@ -484,24 +484,33 @@ fn everything(durable_name: String) -> bus::SubscribeRequest {
     }
 }
 
-/// A Publish call on its own connection whose body sends `bytes` and then
-/// stays open until the server answers or ends the call.
-async fn stalled_publish(url: String, bytes: bytes::Bytes) {
+/// A Publish call on `channel` whose request body is `body`, sent as it
+/// comes: the server's answer (its headers), or the error that ended it.
+pub async fn raw_publish(
+    mut channel: tonic::transport::Channel,
+    body: tonic::body::Body,
+) -> Result<http::Response<tonic::body::Body>, tonic::transport::Error> {
     use tower::{Service, ServiceExt};
-    let mut channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
-    let (frames, body) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>>(1);
-    frames.send(Ok(hyper::body::Frame::data(bytes))).await.unwrap();
-    let body =
-        tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body)));
     let request = http::Request::builder()
         .uri("/jimbot.bus.v1.EventBusService/Publish")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(body)
         .unwrap();
+    channel.ready().await?.call(request).await
+}
+
+/// A Publish call on its own connection whose body sends `bytes` and then
+/// stays open until the server answers or ends the call.
+async fn stalled_publish(url: String, bytes: bytes::Bytes) {
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let (frames, body) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>>(1);
+    frames.send(Ok(hyper::body::Frame::data(bytes))).await.unwrap();
+    let body =
+        tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body)));
     // A refused call is answered (RESOURCE_EXHAUSTED) or reset while its body
     // is still open; either ends it.
-    let _ = channel.ready().await.unwrap().call(request).await;
+    let _ = raw_publish(channel, body).await;
     drop(frames);
 }
 

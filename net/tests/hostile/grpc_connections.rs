@@ -78,16 +78,10 @@ async fn a_connection_that_does_not_begin_http2_in_time_is_closed() {
 }
 
 /// A Publish call on `channel` whose request never sends a byte of its message.
-async fn stalled_call(mut channel: tonic::transport::Channel) -> Option<tonic::Code> {
-    use tower::{Service, ServiceExt};
+async fn stalled_call(channel: tonic::transport::Channel) -> Option<tonic::Code> {
     let never = futures_util::stream::pending::<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>>();
-    let request = http::Request::builder()
-        .uri("/jimbot.bus.v1.EventBusService/Publish")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::StreamBody::new(never)))
-        .unwrap();
-    let answer = channel.ready().await.ok()?.call(request).await.ok()?;
+    let body = tonic::body::Body::new(http_body_util::StreamBody::new(never));
+    let answer = crate::grpc::raw_publish(channel, body).await.ok()?;
     tonic::Status::from_header_map(answer.headers()).map(|status| status.code())
 }
 
