@@ -12,7 +12,10 @@
 //! it (the bus grants what events take decoded). The call itself holds
 //! [`STREAM_BYTES`] while its request arrives: h2 opens up to 256 streams on
 //! each of up to `--max-grpc-connections`, and calls stalled before their
-//! first byte held 9.5 KiB each outside the budget. It must never change the
+//! first byte held 9.5 KiB each outside the budget. What the calls and
+//! messages under way take from the budget is capped at [`UNDER_WAY_SHARE`]
+//! of its limit, so that a client stalling calls or messages can refuse other
+//! gRPC calls but never starve the mods' ingest. It must never change the
 //! bytes it passes, or decode a message.
 
 use bytes::Bytes;
@@ -45,6 +48,13 @@ pub const SHORT_RESERVE: u64 = 16 << 20;
 /// so a Subscribe still reaches its handler when ingest has spent the budget.
 pub const STREAM_BYTES: u64 = 16 << 10;
 
+/// The budget's limit is divided by this for what gRPC requests under way
+/// (their calls and messages) may hold of it together, beyond the reserve:
+/// a quarter, 64 MiB of the default 256, sixteen 4 MiB messages at once.
+/// Without it, 16,384 stalled calls spent the whole budget and every mod's
+/// request got 503 until they ended.
+pub const UNDER_WAY_SHARE: u64 = 4;
+
 /// The budgets a gRPC port's messages under way are granted from.
 #[derive(Clone)]
 pub struct FrameBudgets {
@@ -52,11 +62,45 @@ pub struct FrameBudgets {
     pub budget: Arc<MemoryBudget>,
     /// [`SHORT_RESERVE`], for short messages before the budget.
     pub short: Arc<MemoryBudget>,
+    /// What the grants from `budget` hold, counted against [`UNDER_WAY_SHARE`]
+    /// of its limit (set again before each grant: a coordinator may change it).
+    under_way: Arc<MemoryBudget>,
+}
+
+/// A grant of a call or a message under way: from the reserve, or from the
+/// budget together with its place in the under-way share. Given back on drop.
+struct Held {
+    _bytes: Grant,
+    _share: Option<Grant>,
 }
 
 impl FrameBudgets {
     pub fn new(budget: Arc<MemoryBudget>) -> Self {
-        Self { budget, short: MemoryBudget::new(SHORT_RESERVE) }
+        Self::with_reserve(budget, SHORT_RESERVE)
+    }
+
+    /// The budgets with a reserve of `reserve` bytes ([`SHORT_RESERVE`], or a
+    /// unit test's size).
+    fn with_reserve(budget: Arc<MemoryBudget>, reserve: u64) -> Self {
+        Self { budget, short: MemoryBudget::new(reserve), under_way: MemoryBudget::new(0) }
+    }
+
+    /// `want` bytes of the budget within the under-way share, or RESOURCE_EXHAUSTED.
+    fn within_share(&self, want: u64) -> Result<Held, Status> {
+        self.under_way.set_limit(self.budget.limit() / UNDER_WAY_SHARE);
+        let refused = || super::refused_for_memory(budget::SPENT);
+        let share = self.under_way.request(want, want).ok_or_else(refused)?;
+        let bytes = self.budget.request(want, want).ok_or_else(refused)?;
+        Ok(Held { _bytes: bytes, _share: Some(share) })
+    }
+
+    /// `want` bytes from [`SHORT_RESERVE`], else from the budget, else
+    /// RESOURCE_EXHAUSTED.
+    fn reserve_first(&self, want: u64) -> Result<Held, Status> {
+        match self.short.request(want, want) {
+            Some(bytes) => Ok(Held { _bytes: bytes, _share: None }),
+            None => self.within_share(want),
+        }
     }
 }
 
@@ -66,7 +110,7 @@ pub fn granted(request: http::Request<tonic::body::Body>, budgets: &FrameBudgets
     let budgets = budgets.clone();
     request.map(|inner| {
         let mut body = GrantedBody::new(inner, budgets);
-        body.call = Some(body.reserve_first(STREAM_BYTES));
+        body.call = Some(body.budgets.reserve_first(STREAM_BYTES));
         tonic::body::Body::new(body)
     })
 }
@@ -84,10 +128,10 @@ pub struct GrantedBody {
     /// Bytes of the current message still to come, once its prefix is whole.
     left: u64,
     /// What the current message holds of the budget, from its prefix to its end.
-    grant: Option<Grant>,
+    grant: Option<Held>,
     /// What the call holds while its request arrives ([`STREAM_BYTES`]), or
     /// why the call is refused, which the first read answers.
-    call: Option<Result<Grant, Status>>,
+    call: Option<Result<Held, Status>>,
 }
 
 impl GrantedBody {
@@ -120,22 +164,12 @@ impl GrantedBody {
     }
 
     /// The grant of a message of `length` bytes, or RESOURCE_EXHAUSTED.
-    fn grant_for(&self, length: u64) -> Result<Grant, Status> {
+    fn grant_for(&self, length: u64) -> Result<Held, Status> {
         let want = length.min(MAX_MESSAGE_BYTES);
         if want <= SHORT_MESSAGE_BYTES {
-            return self.reserve_first(want);
+            return self.budgets.reserve_first(want);
         }
-        self.budgets.budget.request(want, want).ok_or_else(|| super::refused_for_memory(budget::SPENT))
-    }
-
-    /// `want` bytes from [`SHORT_RESERVE`], else from the budget, else
-    /// RESOURCE_EXHAUSTED.
-    fn reserve_first(&self, want: u64) -> Result<Grant, Status> {
-        self.budgets
-            .short
-            .request(want, want)
-            .or_else(|| self.budgets.budget.request(want, want))
-            .ok_or_else(|| super::refused_for_memory(budget::SPENT))
+        self.budgets.within_share(want)
     }
 }
 
@@ -172,8 +206,7 @@ mod tests {
     use futures_util::FutureExt;
 
     fn body(budget: &Arc<MemoryBudget>) -> GrantedBody {
-        let budgets = FrameBudgets { budget: budget.clone(), short: MemoryBudget::new(0) };
-        GrantedBody::new(tonic::body::Body::empty(), budgets)
+        GrantedBody::new(tonic::body::Body::empty(), FrameBudgets::with_reserve(budget.clone(), 0))
     }
 
     fn prefix(length: u32) -> Vec<u8> {
@@ -219,21 +252,40 @@ mod tests {
 
     #[test]
     fn a_message_the_budget_has_no_room_for_is_refused_before_it_is_held() {
-        let budget = MemoryBudget::new(10_000);
+        let budget = MemoryBudget::new(40_000);
+        // Ingest holds most of it; the under-way share (10,000) has room.
+        let _ingest = budget.request(31_000, 31_000).unwrap();
         let mut first = body(&budget);
         first.follow(&message(8_000)[..100]).unwrap();
-        assert_eq!(budget.used(), 8_000);
-        let refused = body(&budget).follow(&prefix(5_000)).unwrap_err();
+        assert_eq!(budget.used(), 39_000);
+        let refused = body(&budget).follow(&prefix(1_500)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         first.follow(&message(8_000)[100..]).unwrap();
-        assert_eq!(budget.used(), 0, "a whole message is its handler's to hold");
-        body(&budget).follow(&prefix(5_000)).unwrap();
+        assert_eq!(budget.used(), 31_000, "a whole message is its handler's to hold");
+        body(&budget).follow(&prefix(1_500)).unwrap();
+    }
+
+    #[test]
+    fn messages_under_way_hold_at_most_their_share_and_leave_the_rest_to_ingest() {
+        let budget = MemoryBudget::new(40_000);
+        let budgets = FrameBudgets::with_reserve(budget.clone(), 0);
+        let body = || GrantedBody::new(tonic::body::Body::empty(), budgets.clone());
+        let mut first = body();
+        first.follow(&prefix(8_000)).unwrap();
+        let refused = body().follow(&prefix(2_001)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "past a quarter of the limit");
+        assert_eq!(budget.used(), 8_000, "a refused message holds nothing");
+        body().follow(&prefix(2_000)).expect("up to the quarter");
+        assert!(budget.request(30_000, 30_000).is_some(), "the rest is ingest's");
+        budget.set_limit(80_000);
+        body().follow(&prefix(2_001)).expect("the share follows a new limit");
+        drop(first);
     }
 
     #[test]
     fn a_short_message_is_granted_from_the_reserve_first() {
-        let budget = MemoryBudget::new(1_000);
-        let budgets = FrameBudgets { budget: budget.clone(), short: MemoryBudget::new(3_000) };
+        let budget = MemoryBudget::new(4_000);
+        let budgets = FrameBudgets::with_reserve(budget.clone(), 3_000);
         let body = || GrantedBody::new(tonic::body::Body::empty(), budgets.clone());
         let (mut first, mut second, mut third) = (body(), body(), body());
         first.follow(&prefix(2_000)).unwrap();
@@ -245,7 +297,7 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "and past both, refused");
         drop(first);
         body().follow(&prefix(2_000)).expect("a grant given back is the reserve's again");
-        let reserve_only = FrameBudgets { budget: MemoryBudget::new(0), short: MemoryBudget::new(1 << 20) };
+        let reserve_only = FrameBudgets::with_reserve(MemoryBudget::new(0), 1 << 20);
         let body = || GrantedBody::new(tonic::body::Body::empty(), reserve_only.clone());
         body().follow(&prefix(SHORT_MESSAGE_BYTES as u32)).unwrap();
         assert!(
@@ -257,7 +309,7 @@ mod tests {
     #[test]
     fn a_call_holds_its_stream_bytes_until_it_ends_and_is_refused_without_room() {
         use http_body_util::BodyExt;
-        let budgets = FrameBudgets { budget: MemoryBudget::new(STREAM_BYTES), short: MemoryBudget::new(STREAM_BYTES) };
+        let budgets = FrameBudgets::with_reserve(MemoryBudget::new(STREAM_BYTES * UNDER_WAY_SHARE), STREAM_BYTES);
         // A body still to come (tonic keeps none of one that has ended).
         let open = || {
             tonic::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
@@ -278,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_message_past_tonics_limit_holds_only_the_limit() {
-        let budget = MemoryBudget::new(8 << 20);
+        let budget = MemoryBudget::new(MAX_MESSAGE_BYTES * UNDER_WAY_SHARE);
         let mut huge = body(&budget);
         huge.follow(&prefix(u32::MAX)).unwrap();
         assert_eq!(budget.used(), MAX_MESSAGE_BYTES, "tonic refuses it from the prefix");
