@@ -50,9 +50,10 @@ pub const STREAM_BYTES: u64 = 16 << 10;
 
 /// The budget's limit is divided by this for what gRPC requests under way
 /// (their calls and messages) may hold of it together, beyond the reserve:
-/// a quarter, 64 MiB of the default 256, sixteen 4 MiB messages at once.
-/// Without it, 16,384 stalled calls spent the whole budget and every mod's
-/// request got 503 until they ended.
+/// a quarter, 64 MiB of the default 256, sixteen 4 MiB messages at once; on
+/// a budget so small that a quarter is less, one message of
+/// [`MAX_MESSAGE_BYTES`]. Without it, 16,384 stalled calls spent the whole
+/// budget and every mod's request got 503 until they ended.
 pub const UNDER_WAY_SHARE: u64 = 4;
 
 /// The budgets a gRPC port's messages under way are granted from.
@@ -87,7 +88,7 @@ impl FrameBudgets {
 
     /// `want` bytes of the budget within the under-way share, or RESOURCE_EXHAUSTED.
     fn within_share(&self, want: u64) -> Result<Held, Status> {
-        self.under_way.set_limit(self.budget.limit() / UNDER_WAY_SHARE);
+        self.under_way.set_limit((self.budget.limit() / UNDER_WAY_SHARE).max(MAX_MESSAGE_BYTES));
         let refused = || super::refused_for_memory(budget::SPENT);
         let share = self.under_way.request(want, want).ok_or_else(refused)?;
         let bytes = self.budget.request(want, want).ok_or_else(refused)?;
@@ -252,39 +253,43 @@ mod tests {
 
     #[test]
     fn a_message_the_budget_has_no_room_for_is_refused_before_it_is_held() {
-        let budget = MemoryBudget::new(40_000);
-        // Ingest holds most of it; the under-way share (10,000) has room.
-        let _ingest = budget.request(31_000, 31_000).unwrap();
+        let budget = MemoryBudget::new(10_000);
         let mut first = body(&budget);
         first.follow(&message(8_000)[..100]).unwrap();
-        assert_eq!(budget.used(), 39_000);
-        let refused = body(&budget).follow(&prefix(1_500)).unwrap_err();
+        assert_eq!(budget.used(), 8_000);
+        let refused = body(&budget).follow(&prefix(5_000)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         first.follow(&message(8_000)[100..]).unwrap();
-        assert_eq!(budget.used(), 31_000, "a whole message is its handler's to hold");
-        body(&budget).follow(&prefix(1_500)).unwrap();
+        assert_eq!(budget.used(), 0, "a whole message is its handler's to hold");
+        body(&budget).follow(&prefix(5_000)).unwrap();
     }
 
     #[test]
     fn messages_under_way_hold_at_most_their_share_and_leave_the_rest_to_ingest() {
-        let budget = MemoryBudget::new(40_000);
+        const MAX: u64 = MAX_MESSAGE_BYTES;
+        let budget = MemoryBudget::new(8 * MAX);
         let budgets = FrameBudgets::with_reserve(budget.clone(), 0);
         let body = || GrantedBody::new(tonic::body::Body::empty(), budgets.clone());
-        let mut first = body();
-        first.follow(&prefix(8_000)).unwrap();
-        let refused = body().follow(&prefix(2_001)).unwrap_err();
+        let (mut first, mut second) = (body(), body());
+        first.follow(&prefix(MAX as u32)).unwrap();
+        second.follow(&prefix(MAX as u32)).unwrap();
+        let refused = body().follow(&prefix(SHORT_MESSAGE_BYTES as u32 + 1)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "past a quarter of the limit");
-        assert_eq!(budget.used(), 8_000, "a refused message holds nothing");
-        body().follow(&prefix(2_000)).expect("up to the quarter");
-        assert!(budget.request(30_000, 30_000).is_some(), "the rest is ingest's");
-        budget.set_limit(80_000);
-        body().follow(&prefix(2_001)).expect("the share follows a new limit");
-        drop(first);
+        assert_eq!(budget.used(), 2 * MAX, "a refused message holds nothing");
+        assert!(budget.request(6 * MAX, 6 * MAX).is_some(), "the rest is ingest's");
+        budget.set_limit(16 * MAX);
+        body().follow(&prefix(MAX as u32)).expect("the share follows a new limit");
+        drop((first, second));
+        let small = MemoryBudget::new(2 * MAX);
+        let budgets = FrameBudgets::with_reserve(small.clone(), 0);
+        let mut lone = GrantedBody::new(tonic::body::Body::empty(), budgets);
+        lone.follow(&prefix(MAX as u32)).expect("a quarter under one message is one message");
+        assert_eq!(small.used(), MAX);
     }
 
     #[test]
     fn a_short_message_is_granted_from_the_reserve_first() {
-        let budget = MemoryBudget::new(4_000);
+        let budget = MemoryBudget::new(1_000);
         let budgets = FrameBudgets::with_reserve(budget.clone(), 3_000);
         let body = || GrantedBody::new(tonic::body::Body::empty(), budgets.clone());
         let (mut first, mut second, mut third) = (body(), body(), body());
@@ -309,7 +314,7 @@ mod tests {
     #[test]
     fn a_call_holds_its_stream_bytes_until_it_ends_and_is_refused_without_room() {
         use http_body_util::BodyExt;
-        let budgets = FrameBudgets::with_reserve(MemoryBudget::new(STREAM_BYTES * UNDER_WAY_SHARE), STREAM_BYTES);
+        let budgets = FrameBudgets::with_reserve(MemoryBudget::new(STREAM_BYTES), STREAM_BYTES);
         // A body still to come (tonic keeps none of one that has ended).
         let open = || {
             tonic::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
@@ -330,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_message_past_tonics_limit_holds_only_the_limit() {
-        let budget = MemoryBudget::new(MAX_MESSAGE_BYTES * UNDER_WAY_SHARE);
+        let budget = MemoryBudget::new(8 << 20);
         let mut huge = body(&budget);
         huge.follow(&prefix(u32::MAX)).unwrap();
         assert_eq!(budget.used(), MAX_MESSAGE_BYTES, "tonic refuses it from the prefix");
