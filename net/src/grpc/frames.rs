@@ -71,7 +71,9 @@ pub struct FrameBudgets {
 /// A grant of a call or a message under way: from the reserve, or from the
 /// budget together with its place in the under-way share. Given back on drop.
 struct Held {
+    /// The bytes, from the reserve or the budget.
     _bytes: Grant,
+    /// Their place in the under-way share, when they come from the budget.
     _share: Option<Grant>,
 }
 
