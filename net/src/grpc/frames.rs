@@ -60,9 +60,9 @@ pub const UNDER_WAY_SHARE: u64 = 4;
 #[derive(Clone)]
 pub struct FrameBudgets {
     /// The server's memory budget.
-    pub budget: Arc<MemoryBudget>,
+    budget: Arc<MemoryBudget>,
     /// [`SHORT_RESERVE`], for short messages before the budget.
-    pub short: Arc<MemoryBudget>,
+    short: Arc<MemoryBudget>,
     /// What the grants from `budget` hold, counted against [`UNDER_WAY_SHARE`]
     /// of its limit (set again before each grant: a coordinator may change it).
     under_way: Arc<MemoryBudget>,
