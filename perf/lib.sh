@@ -44,6 +44,40 @@ cpu_ticks() {
   awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
+# thread_ticks PID: one line per thread of PID: its id, its name (comm, with
+# spaces made _) and its utime + stime so far, in clock ticks.
+thread_ticks() {
+  local task
+  for task in /proc/"$1"/task/*; do
+    awk -v tid="${task##*/}" -v name="$(tr ' ' _ <"$task/comm")" '{ sub(/.*\) /, ""); print tid, name, $12 + $13 }' \
+      "$task/stat" 2>/dev/null || true # a thread may end between the listing and the read
+  done
+}
+
+# thread_split BEFORE AFTER TOTAL_TICKS: the share of TOTAL_TICKS (the
+# process's CPU over the run) each thread name took between two thread_ticks
+# snapshots, on one line. An io_uring worker (iou-wrk-TID) is counted as
+# "io_uring(NAME)", NAME being the thread it works for; what threads that
+# ended during the run spent is "ended".
+thread_split() {
+  awk -v total="$3" '
+    FNR == 1 { file++ }
+    file == 1 { before[$1] = $3; next }
+    { name[$1] = $2; spent[$1] = $3 - ($1 in before ? before[$1] : 0) }
+    END {
+      for (tid in spent) {
+        group = name[tid]
+        if (match(group, /^iou-wrk-[0-9]+$/)) {
+          owner = substr(group, 9)
+          group = "io_uring(" (owner in name ? name[owner] : owner) ")"
+        }
+        by[group] += spent[tid]; sum += spent[tid]
+      }
+      if (total > sum) by["ended"] += total - sum
+      for (group in by) if (by[group] > 0) printf "%s %.0f\n", group, 100 * by[group] / (total > 0 ? total : 1)
+    }' "$1" "$2" | sort -k2,2nr -k1,1 | awk '{ line = line sprintf(" %s %s%%", $1, $2) } END { print "server CPU by thread:" line }'
+}
+
 # prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.
 # On a fresh virtual machine, the first gigabytes written go into page-cache
 # memory the guest has never touched, and the kernel's copy into it costs

@@ -11,6 +11,9 @@
 # /proc/PID/stat over the run. Events acknowledged = 2xx answers x the events
 # in SCRIPT's body (wrk counts non-2xx apart), per second of wrk's own measured
 # run time; the last line also gives the server CPU per answered request.
+# The line before it splits the server's CPU by thread name (thread_split in
+# perf/lib.sh): for jimbus, the shards (shard-N), their io_uring workers, the
+# gRPC edge; with one derived session, as this load has, one shard owns it all.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
@@ -22,10 +25,15 @@ script=${4:-$here/wrk/fair-batch50.lua}
 # Each event of the field mod's batch has one "type" key, escaped in the Lua string.
 per_request=$(grep -o '\\"type\\":' "$script" | wc -l)
 (( per_request > 0 )) || { echo "no events in $script's body" >&2; exit 2; }
+threads=$(mktemp -d)
+trap 'rm -rf "$threads"' EXIT
+thread_ticks "$pid" >"$threads/before"
 before=$(cpu_ticks "$pid")
 out=$(wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
 after=$(cpu_ticks "$pid")
+thread_ticks "$pid" >"$threads/after"
 echo "$out"
+thread_split "$threads/before" "$threads/after" $((after - before))
 requests=$(awk '/requests in/ { print $1 }' <<<"$out")
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
   if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
