@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// Shards (executors pinned to cores) [default: every online core].
     #[arg(long, env = "JIMBUS_SHARDS")]
     pub shards: Option<usize>,
-    /// When appends reach the disk: never, batch (one fdatasync per group commit) or always [default: batch].
+    /// When appends reach the disk: never, batch (one synced write per group commit) or always [default: batch].
     #[arg(long, env = "JIMBUS_FSYNC", value_enum)]
     pub fsync: Option<FsyncMode>,
     /// The mod's event_bus_url path [default: /api/v1/events].

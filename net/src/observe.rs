@@ -10,7 +10,6 @@
 //! observes: it reads and records, and a failure to observe is only logged.
 
 use crate::clock::now_micros;
-use glommio::io::BufferedFile;
 use jimbus_core::aggregate::Aggregated;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -135,12 +134,10 @@ pub fn delivered(oldest_us: u64) {
     metrics::histogram!("jimbus_delivery_lag_seconds").record(lag);
 }
 
-/// `fdatasync` on `file`, timed.
-pub async fn fdatasync(file: &BufferedFile) -> glommio::Result<(), ()> {
-    let started = Instant::now();
-    let synced = file.fdatasync().await;
+/// A synced write of the log (the write and its sync: the segment is
+/// `O_DSYNC`) that started at `started`, recorded as the log's fsync time.
+pub fn synced(started: Instant) {
     per_thread!(Histogram, histogram!("jimbus_log_fsync_seconds")).with(|h| h.record(started.elapsed().as_secs_f64()));
-    synced
 }
 
 /// A group commit of `records` records and `bytes` bytes, written (and synced,

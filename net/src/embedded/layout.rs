@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Written, in this order within a commit: records are appended to the newest
-//! segment and fdatasync'd before any answer; when a segment fills, the next
+//! segment, opened `O_DSYNC`, durable before any answer; when a segment fills, the next
 //! one is created (and its directory entry synced), then the closed segment's
 //! index and the checkpoint are written in the background, each by
 //! [`replace_file`] (temporary, fdatasync, rename, directory sync). Consumer

@@ -333,7 +333,7 @@ impl Shard {
     /// What it produces now waits for the next batch when commands are
     /// already queued, and gets a commit of its own only when none are:
     /// under load, giving every batch's aggregated messages their own commit
-    /// cost a second write and fdatasync per batch.
+    /// cost a second synced write per batch.
     async fn apply(&mut self, commands: Vec<Command>, queue: &flume::Receiver<Command>) -> Option<flume::Sender<()>> {
         let mut batch = Batch::default();
         for command in commands {

@@ -13,7 +13,8 @@ use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
 use super::log::{
-    open_rw, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, POSITION_STRIDE, TIME_MARK_STRIDE,
+    open_segment, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, POSITION_STRIDE,
+    TIME_MARK_STRIDE,
 };
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
@@ -237,7 +238,7 @@ impl SegmentWriter {
             report.records += records;
             last_time_us = last_time_us.max(segment_time_us);
             end = end.max(base + records);
-            let file = open_rw(path).await?;
+            let file = open_segment(path, options.fsync).await?;
             let marks = positions.iter().step_by(POSITION_STRIDE as usize).copied().collect();
             segments.push(Segment { base, file: Rc::new(file), marks, records, len, last_time_us: segment_time_us });
             // The last segment stays active: its index is written when it closes.
@@ -377,6 +378,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         glommio::LocalExecutorBuilder::default().spawn(move || test(path)).unwrap().join().unwrap();
+    }
+
+    /// Whether `file` was opened `O_DSYNC`, from the kernel's own record of
+    /// its flags (`/proc/self/fdinfo`, in octal).
+    fn opened_dsync(file: &glommio::io::BufferedFile) -> bool {
+        use std::os::fd::AsRawFd;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let flags = info.lines().find_map(|line| line.strip_prefix("flags:")).expect("a flags line");
+        i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_DSYNC != 0
+    }
+
+    /// With no `fdatasync` left in a commit, a segment opened without
+    /// `O_DSYNC` would acknowledge what a power cut loses: every segment,
+    /// the first, one rolled to and those reopened at start, is opened so
+    /// unless the log never syncs.
+    #[test]
+    fn segments_are_opened_synced_unless_the_log_never_syncs() {
+        with_log_dir(|path| async move {
+            for fsync in [FsyncMode::Never, FsyncMode::Batch, FsyncMode::Always] {
+                let dir = path.join(format!("{fsync:?}"));
+                let options = LogOptions { fsync, ..options() };
+                let (mut writer, _) = SegmentWriter::open(&dir, options.clone(), 0, |_| {}).await.unwrap();
+                for offset in 0..3 {
+                    writer.stage(RecordKind::Event, "t", &vec![7; 40 << 10], offset);
+                    writer.commit().await.unwrap();
+                }
+                let synced = fsync != FsyncMode::Never;
+                let written = writer.index();
+                assert!(written.borrow().segments.len() > 1, "a segment was rolled to");
+                for segment in &written.borrow().segments {
+                    assert_eq!(opened_dsync(&segment.file), synced, "{fsync:?}, segment {} as written", segment.base);
+                }
+                drop((writer, written));
+                let (reopened, _) = SegmentWriter::open(&dir, options, 0, |_| {}).await.unwrap();
+                for segment in &reopened.index().borrow().segments {
+                    assert_eq!(opened_dsync(&segment.file), synced, "{fsync:?}, segment {} reopened", segment.base);
+                }
+            }
+        });
     }
 
     #[test]

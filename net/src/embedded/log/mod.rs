@@ -1,9 +1,9 @@
 //! One shard's durable log: append-only segment files with group commit.
 //!
 //! The shard's pump is the only writer ([`SegmentWriter`]): it stages records,
-//! then [`SegmentWriter::commit`] writes them with one io_uring write and one
-//! `fdatasync` (in `batch` mode), so every request waiting on that commit is
-//! acknowledged together. Readers (subscriptions on the same shard) go through
+//! then [`SegmentWriter::commit`] writes them with one io_uring write to a
+//! segment opened `O_DSYNC` (in `batch` mode), durable when it returns, so
+//! every request waiting on that commit is acknowledged together. Readers (subscriptions on the same shard) go through
 //! [`LogIndex`], which maps offsets to segment positions and keeps the newest
 //! records in memory; they never write. Recovery scans every segment at start,
 //! truncates a torn or corrupt tail at the last valid CRC, and reports it.
@@ -47,11 +47,11 @@ pub(super) const TIME_MARK_STRIDE: u64 = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncMode {
-    /// Never fdatasync: acknowledged events can be lost on power failure (benchmarks only).
+    /// Never sync: acknowledged events can be lost on power failure (benchmarks only).
     Never,
-    /// One fdatasync per group commit, before any of its events is acknowledged.
+    /// One synced write (O_DSYNC) per group commit, before any of its events is acknowledged.
     Batch,
-    /// One write and one fdatasync per record.
+    /// One synced write (O_DSYNC) per record.
     Always,
 }
 
@@ -379,15 +379,11 @@ impl SegmentWriter {
             FsyncMode::Always => {
                 let mut from = 0;
                 for &(end, _) in ends {
-                    layout::write_all(file, &data[from..end], at + from as u64).await?;
-                    crate::observe::fdatasync(file).await?;
+                    synced_write(file, &data[from..end], at + from as u64).await?;
                     from = end;
                 }
             }
-            FsyncMode::Batch => {
-                layout::write_all(file, data, at).await?;
-                crate::observe::fdatasync(file).await?;
-            }
+            FsyncMode::Batch => synced_write(file, data, at).await?,
             FsyncMode::Never => layout::write_all(file, data, at).await?,
         }
         crate::observe::committed(started, ends.len(), data.len());
@@ -430,7 +426,7 @@ impl SegmentWriter {
 
     pub(super) async fn start_segment(&mut self, base: u64) -> Result<(), LogError> {
         let path = layout::segment(&self.dir, base);
-        let file = open_rw(&path).await?;
+        let file = open_segment(&path, self.options.fsync).await?;
         // The new file's directory entry must be durable before anything in it is acknowledged.
         layout::sync_dir(&self.dir).await?;
         let segment = Segment { base, file: Rc::new(file), marks: Vec::new(), records: 0, len: 0, last_time_us: 0 };
@@ -477,8 +473,27 @@ impl SegmentWriter {
     }
 }
 
-pub(super) async fn open_rw(path: &Path) -> Result<BufferedFile, LogError> {
-    Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
+/// Opens a segment to read and append. Unless the mode never syncs, its
+/// writes are `O_DSYNC`: each returns once its bytes are durable, as a write
+/// and an `fdatasync` would make them. ext4 has no non-blocking buffered
+/// write, so io_uring hands each write and each `fdatasync` to a worker
+/// thread; one synced write is one hand-over a commit, where the two took
+/// two, each waking the shard once more (docs/perf.md, twenty-fourth pass).
+pub(super) async fn open_segment(path: &Path, fsync: FsyncMode) -> Result<BufferedFile, LogError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true);
+    if fsync != FsyncMode::Never {
+        options.custom_flags(libc::O_DSYNC);
+    }
+    Ok(options.buffered_open(path).await?)
+}
+
+/// Writes `data` at `at` to a segment opened `O_DSYNC`, timed as the log's sync.
+async fn synced_write(file: &BufferedFile, data: &[u8], at: u64) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let written = layout::write_all(file, data, at).await;
+    crate::observe::synced(started);
+    written
 }
 
 #[cfg(test)]
