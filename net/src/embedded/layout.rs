@@ -14,12 +14,13 @@
 //! ```
 //!
 //! Written, in this order within a commit: records are appended to the newest
-//! segment, opened `O_DSYNC`, durable before any answer; when a segment fills, the next
-//! one is created (and its directory entry synced), then the closed segment's
-//! index and the checkpoint are written in the background, each by
-//! [`replace_file`] (temporary, fdatasync, rename, directory sync). Consumer
-//! acks are appended to the journal and synced before an Ack is answered; the
-//! snapshot replaces the journal's content when consumers come or go.
+//! segment (opened `O_DSYNC`) and durable before any answer; when a segment
+//! fills, the next one is created (and its directory entry synced), then the
+//! closed segment's index and the checkpoint are written in the background,
+//! each by [`replace_file`] (temporary, fdatasync, rename, directory sync).
+//! Consumer acks are appended to the journal and synced before an Ack is
+//! answered; the snapshot replaces the journal's content when consumers come
+//! or go.
 //!
 //! Read back at start, in this order: temporaries are deleted; the checkpoint
 //! gives where replay starts; segments are opened oldest first, a closed one

@@ -3,9 +3,10 @@
 //! The shard's pump is the only writer ([`SegmentWriter`]): it stages records,
 //! then [`SegmentWriter::commit`] writes them with one io_uring write to a
 //! segment opened `O_DSYNC` (in `batch` mode), durable when it returns, so
-//! every request waiting on that commit is acknowledged together. Readers (subscriptions on the same shard) go through
-//! [`LogIndex`], which maps offsets to segment positions and keeps the newest
-//! records in memory; they never write. Recovery scans every segment at start,
+//! every request waiting on that commit is acknowledged together. Readers
+//! (subscriptions on the same shard) go through [`LogIndex`], which maps
+//! offsets to segment positions and keeps the newest records in memory; they
+//! never write. Recovery scans every segment at start,
 //! truncates a torn or corrupt tail at the last valid CRC, and reports it.
 //! This module must never acknowledge anything itself: it tells the pump what is
 //! durable and the pump answers clients.
@@ -477,8 +478,8 @@ impl SegmentWriter {
 /// writes are `O_DSYNC`: each returns once its bytes are durable, as a write
 /// and an `fdatasync` would make them. ext4 has no non-blocking buffered
 /// write, so io_uring hands each write and each `fdatasync` to a worker
-/// thread; one synced write is one hand-over a commit, where the two took
-/// two, each waking the shard once more (docs/perf.md, twenty-fourth pass).
+/// thread: the two were two hand-overs a commit, each waking the shard when
+/// it was done, and a synced write is one (docs/perf.md, twenty-fourth pass).
 pub(super) async fn open_segment(path: &Path, fsync: FsyncMode) -> Result<BufferedFile, LogError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true);
