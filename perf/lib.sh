@@ -37,20 +37,26 @@ stop() {
   wait "$1" 2>/dev/null || true
 }
 
-# cpu_ticks PID: the process's utime + stime so far, in clock ticks
-# (getconf CLK_TCK per second). Fields are counted after the command name's
-# closing parenthesis, which may hold spaces.
+# stat_ticks FILE: utime + stime so far, in clock ticks (getconf CLK_TCK per
+# second), from a /proc stat file (a process's or a thread's). Fields are
+# counted after the command name's closing parenthesis, which may hold spaces.
+stat_ticks() {
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "$1"
+}
+
+# cpu_ticks PID: the process's utime + stime so far, in clock ticks.
 cpu_ticks() {
-  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+  stat_ticks "/proc/$1/stat"
 }
 
 # thread_ticks PID: one line per thread of PID: its id, its name (comm, with
 # spaces made _) and its utime + stime so far, in clock ticks.
 thread_ticks() {
-  local task
+  local task name ticks
   for task in /proc/"$1"/task/*; do
-    awk -v tid="${task##*/}" -v name="$(tr ' ' _ <"$task/comm")" '{ sub(/.*\) /, ""); print tid, name, $12 + $13 }' \
-      "$task/stat" 2>/dev/null || true # a thread may end between the listing and the read
+    # A thread that ends between the listing and the reads is left out.
+    name=$(tr ' ' _ 2>/dev/null <"$task/comm") && ticks=$(stat_ticks "$task/stat" 2>/dev/null) || continue
+    echo "${task##*/} $name $ticks"
   done
 }
 
