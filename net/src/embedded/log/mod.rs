@@ -6,8 +6,8 @@
 //! every request waiting on that commit is acknowledged together. Readers
 //! (subscriptions on the same shard) go through [`LogIndex`], which maps
 //! offsets to segment positions and keeps the newest records in memory; they
-//! never write. Recovery scans every segment at start,
-//! truncates a torn or corrupt tail at the last valid CRC, and reports it.
+//! never write. Recovery scans every segment at start, truncates a torn or
+//! corrupt tail at the last valid CRC, and reports it.
 //! This module must never acknowledge anything itself: it tells the pump what is
 //! durable and the pump answers clients.
 
