@@ -49,6 +49,15 @@ cpu_ticks() {
   stat_ticks "/proc/$1/stat"
 }
 
+# machine_ticks: the whole machine's busy time so far, in clock ticks: user,
+# nice, system, irq and softirq of /proc/stat's first line (every core). It
+# holds what a server's own utime + stime leaves out: the kernel's worker
+# threads (a direct write's completion and its cache flush run in them) and
+# interrupts.
+machine_ticks() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
+}
+
 # thread_ticks PID: one line per thread of PID: its id, its name (comm, with
 # spaces made _) and its utime + stime so far, in clock ticks.
 thread_ticks() {

@@ -14,6 +14,11 @@
 # The line before it splits the server's CPU by thread name (thread_split in
 # perf/lib.sh): for jimbus, the shards (shard-N), their io_uring workers, the
 # gRPC edge; with one derived session, as this load has, one shard owns it all.
+# The line before that gives the machine's busy CPU over the run (every core,
+# /proc/stat) less the server's and wrk's own, per event: the kernel's
+# worker threads and interrupts the server's I/O causes (and anything else
+# running, so run on an idle machine). A server whose writes complete in the
+# kernel's workers rather than its own threads shows their cost there.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
@@ -28,9 +33,9 @@ per_request=$(grep -o '\\"type\\":' "$script" | wc -l)
 threads=$(mktemp -d)
 trap 'rm -rf "$threads"' EXIT
 thread_ticks "$pid" >"$threads/before"
-before=$(cpu_ticks "$pid")
-out=$(wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
-after=$(cpu_ticks "$pid")
+before=$(cpu_ticks "$pid") machine_before=$(machine_ticks)
+out=$(/usr/bin/time -f '%U %S' -o "$threads/wrk-time" wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
+after=$(cpu_ticks "$pid") machine_after=$(machine_ticks)
 thread_ticks "$pid" >"$threads/after"
 echo "$out"
 thread_split "$threads/before" "$threads/after" $((after - before))
@@ -41,6 +46,11 @@ non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
 answered=$(( requests - ${non2xx:-0} ))
 events=$(( answered * per_request ))
 hz=$(getconf CLK_TCK)
+awk -v e="$events" -v m=$((machine_after - machine_before)) -v t=$((after - before)) -v hz="$hz" \
+  -v w="$(awk '{ print $1 + $2 }' "$threads/wrk-time")" 'BEGIN {
+  outside = (m - t) / hz - w
+  printf "machine CPU outside the server and wrk: %.2f s = %.2f us per event\n", outside, (e ? outside * 1e6 / e : 0)
+}'
 awk -v e="$events" -v a="$answered" -v t=$((after - before)) -v hz="$hz" -v s="${elapsed:-$seconds}" 'BEGIN {
   cpu = t / hz
   printf "acknowledged %d events = %.0f events/s; server CPU %.2f s = %.2f us per event, %.1f us per request\n",
