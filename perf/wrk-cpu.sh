@@ -11,14 +11,15 @@
 # /proc/PID/stat over the run. Events acknowledged = 2xx answers x the events
 # in SCRIPT's body (wrk counts non-2xx apart), per second of wrk's own measured
 # run time; the last line also gives the server CPU per answered request.
-# The line before it splits the server's CPU by thread name (thread_split in
-# perf/lib.sh): for jimbus, the shards (shard-N), their io_uring workers, the
-# gRPC edge; with one derived session, as this load has, one shard owns it all.
-# The line before that gives the machine's busy CPU over the run (every core,
+# The line before it gives the machine's busy CPU over the run (every core,
 # /proc/stat) less the server's and wrk's own, per event: the kernel's
 # worker threads and interrupts the server's I/O causes (and anything else
 # running, so run on an idle machine). A server whose writes complete in the
 # kernel's workers rather than its own threads shows their cost there.
+# The line before that splits the server's CPU by thread name (thread_split
+# in perf/lib.sh): for jimbus, the shards (shard-N), their io_uring workers,
+# the gRPC edge; with one derived session, as this load has, one shard owns
+# it all.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}

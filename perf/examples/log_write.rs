@@ -15,21 +15,22 @@
 //!   has no non-blocking buffered write, so io_uring hands it to a worker,
 //!   which copies it into the page cache and then syncs.
 //! - `direct`: a glommio `DmaFile` (`O_DIRECT`) opened `O_DSYNC`. A commit
-//!   is written from the aligned offset where the file's last partial block
-//!   starts, that block's bytes again, then the commit, zero-padded to the
-//!   alignment: what a direct-I/O log would write.
+//!   is written from the start of the file's last partial 4 KiB block (ext4's
+//!   block; the disk's own alignment where that is larger), that block's bytes
+//!   again, then the commit, zero-padded to the block: what a direct-I/O log
+//!   would write.
 //! - `direct-overwrite`: the same, into a file whose blocks were written (with
 //!   zeros) before the run, so no write extends the file or allocates.
 //!
 //! A first line gives what writing 512 MiB of zeros costs, per MiB, with
 //! direct I/O in 1 MiB writes and one sync: how `direct-overwrite`'s file
-//! would be prepared. Each other line gives the commits per second, this process's CPU per commit
-//! (utime + stime of `/proc/self/stat`, which counts io_uring's workers) and
-//! the whole machine's busy CPU per commit (`/proc/stat`), which also counts
-//! the kernel's own workers and interrupts a direct write's completion runs
-//! in. The machine's figure includes anything else running: run it on an idle
-//! machine. DIR must be on the file system to measure (not tmpfs, which
-//! has no disk to sync).
+//! would be prepared. Each other line gives the commits per second, this
+//! process's CPU per commit (utime + stime of `/proc/self/stat`, which counts
+//! io_uring's workers) and the whole machine's busy CPU per commit
+//! (`/proc/stat`), which also counts the kernel's own workers and interrupts
+//! a direct write's completion runs in. The machine's figure includes
+//! anything else running: run it on an idle machine. DIR must be on the file
+//! system to measure (not tmpfs, which has no disk to sync).
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::LocalExecutorBuilder;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,8 @@ async fn buffered(path: &Path, commits: usize, size: usize) {
 /// Writes `commits` of `size` bytes as a direct-I/O log would: from the
 /// start of the last partial block, rewriting it, padded with zeros.
 async fn direct(file: &DmaFile, commits: usize, size: usize) {
-    let align = file.alignment() as usize;
+    // ext4's block: a write of whole blocks never makes the kernel zero part of one.
+    let align = file.alignment().max(4096) as usize;
     let (mut end, mut tail) = (0usize, Vec::new());
     for commit in 0..commits {
         let start = end - tail.len();
