@@ -20,7 +20,8 @@
 //!   again, then the commit, zero-padded to the block: what a direct-I/O log
 //!   would write.
 //! - `direct-overwrite`: the same, into a file whose blocks were written (with
-//!   zeros) before the run, so no write extends the file or allocates.
+//!   zeros, as the first line measures) before the run, so no write extends
+//!   the file or allocates.
 //!
 //! A first line gives what writing 512 MiB of zeros costs, per MiB, with
 //! direct I/O in 1 MiB writes and one sync: how `direct-overwrite`'s file
@@ -33,6 +34,7 @@
 //! system to measure (not tmpfs, which has no disk to sync).
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::LocalExecutorBuilder;
+use jimbus_harness::ServerProcess;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,15 +56,12 @@ impl Way {
     }
 }
 
-/// CPU seconds so far: this process's, and the whole machine's busy time.
+/// CPU seconds so far: this process's (the harness's reading of
+/// `/proc/self/stat`), and the whole machine's busy time.
 fn cpu_now() -> (f64, f64) {
+    let own = ServerProcess::new(std::process::id()).cpu_seconds().expect("/proc/self/stat");
     // SAFETY: sysconf takes a plain integer and touches no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // The fields after the command name's closing parenthesis; utime and stime are 14 and 15.
-    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<f64> = after.split(' ').map(|f| f.parse().unwrap_or(0.0)).collect();
-    let own = (fields[11] + fields[12]) / hz;
     let total = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let cpu: Vec<f64> = total
         .lines()
@@ -75,6 +74,34 @@ fn cpu_now() -> (f64, f64) {
     // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
     let busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
     (own, busy / hz)
+}
+
+/// What a measured piece of work took: wall seconds, and CPU seconds of this
+/// process and of the whole machine.
+struct Cost {
+    elapsed: f64,
+    own: f64,
+    machine: f64,
+}
+
+/// Runs `work` and measures it.
+async fn measure(work: impl std::future::Future<Output = ()>) -> Cost {
+    let ((own, machine), started) = (cpu_now(), Instant::now());
+    work.await;
+    let (elapsed, (own_after, machine_after)) = (started.elapsed().as_secs_f64(), cpu_now());
+    Cost { elapsed, own: own_after - own, machine: machine_after - machine }
+}
+
+/// Writes `bytes` of zeros (rounded up to whole MiB) at the start of `file`
+/// with direct I/O in 1 MiB writes, then syncs once: how the blocks of a
+/// direct-overwrite log would be written ahead.
+async fn write_zeros(file: &DmaFile, bytes: u64) {
+    for n in 0..bytes.div_ceil(1 << 20) {
+        let mut buf = file.alloc_dma_buffer(1 << 20);
+        buf.as_bytes_mut().fill(0);
+        file.write_at(buf, n << 20).await.expect("writes zeros");
+    }
+    file.fdatasync().await.expect("syncs the zeros");
 }
 
 /// A commit's bytes: not zeros, so nothing along the way can skip them.
@@ -126,16 +153,9 @@ async fn direct(file: &DmaFile, commits: usize, size: usize) {
 
 async fn open_direct(path: &Path, prewrite: Option<u64>) -> DmaFile {
     if let Some(bytes) = prewrite {
-        let file = std::fs::File::create(path).expect("creates the file");
-        file.set_len(0).expect("empties it");
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64);
-            std::io::Write::write_all(&mut &file, &zeros[..n as usize]).expect("writes zeros");
-            left -= n;
-        }
-        file.sync_all().expect("syncs the zeros");
+        let file = OpenOptions::new().write(true).create(true).dma_open(path).await.expect("opens the file");
+        write_zeros(&file, bytes).await;
+        file.close().await.expect("closes");
     }
     OpenOptions::new()
         .write(true)
@@ -154,12 +174,13 @@ async fn run(dir: PathBuf, way: Way, commits: usize, size: usize) {
         Way::Direct => Some(open_direct(&path, None).await),
         Way::DirectOverwrite => Some(open_direct(&path, Some((commits * size + (1 << 20)) as u64)).await),
     };
-    let (own, busy, started) = (cpu_now(), cpu_now().1, Instant::now());
-    match &file {
-        None => buffered(&path, commits, size).await,
-        Some(file) => direct(file, commits, size).await,
-    }
-    let (elapsed, (own_after, busy_after)) = (started.elapsed().as_secs_f64(), cpu_now());
+    let cost = measure(async {
+        match &file {
+            None => buffered(&path, commits, size).await,
+            Some(file) => direct(file, commits, size).await,
+        }
+    })
+    .await;
     if let Some(file) = file {
         file.close().await.expect("closes");
     }
@@ -168,33 +189,26 @@ async fn run(dir: PathBuf, way: Way, commits: usize, size: usize) {
     println!(
         "{:<17} {size:>7} bytes: {:>6.0} commits/s, {:>6.1} us process CPU per commit, {:>6.1} us machine CPU per commit",
         way.name(),
-        commits as f64 / elapsed,
-        per(own_after - own.0),
-        per(busy_after - busy),
+        commits as f64 / cost.elapsed,
+        per(cost.own),
+        per(cost.machine),
     );
 }
 
-/// Writes `mib` MiB of zeros with direct I/O in 1 MiB writes, then syncs
-/// once: what writing a segment's blocks ahead of a direct-overwrite log costs.
-async fn zeros(dir: PathBuf, mib: usize) {
+/// What [`write_zeros`] costs for `mib` MiB: what writing a segment's
+/// blocks ahead of a direct-overwrite log costs.
+async fn zeros(dir: PathBuf, mib: u64) {
     let path = dir.join("zeros");
     let _ = std::fs::remove_file(&path);
     let file = OpenOptions::new().write(true).create(true).dma_open(&path).await.expect("opens the file");
-    let (own, busy, started) = (cpu_now(), cpu_now().1, Instant::now());
-    for n in 0..mib {
-        let mut buf = file.alloc_dma_buffer(1 << 20);
-        buf.as_bytes_mut().fill(0);
-        file.write_at(buf, (n << 20) as u64).await.expect("writes zeros");
-    }
-    file.fdatasync().await.expect("syncs");
-    let (elapsed, (own_after, busy_after)) = (started.elapsed().as_secs_f64(), cpu_now());
+    let cost = measure(write_zeros(&file, mib << 20)).await;
     file.close().await.expect("closes");
     std::fs::remove_file(&path).expect("removes the file");
     println!(
         "zeros ahead       {mib:>4} MiB: {:>6.0} MiB/s, {:>6.1} us process CPU per MiB, {:>6.1} us machine CPU per MiB",
-        mib as f64 / elapsed,
-        (own_after - own.0) * 1e6 / mib as f64,
-        (busy_after - busy) * 1e6 / mib as f64,
+        mib as f64 / cost.elapsed,
+        cost.own * 1e6 / mib as f64,
+        cost.machine * 1e6 / mib as f64,
     );
 }
 
