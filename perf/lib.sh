@@ -59,38 +59,62 @@ machine_ticks() {
 }
 
 # thread_ticks PID: one line per thread of PID: its id, its name (comm, with
-# spaces made _) and its utime + stime so far, in clock ticks.
+# spaces made _), its utime + stime so far, in clock ticks, and how long it
+# has been runnable but waiting for a CPU, in nanoseconds (the second field
+# of /proc/PID/task/TID/schedstat; 0 where the kernel keeps no schedstat).
 thread_ticks() {
-  local task name ticks
+  local task name ticks waited
   for task in /proc/"$1"/task/*; do
     # A thread that ends between the listing and the reads is left out.
     name=$(tr ' ' _ 2>/dev/null <"$task/comm") && ticks=$(stat_ticks "$task/stat" 2>/dev/null) || continue
-    echo "${task##*/} $name $ticks"
+    waited=$(awk '{ print $2 }' "$task/schedstat" 2>/dev/null) || waited=0
+    echo "${task##*/} $name $ticks ${waited:-0}"
   done
 }
 
-# thread_split BEFORE AFTER TOTAL_TICKS: the share of TOTAL_TICKS (the
-# process's CPU over the run) each thread name took between two thread_ticks
-# snapshots, on one line. An io_uring worker (iou-wrk-TID) is counted as
-# "io_uring(NAME)", NAME being the thread it works for; what threads that
-# ended during the run spent is "ended".
-thread_split() {
-  awk -v total="$3" '
+# thread_deltas BEFORE AFTER FIELD: what each thread name gained in FIELD of
+# two thread_ticks snapshots (3: CPU ticks, 4: nanoseconds waiting for a
+# CPU), one "NAME AMOUNT" line per name. An io_uring worker (iou-wrk-TID) is
+# counted as "io_uring(NAME)", NAME being the thread it works for.
+thread_deltas() {
+  awk -v field="$3" '
     FNR == 1 { file++ }
-    file == 1 { before[$1] = $3; next }
-    { name[$1] = $2; spent[$1] = $3 - ($1 in before ? before[$1] : 0) }
+    file == 1 { before[$1] = $field; next }
+    { name[$1] = $2; gained[$1] = $field - ($1 in before ? before[$1] : 0) }
     END {
-      for (tid in spent) {
+      for (tid in gained) {
         group = name[tid]
         if (match(group, /^iou-wrk-[0-9]+$/)) {
           owner = substr(group, 9)
           group = "io_uring(" (owner in name ? name[owner] : owner) ")"
         }
-        by[group] += spent[tid]; sum += spent[tid]
+        by[group] += gained[tid]
       }
+      for (group in by) printf "%s %.0f\n", group, by[group]
+    }' "$1" "$2"
+}
+
+# thread_split BEFORE AFTER TOTAL_TICKS: the share of TOTAL_TICKS (the
+# process's CPU over the run) each thread name took between two thread_ticks
+# snapshots, on one line (thread_deltas); what threads that ended during the
+# run spent is "ended".
+thread_split() {
+  thread_deltas "$1" "$2" 3 | awk -v total="$3" '
+    { by[$1] = $2; sum += $2 }
+    END {
       if (total > sum) by["ended"] += total - sum
       for (group in by) if (by[group] > 0) printf "%s %.0f\n", group, 100 * by[group] / (total > 0 ? total : 1)
-    }' "$1" "$2" | sort -k2,2nr -k1,1 | awk '{ line = line sprintf(" %s %s%%", $1, $2) } END { print "server CPU by thread:" line }'
+    }' | sort -k2,2nr -k1,1 | awk '{ line = line sprintf(" %s %s%%", $1, $2) } END { print "server CPU by thread:" line }'
+}
+
+# thread_waits BEFORE AFTER: how long each thread name was runnable but not
+# running between two thread_ticks snapshots (seconds, on one line; 5 ms
+# and more). A thread that waits for a CPU answers late however little it
+# spends: on a machine the load generator shares, this is where a latency
+# tail that the server's own timings do not show comes from.
+thread_waits() {
+  thread_deltas "$1" "$2" 4 | awk '$2 >= 5e6 { printf "%s %.2f\n", $1, $2 / 1e9 }' |
+    sort -k2,2nr -k1,1 | awk '{ line = line sprintf(" %s %s s", $1, $2) } END { print "waited for a CPU, by thread:" line }'
 }
 
 # prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.

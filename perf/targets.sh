@@ -21,7 +21,9 @@
 # nats-server (default: tools/.venv/bin/nats-server, else PATH). LOAD_ARGS adds
 # flags to every jimbus-load run (e.g. "--threads 1" on a small machine). The
 # generator shares the machine with the server; the load average is printed
-# with each run. 2 GiB are written and deleted in the work directory first
+# with each run, and how long each server thread waited for a CPU
+# (thread_waits in perf/lib.sh), which is where a latency tail on a small
+# shared machine comes from. 2 GiB are written and deleted in the work directory first
 # (prime_page_cache in perf/lib.sh), so no run pays for fresh memory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,10 +58,12 @@ run() {
   wait_ready "$pid" "http://127.0.0.1:$http/ready"
   local before
   before=$(load_avg)
+  thread_ticks "$pid" >"$work/$name.threads-before"
   timeout $((seconds * 3 + 120)) "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" \
     --grpc "127.0.0.1:$grpc" --sessions 64 --duration "$seconds" --quiet --server-pid "$pid" \
     --json "$work/$name.json" ${LOAD_ARGS:-} "${largs[@]}" >"$work/load-$name.txt" 2>&1 ||
     { echo "jimbus-load failed for $name:" >&2; tail -20 "$work/load-$name.txt" >&2; return 1; }
+  thread_ticks "$pid" >"$work/$name.threads-after"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   rm -rf "$work/data-$name"
@@ -81,6 +85,7 @@ f = {
 print(sys.argv[2].format(**f))
 EOF
 )" "$(sed 's/.*: //' "$work/$1.load")"
+  printf '%-14s %s\n' "" "$(thread_waits "$work/$1.threads-before" "$work/$1.threads-after")"
 }
 
 median_of() { # median_of KEY NAMES...: the median of one report figure over runs

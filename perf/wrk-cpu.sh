@@ -19,7 +19,8 @@
 # The line before that splits the server's CPU by thread name (thread_split
 # in perf/lib.sh): for jimbus, the shards (shard-N), their io_uring workers,
 # the gRPC edge; with one derived session, as this load has, one shard owns
-# it all.
+# it all. Then how long each thread was runnable but waiting for a CPU
+# (thread_waits): wrk shares the machine, so a shard waits while it runs.
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
@@ -43,6 +44,7 @@ after=$(cpu_ticks "$pid") machine_after=$(machine_ticks)
 thread_ticks "$pid" >"$threads/after"
 echo "$out"
 thread_split "$threads/before" "$threads/after" $((after - before))
+thread_waits "$threads/before" "$threads/after"
 requests=$(awk '/requests in/ { print $1 }' <<<"$out")
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
   if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
