@@ -224,7 +224,7 @@ impl Shard {
                 Some(commands) => commands,
                 None => break,
             };
-            if let Some(done) = self.apply(commands, &queue).await {
+            if let Some(done) = self.apply(commands).await {
                 self.stop().await;
                 let _ = done.send(());
                 return;
@@ -330,11 +330,21 @@ impl Shard {
     /// when the batch held a shutdown command.
     ///
     /// What aggregation produced since the last commit goes into this one.
-    /// What it produces now waits for the next batch when commands are
-    /// already queued, and gets a commit of its own only when none are:
-    /// under load, giving every batch's aggregated messages their own commit
-    /// cost a second synced write per batch.
-    async fn apply(&mut self, commands: Vec<Command>, queue: &flume::Receiver<Command>) -> Option<flume::Sender<()>> {
+    /// What it produces now rides with the next batch's commit, and gets a
+    /// commit of its own only when no command comes within
+    /// [`super::aggregation::RIDE_WAIT`] (the pump wakes for it, see
+    /// [`AggregationStage::deadline`]): a commit of its own whenever the
+    /// queue was empty for an instant was a second synced write for many
+    /// batches, and every request that came during it waited for it.
+    async fn apply(&mut self, commands: Vec<Command>) -> Option<flume::Sender<()>> {
+        if commands.is_empty() {
+            // Only a timer woke the pump: the aggregator's, or the end of a
+            // wait for company. What the tick produces waits its own turn.
+            self.aggregation.tick();
+            if !self.aggregation.due(Instant::now()) {
+                return None;
+            }
+        }
         let mut batch = Batch::default();
         for command in commands {
             self.take(command, &mut batch);
@@ -344,9 +354,6 @@ impl Shard {
         let committed = self.commit(&mut batch, saved.is_ok()).await;
         self.settle_aggregated(aggregated, committed);
         self.aggregation.tick();
-        if queue.is_empty() {
-            self.commit_aggregated().await;
-        }
         batch.shutdown
     }
 
