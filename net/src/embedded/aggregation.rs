@@ -30,8 +30,9 @@ const COUNTERS: [&str; 7] = [
 /// How long aggregated messages wait for the next group commit of ingest
 /// before they get a synced write of their own. Under load a request comes
 /// well within it and carries them; a commit of their own each time the
-/// queue was empty for an instant was one synced write in seven at half rate
-/// (docs/perf.md, twenty-sixth pass), every request behind it waiting too.
+/// queue was empty for an instant was one synced write in four or five at
+/// half rate (docs/perf.md, twenty-sixth pass), every request that came
+/// during it waiting for it.
 /// Against windows of 100 ms, it is little.
 pub const RIDE_WAIT: Duration = Duration::from_millis(5);
 
