@@ -11,7 +11,7 @@
 //! never drop or reorder a trigger, and every sequence pushed must come out in
 //! exactly one part.
 
-use super::classify::{is_joker_context, normalize, update_context, Update, COPY_JOKERS};
+use super::classify::{contains_ignoring_case, is_joker_context, normalize_into, update_context, Update, COPY_JOKERS};
 use jimbus_proto::events as pb;
 use prost::Message as _;
 use prost_types::Timestamp;
@@ -40,6 +40,9 @@ pub(super) struct Cascade {
     depth_of: crate::FastMap<String, u32>,
     /// The previous trigger's joker and depth when it was a copy/retrigger joker.
     prev_copier: Option<(String, u32)>,
+    /// A joker name being normalized, reused by every trigger: a new
+    /// `String` each time was two allocations per trigger.
+    name: String,
     // The current part.
     /// Its triggers and updates, in arrival order.
     pub(super) triggers: Vec<pb::TriggerEvent>,
@@ -78,6 +81,7 @@ impl Cascade {
             last_now: now,
             depth_of: crate::FastMap::default(),
             prev_copier: None,
+            name: String::new(),
             triggers: Vec::new(),
             seqs: Vec::new(),
             first_now: None,
@@ -135,20 +139,27 @@ impl Cascade {
     /// `aggregate`) and remembers it for the triggers after it.
     fn infer_depth(&mut self, t: &mut pb::TriggerEvent) {
         let (depth, parent) = if !t.parent_joker.is_empty() {
-            (self.depth_of.get(&normalize(&t.parent_joker)).map_or(1, |d| d + 1), None)
+            normalize_into(&t.parent_joker, &mut self.name);
+            (self.depth_of.get(self.name.as_str()).map_or(1, |d| d + 1), None)
         } else if let Some((copier, d)) = &self.prev_copier {
             (d + 1, Some(copier.clone()))
         } else {
-            let c = t.context.to_ascii_lowercase();
-            (u32::from(c.contains("retrigger") || c.contains("copy")), None)
+            let copied = contains_ignoring_case(&t.context, "retrigger") || contains_ignoring_case(&t.context, "copy");
+            (u32::from(copied), None)
         };
         t.depth = depth;
         if let Some(parent) = parent {
             t.parent_joker = parent;
         }
-        let name = normalize(if t.joker_name.is_empty() { &t.joker_id } else { &t.joker_name });
-        self.prev_copier = COPY_JOKERS.contains(&name.as_str()).then(|| (t.joker_name.clone(), depth));
-        self.depth_of.insert(name, depth);
+        normalize_into(if t.joker_name.is_empty() { &t.joker_id } else { &t.joker_name }, &mut self.name);
+        self.prev_copier = COPY_JOKERS.contains(&self.name.as_str()).then(|| (t.joker_name.clone(), depth));
+        // A joker seen before in the hand keeps its key: no copy of the name.
+        match self.depth_of.get_mut(self.name.as_str()) {
+            Some(known) => *known = depth,
+            None => {
+                self.depth_of.insert(self.name.clone(), depth);
+            }
+        }
     }
 
     /// Takes the current part as a message (without `base`), leaving the cascade

@@ -24,9 +24,30 @@ pub fn is_copy_joker(name: &str) -> bool {
 /// A joker name or key in one spelling, so that "Sock and Buskin",
 /// "j_sock_and_buskin" and a `parent` written either way compare equal.
 pub(super) fn normalize(name: &str) -> String {
-    let lower = name.trim().to_ascii_lowercase();
-    let lower = lower.strip_prefix("j_").unwrap_or(&lower);
-    lower.replace('_', " ")
+    let mut normalized = String::with_capacity(name.len());
+    normalize_into(name, &mut normalized);
+    normalized
+}
+
+/// [`normalize`] into `out`, replacing what it held, so that a caller that
+/// normalizes one name per trigger reuses one buffer: trimmed, ASCII letters
+/// lowercased, a leading `j_` dropped and `_` read as a space.
+pub(super) fn normalize_into(name: &str, out: &mut String) {
+    out.clear();
+    let trimmed = name.trim();
+    // Both bytes are ASCII when they match, so byte 2 starts a character.
+    let rest = match trimmed.as_bytes() {
+        [j, b'_', ..] if j.eq_ignore_ascii_case(&b'j') => &trimmed[2..],
+        _ => trimmed,
+    };
+    out.extend(rest.chars().map(|c| if c == '_' { ' ' } else { c.to_ascii_lowercase() }));
+}
+
+/// Whether `text` holds `word` with ASCII letters in any case, as
+/// `text.to_ascii_lowercase().contains(word)` for a lowercase `word`,
+/// without the lowercase copy.
+pub(super) fn contains_ignoring_case(text: &str, word: &str) -> bool {
+    word.is_empty() || text.as_bytes().windows(word.len()).any(|window| window.eq_ignore_ascii_case(word.as_bytes()))
 }
 
 /// What an event is to aggregation.

@@ -127,3 +127,26 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The reused buffer spells a joker name as the allocating reading did,
+    /// whatever the buffer held before, and the case-blind search finds what
+    /// a search of the lowercased text finds.
+    #[test]
+    fn joker_names_are_normalized_and_searched_as_before(
+        name in "[ \tjJ_]{0,3}[A-Za-z_ éÉ]{0,12}[ \t]{0,2}",
+        held in ".{0,8}",
+        word in "(retrigger|copy|[a-z]{1,3})",
+    ) {
+        let before = {
+            let lower = name.trim().to_ascii_lowercase();
+            let lower = lower.strip_prefix("j_").unwrap_or(&lower);
+            lower.replace('_', " ")
+        };
+        let mut out = held;
+        classify::normalize_into(&name, &mut out);
+        prop_assert_eq!(&out, &before);
+        prop_assert_eq!(classify::normalize(&name), before);
+        prop_assert_eq!(classify::contains_ignoring_case(&name, &word), name.to_ascii_lowercase().contains(word.as_str()));
+    }
+}
