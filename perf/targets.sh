@@ -23,8 +23,9 @@
 # generator shares the machine with the server; the load average is printed
 # with each run, and how long each server thread waited for a CPU
 # (thread_waits in perf/lib.sh), which is where a latency tail on a small
-# shared machine comes from. 2 GiB are written and deleted in the work directory first
-# (prime_page_cache in perf/lib.sh), so no run pays for fresh memory.
+# shared machine comes from. 2 GiB are written and deleted in the work
+# directory first (prime_page_cache in perf/lib.sh), so no run pays for
+# fresh memory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jimbus=${1:-target/release/jimbus}
