@@ -13,6 +13,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Segments smaller than this are written through the page cache: each one
+/// prepared ahead costs a write and a sync of its zeros (`log::ahead`).
+const PREPARED_SEGMENT_MIN_BYTES: u64 = 8 << 20;
+
 /// Flags of `jimbus serve`. Each may also come from the environment or `--config`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -299,6 +303,8 @@ impl ServeArgs {
             None => None,
         };
         let header_timeout = Duration::from_secs(self.header_timeout.or(file.header_timeout).unwrap_or(10).max(1));
+        let fsync = self.fsync.or(file.fsync).unwrap_or(FsyncMode::Batch);
+        let segment_bytes = self.segment_bytes.or(file.segment_bytes).unwrap_or(64 << 20).max(4096);
         Ok(ServeConfig {
             bus,
             grpc_nice: self.grpc_nice.or(file.grpc_nice).map_or(Ok(0), checked_nice)?,
@@ -312,13 +318,13 @@ impl ServeArgs {
             shards,
             queue_capacity: self.queue_capacity.or(file.queue_capacity).unwrap_or(4096).max(1),
             log: LogOptions {
-                fsync: self.fsync.or(file.fsync).unwrap_or(FsyncMode::Batch),
-                segment_bytes: self.segment_bytes.or(file.segment_bytes).unwrap_or(64 << 20).max(4096),
+                fsync,
+                segment_bytes,
                 tail_cache_bytes: 8 << 20,
-                retention: Retention {
-                    max_age: self.retention_seconds.or(file.retention_seconds).map(Duration::from_secs),
-                    max_bytes: self.retention_bytes.or(file.retention_bytes),
-                },
+                retention,
+                // Smaller segments would write their zeros ahead more often
+                // than they save; a log that never syncs gains nothing.
+                prepare_ahead: fsync != FsyncMode::Never && segment_bytes >= PREPARED_SEGMENT_MIN_BYTES,
             },
             pump: PumpOptions {
                 max_batch: self.max_batch.or(file.max_batch).unwrap_or(1024),

@@ -8,7 +8,7 @@
 //! - backends, where events are kept: [`embedded`] (the default, its own log)
 //!   and [`jetstream`] (NATS JetStream);
 //! - the floor both use: [`bus`] (the interface between them), [`admit`],
-//!   [`allocator`], [`clock`], [`lock`], [`observe`], [`shutdown`], [`telemetry`];
+//!   [`allocator`], [`clock`], [`disk`], [`lock`], [`observe`], [`shutdown`], [`telemetry`];
 //! - and above them [`config`] and [`server`], which start and stop it all.
 
 pub mod admit;
@@ -16,6 +16,7 @@ pub mod allocator;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod embedded;
 pub mod grpc;
 pub mod http;

@@ -1,5 +1,6 @@
 //! Structured logs (tracing) and Prometheus metrics (the `metrics` crate).
-//! This module must never decide what is logged or counted; it only installs sinks.
+//! This module must never decide what is logged or counted; it only installs
+//! sinks (and keeps out one message of glommio's that is expected, below).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
@@ -18,6 +19,10 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
 pub fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // glommio's reactor logs one thing only: an error when its probe of a
+    // device's polling fails, which the log's write-only direct descriptors
+    // make it do on purpose (`embedded::log::direct`).
+    let filter = filter.add_directive("glommio::reactor=off".parse().expect("a valid directive"));
     // Colour codes only where a person reads them: a journal or a file gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,5 +1,6 @@
 //! The server's life: acknowledged events survive SIGKILL, SIGTERM drains and
-//! exits 0, a torn log tail is cut and reported, and the command line behaves.
+//! exits 0, a torn log tail is cut and reported (a prepared segment's zeros
+//! are not torn), and the command line behaves.
 
 mod harness;
 
@@ -95,6 +96,60 @@ async fn a_corrupt_record_is_cut_not_served() {
     assert_eq!(sequences(&all), vec![1, 2, 3, 4]);
     let Some(Body::Event(marker)) = &all[3].body else { panic!() };
     assert_eq!(marker.event_id, "e-99");
+}
+
+/// `n` events from `from`, each with about 2 KB of payload.
+fn large_batch(from: usize, n: usize) -> Vec<u8> {
+    let note = "z".repeat(2000);
+    let events: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"e-{i}","type":"MONEY_CHANGED","session_id":"s1","payload":{{"new_value":{i},"note":"{note}"}}}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"batch_id":"b","events":[{}]}}"#, events.join(",")).into_bytes()
+}
+
+/// The segments of a one-shard server's data directory, oldest first.
+fn segments(server: &Jimbus) -> Vec<std::path::PathBuf> {
+    let dir = std::fs::read_dir(server.data_dir.join("shard-000")).unwrap();
+    let mut found: Vec<_> =
+        dir.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+    found.sort();
+    found
+}
+
+/// Segments of 8 MiB are prepared ahead once a shard has written 4 MiB: the
+/// newest segment of a killed server then ends in zeros after its last record
+/// (12 MiB long), which the next start reads as its clean end and cuts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_servers_prepared_segment_ends_in_zeros_that_the_next_start_cuts() {
+    let mut server = Jimbus::start(&["--shards", "1", "--segment-bytes", "8388608"]);
+    const PREPARED: u64 = 12 << 20; // a segment and 4 MiB
+    let newest_is_prepared = |server: &Jimbus| {
+        let newest = segments(server).pop().unwrap();
+        std::fs::metadata(newest).unwrap().len() == PREPARED
+    };
+    let mut sent = 0;
+    // Until a prepared segment takes over (the segment it follows may fill
+    // before the first is ready), then records in it.
+    while !newest_is_prepared(&server) {
+        assert!(sent < 20_000, "no prepared segment after {sent} events of 2 KB");
+        assert_eq!(server.post("/api/v1/events/batch", &large_batch(sent, 50)).json()["accepted"], 50);
+        sent += 50;
+    }
+    assert_eq!(server.post("/api/v1/events/batch", &large_batch(sent, 50)).json()["accepted"], 50);
+    sent += 50;
+    server.kill9();
+    let newest = segments(&server).pop().unwrap();
+    assert_eq!(std::fs::metadata(&newest).unwrap().len(), PREPARED, "killed: nothing cut its zeros");
+    server.restart();
+    assert!(!server.log_text().contains("truncating log tail"), "{}", server.log_text());
+    let cut = std::fs::metadata(&newest).unwrap().len();
+    assert!(cut > 0 && cut < 1 << 20, "the zeros were cut, the records kept: {cut} bytes");
+    let all = server.read_all("balatro.s1.>", sent).await;
+    assert_eq!(sequences(&all), (1..=sent as u64).collect::<Vec<_>>());
 }
 
 fn jimbus(args: &[&str]) -> std::process::Output {

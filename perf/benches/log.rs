@@ -23,7 +23,15 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn options(fsync: FsyncMode) -> LogOptions {
-    LogOptions { fsync, segment_bytes: 64 << 20, tail_cache_bytes: 8 << 20, retention: Retention::default() }
+    // Segments prepared ahead as the server's are, when the log syncs.
+    let prepare_ahead = fsync != FsyncMode::Never;
+    LogOptions {
+        fsync,
+        segment_bytes: 64 << 20,
+        tail_cache_bytes: 8 << 20,
+        retention: Retention::default(),
+        prepare_ahead,
+    }
 }
 
 /// Runs `f` on a fresh glommio executor and returns what it measured.

@@ -237,6 +237,7 @@ fn log_options() -> LogOptions {
         segment_bytes: 256 << 20,
         tail_cache_bytes: 8 << 20,
         retention: Retention::default(),
+        prepare_ahead: false,
     }
 }
 

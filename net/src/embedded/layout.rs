@@ -11,11 +11,13 @@
 //!   consumers.json               every durable consumer (a snapshot)
 //!   consumers.journal            acks appended since that snapshot
 //!   <name>.tmpN                  a replacement in progress (deleted at start)
+//!   next.tmpsegment              the next segment, prepared ahead (deleted at start)
 //! ```
 //!
 //! Written, in this order within a commit: records are appended to the newest
 //! segment (opened `O_DSYNC`) and durable before any answer; when a segment
-//! fills, the next one is created (and its directory entry synced), then the
+//! fills, the next one is created, or renamed from the one prepared ahead (and
+//! its directory entry synced), then the
 //! closed segment's index and the checkpoint are written in the background,
 //! each by [`replace_file`] (temporary, fdatasync, rename, directory sync).
 //! Consumer acks are appended to the journal and synced before an Ack is
@@ -39,6 +41,8 @@ const SEGMENT_EXTENSION: &str = "log";
 const CHECKPOINT: &str = "checkpoint";
 const CONSUMERS_SNAPSHOT: &str = "consumers.json";
 const CONSUMERS_JOURNAL: &str = "consumers.journal";
+/// A temporary by its extension: a start deletes it, a roll renames it.
+const PREPARED_SEGMENT: &str = "next.tmpsegment";
 
 /// The directory of shard `id` under the data directory.
 pub fn shard_dir(data_dir: &Path, id: usize) -> PathBuf {
@@ -53,6 +57,11 @@ pub fn segment(dir: &Path, base: u64) -> PathBuf {
 /// The index of the closed segment starting at `base`.
 pub fn segment_index(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
+}
+
+/// The next segment while it is prepared ahead (see `log::ahead`).
+pub fn prepared_segment(dir: &Path) -> PathBuf {
+    dir.join(PREPARED_SEGMENT)
 }
 
 pub fn checkpoint(dir: &Path) -> PathBuf {
@@ -182,8 +191,11 @@ mod tests {
         for path in &keep {
             std::fs::write(path, b"x").unwrap();
         }
-        let stray =
-            [consumers_snapshot(dir.path()).with_extension("tmp3"), segment(dir.path(), 0).with_extension("tmp0")];
+        let stray = [
+            consumers_snapshot(dir.path()).with_extension("tmp3"),
+            segment(dir.path(), 0).with_extension("tmp0"),
+            prepared_segment(dir.path()),
+        ];
         for path in &stray {
             std::fs::write(path, b"x").unwrap();
         }

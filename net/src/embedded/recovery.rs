@@ -13,8 +13,8 @@ use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
 use super::log::{
-    open_segment, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, POSITION_STRIDE,
-    TIME_MARK_STRIDE,
+    is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter,
+    POSITION_STRIDE, TIME_MARK_STRIDE,
 };
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
@@ -257,6 +257,7 @@ impl SegmentWriter {
             time_marks,
             committed: event_listener::Event::new(),
         }));
+        let ahead = Ahead::new(dir, options.segment_bytes, options.prepare_ahead);
         let mut writer = Self {
             dir: dir.to_path_buf(),
             options,
@@ -266,7 +267,12 @@ impl SegmentWriter {
             last_time_us,
             rolled: None,
             active_positions,
+            direct: None,
+            ahead,
         };
+        // The active segment, reopened, is written through its buffered file
+        // (its zeros, if it was prepared, were cut by the scan) until the next
+        // prepared one is ready.
         if writer.index.borrow().segments.is_empty() {
             writer.start_segment(end).await?;
         }
@@ -305,7 +311,11 @@ fn scan_segment(
             each(rec);
         }
     });
-    if let Some(reason) = &scan.stopped {
+    if scan.stopped.is_some() && is_clean_end(scan.valid_len as u64, &data[scan.valid_len..]) {
+        // The zeros of a segment prepared ahead, after its last record.
+        tracing::debug!(segment = %path.display(), valid_bytes = scan.valid_len, "cutting a prepared segment's zeros");
+        std::fs::OpenOptions::new().write(true).open(path)?.set_len(scan.valid_len as u64)?;
+    } else if let Some(reason) = &scan.stopped {
         let cut = data.len() - scan.valid_len;
         tracing::warn!(segment = %path.display(), valid_bytes = scan.valid_len, cut_bytes = cut, %reason, "truncating log tail");
         metrics::counter!("jimbus_log_truncated_bytes_total").increment(cut as u64);
@@ -329,6 +339,7 @@ mod tests {
             segment_bytes: 64 << 10,
             tail_cache_bytes: 0,
             retention: Retention::default(),
+            prepare_ahead: false,
         }
     }
 
@@ -392,7 +403,7 @@ mod tests {
     /// With no `fdatasync` left in a commit, a segment opened without
     /// `O_DSYNC` would acknowledge what a power cut loses: every segment,
     /// the first, one rolled to and those reopened at start, is opened so
-    /// unless the log never syncs.
+    /// unless the log never syncs (a segment prepared ahead: `log::ahead`).
     #[test]
     fn segments_are_opened_synced_unless_the_log_never_syncs() {
         with_log_dir(|path| async move {

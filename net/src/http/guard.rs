@@ -184,7 +184,7 @@ pub fn watch_data_dir(dir: &Path) {
 /// until the directory has room again.
 pub fn storage_failed(message: &str) {
     if message.contains("os error 28") || message.contains("No space left") {
-        let free = DATA_DIR.get().and_then(|d| free_bytes(d).ok()).unwrap_or(0);
+        let free = DATA_DIR.get().and_then(|d| crate::disk::free_bytes(d).ok()).unwrap_or(0);
         FULL_AT.store(free + 1, Ordering::Release);
     }
 }
@@ -193,24 +193,12 @@ pub fn storage_failed(message: &str) {
 /// the free space has not grown by `ROOM` since, or less than `ROOM` is free.
 pub fn storage_full() -> bool {
     let Some(dir) = DATA_DIR.get() else { return false };
-    let Ok(free) = free_bytes(dir) else { return false };
+    let Ok(free) = crate::disk::free_bytes(dir) else { return false };
     let full_at = FULL_AT.load(Ordering::Acquire);
     if full_at != 0 && free >= (full_at - 1) + ROOM {
         FULL_AT.store(0, Ordering::Release);
     }
     free < ROOM || FULL_AT.load(Ordering::Acquire) != 0
-}
-
-/// Bytes an unprivileged writer may still use in `dir`'s file system.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! The shard's pump is the only writer ([`SegmentWriter`]): it stages records,
 //! then [`SegmentWriter::commit`] writes them with one io_uring write to a
 //! segment opened `O_DSYNC` (in `batch` mode), durable when it returns, so
-//! every request waiting on that commit is acknowledged together. Readers
+//! every request waiting on that commit is acknowledged together. Once a
+//! shard has written a few MiB, its next segment is prepared ahead as zeros
+//! ([`ahead`]) and written with direct I/O over them ([`direct`]). Readers
 //! (subscriptions on the same shard) go through [`LogIndex`], which maps
 //! offsets to segment positions and keeps the newest records in memory; they
 //! never write. Recovery scans every segment at start, truncates a torn or
@@ -11,19 +13,27 @@
 //! This module must never acknowledge anything itself: it tells the pump what is
 //! durable and the pump answers clients.
 
+mod ahead;
+mod direct;
 mod read;
+mod write;
 
+pub(super) use ahead::{is_clean_end, Ahead};
+
+use direct::DirectSegment;
 pub use read::{read_frames, read_log, LogRead};
+pub(super) use write::open_segment;
+use write::{write_durably, Target};
 
 use super::layout;
 use crate::observe::per_thread;
 use bytes::Bytes;
-use glommio::io::{BufferedFile, OpenOptions};
+use glommio::io::BufferedFile;
 use jimbus_core::checkpoint::SegmentIndex;
 use jimbus_core::record::{self, RecordKind};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 /// Commit buffers kept for reuse per shard, and the largest kept. One is
@@ -65,6 +75,10 @@ pub struct LogOptions {
     /// Newest records kept in memory for subscribers, in bytes.
     pub tail_cache_bytes: usize,
     pub retention: Retention,
+    /// Whether segments are prepared ahead and written with direct I/O
+    /// ([`ahead`]); the configuration turns it on when the log syncs and
+    /// segments are large enough to repay their zeros.
+    pub prepare_ahead: bool,
 }
 
 /// How long closed segments are kept (applied by the `retention` module).
@@ -82,6 +96,13 @@ pub enum LogError {
     Io(#[from] std::io::Error),
     #[error("glommio I/O failed: {0}")]
     Glommio(String),
+}
+
+impl LogError {
+    /// Whether the disk is full.
+    fn is_out_of_space(&self) -> bool {
+        matches!(self, LogError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC))
+    }
 }
 
 impl<T: std::fmt::Debug> From<glommio::GlommioError<T>> for LogError {
@@ -282,6 +303,11 @@ pub struct SegmentWriter {
     /// Every record's position in the active segment, for its index file
     /// once it is closed (memory keeps only every [`POSITION_STRIDE`]th).
     pub(super) active_positions: Vec<u32>,
+    /// The active segment's direct writer when it was prepared ahead
+    /// ([`direct`]); `None` for a segment written through its buffered file.
+    pub(super) direct: Option<DirectSegment>,
+    /// The next segment, prepared ahead.
+    pub(super) ahead: Ahead,
 }
 
 impl SegmentWriter {
@@ -345,50 +371,48 @@ impl SegmentWriter {
             let active = log.segments.last().expect("a log always has an active segment");
             (active.file.clone(), active.len)
         };
-        if let Err(e) = self.write_durably(&file, &data, &ends, start_len).await {
-            // Cut back whatever reached the file so a retry is not stored twice.
+        let target = match self.direct.as_mut() {
+            Some(direct) => Target::Direct(direct),
+            None => Target::Buffered(&file),
+        };
+        if let Err(e) = write_durably(target, self.options.fsync, &data, &ends, start_len).await {
+            // Cut back whatever reached the file so a retry is not stored
+            // twice (over a prepared segment, its zeros go too: the segment's
+            // later commits append).
             let _ = file.truncate(start_len).await;
+            if e.is_out_of_space() {
+                self.ahead.release().await;
+            }
             return Err(e);
         }
         self.publish(data, pinned, &ends, start_len);
         let active_len = self.index.borrow().segments.last().map_or(0, |s| s.len);
-        if active_len >= self.options.segment_bytes {
-            // The records above are durable whatever happens here, so a failed
-            // roll must not fail the commit: the active segment grows instead,
-            // and the next commit tries again.
-            let next = self.index.borrow().end;
-            match self.start_segment(next).await {
-                Ok(()) => {
-                    self.write_index_of_closed();
-                    self.rolled = Some(next);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing"),
-            }
+        self.ahead.note_active_len(active_len);
+        // A buffered segment gives way to a prepared one as soon as it is ready.
+        if active_len >= self.options.segment_bytes || (self.direct.is_none() && self.ahead.is_ready()) {
+            self.roll().await;
         }
         Ok(())
     }
 
-    async fn write_durably(
-        &self,
-        file: &BufferedFile,
-        data: &[u8],
-        ends: &[(usize, u64)],
-        at: u64,
-    ) -> Result<(), LogError> {
-        let started = std::time::Instant::now();
-        match self.options.fsync {
-            FsyncMode::Always => {
-                let mut from = 0;
-                for &(end, _) in ends {
-                    synced_write(file, &data[from..end], at + from as u64).await?;
-                    from = end;
+    /// Closes the active segment and starts the next. The records committed
+    /// are durable whatever happens here, so a failed roll must not fail the
+    /// commit: the active segment grows instead, and the next commit tries again.
+    async fn roll(&mut self) {
+        let closing = self.zeros_after_records();
+        let next = self.index.borrow().end;
+        match self.start_segment(next).await {
+            Ok(()) => {
+                // In the background: the next commit need not wait for the
+                // file system to free them (recovery would cut them too).
+                if let Some((file, len)) = closing {
+                    glommio::spawn_local(async move { cut_to(&file, len).await }).detach();
                 }
+                self.write_index_of_closed();
+                self.rolled = Some(next);
             }
-            FsyncMode::Batch => synced_write(file, data, at).await?,
-            FsyncMode::Never => layout::write_all(file, data, at).await?,
+            Err(e) => tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing"),
         }
-        crate::observe::committed(started, ends.len(), data.len());
-        Ok(())
     }
 
     /// Makes committed records visible to readers; `pinned` is the memory
@@ -427,9 +451,12 @@ impl SegmentWriter {
 
     pub(super) async fn start_segment(&mut self, base: u64) -> Result<(), LogError> {
         let path = layout::segment(&self.dir, base);
+        let prepared = self.ahead.take(&path).await?;
         let file = open_segment(&path, self.options.fsync).await?;
+        let direct = if prepared { DirectSegment::open(&path, self.options.fsync).await? } else { None };
         // The new file's directory entry must be durable before anything in it is acknowledged.
         layout::sync_dir(&self.dir).await?;
+        self.direct = direct;
         let segment = Segment { base, file: Rc::new(file), marks: Vec::new(), records: 0, len: 0, last_time_us: 0 };
         self.index.borrow_mut().segments.push(segment);
         Ok(())
@@ -464,37 +491,33 @@ impl SegmentWriter {
         .detach();
     }
 
-    /// Flushes and syncs the active segment (on shutdown).
+    /// Flushes and syncs the active segment (on shutdown), without the
+    /// zeros after its records when it was prepared ahead.
     pub async fn sync(&self) -> Result<(), LogError> {
+        if let Some((file, len)) = self.zeros_after_records() {
+            cut_to(&file, len).await;
+        }
         let file = self.index.borrow().segments.last().map(|s| s.file.clone());
         if let Some(file) = file {
             file.fdatasync().await?;
         }
         Ok(())
     }
-}
 
-/// Opens a segment to read and append. Unless the mode never syncs, its
-/// writes are `O_DSYNC`: each returns once its bytes are durable, as a write
-/// and an `fdatasync` would make them. ext4 has no non-blocking buffered
-/// write, so io_uring hands each write and each `fdatasync` to a worker
-/// thread: the two were two hand-overs a commit, each waking the shard when
-/// it was done, and a synced write is one (docs/perf.md, twenty-fourth pass).
-pub(super) async fn open_segment(path: &Path, fsync: FsyncMode) -> Result<BufferedFile, LogError> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true);
-    if fsync != FsyncMode::Never {
-        options.custom_flags(libc::O_DSYNC);
+    /// The active segment's file and the length of its records, when it was
+    /// prepared ahead: the zeros after them were never records.
+    fn zeros_after_records(&self) -> Option<(Rc<BufferedFile>, u64)> {
+        self.direct.as_ref()?;
+        self.index.borrow().segments.last().map(|s| (s.file.clone(), s.len))
     }
-    Ok(options.buffered_open(path).await?)
 }
 
-/// Writes `data` at `at` to a segment opened `O_DSYNC`, timed as the log's sync.
-async fn synced_write(file: &BufferedFile, data: &[u8], at: u64) -> std::io::Result<()> {
-    let started = std::time::Instant::now();
-    let written = layout::write_all(file, data, at).await;
-    crate::observe::synced(started);
-    written
+/// Cuts a prepared segment back to its records' `len` bytes. Left in place on
+/// an error, where recovery reads the zeros as the segment's clean end all the same.
+async fn cut_to(file: &BufferedFile, len: u64) {
+    if let Err(e) = file.truncate(len).await {
+        tracing::warn!(error = %e, "cannot cut a prepared segment's zeros; the next start does");
+    }
 }
 
 #[cfg(test)]
