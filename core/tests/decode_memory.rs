@@ -190,7 +190,7 @@ fn small_value() -> impl Strategy<Value = String> {
     leaf.prop_recursive(2, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(","))),
-            prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|fields| {
+            prop::collection::vec(("[a-z]{1,3}", inner), 0..12).prop_map(|fields| {
                 let fields: Vec<String> = fields.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 format!("{{{}}}", fields.join(","))
             }),

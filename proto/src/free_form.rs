@@ -11,18 +11,18 @@
 //! checks it against `prost_types` on random values. This module must never
 //! change the wire format.
 
+pub use crate::fields::Fields;
 use crate::hand_written::{encode_text, in_field, merge_text, text_len};
 pub use compact_str::CompactString;
 use prost::bytes::{Buf, BufMut};
-use prost::encoding::{self, btree_map, message, DecodeContext, WireType};
+use prost::encoding::{self, message, DecodeContext, WireType};
 use prost::DecodeError;
-use std::collections::BTreeMap;
 
 /// A JSON object: `google.protobuf.Struct`.
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct Struct {
     /// Its keys and values (field 1, `map<string, Value>`), in key order.
-    pub fields: BTreeMap<CompactString, Value>,
+    pub fields: Fields<Value>,
 }
 
 /// A JSON value: `google.protobuf.Value`; no kind encodes as nothing.
@@ -65,26 +65,69 @@ use value::Kind;
 
 const FIELDS: u32 = 1;
 
-fn key_encode(tag: u32, key: &CompactString, buf: &mut impl BufMut) {
-    encode_text(tag, key, false, buf);
+/// One entry of the map, as the wire holds it: a message of the key (field 1)
+/// and the value (field 2), either left out when it is its default, as
+/// prost's map functions write and read it.
+#[derive(Default)]
+struct Entry {
+    key: CompactString,
+    value: Value,
 }
 
-fn key_len(tag: u32, key: &CompactString) -> usize {
-    text_len(tag, key, false)
+impl Entry {
+    /// The entry's fields, without its own key and length.
+    fn body_len(key: &str, value: &Value) -> usize {
+        text_len(1, key, false) + if value.kind.is_some() { message::encoded_len(2, value) } else { 0 }
+    }
+
+    fn encode(key: &str, value: &Value, buf: &mut impl BufMut) {
+        encoding::encode_key(FIELDS, WireType::LengthDelimited, buf);
+        encoding::encode_varint(Self::body_len(key, value) as u64, buf);
+        encode_text(1, key, false, buf);
+        if value.kind.is_some() {
+            message::encode(2, value, buf);
+        }
+    }
 }
 
-fn key_merge(
-    wire_type: WireType,
-    key: &mut CompactString,
-    buf: &mut impl Buf,
-    ctx: DecodeContext,
-) -> Result<(), DecodeError> {
-    merge_text(key, wire_type, buf, ctx)
+/// Read as a nested message: `message::merge` checks the length and the
+/// recursion limit as prost's map merge does.
+impl prost::Message for Entry {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_text(1, &self.key, false, buf);
+        if self.value.kind.is_some() {
+            message::encode(2, &self.value, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => merge_text(&mut self.key, wire_type, buf, ctx),
+            2 => message::merge(wire_type, &mut self.value, buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        Self::body_len(&self.key, &self.value)
+    }
+
+    fn clear(&mut self) {
+        *self = Entry::default();
+    }
 }
 
 impl prost::Message for Struct {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        btree_map::encode(key_encode, key_len, message::encode, message::encoded_len, FIELDS, &self.fields, buf);
+        for (key, value) in &self.fields {
+            Entry::encode(key, value, buf);
+        }
     }
 
     fn merge_field(
@@ -95,15 +138,21 @@ impl prost::Message for Struct {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if tag == FIELDS {
-            btree_map::merge(key_merge, message::merge, &mut self.fields, buf, ctx)
-                .map_err(in_field("Struct", "fields"))
+            let mut entry = Entry::default();
+            // prost's map merge reads an entry whatever the field's wire type
+            // says (a length first); so does this, to accept and refuse what
+            // prost_types does.
+            message::merge(WireType::LengthDelimited, &mut entry, buf, ctx).map_err(in_field("Struct", "fields"))?;
+            self.fields.insert(entry.key, entry.value);
+            Ok(())
         } else {
             encoding::skip_field(wire_type, tag, buf, ctx)
         }
     }
 
     fn encoded_len(&self) -> usize {
-        btree_map::encoded_len(key_len, message::encoded_len, FIELDS, &self.fields)
+        let entry_len = |body: usize| encoding::key_len(FIELDS) + encoding::encoded_len_varint(body as u64) + body;
+        self.fields.iter().map(|(key, value)| entry_len(Entry::body_len(key, value))).sum()
     }
 
     fn clear(&mut self) {

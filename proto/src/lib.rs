@@ -9,6 +9,7 @@ pub mod capped_ack;
 pub mod decoded_size;
 pub mod delivery;
 pub mod encoded_events;
+pub mod fields;
 pub mod free_form;
 mod hand_written;
 pub mod joker;

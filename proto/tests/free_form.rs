@@ -30,7 +30,7 @@ fn value() -> impl Strategy<Value = prost_types::Value> {
 }
 
 fn generated_struct() -> impl Strategy<Value = prost_types::Struct> {
-    prop::collection::btree_map(".{0,30}", value(), 0..6).prop_map(|fields| prost_types::Struct { fields })
+    prop::collection::btree_map(".{0,30}", value(), 0..14).prop_map(|fields| prost_types::Struct { fields })
 }
 
 /// The same value built directly in our types, not through the wire.

@@ -11,16 +11,18 @@
 
 use super::{JsonError, Kind, Reader};
 use jimbus_proto::decoded_size::SLACK;
-use jimbus_proto::free_form::{value::Kind as ValueKind, CompactString, ListValue, Struct, Value};
-use std::collections::BTreeMap;
+use jimbus_proto::free_form::{value::Kind as ValueKind, CompactString, Fields, ListValue, Struct, Value};
 
 /// Memory of one `Value`: its own 32 bytes in a list or map that grows by
 /// doubling, and the allocator's rounding; a one-element list allocates four.
 pub const HELD_PER_VALUE: usize = 160;
 
-/// Memory of one `Struct`: a BTreeMap allocates a whole node of eleven
-/// entries for its first key.
-pub const HELD_PER_STRUCT: usize = 640;
+/// Memory of one `Struct` beyond its values' [`HELD_PER_VALUE`]: its
+/// fields' room, eight entries of 56 bytes taken at the first key
+/// (`jimbus_proto::fields`), with the allocator's rounding. At the ninth key
+/// a `BTreeMap` takes over while that room is still held, which the values'
+/// share covers.
+pub const HELD_PER_STRUCT: usize = 512;
 
 /// The room a typed list takes at its first element (`adapt::list`), so that
 /// a game's five jokers are one allocation; a `Vec` grown from nothing takes
@@ -99,7 +101,7 @@ impl Reader<'_> {
     /// Reads an object into a protobuf `Struct`.
     pub fn object_value(&mut self) -> Result<Struct, Box<JsonError>> {
         self.note_built(HELD_PER_STRUCT)?;
-        let mut fields = BTreeMap::new();
+        let mut fields = Fields::default();
         self.object(|r, key| {
             fields.insert(CompactString::from(key), r.value()?);
             Ok::<_, Box<JsonError>>(())
