@@ -872,3 +872,36 @@ proptest! {
         }
     }
 }
+
+/// An optional `extra` of a few keys (some shared between two states), empty
+/// or absent as often as not.
+fn game_state_extra() -> impl Strategy<Value = Option<jimbus_proto::free_form::Struct>> {
+    let value = any::<i8>().prop_map(|n| jimbus_proto::free_form::Value {
+        kind: Some(jimbus_proto::free_form::value::Kind::NumberValue(n.into())),
+    });
+    let fields = proptest::collection::vec(("[a-e]", value), 0..6);
+    proptest::option::of(fields.prop_map(|fields| jimbus_proto::free_form::Struct {
+        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+    }))
+}
+
+proptest! {
+    /// `extra` merges key by key: the earlier state's keys stay, each
+    /// replaced by the later state's value where it has one.
+    #[test]
+    fn a_merged_extra_holds_both_states_keys_the_later_winning(
+        earlier in game_state_extra(),
+        later in game_state_extra(),
+    ) {
+        let mut expected: BTreeMap<String, jimbus_proto::free_form::Value> = BTreeMap::new();
+        for extra in [&earlier, &later].into_iter().flatten() {
+            expected.extend(extra.fields.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
+        let present = earlier.is_some() || later.is_some();
+        let mut merged = pb::GameStateEvent { extra: earlier, ..Default::default() };
+        merge_game_state(&mut merged, pb::GameStateEvent { extra: later, ..Default::default() });
+        let got: Option<BTreeMap<String, jimbus_proto::free_form::Value>> =
+            merged.extra.map(|extra| extra.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        prop_assert_eq!(got, present.then_some(expected));
+    }
+}

@@ -80,9 +80,14 @@ impl Entry {
         text_len(1, key, false) + if value.kind.is_some() { message::encoded_len(2, value) } else { 0 }
     }
 
+    /// The entry as the field of its Struct: key, length, fields.
     fn encode(key: &str, value: &Value, buf: &mut impl BufMut) {
         encoding::encode_key(FIELDS, WireType::LengthDelimited, buf);
         encoding::encode_varint(Self::body_len(key, value) as u64, buf);
+        Self::encode_body(key, value, buf);
+    }
+
+    fn encode_body(key: &str, value: &Value, buf: &mut impl BufMut) {
         encode_text(1, key, false, buf);
         if value.kind.is_some() {
             message::encode(2, value, buf);
@@ -94,10 +99,7 @@ impl Entry {
 /// recursion limit as prost's map merge does.
 impl prost::Message for Entry {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_text(1, &self.key, false, buf);
-        if self.value.kind.is_some() {
-            message::encode(2, &self.value, buf);
-        }
+        Self::encode_body(&self.key, &self.value, buf);
     }
 
     fn merge_field(

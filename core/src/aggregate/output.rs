@@ -129,7 +129,11 @@ pub fn merge_game_state(into: &mut pb::GameStateEvent, from: pb::GameStateEvent)
         into.hand = from.hand;
     }
     if let Some(extra) = from.extra {
-        into.extra.get_or_insert_with(Default::default).fields.extend(extra.fields);
+        match &mut into.extra {
+            Some(kept) if !kept.fields.is_empty() => kept.fields.extend(extra.fields),
+            // Nothing to merge with: the new keys are taken whole, not one by one.
+            _ => into.extra = Some(extra),
+        }
     }
 }
 
