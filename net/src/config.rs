@@ -13,10 +13,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Segments smaller than this are written through the page cache: each one
-/// prepared ahead costs a write and a sync of its zeros (`log::ahead`).
-const PREPARED_SEGMENT_MIN_BYTES: u64 = 8 << 20;
-
 /// Flags of `jimbus serve`. Each may also come from the environment or `--config`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -322,9 +318,7 @@ impl ServeArgs {
                 segment_bytes,
                 tail_cache_bytes: 8 << 20,
                 retention,
-                // Smaller segments would write their zeros ahead more often
-                // than they save; a log that never syncs gains nothing.
-                prepare_ahead: fsync != FsyncMode::Never && segment_bytes >= PREPARED_SEGMENT_MIN_BYTES,
+                prepare_ahead: LogOptions::prepares_ahead(fsync, segment_bytes),
             },
             pump: PumpOptions {
                 max_batch: self.max_batch.or(file.max_batch).unwrap_or(1024),

@@ -23,14 +23,14 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn options(fsync: FsyncMode) -> LogOptions {
-    // Segments prepared ahead as the server's are, when the log syncs.
-    let prepare_ahead = fsync != FsyncMode::Never;
+    // Segments prepared ahead as the server's are.
+    let segment_bytes = 64 << 20;
     LogOptions {
         fsync,
-        segment_bytes: 64 << 20,
+        segment_bytes,
         tail_cache_bytes: 8 << 20,
         retention: Retention::default(),
-        prepare_ahead,
+        prepare_ahead: LogOptions::prepares_ahead(fsync, segment_bytes),
     }
 }
 

@@ -327,6 +327,7 @@ fn scan_segment(
 
 #[cfg(test)]
 mod tests {
+    use super::super::log::testing::{fd_flags, with_dir};
     use super::super::log::{read_frames, read_log, FsyncMode, LogRead, Retention, SharedIndex};
     use super::*;
     use bytes::Bytes;
@@ -381,23 +382,10 @@ mod tests {
         }
     }
 
-    /// Runs `test` on a glommio executor of its own, with a temporary
-    /// directory for its log.
-    fn with_log_dir<F: std::future::Future<Output = ()> + 'static>(
-        test: impl FnOnce(std::path::PathBuf) -> F + Send + 'static,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default().spawn(move || test(path)).unwrap().join().unwrap();
-    }
-
-    /// Whether `file` was opened `O_DSYNC`, from the kernel's own record of
-    /// its flags (`/proc/self/fdinfo`, in octal).
+    /// Whether `file` was opened `O_DSYNC`.
     fn opened_dsync(file: &glommio::io::BufferedFile) -> bool {
         use std::os::fd::AsRawFd;
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
-        let flags = info.lines().find_map(|line| line.strip_prefix("flags:")).expect("a flags line");
-        i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_DSYNC != 0
+        fd_flags(file.as_raw_fd()).expect("an open descriptor's flags") & libc::O_DSYNC != 0
     }
 
     /// With no `fdatasync` left in a commit, a segment opened without
@@ -406,7 +394,7 @@ mod tests {
     /// unless the log never syncs (a segment prepared ahead: `log::ahead`).
     #[test]
     fn segments_are_opened_synced_unless_the_log_never_syncs() {
-        with_log_dir(|path| async move {
+        with_dir(|path| async move {
             for fsync in [FsyncMode::Never, FsyncMode::Batch, FsyncMode::Always] {
                 let dir = path.join(format!("{fsync:?}"));
                 let options = LogOptions { fsync, ..options() };
@@ -432,7 +420,7 @@ mod tests {
 
     #[test]
     fn every_offset_reads_back_from_the_tail_too() {
-        with_log_dir(|path| async move {
+        with_dir(|path| async move {
             let options = LogOptions { tail_cache_bytes: 16 << 20, ..options() };
             let (mut writer, _) = SegmentWriter::open(&path, options, 0, |_| {}).await.unwrap();
             for offset in 0..300 {
@@ -450,7 +438,7 @@ mod tests {
 
     #[test]
     fn every_offset_reads_back_from_the_sparse_positions_before_and_after_a_restart() {
-        with_log_dir(|path| async move {
+        with_dir(|path| async move {
             let (mut writer, _) = SegmentWriter::open(&path, options(), 0, |_| {}).await.unwrap();
             let mut offset = 0;
             for commit in 0..120u64 {

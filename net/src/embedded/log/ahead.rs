@@ -147,7 +147,7 @@ impl Ahead {
                 }
                 Err(e) => {
                     let _ = layout::remove(&path).await;
-                    let refused = matches!(&e, LogError::Io(io) if io.raw_os_error() == Some(libc::EINVAL));
+                    let refused = e.raw_os_error() == Some(libc::EINVAL);
                     if refused {
                         tracing::info!(error = %e, "the file system refuses direct I/O: segments are written through the page cache");
                     } else {
@@ -235,11 +235,13 @@ impl Pace {
 async fn write_zeros(path: &Path, len: u64, pace: Pace) -> Result<(), LogError> {
     // Write-only, as every direct descriptor of the log: see `direct::DirectSegment::open`.
     let file: DmaFile = OpenOptions::new().write(true).create(true).truncate(true).dma_open(path).await?;
+    // One buffer of zeros, filled once and written at every offset.
+    let mut zeros = file.alloc_dma_buffer(ZEROS_PER_WRITE);
+    zeros.as_bytes_mut().fill(0);
+    let zeros = Rc::new(zeros);
     let mut at = 0;
     while at < len {
-        let mut zeros = file.alloc_dma_buffer(ZEROS_PER_WRITE);
-        zeros.as_bytes_mut().fill(0);
-        let written = file.write_at(zeros, at).await?;
+        let written = file.write_rc_at(zeros.clone(), at).await?;
         if written == 0 || !(written as u64).is_multiple_of(BLOCK) {
             let _ = file.close().await;
             return Err(LogError::Io(std::io::Error::new(
@@ -260,6 +262,7 @@ async fn write_zeros(path: &Path, len: u64, pace: Pace) -> Result<(), LogError> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{fd_flags, with_dir};
     use super::super::{read_frames, FsyncMode, LogOptions, Retention, SegmentWriter};
     use super::*;
     use jimbus_core::record::{self, RecordKind};
@@ -339,11 +342,7 @@ mod tests {
         let mut found = Vec::new();
         for fd in std::fs::read_dir("/proc/self/fd").expect("lists descriptors").flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|target| target == path) {
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_string_lossy()));
-                let flags = info.ok().and_then(|info| {
-                    let octal = info.lines().find_map(|line| line.strip_prefix("flags:"))?.trim().to_string();
-                    i32::from_str_radix(&octal, 8).ok()
-                });
+                let flags = fd_flags(fd.file_name().to_string_lossy());
                 found.extend(flags.filter(|flags| flags & libc::O_DIRECT != 0));
             }
         }
@@ -352,13 +351,6 @@ mod tests {
 
     fn file_len(path: &Path) -> u64 {
         std::fs::metadata(path).expect("the file exists").len()
-    }
-
-    /// Runs `test` on a glommio executor of its own, with a temporary directory.
-    fn with_dir<F: std::future::Future<Output = ()> + 'static>(test: impl FnOnce(PathBuf) -> F + Send + 'static) {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default().spawn(move || test(path)).expect("an executor").join().expect("runs");
     }
 
     #[test]

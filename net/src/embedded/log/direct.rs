@@ -97,18 +97,12 @@ impl DirectSegment {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::with_dir;
     use super::*;
     use proptest::prelude::*;
 
     /// The zeros written ahead in these tests.
     const PREPARED: usize = 1 << 20;
-
-    /// Runs `f` on a glommio executor with a fresh directory.
-    fn in_dir<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce(std::path::PathBuf) -> F + Send + 'static) {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default().spawn(move || f(path)).expect("an executor").join().expect("runs");
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
@@ -120,7 +114,7 @@ mod tests {
         fn the_file_holds_every_commit_in_order_then_zeros(
             sizes in prop::collection::vec(prop_oneof![1usize..200_000, (1usize..3).prop_map(|k| k * 4096)], 1..12),
         ) {
-            in_dir(move |dir| async move {
+            with_dir(move |dir| async move {
                 let path = dir.join("segment");
                 std::fs::write(&path, vec![0; PREPARED]).expect("prepares the segment");
                 let mut written = Vec::new();

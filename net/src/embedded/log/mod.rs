@@ -66,6 +66,10 @@ pub enum FsyncMode {
     Always,
 }
 
+/// Segments smaller than this are written through the page cache: each one
+/// prepared ahead costs a write and a sync of its zeros ([`ahead`]).
+const PREPARED_SEGMENT_MIN_BYTES: u64 = 8 << 20;
+
 /// Tunables of a shard's log.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -79,6 +83,15 @@ pub struct LogOptions {
     /// ([`ahead`]); the configuration turns it on when the log syncs and
     /// segments are large enough to repay their zeros.
     pub prepare_ahead: bool,
+}
+
+impl LogOptions {
+    /// Whether segments are prepared ahead, as the server decides it: when
+    /// the log syncs (a log that never syncs gains nothing) and segments are
+    /// large enough to repay their zeros.
+    pub fn prepares_ahead(fsync: FsyncMode, segment_bytes: u64) -> bool {
+        fsync != FsyncMode::Never && segment_bytes >= PREPARED_SEGMENT_MIN_BYTES
+    }
 }
 
 /// How long closed segments are kept (applied by the `retention` module).
@@ -99,9 +112,17 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// The OS error number behind it, if any.
+    fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            LogError::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
     /// Whether the disk is full.
     fn is_out_of_space(&self) -> bool {
-        matches!(self, LogError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC))
+        self.raw_os_error() == Some(libc::ENOSPC)
     }
 }
 
@@ -517,6 +538,28 @@ impl SegmentWriter {
 async fn cut_to(file: &BufferedFile, len: u64) {
     if let Err(e) = file.truncate(len).await {
         tracing::warn!(error = %e, "cannot cut a prepared segment's zeros; the next start does");
+    }
+}
+
+/// What the log's tests and recovery's tests share.
+#[cfg(test)]
+pub(in crate::embedded) mod testing {
+    use std::path::PathBuf;
+
+    /// Runs `test` on a glommio executor of its own, with a temporary directory.
+    pub fn with_dir<F: std::future::Future<Output = ()> + 'static>(test: impl FnOnce(PathBuf) -> F + Send + 'static) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default().spawn(move || test(path)).expect("an executor").join().expect("runs");
+    }
+
+    /// The flags this process's descriptor `fd` was opened with, from the
+    /// kernel's own record of them (`/proc/self/fdinfo`, in octal); `None`
+    /// once it is closed.
+    pub fn fd_flags(fd: impl std::fmt::Display) -> Option<i32> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let octal = info.lines().find_map(|line| line.strip_prefix("flags:"))?;
+        i32::from_str_radix(octal.trim(), 8).ok()
     }
 }
 
