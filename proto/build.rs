@@ -265,9 +265,10 @@ fn value_check(field: &FieldDescriptorProto, rules: &Rules, report: &dyn Fn(&str
 }
 
 /// The checks of one field. A message field, or a repeated one, puts its name
-/// on the path for the checks below it; a single scalar puts it there only
-/// when it breaks a rule, so that a valid message costs no path store per
-/// scalar field (docs/perf.md, "Ninth pass").
+/// on the path for the checks below it, and only when it is there to check
+/// (a message set, a list not empty); a single scalar puts it there only when
+/// it breaks a rule. So a valid message costs no path store per scalar field
+/// (docs/perf.md, "Ninth pass") nor per field it leaves out ("Twenty-ninth pass").
 fn field_check(message: &DescriptorProto, field: &FieldDescriptorProto, rules: &Rules) -> Result<String, String> {
     let name = field.name();
     let scalar = field.label() != Label::Repeated && field.r#type() != Type::Message;
@@ -291,29 +292,27 @@ fn field_check(message: &DescriptorProto, field: &FieldDescriptorProto, rules: &
         return Ok(body);
     }
     let checks = value_check(field, rules, &report_here);
+    let named = |inner: &str| format!("path.push_field(\"{name}\"); {inner} path.pop();");
     let mut body = String::new();
     if field.label() == Label::Repeated {
         if let Some(n) = rules.max_items {
-            let _ = writeln!(body, "if self.{name}.len() > {n} {{ {} }}", report_here(&format!("max_items={n}")));
+            let report = report_here(&format!("max_items={n}"));
+            let _ = writeln!(body, "        if self.{name}.len() > {n} {{ {} }}", named(&report));
         }
         if !is_map(message, field) && !checks.is_empty() {
-            let _ = writeln!(
-                body,
-                "for (i, v) in self.{name}.iter().enumerate() {{ path.push_index(i);\n{checks}path.pop(); }}"
-            );
+            let each =
+                format!("for (i, v) in self.{name}.iter().enumerate() {{ path.push_index(i);\n{checks}path.pop(); }}");
+            let _ = writeln!(body, "        if !self.{name}.is_empty() {{ {} }}", named(&each));
         }
     } else {
         if rules.required {
-            let _ = writeln!(body, "if self.{name}.is_none() {{ {} }}", report_here("required"));
+            let _ = writeln!(body, "        if self.{name}.is_none() {{ {} }}", named(&report_here("required")));
         }
         if !checks.is_empty() {
-            let _ = writeln!(body, "if let Some(v) = &self.{name} {{\n{checks}}}");
+            let _ = writeln!(body, "        if let Some(v) = &self.{name} {{ {} }}", named(&checks));
         }
     }
-    if body.is_empty() {
-        return Ok(body);
-    }
-    Ok(format!("        path.push_field(\"{name}\");\n{body}        path.pop();\n"))
+    Ok(body)
 }
 
 fn oneof_check(package: &str, message: &DescriptorProto, oneof: &str, oneof_index: i32, rules: &Rules) -> String {

@@ -96,7 +96,11 @@ fn empty(event: &mut pb::Event) {
     *timing = None;
     *extra = None;
     *payload = None;
-    metadata.clear();
+    // Usually empty already: `clear` on an empty map still builds and drops
+    // an iterator (about 27 instructions an event).
+    if !metadata.is_empty() {
+        metadata.clear();
+    }
 }
 
 #[cfg(test)]

@@ -223,8 +223,13 @@ impl StampEncoder {
         published: prost_types::Timestamp,
         out: &mut Vec<u8>,
     ) {
+        // Two empty maps, the usual case, compared without a call into the
+        // B-tree's comparison (about 34 instructions an event).
+        let same_metadata = |metadata: &BTreeMap<String, String>| {
+            metadata.len() == stamps.metadata.len() && (metadata.is_empty() || *metadata == stamps.metadata)
+        };
         let shares = self.last.as_ref().is_some_and(|(last, metadata)| {
-            (Arc::ptr_eq(last, request) || **last == **request) && *metadata == stamps.metadata
+            (Arc::ptr_eq(last, request) || **last == **request) && same_metadata(metadata)
         });
         if !shares {
             self.remember(request, &stamps.metadata);
@@ -283,22 +288,18 @@ pub struct RecordMessage {
 /// Appends prost's encoding of the stamps only this event has, `Stamps {
 /// sequence, timing: Some(StampTimes { published_at: Some(published), .. }),
 /// .. }`, without building one: a `Stamps` to encode cost as much as the rest
-/// of the record's stamps (a test compares the bytes with prost's).
+/// of the record's stamps (a test compares the bytes with prost's). Written
+/// on the stack and appended at once ([`wire::StackBytes`]).
 fn write_own_stamps(sequence: u64, published: &prost_types::Timestamp, out: &mut Vec<u8>) {
-    /// `StampTimes` holding only `published_at` (field 5).
-    struct PublishedAt<'a>(&'a prost_types::Timestamp);
-    impl Write for PublishedAt<'_> {
-        fn write(&self, buf: &mut Vec<u8>) {
-            buf.push(0x2a);
-            wire::nested(buf, self.0);
-        }
-    }
+    // The sequence (1 + 10 bytes), two keys and lengths (4) and a timestamp.
+    let mut tail = wire::StackBytes::<{ 15 + wire::MAX_TIMESTAMP_BYTES }>::new();
     if sequence != 0 {
-        out.push(0x38); // `Stamps.sequence`, field 7, a varint.
-        wire::varint(out, sequence);
+        tail.push(0x38); // `Stamps.sequence`, field 7, a varint.
+        tail.varint(sequence);
     }
-    out.push(0x4a); // `Stamps.timing`, field 9, a message.
-    wire::nested(out, &PublishedAt(published));
+    // `Stamps.timing`, field 9, holding `StampTimes.published_at`, field 5.
+    tail.nested(0x4a, |timing| timing.nested(0x2a, |at| at.timestamp(published)));
+    out.extend_from_slice(tail.as_slice());
 }
 
 /// The dedup key of a stamped event: that of its client's view.

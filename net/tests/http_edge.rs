@@ -162,6 +162,42 @@ fn keep_alive_pipelining_chunked_and_expect_continue() {
     assert_eq!(conn.read_response().status, 200);
 }
 
+/// Two pipelined requests sent in two writes, split every few bytes: a read
+/// may end in a head, in a body or in the next request, so each split leaves
+/// part of what was read for hyper and part pending on the connection. Every
+/// event is stored whole, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_split_anywhere_are_stored_whole() {
+    let server = Jimbus::start(&[]);
+    let mut conn = HttpConn::open(server.http);
+    let post = |n: usize| {
+        let event = format!(r#"{{"type":"HEARTBEAT","source":"BalatroMCP","session_id":"split","event_id":"e{n}"}}"#);
+        request("POST", "/api/v1/events", event.as_bytes(), &[])
+    };
+    let mut sent = 0;
+    let pair_len = post(0).len() + post(1).len();
+    for split in (1..pair_len).step_by(5) {
+        let mut both = post(sent);
+        both.extend(post(sent + 1));
+        conn.send(&both[..split]);
+        conn.send(&both[split..]);
+        for _ in 0..2 {
+            let response = conn.read_response();
+            assert_eq!(response.status, 200, "split at {split}: {}", String::from_utf8_lossy(&response.body));
+        }
+        sent += 2;
+    }
+    let stored = server.read_all("balatro.split.>", sent).await;
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|delivery| match &delivery.body {
+            Some(Body::Event(event)) => event.event_id.clone(),
+            other => panic!("not an event: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, (0..sent).map(|n| format!("e{n}")).collect::<Vec<_>>());
+}
+
 #[test]
 fn routes_methods_health_and_metrics() {
     let server = Jimbus::start(&[]);

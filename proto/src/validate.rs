@@ -6,6 +6,7 @@
 //! The limits that make an event deliverable ([`check_struct`], [`check_event`])
 //! are the ones the schema's header states in its "Limits" paragraph.
 
+use std::cell::RefCell;
 use std::fmt;
 
 /// One broken rule, with the path of the field that broke it.
@@ -60,11 +61,29 @@ pub struct FieldPath {
 
 impl Default for FieldPath {
     fn default() -> Self {
-        Self { segments: [Segment::Index(0); MAX_SEGMENTS], len: 0 }
+        Self::EMPTY
     }
 }
 
+thread_local! {
+    /// The path the whole-message checks use, one per thread: a new path's
+    /// 32 segments (512 bytes) were written at every event's check
+    /// (docs/perf.md, "Twenty-ninth pass").
+    static PATH: RefCell<FieldPath> = const { RefCell::new(FieldPath::EMPTY) };
+}
+
+/// Runs `check` with this thread's path, emptied first (a check that
+/// panicked part way may have left segments on it).
+fn with_path<T>(check: impl FnOnce(&mut FieldPath) -> T) -> T {
+    PATH.with_borrow_mut(|path| {
+        path.len = 0;
+        check(path)
+    })
+}
+
 impl FieldPath {
+    const EMPTY: Self = Self { segments: [Segment::Index(0); MAX_SEGMENTS], len: 0 };
+
     /// Starts a path at the top of a message.
     pub fn new() -> Self {
         Self::default()
@@ -130,7 +149,7 @@ pub trait Validate {
     /// Checks the whole message.
     fn validate(&self) -> Result<(), Violations> {
         let mut out = Vec::new();
-        self.validate_into(&mut FieldPath::new(), &mut out);
+        with_path(|path| self.validate_into(path, &mut out));
         if out.is_empty() {
             Ok(())
         } else {
@@ -214,7 +233,7 @@ pub fn check_event_before_stamps(
     encoded_at_most: Option<usize>,
 ) -> Result<(), Violations> {
     let mut out = Vec::new();
-    event.validate_into(&mut FieldPath::new(), &mut out);
+    with_path(|path| event.validate_into(path, &mut out));
     let entries = event.metadata.len();
     if entries <= MAX_METADATA_ENTRIES && entries + added_entries > MAX_METADATA_ENTRIES {
         let mut path = FieldPath::new();

@@ -108,7 +108,8 @@ pub fn read_buffer() -> ReadBuffer {
 
 /// Adapts glommio's TcpStream to hyper's I/O traits. Reads go through the
 /// shard's [`ReadBuffer`] into hyper's cursor, so hyper's spare capacity is
-/// never zero-filled first (glommio wants an initialised slice).
+/// never zero-filled first (glommio wants an initialised slice); they pass
+/// through `pending` only when hyper cannot take them yet.
 pub struct GlommioIo {
     stream: TcpStream,
     gate: Rc<crate::http::sse::WriteGate>,
@@ -341,6 +342,14 @@ impl hyper::rt::Read for GlommioIo {
                     }
                 }
             }
+            if this.pending.is_empty() {
+                match this.read_to_hyper(cx, &mut buf) {
+                    Poll::Ready(Ok(Handed::Bytes | Handed::End)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(Handed::Nothing)) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             match this.read_socket(cx) {
                 Poll::Ready(Ok(0)) if !this.pending.is_empty() => {
                     // The client stopped mid-request: hyper gets what came.
@@ -360,7 +369,67 @@ impl hyper::rt::Read for GlommioIo {
     }
 }
 
+/// What [`GlommioIo::read_to_hyper`] gave hyper.
+enum Handed {
+    /// Bytes of the current request.
+    Bytes,
+    /// The end of the stream: the client closed its side.
+    End,
+    /// Nothing yet: what was read waits in `pending`.
+    Nothing,
+}
+
 impl GlommioIo {
+    /// Reads from the socket while nothing is pending, and hands hyper what
+    /// the framer passes of it straight from the shard's read buffer, so that
+    /// the usual request is copied once after the socket read rather than
+    /// into `pending` and out again (docs/perf.md, "Twenty-ninth pass"). What
+    /// hyper has no room for, and what the framer does not pass yet (a head's
+    /// last bytes, the next pipelined request), stays in `pending` as
+    /// [`GlommioIo::read_socket`] would have left it.
+    fn read_to_hyper(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<Handed>> {
+        let read = {
+            let read_buffer = &mut *self.read_buffer.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, read_buffer) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Handed::End)),
+                Poll::Ready(Ok(n)) => {
+                    let read = &read_buffer[..n];
+                    let taken = self.framer.take(read);
+                    let passed = *taken.as_ref().unwrap_or(&0);
+                    let given = passed.min(buf.remaining());
+                    buf.put_slice(&read[..given]);
+                    self.pending.extend_from_slice(&read[given..]);
+                    self.ready = passed - given;
+                    Some(taken.map(|_| given))
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => None,
+            }
+        };
+        let Some(taken) = read else {
+            return self.pending_or_timed_out(cx);
+        };
+        self.progressed(Wait::Idle);
+        let buffers_held = self.follow_buffers();
+        let given = match taken {
+            Err(Refused(reason)) => {
+                self.ending = Some(Ending::Refused(reason));
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
+            }
+            Ok(given) => given,
+        };
+        buffers_held?;
+        if given == 0 {
+            return Poll::Ready(Ok(Handed::Nothing));
+        }
+        self.release_buffers();
+        Poll::Ready(Ok(Handed::Bytes))
+    }
+
     /// Reads from the socket into `pending`, timing out a silent connection
     /// or a head that does not arrive in time.
     fn read_socket(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
