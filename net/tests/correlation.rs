@@ -6,16 +6,9 @@
 
 mod harness;
 
-use harness::{request, HttpConn, Jimbus};
+use harness::{event_of, request, HttpConn, Jimbus};
 use jimbus_proto::bus::{self, subscribe_response::Body};
 use jimbus_proto::events as pb;
-
-fn event_of(delivery: &bus::SubscribeResponse) -> &pb::Event {
-    match &delivery.body {
-        Some(Body::Event(event)) => event,
-        other => panic!("not an event: {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_and_grpc_stamp_the_request_id_alike() {

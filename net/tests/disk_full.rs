@@ -7,8 +7,7 @@
 mod harness;
 
 use harness::tmpfs::Tmpfs;
-use harness::Jimbus;
-use jimbus_proto::bus::subscribe_response::Body;
+use harness::{event_ids, Jimbus};
 use std::path::Path;
 use std::process::Command;
 
@@ -68,13 +67,6 @@ async fn a_full_disk_answers_503_loses_nothing_and_recovers_when_space_returns()
     assert_eq!(retried.json()["accepted"], 20, "the refused batch was not stored before");
     let total = acked + 20;
     let stored = server.read_all("balatro.disk.>", total).await;
-    let ids: Vec<String> = stored
-        .iter()
-        .map(|d| match &d.body {
-            Some(Body::Event(e)) => e.event_id.clone(),
-            other => panic!("not an event: {other:?}"),
-        })
-        .collect();
-    assert_eq!(ids, (0..total).map(|i| format!("d-{i}")).collect::<Vec<_>>());
+    assert_eq!(event_ids(&stored), (0..total).map(|i| format!("d-{i}")).collect::<Vec<_>>());
     drop(server);
 }

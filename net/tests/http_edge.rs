@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{request, HttpConn, Jimbus};
+use harness::{event_ids, request, HttpConn, Jimbus};
 use jimbus_proto::bus::subscribe_response::Body;
 use std::io::Write;
 
@@ -188,14 +188,7 @@ async fn pipelined_requests_split_anywhere_are_stored_whole() {
         sent += 2;
     }
     let stored = server.read_all("balatro.split.>", sent).await;
-    let ids: Vec<String> = stored
-        .iter()
-        .map(|delivery| match &delivery.body {
-            Some(Body::Event(event)) => event.event_id.clone(),
-            other => panic!("not an event: {other:?}"),
-        })
-        .collect();
-    assert_eq!(ids, (0..sent).map(|n| format!("e{n}")).collect::<Vec<_>>());
+    assert_eq!(event_ids(&stored), (0..sent).map(|n| format!("e{n}")).collect::<Vec<_>>());
 }
 
 #[test]

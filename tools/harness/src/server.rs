@@ -316,3 +316,16 @@ fn wait_until_nothing_listens(addr: SocketAddr) {
         std::thread::yield_now();
     }
 }
+
+/// The event a delivery carries; panics when it carries anything else.
+pub fn event_of(delivery: &bus::SubscribeResponse) -> &jimbus_proto::events::Event {
+    match &delivery.body {
+        Some(bus::subscribe_response::Body::Event(event)) => event,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+/// The `event_id` of every delivery in `deliveries`, which must all be events.
+pub fn event_ids(deliveries: &[bus::SubscribeResponse]) -> Vec<String> {
+    deliveries.iter().map(|delivery| event_of(delivery).event_id.clone()).collect()
+}
