@@ -73,8 +73,10 @@ impl<V> Fields<V> {
             Ok(at) => Some(std::mem::replace(&mut entries[at].1, value)),
             Err(at) if entries.len() < SMALL_FIELDS => {
                 if entries.capacity() == 0 {
-                    // All the room a short list takes, at once: no growth from four.
-                    entries.reserve_exact(SMALL_FIELDS);
+                    // All the room a short list takes, at once: no growth from
+                    // four. Made new, not reserved: growing an empty list went
+                    // through `finish_grow` (about 200 instructions a Struct).
+                    *entries = Vec::with_capacity(SMALL_FIELDS);
                 }
                 entries.insert(at, (key, value));
                 None
