@@ -73,11 +73,15 @@ thread_local! {
 }
 
 /// Runs `check` with this thread's path, emptied first (a check that
-/// panicked part way may have left segments on it).
+/// panicked part way may have left segments on it); with a new one when the
+/// thread's is in use (a check that started another whole-message check).
 fn with_path<T>(check: impl FnOnce(&mut FieldPath) -> T) -> T {
-    PATH.with_borrow_mut(|path| {
-        path.len = 0;
-        check(path)
+    PATH.with(|path| match path.try_borrow_mut() {
+        Ok(mut path) => {
+            path.len = 0;
+            check(&mut path)
+        }
+        Err(_) => check(&mut FieldPath::new()),
     })
 }
 
@@ -295,6 +299,20 @@ mod tests {
         let loose = Some(MAX_EVENT_BYTES);
         assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size + 1, 0, loose).is_err());
         assert!(check_event_before_stamps(&event, MAX_EVENT_BYTES - size, 0, loose).is_ok());
+    }
+
+    /// A whole-message check started inside another gets a path of its own.
+    #[test]
+    fn a_check_inside_a_check_has_its_own_path() {
+        let outer = with_path(|path| {
+            path.push_field("outer");
+            let inner = with_path(|inner| {
+                inner.push_field("inner");
+                inner.violation("x").path
+            });
+            (inner, path.violation("y").path)
+        });
+        assert_eq!(outer, ("inner".to_string(), "outer".to_string()));
     }
 
     #[test]
