@@ -326,14 +326,8 @@ impl hyper::rt::Read for GlommioIo {
             }
             if !this.pending.is_empty() {
                 let taken = this.framer.take(&this.pending);
-                if let Err(e) = this.follow_buffers() {
-                    return Poll::Ready(Err(e));
-                }
-                match taken {
-                    Err(Refused(reason)) => {
-                        this.ending = Some(Ending::Refused(reason));
-                        return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
-                    }
+                match this.framed(taken) {
+                    Err(e) => return Poll::Ready(Err(e)),
                     Ok(0) if this.framer.is_done() => continue,
                     Ok(0) => {}
                     Ok(n) => {
@@ -344,8 +338,8 @@ impl hyper::rt::Read for GlommioIo {
             }
             if this.pending.is_empty() {
                 match this.read_to_hyper(cx, &mut buf) {
-                    Poll::Ready(Ok(Handed::Bytes | Handed::End)) => return Poll::Ready(Ok(())),
-                    Poll::Ready(Ok(Handed::Nothing)) => continue,
+                    Poll::Ready(Ok(true)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(false)) => continue,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -369,16 +363,6 @@ impl hyper::rt::Read for GlommioIo {
     }
 }
 
-/// What [`GlommioIo::read_to_hyper`] gave hyper.
-enum Handed {
-    /// Bytes of the current request.
-    Bytes,
-    /// The end of the stream: the client closed its side.
-    End,
-    /// Nothing yet: what was read waits in `pending`.
-    Nothing,
-}
-
 impl GlommioIo {
     /// Reads from the socket while nothing is pending, and hands hyper what
     /// the framer passes of it straight from the shard's read buffer, so that
@@ -386,65 +370,73 @@ impl GlommioIo {
     /// into `pending` and out again (docs/perf.md, "Twenty-ninth pass"). What
     /// hyper has no room for, and what the framer does not pass yet (a head's
     /// last bytes, the next pipelined request), stays in `pending` as
-    /// [`GlommioIo::read_socket`] would have left it.
+    /// [`GlommioIo::read_socket`] would have left it. True when hyper was
+    /// given bytes, or the end of the stream.
     fn read_to_hyper(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<Handed>> {
-        let read = {
-            let read_buffer = &mut *self.read_buffer.borrow_mut();
-            match Pin::new(&mut self.stream).poll_read(cx, read_buffer) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Handed::End)),
-                Poll::Ready(Ok(n)) => {
-                    let read = &read_buffer[..n];
-                    let taken = self.framer.take(read);
-                    let passed = *taken.as_ref().unwrap_or(&0);
-                    let given = passed.min(buf.remaining());
-                    buf.put_slice(&read[..given]);
-                    self.pending.extend_from_slice(&read[given..]);
-                    self.ready = passed - given;
-                    Some(taken.map(|_| given))
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => None,
-            }
-        };
-        let Some(taken) = read else {
-            return self.pending_or_timed_out(cx);
-        };
-        self.progressed(Wait::Idle);
-        let buffers_held = self.follow_buffers();
+    ) -> Poll<std::io::Result<bool>> {
+        let taken = self.read_socket_with(cx, |this, read| {
+            let taken = this.framer.take(read);
+            let passed = *taken.as_ref().unwrap_or(&0);
+            let given = passed.min(buf.remaining());
+            buf.put_slice(&read[..given]);
+            this.pending.extend_from_slice(&read[given..]);
+            this.ready = passed - given;
+            taken.map(|_| given)
+        });
         let given = match taken {
-            Err(Refused(reason)) => {
-                self.ending = Some(Ending::Refused(reason));
-                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)));
-            }
-            Ok(given) => given,
+            Poll::Ready(Ok(Some(taken))) => self.framed(taken),
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(true)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         };
-        buffers_held?;
-        if given == 0 {
-            return Poll::Ready(Ok(Handed::Nothing));
+        match given {
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(0) => Poll::Ready(Ok(false)),
+            Ok(_) => {
+                self.release_buffers();
+                Poll::Ready(Ok(true))
+            }
         }
-        self.release_buffers();
-        Poll::Ready(Ok(Handed::Bytes))
+    }
+
+    /// After the framer read bytes: the charge follows the buffers, and a
+    /// request the framer refused ends the connection with its reason;
+    /// otherwise, what the framer took.
+    fn framed(&mut self, taken: Result<usize, Refused>) -> std::io::Result<usize> {
+        self.follow_buffers()?;
+        taken.map_err(|Refused(reason)| {
+            self.ending = Some(Ending::Refused(reason));
+            std::io::Error::new(std::io::ErrorKind::InvalidData, reason)
+        })
     }
 
     /// Reads from the socket into `pending`, timing out a silent connection
     /// or a head that does not arrive in time.
     fn read_socket(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let read = {
-            let mut read_buffer = self.read_buffer.borrow_mut();
-            let read = Pin::new(&mut self.stream).poll_read(cx, &mut read_buffer);
-            if let Poll::Ready(Ok(n)) = read {
-                self.pending.extend_from_slice(&read_buffer[..n]);
-            }
-            read
-        };
-        match read {
+        let read = self.read_socket_with(cx, |this, read| {
+            this.pending.extend_from_slice(read);
+            read.len()
+        });
+        read.map_ok(|n| n.unwrap_or(0))
+    }
+
+    /// Reads from the socket into the shard's read buffer and gives `read`
+    /// what came (`None` at the end of the stream), timing out a silent
+    /// connection or a head that does not arrive in time.
+    fn read_socket_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: impl FnOnce(&mut Self, &[u8]) -> T,
+    ) -> Poll<std::io::Result<Option<T>>> {
+        let shared = Rc::clone(&self.read_buffer);
+        let mut read_buffer = shared.borrow_mut();
+        match Pin::new(&mut self.stream).poll_read(cx, &mut read_buffer) {
             Poll::Ready(Ok(n)) => {
                 self.progressed(Wait::Idle);
-                Poll::Ready(Ok(n))
+                Poll::Ready(Ok((n > 0).then(|| read(self, &read_buffer[..n]))))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => self.pending_or_timed_out(cx),
