@@ -19,11 +19,8 @@ seconds=${2:-5}
 script=${3:-perf/wrk/fair-batch50.lua}
 [[ -x $binary ]] || { echo "$binary is not executable" >&2; exit 2; }
 work=$(mktemp -d)
-http=$(free_port) grpc=$(free_port)
-"$binary" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$work/data" >"$work/server.log" 2>&1 &
-pid=$!
-trap 'stop "$pid"; rm -rf "$work"' EXIT
-wait_ready "$pid" "http://127.0.0.1:$http/ready"
+trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
+start_jimbus "$binary" "$work"
 
 # switches: "SHARD COUNT" per shard (a shard's threads summed), sorted.
 switches() {

@@ -27,11 +27,8 @@ for tool in wrk perf; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install wrk linux-perf)" >&2; exit 2; }
 done
 work=$(mktemp -d)
-http=$(free_port) grpc=$(free_port)
-"$binary" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$work/data" >"$work/server.log" 2>&1 &
-pid=$!
-trap 'stop "$pid"; rm -rf "$work"' EXIT
-wait_ready "$pid" "http://127.0.0.1:$http/ready"
+trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
+start_jimbus "$binary" "$work"
 url="http://127.0.0.1:$http/api/v1/events/batch"
 
 wrk -t1 -c32 -d2s -s "$script" "$url" >/dev/null

@@ -29,6 +29,21 @@ wait_ready() {
   return 1
 }
 
+# start_jimbus BINARY DIR [FLAG...]: `BINARY serve` on free loopback ports,
+# with a fresh data directory DIR/data, its log in DIR/server.log and FLAGs;
+# sets pid, http and grpc, and returns once the server answers /ready. Set the
+# caller's EXIT trap first, stopping "${pid:-}": pid is set before the wait,
+# so a server that never gets ready is stopped too.
+start_jimbus() {
+  local binary=$1 dir=$2
+  shift 2
+  http=$(free_port) grpc=$(free_port)
+  "$binary" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$dir/data" "$@" \
+    >"$dir/server.log" 2>&1 &
+  pid=$!
+  wait_ready "$pid" "http://127.0.0.1:$http/ready"
+}
+
 # stop PID: SIGTERM, then SIGKILL if it is still there after 10 s.
 stop() {
   kill "$1" 2>/dev/null || true

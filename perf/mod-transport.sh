@@ -19,13 +19,9 @@ requests=${3:-2000}
 repeat=${REPEAT:-3}
 [[ -x $binary ]] || { echo "$binary is not executable (cargo build --release --bin jimbus -p jimbus-net)" >&2; exit 2; }
 work=$(mktemp -d)
-http=$(free_port) grpc=$(free_port)
+trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
 prime_page_cache "$work"
-"$binary" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --data-dir "$work/data" \
-  --log-format compact >"$work/server.log" 2>&1 &
-pid=$!
-trap 'stop $pid; rm -rf "$work"' EXIT
-wait_ready "$pid" "http://127.0.0.1:$http/ready"
+start_jimbus "$binary" "$work" --log-format compact
 url="http://127.0.0.1:$http/api/v1/events/batch"
 hz=$(getconf CLK_TCK)
 
