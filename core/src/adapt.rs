@@ -133,21 +133,37 @@ fn parse_number_text(text: &str) -> Option<f64> {
 pub fn int32(r: &mut Reader<'_>) -> Result<i32> {
     let at = r.offset();
     let value = number(r)?;
-    if value.fract() == 0.0 && value >= i32::MIN as f64 && value <= i32::MAX as f64 {
-        Ok(value as i32)
-    } else {
-        Err(FieldError::value(at, format!("expected an integer, found {value}")))
+    match integral_i32(value) {
+        Some(whole) => Ok(whole),
+        None => Err(FieldError::value(at, format!("expected an integer, found {value}"))),
     }
 }
 
 fn uint64(r: &mut Reader<'_>) -> Result<u64> {
     let at = r.offset();
     let value = number(r)?;
-    if value.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&value) {
-        Ok(value as u64)
-    } else {
-        Err(FieldError::value(at, format!("expected a non-negative integer, found {value}")))
+    match integral_u53(value) {
+        Some(whole) => Ok(whole),
+        None => Err(FieldError::value(at, format!("expected a non-negative integer, found {value}"))),
     }
+}
+
+// Integral and in range, tested by converting and back: `f64::fract` is a
+// call into libm's `trunc` without SSE4.1, and numbers are most of a
+// payload's values. A truncated conversion, or NaN's, never compares equal;
+// a saturated one can only at 2^64, which the bound refuses.
+
+/// `value` as an i32 when it is integral and in range.
+fn integral_i32(value: f64) -> Option<i32> {
+    let whole = value as i32;
+    (f64::from(whole) == value).then_some(whole)
+}
+
+/// `value` as a u64 when it is integral, non-negative and at most 2^53 (the
+/// largest integer every JSON reader holds exactly).
+fn integral_u53(value: f64) -> Option<u64> {
+    let whole = value as u64;
+    (whole as f64 == value && whole <= 1 << 53).then_some(whole)
 }
 
 /// A string; numbers are accepted and written as Lua would print integers.
@@ -530,6 +546,7 @@ fn client_clock(timestamp_ms: f64) -> pb::ClientClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn event(body: &str) -> Result<pb::Event> {
         read_event(&mut Reader::new(body.as_bytes())).map(|e| *e)
@@ -546,6 +563,28 @@ mod tests {
             let room = jokers.capacity() * std::mem::size_of::<pb::Joker>();
             let peak = if jokers.capacity() > json::FIRST_LIST_SLOTS { room + room / 2 } else { room };
             assert!(r.built_bytes() >= peak, "{n} jokers: {} counted, {peak} held", r.built_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        /// The conversion tests accept exactly what the tests by `fract` and
+        /// range did: integral values in range, nothing else.
+        #[test]
+        fn integral_tests_match_fract_and_range(
+            value in proptest::prop_oneof![
+                proptest::num::f64::ANY,
+                (-3e9f64..3e9).prop_map(f64::round),
+                (0u64..=(1 << 54)).prop_map(|n| n as f64),
+                proptest::sample::select(vec![
+                    0.0, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2147483647.0, 2147483648.0,
+                    -2147483648.0, -2147483649.0, 9007199254740992.0, 9007199254740994.0, 18446744073709551616.0,
+                ]),
+            ],
+        ) {
+            let int32 = value.fract() == 0.0 && value >= i32::MIN as f64 && value <= i32::MAX as f64;
+            proptest::prop_assert_eq!(integral_i32(value), int32.then_some(value as i32));
+            let uint53 = value.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&value);
+            proptest::prop_assert_eq!(integral_u53(value), uint53.then_some(value as u64));
         }
     }
 

@@ -8,7 +8,8 @@
 //! closed segment leaves for a fast restart ([`checkpoint`]), what durable
 //! consumers persist ([`consumer_state`]), the memory budget
 //! ([`budget`]), aggregation ([`aggregate`]), the pump's adaptive batch size
-//! ([`batch`]), a thread's spare decoded events ([`spare_events`]) and the
+//! ([`batch`]), a thread's spare decoded events ([`spare_events`]), the
+//! sessions' sequences and topic counts ([`recent_map`]) and the
 //! Resource Coordinator's pools ([`pools`]). It must never perform I/O or
 //! depend on an async runtime.
 
@@ -22,25 +23,14 @@ pub mod dedup;
 pub mod ingest;
 pub mod json;
 pub mod pools;
+pub mod recent_map;
 pub mod record;
 pub mod spare_events;
 pub mod stamps;
 pub mod topic;
 
-/// A hash map for the hot path (sessions' sequences, topic counts, aggregation's sessions): foldhash,
+/// A hash map for the hot path (aggregation's sessions and cascades): foldhash,
 /// seeded per process, instead of SipHash. The keys are the server's own
 /// (session ids and topics it admitted), and the random seed keeps a client
 /// from choosing colliding keys offline.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-/// Hands out `session`'s next sequence (the first is 1) and counts it, cloning
-/// the session's name only the first time it is seen.
-pub fn take_sequence(next_sequence: &mut FastMap<String, u64>, session: &str) -> u64 {
-    let next = match next_sequence.get_mut(session) {
-        Some(next) => next,
-        None => next_sequence.entry(session.to_string()).or_insert(1),
-    };
-    let sequence = *next;
-    *next += 1;
-    sequence
-}

@@ -162,7 +162,7 @@ struct CpuShard {
     /// Completes each record after its client view.
     stamper: StampEncoder,
     /// The next sequence of each session.
-    sequences: jimbus_core::FastMap<String, u64>,
+    sequences: jimbus_core::recent_map::RecentKeyMap<u64>,
     /// The shard's aggregation, with its default configuration.
     aggregator: Aggregator,
     /// Messages the aggregator emitted, staged at the next tick.
@@ -198,7 +198,7 @@ impl CpuShard {
                 std::hint::black_box(key);
                 false
             };
-            let sequence_of = |session: &str| jimbus_core::take_sequence(sequences, session);
+            let sequence_of = |session: &str| jimbus_core::recent_map::take_sequence(sequences, session);
             stamper.append_record(&mut event, request, published, out, is_retry, sequence_of)
         });
         self.staged += 1;

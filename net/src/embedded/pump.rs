@@ -24,10 +24,10 @@ use crate::observe;
 use jimbus_core::aggregate::{AggregateConfig, Aggregated};
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
+use jimbus_core::recent_map::{take_sequence, RecentKeyMap};
 use jimbus_core::record::RecordKind;
 use jimbus_core::stamps::{RecordMessage, StampEncoder};
 use jimbus_core::topic::{self, Pattern, TopicWriter};
-use jimbus_core::{take_sequence, FastMap};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,11 +66,11 @@ pub struct Shard {
     /// How many durable names, and when an idle consumer goes.
     pub(super) durable_limits: DurableLimits,
     /// The sequence the next event of each session gets.
-    pub(super) next_sequence: FastMap<String, u64>,
+    pub(super) next_sequence: RecentKeyMap<u64>,
     /// Keys of recent events, to recognise retries.
     pub(super) dedup: DedupWindow,
     /// Records per topic, for ListTopics.
-    pub(super) topics: FastMap<String, u64>,
+    pub(super) topics: RecentKeyMap<u64>,
     /// Writes each event's topic into one reused buffer.
     pub(super) topic: TopicWriter,
     /// Completes each event's record after its client view.
@@ -504,13 +504,8 @@ impl Shard {
 }
 
 /// Counts one more record of `topic`, for ListTopics.
-fn count_topic(topics: &mut FastMap<String, u64>, topic: &str) {
-    match topics.get_mut(topic) {
-        Some(count) => *count += 1,
-        None => {
-            topics.insert(topic.to_string(), 1);
-        }
-    }
+fn count_topic(topics: &mut RecentKeyMap<u64>, topic: &str) {
+    *topics.get_or_insert(topic, || 0) += 1;
 }
 
 /// The next command, or `None` once `deadline` passes; an error when every sender is gone.

@@ -23,10 +23,10 @@ use jimbus_core::batch::{BatchConfig, BatchConfigError, BatchSizer};
 use jimbus_core::budget::MemoryBudget;
 use jimbus_core::checkpoint::{SegmentIndex, ShardCheckpoint};
 use jimbus_core::dedup::DedupWindow;
+use jimbus_core::recent_map::RecentKeyMap;
 use jimbus_core::record::{self, Record, RecordKind};
 use jimbus_core::stamps::{client_key, StampEncoder};
 use jimbus_core::topic::TopicWriter;
-use jimbus_core::FastMap;
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::cell::RefCell;
@@ -142,8 +142,8 @@ impl Shard {
 /// What a shard rebuilds from its checkpoint and log.
 struct Replayed {
     writer: SegmentWriter,
-    next_sequence: FastMap<String, u64>,
-    topics: FastMap<String, u64>,
+    next_sequence: RecentKeyMap<u64>,
+    topics: RecentKeyMap<u64>,
     dedup: DedupWindow,
 }
 
@@ -153,7 +153,7 @@ async fn replay(id: usize, dir: &Path, log: LogOptions, dedup_window: usize) -> 
     let checkpoint = load_checkpoint(dir);
     let (end, dedup_from) = checkpoint.as_ref().map_or((0, 0), |c| (c.end, c.dedup_from.min(c.end)));
     let mut dedup = DedupWindow::new(dedup_window);
-    let (mut next_sequence, mut topics) = (FastMap::default(), FastMap::default());
+    let (mut next_sequence, mut topics) = (RecentKeyMap::default(), RecentKeyMap::default());
     if let Some(checkpoint) = checkpoint {
         next_sequence.extend(checkpoint.next_sequence);
         topics.extend(checkpoint.topics);
@@ -161,14 +161,14 @@ async fn replay(id: usize, dir: &Path, log: LogOptions, dedup_window: usize) -> 
     let (writer, report) = SegmentWriter::open(dir, log, dedup_from, |rec| {
         let after_checkpoint = rec.offset >= end;
         if after_checkpoint {
-            *topics.entry(rec.topic.to_string()).or_default() += 1;
+            *topics.get_or_insert(rec.topic, || 0) += 1;
         }
         if rec.kind != RecordKind::Event {
             return;
         }
         if let Ok(mut event) = pb::Event::decode(rec.message) {
             if after_checkpoint {
-                let next = next_sequence.entry(event.session_id.clone()).or_insert(1);
+                let next = next_sequence.get_or_insert(&event.session_id, || 1);
                 *next = (*next).max(event.sequence + 1);
             }
             if let Some(key) = client_key(&mut event) {
