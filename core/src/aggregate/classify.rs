@@ -3,12 +3,40 @@
 //! This file owns the mapping from a raw [`pb::Event`] to a [`Kind`] (game
 //! state, hand bracket, trigger or update, or nothing the aggregated stream
 //! carries), the [`pb::TriggerEvent`] built for each trigger and update, the
-//! context names that tell updates apart, the high-priority test and the list of
-//! copy/retrigger jokers. It must never hold state, look at other events or
+//! context names that tell updates apart, the high-priority test, the list of
+//! copy/retrigger jokers, and what aggregation reads of the server's stamps
+//! beside an event ([`Stamped`]). It must never hold state, look at other events or
 //! decide what happens next (that is the session's and the cascade's job), and
 //! it must never alter the raw event: it only reads it.
 
+use crate::stamps::RequestStamps;
 use jimbus_proto::events::{self as pb, event::Payload, scoring_event::Step};
+
+/// The server's stamps that aggregation reads from an event: the id of the
+/// request that carried it and when the server received it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamped<'a> {
+    /// The event's `correlation_id`, which a cascade keeps (its last non-empty one).
+    pub correlation_id: &'a str,
+    /// The event's `timing.received_at`, which a trigger keeps.
+    pub received_at: Option<prost_types::Timestamp>,
+    /// The length of the event's encoding, when the caller has it (a shard
+    /// has just written it). It bounds the length of the game state the
+    /// event carries, which aggregation measures otherwise.
+    pub encoded_len: Option<usize>,
+}
+
+impl<'a> Stamped<'a> {
+    /// What a shard knows of an event it stored: the stamps of the request
+    /// that carried it (kept apart from it), and the length of its record.
+    pub fn of_stored(request: &'a RequestStamps, encoded_len: usize) -> Self {
+        Self {
+            correlation_id: &request.correlation_id,
+            received_at: Some(request.received_at),
+            encoded_len: Some(encoded_len),
+        }
+    }
+}
 
 /// Jokers whose triggers copy or retrigger another effect, as normalized names.
 pub(super) const COPY_JOKERS: &[&str] =

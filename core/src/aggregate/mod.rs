@@ -89,11 +89,10 @@ mod output;
 #[cfg(test)]
 mod tests;
 
-pub use classify::is_copy_joker;
+pub use classify::{is_copy_joker, Stamped};
 pub use config::{AggregateConfig, ConfigError};
 pub use output::{merge_game_state, AggregateError, AggregateStats, Aggregated, Disposition, FlushReason};
 
-use crate::stamps::RequestStamps;
 use cascade::Cascade;
 use classify::{classify, is_high_priority, Kind};
 use jimbus_proto::events as pb;
@@ -268,32 +267,6 @@ impl Session {
     }
 }
 
-/// The server's stamps that aggregation reads from an event: the id of the
-/// request that carried it and when the server received it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Stamped<'a> {
-    /// The event's `correlation_id`, which a cascade keeps (its last non-empty one).
-    pub correlation_id: &'a str,
-    /// The event's `timing.received_at`, which a trigger keeps.
-    pub received_at: Option<prost_types::Timestamp>,
-    /// The length of the event's encoding, when the caller has it (a shard
-    /// has just written it). It bounds the length of the game state the
-    /// event carries, which aggregation measures otherwise.
-    pub encoded_len: Option<usize>,
-}
-
-impl<'a> Stamped<'a> {
-    /// What a shard knows of an event it stored: the stamps of the request
-    /// that carried it (kept apart from it), and the length of its record.
-    pub fn of_stored(request: &'a RequestStamps, encoded_len: usize) -> Self {
-        Self {
-            correlation_id: &request.correlation_id,
-            received_at: Some(request.received_at),
-            encoded_len: Some(encoded_len),
-        }
-    }
-}
-
 /// The aggregation state of one shard: every session it owns.
 pub struct Aggregator {
     /// The validated configuration.
@@ -304,6 +277,9 @@ pub struct Aggregator {
     free: Vec<usize>,
     /// The slot of every held session, by name.
     by_name: crate::FastMap<String, usize>,
+    /// The slot found last, checked by its session's name before it is used
+    /// (a request's events share a session: one comparison, not a hash).
+    last_slot: usize,
     /// (deadline, slot) of every session with a window, legacy gap or timeout pending.
     deadlines: BTreeSet<(Duration, usize)>,
     /// (last_active, slot) of every session, least recently active first.
@@ -328,6 +304,7 @@ impl Aggregator {
             sessions: Vec::new(),
             free: Vec::new(),
             by_name: crate::FastMap::default(),
+            last_slot: 0,
             deadlines: BTreeSet::new(),
             lru: BTreeSet::new(),
             now: Duration::ZERO,
@@ -455,10 +432,15 @@ impl Aggregator {
     /// event that comes after a cascade's timeout or a window's end does not
     /// join them just because `tick` was late.
     fn slot_for(&mut self, session: &str, now: Duration, out: &mut Vec<Aggregated>) -> usize {
-        let slot = match self.by_name.get(session) {
-            Some(&slot) => slot,
-            None => self.create(session, now, out),
+        let last = self.sessions.get(self.last_slot).and_then(Option::as_ref);
+        let slot = match last {
+            Some(last) if last.name == session => self.last_slot,
+            _ => match self.by_name.get(session) {
+                Some(&slot) => slot,
+                None => self.create(session, now, out),
+            },
         };
+        self.last_slot = slot;
         if self.sessions[slot].as_ref().and_then(|s| s.deadline).is_some_and(|d| d <= now) {
             self.service(slot, now, out);
         }
