@@ -80,8 +80,8 @@ pub(super) fn contains_ignoring_case(text: &str, word: &str) -> bool {
 
 /// What an event is to aggregation.
 pub(super) enum Kind<'a> {
-    /// A GAME_STATE payload, taken from the event, to merge into the session's state.
-    State(pb::GameStateEvent),
+    /// A GAME_STATE payload, in the event, to merge (take) into the session's state.
+    State(&'a mut pb::GameStateEvent),
     /// SCORING/HAND_EVAL_START: opens a hand.
     Start(&'a pb::HandEvalStart),
     /// SCORING/HAND_EVAL_COMPLETE: closes the open hand.
@@ -112,7 +112,7 @@ pub(super) fn classify(seq: u64, event: &mut pb::Event, received_at: Option<pros
         ..Default::default()
     };
     match &mut event.payload {
-        Some(Payload::GameState(g)) => Kind::State(std::mem::take(g)),
+        Some(Payload::GameState(g)) => Kind::State(g),
         Some(Payload::JokerTrigger(j)) => {
             let mut t = base();
             t.joker_name.clone_from(&j.joker_name);

@@ -223,7 +223,7 @@ impl Session {
                 // encoding holds the state's. Measuring the whole state at every
                 // merge walked all its jokers, cards and extra values again.
                 let incoming = stamped.encoded_len.unwrap_or_else(|| g.encoded_len());
-                self.restart_state_if_too_long(stats, config, incoming, &g);
+                self.restart_state_if_too_long(stats, config, incoming, g);
                 let first = if self.state.is_none() { size_of::<pb::GameStateEvent>() } else { 0 };
                 self.state_bytes += first + incoming;
                 merge_game_state(self.state.get_or_insert_with(Default::default), g);

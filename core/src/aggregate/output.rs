@@ -112,23 +112,25 @@ pub struct AggregateStats {
 /// numbers, `blind` and `deck` overwrite when present, `phase` when non-empty,
 /// `jokers` and `hand` when non-empty (a repeated field has no presence, so an
 /// empty list cannot be told from an absent one and keeps the previous list), and
-/// `extra` key by key. What `from` holds is moved, not copied: a game state
-/// with a dozen jokers is dozens of allocations to copy.
-pub fn merge_game_state(into: &mut pb::GameStateEvent, from: pb::GameStateEvent) {
+/// `extra` key by key. What `from` holds is moved, not copied (a game state
+/// with a dozen jokers is dozens of allocations to copy), and taken field by
+/// field where it lies: the event that carried it keeps an emptied state, and
+/// the whole 300-byte struct is never moved (docs/perf.md, "Thirtieth pass").
+pub fn merge_game_state(into: &mut pb::GameStateEvent, from: &mut pb::GameStateEvent) {
     if !from.phase.is_empty() {
-        into.phase = from.phase;
+        into.phase = std::mem::take(&mut from.phase);
     }
     macro_rules! present {
-        ($($f:ident),*) => { $(if from.$f.is_some() { into.$f = from.$f; })* };
+        ($($f:ident),*) => { $(if from.$f.is_some() { into.$f = from.$f.take(); })* };
     }
     present!(ante, round, money, chips, mult, score, hands_remaining, discards_remaining, blind, deck);
     if !from.jokers.is_empty() {
-        into.jokers = from.jokers;
+        into.jokers = std::mem::take(&mut from.jokers);
     }
     if !from.hand.is_empty() {
-        into.hand = from.hand;
+        into.hand = std::mem::take(&mut from.hand);
     }
-    if let Some(extra) = from.extra {
+    if let Some(extra) = from.extra.take() {
         match &mut into.extra {
             Some(kept) if !kept.fields.is_empty() => kept.fields.extend(extra.fields),
             // Nothing to merge with: the new keys are taken whole, not one by one.

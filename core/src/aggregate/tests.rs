@@ -66,7 +66,7 @@ proptest! {
     fn a_merge_is_no_longer_than_its_two_states(into in game_state(), from in game_state()) {
         let bound = into.encoded_len() + from.encoded_len();
         let mut merged = into;
-        merge_game_state(&mut merged, from);
+        merge_game_state(&mut merged, &mut { from });
         prop_assert!(merged.encoded_len() <= bound, "{} > {bound}", merged.encoded_len());
     }
 
