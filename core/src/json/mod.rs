@@ -14,7 +14,10 @@ mod built;
 mod scan;
 pub use built::{list_slot_bytes, FIRST_LIST_SLOTS, HELD_PER_STRUCT, HELD_PER_VALUE};
 pub use scan::quote_or_backslash;
-use scan::{all_quotes_escaped, even_backslashes_before, is_json_number, short_key_end, small_integer, unescape};
+use scan::{
+    all_quotes_escaped, even_backslashes_before, is_json_number, short_key_end, short_string_end, small_integer,
+    unescape,
+};
 
 /// Deeper nesting than this is refused rather than risking the stack.
 pub const MAX_DEPTH: u32 = 512;
@@ -365,6 +368,19 @@ impl<'a> Reader<'a> {
     /// standard JSON escapes.
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
+        if let Some(end) = short_string_end(self.buf, self.pos) {
+            if let Some(text) = self.text_of(self.pos + 1, end) {
+                self.pos = end + 1;
+                return Ok(Cow::Borrowed(text));
+            }
+        }
+        self.other_string()
+    }
+
+    /// Every string [`short_string_end`] leaves (after white space, longer
+    /// than its scan, or escaped), out of line as [`Reader::other_key`] is.
+    #[inline(never)]
+    fn other_string(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
         self.expect(b'"')?;
         let start = self.pos;
         let (end, escaped) = self.string_end()?;

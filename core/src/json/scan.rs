@@ -23,6 +23,22 @@ pub(super) fn short_key_end(buf: &[u8], at: usize) -> Option<usize> {
     (key[len] == b'"' && key.get(len + 1) == Some(&b':')).then_some(at + 1 + len)
 }
 
+/// Where the usual string value at `at` ends: the offset of its closing
+/// quote, when `at` holds its opening one, it has no backslash and that quote
+/// is within the first 32 bytes after `at`. A leaf, as [`short_key_end`] is;
+/// `None` leaves the string to `Reader::other_string`, which reads every
+/// string this does, the same way.
+#[inline(never)]
+pub(super) fn short_string_end(buf: &[u8], at: usize) -> Option<usize> {
+    let rest = buf.get(at..)?;
+    if rest.first() != Some(&b'"') {
+        return None;
+    }
+    let text = &rest[1..];
+    let len = quote_or_backslash_in_words(text)?;
+    (text[len] == b'"').then_some(at + 1 + len)
+}
+
 /// The offset of the first `"` or `\` in the first 32 bytes of `bytes`,
 /// eight at a time; `None` past them (and in a last part shorter than eight).
 #[inline]
