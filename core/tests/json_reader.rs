@@ -119,6 +119,38 @@ fn invalid_utf8_in_a_string_is_a_value_error() {
     r.skip().unwrap();
 }
 
+/// The kind of the next value is what its first byte after white space says
+/// (`n` is `null` only when `null` follows), for every byte: the table of the
+/// usual bytes and the general reading after white space agree.
+#[test]
+fn peek_reads_the_kind_the_first_byte_gives() {
+    for gap in ["", " ", "\n\t\r "] {
+        for first in 0..=u8::MAX {
+            for rest in [&b"ull"[..], b"an", b"", b"ul", b"1"] {
+                let mut body = gap.as_bytes().to_vec();
+                body.push(first);
+                body.extend_from_slice(rest);
+                let expected = match first {
+                    b' ' | b'\t' | b'\n' | b'\r' => continue,
+                    b'{' => Some(Kind::Object),
+                    b'[' => Some(Kind::Array),
+                    b'"' => Some(Kind::String),
+                    b't' | b'f' => Some(Kind::Bool),
+                    b'n' if rest.starts_with(b"ull") => Some(Kind::Null),
+                    b'-' | b'0'..=b'9' | b'i' | b'I' | b'n' | b'N' => Some(Kind::Number),
+                    _ => None,
+                };
+                let mut r = Reader::new(&body);
+                let got = r.peek();
+                assert_eq!(got.as_ref().ok().copied(), expected, "{body:?}");
+                if got.is_ok() {
+                    assert_eq!(r.offset(), gap.len(), "peek consumes only the white space: {body:?}");
+                }
+            }
+        }
+    }
+}
+
 proptest::proptest! {
     /// Integers take a fast path of their own: every well-formed number,
     /// whatever its length, still reads as Rust's float parser reads it.
