@@ -106,6 +106,9 @@ fn field<'a, T>(r: &mut Reader<'a>, key: &str, read: impl FnOnce(&mut Reader<'a>
 /// A double: a number, a bare non-finite token, or a string holding a number
 /// (arrays of scalars arrive as strings; proto JSON writes "Infinity" and "NaN").
 pub fn number(r: &mut Reader<'_>) -> Result<f64> {
+    if let Some(value) = r.plain_integer() {
+        return Ok(value);
+    }
     match r.peek()? {
         Kind::Number => Ok(r.number()?),
         Kind::String => {

@@ -162,6 +162,15 @@ proptest::proptest! {
         let got = r.number().unwrap();
         proptest::prop_assert_eq!(got.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{}", text);
         proptest::prop_assert_eq!(r.offset(), text.len());
+        // The plain integer's shortcut reads the same, or leaves the number alone.
+        let mut r = Reader::new(text.as_bytes());
+        match r.plain_integer() {
+            Some(value) => {
+                proptest::prop_assert_eq!(value.to_bits(), got.to_bits(), "{}", text);
+                proptest::prop_assert_eq!(r.offset(), text.len());
+            }
+            None => proptest::prop_assert_eq!(r.offset(), 0),
+        }
     }
 
     /// Integers with a leading zero are refused, however many digits follow.

@@ -448,6 +448,17 @@ impl<'a> Reader<'a> {
         Err(JsonError::at(self.buf.len(), "unterminated string", true))
     }
 
+    /// A plain integer of at most 15 digits right at the reader (no white
+    /// space before it), read and passed. `None` leaves the reader where it
+    /// was, for [`Reader::peek`] and [`Reader::number`], which read it too: a
+    /// caller that expects a number tries this first and skips the peek.
+    #[inline]
+    pub fn plain_integer(&mut self) -> Option<f64> {
+        let (value, len) = small_integer(self.buf.get(self.pos..)?)?;
+        self.pos += len;
+        Some(value)
+    }
+
     /// Reads a number, including the bare non-finite tokens of Lua's `tostring`.
     #[inline]
     pub fn number(&mut self) -> Result<f64, Box<JsonError>> {
