@@ -399,13 +399,22 @@ impl<'a> Reader<'a> {
     /// standard JSON escapes.
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
-        if let Some(end) = short_string_end(self.buf, self.pos) {
-            if let Some(text) = self.text_of(self.pos + 1, end) {
-                self.pos = end + 1;
-                return Ok(Cow::Borrowed(text));
-            }
+        match self.plain_string() {
+            Some(text) => Ok(Cow::Borrowed(text)),
+            None => self.other_string(),
         }
-        self.other_string()
+    }
+
+    /// The usual string right at the reader (see [`short_string_end`]), read
+    /// and passed. `None` leaves the reader where it was, for
+    /// [`Reader::peek`] and [`Reader::string`], which read it too: a caller
+    /// that expects a string tries this first and skips the peek.
+    #[inline]
+    pub fn plain_string(&mut self) -> Option<&'a str> {
+        let end = short_string_end(self.buf, self.pos)?;
+        let text = self.text_of(self.pos + 1, end)?;
+        self.pos = end + 1;
+        Some(text)
     }
 
     /// Every string [`short_string_end`] leaves (after white space, longer
