@@ -29,8 +29,9 @@ pub mod spare_events;
 pub mod stamps;
 pub mod topic;
 
-/// A hash map for the hot path (aggregation's sessions and cascades): foldhash,
-/// seeded per process, instead of SipHash. The keys are the server's own
-/// (session ids and topics it admitted), and the random seed keeps a client
-/// from choosing colliding keys offline.
+/// A hash map for the hot path (aggregation's sessions, a cascade's jokers):
+/// foldhash, seeded per process, instead of SipHash. The keys are what the
+/// server admitted (session ids, joker names), and the random seed keeps a
+/// client from choosing colliding keys offline. [`recent_map`] uses the same
+/// hasher.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
