@@ -319,8 +319,9 @@ impl<'a> Reader<'a> {
     }
 
     /// Every key [`short_key_end`] leaves: after white space, longer than
-    /// its scan, or unusual. Out of line, so that the short key's path in
-    /// [`Reader::key`] saves and restores no registers.
+    /// its scan, or unusual. Out of line, so that [`Reader::key`] stays
+    /// small enough to be inlined into each object's loop: a call to the
+    /// short scan, and one to this.
     #[inline(never)]
     fn other_key(&mut self) -> Result<Cow<'a, str>, Box<JsonError>> {
         if self.peek_byte()? != b'"' {
