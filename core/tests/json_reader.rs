@@ -151,6 +151,28 @@ fn peek_reads_the_kind_the_first_byte_gives() {
     }
 }
 
+/// Every byte, in every place of a 13-digit integer (a millisecond
+/// timestamp's length), ends the plain integer where the digits end, or
+/// leaves a number the plain integer must not read to the general reading.
+#[test]
+fn plain_integer_ends_where_the_digits_end() {
+    for byte in 0..=u8::MAX {
+        for place in 0..13 {
+            let mut body = b"1700000000123".to_vec();
+            body[place] = byte;
+            let first = usize::from(body[0] == b'-');
+            let end = first + body[first..].iter().take_while(|b| b.is_ascii_digit()).count();
+            let refused_after = matches!(body.get(end), Some(b'.' | b'e' | b'E' | b'+' | b'-'));
+            let leading_zero = body[first] == b'0' && end - first > 1;
+            let expected = (end > first && !leading_zero && !refused_after)
+                .then(|| (std::str::from_utf8(&body[..end]).unwrap().parse::<f64>().unwrap(), end));
+            let mut r = Reader::new(&body);
+            let got = r.plain_integer().map(|value| (value, r.offset()));
+            assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(&body));
+        }
+    }
+}
+
 proptest::proptest! {
     /// Integers take a fast path of their own: every well-formed number,
     /// whatever its length, still reads as Rust's float parser reads it.

@@ -222,9 +222,11 @@ impl Listener {
             tracing::debug!(shard = self.shard, error = %e, "cannot set TCP_NODELAY");
         }
         glommio::spawn_local(async move {
+            let peer = stream.peer_addr().ok();
             let handler = Handler {
                 listener: self.clone(),
-                peer: stream.peer_addr().ok(),
+                peer,
+                peer_text: peer.map_or_else(|| "unknown".into(), |peer| peer.to_string().into()),
                 gate: crate::http::sse::WriteGate::new(),
             };
             handler.serve(stream, charge).await;
@@ -235,6 +237,13 @@ impl Listener {
         })
         .detach();
     }
+}
+
+/// The span of one ingest request: its id (every event's correlation id, and
+/// the field that joins its log lines), the client's address and the path.
+/// `peer` is already text: the span formats every field into a string.
+pub fn request_span(request_id: &str, peer: &str, path: &str) -> tracing::Span {
+    tracing::info_span!("ingest", request_id = %request_id, peer = %peer, path = %path)
 }
 
 /// Memory a request asks per byte of its body, held until it is answered: the
@@ -254,8 +263,12 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 struct Handler {
     /// The shard's listener: its bus, options and the process's context.
     listener: Rc<Listener>,
-    /// The client's address (sessions derived from it, and logs).
+    /// The client's address (sessions derived from it).
     peer: Option<SocketAddr>,
+    /// The client's address as logs write it, formatted once per connection:
+    /// formatted into every request's span, it was a fifth of the span's cost
+    /// (the `request_span` example: docs/perf.md, "Thirty-first pass").
+    peer_text: Box<str>,
     /// What the socket has taken, for an event stream's flow control; once
     /// the connection carries a stream, which its client never answers, its
     /// reads wait without the idle timeout.
@@ -403,7 +416,7 @@ impl Handler {
 
     async fn ingest(&self, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
         let request_id = admit::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
-        let span = tracing::info_span!("ingest", request_id = %request_id, peer = ?self.peer, path = %req.uri().path());
+        let span = request_span(&request_id, &self.peer_text, req.uri().path());
         // Instrumented, never entered across an await: on a shard's one thread an
         // entered span would become the parent of every request interleaved with it.
         self.ingest_traced(req, endpoint, request_id).instrument(span).await
