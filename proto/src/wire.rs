@@ -25,12 +25,19 @@ pub trait Write {
 /// per event with it against 9,923); nor a stack array copied in, as
 /// `widen` needs (10,844).
 #[inline]
-pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
+pub fn varint(buf: &mut Vec<u8>, value: u64) {
+    varint_bytes(value, |byte| buf.push(byte));
+}
+
+/// Gives `push` the bytes of `value` as a varint, in order: what [`varint`]
+/// and [`StackBytes::varint`] write, each to its own buffer.
+#[inline(always)]
+fn varint_bytes(mut value: u64, mut push: impl FnMut(u8)) {
     while value >= 0x80 {
-        buf.push(value as u8 | 0x80);
+        push(value as u8 | 0x80);
         value >>= 7;
     }
-    buf.push(value as u8);
+    push(value as u8);
 }
 
 /// Appends a string field's length and bytes (its key is already written).
@@ -191,12 +198,8 @@ impl<const N: usize> StackBytes<N> {
         self.len += 1;
     }
 
-    pub fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.push(value as u8 | 0x80);
-            value >>= 7;
-        }
-        self.push(value as u8);
+    pub fn varint(&mut self, value: u64) {
+        varint_bytes(value, |byte| self.push(byte));
     }
 
     /// A message field `key` whose body `write` writes, with its length
