@@ -473,11 +473,8 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn number(&mut self) -> Result<f64, Box<JsonError>> {
         self.skip_ws();
-        match small_integer(&self.buf[self.pos..]) {
-            Some((value, len)) => {
-                self.pos += len;
-                Ok(value)
-            }
+        match self.plain_integer() {
+            Some(value) => Ok(value),
             None => self.other_number(),
         }
     }
