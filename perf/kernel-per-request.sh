@@ -23,9 +23,7 @@ binary=${1:-target/release/jimbus}
 seconds=${2:-6}
 script=${3:-perf/wrk/fair-batch1.lua}
 [[ -x $binary ]] || { echo "$binary is not executable" >&2; exit 2; }
-for tool in wrk perf; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install wrk linux-perf)" >&2; exit 2; }
-done
+require_tools "wrk linux-perf" wrk perf
 work=$(mktemp -d)
 trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
 start_jimbus "$binary" "$work"

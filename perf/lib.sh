@@ -1,5 +1,16 @@
-# Shell helpers the perf scripts share (sourced, not run): free loopback
-# ports, the nats-server to run, waiting for a server to answer, and stopping it.
+# Shell helpers the perf scripts share (sourced, not run): the tools they
+# need, free loopback ports, the nats-server to run, waiting for a server to
+# answer, and stopping it.
+
+# require_tools PACKAGES TOOL...: exits 2 when a TOOL is not on PATH, naming
+# the Debian PACKAGES to install.
+require_tools() {
+  local packages=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install $packages)" >&2; exit 2; }
+  done
+}
 
 # free_port: a loopback port nobody listens on right now.
 free_port() {

@@ -29,9 +29,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=perf/lib.sh
 source "$here/lib.sh"
 script=${4:-$here/wrk/fair-batch50.lua}
-for tool in wrk /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install wrk time)" >&2; exit 2; }
-done
+require_tools "wrk time" wrk /usr/bin/time
 # Each event of the field mod's batch has one "type" key, escaped in the Lua string.
 per_request=$(grep -o '\\"type\\":' "$script" | wc -l)
 (( per_request > 0 )) || { echo "no events in $script's body" >&2; exit 2; }

@@ -776,8 +776,8 @@ proptest! {
             }
             let before = model[&session].clone();
             if let Op::State(..) = op {
-                let Some(Payload::GameState(mut g)) = build(&op, now).payload else { unreachable!() };
-                merge_game_state(model.get_mut(&session).unwrap().get_or_insert_with(Default::default), &mut g);
+                let Some(Payload::GameState(g)) = build(&op, now).payload else { unreachable!() };
+                merge_game_state(model.get_mut(&session).unwrap().get_or_insert_with(Default::default), &g);
             }
             let seq = seqs.entry(session.clone()).or_default();
             *seq += 1;
@@ -899,7 +899,7 @@ proptest! {
         }
         let present = earlier.is_some() || later.is_some();
         let mut merged = pb::GameStateEvent { extra: earlier, ..Default::default() };
-        merge_game_state(&mut merged, &mut pb::GameStateEvent { extra: later, ..Default::default() });
+        merge_game_state(&mut merged, &pb::GameStateEvent { extra: later, ..Default::default() });
         let got: Option<BTreeMap<String, jimbus_proto::free_form::Value>> =
             merged.extra.map(|extra| extra.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
         prop_assert_eq!(got, present.then_some(expected));

@@ -210,15 +210,11 @@ fn a_game_state_keeps_the_lists_an_update_leaves_empty() {
     let joker = |name: &str| pb::Joker { name: name.into(), ..Default::default() };
     let mut state =
         pb::GameStateEvent { hand: vec![card("A")], jokers: vec![joker("Blueprint")], ..Default::default() };
-    merge_game_state(&mut state, &mut pb::GameStateEvent { phase: "SHOP".into(), ..Default::default() });
+    merge_game_state(&mut state, &pb::GameStateEvent { phase: "SHOP".into(), ..Default::default() });
     assert_eq!((state.hand.len(), state.jokers.len(), state.phase.as_str()), (1, 1, "SHOP"));
     merge_game_state(
         &mut state,
-        &mut pb::GameStateEvent {
-            hand: vec![card("K"), card("Q")],
-            jokers: vec![joker("Joker")],
-            ..Default::default()
-        },
+        &pb::GameStateEvent { hand: vec![card("K"), card("Q")], jokers: vec![joker("Joker")], ..Default::default() },
     );
     assert_eq!(state.hand, vec![card("K"), card("Q")]);
     assert_eq!(state.jokers, vec![joker("Joker")]);

@@ -37,7 +37,6 @@ fn key_order(held: &str, key: &str) -> std::cmp::Ordering {
 }
 
 /// A Struct's keys and values (`V`: `free_form::Value`), in key order.
-#[derive(Clone)]
 pub struct Fields<V>(Held<V>);
 
 /// How the entries are held.
@@ -105,6 +104,15 @@ impl<V> Fields<V> {
         match &self.0 {
             Held::Few(entries) => entries.binary_search_by(|(k, _)| key_order(k, key)).ok().map(|at| &entries[at].1),
             Held::Many(map) => map.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        match &mut self.0 {
+            Held::Few(entries) => {
+                entries.binary_search_by(|(k, _)| key_order(k, key)).ok().map(|at| &mut entries[at].1)
+            }
+            Held::Many(map) => map.get_mut(key),
         }
     }
 
@@ -188,6 +196,65 @@ impl<'a, V> IntoIterator for &'a Fields<V> {
     }
 }
 
+impl<V: Clone> Fields<V> {
+    /// Sets each of `from`'s keys to a copy of its value, as [`Fields::insert`]
+    /// would, but into the memory of the value it replaces
+    /// ([`Clone::clone_from`]): a session's kept game state takes each update's
+    /// values without freeing what the thread that decoded its last update
+    /// allocated (`merge_game_state` in jimbus-core).
+    pub fn copy_from(&mut self, from: &Fields<V>) {
+        if self.is_empty() || self.same_keys(from) {
+            return self.clone_from(from);
+        }
+        for (key, value) in from.iter() {
+            match self.get_mut(key) {
+                Some(held) => held.clone_from(value),
+                None => {
+                    self.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+}
+
+impl<V> Fields<V> {
+    /// Whether both are short lists of the same keys: a game state's updates
+    /// mostly repeat the keys the kept state has, and then a copy is entry by
+    /// entry, with no search per key.
+    fn same_keys(&self, other: &Fields<V>) -> bool {
+        match (&self.0, &other.0) {
+            (Held::Few(ours), Held::Few(theirs)) => {
+                ours.len() == theirs.len() && ours.iter().zip(theirs).all(|((a, _), (b, _))| a == b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<V: Clone> Clone for Fields<V> {
+    fn clone(&self) -> Self {
+        Fields(self.0.clone())
+    }
+
+    /// Entry by entry into this list's own memory while both are short lists,
+    /// so that a key or value of the shape it replaces keeps its memory (a
+    /// tuple's `clone_from` would clone the value anew).
+    fn clone_from(&mut self, source: &Self) {
+        match (&mut self.0, &source.0) {
+            (Held::Few(to), Held::Few(from)) => {
+                to.truncate(from.len());
+                let kept = to.len();
+                for ((key, value), (from_key, from_value)) in to.iter_mut().zip(from) {
+                    key.clone_from(from_key);
+                    value.clone_from(from_value);
+                }
+                to.extend_from_slice(&from[kept..]);
+            }
+            (to, from) => *to = from.clone(),
+        }
+    }
+}
+
 impl<V> Extend<(CompactString, V)> for Fields<V> {
     fn extend<I: IntoIterator<Item = (CompactString, V)>>(&mut self, entries: I) {
         for (key, value) in entries {
@@ -259,6 +326,45 @@ mod tests {
             let collected: Fields<usize> = map.into_iter().collect();
             prop_assert_eq!(&collected, &fields);
         }
+
+        /// `copy_from` and `clone_from` hold what inserting each copied entry
+        /// (a `BTreeMap`'s `extend`) and a clone hold, on both sides of the
+        /// switch to a map, and leave the source as it was.
+        #[test]
+        fn copies_hold_what_inserts_hold(
+            held in prop::collection::btree_map("[a-k]{0,2}", "[a-z]{0,30}", 0..12),
+            from in prop::collection::btree_map("[a-k]{0,2}", "[a-z]{0,30}", 0..12),
+        ) {
+            let fields = |map: &BTreeMap<String, String>| -> Fields<CompactString> {
+                map.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect()
+            };
+            let source = fields(&from);
+            let mut copied = fields(&held);
+            copied.copy_from(&source);
+            let mut expected = held.clone();
+            expected.extend(from.clone());
+            prop_assert_eq!(&copied, &fields(&expected));
+            let mut cloned = fields(&held);
+            cloned.clone_from(&source);
+            prop_assert_eq!(&cloned, &source);
+            prop_assert_eq!(&source, &fields(&from));
+        }
+    }
+
+    /// A copy into entries of the same keys writes over their values where
+    /// they lie: the list is not made again.
+    #[test]
+    fn a_copy_over_the_same_keys_keeps_the_list() {
+        let mut kept: Fields<CompactString> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        let entries = |fields: &Fields<CompactString>| match &fields.0 {
+            Held::Few(entries) => entries.as_ptr(),
+            Held::Many(_) => unreachable!("two keys are a short list"),
+        };
+        let before = entries(&kept);
+        kept.copy_from(&[("b".into(), "3".into())].into());
+        kept.clone_from(&[("a".into(), "4".into()), ("c".into(), "5".into())].into());
+        assert_eq!(entries(&kept), before);
+        assert_eq!(kept, [("a".into(), "4".into()), ("c".into(), "5".into())].into());
     }
 
     #[test]

@@ -26,10 +26,28 @@ pub struct Struct {
 }
 
 /// A JSON value: `google.protobuf.Value`; no kind encodes as nothing.
-#[derive(Clone, PartialEq, Default, Debug)]
+#[derive(PartialEq, Default, Debug)]
 pub struct Value {
     /// Which value it is (the oneof `kind`).
     pub kind: Option<value::Kind>,
+}
+
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        Value { kind: self.kind.clone() }
+    }
+
+    /// Into this value's own memory where it is of the source's kind: a
+    /// string, a Struct's list of entries or a list's elements are reused, not
+    /// freed and allocated again (`Fields::copy_from`).
+    fn clone_from(&mut self, source: &Self) {
+        match (&mut self.kind, &source.kind) {
+            (Some(Kind::StringValue(to)), Some(Kind::StringValue(from))) => to.clone_from(from),
+            (Some(Kind::StructValue(to)), Some(Kind::StructValue(from))) => to.fields.clone_from(&from.fields),
+            (Some(Kind::ListValue(to)), Some(Kind::ListValue(from))) => to.values.clone_from(&from.values),
+            (to, from) => to.clone_from(from),
+        }
+    }
 }
 
 /// A JSON array: `google.protobuf.ListValue`.

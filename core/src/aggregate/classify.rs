@@ -80,8 +80,8 @@ pub(super) fn contains_ignoring_case(text: &str, word: &str) -> bool {
 
 /// What an event is to aggregation.
 pub(super) enum Kind<'a> {
-    /// A GAME_STATE payload, in the event, to merge (take) into the session's state.
-    State(&'a mut pb::GameStateEvent),
+    /// A GAME_STATE payload, in the event, to copy into the session's state.
+    State(&'a pb::GameStateEvent),
     /// SCORING/HAND_EVAL_START: opens a hand.
     Start(&'a pb::HandEvalStart),
     /// SCORING/HAND_EVAL_COMPLETE: closes the open hand.
@@ -102,8 +102,8 @@ pub(super) enum Update {
 }
 
 /// Classifies `event` (server sequence `seq`, received at `received_at`),
-/// building the trigger it carries; a game state is taken out of the event.
-pub(super) fn classify(seq: u64, event: &mut pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
+/// building the trigger it carries; a game state is lent, not taken.
+pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
     let timing = event.timing.as_ref();
     let base = || pb::TriggerEvent {
         sequence: seq,
@@ -111,7 +111,7 @@ pub(super) fn classify(seq: u64, event: &mut pb::Event, received_at: Option<pros
         received_at,
         ..Default::default()
     };
-    match &mut event.payload {
+    match &event.payload {
         Some(Payload::GameState(g)) => Kind::State(g),
         Some(Payload::JokerTrigger(j)) => {
             let mut t = base();

@@ -354,7 +354,7 @@ impl Aggregator {
 
     /// Offers one raw event of `session`, which carries its own stamps, with
     /// its server sequence, received at `now`. Messages it completes are
-    /// pushed to `out`. A game state is taken out of the event.
+    /// pushed to `out`. A game state is copied out of the event, which keeps it.
     pub fn offer(
         &mut self,
         session: &str,

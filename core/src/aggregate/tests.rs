@@ -66,7 +66,7 @@ proptest! {
     fn a_merge_is_no_longer_than_its_two_states(into in game_state(), from in game_state()) {
         let bound = into.encoded_len() + from.encoded_len();
         let mut merged = into;
-        merge_game_state(&mut merged, &mut { from });
+        merge_game_state(&mut merged, &from);
         prop_assert!(merged.encoded_len() <= bound, "{} > {bound}", merged.encoded_len());
     }
 
@@ -126,6 +126,42 @@ proptest! {
             restarts = restarted;
         }
     }
+}
+
+/// A merge writes an update over what the kept state holds, where it lies:
+/// the kept phase, jokers and nested extra values keep their memory (the
+/// session's shard allocated it), and nothing of the update is taken (its
+/// event goes back to the shard that decoded it, which frees it there).
+#[test]
+fn a_merge_copies_into_the_memory_the_state_holds() {
+    let joker = |name: &str| pb::Joker { name: name.into(), ..Default::default() };
+    let text = |text: &str| Value { kind: Some(ValueKind::StringValue(text.into())) };
+    let nested = |name: &str| {
+        let inner = free_form([("name".to_string(), text(name)), ("id".to_string(), text("j1"))].into());
+        Value { kind: Some(ValueKind::StructValue(inner)) }
+    };
+    let state = |phase: &str, name: &str| pb::GameStateEvent {
+        phase: phase.into(),
+        jokers: vec![joker(name), joker("Joker")],
+        extra: Some(free_form([("joker".to_string(), nested(name)), ("n".to_string(), text("1"))].into())),
+        ..Default::default()
+    };
+    let nested_entry = |state: &pb::GameStateEvent| match &state.extra.as_ref().unwrap().fields["joker"].kind {
+        Some(ValueKind::StructValue(inner)) => inner.fields.values().next().unwrap() as *const Value,
+        _ => unreachable!("the joker key holds a Struct"),
+    };
+    let mut kept = state("SELECTING_HAND", "Blueprint");
+    let memory = |state: &pb::GameStateEvent| (state.phase.as_ptr(), state.jokers.as_ptr(), nested_entry(state));
+    let before = memory(&kept);
+    let update = pb::GameStateEvent {
+        extra: Some(free_form([("joker".to_string(), nested("Triboulet"))].into())),
+        ..state("SHOP", "Triboulet")
+    };
+    merge_game_state(&mut kept, &update);
+    assert_eq!(memory(&kept), before);
+    let mut expected = state("SHOP", "Triboulet");
+    expected.extra.as_mut().unwrap().fields.insert("n".into(), text("1"));
+    assert_eq!(kept, expected, "the update's values, and the kept extra key it does not name");
 }
 
 proptest! {
