@@ -116,6 +116,18 @@ impl<V> Fields<V> {
         }
     }
 
+    /// Whether both are short lists of the same keys: a game state's updates
+    /// mostly repeat the keys the kept state has, and then a copy is entry by
+    /// entry, with no search per key.
+    fn same_keys(&self, other: &Fields<V>) -> bool {
+        match (&self.0, &other.0) {
+            (Held::Few(ours), Held::Few(theirs)) => {
+                ours.len() == theirs.len() && ours.iter().zip(theirs).all(|((a, _), (b, _))| a == b)
+            }
+            _ => false,
+        }
+    }
+
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
@@ -213,20 +225,6 @@ impl<V: Clone> Fields<V> {
                     self.insert(key.clone(), value.clone());
                 }
             }
-        }
-    }
-}
-
-impl<V> Fields<V> {
-    /// Whether both are short lists of the same keys: a game state's updates
-    /// mostly repeat the keys the kept state has, and then a copy is entry by
-    /// entry, with no search per key.
-    fn same_keys(&self, other: &Fields<V>) -> bool {
-        match (&self.0, &other.0) {
-            (Held::Few(ours), Held::Few(theirs)) => {
-                ours.len() == theirs.len() && ours.iter().zip(theirs).all(|((a, _), (b, _))| a == b)
-            }
-            _ => false,
         }
     }
 }
