@@ -44,6 +44,10 @@ pub enum Command {
     Append {
         items: Vec<AppendItem>,
         reply: AppendReply,
+        /// Room for the request's stored events ([`Appended::spent`]), made
+        /// by the thread that sends the command: the list comes back to that
+        /// thread and is freed there, not across threads.
+        spent: Vec<StoredEvent>,
     },
     /// Opens a subscription on this shard (joins or creates a durable consumer).
     Subscribe {

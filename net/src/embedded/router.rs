@@ -120,7 +120,8 @@ impl Bus for ShardRouter {
         let mut waits = Vec::new();
         for (shard, places, items) in self.split(items) {
             let (reply, answer) = flume::bounded(1);
-            self.queues[shard].try_send(Command::Append { items, reply }).map_err(|_| BusError::Overloaded)?;
+            let spent = Vec::with_capacity(items.len());
+            self.queues[shard].try_send(Command::Append { items, reply, spent }).map_err(|_| BusError::Overloaded)?;
             waits.push((places, answer));
         }
         Ok(Self::gather(waits, len))
@@ -133,7 +134,8 @@ impl Bus for ShardRouter {
             let mut waits = Vec::new();
             for (shard, places, items) in router.split(items) {
                 let (reply, answer) = flume::bounded(1);
-                let command = Command::Append { items, reply };
+                let spent = Vec::with_capacity(items.len());
+                let command = Command::Append { items, reply, spent };
                 router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
                 waits.push((places, answer));
             }
