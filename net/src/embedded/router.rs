@@ -24,6 +24,15 @@ pub struct ShardRouter {
 
 type AppendAnswer = Result<Appended, BusError>;
 
+/// The command that appends `items` on their shard, and where its answer
+/// comes. Made on the thread that sends it, as the list the stored events
+/// come back in must be ([`Command::Append`]).
+fn append_command(items: Vec<AppendItem>) -> (Command, flume::Receiver<AppendAnswer>) {
+    let (reply, answer) = flume::bounded(1);
+    let spent = Vec::with_capacity(items.len());
+    (Command::Append { items, reply, spent }, answer)
+}
+
 impl ShardRouter {
     pub(super) fn new(queues: Vec<flume::Sender<Command>>) -> Self {
         Self { queues, durables: Arc::default() }
@@ -119,9 +128,8 @@ impl Bus for ShardRouter {
         let len = items.len();
         let mut waits = Vec::new();
         for (shard, places, items) in self.split(items) {
-            let (reply, answer) = flume::bounded(1);
-            let spent = Vec::with_capacity(items.len());
-            self.queues[shard].try_send(Command::Append { items, reply, spent }).map_err(|_| BusError::Overloaded)?;
+            let (command, answer) = append_command(items);
+            self.queues[shard].try_send(command).map_err(|_| BusError::Overloaded)?;
             waits.push((places, answer));
         }
         Ok(Self::gather(waits, len))
@@ -133,9 +141,7 @@ impl Bus for ShardRouter {
             let len = items.len();
             let mut waits = Vec::new();
             for (shard, places, items) in router.split(items) {
-                let (reply, answer) = flume::bounded(1);
-                let spent = Vec::with_capacity(items.len());
-                let command = Command::Append { items, reply, spent };
+                let (command, answer) = append_command(items);
                 router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
                 waits.push((places, answer));
             }
