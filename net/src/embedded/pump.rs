@@ -91,13 +91,23 @@ pub struct Shard {
     pub(super) fresh: Vec<StoredEvent>,
 }
 
+/// An append staged in a group commit, answered once the commit is durable.
+struct StagedAppend {
+    /// Where the answer goes.
+    reply: AppendReply,
+    /// Each item's outcome, in request order.
+    outcomes: Vec<ItemOutcome>,
+    /// How many of the shard's fresh events are this append's stored ones.
+    stored: usize,
+    /// The sender's list for them ([`Appended::spent`]), empty until answered.
+    spent: Vec<StoredEvent>,
+}
+
 /// What one group commit collects before it is written.
 #[derive(Default)]
 struct Batch {
-    /// Each append's reply and outcomes, answered once the commit is durable,
-    /// how many of the shard's fresh events are its stored ones, and the list
-    /// they go back in.
-    appends: Vec<(AppendReply, Vec<ItemOutcome>, usize, Vec<StoredEvent>)>,
+    /// The appends, in the order their records were staged.
+    appends: Vec<StagedAppend>,
     /// Each ack's reply and how many offsets it acknowledged.
     acks: Vec<(flume::Sender<Result<u32, BusError>>, u32)>,
     /// Dedup keys staged, with their offsets: in the window once durable.
@@ -369,7 +379,7 @@ impl Shard {
                 let outcomes: Vec<_> =
                     items.into_iter().map(|item| self.stage(item, now, &mut batch.keys, &batch.staged)).collect();
                 batch.staged.extend(batch.keys[first..].iter().map(|(key, _)| *key));
-                batch.appends.push((reply, outcomes, self.fresh.len() - fresh, spent));
+                batch.appends.push(StagedAppend { reply, outcomes, stored: self.fresh.len() - fresh, spent });
             }
             Command::Subscribe { pattern, start, durable: None, deliveries } => {
                 glommio::spawn_local(subscription(self.id, self.index(), pattern, start, deliveries)).detach();
@@ -431,7 +441,7 @@ impl Shard {
                 self.checkpoint_if_rolled();
                 self.aggregation.offer(&mut self.fresh);
                 let mut fresh = std::mem::take(&mut self.fresh).into_iter();
-                for (reply, outcomes, stored, mut spent) in batch.appends.drain(..) {
+                for StagedAppend { reply, outcomes, stored, mut spent } in batch.appends.drain(..) {
                     spent.extend(fresh.by_ref().take(stored));
                     let _ = reply.send(Ok(Appended { outcomes, spent }));
                 }
@@ -444,7 +454,7 @@ impl Shard {
                 tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.unstage_sequences();
-                for (reply, ..) in batch.appends.drain(..) {
+                for StagedAppend { reply, .. } in batch.appends.drain(..) {
                     let _ = reply.send(Err(BusError::Storage(e.to_string())));
                 }
                 false
