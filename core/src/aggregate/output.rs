@@ -136,10 +136,8 @@ pub fn merge_game_state(into: &mut pb::GameStateEvent, from: &pb::GameStateEvent
         into.hand.clone_from(&from.hand);
     }
     if let Some(extra) = &from.extra {
-        match &mut into.extra {
-            Some(kept) => kept.fields.copy_from(&extra.fields),
-            None => into.extra = Some(extra.clone()),
-        }
+        // Into an empty Struct, `copy_from` is a clone.
+        into.extra.get_or_insert_with(Default::default).fields.copy_from(&extra.fields);
     }
 }
 
