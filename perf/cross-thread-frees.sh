@@ -46,9 +46,7 @@ url="http://127.0.0.1:$http/api/v1/events/batch"
 wrk -t1 -c32 -d2s -s "$script" "$url" >/dev/null
 perf stat -x, -e "$group:block_mt" -e "$group:generic_mt" -p "$pid" -o "$work/counts" \
   -- wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url" >"$work/wrk"
-requests=$(awk '/requests in/ { print $1 }' "$work/wrk")
-non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$work/wrk")
-answered=$(( requests - ${non2xx:-0} ))
+answered=$(answered_requests <"$work/wrk")
 (( answered > 0 )) || { echo "no request was answered 2xx" >&2; cat "$work/wrk" >&2; exit 1; }
 awk -F, -v n="$answered" '$3 ~ /block_mt|generic_mt/ { frees += $1 }
   END { printf "cross-thread frees per request: %.2f (%d in %d answered requests)\n", frees / n, frees, n }' "$work/counts"

@@ -34,9 +34,7 @@ wrk -t1 -c32 -d2s -s "$script" "$url" >/dev/null
 # server's threads, all of them, for that long.
 perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults -p "$pid" -o "$work/counts" \
   -- wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url" >"$work/wrk"
-requests=$(awk '/requests in/ { print $1 }' "$work/wrk")
-non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$work/wrk")
-answered=$(( requests - ${non2xx:-0} ))
+answered=$(answered_requests <"$work/wrk")
 (( answered > 0 )) || { echo "no request was answered 2xx" >&2; cat "$work/wrk" >&2; exit 1; }
 awk '/Requests\/sec/ { print "requests/s", $2 }' "$work/wrk"
 awk -F, -v n="$answered" '$3 ~ /sys_enter|context-switches|page-faults/ {

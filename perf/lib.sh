@@ -1,5 +1,5 @@
 # Shell helpers the perf scripts share (sourced, not run): the tools they
-# need, free loopback ports, the nats-server to run, waiting for a server to
+# need, the requests wrk had answered, free loopback ports, the nats-server to run, waiting for a server to
 # answer, and stopping it.
 
 # require_tools PACKAGES TOOL...: exits 2 when a TOOL is not on PATH, naming
@@ -10,6 +10,12 @@ require_tools() {
   for tool in "$@"; do
     command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install $packages)" >&2; exit 2; }
   done
+}
+
+# answered_requests: the requests wrk (its report on stdin) had answered 2xx:
+# those it sent less its "Non-2xx or 3xx responses".
+answered_requests() {
+  awk '/requests in/ { sent = $1 } /Non-2xx or 3xx responses:/ { refused = $NF } END { print sent - refused }'
 }
 
 # free_port: a loopback port nobody listens on right now.

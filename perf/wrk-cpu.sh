@@ -43,11 +43,9 @@ thread_ticks "$pid" >"$threads/after"
 echo "$out"
 thread_split "$threads/before" "$threads/after" $((after - before))
 thread_waits "$threads/before" "$threads/after"
-requests=$(awk '/requests in/ { print $1 }' <<<"$out")
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
   if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
-non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
-answered=$(( requests - ${non2xx:-0} ))
+answered=$(answered_requests <<<"$out")
 events=$(( answered * per_request ))
 hz=$(getconf CLK_TCK)
 awk -v e="$events" -v m=$((machine_after - machine_before)) -v t=$((after - before)) -v hz="$hz" \
