@@ -19,7 +19,6 @@ use jimbus_core::topic::TopicWriter;
 use jimbus_net::bus::{AppendItem, Bus, ItemOutcome};
 use jimbus_net::embedded::{self, DurableLimits, FsyncMode, LogOptions, PumpOptions, Retention, ShardRouter};
 use jimbus_proto::events::Event;
-use prost::Message as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -225,7 +224,10 @@ impl CpuShard {
         self.aggregator.tick(simulated, &mut self.aggregated);
         for message in self.aggregated.drain(..) {
             let topic = jimbus_core::topic::aggregated_topic(&message.session);
-            let encode = |out: &mut Vec<u8>| message.message.encode(out).ok();
+            let encode = |out: &mut Vec<u8>| {
+                jimbus_proto::wire::Write::write(&message.message, out);
+                Some(())
+            };
             record::encode_with(0, now, RecordKind::Aggregated, &topic, &mut self.log, encode);
         }
     }

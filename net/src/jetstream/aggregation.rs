@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use jimbus_core::aggregate::{AggregateConfig, Aggregated, Aggregator, ConfigError};
 use jimbus_core::topic;
 use jimbus_proto::events as pb;
-use prost::Message as _;
+use jimbus_proto::wire;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -110,8 +110,12 @@ async fn publish(js: &jetstream::Context, messages: Vec<Aggregated>) -> Vec<Aggr
     let mut acks = Vec::with_capacity(messages.len());
     for aggregated in &messages {
         let first = aggregated.input_sequences.first().copied().unwrap_or_default();
+        // In one pass, as the embedded pump stages it (`wire`): prost's
+        // `encode` walks the nested triggers again at every level.
+        let mut payload = Vec::new();
+        wire::Write::write(&aggregated.message, &mut payload);
         let message = PublishMessage::build()
-            .payload(aggregated.message.encode_to_vec().into())
+            .payload(payload.into())
             .header(super::KIND, "aggregated")
             .message_id(format!("agg-{}-{first}", aggregated.session));
         acks.push(js.send_publish(topic::aggregated_topic(&aggregated.session), message).await);
