@@ -905,3 +905,34 @@ proptest! {
         prop_assert_eq!(got, present.then_some(expected));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    /// New triggers reuse the memory of messages taken back (as the pump takes
+    /// back what it logged) and nothing of their values: an aggregator that
+    /// takes back every message emits the same messages as one that never does.
+    #[test]
+    fn messages_taken_back_change_no_message_after_them(config in small_config(), steps in steps()) {
+        let mut kept = Aggregator::new(config.clone()).unwrap();
+        let mut reusing = Aggregator::new(config).unwrap();
+        let mut now = Duration::ZERO;
+        for (seq, (who, op, dt, tick)) in (1..).zip(steps) {
+            let session = format!("s{who}");
+            now += Duration::from_micros(dt);
+            let (mut from_kept, mut from_reusing) = (Vec::new(), Vec::new());
+            if tick {
+                kept.tick(now, &mut from_kept);
+                reusing.tick(now, &mut from_reusing);
+            }
+            let offered = kept.offer(&session, seq, &mut build(&op, now), now, &mut from_kept);
+            prop_assert_eq!(offered, reusing.offer(&session, seq, &mut build(&op, now), now, &mut from_reusing));
+            prop_assert_eq!(&from_kept, &from_reusing);
+            reusing.take_back(from_reusing);
+        }
+        let (mut from_kept, mut from_reusing) = (Vec::new(), Vec::new());
+        kept.flush_all(&mut from_kept);
+        reusing.flush_all(&mut from_reusing);
+        prop_assert_eq!(from_kept, from_reusing);
+    }
+}

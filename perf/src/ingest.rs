@@ -229,6 +229,8 @@ impl CpuShard {
                 Some(())
             };
             record::encode_with(0, now, RecordKind::Aggregated, &topic, &mut self.log, encode);
+            // As the pump does once the commit that carries it is durable.
+            self.aggregator.take_back([message]);
         }
     }
 }

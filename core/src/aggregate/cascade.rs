@@ -142,14 +142,15 @@ impl Cascade {
             normalize_into(&t.parent_joker, &mut self.name);
             (self.depth_of.get(self.name.as_str()).map_or(1, |d| d + 1), None)
         } else if let Some((copier, d)) = &self.prev_copier {
-            (d + 1, Some(copier.clone()))
+            (d + 1, Some(copier.as_str()))
         } else {
             let copied = contains_ignoring_case(&t.context, "retrigger") || contains_ignoring_case(&t.context, "copy");
             (u32::from(copied), None)
         };
         t.depth = depth;
         if let Some(parent) = parent {
-            t.parent_joker = parent;
+            // Into the trigger's own memory (a spare's, see `spare`).
+            parent.clone_into(&mut t.parent_joker);
         }
         normalize_into(if t.joker_name.is_empty() { &t.joker_id } else { &t.joker_name }, &mut self.name);
         self.prev_copier = COPY_JOKERS.contains(&self.name.as_str()).then(|| (t.joker_name.clone(), depth));

@@ -9,6 +9,7 @@
 //! decide what happens next (that is the session's and the cascade's job), and
 //! it must never alter the raw event: it only reads it.
 
+use super::spare::SpareTriggers;
 use crate::stamps::RequestStamps;
 use jimbus_proto::events::{self as pb, event::Payload, scoring_event::Step};
 
@@ -103,20 +104,27 @@ pub(super) enum Update {
 
 /// Classifies `event` (server sequence `seq`, received at `received_at`),
 /// building the trigger it carries; a game state is lent, not taken.
-pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_types::Timestamp>) -> Kind<'_> {
+pub(super) fn classify<'a>(
+    seq: u64,
+    event: &'a pb::Event,
+    received_at: Option<prost_types::Timestamp>,
+    spare: &mut SpareTriggers,
+) -> Kind<'a> {
     let timing = event.timing.as_ref();
-    let base = || pb::TriggerEvent {
+    // A trigger holds its strings in a spare's memory when one is kept: every
+    // string below is written into it, never assigned anew.
+    let mut base = || pb::TriggerEvent {
         sequence: seq,
         client_timestamp_ms: timing.map_or(0.0, |t| t.client_timestamp_ms),
         received_at,
-        ..Default::default()
+        ..spare.trigger()
     };
     match &event.payload {
         Some(Payload::GameState(g)) => Kind::State(g),
         Some(Payload::JokerTrigger(j)) => {
             let mut t = base();
             t.joker_name.clone_from(&j.joker_name);
-            t.context = "JOKER_TRIGGER".into();
+            t.context.push_str("JOKER_TRIGGER");
             // Legacy triggers may carry their time only in the payload.
             if t.client_timestamp_ms == 0.0 {
                 t.client_timestamp_ms = j.trigger_time_ms;
@@ -133,7 +141,7 @@ pub(super) fn classify(seq: u64, event: &pb::Event, received_at: Option<prost_ty
 
 /// Classifies one SCORING step; `base` gives a trigger with the event's
 /// sequence and timing filled in.
-fn classify_step(step: &Step, base: impl Fn() -> pb::TriggerEvent) -> Kind<'_> {
+fn classify_step(step: &Step, base: impl FnOnce() -> pb::TriggerEvent) -> Kind<'_> {
     match step {
         Step::HandEvalStart(start) => Kind::Start(start),
         Step::HandEvalComplete(_) => Kind::Complete,
@@ -144,7 +152,7 @@ fn classify_step(step: &Step, base: impl Fn() -> pb::TriggerEvent) -> Kind<'_> {
                 joker.id.as_str().clone_into(&mut t.joker_id);
                 t.position = joker.position;
             }
-            t.context = if j.context.is_empty() { "JOKER_TRIGGER".into() } else { j.context.clone() };
+            t.context.push_str(if j.context.is_empty() { "JOKER_TRIGGER" } else { &j.context });
             t.chips = j.chips;
             t.mult = j.mult;
             t.money = j.money;
@@ -173,7 +181,7 @@ fn update(
     delta: f64,
 ) -> Kind<'static> {
     source.clone_into(&mut t.joker_name);
-    t.context = update_context(kind).into();
+    t.context.push_str(update_context(kind));
     *field(&mut t) = delta;
     Kind::Trigger(t, kind)
 }

@@ -8,7 +8,8 @@
 //! ([`Aggregator`], here); its parts live in files of their own: configuration
 //! (`config.rs`), what an event is (`classify.rs`), one open cascade with depth
 //! inference and splitting (`cascade.rs`), what leaves the aggregator (messages,
-//! counters, GAME_STATE coalescing: `output.rs`). The pump's adaptive batch
+//! counters, GAME_STATE coalescing: `output.rs`), and logged messages' triggers
+//! kept for the next ones (`spare.rs`). The pump's adaptive batch
 //! size is not aggregation's: it is [`crate::batch`]. It is pure: it must never perform I/O,
 //! read a clock, spawn, or depend on an async runtime — the shard that owns a
 //! session passes the time in (`now`, a monotonic [`Duration`] from any origin) and
@@ -86,6 +87,7 @@ mod cascade;
 mod classify;
 mod config;
 mod output;
+mod spare;
 #[cfg(test)]
 mod tests;
 
@@ -98,6 +100,7 @@ use classify::{classify, is_high_priority, Kind};
 use jimbus_proto::events as pb;
 use output::Ready;
 use prost::Message as _;
+use spare::SpareTriggers;
 use std::collections::BTreeSet;
 use std::mem::size_of;
 use std::time::Duration;
@@ -211,11 +214,11 @@ impl Session {
         stats: &mut AggregateStats,
         config: &AggregateConfig,
         seq: u64,
-        event: &mut pb::Event,
+        kind: Kind<'_>,
         stamped: Stamped<'_>,
         now: Duration,
     ) -> (Disposition, bool) {
-        match classify(seq, event, stamped.received_at) {
+        match kind {
             Kind::State(g) => {
                 // An upper bound until the window ends (`measure_state`): a
                 // merge replaces or extends what the state held, so the merged
@@ -292,6 +295,8 @@ pub struct Aggregator {
     budget: usize,
     /// The counters, for the caller to export.
     stats: AggregateStats,
+    /// Triggers of logged messages, emptied, for the next triggers to reuse.
+    spare: SpareTriggers,
 }
 
 impl Aggregator {
@@ -310,7 +315,17 @@ impl Aggregator {
             now: Duration::ZERO,
             bytes: 0,
             stats: AggregateStats::default(),
+            spare: SpareTriggers::default(),
         })
+    }
+
+    /// Takes back messages the caller has logged: their triggers' memory
+    /// holds the next triggers (`spare`), so that a trigger's strings are not
+    /// allocated and freed for every hand.
+    pub fn take_back(&mut self, messages: impl IntoIterator<Item = Aggregated>) {
+        for message in messages {
+            self.spare.keep(message.message.triggers);
+        }
     }
 
     /// The counters, for the caller to export.
@@ -403,7 +418,8 @@ impl Aggregator {
             sess.last_active = now;
             self.lru.insert((now, slot));
         }
-        let (disposition, split) = sess.apply(&mut self.stats, &self.config, seq, event, stamped, now);
+        let kind = classify(seq, event, stamped.received_at, &mut self.spare);
+        let (disposition, split) = sess.apply(&mut self.stats, &self.config, seq, kind, stamped, now);
         if disposition == Disposition::Held {
             self.stats.events_held += 1;
             sess.window_start.get_or_insert(arrived.min(now));

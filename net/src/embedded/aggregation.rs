@@ -176,6 +176,12 @@ impl AggregationStage {
         std::mem::take(&mut self.pending)
     }
 
+    /// Hands messages the log has made durable back to the aggregator, whose
+    /// next triggers reuse their memory.
+    pub fn take_back(&mut self, logged: Vec<Aggregated>) {
+        self.aggregator.take_back(logged);
+    }
+
     /// Puts back messages the log refused, ahead of anything newer.
     pub fn restore_pending(&mut self, mut refused: Vec<Aggregated>) {
         refused.append(&mut self.pending);

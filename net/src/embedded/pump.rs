@@ -330,7 +330,8 @@ impl Shard {
         messages
     }
 
-    /// After the commit that carried `messages`: counted if it succeeded,
+    /// After the commit that carried `messages`: counted and handed back to
+    /// aggregation (whose next triggers reuse their memory) if it succeeded,
     /// kept for the next commit if it failed.
     fn settle_aggregated(&mut self, messages: Vec<Aggregated>, committed: bool) {
         if messages.is_empty() {
@@ -338,6 +339,7 @@ impl Shard {
         }
         if committed {
             observe::aggregated(&messages);
+            self.aggregation.take_back(messages);
         } else {
             self.aggregation.restore_pending(messages);
         }
