@@ -2,8 +2,9 @@
 //! to hold the next triggers: their strings' memory is reused where a new
 //! trigger would allocate a name, an id and a context of its own.
 //!
-//! At a farm's traffic, a shard spent 3.4 % of its samples allocating and
-//! freeing the strings of triggers (docs/perf.md, thirty-third pass). This
+//! At a farm's traffic, a shard spent 3.4 % of its samples in the allocator
+//! for aggregation's triggers, their strings first (docs/perf.md,
+//! thirty-third pass). This
 //! module owns the spares and how many it keeps; it must never hand out a
 //! trigger with a value left from its last use, and never keeps more than
 //! [`MAX_SPARE_TRIGGERS`].
