@@ -14,7 +14,7 @@ use jimbus_proto::events as pb;
 /// The most triggers kept: what a shard's aggregation takes between the
 /// commits that bring triggers back, at 100,000 events/s of a farm's traffic
 /// (512 ran dry: 2.8 % of the samples were still in the allocator for
-/// triggers, and 0.7 % with this many; docs/perf.md, thirty-third pass). At
+/// triggers, and 0.7–1.0 % with this many; docs/perf.md, thirty-third pass). At
 /// most 1.25 MiB with their strings (184 bytes and four strings of at most
 /// [`MAX_KEPT_STRING`] each), outside the aggregator's memory budget.
 const MAX_SPARE_TRIGGERS: usize = 4096;
