@@ -103,7 +103,8 @@ pub(super) enum Update {
 }
 
 /// Classifies `event` (server sequence `seq`, received at `received_at`),
-/// building the trigger it carries; a game state is lent, not taken.
+/// building the trigger it carries in a `spare`'s memory when one is kept; a
+/// game state is lent, not taken.
 pub(super) fn classify<'a>(
     seq: u64,
     event: &'a pb::Event,

@@ -4,10 +4,9 @@
 //!
 //! At a farm's traffic, a shard spent 3.4 % of its samples in the allocator
 //! for aggregation's triggers, their strings first (docs/perf.md,
-//! thirty-third pass). This
-//! module owns the spares and how many it keeps; it must never hand out a
-//! trigger with a value left from its last use, and never keeps more than
-//! [`MAX_SPARE_TRIGGERS`].
+//! thirty-third pass). This module owns the spares and how many it keeps; it
+//! must never hand out a trigger with a value left from its last use, and
+//! never keeps more than [`MAX_SPARE_TRIGGERS`].
 
 use jimbus_proto::events as pb;
 
