@@ -1,6 +1,6 @@
 # Shell helpers the perf scripts share (sourced, not run): the tools they
-# need, the requests wrk had answered, free loopback ports, the nats-server to run, waiting for a server to
-# answer, and stopping it.
+# need, the requests wrk had answered, free loopback ports, the nats-server to
+# run, waiting for a server to answer, and stopping it.
 
 # require_tools PACKAGES TOOL...: exits 2 when a TOOL is not on PATH, naming
 # the Debian PACKAGES to install.

@@ -207,8 +207,9 @@ impl Session {
         earliest(window, open)
     }
 
-    /// Applies the event to the game state or the open cascade; returns its
-    /// disposition and whether the open cascade must be split now.
+    /// Applies the event, as `classify` made it (`kind`), to the game state
+    /// or the open cascade; returns its disposition and whether the open
+    /// cascade must be split now.
     fn apply(
         &mut self,
         stats: &mut AggregateStats,
