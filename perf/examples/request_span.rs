@@ -1,5 +1,6 @@
 //! Instructions of one ingest request's span (`jimbus_net::http::request_span`)
-//! with the server's log setup (compact lines, `info`), for docs/perf.md:
+//! with the server's log setup (compact lines, `info`) and allocator, for
+//! docs/perf.md:
 //!
 //! ```text
 //! cargo build --release -p jimbus-perf --example request_span
@@ -14,10 +15,15 @@
 
 use std::net::SocketAddr;
 
+/// The server's allocator: a span's strings are allocated and grown through it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let spans: usize = args.next().and_then(|n| n.parse().ok()).expect("usage: request_span SPANS [--peer-as-address]");
     let as_address = args.next().as_deref() == Some("--peer-as-address");
+    jimbus_net::allocator::tune();
     jimbus_net::telemetry::init_logs(jimbus_net::telemetry::LogFormat::Compact);
     let peer: SocketAddr = "127.0.0.1:45678".parse().expect("an address");
     let peer_text = peer.to_string();

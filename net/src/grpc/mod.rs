@@ -311,7 +311,7 @@ type DeliveryStream = Pin<Box<dyn Stream<Item = Result<EncodedDelivery, Status>>
 impl EventBusService for BusService {
     async fn publish(&self, request: Request<EncodedEvents>) -> Result<Response<bus::PublishResponse>, Status> {
         let id = request_id(&request);
-        let span = tracing::info_span!("publish", request_id = %id);
+        let span = tracing::info_span!("publish", request_id = id.as_str());
         async {
             let mut out = Published::default();
             let (events, _grant) = self.decode_granted(request.into_inner())?;
@@ -330,7 +330,7 @@ impl EventBusService for BusService {
         request: Request<tonic::Streaming<EncodedEvents>>,
     ) -> Result<Response<bus::PublishBatchResponse>, Status> {
         let id = request_id(&request);
-        let span = tracing::info_span!("publish_batch", request_id = %id);
+        let span = tracing::info_span!("publish_batch", request_id = id.as_str());
         async {
             let mut stream = request.into_inner();
             let mut out = Published::default();

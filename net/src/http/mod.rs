@@ -241,9 +241,11 @@ impl Listener {
 
 /// The span of one ingest request: its id (every event's correlation id, and
 /// the field that joins its log lines), the client's address and the path.
-/// `peer` is already text: the span formats every field into a string.
+/// `peer` is already text: the span formats every field into a string. The
+/// fields are recorded as strings, not `Display` values, so that the compact
+/// log format writes a plain word as it is (`telemetry::PlainWordFields`).
 pub fn request_span(request_id: &str, peer: &str, path: &str) -> tracing::Span {
-    tracing::info_span!("ingest", request_id = %request_id, peer = %peer, path = %path)
+    tracing::info_span!("ingest", request_id, peer, path)
 }
 
 /// Memory a request asks per byte of its body, held until it is answered: the

@@ -2,6 +2,9 @@
 //! This module must never decide what is logged or counted; it only installs
 //! sinks (and keeps out one message of glommio's that is expected, below).
 
+mod fields;
+
+pub use fields::PlainWordFields;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
 
@@ -11,6 +14,7 @@ pub enum LogFormat {
     /// Pretty on a terminal, compact otherwise.
     Auto,
     Pretty,
+    /// One line per record; a string field is quoted unless it is one plain word.
     Compact,
     /// One JSON object per line.
     Json,
@@ -36,7 +40,7 @@ pub fn init_logs(format: LogFormat) {
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Pretty => builder.pretty().try_init(),
-        _ => builder.compact().try_init(),
+        _ => builder.compact().fmt_fields(PlainWordFields).try_init(),
     };
 }
 
