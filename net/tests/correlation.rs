@@ -53,9 +53,32 @@ async fn a_request_without_an_id_gets_one_and_its_log_lines_carry_it() {
     let Some(Body::DeadLetter(letter)) = &letters[0].body else { panic!("{letters:?}") };
     assert_eq!(letter.correlation_id, id);
     // The refusal is logged inside the request's span.
+    refusal_logged_with(&server, &id).await;
+}
+
+/// A client's id of more than one plain word is written quoted in the
+/// request's log lines, so that it cannot add fields to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_id_cannot_forge_fields_on_its_log_lines() {
+    let server = Jimbus::start_with_compact_logs(&[]);
+    let mut conn = HttpConn::open(server.http);
+    let forged = "a peer=10.0.0.1";
+    conn.send(&request("POST", "/api/v1/events", br#"{"type":"HEARTBEAT","payload":["#, &[("x-request-id", forged)]));
+    assert_eq!(conn.read_response().status, 400);
+    let line = refusal_logged_with(&server, forged).await;
+    assert!(line.contains(r#" request_id="a peer=10.0.0.1" peer=127.0.0.1:"#), "{line}");
+}
+
+/// The server's log line that refuses a body and names `id`, once the log has
+/// reached this process.
+async fn refusal_logged_with(server: &Jimbus, id: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.log_text().lines().any(|l| l.contains("refused a body") && l.contains(&id)) {
-        assert!(std::time::Instant::now() < deadline, "no log line with {id}:\n{}", server.log_text());
+    loop {
+        let log = server.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("refused a body") && l.contains(id)) {
+            return line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line with {id}:\n{log}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -24,6 +24,11 @@ impl Jimbus {
         Self(Self::launcher().args(extra).start())
     }
 
+    /// Starts a server that writes compact log lines, as it does to a journal.
+    pub fn start_with_compact_logs(extra: &[&str]) -> Self {
+        Self(Self::launcher().compact_logs().args(extra).start())
+    }
+
     /// Starts a server on a data directory the caller prepared (and cleans up).
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Self {
         Self(Self::launcher().data_dir(data_dir).args(extra).start())

@@ -35,6 +35,9 @@ pub struct Launcher {
     data_dir: Option<PathBuf>,
     http: SocketAddr,
     grpc: SocketAddr,
+    /// `--log-format`: json, which tests read, unless a test reads lines as
+    /// an operator's journal has them.
+    log_format: &'static str,
 }
 
 impl Launcher {
@@ -46,7 +49,15 @@ impl Launcher {
             data_dir: None,
             http: "127.0.0.1:0".parse().unwrap(),
             grpc: "127.0.0.1:0".parse().unwrap(),
+            log_format: "json",
         }
+    }
+
+    /// Compact log lines, the server's format when its standard error is not
+    /// a terminal (a journal, a file, a container's log).
+    pub fn compact_logs(mut self) -> Self {
+        self.log_format = "compact";
+        self
     }
 
     /// More `serve` flags, after the harness's own.
@@ -101,7 +112,7 @@ pub struct Jimbus {
 impl Jimbus {
     fn launch(launcher: Launcher, data_dir: PathBuf, temp: Option<Arc<tempfile::TempDir>>) -> Self {
         let mut child = Command::new(&launcher.binary)
-            .args(["--log-format", "json", "serve", "--http", &launcher.http.to_string()])
+            .args(["--log-format", launcher.log_format, "serve", "--http", &launcher.http.to_string()])
             .args(["--grpc", &launcher.grpc.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -284,16 +295,27 @@ fn read_log(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"jimbus ready\"") {
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let http: SocketAddr = value["http"].as_str().unwrap().parse().unwrap();
-                let grpc: SocketAddr = value["grpc"].as_str().unwrap().parse().unwrap();
-                let _ = ready_tx.send((http, grpc));
+            if let Some(addresses) = ready_addresses(&line) {
+                let _ = ready_tx.send(addresses);
             }
             log.lock().unwrap().push(line);
         }
     });
     ready_rx
+}
+
+/// The listen addresses of the server's "jimbus ready" line, written as JSON
+/// or as a compact line (`… jimbus ready http=ADDR grpc=ADDR …`); `None` for
+/// any other line.
+fn ready_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if line.contains("\"jimbus ready\"") {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let address = |name: &str| value[name].as_str().unwrap().parse().unwrap();
+        return Some((address("http"), address("grpc")));
+    }
+    let (_, fields) = line.split_once(": jimbus ready ")?;
+    let address = |name: &str| fields.split(' ').find_map(|field| field.strip_prefix(name)).unwrap().parse().unwrap();
+    Some((address("http="), address("grpc=")))
 }
 
 /// Returns once no socket listens on `addr`'s port, or after 10 s. A killed
