@@ -243,7 +243,7 @@ impl Listener {
 /// the field that joins its log lines), the client's address and the path.
 /// `peer` is already text: the span formats every field into a string. The
 /// fields are recorded as strings, not `Display` values, so that the compact
-/// log format writes a plain word as it is (`telemetry::PlainWordFields`).
+/// log format writes a plain word as it is (`telemetry/fields.rs`).
 pub fn request_span(request_id: &str, peer: &str, path: &str) -> tracing::Span {
     tracing::info_span!("ingest", request_id, peer, path)
 }

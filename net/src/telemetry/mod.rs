@@ -1,10 +1,11 @@
 //! Structured logs (tracing) and Prometheus metrics (the `metrics` crate).
 //! This module must never decide what is logged or counted; it only installs
-//! sinks (and keeps out one message of glommio's that is expected, below).
+//! sinks, says how a compact line writes its fields (`fields.rs`), and keeps
+//! out one message of glommio's that is expected (below).
 
 mod fields;
 
-pub use fields::PlainWordFields;
+use fields::PlainWordFields;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
 
