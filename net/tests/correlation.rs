@@ -53,7 +53,7 @@ async fn a_request_without_an_id_gets_one_and_its_log_lines_carry_it() {
     let Some(Body::DeadLetter(letter)) = &letters[0].body else { panic!("{letters:?}") };
     assert_eq!(letter.correlation_id, id);
     // The refusal is logged inside the request's span.
-    refusal_logged_with(&server, &id).await;
+    refusal_logged_with(&server, &id);
 }
 
 /// A client's id of more than one plain word is written quoted in the
@@ -65,22 +65,16 @@ async fn a_client_id_cannot_forge_fields_on_its_log_lines() {
     let forged = "a peer=10.0.0.1";
     conn.send(&request("POST", "/api/v1/events", br#"{"type":"HEARTBEAT","payload":["#, &[("x-request-id", forged)]));
     assert_eq!(conn.read_response().status, 400);
-    let line = refusal_logged_with(&server, forged).await;
+    let line = refusal_logged_with(&server, forged);
     assert!(line.contains(r#" request_id="a peer=10.0.0.1" peer=127.0.0.1:"#), "{line}");
 }
 
 /// The server's log line that refuses a body and names `id`, once the log has
 /// reached this process.
-async fn refusal_logged_with(server: &Jimbus, id: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let log = server.log_text();
-        if let Some(line) = log.lines().find(|l| l.contains("refused a body") && l.contains(id)) {
-            return line.to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no log line with {id}:\n{log}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+fn refusal_logged_with(server: &Jimbus, id: &str) -> String {
+    harness::wait_for_some(std::time::Duration::from_secs(10), &format!("a log line refusing a body with {id}"), || {
+        server.log_text().lines().find(|l| l.contains("refused a body") && l.contains(id)).map(str::to_string)
+    })
 }
 
 /// A request's stamps are kept once for the request, yet every stored event

@@ -143,16 +143,6 @@ async fn a_new_durable_name_past_max_durables_gets_resource_exhausted() {
     let _b_again = subscribe(&server, "b", ">", 10).await;
 }
 
-/// Polls `probe` until it finds something, and returns that.
-fn poll<T>(mut probe: impl FnMut() -> Option<T>) -> T {
-    let mut found = None;
-    harness::wait_for(Duration::from_secs(20), "the condition", || {
-        found = probe();
-        found.is_some()
-    });
-    found.expect("wait_for returns once the probe found something")
-}
-
 /// Polls `subscribe` for `name` until it is accepted (a name freed by expiry).
 async fn subscribe_when_free(server: &Jimbus, name: &str) -> Streaming<bus::SubscribeResponse> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -185,7 +175,7 @@ async fn an_idle_consumer_expires_and_a_connected_one_does_not() {
     drop(old);
     let new = subscribe_when_free(&server, "new").await;
     // "new" is written to the snapshot after the sweep that removed "old".
-    let snapshot = poll(|| {
+    let snapshot = harness::wait_for_some(Duration::from_secs(20), "a snapshot with \"new\"", || {
         let text = std::fs::read_to_string(shard_dir(&server).join("consumers.json")).unwrap_or_default();
         text.contains("\"new\"").then_some(text)
     });
@@ -254,11 +244,12 @@ async fn a_snapshot_that_fails_on_a_full_disk_leaves_no_temporary_file() {
     fill(&filler);
     // Creating a consumer writes a snapshot, which fails.
     let _late = subscribe(&server, "late", ">", 10).await;
-    poll(|| server.log_text().contains("cannot persist the durable consumers").then_some(()));
+    let failed = || server.log_text().contains("cannot persist the durable consumers").then_some(());
+    harness::wait_for_some(Duration::from_secs(20), "the failed snapshot's log line", failed);
     assert_eq!(temporaries(&dir), Vec::<String>::new(), "a failed snapshot left its temporary file");
     std::fs::remove_file(&filler).unwrap();
     let _later = subscribe(&server, "later", ">", 10).await;
-    let snapshot = poll(|| {
+    let snapshot = harness::wait_for_some(Duration::from_secs(20), "a snapshot with \"later\"", || {
         let text = std::fs::read_to_string(dir.join("consumers.json")).unwrap_or_default();
         text.contains("\"later\"").then_some(text)
     });

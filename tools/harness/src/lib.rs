@@ -34,6 +34,17 @@ pub fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `probe` as [`wait_for`] polls its check, until it finds something,
+/// and returns that.
+pub fn wait_for_some<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let mut found = None;
+    wait_for(within, what, || {
+        found = probe();
+        found.is_some()
+    });
+    found.expect("wait_for returns once the probe found something")
+}
+
 /// The compat fixtures (the field mod's own bodies), in the workspace.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/tests/fixtures/compat");
 
