@@ -55,10 +55,7 @@ struct PlainWordVisitor<'writer> {
 impl PlainWordVisitor<'_> {
     /// Has `DefaultFields`' visitor write one field, after the fields so far.
     fn default_visitor(&mut self, field: &Field, visit: impl FnOnce(&mut DefaultVisitor<'_>)) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self.flush();
+        self.result = self.result.and_then(|()| self.flush());
         if self.result.is_err() {
             return;
         }
@@ -114,8 +111,8 @@ impl Visit for PlainWordVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         let name = field.name();
         let plain = name != "message" && !name.starts_with("r#") && !name.starts_with("log.");
-        if plain && is_plain_word(value) && self.result.is_ok() {
-            self.result = self.write_plain(name, value);
+        if plain && is_plain_word(value) {
+            self.result = self.result.and_then(|()| self.write_plain(name, value));
         } else {
             self.default_visitor(field, |visitor| visitor.record_str(field, value));
         }
