@@ -105,15 +105,12 @@ async fn age_retention_deletes_closed_segments_once_they_are_old() {
     assert!(segments(&server).len() > 2);
     // Age is wall-clock by nature: poll for the effect, with a deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while segments(&server).len() > 1 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    harness::wait_for(Duration::from_secs(20), "closed segments to be deleted", || segments(&server).len() <= 1);
     assert_eq!(segments(&server).len(), 1, "only the active segment is left");
     // The server logs after it deletes, and its log reaches this process through
-    // a reader thread: poll for the line too.
-    while !server.log_text().contains("retention deleted segment") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // a reader thread: poll for the line too, within the same deadline.
+    let rest = deadline.saturating_duration_since(std::time::Instant::now());
+    harness::wait_for(rest, "the retention's log line", || server.log_text().contains("retention deleted segment"));
     assert!(server.log_text().contains("retention deleted segment"));
     // The log goes on from where it was; nothing new is lost.
     post_events(&server, 100, 20);
