@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer; docs/fuzzing.md): builds every
-# target in fuzz/ and runs each for FUZZ_SECONDS (default 60) from its
+# target in fuzz/ and runs each for FUZZ_SECONDS (default 45) from its
 # committed seeds. Fails on any crash, panic, failed assertion, sanitizer
 # report, per-input timeout or memory blow-up; the input is kept under
 # fuzz/artifacts/<target>/ and the command to replay it is printed.
 set -euo pipefail
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 cd "$ROOT"
-seconds="${FUZZ_SECONDS:-60}"
+seconds="${FUZZ_SECONDS:-45}"
 # cargo fuzz passes nightly-only flags (-Zsanitizer, -Cpasses=sancov); the
 # stable toolchain accepts them with RUSTC_BOOTSTRAP.
 export RUSTC_BOOTSTRAP=1
