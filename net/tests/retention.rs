@@ -104,8 +104,9 @@ async fn age_retention_deletes_closed_segments_once_they_are_old() {
     post_events(&server, 0, 100);
     assert!(segments(&server).len() > 2);
     // Age is wall-clock by nature: poll for the effect, with a deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    harness::wait_for(Duration::from_secs(20), "closed segments to be deleted", || segments(&server).len() <= 1);
+    let within = Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + within;
+    harness::wait_for(within, "closed segments to be deleted", || segments(&server).len() <= 1);
     assert_eq!(segments(&server).len(), 1, "only the active segment is left");
     // The server logs after it deletes, and its log reaches this process through
     // a reader thread: poll for the line too, within the same deadline.
