@@ -99,7 +99,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    raise_memlock_limit();
+    raise_soft_limits();
     let metrics = telemetry::init_metrics();
     // Before the server starts (and logs that it is ready), so that a SIGTERM
     // sent the moment it is ready drains it instead of killing it.
@@ -110,15 +110,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// glommio registers I/O buffers, which counts against RLIMIT_MEMLOCK; raise the
-/// soft limit to the hard one (containers need `--ulimit memlock=-1`).
-fn raise_memlock_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+/// Raises two soft limits to their hard ones. RLIMIT_MEMLOCK: glommio
+/// registers I/O buffers, which count against it (containers need
+/// `--ulimit memlock=-1`). RLIMIT_NOFILE: every connection, log segment and
+/// ring is a descriptor, and a login shell's soft limit (1,024 on Debian) is
+/// below what the connection caps allow; a process out of descriptors can only
+/// answer new connections 503 (`http::accept`).
+fn raise_soft_limits() {
+    for resource in [libc::RLIMIT_MEMLOCK, libc::RLIMIT_NOFILE] {
+        // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+        unsafe {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(resource, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(resource, &limit);
+            }
         }
     }
 }

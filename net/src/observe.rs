@@ -51,6 +51,7 @@ const COUNTERS: &[&str] = &[
     "jimbus_http_overload_total",
     "jimbus_http_connections_accepted_total",
     "jimbus_http_connections_refused_total",
+    "jimbus_http_accept_failures_total",
     "jimbus_grpc_subscriptions_refused_total",
     "jimbus_aggregate_refused_total",
     "jimbus_subscriber_reads_deferred_total",

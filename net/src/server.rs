@@ -12,6 +12,7 @@
 use crate::bus::Bus;
 use crate::config::ServeConfig;
 use crate::embedded::{self, ShardQueue, ShardRouter};
+use crate::http::accept::HttpSocket;
 use crate::http::{sse, EdgeContext, Listener};
 use crate::jetstream::JetStreamBus;
 use crate::shutdown::Shutdown;
@@ -191,7 +192,7 @@ fn spawn_shard(
             } else {
                 None
             };
-            let socket = match glommio::net::TcpListener::bind(http) {
+            let socket = match HttpSocket::bind(id, http) {
                 Ok(socket) => socket,
                 Err(e) => {
                     let _ = started.send(Err(format!("cannot listen on {http}: {e}")));

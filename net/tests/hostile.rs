@@ -7,6 +7,8 @@ mod harness;
 
 #[path = "hostile/delivery.rs"]
 mod delivery;
+#[path = "hostile/descriptors.rs"]
+mod descriptors;
 #[path = "hostile/disk.rs"]
 mod disk;
 #[path = "hostile/grpc.rs"]

@@ -51,7 +51,7 @@ pub struct GrpcConnection {
 /// The connections tonic serves: accepted with `TCP_NODELAY` while fewer than
 /// `limits.max_connections` are open (the rest closed and counted).
 pub fn incoming(listener: TcpListener, limits: GrpcLimits) -> impl Stream<Item = io::Result<GrpcConnection>> {
-    let acceptor = Acceptor { listener, limits, open: Arc::new(AtomicUsize::new(0)), refusing: false };
+    let acceptor = Acceptor { listener, limits, open: Arc::new(AtomicUsize::new(0)), refusing: false, failing: false };
     futures_util::stream::unfold(acceptor, |mut acceptor| async move {
         let connection = acceptor.next().await;
         Some((Ok(connection), acceptor))
@@ -67,6 +67,8 @@ struct Acceptor {
     /// Whether the connection accepted last was past the cap: a flood past it
     /// is logged once, when it starts, and counted for each connection.
     refusing: bool,
+    /// Whether the last accept failed: a run of failures is logged once.
+    failing: bool,
 }
 
 impl Acceptor {
@@ -76,11 +78,17 @@ impl Acceptor {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                    // Logged when a run of failures starts, not at each retry.
+                    if !std::mem::replace(&mut self.failing, true) {
+                        tracing::warn!(error = %e, "cannot accept gRPC connections: retrying every 50 ms");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
+            if std::mem::replace(&mut self.failing, false) {
+                tracing::info!("accepting gRPC connections again");
+            }
             if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
                 metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => "over_limit").increment(1);
                 if !std::mem::replace(&mut self.refusing, true) {

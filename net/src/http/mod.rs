@@ -14,6 +14,7 @@
 use crate::admit;
 use crate::bus::{AppendItem, Bus, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
+pub mod accept;
 pub mod body;
 pub mod charge;
 pub mod conn;
@@ -24,6 +25,7 @@ pub mod profile;
 pub mod sse;
 pub mod ui;
 
+use crate::http::accept::HttpSocket;
 use crate::http::charge::BufferCharge;
 use crate::http::conn::{finish, Activity, GlommioIo, ReadBuffer, Serving};
 pub use crate::http::context::EdgeContext;
@@ -31,7 +33,7 @@ use crate::http::guard::{body_error, error, field_of, json, unavailable};
 use crate::observe::{per_thread, HTTP_REQUESTS};
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -153,20 +155,19 @@ impl Listener {
 
     /// Accepts connections until the process stops, then waits for open
     /// connections to finish their requests, at most [`DRAIN_TIMEOUT`].
-    pub async fn run(self: Rc<Self>, socket: TcpListener) {
+    pub async fn run(self: Rc<Self>, socket: HttpSocket) {
         loop {
             let stop = self.context.shutdown.listen();
             if self.context.shutdown.is_stopping() {
                 break;
             }
-            let accepted = futures_lite::future::or(async { Some(socket.accept().await) }, async {
+            let accepted = futures_lite::future::or(async { Some(socket.next().await) }, async {
                 stop.await;
                 None
             })
             .await;
             match accepted {
-                Some(Ok(stream)) => self.clone().spawn_connection(stream),
-                Some(Err(e)) => tracing::warn!(shard = self.shard, error = %e, "accept failed"),
+                Some((stream, peer)) => self.clone().spawn_connection(stream, peer),
                 None => break,
             }
         }
@@ -200,7 +201,7 @@ impl Listener {
         }
     }
 
-    fn spawn_connection(self: Rc<Self>, mut stream: TcpStream) {
+    fn spawn_connection(self: Rc<Self>, mut stream: TcpStream, peer: Option<SocketAddr>) {
         // Against the request count, it shows whether mods keep their
         // connections: a new one costs the server more than a small request.
         per_thread!(Counter, counter!("jimbus_http_connections_accepted_total")).with(|c| c.increment(1));
@@ -216,13 +217,7 @@ impl Listener {
         }
         let charge = BufferCharge::new(&self.context.budget);
         self.connections.set(self.connections.get() + 1);
-        // A response written while the previous one is unacknowledged must not
-        // wait for the client's delayed ACK (Nagle).
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(shard = self.shard, error = %e, "cannot set TCP_NODELAY");
-        }
         glommio::spawn_local(async move {
-            let peer = stream.peer_addr().ok();
             let handler = Handler {
                 listener: self.clone(),
                 peer,

@@ -29,6 +29,11 @@ impl Jimbus {
         Self(Self::launcher().compact_logs().args(extra).start())
     }
 
+    /// Starts a server limited to `count` open file descriptors.
+    pub fn start_with_max_open_files(count: u64, extra: &[&str]) -> Self {
+        Self(Self::launcher().max_open_files(count).args(extra).start())
+    }
+
     /// Starts a server on a data directory the caller prepared (and cleans up).
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Self {
         Self(Self::launcher().data_dir(data_dir).args(extra).start())

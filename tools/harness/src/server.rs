@@ -10,6 +10,7 @@ use jimbus_proto::bus;
 use jimbus_proto::bus::event_bus_service_client::EventBusServiceClient;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,9 @@ pub struct Launcher {
     /// `--log-format`: json, which tests read, unless a test reads lines as
     /// an operator's journal has them.
     log_format: &'static str,
+    /// RLIMIT_NOFILE, soft and hard, for the server's process (`None`: the
+    /// test's own).
+    max_open_files: Option<u64>,
 }
 
 impl Launcher {
@@ -50,6 +54,7 @@ impl Launcher {
             http: "127.0.0.1:0".parse().unwrap(),
             grpc: "127.0.0.1:0".parse().unwrap(),
             log_format: "json",
+            max_open_files: None,
         }
     }
 
@@ -63,6 +68,13 @@ impl Launcher {
     /// More `serve` flags, after the harness's own.
     pub fn args(mut self, extra: &[&str]) -> Self {
         self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Starts the server with at most `count` open file descriptors, a hard
+    /// limit it cannot raise.
+    pub fn max_open_files(mut self, count: u64) -> Self {
+        self.max_open_files = Some(count);
         self
     }
 
@@ -111,7 +123,19 @@ pub struct Jimbus {
 
 impl Jimbus {
     fn launch(launcher: Launcher, data_dir: PathBuf, temp: Option<Arc<tempfile::TempDir>>) -> Self {
-        let mut child = Command::new(&launcher.binary)
+        let mut command = Command::new(&launcher.binary);
+        if let Some(count) = launcher.max_open_files {
+            let limit = libc::rlimit { rlim_cur: count, rlim_max: count };
+            // SAFETY: between fork and exec the closure only calls setrlimit,
+            // which is async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
+        }
+        let mut child = command
             .args(["--log-format", launcher.log_format, "serve", "--http", &launcher.http.to_string()])
             .args(["--grpc", &launcher.grpc.to_string()])
             .arg("--data-dir")
