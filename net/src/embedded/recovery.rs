@@ -266,6 +266,7 @@ impl SegmentWriter {
             staged_ends: Vec::new(),
             last_time_us,
             rolled: None,
+            roll_failing: false,
             active_positions,
             direct: None,
             ahead,

@@ -4,7 +4,9 @@
 //! 36 GB of log lines in 15 s, and a new client hung in the kernel's queue.
 //! Now every client gets an answer (the ones the server cannot take, 503 with
 //! `Retry-After`), a failing accept is retried every 50 ms and logged when its
-//! run starts, and the server serves again once connections close.
+//! run starts, and the server serves again once connections close. The log,
+//! which needs a descriptor for each new segment, logged a warning at every
+//! commit meanwhile; it now logs the run once and loses nothing.
 
 use crate::harness::{request, HttpConn, Jimbus};
 use std::time::{Duration, Instant};
@@ -63,4 +65,56 @@ fn connections_past_the_descriptors_are_answered_503_and_the_server_recovers() {
     let warnings = log.matches("cannot accept connections").count();
     assert!(warnings >= 1 && warnings as f64 <= failures, "{warnings} warnings for {failures} failures:\n{log}");
     assert_eq!(server.get("/health").status, 200);
+}
+
+/// A metric on the `/metrics` page, read over `conn`: a connection the server
+/// already holds, when it can accept no other.
+fn metric_over(conn: &mut HttpConn, name: &str) -> f64 {
+    conn.send(&request("GET", "/metrics", b"", &[]));
+    let page = String::from_utf8(conn.read_response().body).unwrap();
+    page.lines().filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).sum()
+}
+
+/// A 50-event batch of one session whose events are told apart by `batch`.
+fn batch_of_50(batch: usize) -> Vec<u8> {
+    let events: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"type":"MONEY_CHANGED","source":"BalatroMCP","session_id":"fd","payload":{{"old_value":{batch},"new_value":{i},"difference":1}},"timestamp":{},"version":1}}"#, 1_700_000_000_000u64 + (batch * 50 + i) as u64))
+        .collect();
+    format!(
+        r#"{{"batch_id":"fd-{batch}","events":[{}],"source":"BalatroMCP","timestamp":1700000000000}}"#,
+        events.join(",")
+    )
+    .into_bytes()
+}
+
+/// The log needs a descriptor for each new segment. Out of them, a commit's
+/// roll fails, the active segment keeps growing, the failure is logged once,
+/// and every acknowledged event is delivered once descriptors are back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_out_of_descriptors_keeps_its_segment_and_loses_no_acknowledged_event() {
+    let args = ["--shards", "1", "--idle-timeout", "300", "--segment-bytes", "4096"];
+    let server = Jimbus::start_with_max_open_files(64, &args);
+    // Opened before the flood, so the server holds it throughout.
+    let mut writer = HttpConn::open(server.http);
+    let flood: Vec<std::net::TcpStream> =
+        (0..FLOOD).map(|_| std::net::TcpStream::connect(server.http).expect("the kernel queues it")).collect();
+    crate::harness::wait_for(Duration::from_secs(30), "the process to run out of descriptors", || {
+        metric_over(&mut writer, "jimbus_http_accept_failures_total") > 0.0
+    });
+    let batches = 20;
+    for batch in 0..batches {
+        writer.send(&request("POST", "/api/v1/events/batch", &batch_of_50(batch), &[]));
+        let answer = writer.read_response();
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(answer.json()["accepted"], 50);
+    }
+    drop(flood);
+    crate::harness::wait_for(Duration::from_secs(30), "the server to serve again", || {
+        server.post("/api/v1/events/batch", BATCH).status == 200
+    });
+    let delivered = server.read_all("balatro.fd.>", batches * 50).await;
+    assert_eq!(delivered.len(), batches * 50, "every acknowledged event is delivered");
+    let log = server.log_text();
+    let warnings = log.matches("cannot start a new segment").count();
+    assert_eq!(warnings, 1, "one warning for the run of failed rolls, not one per commit:\n{log}");
 }

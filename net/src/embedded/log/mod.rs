@@ -321,6 +321,8 @@ pub struct SegmentWriter {
     pub(super) last_time_us: u64,
     /// The base of a segment started since the caller last asked (see [`SegmentWriter::take_rolled`]).
     pub(super) rolled: Option<u64>,
+    /// Whether the last roll failed: a run of failures is logged once.
+    pub(super) roll_failing: bool,
     /// Every record's position in the active segment, for its index file
     /// once it is closed (memory keeps only every [`POSITION_STRIDE`]th).
     pub(super) active_positions: Vec<u32>,
@@ -431,8 +433,15 @@ impl SegmentWriter {
                 }
                 self.write_index_of_closed();
                 self.rolled = Some(next);
+                if std::mem::replace(&mut self.roll_failing, false) {
+                    tracing::info!(base = next, "started a new segment again");
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing"),
+            // Every commit tries again: out of descriptors, each would log.
+            Err(e) if !std::mem::replace(&mut self.roll_failing, true) => {
+                tracing::warn!(error = %e, "cannot start a new segment; the active one keeps growing until one can be")
+            }
+            Err(_) => {}
         }
     }
 
