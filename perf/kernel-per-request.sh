@@ -7,7 +7,7 @@
 # be checked for what it does to the kernel's share (docs/perf.md,
 # "Twenty-ninth pass").
 #
-#   perf/kernel-per-request.sh [JIMBUS_BINARY [SECONDS [SCRIPT]]]
+#   [CLOSE=1] perf/kernel-per-request.sh [JIMBUS_BINARY [SECONDS [SCRIPT]]]
 #
 # Defaults: target/release/jimbus, 6 seconds, perf/wrk/fair-batch1.lua (the
 # one-event request, whose cost is mostly the kernel's). The server runs on
@@ -26,6 +26,13 @@ script=${3:-perf/wrk/fair-batch1.lua}
 require_tools "wrk linux-perf" wrk perf
 work=$(mktemp -d)
 trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
+# CLOSE=1 sends every request with `Connection: close`, as field mods do, so
+# the counts include each connection's accept and close.
+if [[ ${CLOSE:-0} == 1 ]]; then
+  cp "$script" "$work/script.lua"
+  echo 'wrk.headers["Connection"] = "close"' >>"$work/script.lua"
+  script=$work/script.lua
+fi
 start_jimbus "$binary" "$work"
 url="http://127.0.0.1:$http/api/v1/events/batch"
 

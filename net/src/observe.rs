@@ -61,7 +61,7 @@ const COUNTERS: &[&str] = &[
 /// two kinds of long-lived stream).
 const BUDGET_COMPONENTS: &[&str] = &["http", "connection", "grpc", "subscription", "sse"];
 /// The `reason`s of `jimbus_grpc_connections_closed_total` (see `grpc::accept`).
-const GRPC_CLOSE_REASONS: &[&str] = &["over_limit", "handshake_timeout"];
+const GRPC_CLOSE_REASONS: &[&str] = &["over_limit", "handshake_timeout", "out_of_descriptors"];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
 /// Counters of the JetStream backend only.

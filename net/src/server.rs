@@ -265,7 +265,7 @@ fn spawn_grpc(
                 }
             };
             runtime.block_on(async move {
-                let listener = match crate::grpc::bind(addr).await {
+                let listener = match crate::grpc::accept::GrpcListener::bind(addr).await {
                     Ok(listener) => listener,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e.to_string()));

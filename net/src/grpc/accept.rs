@@ -8,8 +8,14 @@
 //! for good, so a new connection has the handshake timeout to send the HTTP/2
 //! preface and the header of the SETTINGS frame that must follow it, or it is
 //! closed. Once open, HTTP/2 pings (see [`super::serve`]) close a peer that
-//! stops answering. This module must never read a request or hold one back.
+//! stops answering. A failed accept is retried after 50 ms; while the process
+//! is out of file descriptors, the connections waiting are closed through a
+//! spare one (as the HTTP port answers them 503, `http::accept`), so that
+//! their clients fail at once and retry. This module must never read a
+//! request or hold one back.
 
+use crate::http::accept::{out_of_descriptors, refuse_waiting};
+use socket2::{SockRef, Socket};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -48,10 +54,33 @@ pub struct GrpcConnection {
     open: Arc<AtomicUsize>,
 }
 
+/// The gRPC port's listening socket, and a spare descriptor taken with it.
+pub struct GrpcListener {
+    listener: TcpListener,
+    /// Taken at bind, before the server says it is ready: taken when the
+    /// accept loop first runs, a flood could have spent every descriptor.
+    spare: Option<Socket>,
+}
+
+impl GrpcListener {
+    /// Binds `addr` (on the tokio runtime).
+    pub async fn bind(addr: std::net::SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let spare = Some(SockRef::from(&listener).try_clone()?);
+        Ok(Self { listener, spare })
+    }
+
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 /// The connections tonic serves: accepted with `TCP_NODELAY` while fewer than
 /// `limits.max_connections` are open (the rest closed and counted).
-pub fn incoming(listener: TcpListener, limits: GrpcLimits) -> impl Stream<Item = io::Result<GrpcConnection>> {
-    let acceptor = Acceptor { listener, limits, open: Arc::new(AtomicUsize::new(0)), refusing: false, failing: false };
+pub fn incoming(listener: GrpcListener, limits: GrpcLimits) -> impl Stream<Item = io::Result<GrpcConnection>> {
+    let GrpcListener { listener, spare } = listener;
+    let acceptor =
+        Acceptor { listener, limits, open: Arc::new(AtomicUsize::new(0)), refusing: false, failing: false, spare };
     futures_util::stream::unfold(acceptor, |mut acceptor| async move {
         let connection = acceptor.next().await;
         Some((Ok(connection), acceptor))
@@ -69,6 +98,9 @@ struct Acceptor {
     refusing: bool,
     /// Whether the last accept failed: a run of failures is logged once.
     failing: bool,
+    /// A spare descriptor, given up to close the waiting connections when the
+    /// process has none left (see [`refuse_waiting`]).
+    spare: Option<Socket>,
 }
 
 impl Acceptor {
@@ -77,11 +109,10 @@ impl Acceptor {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
+                // A client that gave up while queued: the next may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // Logged when a run of failures starts, not at each retry.
-                    if !std::mem::replace(&mut self.failing, true) {
-                        tracing::warn!(error = %e, "cannot accept gRPC connections: retrying every 50 ms");
-                    }
+                    self.failed(&e);
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -108,6 +139,21 @@ impl Acceptor {
             metrics::gauge!("jimbus_grpc_connections").increment(1.0);
             let deadline = Box::pin(tokio::time::sleep(self.limits.handshake_timeout));
             return GrpcConnection { stream, opening: Some((deadline, 0)), open: self.open.clone() };
+        }
+    }
+
+    /// Logs the start of a run of failed accepts and, if the process is out
+    /// of descriptors, closes the connections waiting: their clients fail at
+    /// once (UNAVAILABLE) and retry, instead of waiting in the kernel's queue.
+    fn failed(&mut self, error: &io::Error) {
+        let mut closed = 0;
+        if out_of_descriptors(error) {
+            closed = refuse_waiting(&SockRef::from(&self.listener), &mut self.spare, drop);
+            metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => "out_of_descriptors")
+                .increment(closed as u64);
+        }
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::warn!(error = %error, closed, "cannot accept gRPC connections: retrying every 50 ms, and closing waiting connections while the process is out of file descriptors");
         }
     }
 }

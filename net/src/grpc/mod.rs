@@ -29,7 +29,6 @@ use jimbus_proto::delivery_server::event_bus_service_server::{EventBusService, E
 use jimbus_proto::encoded_events::EncodedEvents;
 use jimbus_proto::events as pb;
 use jimbus_proto::validate::Validate;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
@@ -460,7 +459,7 @@ impl EventBusService for BusService {
 
 /// Serves gRPC on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: accept::GrpcListener,
     bus: Arc<dyn Bus>,
     budget: Arc<MemoryBudget>,
     pools: PoolCapacity,
@@ -500,9 +499,4 @@ pub async fn serve(
         .add_service(crate::grpc::coordinator::CoordinatorService::server(pools))
         .serve_with_incoming_shutdown(accept::incoming(listener, limits), shutdown)
         .await
-}
-
-/// Binds the gRPC address (on the tokio runtime).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 const BACKLOG: i32 = 1024;
 
 /// How long a shard waits to accept again after an accept failed.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The most of a refused connection's request read before it is closed:
 /// closing a socket with unread bytes resets it, and the reset can reach the
@@ -126,8 +126,13 @@ impl HttpSocket {
     /// the waiting connections if the process is out of descriptors.
     fn failed(&self, error: &io::Error) {
         per_thread!(Counter, counter!("jimbus_http_accept_failures_total")).with(|c| c.increment(1));
-        let out_of_descriptors = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-        let refused = if out_of_descriptors { self.refuse_waiting() } else { 0 };
+        let mut refused = 0;
+        if out_of_descriptors(error) {
+            let mut spare = self.spare.take();
+            refused = refuse_waiting(&self.socket, &mut spare, refuse);
+            self.spare.set(spare);
+            metrics::counter!("jimbus_http_connections_refused_total").increment(refused as u64);
+        }
         if self.failures.replace(self.failures.get() + 1) == 0 {
             tracing::warn!(
                 shard = self.shard,
@@ -149,29 +154,37 @@ impl HttpSocket {
         let spare = self.spare.take().or_else(|| self.socket.try_clone().ok());
         self.spare.set(spare);
     }
+}
 
-    /// Closes the spare descriptor and takes the waiting connections into its
-    /// place one at a time (at most a backlog's worth), answering each 503;
-    /// then takes a spare back. Returns how many it refused.
-    fn refuse_waiting(&self) -> usize {
-        let Some(spare) = self.spare.take() else {
-            return 0;
+/// Whether `error` says the process, or the system, has no file descriptor left.
+pub fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Closes the `spare` descriptor and takes the connections waiting on
+/// `listener` into its place one at a time (at most a backlog's worth),
+/// handing each to `refuse`; then takes a spare back, a duplicate of
+/// `listener`. Returns how many it refused: none without a spare, which
+/// another thread's accept can take while this one's is given up (the gRPC
+/// port's, `grpc::accept`, shares this), so a missing one is taken back first
+/// if a descriptor has come free.
+pub fn refuse_waiting(listener: &Socket, spare: &mut Option<Socket>, refuse: impl Fn(std::net::TcpStream)) -> usize {
+    let Some(freed) = spare.take().or_else(|| listener.try_clone().ok()) else {
+        return 0;
+    };
+    drop(freed);
+    let mut refused = 0;
+    // Ends when none is waiting, or when another thread took the freed
+    // descriptor first (EMFILE again).
+    while refused < BACKLOG as usize {
+        let Ok((connection, _)) = listener.accept() else {
+            break;
         };
-        drop(spare);
-        let mut refused = 0;
-        // Ends when none is waiting, or when another thread took the freed
-        // descriptor first (EMFILE again).
-        while refused < BACKLOG as usize {
-            let Ok((connection, _)) = self.socket.accept() else {
-                break;
-            };
-            refuse(connection.into());
-            refused += 1;
-        }
-        metrics::counter!("jimbus_http_connections_refused_total").increment(refused as u64);
-        self.spare.set(self.socket.try_clone().ok());
-        refused
+        refuse(connection.into());
+        refused += 1;
     }
+    *spare = listener.try_clone().ok();
+    refused
 }
 
 /// Answers a connection 503 with `Retry-After` and closes it, without waiting

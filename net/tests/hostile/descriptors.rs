@@ -4,11 +4,13 @@
 //! 36 GB of log lines in 15 s, and a new client hung in the kernel's queue.
 //! Now every client gets an answer (the ones the server cannot take, 503 with
 //! `Retry-After`), a failing accept is retried every 50 ms and logged when its
-//! run starts, and the server serves again once connections close. The log,
+//! run starts, and the server serves again once connections close (the gRPC
+//! port closes its waiting connections the same way). The log,
 //! which needs a descriptor for each new segment, logged a warning at every
 //! commit meanwhile; it now logs the run once and loses nothing.
 
-use crate::harness::{request, HttpConn, Jimbus};
+use crate::harness::{request, HttpConn, Jimbus, HTTP2_OPENING};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// A one-event batch of a field mod's.
@@ -49,6 +51,17 @@ fn connections_past_the_descriptors_are_answered_503_and_the_server_recovers() {
     let mut late = HttpConn::open(server.http);
     late.send(&request("POST", "/api/v1/events/batch", BATCH, &[]));
     assert_eq!(late.try_read_response().expect("an answer, not a hang").status, 503);
+    // The gRPC port closes the connections waiting for it too, so a client
+    // fails at once and retries. (One that takes a descriptor another thread
+    // freed for a moment is served: either way, not a hang.)
+    let mut grpc = std::net::TcpStream::connect(server.grpc).unwrap();
+    grpc.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = grpc.write_all(HTTP2_OPENING);
+    let read = grpc.read(&mut [0; 64]);
+    assert!(
+        !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a gRPC client waited in the queue: {read:?}"
+    );
     drop(served);
     crate::harness::wait_for(Duration::from_secs(30), "the server to serve again", || {
         server.post("/api/v1/events/batch", BATCH).status == 200
