@@ -164,10 +164,11 @@ pub fn out_of_descriptors(error: &io::Error) -> bool {
 /// Closes the `spare` descriptor and takes the connections waiting on
 /// `listener` into its place one at a time (at most a backlog's worth),
 /// handing each to `refuse`; then takes a spare back, a duplicate of
-/// `listener`. Returns how many it refused: none without a spare, which
-/// another thread's accept can take while this one's is given up (the gRPC
-/// port's, `grpc::accept`, shares this), so a missing one is taken back first
-/// if a descriptor has come free.
+/// `listener`. Returns how many it refused. Another thread can take the
+/// descriptor a spare gave up (the gRPC port's accept loop, `grpc::accept`,
+/// shares this; so can any file open), leaving no spare to take back: without
+/// one it first tries to take one now, and if no descriptor is free it
+/// refuses nothing.
 pub fn refuse_waiting(listener: &Socket, spare: &mut Option<Socket>, refuse: impl Fn(std::net::TcpStream)) -> usize {
     let Some(freed) = spare.take().or_else(|| listener.try_clone().ok()) else {
         return 0;
