@@ -5,9 +5,9 @@
 //! Now every client gets an answer (the ones the server cannot take, 503 with
 //! `Retry-After`), a failing accept is retried every 50 ms and logged when its
 //! run starts, and the server serves again once connections close (the gRPC
-//! port closes its waiting connections the same way). The log,
-//! which needs a descriptor for each new segment, logged a warning at every
-//! commit meanwhile; it now logs the run once and loses nothing.
+//! port closes its waiting connections the same way). The log, which needs a
+//! descriptor for each new segment, logged a warning at every commit
+//! meanwhile; it now logs the run once and loses nothing.
 
 use crate::harness::{request, HttpConn, Jimbus, HTTP2_OPENING};
 use std::io::{Read, Write};
