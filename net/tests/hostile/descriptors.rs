@@ -85,7 +85,7 @@ fn connections_past_the_descriptors_are_answered_503_and_the_server_recovers() {
 fn metric_over(conn: &mut HttpConn, name: &str) -> f64 {
     conn.send(&request("GET", "/metrics", b"", &[]));
     let page = String::from_utf8(conn.read_response().body).unwrap();
-    page.lines().filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).sum()
+    crate::harness::metric_on_page(&page, name).unwrap_or(0.0)
 }
 
 /// A 50-event batch of one session whose events are told apart by `batch`.

@@ -14,7 +14,7 @@ pub mod tmpfs;
 
 pub use http::{request, HttpConn, HttpResponse};
 pub use process::ServerProcess;
-pub use server::{binary_beside_current_exe, event_ids, event_of, Jimbus, Launcher};
+pub use server::{binary_beside_current_exe, event_ids, event_of, metric_on_page, Jimbus, Launcher};
 
 use std::path::Path;
 use std::time::{Duration, Instant};

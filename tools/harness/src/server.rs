@@ -109,6 +109,17 @@ impl Launcher {
     }
 }
 
+/// A metric on a `/metrics` page: the sum of its samples over their labels
+/// (its one sample when it has none), or `None` when the page holds none.
+pub fn metric_on_page(page: &str, name: &str) -> Option<f64> {
+    let samples: Vec<f64> = page
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
 /// A running `jimbus serve`.
 pub struct Jimbus {
     child: Option<Child>,
@@ -263,13 +274,7 @@ impl Jimbus {
     /// [`Jimbus::metric`], or `None` when the page holds no sample of it (a
     /// binary older than the metric, when a measurement compares builds).
     pub fn metric_if(&self, name: &str) -> Option<f64> {
-        let page = String::from_utf8(self.get("/metrics").body).expect("the metrics page is UTF-8");
-        let samples: Vec<f64> = page
-            .lines()
-            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!samples.is_empty()).then(|| samples.iter().sum())
+        metric_on_page(&String::from_utf8(self.get("/metrics").body).expect("the metrics page is UTF-8"), name)
     }
 
     pub fn log_text(&self) -> String {
