@@ -81,8 +81,7 @@ sizes=${SIZES:-50}
 close=${CLOSE:-0}
 for size in $sizes; do
   [[ -f perf/wrk/fair-batch$size.lua ]] || { echo "no perf/wrk/fair-batch$size.lua: SIZES are among 1 10 50" >&2; exit 2; }
-  cp "perf/wrk/fair-batch$size.lua" "$work/batch$size.lua"
-  [[ $close != 1 ]] || echo 'wrk.headers["Connection"] = "close"' >>"$work/batch$size.lua"
+  wrk_script "perf/wrk/fair-batch$size.lua" "$work/batch$size.lua"
 done
 
 # measure NAME RUN PID URL: one wrk run of the round's $size, one line

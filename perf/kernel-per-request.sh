@@ -28,11 +28,8 @@ work=$(mktemp -d)
 trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
 # CLOSE=1 sends every request with `Connection: close`, as field mods do, so
 # the counts include each connection's accept and close.
-if [[ ${CLOSE:-0} == 1 ]]; then
-  cp "$script" "$work/script.lua"
-  echo 'wrk.headers["Connection"] = "close"' >>"$work/script.lua"
-  script=$work/script.lua
-fi
+wrk_script "$script" "$work/script.lua"
+script=$work/script.lua
 start_jimbus "$binary" "$work"
 url="http://127.0.0.1:$http/api/v1/events/batch"
 

@@ -18,6 +18,14 @@ answered_requests() {
   awk '/requests in/ { sent = $1 } /Non-2xx or 3xx responses:/ { refused = $NF } END { print sent - refused }'
 }
 
+# wrk_script SOURCE DEST: copies the wrk script SOURCE to DEST, with each
+# request sent `Connection: close` when CLOSE=1 (a connection per request, as
+# a field mod's LuaSocket sends).
+wrk_script() {
+  cp "$1" "$2"
+  [[ ${CLOSE:-0} != 1 ]] || echo 'wrk.headers["Connection"] = "close"' >>"$2"
+}
+
 # free_port: a loopback port nobody listens on right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
