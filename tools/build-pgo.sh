@@ -18,9 +18,10 @@
 # target/pgo/, so the usual target/release stays as it was. On this 2-core
 # machine the whole run takes about 12 minutes.
 set -euo pipefail
+out=${1:+$(realpath -m -- "$1")}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source perf/lib.sh
-out=${1:-target/pgo/jimbus}
+out=${out:-target/pgo/jimbus}
 work=$PWD/target/pgo
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata}
