@@ -44,18 +44,16 @@ load=target/release/jimbus-load server=$work/generate/release/jimbus
 rm -f "$work/profiles/"*.profraw
 
 trap 'stop "${pid:-}"' EXIT
-# train PHASE SERVER_FLAGS -- LOAD_FLAGS: one run of the server under the load
-# generator, stopped with SIGTERM so that it writes its counts as it exits.
+# train PHASE LOAD_FLAGS...: one run of the server (its defaults, `--fsync
+# batch` among them) under the load generator, stopped with SIGTERM so that it
+# writes its counts as it exits.
 train() {
-  local phase=$1 flags=() args=()
+  local phase=$1
   shift
-  while [[ $1 != -- ]]; do flags+=("$1"); shift; done
-  shift
-  args=("$@")
   say "training: $phase"
-  start_jimbus "$server" "$work/train" --no-ui "${flags[@]}"
+  start_jimbus "$server" "$work/train" --no-ui
   "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" --grpc "127.0.0.1:$grpc" --server-pid "$pid" \
-    --quiet --json "$work/train/$phase.json" "${args[@]}"
+    --quiet --json "$work/train/$phase.json" "$@"
   stop "$pid"
   pid=
   cp "$work/train/server.log" "$work/train/$phase.log"
@@ -69,10 +67,9 @@ CHECK
 }
 # start_jimbus gives each run DIR/data: the second phase keeps the first's
 # log, so the server recovers it at start.
-train batches --fsync batch -- --sessions 64 --duration 8 --subscribers 2
-train small-requests --fsync batch -- --sessions 32 --batch 1 --duration 4 \
-  --subscribers 1 --pattern 'balatro.*.aggregated'
-train grpc-producers -- --sessions 16 --duration 4 --grpc-producers 2 --subscribers 1
+train batches --sessions 64 --duration 8 --subscribers 2
+train small-requests --sessions 32 --batch 1 --duration 4 --subscribers 1 --pattern 'balatro.*.aggregated'
+train grpc-producers --sessions 16 --duration 4 --grpc-producers 2 --subscribers 1
 
 compgen -G "$work/profiles/*.profraw" >/dev/null || { say "the server wrote no profile"; exit 1; }
 "$profdata" merge -o "$work/jimbus.profdata" "$work/profiles"
