@@ -16,7 +16,8 @@ use std::borrow::Cow;
 
 /// A value that does not fit its field, with the field's path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{path}: {reason}")]
+// The body's top value has no path, and a bare `: reason` reads as a typo.
+#[error("{path}{}{reason}", if .path.is_empty() { "" } else { ": " })]
 pub struct FieldError {
     /// Dotted path from the event object, e.g. `payload.jokers[1].position`.
     pub path: String,
@@ -662,6 +663,13 @@ mod tests {
         assert!(err.reason.contains("expected a number"), "{err}");
         let err = event(r#"{"type":"GAME_STATE","payload":{"ante":1.5}}"#).unwrap_err();
         assert_eq!(err.path, "payload.ante");
+        assert_eq!(err.to_string(), "payload.ante: expected an integer, found 1.5");
+    }
+
+    #[test]
+    fn the_top_value_is_named_by_its_reason_alone() {
+        let err = event(r#""hello""#).unwrap_err();
+        assert_eq!((err.path.as_str(), err.to_string().as_str()), ("", "expected an object, found string"));
     }
 
     #[test]
