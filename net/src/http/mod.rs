@@ -22,6 +22,7 @@ pub mod context;
 pub mod frame;
 pub mod guard;
 pub mod profile;
+mod shed;
 pub mod sse;
 pub mod ui;
 
@@ -424,7 +425,7 @@ impl Handler {
         // Without a length (chunked), the grant grows as the body arrives.
         let body = declared.unwrap_or(64 * 1024).min(self.listener.options.body_limit) as u64;
         // On a tight budget, room for the body itself is enough to go on.
-        let Some(mut grant) = self.listener.context.budget.request(body * GRANT_PER_BODY_BYTE, body) else {
+        let Some(mut grant) = shed::grant(&self.listener.context.budget, body * GRANT_PER_BODY_BYTE, body).await else {
             metrics::counter!("jimbus_http_overload_total").increment(1);
             metrics::counter!("jimbus_budget_denials_total", "component" => "http").increment(1);
             return unavailable(budget::SPENT);
@@ -434,6 +435,9 @@ impl Handler {
             Err(response) => response,
             Ok(body) => self.accept(body, endpoint, &request_id, origin, &mut grant).await,
         };
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            shed::pace(grant).await;
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
@@ -536,7 +540,7 @@ impl Handler {
     async fn store(&self, items: Vec<AppendItem>) -> Result<(usize, usize), Response<Body>> {
         let events: Vec<bool> = items.iter().map(|i| matches!(i, AppendItem::Event(..))).collect();
         let appending = self.listener.bus.try_append(items).map_err(|e| {
-            tracing::warn!(error = %e, "shedding load");
+            shed::log(&e);
             metrics::counter!("jimbus_http_overload_total").increment(1);
             unavailable(&crate::http::guard::redact_paths(&e.to_string()))
         })?;

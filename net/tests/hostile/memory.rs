@@ -237,3 +237,36 @@ fn unfinished_heads_on_many_connections_are_charged_to_the_budget() {
     drop(connections);
     wait_until_at_rest(&server, used_at_rest, "the connections' charges to come back");
 }
+
+/// A request the budget has no room for is answered 503 only after the
+/// server's pace (100 ms, `http::shed`): a client that sends again as soon as
+/// it is refused otherwise keeps a shard busy refusing, and the requests it
+/// admitted wait behind the refusals (docs/perf.md, "Thirty-eighth pass").
+/// The same request is taken once the memory is back.
+#[test]
+fn a_request_refused_for_memory_is_answered_after_the_pace() {
+    const PACE: Duration = Duration::from_millis(100);
+    let budget = (40u64 << 20).to_string();
+    let server = Jimbus::start(&["--shards", "1", "--memory-budget", &budget]);
+    let at_rest = server.metric("jimbus_budget_used_bytes");
+    // A body of 8 MiB announced and never sent asks six times that: it
+    // takes every byte left, and holds them while it waits for the body.
+    let mut holder = crate::harness::HttpConn::open(server.http);
+    let head = format!("POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 8 << 20);
+    holder.reader.get_mut().write_all(head.as_bytes()).unwrap();
+    let limit = server.metric("jimbus_budget_limit_bytes");
+    crate::harness::wait_for(Duration::from_secs(10), "the first request's grant", || {
+        server.metric("jimbus_budget_used_bytes") >= limit
+    });
+    let heartbeat = br#"{"events":[{"type":"HEARTBEAT","session_id":"paced"}]}"#;
+    let started = std::time::Instant::now();
+    let mut conn = crate::harness::HttpConn::open(server.http);
+    conn.reader.get_mut().write_all(&crate::harness::request("POST", "/api/v1/events/batch", heartbeat, &[])).unwrap();
+    let refused = conn.try_read_response().expect("an answer");
+    let waited = started.elapsed();
+    assert_eq!((refused.status, refused.header("retry-after")), (503, Some("1")), "{}", refused.json());
+    assert!(waited >= PACE, "answered 503 after {waited:?}, before the pace");
+    drop(holder);
+    wait_until_at_rest(&server, at_rest, "the first request");
+    assert_eq!(post(&server, heartbeat), 200);
+}
