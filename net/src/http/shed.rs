@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// "Thirty-eighth pass"). Paced, an open connection costs at most ten
 /// refusals a second; a well-behaved client waits out the answer's
 /// `Retry-After` of 1 s anyway.
-pub(crate) const SHED_PACE: Duration = Duration::from_millis(100);
+const SHED_PACE: Duration = Duration::from_millis(100);
 
 /// The shortest time between two `shedding load` lines of one shard.
 const LOG_EVERY: Duration = Duration::from_secs(1);
