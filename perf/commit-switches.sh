@@ -30,12 +30,10 @@ switches() {
     echo "$(<"$task/comm") $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$task/status")"
   done | awk '{ sum[$1] += $2 } END { for (s in sum) print s, sum[s] }' | sort
 }
-# commits: the group commits made so far (0 before the first, when the metric is not there yet).
-commits() { curl -s "http://127.0.0.1:$http/metrics" | awk '/^jimbus_log_commit_records_count/ { n = $2 } END { print n + 0 }'; }
-
-before=$(switches) first=$(commits)
+# The group commits made so far: 0 before the first, when the metric is not there yet.
+before=$(switches) first=$(server_metric jimbus_log_commit_records_count)
 wrk -t1 -c32 -d"${seconds}s" -s "$script" "http://127.0.0.1:$http/api/v1/events/batch" | awk '/Requests\/sec/ { print "requests/s", $2 }'
-after=$(switches) last=$(commits)
+after=$(switches) last=$(server_metric jimbus_log_commit_records_count)
 made=$(( ${last%.*} - ${first%.*} ))
 echo "commits $made"
 join <(echo "$before") <(echo "$after") |

@@ -1,6 +1,6 @@
 # Shell helpers the perf scripts share (sourced, not run): the tools they
 # need, the requests wrk had answered, free loopback ports, the nats-server to
-# run, waiting for a server to answer, and stopping it.
+# run, waiting for a server to answer, reading its metrics, and stopping it.
 
 # require_tools PACKAGES TOOL...: exits 2 when a TOOL is not on PATH, naming
 # the Debian PACKAGES to install.
@@ -67,6 +67,13 @@ start_jimbus() {
     >"$dir/server.log" 2>&1 &
   pid=$!
   wait_ready "$pid" "http://127.0.0.1:$http/ready"
+}
+
+# server_metric NAME: the value of the sample NAME (with its labels, as
+# /metrics writes them: 'name{label="v"}') on the server start_jimbus started
+# (its $http); 0 while the server has not recorded it yet.
+server_metric() {
+  curl -s "http://127.0.0.1:$http/metrics" | awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }'
 }
 
 # stop PID: SIGTERM, then SIGKILL if it is still there after 10 s.

@@ -25,11 +25,6 @@ seconds=8
 work=$(mktemp -d)
 trap 'stop "${pid:-}"; rm -rf "$work"' EXIT
 
-# metric NAME_AND_LABELS: its value on the running server's /metrics, 0 when absent.
-metric() {
-  curl -s "http://127.0.0.1:$http/metrics" | awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }'
-}
-
 # flood NAME BINARY LABEL CONNECTIONS FLAG...: one flood on a fresh server.
 flood() {
   local name=$1 binary=$2 label=$3 connections=$4
@@ -42,9 +37,9 @@ flood() {
     "http://127.0.0.1:$http/api/v1/events/batch" >/dev/null 2>&1
   after=$(cpu_ticks "$pid")
   local stored shed commits lines
-  stored=$(metric 'jimbus_ingest_requests_total{status="200"}')
-  shed=$(metric 'jimbus_ingest_requests_total{status="503"}')
-  commits=$(metric jimbus_log_commit_seconds_count)
+  stored=$(server_metric 'jimbus_ingest_requests_total{status="200"}')
+  shed=$(server_metric 'jimbus_ingest_requests_total{status="503"}')
+  commits=$(server_metric jimbus_log_commit_seconds_count)
   lines=$(grep -c '"shedding load"' "$work/server.log" || true)
   stop "$pid"
   pid=
