@@ -58,6 +58,10 @@ pub enum BusError {
     Overloaded,
     #[error("the bus could not make the events durable: {0}")]
     Storage(String),
+    /// The log's disk (or the stream's storage) has no space left: nothing
+    /// was stored, and the same request succeeds once space returns.
+    #[error("the bus has no space left to store the events: {0}")]
+    Full(String),
     #[error("the bus is shutting down")]
     Stopped,
     #[error("{0}")]
@@ -65,6 +69,17 @@ pub enum BusError {
     /// A limit of the server is reached (e.g. its number of durable consumers).
     #[error("{0}")]
     Exhausted(String),
+}
+
+impl BusError {
+    /// A failed write's error: [`BusError::Full`] when it failed for want of space.
+    pub fn storage(message: String, out_of_space: bool) -> Self {
+        if out_of_space {
+            BusError::Full(message)
+        } else {
+            BusError::Storage(message)
+        }
+    }
 }
 
 /// Where a subscription starts.

@@ -1,6 +1,7 @@
 //! What the file system under a directory still has room for, as both the
 //! HTTP edge (is the data directory full?) and the log (is there room to
-//! prepare a segment ahead?) ask it. It must never write anything.
+//! prepare a segment ahead?) ask it, and which write errors mean it had none.
+//! It must never write anything.
 
 use std::path::Path;
 
@@ -14,4 +15,11 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Whether a write failed for want of space: the disk, or the user's quota
+/// on it, is full. By kind: the OS's error number decodes to it, and an error
+/// that crossed `io::Error::from(GlommioError)` keeps only its kind.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }

@@ -1,6 +1,7 @@
 //! A full disk through the real binary: the log lives on a small tmpfs; when it
-//! fills, ingest answers 503 with `Retry-After` and acknowledges nothing it did
-//! not store; when space returns, the same requests succeed and nothing
+//! fills, ingest answers 507 (Insufficient Storage) with `Retry-After`, a gRPC
+//! publish RESOURCE_EXHAUSTED, and neither acknowledges anything it did not
+//! store; when space returns, the same requests succeed and nothing
 //! acknowledged before is lost. Mounting needs root (or CAP_SYS_ADMIN), which
 //! CI has; the test says so plainly if it is missing.
 
@@ -8,6 +9,8 @@ mod harness;
 
 use harness::tmpfs::Tmpfs;
 use harness::{event_ids, Jimbus};
+use jimbus_proto::bus;
+use jimbus_proto::events as pb;
 use std::path::Path;
 use std::process::Command;
 
@@ -37,7 +40,7 @@ fn batch(from: usize, n: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_disk_answers_503_loses_nothing_and_recovers_when_space_returns() {
+async fn a_full_disk_answers_507_loses_nothing_and_recovers_when_space_returns() {
     let disk = Tmpfs::mount(TMPFS_BYTES);
     let data = disk.dir.join("data");
     let server = Jimbus::start_in(data.clone(), &["--shards", "1", "--segment-bytes", "65536"]);
@@ -49,16 +52,27 @@ async fn a_full_disk_answers_503_loses_nothing_and_recovers_when_space_returns()
         let response = server.post("/api/v1/events/batch", &batch(acked, 20));
         match response.status {
             200 => acked += 20,
-            503 => break response,
+            507 => break response,
             other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&response.body)),
         }
         assert!(acked < 10_000, "the disk never filled");
     };
     assert!(acked > 0, "some events fit before the disk filled");
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert!(refused.json()["error"].as_str().unwrap().contains("durable"), "{}", refused.json());
-    // Still full: still refused, and the server is up.
-    assert_eq!(server.post("/api/v1/events/batch", &batch(acked, 20)).status, 503);
+    assert!(refused.json()["error"].as_str().unwrap().contains("no space left"), "{}", refused.json());
+    // Still full: still refused, on both edges, and the server is up.
+    assert_eq!(server.post("/api/v1/events/batch", &batch(acked, 20)).status, 507);
+    let mut client = server.client().await;
+    // Larger than the refused batch, so it cannot fit where that did not.
+    let event = pb::Event {
+        event_type: "HEARTBEAT".into(),
+        session_id: "disk".into(),
+        source: "z".repeat(120),
+        payload: Some(pb::event::Payload::Heartbeat(Default::default())),
+        ..Default::default()
+    };
+    let status = client.publish(bus::PublishRequest { events: vec![event; 100] }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert_eq!(server.get("/health").status, 200);
 
     std::fs::remove_file(&filler).unwrap();

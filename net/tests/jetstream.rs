@@ -2,7 +2,8 @@
 //! processes: the compat and durable-subscription cases of the embedded log run
 //! unchanged; a 3-node cluster with 3 replicas survives a SIGKILLed server while
 //! two jimbus processes take a stream of events; without quorum ingest answers
-//! 503 and recovers by itself; a SIGKILLed jimbus loses nothing it acknowledged.
+//! 503 and recovers by itself; a stream out of storage answers 507; a SIGKILLed
+//! jimbus loses nothing it acknowledged.
 
 mod cases;
 mod harness;
@@ -438,6 +439,32 @@ async fn without_quorum_ingest_answers_503_and_recovers_by_itself() {
     let deliveries = server.read_all("balatro.>", 2 * BATCH).await;
     let ids: Vec<String> = deliveries.iter().filter_map(event_id).map(|(id, _)| id).collect();
     assert_eq!(ids, published.acked, "each acknowledged event stored exactly once, nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_out_of_storage_answers_507_and_loses_nothing_it_acknowledged() {
+    let nats = Nats::single_with_file_store(256 * 1024);
+    let server = jimbus_on(&nats, &[]);
+    let mut acked = Vec::new();
+    let refused = tokio::task::block_in_place(|| {
+        for n in 0.. {
+            let (body, ids) = batch(n);
+            let answer = post(server.http, &body).expect("jimbus answers");
+            match answer.status {
+                200 => acked.extend(ids),
+                507 => return answer,
+                other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&answer.body)),
+            }
+            assert!(n < 10_000, "the stream's storage never filled");
+        }
+        unreachable!()
+    });
+    assert!(!acked.is_empty(), "some batches fit before the storage filled");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.json()["error"].as_str().unwrap().contains("no space left"), "{}", refused.json());
+    let deliveries = server.read_all("balatro.>", acked.len()).await;
+    let ids: Vec<String> = deliveries.iter().filter_map(event_id).map(|(id, _)| id).collect();
+    assert_eq!(ids, acked, "every acknowledged event exactly once, in order");
 }
 
 #[tokio::test(flavor = "multi_thread")]

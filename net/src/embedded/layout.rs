@@ -154,11 +154,15 @@ pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `data` at `at`.
+/// Writes all of `data` at `at`. An error is the OS's own, with its number:
+/// glommio's conversion would keep only its kind, in a text naming the file.
 pub async fn write_all(file: &BufferedFile, data: &[u8], mut at: u64) -> std::io::Result<()> {
     let mut rest = data;
     while !rest.is_empty() {
-        let written = file.write_at(rest.to_vec(), at).await?;
+        let written = file.write_at(rest.to_vec(), at).await.map_err(|e| match e {
+            glommio::GlommioError::EnhancedIoError { source, .. } => source,
+            other => other.into(),
+        })?;
         if written == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "a write wrote nothing"));
         }

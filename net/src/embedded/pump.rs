@@ -419,11 +419,11 @@ impl Shard {
     }
 
     /// Persists the batch's acks and answers them; an error refuses them all.
-    async fn persist_acks(&mut self, batch: &mut Batch) -> Result<(), String> {
+    async fn persist_acks(&mut self, batch: &mut Batch) -> Result<(), BusError> {
         let saved = if batch.consumers_changed {
             self.persist_consumers(batch.consumers_replaced).await.map_err(|e| {
                 tracing::warn!(shard = self.id, error = %e, "cannot persist the durable consumers; their acks are refused");
-                e.to_string()
+                BusError::storage(e.to_string(), crate::disk::is_out_of_space(&e))
             })
         } else {
             Ok(())
@@ -434,7 +434,7 @@ impl Shard {
             self.enforce_retention().await;
         }
         for (reply, acked) in batch.acks.drain(..) {
-            let _ = reply.send(saved.clone().map(|_| acked).map_err(BusError::Storage));
+            let _ = reply.send(saved.clone().map(|_| acked));
         }
         saved
     }
@@ -460,11 +460,12 @@ impl Shard {
                 true
             }
             Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "commit failed; answering unavailable");
+                tracing::error!(shard = self.id, error = %e, "commit failed; its appends are refused");
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.unstage_sequences();
+                let error = BusError::storage(e.to_string(), e.is_out_of_space());
                 for StagedAppend { reply, .. } in batch.appends.drain(..) {
-                    let _ = reply.send(Err(BusError::Storage(e.to_string())));
+                    let _ = reply.send(Err(error.clone()));
                 }
                 false
             }

@@ -9,6 +9,7 @@
 //! `/ready` reports, and builds the JSON error answers. This module only shapes what the handler stores and
 //! answers; it must never send anything to the bus itself.
 
+use crate::bus::BusError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -180,10 +181,26 @@ pub fn watch_data_dir(dir: &Path) {
     let _ = DATA_DIR.set(dir.to_path_buf());
 }
 
+/// The answer to an append the bus refused once it was queued: 507 for a full
+/// disk, 503 for the rest; both with `Retry-After`, since the same request
+/// succeeds once space returns or the bus recovers.
+pub(crate) fn append_refused(e: &BusError) -> Response<Full<Bytes>> {
+    storage_failed(e);
+    let message = redact_paths(&e.to_string());
+    match e {
+        BusError::Full(_) => {
+            let mut r = error(StatusCode::INSUFFICIENT_STORAGE, &message, None, None);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        _ => unavailable(&message),
+    }
+}
+
 /// Notes a storage error: one for want of space makes the server not ready
 /// until the directory has room again.
-pub fn storage_failed(message: &str) {
-    if message.contains("os error 28") || message.contains("No space left") {
+pub(crate) fn storage_failed(e: &BusError) {
+    if matches!(e, BusError::Full(_)) {
         let free = DATA_DIR.get().and_then(|d| crate::disk::free_bytes(d).ok()).unwrap_or(0);
         FULL_AT.store(free + 1, Ordering::Release);
     }

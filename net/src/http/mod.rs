@@ -8,7 +8,7 @@
 //! gathered once), is decoded in place by `jimbus-core`, and its events are sent
 //! through the bus to the shards that own their sessions. The answer is 2xx only after every event is durable; what cannot be
 //! accepted is dead-lettered first, then refused with a precise 4xx. Overload
-//! and storage failures are 503 with `Retry-After`. This module must never touch
+//! and storage failures are 503 with `Retry-After`, a full disk 507 with it. This module must never touch
 //! the log or shard state directly: it only sends commands.
 
 use crate::admit;
@@ -435,7 +435,7 @@ impl Handler {
             Err(response) => response,
             Ok(body) => self.accept(body, endpoint, &request_id, origin, &mut grant).await,
         };
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(response.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE) {
             shed::pace(grant).await;
         }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -536,7 +536,7 @@ impl Handler {
     }
 
     /// Sends items to their shards and waits until all are durable. Returns
-    /// (stored events, duplicates), or the 503 to answer.
+    /// (stored events, duplicates), or the answer to give instead: 503, or 507 for a full disk.
     async fn store(&self, items: Vec<AppendItem>) -> Result<(usize, usize), Response<Body>> {
         let events: Vec<bool> = items.iter().map(|i| matches!(i, AppendItem::Event(..))).collect();
         let appending = self.listener.bus.try_append(items).map_err(|e| {
@@ -546,8 +546,7 @@ impl Handler {
         })?;
         let outcomes = appending.await.map_err(|e| {
             tracing::error!(error = %e, "append failed");
-            crate::http::guard::storage_failed(&e.to_string());
-            unavailable(&crate::http::guard::redact_paths(&e.to_string()))
+            crate::http::guard::append_refused(&e)
         })?;
         let (mut stored, mut duplicates) = (0, 0);
         for (outcome, _) in outcomes.iter().zip(&events).filter(|(_, is_event)| **is_event) {

@@ -1,6 +1,7 @@
 //! What the HTTP edge does when it sheds an ingest request (the memory budget
-//! spent, a shard's queue full, the log unavailable): it waits [`SHED_PACE`]
-//! before the 503, asks the budget once more after that wait, and logs the
+//! spent, a shard's queue full, the log unavailable or its disk full): it waits
+//! [`SHED_PACE`] before the 503 (507 for a full disk), asks the budget once
+//! more after that wait, and logs the
 //! shedding at most once a second per shard. It never decides whether to
 //! shed, which is the budget's and the bus's call, and it never holds a grant
 //! while it waits.
@@ -35,7 +36,7 @@ pub(crate) async fn grant(budget: &Arc<MemoryBudget>, want: u64, min: u64) -> Op
     budget.request(want, min)
 }
 
-/// Waits out the pace of a request answered 503 after it was granted memory;
+/// Waits out the pace of a request answered 503 or 507 after it was granted memory;
 /// the grant is given back first, so the wait holds none.
 pub(crate) async fn pace(grant: Grant) {
     drop(grant);

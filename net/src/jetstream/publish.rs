@@ -10,7 +10,7 @@
 use super::{Shared, KIND};
 use crate::bus::{AppendItem, BusError, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use jimbus_core::stamps::client_key;
 use jimbus_core::topic;
@@ -43,13 +43,30 @@ fn outbound(item: &mut AppendItem) -> (String, PublishMessage) {
     }
 }
 
-fn publish_error(e: impl std::fmt::Display, kind: PublishErrorKind) -> BusError {
+fn publish_error(e: &PublishError) -> BusError {
     metrics::counter!("jimbus_bus_publish_failures_total").increment(1);
     tracing::warn!(error = %e, "JetStream publish failed");
-    match kind {
+    match e.kind() {
         PublishErrorKind::MaxAckPending => BusError::Overloaded,
+        _ if is_out_of_storage(e) => BusError::Full(e.to_string()),
         _ => BusError::Storage(e.to_string()),
     }
+}
+
+/// Whether JetStream refused the message for want of storage: its servers' or
+/// account's file store is spent.
+fn is_out_of_storage(e: &PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    let Some(refusal) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+    else {
+        return false;
+    };
+    let full = [
+        ErrorCode::STORAGE_RESOURCES_EXCEEDED,
+        ErrorCode::INSUFFICIENT_RESOURCES,
+        ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+    ];
+    full.contains(&refusal.error_code())
 }
 
 /// Publishes every item with all acks in flight together, then waits for
@@ -70,12 +87,12 @@ async fn publish_items(shared: &Shared, items: &mut [AppendItem]) -> Result<Vec<
     let mut acks = Vec::with_capacity(count);
     for item in items.iter_mut() {
         let (subject, message) = outbound(item);
-        let ack = shared.js.send_publish(subject, message).await.map_err(|e| publish_error(&e, e.kind()))?;
+        let ack = shared.js.send_publish(subject, message).await.map_err(|e| publish_error(&e))?;
         acks.push(ack);
     }
     let mut outcomes = Vec::with_capacity(count);
     for ack in acks {
-        let ack = ack.await.map_err(|e| publish_error(&e, e.kind()))?;
+        let ack = ack.await.map_err(|e| publish_error(&e))?;
         outcomes.push(if ack.duplicate {
             metrics::counter!("jimbus_events_duplicate_total").increment(1);
             ItemOutcome::Duplicate

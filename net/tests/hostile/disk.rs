@@ -27,7 +27,7 @@ fn ready_is_503_while_the_data_dir_is_full_and_answers_name_no_paths() {
     let mut sent = 0;
     let refused = loop {
         let response = server.post("/api/v1/events/batch", &batch(sent));
-        if response.status == 503 {
+        if response.status == 507 {
             break response;
         }
         assert_eq!(response.status, 200);

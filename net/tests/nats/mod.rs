@@ -117,15 +117,21 @@ pub struct Nats {
 impl Nats {
     /// One JetStream server.
     pub fn single() -> Self {
-        Self::start(1)
+        Self::start(1, "")
+    }
+
+    /// One JetStream server that stores at most `bytes` in files.
+    pub fn single_with_file_store(bytes: u64) -> Self {
+        Self::start(1, &format!("  max_file_store: {bytes}\n"))
     }
 
     /// A JetStream cluster of `size` servers.
     pub fn cluster(size: usize) -> Self {
-        Self::start(size)
+        Self::start(size, "")
     }
 
-    fn start(size: usize) -> Self {
+    /// `size` servers, with `jetstream` (lines) added to each one's JetStream block.
+    fn start(size: usize, jetstream: &str) -> Self {
         let binary = binary();
         assert!(binary.is_file(), "nats-server not found at {}", binary.display());
         let dir = tempfile::tempdir().expect("temp dir");
@@ -147,7 +153,7 @@ impl Nats {
             };
             let text = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-                 jetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
+                 jetstream {{\n  store_dir: \"{}\"\n{jetstream}}}\n{cluster}",
                 store.display()
             );
             let config = dir.path().join(format!("{name}.conf"));

@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from jimbus import BadPattern, FlowControlError, InvalidRequest, Overloaded, ServerError, Unreachable
+from jimbus import BadPattern, FlowControlError, InvalidRequest, Overloaded, ServerError, StorageFull, Unreachable
 from jimbus.errors import is_retryable, translate
 
 
@@ -17,6 +17,11 @@ from jimbus.errors import is_retryable, translate
     [
         (grpc.StatusCode.UNAVAILABLE, "the bus is overloaded, retry later", Overloaded),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large", FlowControlError),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the bus has no space left to store the events: log I/O failed: No space left on device (os error 28)",
+            StorageFull,
+        ),
         (grpc.StatusCode.UNAVAILABLE, "Connection refused", Unreachable),
         (grpc.StatusCode.INVALID_ARGUMENT, "pattern: '>' must be the last token", BadPattern),
         (grpc.StatusCode.INVALID_ARGUMENT, "durable_name: max_len=128", InvalidRequest),

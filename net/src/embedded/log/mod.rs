@@ -107,6 +107,9 @@ pub struct Retention {
 pub enum LogError {
     #[error("log I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// An operation on a file that glommio names, with the OS error kept.
+    #[error("log I/O failed: {op} {path}: {source}")]
+    File { op: &'static str, path: String, source: std::io::Error },
     #[error("glommio I/O failed: {0}")]
     Glommio(String),
 }
@@ -115,14 +118,17 @@ impl LogError {
     /// The OS error number behind it, if any.
     fn raw_os_error(&self) -> Option<i32> {
         match self {
-            LogError::Io(e) => e.raw_os_error(),
-            _ => None,
+            LogError::Io(e) | LogError::File { source: e, .. } => e.raw_os_error(),
+            LogError::Glommio(_) => None,
         }
     }
 
-    /// Whether the disk is full.
-    fn is_out_of_space(&self) -> bool {
-        self.raw_os_error() == Some(libc::ENOSPC)
+    /// Whether the disk, or the user's quota on it, is full.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            LogError::Io(e) | LogError::File { source: e, .. } => crate::disk::is_out_of_space(e),
+            LogError::Glommio(_) => false,
+        }
     }
 }
 
@@ -130,6 +136,10 @@ impl<T: std::fmt::Debug> From<glommio::GlommioError<T>> for LogError {
     fn from(e: glommio::GlommioError<T>) -> Self {
         match e {
             glommio::GlommioError::IoError(io) => LogError::Io(io),
+            glommio::GlommioError::EnhancedIoError { source, op, path, .. } => {
+                let path = path.map_or_else(|| "(no path)".to_string(), |p| p.display().to_string());
+                LogError::File { op, path, source }
+            }
             other => LogError::Glommio(other.to_string()),
         }
     }
@@ -619,6 +629,24 @@ mod tests {
         let (fourth_at, _) = commit(&mut index, 3);
         assert_eq!(fourth_at, second_at, "commit 3 is staged in commit 1's buffer");
         assert_eq!(&index.tail.back().expect("tail")[..], &[3; 8]);
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_whichever_way_its_error_came() {
+        let named = || glommio::GlommioError::<()>::EnhancedIoError {
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            op: "write",
+            path: Some("/data/shard-0/1.log".into()),
+            fd: Some(3),
+        };
+        let from_glommio = LogError::from(named());
+        assert!(from_glommio.is_out_of_space());
+        assert_eq!(from_glommio.raw_os_error(), Some(libc::ENOSPC), "the error number is kept");
+        assert!(from_glommio.to_string().contains("1.log"), "and so is the file: {from_glommio}");
+        // Through glommio's own conversion to `io::Error`, only the kind is left.
+        assert!(LogError::Io(std::io::Error::from(named())).is_out_of_space());
+        assert!(LogError::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)).is_out_of_space());
+        assert!(!LogError::Io(std::io::Error::from_raw_os_error(libc::EIO)).is_out_of_space());
     }
 
     #[test]

@@ -20,6 +20,7 @@ from jimbus.errors import (
     JimbusError,
     Overloaded,
     ServerError,
+    StorageFull,
     TooManyUnacked,
     Unreachable,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "PublishResult",
     "ServerError",
     "Start",
+    "StorageFull",
     "Subscription",
     "TooManyUnacked",
     "Unreachable",

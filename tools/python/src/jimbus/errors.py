@@ -33,6 +33,11 @@ class Overloaded(FlowControlError):
     """The server shed load (its queues or memory budget are full): retry later."""
 
 
+class StorageFull(FlowControlError):
+    """The server's disk (or JetStream's storage) is full: nothing of the call was
+    stored, and the same call succeeds once space returns."""
+
+
 class TooManyUnacked(FlowControlError):
     """With automatic acks turned off, `max_in_flight` deliveries are unacknowledged,
     so the server will send nothing new until some are acked."""
@@ -69,6 +74,8 @@ def translate(code: grpc.StatusCode | None, details: str, target: str, pattern: 
         return InvalidRequest(details)
     if code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details:
         return Overloaded(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "no space left" in details:
+        return StorageFull(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return FlowControlError(details)
     if code == grpc.StatusCode.UNAVAILABLE:
