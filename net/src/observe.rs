@@ -2,7 +2,8 @@
 //! the data directory's free space, subscribers' delivery lag, the
 //! fsync and commit sizes of the log, and the counters registered at zero at
 //! start, so that rates and alerts see them from the first scrape instead of
-//! from their first increment.
+//! from their first increment; and [`LineThrottle`], which keeps a failure
+//! that repeats from writing a log line each time.
 //!
 //! The names recorded here are the ones `deploy/prometheus` alerts on and
 //! `deploy/grafana` charts (`tools/tests/observability` checks that
@@ -11,8 +12,49 @@
 
 use crate::clock::now_micros;
 use jimbus_core::aggregate::Aggregated;
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The shortest time between two lines of one [`LineThrottle`].
+const LINE_EVERY: Duration = Duration::from_secs(1);
+
+/// One thread's log lines about one kind of failure that repeats (load shed,
+/// appends failed on a full disk): the first at once, then at most one a
+/// second, which counts the failures since the last line. A line each would
+/// be thousands a second under a flood, written while the server is busiest;
+/// the failures' metrics count each one.
+#[derive(Debug, Default)]
+pub struct LineThrottle {
+    /// When the last line was written (`None`: never), and the failures since
+    /// then without a line.
+    state: Cell<(Option<Instant>, u64)>,
+}
+
+impl LineThrottle {
+    pub const fn new() -> Self {
+        Self { state: Cell::new((None, 0)) }
+    }
+
+    /// Notes one failure; calls `line` with the failures left unlogged since
+    /// the last line when this one is to be logged.
+    pub fn note(&self, line: impl FnOnce(u64)) {
+        let (next, unlogged) = next_line(self.state.get(), Instant::now());
+        self.state.set(next);
+        if let Some(unlogged) = unlogged {
+            line(unlogged);
+        }
+    }
+}
+
+/// A throttle's state after a failure at `now`, and whether to log it (with
+/// the failures since the last line, not counting this one).
+fn next_line((at, unlogged): (Option<Instant>, u64), now: Instant) -> ((Option<Instant>, u64), Option<u64>) {
+    match at {
+        Some(at) if now.duration_since(at) < LINE_EVERY => ((Some(at), unlogged + 1), None),
+        _ => ((Some(now), 0), Some(unlogged)),
+    }
+}
 
 /// A metric's handle, registered once per thread at its call site and kept
 /// there: `per_thread!(Counter, counter!("name", labels…))` is a
@@ -157,5 +199,27 @@ pub fn aggregated(messages: &[Aggregated]) {
         if let Some(cascade) = &aggregated.message.cascade_info {
             metrics::histogram!("jimbus_aggregate_cascade_triggers").record(f64::from(cascade.trigger_count));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failure_is_logged_then_one_line_a_second_counts_the_rest() {
+        let start = Instant::now();
+        let (mut state, logged) = next_line((None, 0), start);
+        assert_eq!(logged, Some(0));
+        // 999 more within the second: no line, each counted.
+        for i in 1..1000 {
+            let (next, logged) = next_line(state, start + Duration::from_millis(i));
+            assert_eq!(logged, None, "failure {i}");
+            state = next;
+        }
+        assert_eq!(state, (Some(start), 999));
+        // A second after the last line, the next one says how many it left out.
+        let (state, logged) = next_line(state, start + LINE_EVERY);
+        assert_eq!((state, logged), ((Some(start + LINE_EVERY), 0), Some(999)));
     }
 }

@@ -60,8 +60,16 @@ async fn a_full_disk_answers_507_loses_nothing_and_recovers_when_space_returns()
     assert!(acked > 0, "some events fit before the disk filled");
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(refused.json()["error"].as_str().unwrap().contains("no space left"), "{}", refused.json());
-    // Still full: still refused, on both edges, and the server is up.
-    assert_eq!(server.post("/api/v1/events/batch", &batch(acked, 20)).status, 507);
+    // Still full: still refused, on both edges, and the server is up; the
+    // refusals are logged once a second, not once each.
+    for _ in 0..10 {
+        assert_eq!(server.post("/api/v1/events/batch", &batch(acked, 20)).status, 507);
+    }
+    let log = server.log_text();
+    for line in ["append failed", "commit failed"] {
+        let lines = log.matches(line).count();
+        assert!((1..=3).contains(&lines), "{lines} `{line}` lines for 11 refused requests");
+    }
     let mut client = server.client().await;
     // Larger than the refused batch, so it cannot fit where that did not.
     let event = pb::Event {

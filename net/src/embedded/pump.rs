@@ -20,7 +20,7 @@ use super::router::ShardRouter;
 use super::subscription::{start_offset_now, subscription};
 use crate::bus::{AppendItem, BusError, DeliverySender, Durable, ItemOutcome};
 use crate::clock::{now_micros, timestamp};
-use crate::observe;
+use crate::observe::{self, LineThrottle};
 use jimbus_core::aggregate::{AggregateConfig, Aggregated};
 use jimbus_core::batch::BatchSizer;
 use jimbus_core::dedup::{DedupKey, DedupWindow, KeySet};
@@ -90,6 +90,8 @@ pub struct Shard {
     /// Events staged in the current commit, with their sequences and their
     /// requests' stamps, for aggregation once durable.
     pub(super) fresh: Vec<StoredEvent>,
+    /// The `commit failed` lines: while a disk stays full, every commit fails.
+    pub(super) commit_failed_lines: LineThrottle,
 }
 
 /// An append staged in a group commit, answered once the commit is durable.
@@ -460,7 +462,10 @@ impl Shard {
                 true
             }
             Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "commit failed; its appends are refused");
+                let shard = self.id;
+                self.commit_failed_lines.note(|failed_since_last_line| {
+                    tracing::error!(shard, error = %e, failed_since_last_line, "commit failed; its appends are refused");
+                });
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.unstage_sequences();
                 let error = BusError::storage(e.to_string(), e.is_out_of_space());

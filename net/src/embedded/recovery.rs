@@ -18,6 +18,7 @@ use super::log::{
 };
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
+use crate::observe::LineThrottle;
 use jimbus_core::aggregate::ConfigError;
 use jimbus_core::batch::{BatchConfig, BatchConfigError, BatchSizer};
 use jimbus_core::budget::MemoryBudget;
@@ -95,6 +96,7 @@ impl Shard {
             batch_target_gauge: metrics::gauge!("jimbus_shard_batch_target", "shard" => id.to_string()),
             linger: options.linger,
             fresh: Vec::new(),
+            commit_failed_lines: LineThrottle::new(),
         };
         shard.restore_consumers(restored);
         if journaled {

@@ -545,7 +545,7 @@ impl Handler {
             unavailable(&crate::http::guard::redact_paths(&e.to_string()))
         })?;
         let outcomes = appending.await.map_err(|e| {
-            tracing::error!(error = %e, "append failed");
+            shed::log_append_failed(&e);
             crate::http::guard::append_refused(&e)
         })?;
         let (mut stored, mut duplicates) = (0, 0);

@@ -1,16 +1,16 @@
 //! What the HTTP edge does when it sheds an ingest request (the memory budget
 //! spent, a shard's queue full, the log unavailable or its disk full): it waits
-//! [`SHED_PACE`] before the 503 (507 for a full disk), asks the budget once
-//! more after that wait, and logs the
-//! shedding at most once a second per shard. It never decides whether to
+//! [`SHED_PACE`] before the 503 (507 for a full disk) and asks the budget once
+//! more after that wait. It logs shed requests, and requests whose append the
+//! bus failed, at most once a second per shard each. It never decides whether to
 //! shed, which is the budget's and the bus's call, and it never holds a grant
 //! while it waits.
 
+use crate::observe::LineThrottle;
 use jimbus_core::budget::{Grant, MemoryBudget};
-use std::cell::Cell;
 use std::fmt::Display;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a shed ingest request waits before its 503. A client that sends
 /// again as soon as it is refused (a flood, a retry loop) otherwise keeps a
@@ -21,9 +21,6 @@ use std::time::{Duration, Instant};
 /// refusals a second; a well-behaved client waits out the answer's
 /// `Retry-After` of 1 s anyway.
 const SHED_PACE: Duration = Duration::from_millis(100);
-
-/// The shortest time between two `shedding load` lines of one shard.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A grant of `want` bytes (at least `min`) from `budget`; when it is spent,
 /// one more try after [`SHED_PACE`], so that a request that would be refused
@@ -43,55 +40,27 @@ pub(crate) async fn pace(grant: Grant) {
     glommio::timer::sleep(SHED_PACE).await;
 }
 
-/// When a shard last logged a shed request (`None`: never), and how many it
-/// has shed since without a line.
-type Throttle = (Option<Instant>, u64);
-
 thread_local! {
-    static LAST_LINE: Cell<Throttle> = const { Cell::new((None, 0)) };
+    /// This shard's `shedding load` lines.
+    static SHED_LINES: LineThrottle = const { LineThrottle::new() };
+    /// This shard's `append failed` lines.
+    static APPEND_FAILED_LINES: LineThrottle = const { LineThrottle::new() };
 }
 
-/// Logs a request shed for `error`: the first at once, then at most one line
-/// a second per shard, which counts the requests shed since the last line.
-/// One line per refusal would be thousands a second under a flood, written
-/// while the server is busiest; `jimbus_http_overload_total` counts each.
+/// Logs a request shed for `error`, at most once a second per shard
+/// ([`LineThrottle`]); `jimbus_http_overload_total` counts each.
 pub(crate) fn log(error: &dyn Display) {
-    LAST_LINE.with(|last| {
-        let (line, unlogged) = next_line(last.get(), Instant::now());
-        last.set(line);
-        if let Some(shed_since_last_line) = unlogged {
-            tracing::warn!(error = %error, shed_since_last_line, "shedding load");
-        }
+    SHED_LINES.with(|lines| {
+        lines.note(|shed_since_last_line| tracing::warn!(error = %error, shed_since_last_line, "shedding load"));
     });
 }
 
-/// The throttle's state after a shed request at `now`, and whether to log it
-/// (with the requests shed since the last line, not counting this one).
-fn next_line((at, unlogged): Throttle, now: Instant) -> (Throttle, Option<u64>) {
-    match at {
-        Some(at) if now.duration_since(at) < LOG_EVERY => ((Some(at), unlogged + 1), None),
-        _ => ((Some(now), 0), Some(unlogged)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_refusal_is_logged_then_one_line_a_second_counts_the_rest() {
-        let start = Instant::now();
-        let (mut state, logged) = next_line((None, 0), start);
-        assert_eq!(logged, Some(0));
-        // 999 more within the second: no line, each counted.
-        for i in 1..1000 {
-            let (next, logged) = next_line(state, start + Duration::from_millis(i));
-            assert_eq!(logged, None, "refusal {i}");
-            state = next;
-        }
-        assert_eq!(state, (Some(start), 999));
-        // A second after the last line, the next one says how many it left out.
-        let (state, logged) = next_line(state, start + LOG_EVERY);
-        assert_eq!((state, logged), ((Some(start + LOG_EVERY), 0), Some(999)));
-    }
+/// Logs a request whose append the bus failed (the log's write, a full disk,
+/// JetStream), at most once a second per shard: while a disk stays full every
+/// mod's request fails the same way, and a line each would fill the journal,
+/// perhaps on that disk. `jimbus_ingest_requests_total` counts each answer.
+pub(crate) fn log_append_failed(error: &dyn Display) {
+    APPEND_FAILED_LINES.with(|lines| {
+        lines.note(|failed_since_last_line| tracing::error!(error = %error, failed_since_last_line, "append failed"));
+    });
 }
