@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Retries of a batch answered with an error or a broken connection (the field
-    /// mod makes 3 attempts); 429/503 wait for Retry-After (at most 1 s).
+    /// mod makes 3 attempts); 429, 503 and 507 wait for Retry-After (at most 1 s).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Per-request timeout in seconds.

@@ -216,7 +216,7 @@ impl Session {
                 }
                 Outcome::Status { code, retry_after } => {
                     self.count_error(code.to_string());
-                    if code == 429 || code == 503 {
+                    if matches!(code, 429 | 503 | 507) {
                         retry_after.unwrap_or(Duration::from_millis(100)).min(Duration::from_secs(1))
                     } else {
                         Duration::from_millis(100 << attempt.min(4))
