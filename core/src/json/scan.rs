@@ -82,7 +82,7 @@ fn quote_or_backslash_in_32(block: &[u8; 32]) -> Option<usize> {
 
 /// [`quote_or_backslash_in_words`] eight bytes at a time, on any target. On
 /// x86-64 only the last 31 bytes of a body come here: out of line, so that
-/// the scans' usual path is a leaf that saves no registers.
+/// the scans' usual path saves fewer registers.
 #[cfg_attr(target_arch = "x86_64", inline(never))]
 #[cfg_attr(not(target_arch = "x86_64"), inline)]
 fn quote_or_backslash_in_words_of_8(bytes: &[u8]) -> Option<usize> {
@@ -103,8 +103,8 @@ fn quote_or_backslash_in_words_of_8(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The offset of the first `"` or `\` in `bytes`. Keys and most strings end
-/// within a few words, where eight bytes at a time cost less than memchr's
-/// vector set-up; a string running past 32 bytes is left to memchr.
+/// within 32 bytes, which [`quote_or_backslash_in_words`] scans without
+/// memchr's set-up; a string running past them is left to memchr.
 pub fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     if let Some(at) = quote_or_backslash_in_words(bytes) {
         return Some(at);
