@@ -103,7 +103,7 @@ fn quote_or_backslash_in_words_of_8(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The offset of the first `"` or `\` in `bytes`. Keys and most strings end
-/// within 32 bytes, which [`quote_or_backslash_in_words`] scans without
+/// within 32 bytes, which `quote_or_backslash_in_words` scans without
 /// memchr's set-up; a string running past them is left to memchr.
 pub fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     if let Some(at) = quote_or_backslash_in_words(bytes) {
