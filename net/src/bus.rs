@@ -71,17 +71,6 @@ pub enum BusError {
     Exhausted(String),
 }
 
-impl BusError {
-    /// A failed write's error: [`BusError::Full`] when it failed for want of space.
-    pub fn storage(message: String, out_of_space: bool) -> Self {
-        if out_of_space {
-            BusError::Full(message)
-        } else {
-            BusError::Storage(message)
-        }
-    }
-}
-
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Start {

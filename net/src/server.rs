@@ -101,7 +101,7 @@ impl Server {
         }
         if embedded {
             // /ready follows the data directory's free space.
-            crate::http::guard::watch_data_dir(&config.data_dir);
+            crate::disk::watch_data_dir(&config.data_dir);
             // Once the shards have made the data directory.
             let shutdown = shutdown.clone();
             crate::observe::watch_data_dir(config.data_dir.clone(), move || shutdown.is_stopping());

@@ -425,7 +425,7 @@ impl Shard {
         let saved = if batch.consumers_changed {
             self.persist_consumers(batch.consumers_replaced).await.map_err(|e| {
                 tracing::warn!(shard = self.id, error = %e, "cannot persist the durable consumers; their acks are refused");
-                BusError::storage(e.to_string(), crate::disk::is_out_of_space(&e))
+                write_failed(&e, crate::disk::is_out_of_space(&e))
             })
         } else {
             Ok(())
@@ -468,7 +468,7 @@ impl Shard {
                 });
                 metrics::counter!("jimbus_log_commit_failures_total").increment(1);
                 self.unstage_sequences();
-                let error = BusError::storage(e.to_string(), e.is_out_of_space());
+                let error = write_failed(&e, e.is_out_of_space());
                 for StagedAppend { reply, .. } in batch.appends.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -556,4 +556,15 @@ async fn recv_until(
         Ok(None)
     };
     futures_lite::future::or(async { queue.recv_async().await.map(Some) }, timer).await
+}
+
+/// The error that refuses what a failed write carried; a write that failed
+/// for want of space also makes the server not ready until there is room.
+fn write_failed(e: &dyn std::fmt::Display, out_of_space: bool) -> BusError {
+    if out_of_space {
+        crate::disk::note_full();
+        BusError::Full(e.to_string())
+    } else {
+        BusError::Storage(e.to_string())
+    }
 }

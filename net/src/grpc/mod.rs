@@ -152,10 +152,7 @@ fn status_of(e: BusError) -> Status {
         BusError::InvalidArgument(message) => Status::invalid_argument(message),
         BusError::Exhausted(message) => Status::resource_exhausted(message),
         // gRPC's code for a full file system, as its status codes say.
-        full @ BusError::Full(_) => {
-            crate::http::guard::storage_failed(&full);
-            Status::resource_exhausted(crate::http::guard::redact_paths(&full.to_string()))
-        }
+        full @ BusError::Full(_) => Status::resource_exhausted(crate::http::guard::redact_paths(&full.to_string())),
         other => Status::unavailable(crate::http::guard::redact_paths(&other.to_string())),
     }
 }

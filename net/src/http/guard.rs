@@ -5,8 +5,7 @@
 //! dead letter's raw bytes are cut to [`MAX_DEAD_LETTER_RAW`] so that it stays
 //! deliverable to a default gRPC client, an answer lists at most
 //! [`REJECTED_LISTED`] rejections, and error texts lose absolute file paths.
-//! It also keeps whether the data directory is full ([`storage_full`]), which
-//! `/ready` reports, and builds the JSON error answers. This module only shapes what the handler stores and
+//! It also builds the JSON error answers. This module only shapes what the handler stores and
 //! answers; it must never send anything to the bus itself.
 
 use crate::bus::BusError;
@@ -14,9 +13,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use jimbus_core::ingest::BodyError;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
 /// Raw bytes kept in one dead letter; the rest is cut (the reason says so).
 pub const MAX_DEAD_LETTER_RAW: usize = 1 << 20;
@@ -160,62 +156,25 @@ pub(crate) fn too_large(limit: usize) -> Response<Full<Bytes>> {
 }
 
 pub(crate) fn unavailable(message: &str) -> Response<Full<Bytes>> {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None, None);
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    retry_later(StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
-/// The data directory, once the embedded log has made it.
-static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-/// Bytes free in the data directory when a write last failed for want of
-/// space, plus one; 0 while none has.
-static FULL_AT: AtomicU64 = AtomicU64::new(0);
-
-/// Free space that counts as room again after a full disk: a segment record
-/// and its index entry, with margin.
-const ROOM: u64 = 64 * 1024;
-
-/// Names the data directory whose free space `/ready` follows.
-pub fn watch_data_dir(dir: &Path) {
-    let _ = DATA_DIR.set(dir.to_path_buf());
+/// An error answer with `Retry-After: 1`: the same request may succeed then.
+fn retry_later(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut r = error(status, message, None, None);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// The answer to an append the bus refused once it was queued: 507 for a full
 /// disk, 503 for the rest; both with `Retry-After`, since the same request
 /// succeeds once space returns or the bus recovers.
 pub(crate) fn append_refused(e: &BusError) -> Response<Full<Bytes>> {
-    storage_failed(e);
-    let message = redact_paths(&e.to_string());
-    match e {
-        BusError::Full(_) => {
-            let mut r = error(StatusCode::INSUFFICIENT_STORAGE, &message, None, None);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-        _ => unavailable(&message),
-    }
-}
-
-/// Notes a storage error: one for want of space makes the server not ready
-/// until the directory has room again.
-pub(crate) fn storage_failed(e: &BusError) {
-    if matches!(e, BusError::Full(_)) {
-        let free = DATA_DIR.get().and_then(|d| crate::disk::free_bytes(d).ok()).unwrap_or(0);
-        FULL_AT.store(free + 1, Ordering::Release);
-    }
-}
-
-/// True while the data directory is full: a write failed for want of space and
-/// the free space has not grown by `ROOM` since, or less than `ROOM` is free.
-pub fn storage_full() -> bool {
-    let Some(dir) = DATA_DIR.get() else { return false };
-    let Ok(free) = crate::disk::free_bytes(dir) else { return false };
-    let full_at = FULL_AT.load(Ordering::Acquire);
-    if full_at != 0 && free >= (full_at - 1) + ROOM {
-        FULL_AT.store(0, Ordering::Release);
-    }
-    free < ROOM || FULL_AT.load(Ordering::Acquire) != 0
+    let status = match e {
+        BusError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    retry_later(status, &redact_paths(&e.to_string()))
 }
 
 #[cfg(test)]

@@ -381,7 +381,7 @@ impl Handler {
     fn readiness(&self) -> Response<Body> {
         if !self.listener.context.shutdown.is_ready() {
             unavailable("not ready")
-        } else if crate::http::guard::storage_full() {
+        } else if crate::disk::data_dir_full() {
             unavailable("not ready: the data directory is full")
         } else {
             json(StatusCode::OK, r#"{"status":"ready"}"#.into())
