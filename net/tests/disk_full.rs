@@ -11,21 +11,8 @@ use harness::tmpfs::Tmpfs;
 use harness::{event_ids, Jimbus};
 use jimbus_proto::bus;
 use jimbus_proto::events as pb;
-use std::path::Path;
-use std::process::Command;
 
 const TMPFS_BYTES: u64 = 1 << 20;
-
-/// Fills the file system until writes fail, leaving `spare` bytes.
-fn fill(path: &Path, spare: u64) {
-    let free = free_bytes(path.parent().unwrap());
-    std::fs::write(path, vec![0u8; free.saturating_sub(spare) as usize]).expect("filler fits");
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().expect("df runs");
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output")
-}
 
 fn batch(from: usize, n: usize) -> Vec<u8> {
     let events: Vec<String> = (from..from + n)
@@ -44,8 +31,7 @@ async fn a_full_disk_answers_507_loses_nothing_and_recovers_when_space_returns()
     let disk = Tmpfs::mount(TMPFS_BYTES);
     let data = disk.dir.join("data");
     let server = Jimbus::start_in(data.clone(), &["--shards", "1", "--segment-bytes", "65536"]);
-    let filler = disk.dir.join("filler");
-    fill(&filler, 64 * 1024);
+    let filler = disk.fill_leaving(64 * 1024);
 
     let mut acked = 0;
     let refused = loop {

@@ -5,7 +5,6 @@
 
 use crate::harness::tmpfs::Tmpfs;
 use crate::harness::Jimbus;
-use std::process::Command;
 
 fn batch(from: usize) -> Vec<u8> {
     let events: Vec<String> = (from..from + 20)
@@ -21,9 +20,7 @@ fn ready_is_503_while_the_data_dir_is_full_and_answers_name_no_paths() {
     let disk = Tmpfs::mount(1 << 20);
     let server = Jimbus::start_in(disk.dir.join("data"), &["--shards", "1", "--segment-bytes", "65536"]);
     assert_eq!(server.get("/ready").status, 200);
-    let filler = disk.dir.join("filler");
-    let free = fs_free(&disk.dir);
-    std::fs::write(&filler, vec![0u8; free.saturating_sub(96 * 1024) as usize]).unwrap();
+    let filler = disk.fill_leaving(96 * 1024);
     let mut sent = 0;
     let refused = loop {
         let response = server.post("/api/v1/events/batch", &batch(sent));
@@ -42,9 +39,4 @@ fn ready_is_503_while_the_data_dir_is_full_and_answers_name_no_paths() {
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(server.get("/ready").status, 200, "ready again once space returns");
     assert_eq!(server.post("/api/v1/events/batch", &batch(sent)).status, 200);
-}
-
-fn fs_free(dir: &std::path::Path) -> u64 {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().expect("df runs");
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output")
 }

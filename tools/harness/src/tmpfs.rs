@@ -26,6 +26,17 @@ impl Tmpfs {
         assert!(status.success(), "this test mounts a tmpfs and needs root or CAP_SYS_ADMIN");
         Self { dir, _parent: parent }
     }
+
+    /// Fills it with one file, `filler`, until `spare` bytes are left (as
+    /// `df` counts them); remove that file to give the space back.
+    pub fn fill_leaving(&self, spare: u64) -> PathBuf {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&self.dir).output().expect("df runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let free: u64 = text.lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output");
+        let filler = self.dir.join("filler");
+        std::fs::write(&filler, vec![0u8; free.saturating_sub(spare) as usize]).expect("filler fits");
+        filler
+    }
 }
 
 impl Drop for Tmpfs {
