@@ -22,7 +22,7 @@ use scan::{
 /// Deeper nesting than this is refused rather than risking the stack.
 pub const MAX_DEPTH: u32 = 512;
 
-/// What went wrong, and where. The reader returns it boxed ([`JsonError::at`]).
+/// What went wrong, and where. The reader returns it boxed (`JsonError::at`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{reason} at byte {offset}")]
 pub struct JsonError {
@@ -406,7 +406,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The usual string right at the reader (see [`short_string_end`]), read
+    /// The usual string right at the reader (see `scan::short_string_end`), read
     /// and passed. `None` leaves the reader where it was, for
     /// [`Reader::peek`] and [`Reader::string`], which read it too: a caller
     /// that expects a string tries this first and skips the peek.

@@ -8,10 +8,13 @@
 //! module reads bytes and builds messages; it must never assign sessions, sequences
 //! or server time, which belong to the shard that owns the session.
 
+mod payload;
+
 use crate::json::{self, JsonError, Kind, Reader};
 use crate::spare_events;
-use jimbus_proto::events::{self as pb, event::Payload};
+use jimbus_proto::events as pb;
 use jimbus_proto::free_form::{CompactString, Struct};
+use payload::{empty_payload, typed_payload};
 use std::borrow::Cow;
 
 /// A value that does not fit its field, with the field's path.
@@ -173,6 +176,7 @@ fn integral_u53(value: f64) -> Option<u64> {
 /// A string; numbers are accepted and written as Lua would print integers.
 /// Read as a `String`, or as a [`CompactString`] for a field held inline
 /// when short (a joker's name and id).
+#[inline(always)]
 pub fn text<T: for<'a> From<Cow<'a, str>> + From<String>>(r: &mut Reader<'_>) -> Result<T> {
     // Not `text_into` a new String, which would be shorter: growing an empty
     // String costs about 200 instructions per event more than `into_owned`
@@ -234,8 +238,15 @@ pub fn flag(r: &mut Reader<'_>) -> Result<bool> {
     }
 }
 
-/// A list (`[...]`, or `{}` for an empty one) with each element read by `item`.
-pub fn list<'a, T>(r: &mut Reader<'a>, mut item: impl FnMut(&mut Reader<'a>) -> Result<T>) -> Result<Vec<T>> {
+/// A list (`[...]`, or `{}` for an empty one) with each element filled in
+/// place by `fill`, from a default: a message built on the stack and then
+/// moved into the list was copied back from memory that its fields had just
+/// been written to, a stalled load for each joker (docs/perf.md, "Fortieth
+/// pass").
+pub fn list<'a, T: Default>(
+    r: &mut Reader<'a>,
+    mut fill: impl FnMut(&mut Reader<'a>, &mut T) -> Result<()>,
+) -> Result<Vec<T>> {
     if !matches!(r.peek()?, Kind::Array | Kind::Object) {
         return Err(mismatch(r, "a list"));
     }
@@ -248,14 +259,18 @@ pub fn list<'a, T>(r: &mut Reader<'a>, mut item: impl FnMut(&mut Reader<'a>) -> 
             // allocation, where a `Vec` grown from four took two.
             out.reserve_exact(json::FIRST_LIST_SLOTS);
         }
-        out.push(item(r).map_err(|e| e.within(&format!("[{i}]")))?);
-        Ok::<_, Box<FieldError>>(())
+        out.push(T::default());
+        fill(r, &mut out[i]).map_err(|e| e.within(&format!("[{i}]")))
     })?;
     Ok(out)
 }
 
 fn texts(r: &mut Reader<'_>) -> Result<Vec<String>> {
-    list(r, text)
+    // Each read whole with `text`, not grown by `text_into` (see `text`).
+    list(r, |r, into: &mut String| {
+        *into = text(r)?;
+        Ok(())
+    })
 }
 
 /// An object read key by key; `on_key` handles known keys and returns false for
@@ -286,142 +301,6 @@ fn free_object(r: &mut Reader<'_>) -> Result<Struct> {
     match r.peek()? {
         Kind::Object => Ok(r.object_value()?),
         _ => Err(mismatch(r, "an object")),
-    }
-}
-
-/// Declares a payload reader: each `"key" => field: reader` line maps a JSON key
-/// to a typed field; every other key lands in `extra`.
-macro_rules! payload_reader {
-    ($name:ident, $msg:ty { $($key:literal => $field:ident : $read:expr),* $(,)? }) => {
-        fn $name(r: &mut Reader<'_>) -> Result<$msg> {
-            let mut m = <$msg>::default();
-            let mut extra = None;
-            object(r, &mut extra, |r, key| {
-                match key {
-                    $($key => m.$field = $read(r)?,)*
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            })?;
-            m.extra = extra;
-            Ok(m)
-        }
-    };
-}
-
-fn some<T>(read: impl Fn(&mut Reader<'_>) -> Result<T>) -> impl Fn(&mut Reader<'_>) -> Result<Option<T>> {
-    move |r| read(r).map(Some)
-}
-
-payload_reader!(joker, pb::Joker { "name" => name: text, "id" => id: text, "position" => position: int32 });
-payload_reader!(card, pb::Card { "rank" => rank: text, "suit" => suit: text, "enhancements" => enhancements: texts });
-payload_reader!(blind, pb::Blind { "name" => name: text, "chips" => chips: number });
-payload_reader!(deck, pb::DeckSummary { "cards_remaining" => cards_remaining: int32, "size" => size: int32 });
-payload_reader!(heartbeat, pb::HeartbeatEvent {
-    "version" => mod_version: text, "uptime" => uptime: number,
-    "headless" => headless: flag, "game_state" => game_state: text,
-});
-payload_reader!(game_state, pb::GameStateEvent {
-    "game_state" => phase: text, "phase" => phase: text, "ante" => ante: some(int32), "round" => round: some(int32),
-    "money" => money: some(number), "chips" => chips: some(number), "mult" => mult: some(number),
-    "score" => score: some(number), "hands_remaining" => hands_remaining: some(int32),
-    "discards_remaining" => discards_remaining: some(int32),
-    "blind" => blind: some(blind), "jokers" => jokers: |r: &mut Reader<'_>| list(r, joker),
-    "hand" => hand: |r: &mut Reader<'_>| list(r, card), "deck" => deck: some(deck),
-});
-payload_reader!(money_changed, pb::MoneyChangedEvent {
-    "old_value" => old_value: number, "new_value" => new_value: number, "difference" => difference: number,
-});
-payload_reader!(score_changed, pb::ScoreChangedEvent {
-    "old_chips" => old_chips: number, "new_chips" => new_chips: number,
-    "old_mult" => old_mult: number, "new_mult" => new_mult: number,
-});
-payload_reader!(hand_played, pb::HandPlayedEvent {
-    "hands_remaining" => hands_remaining: int32, "hand_number" => hand_number: int32,
-    "hand_type" => hand_type: text, "cards" => cards: texts,
-});
-payload_reader!(cards_discarded, pb::CardsDiscardedEvent {
-    "discards_remaining" => discards_remaining: int32, "cards" => cards: texts,
-});
-payload_reader!(jokers_changed, pb::JokersChangedEvent {
-    "old_count" => old_count: int32, "new_count" => new_count: int32,
-    "jokers" => jokers: |r: &mut Reader<'_>| list(r, joker),
-});
-payload_reader!(round_changed, pb::RoundChangedEvent { "round" => round: int32, "ante" => ante: int32 });
-payload_reader!(phase_changed, pb::PhaseChangedEvent { "old_phase" => old_phase: text, "new_phase" => new_phase: text });
-payload_reader!(round_complete, pb::RoundCompleteEvent {
-    "score" => score: number, "ante" => ante: int32, "round" => round: int32, "money" => money: number,
-});
-payload_reader!(joker_trigger, pb::JokerTriggerEvent { "joker_name" => joker_name: text, "timestamp" => trigger_time_ms: number });
-payload_reader!(hand_eval_start, pb::HandEvalStart { "hand_type" => hand_type: text, "cards" => cards: texts });
-payload_reader!(scoring_joker, pb::ScoringJokerTrigger {
-    "joker" => joker: some(joker), "score_contribution" => score_contribution: number,
-    "trigger_index" => trigger_index: int32, "chips" => chips: number, "mult" => mult: number,
-    "money" => money: number, "context" => context: text, "parent" => parent: text,
-});
-payload_reader!(score_update, pb::ScoreUpdate { "score_before" => score_before: number, "score_after" => score_after: number });
-payload_reader!(mult_update, pb::MultUpdate {
-    "mult_before" => mult_before: number, "mult_after" => mult_after: number, "source" => source: text,
-});
-payload_reader!(chips_update, pb::ChipsUpdate {
-    "chips_before" => chips_before: number, "chips_after" => chips_after: number, "source" => source: text,
-});
-payload_reader!(hand_eval_complete, pb::HandEvalComplete {
-    "duration_ms" => duration_ms: number, "final_chips" => final_chips: number,
-    "final_mult" => final_mult: number, "triggers" => triggers: int32,
-});
-payload_reader!(decision_request, pb::DecisionRequest {
-    "request_id" => request_id: text, "available_actions" => available_actions: texts,
-    "time_limit_ms" => time_limit_ms: int32, "game_state" => game_state: some(free_object),
-});
-payload_reader!(decision_response, pb::DecisionResponse {
-    "request_id" => request_id: text, "action" => action: text, "params" => params: some(free_object),
-});
-payload_reader!(error_event, pb::ErrorEvent { "message" => message: text, "stack" => stack: text });
-payload_reader!(connection_test, pb::ConnectionTestEvent { "message" => message: text });
-
-/// Reads the payload object of an event of `event_type`/`subtype` into
-/// `slot`, the event's own payload field. Written there rather than returned:
-/// a `Payload` is 304 bytes whatever its variant (a game state's size), and
-/// returning it through the readers' results moved it about six times per
-/// event (docs/perf.md, "Ninth pass"). `slot` is left as it was on an error.
-fn typed_payload(r: &mut Reader<'_>, event_type: &str, subtype: &str, slot: &mut Option<Payload>) -> Result<()> {
-    use pb::learning_decision_event::Kind as Decision;
-    use pb::scoring_event::Step;
-    let scoring = |step| Payload::Scoring(pb::ScoringEvent { step: Some(step) });
-    let decision = |kind| Payload::LearningDecision(pb::LearningDecisionEvent { kind: Some(kind) });
-    *slot = Some(match (event_type, subtype) {
-        ("HEARTBEAT", _) => Payload::Heartbeat(heartbeat(r)?),
-        ("GAME_STATE", _) => Payload::GameState(game_state(r)?),
-        ("MONEY_CHANGED", _) => Payload::MoneyChanged(money_changed(r)?),
-        ("SCORE_CHANGED", _) => Payload::ScoreChanged(score_changed(r)?),
-        ("HAND_PLAYED", _) => Payload::HandPlayed(hand_played(r)?),
-        ("CARDS_DISCARDED", _) => Payload::CardsDiscarded(cards_discarded(r)?),
-        ("JOKERS_CHANGED", _) => Payload::JokersChanged(jokers_changed(r)?),
-        ("ROUND_CHANGED", _) => Payload::RoundChanged(round_changed(r)?),
-        ("PHASE_CHANGED", _) => Payload::PhaseChanged(phase_changed(r)?),
-        ("ROUND_COMPLETE", _) => Payload::RoundComplete(round_complete(r)?),
-        ("JOKER_TRIGGER", _) => Payload::JokerTrigger(joker_trigger(r)?),
-        ("SCORING", "HAND_EVAL_START") => scoring(Step::HandEvalStart(hand_eval_start(r)?)),
-        ("SCORING", "JOKER_TRIGGER") => scoring(Step::JokerTrigger(scoring_joker(r)?)),
-        ("SCORING", "SCORE_UPDATE") => scoring(Step::ScoreUpdate(score_update(r)?)),
-        ("SCORING", "MULT_UPDATE") => scoring(Step::MultUpdate(mult_update(r)?)),
-        ("SCORING", "CHIPS_UPDATE") => scoring(Step::ChipsUpdate(chips_update(r)?)),
-        ("SCORING", "HAND_EVAL_COMPLETE") => scoring(Step::HandEvalComplete(hand_eval_complete(r)?)),
-        ("LEARNING_DECISION", "REQUEST") => decision(Decision::Request(decision_request(r)?)),
-        ("LEARNING_DECISION", "RESPONSE") => decision(Decision::Response(decision_response(r)?)),
-        ("ERROR", _) => Payload::Error(error_event(r)?),
-        ("connection_test", _) => Payload::ConnectionTest(connection_test(r)?),
-        _ => Payload::Generic(pb::GenericEvent { payload: Some(free_object(r)?) }),
-    });
-    Ok(())
-}
-
-/// Gives an event that sent no payload a typed, empty one, so subscribers can
-/// still match on the type.
-fn empty_payload(event: &mut pb::Event) {
-    if typed_payload(&mut Reader::new(b"{}"), &event.event_type, &event.subtype, &mut event.payload).is_err() {
-        event.payload = Some(Payload::Generic(pb::GenericEvent::default()));
     }
 }
 
@@ -558,24 +437,11 @@ fn client_clock(timestamp_ms: f64) -> pb::ClientClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jimbus_proto::events::event::Payload;
     use proptest::prelude::*;
 
     fn event(body: &str) -> Result<pb::Event> {
         read_event(&mut Reader::new(body.as_bytes())).map(|e| *e)
-    }
-
-    /// What a typed list counts as built covers the most its `Vec` holds at
-    /// once: its first room, then, as it doubles, the old and new buffers.
-    #[test]
-    fn a_list_counts_at_least_the_room_it_holds() {
-        for n in 0..40 {
-            let body = format!("[{}]", vec!["{}"; n].join(","));
-            let mut r = Reader::new(body.as_bytes());
-            let jokers = list(&mut r, joker).unwrap();
-            let room = jokers.capacity() * std::mem::size_of::<pb::Joker>();
-            let peak = if jokers.capacity() > json::FIRST_LIST_SLOTS { room + room / 2 } else { room };
-            assert!(r.built_bytes() >= peak, "{n} jokers: {} counted, {peak} held", r.built_bytes());
-        }
     }
 
     proptest::proptest! {
