@@ -18,6 +18,7 @@ pub mod aggregate;
 pub mod batch;
 pub mod budget;
 pub mod checkpoint;
+pub mod checksum;
 pub mod consumer_state;
 pub mod dedup;
 pub mod ingest;

@@ -11,6 +11,7 @@
 //! that runs past the end of the data is torn (a write that did not finish); one
 //! whose CRC does not match is corrupt. This module must never touch a file.
 
+use crate::checksum;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -30,7 +31,7 @@ pub struct RecordHeader {
 pub const HEADER_LEN: usize = std::mem::size_of::<RecordHeader>();
 
 /// A larger record than this is treated as corrupt on read. Writers stay far
-/// under it, so [`encode_with`] only asserts it in debug builds: an event is
+/// under it, so [`frame_with`] only asserts it in debug builds: an event is
 /// at most the schema's 2 MiB at admission, a dead letter's raw bytes are
 /// cut, and an aggregated message holds a cascade part of at most
 /// `cascade_split_bytes` and a game state of at most `max_state_bytes`.
@@ -88,20 +89,27 @@ pub enum FrameError {
     Malformed(&'static str),
 }
 
-/// Appends a framed record to `out`.
+/// Appends a framed record to `out`, with its checksum.
 pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
     let message = |out: &mut Vec<u8>| {
         out.extend_from_slice(record.message);
         Some(())
     };
-    encode_with(record.offset, record.time_us, record.kind, record.topic, out, message);
+    frame_with(record.offset, record.time_us, record.kind, record.topic, out, message);
+    let len = out.len() - start;
+    seal(&mut out[start..], [len]);
 }
 
 /// Frames a record at the end of `out` whose message `message` appends
 /// straight after the topic, so that an event is encoded once, into the
 /// buffer that is written, and not into a scratch buffer and copied. When
 /// `message` returns `None`, `out` is cut back to what it was.
-pub fn encode_with<T>(
+///
+/// Its checksum is left for [`seal`] to write, for a run of records at once:
+/// a log frames each record of a commit as it is staged, and seals them all
+/// before it writes them.
+pub fn frame_with<T>(
     offset: u64,
     time_us: u64,
     kind: RecordKind,
@@ -129,9 +137,30 @@ pub fn encode_with<T>(
     debug_assert!(len <= MAX_RECORD_LEN, "a record of {len} bytes could never be read back");
     header.len = U32::new(len as u32);
     out[start..start + HEADER_LEN].copy_from_slice(header.as_bytes());
-    let crc = crc32c::crc32c(&out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     Some(written)
+}
+
+/// Writes the checksum of each record framed by [`frame_with`] in `records`,
+/// which holds them one after the other from its start; `ends` says where
+/// each ends. Three records are summed at once ([`checksum::crc32c_3`]).
+pub fn seal(records: &mut [u8], ends: impl IntoIterator<Item = usize>) {
+    let mut spans = [(0, 0); 3];
+    let (mut held, mut start) = (0, 0);
+    for end in ends {
+        spans[held] = (start, end);
+        (held, start) = (held + 1, end);
+        if held == 3 {
+            let crcs = checksum::crc32c_3(spans.map(|(start, end)| &records[start + 4..end]));
+            for ((start, _), crc) in spans.into_iter().zip(crcs) {
+                records[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+            held = 0;
+        }
+    }
+    for &(start, end) in &spans[..held] {
+        let crc = crc32c::crc32c(&records[start + 4..end]);
+        records[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 /// Reads the record at the start of `data`, checking its checksum.
@@ -241,22 +270,40 @@ mod tests {
             }
         }
 
+        /// Records framed one by one and sealed together are the bytes that
+        /// encoding each with its checksum gives, whatever their count.
+        #[test]
+        fn framed_then_sealed_is_encoded(items in records()) {
+            let (encoded, ends) = encode_all(&items);
+            let mut framed = Vec::new();
+            for (i, (topic, message)) in items.iter().enumerate() {
+                frame_with(i as u64, 7, RecordKind::Event, topic, &mut framed, |out| {
+                    out.extend_from_slice(message);
+                    Some(())
+                });
+            }
+            seal(&mut framed, ends);
+            prop_assert_eq!(framed, encoded);
+        }
+
         #[test]
         fn a_refused_message_leaves_nothing(items in records(), refused in proptest::collection::vec(any::<bool>(), 20)) {
-            let mut data = Vec::new();
+            let (mut data, mut ends) = (Vec::new(), Vec::new());
             let mut kept = Vec::new();
             for (i, (topic, message)) in items.iter().enumerate() {
                 // Half of the message is written before the refusal, as a
                 // duplicate found after its encoding is.
-                let framed = encode_with(i as u64, 7, RecordKind::Event, topic, &mut data, |out| {
+                let framed = frame_with(i as u64, 7, RecordKind::Event, topic, &mut data, |out| {
                     out.extend_from_slice(&message[..message.len() / 2]);
                     (!refused[i]).then(|| out.extend_from_slice(&message[message.len() / 2..]))
                 });
                 prop_assert_eq!(framed.is_some(), !refused[i]);
                 if framed.is_some() {
                     kept.push((topic.clone(), message.clone(), i as u64));
+                    ends.push(data.len());
                 }
             }
+            seal(&mut data, ends);
             let mut seen = Vec::new();
             let end = scan(&data, |_, r| seen.push((r.topic.to_string(), r.message.to_vec(), r.offset)));
             prop_assert_eq!(end.stopped, None);

@@ -245,7 +245,7 @@ impl StampEncoder {
     /// its client's view, then, unless `is_retry` knows the view's dedup key,
     /// its stamps with the sequence `sequence_of` hands out for its session.
     /// `None` for a retry, whose view stays in `out` for
-    /// [`record::encode_with`](crate::record::encode_with) to cut back.
+    /// [`record::frame_with`](crate::record::frame_with) to cut back.
     pub fn append_record(
         &mut self,
         event: &mut pb::Event,

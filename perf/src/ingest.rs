@@ -139,12 +139,14 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
     for n in 0..requests {
         let now = jimbus_net::clock::now_micros();
         let simulated = Duration::from_micros(125 * n as u64);
+        let from = shard.log.len();
         for item in admitted(&body, &budget, n as u64).unwrap_or_default() {
             if let AppendItem::Event(event, request) = item {
                 shard.stage(event, &request, now, simulated);
             }
         }
         shard.tick(now, simulated);
+        shard.seal(from);
         if shard.log.len() > 1 << 20 {
             shard.log.clear();
         }
@@ -156,6 +158,9 @@ pub fn cpu_path(body: &[u8], requests: usize) -> u64 {
 struct CpuShard {
     /// The records, as a commit buffer holds them.
     log: Vec<u8>,
+    /// Where each record of the request ends in `log`, to be sealed with
+    /// their checksums as a commit seals its records.
+    ends: Vec<usize>,
     /// Writes each event's topic, as the shard's one does.
     topics: TopicWriter,
     /// Completes each record after its client view.
@@ -174,6 +179,7 @@ impl Default for CpuShard {
     fn default() -> Self {
         Self {
             log: Vec::with_capacity(1 << 20),
+            ends: Vec::new(),
             topics: TopicWriter::default(),
             stamper: StampEncoder::default(),
             sequences: Default::default(),
@@ -191,7 +197,7 @@ impl CpuShard {
         let (sequences, stamper) = (&mut self.sequences, &mut self.stamper);
         let topic = self.topics.write(&event.session_id, &event.event_type);
         let published = jimbus_net::clock::timestamp(now);
-        let stored = record::encode_with(self.staged, now, RecordKind::Event, topic, &mut self.log, |out| {
+        let stored = record::frame_with(self.staged, now, RecordKind::Event, topic, &mut self.log, |out| {
             // The pump's staging, with a dedup window that never holds the key.
             let is_retry = |key| {
                 std::hint::black_box(key);
@@ -201,6 +207,7 @@ impl CpuShard {
             stamper.append_record(&mut event, request, published, out, is_retry, sequence_of)
         });
         self.staged += 1;
+        self.ends.push(self.log.len());
         let session = std::mem::take(&mut event.session_id);
         let RecordMessage { sequence, len: encoded_len, .. } = stored.expect("nothing is refused");
         let stamped = Stamped::of_stored(request, encoded_len);
@@ -219,6 +226,12 @@ impl CpuShard {
         jimbus_core::spare_events::give_back([event]);
     }
 
+    /// Writes the checksums of the records framed since `log` was `from`
+    /// long, as a commit does.
+    fn seal(&mut self, from: usize) {
+        record::seal(&mut self.log[from..], self.ends.drain(..).map(|end| end - from));
+    }
+
     /// Runs aggregation's timers at `simulated` and stages what it emitted.
     fn tick(&mut self, now: u64, simulated: Duration) {
         self.aggregator.tick(simulated, &mut self.aggregated);
@@ -228,7 +241,8 @@ impl CpuShard {
                 jimbus_proto::wire::Write::write(&message.message, out);
                 Some(())
             };
-            record::encode_with(0, now, RecordKind::Aggregated, &topic, &mut self.log, encode);
+            record::frame_with(0, now, RecordKind::Aggregated, &topic, &mut self.log, encode);
+            self.ends.push(self.log.len());
             // As the pump does once the commit that carries it is durable.
             self.aggregator.take_back([message]);
         }

@@ -322,7 +322,8 @@ pub struct SegmentWriter {
     pub(super) options: LogOptions,
     /// What readers see; the writer alone changes it.
     pub(super) index: SharedIndex,
-    /// Encoded records waiting for the next commit.
+    /// Encoded records waiting for the next commit, framed without their
+    /// checksums, which the commit writes for all of them at once.
     pub(super) staged: Vec<u8>,
     /// Where each staged record ends in `staged`, and its time: publishing
     /// needs the time, which it would otherwise decode the record again for.
@@ -372,7 +373,7 @@ impl SegmentWriter {
 
     /// Adds a record whose message `encode` appends straight into the commit
     /// buffer, and returns its offset with what `encode` returned. When
-    /// `encode` returns `None` nothing is staged (see [`record::encode_with`]).
+    /// `encode` returns `None` nothing is staged (see [`record::frame_with`]).
     pub fn stage_encoded<T>(
         &mut self,
         kind: RecordKind,
@@ -381,7 +382,7 @@ impl SegmentWriter {
         encode: impl FnOnce(&mut Vec<u8>) -> Option<T>,
     ) -> Option<(u64, T)> {
         let offset = self.next_offset();
-        let encoded = record::encode_with(offset, time_us, kind, topic, &mut self.staged, encode)?;
+        let encoded = record::frame_with(offset, time_us, kind, topic, &mut self.staged, encode)?;
         self.staged_ends.push((self.staged.len(), time_us));
         Some((offset, encoded))
     }
@@ -393,8 +394,10 @@ impl SegmentWriter {
         if self.staged_ends.is_empty() {
             return Ok(());
         }
+        // Three records' checksums at a time (`record::seal`), not each as it was framed.
         // The next commit is likely as large as this one: start it at this size
         // rather than growing (and copying) from nothing.
+        record::seal(&mut self.staged, self.staged_ends.iter().map(|&(end, _)| end));
         let next = self.index.borrow_mut().commit_buffer(self.staged.len());
         let pinned = self.staged.capacity();
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
