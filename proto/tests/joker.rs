@@ -70,6 +70,16 @@ proptest! {
         prop_assert_eq!(Generated::decode(joker.encode_to_vec().as_slice()).expect("decodes"), g);
     }
 
+    /// `clone_from` is written by hand, field by field: it must leave what
+    /// `clone` makes, over any joker, short strings or long.
+    #[test]
+    fn clone_from_leaves_what_clone_makes(g in joker(), over in joker()) {
+        let (source, mut into) = (hand_written(&g), hand_written(&over));
+        into.clone_from(&source);
+        prop_assert_eq!(&into, &source.clone());
+        prop_assert_eq!(into, source);
+    }
+
     #[test]
     fn refuses_what_the_generated_type_refuses(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         prop_assert_eq!(pb::Joker::decode(bytes.as_slice()).is_ok(), Generated::decode(bytes.as_slice()).is_ok());
