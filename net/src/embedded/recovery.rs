@@ -13,7 +13,7 @@ use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
 use super::log::{
-    is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter,
+    is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, Tail,
     POSITION_STRIDE, TIME_MARK_STRIDE,
 };
 use super::pump::{PumpOptions, Shard};
@@ -31,7 +31,7 @@ use jimbus_core::topic::TopicWriter;
 use jimbus_proto::events as pb;
 use prost::Message;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -250,12 +250,7 @@ impl SegmentWriter {
         let index = Rc::new(RefCell::new(LogIndex {
             segments,
             end,
-            tail_first: end,
-            tail: VecDeque::new(),
-            tail_bytes: 0,
-            tail_cap: options.tail_cache_bytes,
-            commits: VecDeque::new(),
-            spare: Vec::new(),
+            tail: Tail::new(end, options.tail_cache_bytes),
             time_marks,
             committed: event_listener::Event::new(),
         }));
@@ -371,7 +366,7 @@ mod tests {
             let bytes: usize = within.iter().map(Bytes::len).sum();
             assert!(within.len() == 1 || bytes <= 1000, "{bytes} bytes read from {from}");
             // Left unread: a first record on disk that needs a read of its own.
-            let on_disk = from < index.borrow().tail_first;
+            let on_disk = from < index.borrow().tail.first;
             match read_log(index, from, 3, 1000, false).await.unwrap() {
                 LogRead::Frames(unless_larger, next) => {
                     assert!(!on_disk || message(from).len() < 16 << 10, "record {from} was read");
@@ -434,7 +429,7 @@ mod tests {
             }
             writer.commit().await.unwrap();
             let index = writer.index();
-            assert_eq!(index.borrow().tail.len(), 300, "every record is in the tail");
+            assert_eq!(index.borrow().tail.frames.len(), 300, "every record is in the tail");
             check_every_offset(&index, 300).await;
         });
     }

@@ -16,12 +16,15 @@
 mod ahead;
 mod direct;
 mod read;
+mod tail;
 mod write;
 
 pub(super) use ahead::{is_clean_end, Ahead};
+pub(super) use tail::Tail;
 
 use direct::DirectSegment;
 pub use read::{read_frames, read_log, LogRead};
+use tail::TailCommit;
 pub(super) use write::open_segment;
 use write::{write_durably, Target};
 
@@ -32,18 +35,9 @@ use glommio::io::BufferedFile;
 use jimbus_core::checkpoint::SegmentIndex;
 use jimbus_core::record::{self, RecordKind};
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// Commit buffers kept for reuse per shard, and the largest kept. One is
-/// enough under load, where each commit's publish lets go of about one older
-/// commit; more would keep pages resident that an idle shard gives back (a
-/// pool of four raised peak RSS by 25-45 MiB under jimbus-load).
-const SPARE_BUFFERS: usize = 1;
-const MAX_SPARE_BYTES: usize = 1 << 20;
-/// Below this, a spare buffer is reused whatever the next commit's size.
-const MIN_SPARE_BYTES: usize = 64 << 10;
 /// Every this many records of a segment, its file position is kept in
 /// memory; a read from another offset starts at the mark before it and steps
 /// over at most this many records less one. Keeping every record's position
@@ -178,23 +172,8 @@ pub struct LogIndex {
     pub(super) segments: Vec<Segment>,
     /// Offset of the next record to be committed.
     pub(super) end: u64,
-    /// Offset of the first record in `tail`.
-    pub(super) tail_first: u64,
-    /// The newest committed records, framed, for readers that keep up.
-    pub(super) tail: VecDeque<Bytes>,
-    /// The memory that the commits in `tail` hold: their buffers' capacity,
-    /// not only their records, since a staging buffer that grew by doubling
-    /// can be twice its records (counting records alone let the tail hold
-    /// about twice its cap). Kept under `tail_cap`, except for the newest commit.
-    pub(super) tail_bytes: usize,
-    pub(super) tail_cap: usize,
-    /// The commits whose records are in `tail`, oldest first.
-    pub(super) commits: VecDeque<TailCommit>,
-    /// Emptied buffers of commits the tail has let go of and no reader holds,
-    /// for the next commits to stage into: their pages are already mapped, so
-    /// a commit does not fault in and zero fresh ones (as a new buffer does
-    /// once the allocator has returned the old one to the system).
-    pub(super) spare: Vec<Vec<u8>>,
+    /// The newest committed records, for readers that keep up.
+    pub(super) tail: Tail,
     /// The (time, offset) of every record whose offset is a multiple of
     /// [`TIME_MARK_STRIDE`], for time-based starts.
     pub(super) time_marks: Vec<(u64, u64)>,
@@ -203,16 +182,6 @@ pub struct LogIndex {
 }
 
 pub type SharedIndex = Rc<RefCell<LogIndex>>;
-
-/// A commit whose records are in the tail.
-pub(super) struct TailCommit {
-    /// The offset after its last record.
-    pub(super) end: u64,
-    /// Its whole buffer, of which the tail's frames are slices.
-    pub(super) data: Bytes,
-    /// The memory that buffer holds: its capacity.
-    pub(super) pinned: usize,
-}
 
 impl LogIndex {
     pub fn end(&self) -> u64 {
@@ -231,59 +200,6 @@ impl LogIndex {
         } else {
             self.time_marks[i - 1].1
         }
-    }
-
-    fn push_tail(&mut self, offset: u64, frame: Bytes) {
-        if self.tail.is_empty() {
-            self.tail_first = offset;
-        }
-        self.tail.push_back(frame);
-    }
-
-    /// Adds a commit whose frames were pushed to the tail, then lets go of
-    /// the oldest commits, records and buffer together, while the tail holds
-    /// more than its cap (the newest one always stays).
-    fn push_commit(&mut self, commit: TailCommit) {
-        self.tail_bytes += commit.pinned;
-        self.commits.push_back(commit);
-        while self.tail_bytes > self.tail_cap && self.commits.len() > 1 {
-            let Some(oldest) = self.commits.pop_front() else { break };
-            while self.tail_first < oldest.end && self.tail.pop_front().is_some() {
-                self.tail_first += 1;
-            }
-            self.tail_bytes -= oldest.pinned;
-            self.keep_spare(oldest.data);
-        }
-    }
-
-    /// Takes back the buffer of a commit that left the tail, unless a reader
-    /// still holds a record of it (then it is left to the reader).
-    fn keep_spare(&mut self, data: Bytes) {
-        if self.spare.len() >= SPARE_BUFFERS || data.len() > MAX_SPARE_BYTES {
-            return;
-        }
-        let held = data.len();
-        // A buffer much larger than what it held would pin that much for
-        // every commit it carries through the tail: let it go instead.
-        if let Ok(buffer) = data.try_into_mut().map(Vec::from) {
-            if buffer.capacity() <= 2 * held {
-                let mut buffer = buffer;
-                buffer.clear();
-                self.spare.push(buffer);
-            }
-        }
-    }
-
-    /// An empty buffer for the next commit, with room for `bytes`: a spare
-    /// one when it is no more than twice that large, so the tail holds about
-    /// what its records need.
-    fn commit_buffer(&mut self, bytes: usize) -> Vec<u8> {
-        let mut buffer = match self.spare.pop() {
-            Some(spare) if spare.capacity() <= 2 * bytes.max(MIN_SPARE_BYTES) => spare,
-            _ => Vec::new(),
-        };
-        buffer.reserve(bytes);
-        buffer
     }
 
     /// Where a read of `offset` starts on disk: at the marked record at or
@@ -398,7 +314,7 @@ impl SegmentWriter {
         // The next commit is likely as large as this one: start it at this size
         // rather than growing (and copying) from nothing.
         record::seal(&mut self.staged, self.staged_ends.iter().map(|&(end, _)| end));
-        let next = self.index.borrow_mut().commit_buffer(self.staged.len());
+        let next = self.index.borrow_mut().tail.commit_buffer(self.staged.len());
         let pinned = self.staged.capacity();
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
         let ends = std::mem::take(&mut self.staged_ends);
@@ -465,7 +381,6 @@ impl SegmentWriter {
         let mut from = 0;
         for &(end, time_us) in ends {
             let offset = log.end;
-            let frame = data.slice(from..end);
             if offset.is_multiple_of(TIME_MARK_STRIDE) {
                 log.time_marks.push((time_us, offset));
             }
@@ -477,7 +392,7 @@ impl SegmentWriter {
                 segment.marks.push(position);
             }
             segment.records += 1;
-            log.push_tail(offset, frame);
+            log.tail.push_frame(offset, from..end);
             log.end += 1;
             from = end;
         }
@@ -486,7 +401,7 @@ impl SegmentWriter {
         }
         let data_len = data.len();
         let end = log.end;
-        log.push_commit(TailCommit { end, data, pinned });
+        log.tail.push_commit(TailCommit { end, data, pinned });
         per_thread!(Counter, counter!("jimbus_log_appended_records_total")).with(|c| c.increment(ends.len() as u64));
         per_thread!(Counter, counter!("jimbus_log_appended_bytes_total")).with(|c| c.increment(data_len as u64));
         log.committed.notify(usize::MAX);
@@ -589,51 +504,6 @@ pub(in crate::embedded) mod testing {
 mod tests {
     use super::*;
 
-    /// A log index with no segments and a tail of `tail_cap` bytes.
-    fn index(tail_cap: usize) -> LogIndex {
-        LogIndex {
-            segments: Vec::new(),
-            end: 0,
-            tail_first: 0,
-            tail: VecDeque::new(),
-            tail_bytes: 0,
-            tail_cap,
-            commits: VecDeque::new(),
-            spare: Vec::new(),
-            time_marks: Vec::new(),
-            committed: event_listener::Event::new(),
-        }
-    }
-
-    /// Commits one 8-byte record at `offset` as `publish` does; returns where its buffer lies.
-    fn commit(index: &mut LogIndex, offset: u64) -> (*const u8, Bytes) {
-        let mut buffer = index.commit_buffer(8);
-        buffer.extend_from_slice(&[offset as u8; 8]);
-        let pinned = buffer.capacity();
-        let data = Bytes::from(buffer);
-        index.push_tail(offset, data.clone());
-        index.push_commit(TailCommit { end: offset + 1, data: data.clone(), pinned });
-        (data.as_ptr(), data)
-    }
-
-    #[test]
-    fn a_commit_buffer_is_reused_once_the_tail_and_every_reader_let_go() {
-        let mut index = index(8);
-        let (_, first) = commit(&mut index, 0);
-        let read = first.slice(0..4); // a reader still holds a record of commit 0
-        drop(first);
-        let (second_at, second) = commit(&mut index, 1); // the tail lets go of commit 0
-        assert!(index.spare.is_empty(), "a buffer a reader holds is never reused");
-        assert_eq!(&read[..], &[0; 4], "and what the reader holds is intact");
-        drop(second);
-        let (_, third) = commit(&mut index, 2); // the tail lets go of commit 1
-        assert_eq!(index.spare.len(), 1);
-        drop(third);
-        let (fourth_at, _) = commit(&mut index, 3);
-        assert_eq!(fourth_at, second_at, "commit 3 is staged in commit 1's buffer");
-        assert_eq!(&index.tail.back().expect("tail")[..], &[3; 8]);
-    }
-
     #[test]
     fn a_full_disk_is_told_apart_whichever_way_its_error_came() {
         let named = || glommio::GlommioError::<()>::EnhancedIoError {
@@ -650,21 +520,5 @@ mod tests {
         assert!(LogError::Io(std::io::Error::from(named())).is_out_of_space());
         assert!(LogError::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)).is_out_of_space());
         assert!(!LogError::Io(std::io::Error::from_raw_os_error(libc::EIO)).is_out_of_space());
-    }
-
-    #[test]
-    fn the_tail_is_capped_by_what_its_buffers_hold_not_by_their_records() {
-        let mut index = index(64);
-        for offset in 0..4u64 {
-            // 8 bytes of record in a buffer that holds 32.
-            let mut buffer = Vec::with_capacity(32);
-            buffer.extend_from_slice(&[offset as u8; 8]);
-            let pinned = buffer.capacity();
-            let data = Bytes::from(buffer);
-            index.push_tail(offset, data.clone());
-            index.push_commit(TailCommit { end: offset + 1, data, pinned });
-        }
-        assert_eq!(index.tail_bytes, 64, "two 32-byte buffers, though only 16 bytes of records");
-        assert_eq!((index.tail_first, index.tail.len(), index.commits.len()), (2, 2, 2));
     }
 }

@@ -58,14 +58,7 @@ pub async fn read_log(
         if from >= log.end {
             return Ok(LogRead::Frames(Vec::new(), from));
         }
-        if from >= log.tail_first && !log.tail.is_empty() {
-            let skip = (from - log.tail_first) as usize;
-            let (mut held, mut first) = (0, true);
-            let within = |frame: &&Bytes| {
-                held += frame.len();
-                std::mem::take(&mut first) || held <= max_bytes
-            };
-            let frames: Vec<Bytes> = log.tail.iter().skip(skip).take(max).take_while(within).cloned().collect();
+        if let Some(frames) = log.tail.frames_from(from, max, max_bytes) {
             let next = from + frames.len() as u64;
             return Ok(LogRead::Frames(frames, next));
         }
