@@ -311,9 +311,9 @@ impl SegmentWriter {
             return Ok(());
         }
         // Three records' checksums at a time (`record::seal`), not each as it was framed.
+        record::seal(&mut self.staged, self.staged_ends.iter().map(|&(end, _)| end));
         // The next commit is likely as large as this one: start it at this size
         // rather than growing (and copying) from nothing.
-        record::seal(&mut self.staged, self.staged_ends.iter().map(|&(end, _)| end));
         let next = self.index.borrow_mut().tail.commit_buffer(self.staged.len());
         let pinned = self.staged.capacity();
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
