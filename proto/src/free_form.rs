@@ -39,12 +39,16 @@ impl Clone for Value {
 
     /// Into this value's own memory where it is of the source's kind: a
     /// string, a Struct's list of entries or a list's elements are reused, not
-    /// freed and allocated again (`Fields::copy_from`).
+    /// freed and allocated again (`Fields::copy_from`). A scalar is written
+    /// where it lies: the derived `clone_from` built a clone and moved it in,
+    /// reading back what it had just written (docs/perf.md, "Fortieth pass").
     fn clone_from(&mut self, source: &Self) {
         match (&mut self.kind, &source.kind) {
             (Some(Kind::StringValue(to)), Some(Kind::StringValue(from))) => to.clone_from(from),
             (Some(Kind::StructValue(to)), Some(Kind::StructValue(from))) => to.fields.clone_from(&from.fields),
             (Some(Kind::ListValue(to)), Some(Kind::ListValue(from))) => to.values.clone_from(&from.values),
+            (to, Some(Kind::NumberValue(number))) => *to = Some(Kind::NumberValue(*number)),
+            (to, Some(Kind::BoolValue(flag))) => *to = Some(Kind::BoolValue(*flag)),
             (to, from) => to.clone_from(from),
         }
     }

@@ -92,6 +92,16 @@ proptest! {
     /// Two encodings one after the other merge as prost merges them: a
     /// message member into the same member, anything else replaced, map
     /// entries with the same key replaced.
+    /// `Value::clone_from` reuses what a value holds and writes scalars in
+    /// place: whatever the two kinds, it leaves what `clone` makes.
+    #[test]
+    fn clone_from_leaves_what_clone_makes(source in value(), over in value()) {
+        let source = converted(&source);
+        let mut into = converted(&over);
+        into.clone_from(&source);
+        prop_assert!(same_bytes(&into, &source.clone()), "{into:?} after clone_from {source:?}");
+    }
+
     #[test]
     fn merges_as_prost_types_does(a in value(), b in value(), s in generated_struct(), t in generated_struct()) {
         let (mut values, mut structs) = (a.encode_to_vec(), s.encode_to_vec());
