@@ -13,8 +13,8 @@ use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
 use super::log::{
-    is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment, SegmentWriter, Tail,
-    POSITION_STRIDE, TIME_MARK_STRIDE,
+    copy_for_writes, is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment,
+    SegmentWriter, Tail, POSITION_STRIDE, TIME_MARK_STRIDE,
 };
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
@@ -247,6 +247,7 @@ impl SegmentWriter {
             active_positions = positions;
         }
         report.segments = segments.len();
+        let active_copy = segments.last().map(|active| copy_for_writes(&active.file)).transpose()?;
         let index = Rc::new(RefCell::new(LogIndex {
             segments,
             end,
@@ -267,6 +268,7 @@ impl SegmentWriter {
             active_positions,
             direct: None,
             ahead,
+            active_copy,
         };
         // The active segment, reopened, is written through its buffered file
         // (its zeros, if it was prepared, were cut by the scan) until the next

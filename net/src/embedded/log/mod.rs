@@ -1,15 +1,16 @@
 //! One shard's durable log: append-only segment files with group commit.
 //!
 //! The shard's pump is the only writer ([`SegmentWriter`]): it stages records,
-//! then [`SegmentWriter::commit`] writes them with one io_uring write to a
-//! segment opened `O_DSYNC` (in `batch` mode), durable when it returns, so
-//! every request waiting on that commit is acknowledged together. Once a
-//! shard has written a few MiB, its next segment is prepared ahead as zeros
-//! ([`ahead`]) and written with direct I/O over them ([`direct`]). Readers
-//! (subscriptions on the same shard) go through [`LogIndex`], which maps
-//! offsets to segment positions and keeps the newest records in memory; they
-//! never write. Recovery scans every segment at start, truncates a torn or
-//! corrupt tail at the last valid CRC, and reports it.
+//! then [`SegmentWriter::commit`] writes them with one write to a segment
+//! opened `O_DSYNC` (in `batch` mode), from glommio's blocking thread, durable
+//! when it returns, so every request waiting on that commit is acknowledged
+//! together. Once a shard has written a few MiB, its next segment is prepared
+//! ahead as zeros ([`ahead`]) and written with direct I/O over them
+//! ([`direct`]), through io_uring. Readers (subscriptions on the same shard)
+//! go through [`LogIndex`], which maps offsets to segment positions and keeps
+//! the newest records in memory; they never write. Recovery scans every
+//! segment at start, truncates a torn or corrupt tail at the last valid CRC,
+//! and reports it.
 //! This module must never acknowledge anything itself: it tells the pump what is
 //! durable and the pump answers clients.
 
@@ -25,7 +26,7 @@ pub(super) use tail::Tail;
 use direct::DirectSegment;
 pub use read::{read_frames, read_log, LogRead};
 use tail::TailCommit;
-pub(super) use write::open_segment;
+pub(super) use write::{copy_for_writes, open_segment};
 use write::{write_durably, Target};
 
 use super::layout;
@@ -37,6 +38,7 @@ use jimbus_core::record::{self, RecordKind};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Every this many records of a segment, its file position is kept in
 /// memory; a read from another offset starts at the mark before it and steps
@@ -258,6 +260,10 @@ pub struct SegmentWriter {
     pub(super) direct: Option<DirectSegment>,
     /// The next segment, prepared ahead.
     pub(super) ahead: Ahead,
+    /// The active segment's descriptor, copied for the blocking thread that
+    /// writes its commits ([`write::copy_for_writes`]) when it has no direct
+    /// writer.
+    pub(super) active_copy: Option<Arc<std::fs::File>>,
 }
 
 impl SegmentWriter {
@@ -325,7 +331,9 @@ impl SegmentWriter {
         };
         let target = match self.direct.as_mut() {
             Some(direct) => Target::Direct(direct),
-            None => Target::Buffered(&file),
+            None => {
+                Target::Buffered(self.active_copy.as_ref().expect("the active segment's copy is taken when it starts"))
+            }
         };
         if let Err(e) = write_durably(target, self.options.fsync, &data, &ends, start_len).await {
             // Cut back whatever reached the file so a retry is not stored
@@ -412,9 +420,11 @@ impl SegmentWriter {
         let prepared = self.ahead.take(&path).await?;
         let file = open_segment(&path, self.options.fsync).await?;
         let direct = if prepared { DirectSegment::open(&path, self.options.fsync).await? } else { None };
+        let copy = if direct.is_none() { Some(copy_for_writes(&file)?) } else { None };
         // The new file's directory entry must be durable before anything in it is acknowledged.
         layout::sync_dir(&self.dir).await?;
         self.direct = direct;
+        self.active_copy = copy;
         let segment = Segment { base, file: Rc::new(file), marks: Vec::new(), records: 0, len: 0, last_time_us: 0 };
         self.index.borrow_mut().segments.push(segment);
         Ok(())
