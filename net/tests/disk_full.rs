@@ -87,10 +87,10 @@ async fn a_full_disk_answers_507_loses_nothing_and_recovers_when_space_returns()
     drop(server);
 }
 
-/// Clients that post at once while the disk fills: a request that comes while
-/// a failing commit is written is staged behind it, and must be refused with
-/// it, its offsets and sequences handed out again. Each client retries what
-/// was refused once space returns. Then every acknowledged event is stored
+/// Clients that post at once, four to a session, while the disk fills: their
+/// requests share commits, and a failed commit must refuse each of them and
+/// hand out its offsets and sequences again. Each client retries what was
+/// refused once space returns. Then every acknowledged event is stored
 /// exactly once, each client's events in the order it sent them, and each
 /// session's sequences run from 1 with no gap.
 #[tokio::test(flavor = "multi_thread")]

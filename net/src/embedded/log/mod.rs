@@ -332,7 +332,7 @@ impl SegmentWriter {
         let target = match self.direct.as_mut() {
             Some(direct) => Target::Direct(direct),
             None => {
-                Target::Buffered(self.active_copy.as_ref().expect("the active segment's copy is taken when it starts"))
+                Target::Buffered(self.active_copy.as_ref().expect("a segment without a direct writer has its copy"))
             }
         };
         if let Err(e) = write_durably(target, self.options.fsync, &data, &ends, start_len).await {
