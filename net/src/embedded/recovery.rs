@@ -13,8 +13,8 @@ use super::consumer::Consumer;
 use super::consumer_store::{ConsumerStore, Restored};
 use super::layout;
 use super::log::{
-    copy_for_writes, is_clean_end, open_segment, Ahead, LogError, LogIndex, LogOptions, RecoveryReport, Segment,
-    SegmentWriter, Tail, POSITION_STRIDE, TIME_MARK_STRIDE,
+    copy_for_writes, is_clean_end, open_segment, ActiveWrites, Ahead, LogError, LogIndex, LogOptions, RecoveryReport,
+    Segment, SegmentWriter, Tail, POSITION_STRIDE, TIME_MARK_STRIDE,
 };
 use super::pump::{PumpOptions, Shard};
 use super::router::ShardRouter;
@@ -247,7 +247,11 @@ impl SegmentWriter {
             active_positions = positions;
         }
         report.segments = segments.len();
-        let active_copy = segments.last().map(|active| copy_for_writes(&active.file)).transpose()?;
+        // The active segment, reopened, is written through its file (its
+        // zeros, if it was prepared, were cut by the scan) until the next
+        // prepared one is ready.
+        let writes =
+            segments.last().map(|active| copy_for_writes(&active.file).map(ActiveWrites::Buffered)).transpose()?;
         let index = Rc::new(RefCell::new(LogIndex {
             segments,
             end,
@@ -266,13 +270,10 @@ impl SegmentWriter {
             rolled: None,
             roll_failing: false,
             active_positions,
-            direct: None,
+            writes,
             ahead,
-            active_copy,
         };
-        // The active segment, reopened, is written through its buffered file
-        // (its zeros, if it was prepared, were cut by the scan) until the next
-        // prepared one is ready.
+        // An empty log starts its first segment.
         if writer.index.borrow().segments.is_empty() {
             writer.start_segment(end).await?;
         }

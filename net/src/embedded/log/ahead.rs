@@ -318,7 +318,7 @@ mod tests {
         let mut next = 0;
         commit_until_prepared(&mut writer, &mut next).await;
         // The buffered first segment gives way at the next commit.
-        commit_until(&mut writer, &mut next, |w| w.direct.is_some()).await;
+        commit_until(&mut writer, &mut next, |w| w.is_direct()).await;
         (writer, next)
     }
 

@@ -26,8 +26,8 @@ pub(super) use tail::Tail;
 use direct::DirectSegment;
 pub use read::{read_frames, read_log, LogRead};
 use tail::TailCommit;
-pub(super) use write::{copy_for_writes, open_segment};
-use write::{write_durably, Target};
+use write::write_durably;
+pub(super) use write::{copy_for_writes, open_segment, ActiveWrites};
 
 use super::layout;
 use crate::observe::per_thread;
@@ -38,7 +38,6 @@ use jimbus_core::record::{self, RecordKind};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 
 /// Every this many records of a segment, its file position is kept in
 /// memory; a read from another offset starts at the mark before it and steps
@@ -255,15 +254,13 @@ pub struct SegmentWriter {
     /// Every record's position in the active segment, for its index file
     /// once it is closed (memory keeps only every [`POSITION_STRIDE`]th).
     pub(super) active_positions: Vec<u32>,
-    /// The active segment's direct writer when it was prepared ahead
-    /// ([`direct`]); `None` for a segment written through its buffered file.
-    pub(super) direct: Option<DirectSegment>,
+    /// How the active segment's commits are written: its direct writer when
+    /// it was prepared ahead ([`direct`]), else its descriptor's copy for
+    /// glommio's blocking thread ([`write::copy_for_writes`]). `None` only
+    /// while recovery has yet to start a first segment.
+    pub(super) writes: Option<ActiveWrites>,
     /// The next segment, prepared ahead.
     pub(super) ahead: Ahead,
-    /// The active segment's descriptor, copied for the blocking thread that
-    /// writes its commits ([`write::copy_for_writes`]) when it has no direct
-    /// writer.
-    pub(super) active_copy: Option<Arc<std::fs::File>>,
 }
 
 impl SegmentWriter {
@@ -329,12 +326,7 @@ impl SegmentWriter {
             let active = log.segments.last().expect("a log always has an active segment");
             (active.file.clone(), active.len)
         };
-        let target = match self.direct.as_mut() {
-            Some(direct) => Target::Direct(direct),
-            None => {
-                Target::Buffered(self.active_copy.as_ref().expect("a segment without a direct writer has its copy"))
-            }
-        };
+        let target = self.writes.as_mut().expect("a log always has an active segment");
         if let Err(e) = write_durably(target, self.options.fsync, &data, &ends, start_len).await {
             // Cut back whatever reached the file so a retry is not stored
             // twice (over a prepared segment, its zeros go too: the segment's
@@ -349,7 +341,7 @@ impl SegmentWriter {
         let active_len = self.index.borrow().segments.last().map_or(0, |s| s.len);
         self.ahead.note_active_len(active_len);
         // A buffered segment gives way to a prepared one as soon as it is ready.
-        if active_len >= self.options.segment_bytes || (self.direct.is_none() && self.ahead.is_ready()) {
+        if active_len >= self.options.segment_bytes || (!self.is_direct() && self.ahead.is_ready()) {
             self.roll().await;
         }
         Ok(())
@@ -420,11 +412,13 @@ impl SegmentWriter {
         let prepared = self.ahead.take(&path).await?;
         let file = open_segment(&path, self.options.fsync).await?;
         let direct = if prepared { DirectSegment::open(&path, self.options.fsync).await? } else { None };
-        let copy = if direct.is_none() { Some(copy_for_writes(&file)?) } else { None };
+        let writes = match direct {
+            Some(direct) => ActiveWrites::Direct(direct),
+            None => ActiveWrites::Buffered(copy_for_writes(&file)?),
+        };
         // The new file's directory entry must be durable before anything in it is acknowledged.
         layout::sync_dir(&self.dir).await?;
-        self.direct = direct;
-        self.active_copy = copy;
+        self.writes = Some(writes);
         let segment = Segment { base, file: Rc::new(file), marks: Vec::new(), records: 0, len: 0, last_time_us: 0 };
         self.index.borrow_mut().segments.push(segment);
         Ok(())
@@ -472,10 +466,17 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Whether the active segment was prepared ahead and is written with direct I/O.
+    pub(super) fn is_direct(&self) -> bool {
+        matches!(self.writes, Some(ActiveWrites::Direct(_)))
+    }
+
     /// The active segment's file and the length of its records, when it was
     /// prepared ahead: the zeros after them were never records.
     fn zeros_after_records(&self) -> Option<(Rc<BufferedFile>, u64)> {
-        self.direct.as_ref()?;
+        if !self.is_direct() {
+            return None;
+        }
         self.index.borrow().segments.last().map(|s| (s.file.clone(), s.len))
     }
 }

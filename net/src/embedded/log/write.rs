@@ -53,21 +53,22 @@ pub(in crate::embedded) fn copy_for_writes(file: &BufferedFile) -> Result<Arc<st
     Ok(Arc::new(std::fs::File::from(copy)))
 }
 
-/// Where a commit's bytes go: the active segment's direct writer when it was
-/// prepared ahead, else its descriptor's copy ([`copy_for_writes`]).
-pub(super) enum Target<'a> {
-    Buffered(&'a Arc<std::fs::File>),
-    Direct(&'a mut DirectSegment),
+/// How the active segment's commits are written: through its direct writer
+/// when it was prepared ahead, else through its descriptor's copy
+/// ([`copy_for_writes`]).
+pub(in crate::embedded) enum ActiveWrites {
+    Buffered(Arc<std::fs::File>),
+    Direct(DirectSegment),
 }
 
-impl Target<'_> {
+impl ActiveWrites {
     /// Writes `data` at `at`, the segment's end; a synced write (the segment
     /// opened `O_DSYNC`) is timed as the log's sync.
     async fn write(&mut self, data: Bytes, at: u64, synced: bool) -> Result<(), LogError> {
         let started = std::time::Instant::now();
         let written = match self {
-            Target::Buffered(copy) => write_at_once(copy, data, at).await,
-            Target::Direct(direct) => direct.write(&data, at).await,
+            ActiveWrites::Buffered(copy) => write_at_once(copy, data, at).await,
+            ActiveWrites::Direct(direct) => direct.write(&data, at).await,
         };
         if synced {
             crate::observe::synced(started);
@@ -88,7 +89,7 @@ async fn write_at_once(copy: &Arc<std::fs::File>, data: Bytes, at: u64) -> Resul
 /// Writes a commit's records (`ends` in `data`) at `at` and makes them durable
 /// per the fsync mode.
 pub(super) async fn write_durably(
-    mut target: Target<'_>,
+    target: &mut ActiveWrites,
     fsync: FsyncMode,
     data: &Bytes,
     ends: &[(usize, u64)],
