@@ -115,6 +115,11 @@ impl BatchSizer {
         self.target
     }
 
+    /// The most commands a batch may take: the size the law grows toward.
+    pub fn max_batch(&self) -> usize {
+        self.config.max_batch
+    }
+
     /// The current batch size.
     pub fn target(&self) -> usize {
         self.target

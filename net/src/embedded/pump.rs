@@ -252,10 +252,13 @@ impl Shard {
     /// only a timer is due). `None` when every sender is gone.
     async fn next_commands(&mut self, queue: &flume::Receiver<Command>) -> Option<Vec<Command>> {
         let first = recv_until(queue, self.aggregation.deadline()).await.ok()?;
-        let limit = self.batch_size(queue.len() + usize::from(first.is_some()));
+        let sized = self.batch_size(queue.len() + usize::from(first.is_some()));
         let mut commands: Vec<Command> = first.into_iter().collect();
-        // With a linger, a commit waits that long for company once it has work.
+        // With a linger, a commit waits that long for company once it has
+        // work, up to the cap: the size that follows the queue's depth is 1
+        // when the queue is shallow, which is when a linger is meant to gather.
         let linger_end = (!commands.is_empty() && !self.linger.is_zero()).then(|| Instant::now() + self.linger);
+        let limit = if linger_end.is_some() { self.batch.max_batch() } else { sized };
         while commands.len() < limit {
             let next = match queue.try_recv() {
                 Ok(command) => Some(command),
