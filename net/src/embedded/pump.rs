@@ -39,10 +39,11 @@ use std::time::{Duration, Instant};
 pub struct PumpOptions {
     /// Retry ids remembered per shard.
     pub dedup_window: usize,
-    /// How long a group commit waits for more commands once it has one (0: not at all).
+    /// How long a group commit waits for more commands once it has one (0:
+    /// not at all); a lingering commit takes up to `max_batch` of them.
     pub linger: Duration,
     /// The most commands folded into one group commit; the batch grows toward
-    /// it with the queue's depth ([`BatchSizer`]).
+    /// it with the queue's depth ([`BatchSizer`]), or at once with a linger.
     pub max_batch: usize,
     /// Windows and cascades of the aggregated stream.
     pub aggregate: AggregateConfig,
@@ -248,8 +249,9 @@ impl Shard {
     }
 
     /// Waits for commands or the aggregator's next deadline, then drains as
-    /// many commands as the adaptive batch size allows (possibly none, when
-    /// only a timer is due). `None` when every sender is gone.
+    /// many commands as the adaptive batch size allows, or with a linger as
+    /// arrive within it up to the cap (possibly none, when only a timer is
+    /// due). `None` when every sender is gone.
     async fn next_commands(&mut self, queue: &flume::Receiver<Command>) -> Option<Vec<Command>> {
         let first = recv_until(queue, self.aggregation.deadline()).await.ok()?;
         let sized = self.batch_size(queue.len() + usize::from(first.is_some()));
