@@ -204,6 +204,21 @@ fn routes_methods_health_and_metrics() {
     assert!(metrics.contains("status=\"405\""), "{metrics}");
 }
 
+#[test]
+fn a_custom_ingest_path_takes_the_mods_posts_there_and_only_there() {
+    // A field mod's event_bus_url may name any path; a trailing slash is the same path.
+    let server = Jimbus::start(&["--ingest-path", "/game/events/"]);
+    let event = br#"{"type":"HEARTBEAT","source":"BalatroMCP","session_id":"s","payload":{"n":1}}"#;
+    let batch = br#"{"events":[{"type":"HEARTBEAT","source":"BalatroMCP","session_id":"s","payload":{"n":2}}]}"#;
+    assert_eq!(server.post("/game/events", event).status, 200);
+    assert_eq!(server.post("/game/events/batch", batch).json()["accepted"], 1);
+    assert_eq!(server.post("/game/events/health", b"{}").status, 200);
+    assert_eq!(server.get("/game/events/batch").status, 405);
+    assert_eq!(server.post("/api/v1/events", event).status, 404);
+    assert_eq!(server.post("/api/v1/events/batch", batch).status, 404);
+    assert_eq!(server.metric("jimbus_log_commit_records_sum"), 2.0, "the two events, and nothing posted elsewhere");
+}
+
 /// A single event padded with a long string to exactly `len` bytes.
 fn padded_event(id: &str, len: usize) -> Vec<u8> {
     let head = format!(r#"{{"event_id":"{id}","type":"HEARTBEAT","payload":{{"pad":""#);
