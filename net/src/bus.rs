@@ -344,8 +344,9 @@ pub type BusFuture<T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send>
 
 pub trait Bus: Send + Sync + 'static {
     /// Starts appending `items` without waiting for room, for callers that shed
-    /// load at once (HTTP). The future resolves, with one outcome per item in
-    /// order, once every item is durable.
+    /// load at once (HTTP); a refusal means that none of them was taken. The
+    /// future resolves, with one outcome per item in order, once every item
+    /// is durable.
     fn try_append(&self, items: Vec<AppendItem>) -> Result<BusFuture<Vec<ItemOutcome>>, BusError>;
 
     /// Queues `items`, waiting for room (gRPC publishers, whose stream flow

@@ -124,15 +124,35 @@ impl ShardRouter {
 }
 
 impl Bus for ShardRouter {
+    /// Refuses the request only while none of it is queued. A request of
+    /// several shards' sessions whose first part was queued waits for room
+    /// for the rest: that part will be stored, so refusing the request then
+    /// would answer 503 for stored events, and a retry would store any
+    /// without an id twice.
     fn try_append(&self, items: Vec<AppendItem>) -> Result<BusFuture<Vec<ItemOutcome>>, BusError> {
         let len = items.len();
         let mut waits = Vec::new();
+        let mut deferred = Vec::new();
         for (shard, places, items) in self.split(items) {
             let (command, answer) = append_command(items);
-            self.queues[shard].try_send(command).map_err(|_| BusError::Overloaded)?;
-            waits.push((places, answer));
+            match self.queues[shard].try_send(command) {
+                Ok(()) => waits.push((places, answer)),
+                Err(_) if waits.is_empty() => return Err(BusError::Overloaded),
+                Err(flume::TrySendError::Full(command)) => deferred.push((shard, places, command, answer)),
+                Err(flume::TrySendError::Disconnected(_)) => return Err(BusError::Stopped),
+            }
         }
-        Ok(Self::gather(waits, len))
+        if deferred.is_empty() {
+            return Ok(Self::gather(waits, len));
+        }
+        let router = self.clone();
+        Ok(Box::pin(async move {
+            for (shard, places, command, answer) in deferred {
+                router.queues[shard].send_async(command).await.map_err(|_| BusError::Stopped)?;
+                waits.push((places, answer));
+            }
+            Self::gather(waits, len).await
+        }))
     }
 
     fn append(&self, items: Vec<AppendItem>) -> BusFuture<BusFuture<Vec<ItemOutcome>>> {
@@ -214,6 +234,55 @@ mod tests {
 
     fn item(session: &str, stamps: &Arc<RequestStamps>) -> AppendItem {
         AppendItem::Event(Box::new(pb::Event { session_id: session.into(), ..Default::default() }), stamps.clone())
+    }
+
+    /// Two sessions whose shards differ, the first on shard 0.
+    fn sessions_on_two_shards(router: &ShardRouter) -> (String, String) {
+        let on = |shard| (0..).map(|n| format!("s{n}")).find(|s| router.shard_for(s) == shard).unwrap();
+        (on(0), on(1))
+    }
+
+    /// Answers every append on `queue` as stored (and takes any other
+    /// command); returns once its senders are gone.
+    fn store_all(queue: super::super::ShardQueue) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for command in queue.0.iter() {
+                if let Command::Append { items, reply, spent } = command {
+                    let outcomes = vec![ItemOutcome::Stored { partition: 0, offset: 0 }; items.len()];
+                    let _ = reply.send(Ok(Appended { outcomes, spent }));
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_request_refused_for_a_full_queue_left_nothing_queued() {
+        let (router, queues) = super::super::queues(2, 1);
+        let (first, second) = sessions_on_two_shards(&router);
+        router.queues[0].try_send(Command::Maintain).unwrap();
+        let stamps = Arc::new(RequestStamps::default());
+        let refused = router.try_append(vec![item(&first, &stamps), item(&second, &stamps)]);
+        assert!(matches!(refused, Err(BusError::Overloaded)));
+        assert_eq!(queues[1].0.len(), 0, "the second shard's part was not queued");
+    }
+
+    #[test]
+    fn a_request_partly_queued_waits_for_room_for_the_rest() {
+        let (router, mut queues) = super::super::queues(2, 1);
+        let (first, second) = sessions_on_two_shards(&router);
+        router.queues[1].try_send(Command::Maintain).unwrap();
+        let stamps = Arc::new(RequestStamps::default());
+        let items = vec![item(&first, &stamps), item(&second, &stamps), item(&first, &stamps)];
+        let stored = router.try_append(items).expect("the first part was queued, so the request is taken");
+        assert_eq!(queues[0].0.len(), 1, "the first shard's part is queued");
+        let shard1 = store_all(queues.pop().unwrap());
+        let shard0 = store_all(queues.pop().unwrap());
+        let outcomes = futures_lite::future::block_on(stored).expect("every part stored");
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes.iter().all(|o| matches!(o, ItemOutcome::Stored { .. })), "{outcomes:?}");
+        drop(router);
+        shard0.join().unwrap();
+        shard1.join().unwrap();
     }
 
     proptest! {
