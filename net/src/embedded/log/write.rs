@@ -110,3 +110,24 @@ pub(super) async fn write_durably(
     crate::observe::committed(started, ends.len(), data.len());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fd_flags, with_dir};
+    use super::*;
+
+    /// A segment that was not prepared ahead is written through the copy, not
+    /// through the file the log opened: the copy must sync as the segment
+    /// does, or a commit would be acknowledged before it is durable.
+    #[test]
+    fn the_copy_that_writes_a_segment_syncs_as_the_segment_does() {
+        with_dir(|dir| async move {
+            for fsync in [FsyncMode::Never, FsyncMode::Batch, FsyncMode::Always] {
+                let file = open_segment(&dir.join(format!("{fsync:?}.log")), fsync).await.unwrap();
+                let copy = copy_for_writes(&file).unwrap();
+                let flags = fd_flags(copy.as_raw_fd()).expect("an open descriptor's flags");
+                assert_eq!(flags & libc::O_DSYNC != 0, fsync != FsyncMode::Never, "{fsync:?}");
+            }
+        });
+    }
+}
