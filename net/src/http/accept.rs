@@ -15,7 +15,7 @@
 //!
 //! A failed accept (most often the process out of file descriptors, which
 //! would fail again at once) is counted, logged when a run of failures starts
-//! and when it ends, and retried after [`ACCEPT_BACKOFF`]; a client that gave
+//! and when it ends, and retried after `ACCEPT_BACKOFF`; a client that gave
 //! up while queued is no failure, and the next accept follows at once. While
 //! the process is out of descriptors, the shard gives up a spare one to take
 //! each waiting connection, answers it 503 with `Retry-After` and closes it,

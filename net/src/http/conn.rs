@@ -527,7 +527,7 @@ fn is_unparsed(error: &hyper::Error) -> bool {
 }
 
 /// Closes a connection hyper is done with; when it ended for a cause of its
-/// own ([`Ending`]) or on a head hyper could not parse, a JSON answer is
+/// own (an `Ending`) or on a head hyper could not parse, a JSON answer is
 /// written first.
 pub async fn finish(mut io: GlommioIo, error: Option<&hyper::Error>) {
     match io.ending.take() {

@@ -5,8 +5,8 @@
 //! opened `O_DSYNC` (in `batch` mode), from glommio's blocking thread, durable
 //! when it returns, so every request waiting on that commit is acknowledged
 //! together. Once a shard has written a few MiB, its next segment is prepared
-//! ahead as zeros ([`ahead`]) and written with direct I/O over them
-//! ([`direct`]), through io_uring. Readers (subscriptions on the same shard)
+//! ahead as zeros (module `ahead`) and written with direct I/O over them
+//! (module `direct`), through io_uring. Readers (subscriptions on the same shard)
 //! go through [`LogIndex`], which maps offsets to segment positions and keeps
 //! the newest records in memory; they never write. Recovery scans every
 //! segment at start, truncates a torn or corrupt tail at the last valid CRC,
@@ -75,7 +75,7 @@ pub struct LogOptions {
     pub tail_cache_bytes: usize,
     pub retention: Retention,
     /// Whether segments are prepared ahead and written with direct I/O
-    /// ([`ahead`]); the configuration turns it on when the log syncs and
+    /// (module `ahead`); the configuration turns it on when the log syncs and
     /// segments are large enough to repay their zeros.
     pub prepare_ahead: bool,
 }
