@@ -106,22 +106,25 @@ machine_ticks() {
 }
 
 # thread_ticks PID: one line per thread of PID: its id, its name (comm, with
-# spaces made _), its utime + stime so far, in clock ticks, and how long it
-# has been runnable but waiting for a CPU, in nanoseconds (the second field
-# of /proc/PID/task/TID/schedstat; 0 where the kernel keeps no schedstat).
+# spaces made _), its utime + stime so far, in clock ticks, how long it has
+# been runnable but waiting for a CPU, in nanoseconds (the second field of
+# /proc/PID/task/TID/schedstat; 0 where the kernel keeps no schedstat), and
+# its voluntary and involuntary context switches (/proc/PID/task/TID/status).
 thread_ticks() {
-  local task name ticks waited
+  local task name ticks waited switches
   for task in /proc/"$1"/task/*; do
     # A thread that ends between the listing and the reads is left out.
     name=$(tr ' ' _ 2>/dev/null <"$task/comm") && ticks=$(stat_ticks "$task/stat" 2>/dev/null) || continue
     waited=$(awk '{ print $2 }' "$task/schedstat" 2>/dev/null) || waited=0
-    echo "${task##*/} $name $ticks ${waited:-0}"
+    switches=$(awk '/^(non)?voluntary_ctxt_switches:/ { printf "%s ", $2 }' "$task/status" 2>/dev/null) || switches="0 0"
+    echo "${task##*/} $name $ticks ${waited:-0} ${switches:-0 0}"
   done
 }
 
 # thread_deltas BEFORE AFTER FIELD: what each thread name gained in FIELD of
 # two thread_ticks snapshots (3: CPU ticks, 4: nanoseconds waiting for a
-# CPU), one "NAME AMOUNT" line per name. An io_uring worker (iou-wrk-TID) is
+# CPU, 5 and 6: voluntary and involuntary context switches), one "NAME
+# AMOUNT" line per name. An io_uring worker (iou-wrk-TID) is
 # counted as "io_uring(NAME)", NAME being the thread it works for.
 thread_deltas() {
   awk -v field="$3" '
@@ -162,6 +165,24 @@ thread_split() {
 thread_waits() {
   thread_deltas "$1" "$2" 4 | awk '$2 >= 5e6 { printf "%s %.2f\n", $1, $2 / 1e9 }' |
     sort -k2,2nr -k1,1 | awk '{ line = line sprintf(" %s %s s", $1, $2) } END { print "waited for a CPU, by thread:" line }'
+}
+
+# thread_switches BEFORE AFTER SECONDS: each thread name's context switches a
+# second between two thread_ticks snapshots SECONDS apart (100 a second and
+# more), voluntary (it slept) / involuntary (something else took its CPU).
+# A shard taken off its CPU often answers late however little it spends.
+thread_switches() {
+  join <(thread_deltas "$1" "$2" 5 | sort) <(thread_deltas "$1" "$2" 6 | sort) |
+    awk -v s="$3" '($2 + $3) / s >= 100 { printf "%s %.0f/%.0f\n", $1, $2 / s, $3 / s }' |
+    sort -t' ' -k1,1 | awk '{ line = line sprintf(" %s %s", $1, $2) } END { print "context switches a second, voluntary/involuntary:" line }'
+}
+
+# commit_count URL: the group commits a server has made so far (the count of
+# jimbus_log_commit_records on its /metrics page, over its shards), and the
+# records in them; "0 0" when the page has none.
+commit_count() {
+  curl -sf "$1" | awk '/^jimbus_log_commit_records_count/ { c += $2 } /^jimbus_log_commit_records_sum/ { r += $2 }
+    END { printf "%d %d\n", c, r }'
 }
 
 # prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.

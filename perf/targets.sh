@@ -23,9 +23,10 @@
 # generator shares the machine with the server; the load average is printed
 # with each run, and how long each server thread waited for a CPU
 # (thread_waits in perf/lib.sh), which is where a latency tail on a small
-# shared machine comes from. 2 GiB are written and deleted in the work
-# directory first (prime_page_cache in perf/lib.sh), so no run pays for
-# fresh memory.
+# shared machine comes from, with each thread's context switches a second
+# (thread_switches) and the group commits a second over the run. 2 GiB are
+# written and deleted in the work directory first (prime_page_cache in
+# perf/lib.sh), so no run pays for fresh memory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jimbus=${1:-target/release/jimbus}
@@ -60,11 +61,15 @@ run() {
   local before
   before=$(load_avg)
   thread_ticks "$pid" >"$work/$name.threads-before"
+  commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-before"
+  date +%s.%N >"$work/$name.time-before"
   timeout $((seconds * 3 + 120)) "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" \
     --grpc "127.0.0.1:$grpc" --sessions 64 --duration "$seconds" --quiet --server-pid "$pid" \
     --json "$work/$name.json" ${LOAD_ARGS:-} "${largs[@]}" >"$work/load-$name.txt" 2>&1 ||
     { echo "jimbus-load failed for $name:" >&2; tail -20 "$work/load-$name.txt" >&2; return 1; }
   thread_ticks "$pid" >"$work/$name.threads-after"
+  commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-after"
+  date +%s.%N >"$work/$name.time-after"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   rm -rf "$work/data-$name"
@@ -87,6 +92,13 @@ print(sys.argv[2].format(**f))
 EOF
 )" "$(sed 's/.*: //' "$work/$1.load")"
   printf '%-14s %s\n' "" "$(thread_waits "$work/$1.threads-before" "$work/$1.threads-after")"
+  local seconds
+  seconds=$(cat "$work/$1.time-before" "$work/$1.time-after" | awk 'NR == 1 { t = $1 } END { print $1 - t }')
+  printf '%-14s %s\n' "" "$(thread_switches "$work/$1.threads-before" "$work/$1.threads-after" "$seconds")"
+  cat "$work/$1.commits-before" "$work/$1.commits-after" | awk -v s="$seconds" '
+    NR == 1 { c = $1; r = $2 } NR == 2 && $1 > c {
+      printf "%-14s group commits: %.0f a second over the run (%.1f s), %.1f records each\n", "", ($1 - c) / s, s, ($2 - r) / ($1 - c)
+    }'
 }
 
 median_of() { # median_of KEY NAMES...: the median of one report figure over runs
