@@ -321,16 +321,13 @@ impl SegmentWriter {
         let pinned = self.staged.capacity();
         let data = Bytes::from(std::mem::replace(&mut self.staged, next));
         let ends = std::mem::take(&mut self.staged_ends);
-        let (file, start_len) = {
-            let log = self.index.borrow();
-            let active = log.segments.last().expect("a log always has an active segment");
-            (active.file.clone(), active.len)
-        };
+        let start_len = self.index.borrow().segments.last().expect("a log always has an active segment").len;
         let target = self.writes.as_mut().expect("a log always has an active segment");
         if let Err(e) = write_durably(target, self.options.fsync, &data, &ends, start_len).await {
             // Cut back whatever reached the file so a retry is not stored
             // twice (over a prepared segment, its zeros go too: the segment's
             // later commits append).
+            let file = self.index.borrow().segments.last().expect("a log always has an active segment").file.clone();
             let _ = file.truncate(start_len).await;
             if e.is_out_of_space() {
                 self.ahead.release().await;
