@@ -141,11 +141,12 @@ async fn clients_at_once_on_a_full_disk_store_each_event_once_with_no_gap() {
     let mut stored = server.read_all("balatro.>", total + 1).await;
     assert_eq!(stored.pop().map(|last| event_of(&last).event_id.clone()).as_deref(), Some("end"));
     assert_eq!(stored.len(), total, "every acknowledged event once, and nothing else");
-    let unique: BTreeSet<String> = event_ids(&stored).into_iter().collect();
+    let stored_ids = event_ids(&stored);
+    let unique: BTreeSet<&String> = stored_ids.iter().collect();
     assert_eq!(unique.len(), total, "no event twice");
     for (client, ids) in &expected {
         let prefix = format!("c{client}-");
-        let theirs: Vec<String> = event_ids(&stored).into_iter().filter(|id| id.starts_with(&prefix)).collect();
+        let theirs: Vec<String> = stored_ids.iter().filter(|id| id.starts_with(&prefix)).cloned().collect();
         assert_eq!(&theirs, ids, "client {client}'s events, in the order it sent them");
     }
     for session in ["s0", "s1"] {
