@@ -128,6 +128,25 @@ fn too_many_connections_get_503() {
     drop(held);
 }
 
+/// `jimbus_http_connections{shard}` is the shard's open connections: a
+/// connection held open counts until it closes. Each read of `/metrics` is a
+/// connection of its own, open while the page is written.
+#[test]
+fn the_open_connections_gauge_counts_a_held_connection_until_it_closes() {
+    let server = Jimbus::start(&["--shards", "1"]);
+    let open = || server.metric("jimbus_http_connections{shard=\"0\"}");
+    let within = std::time::Duration::from_secs(30);
+    // Earlier connections (the readiness probes) are gone once the server has seen them close.
+    harness::wait_for(within, "only the page's own connection open", || open() == 1.0);
+    let mut held = HttpConn::open(server.http);
+    held.send(&request("GET", "/health", b"", &[]));
+    assert_eq!(held.read_response().status, 200);
+    // A page read just before may still be closing: the count settles at two.
+    harness::wait_for(within, "the held connection and the page's", || open() == 2.0);
+    drop(held);
+    harness::wait_for(within, "the held connection no longer counted", || open() == 1.0);
+}
+
 #[test]
 fn keep_alive_pipelining_chunked_and_expect_continue() {
     let server = Jimbus::start(&[]);

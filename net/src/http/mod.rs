@@ -41,13 +41,7 @@ use hyper::body::Incoming;
 use jimbus_core::budget::{self, Grant};
 use jimbus_core::ingest::{decode_body_within, BodyError, DecodedBody, Endpoint, Limits, MAX_EVENTS};
 use jimbus_proto::bus;
-use std::cell::Cell;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::Arc;
-
-use std::time::Duration;
+use std::{cell::Cell, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc, time::Duration};
 use tracing::Instrument;
 
 /// Admits the decoded events of a body from `peer` (see [`admit`]): what is
@@ -140,6 +134,9 @@ pub struct Listener {
     context: Arc<EdgeContext>,
     /// Open connections, capped by `options.max_connections`.
     connections: Cell<usize>,
+    /// `jimbus_http_connections{shard}`: `connections`, for operators (how near
+    /// the cap, how evenly spread over the shards) and the perf scripts.
+    connections_gauge: metrics::Gauge,
     /// Woken when the last connection closes.
     idle: event_listener::Event,
     /// The buffer every connection of the shard reads its socket into.
@@ -151,7 +148,9 @@ type Body = Full<Bytes>;
 impl Listener {
     pub fn new(shard: usize, bus: Arc<dyn Bus>, options: HttpOptions, context: Arc<EdgeContext>) -> Rc<Self> {
         let (connections, idle, read_buffer) = (Cell::new(0), event_listener::Event::new(), conn::read_buffer());
-        Rc::new(Self { shard, bus, options, context, connections, idle, read_buffer })
+        let connections_gauge = metrics::gauge!("jimbus_http_connections", "shard" => shard.to_string());
+        connections_gauge.set(0.0);
+        Rc::new(Self { shard, bus, options, context, connections, connections_gauge, idle, read_buffer })
     }
 
     /// Accepts connections until the process stops, then waits for open
@@ -202,6 +201,16 @@ impl Listener {
         }
     }
 
+    /// Adds `change` to the open connections and their gauge; wakes the drain at none.
+    fn count_connections(&self, change: isize) {
+        let open = self.connections.get().saturating_add_signed(change);
+        self.connections.set(open);
+        self.connections_gauge.set(open as f64);
+        if open == 0 {
+            self.idle.notify(usize::MAX);
+        }
+    }
+
     fn spawn_connection(self: Rc<Self>, mut stream: TcpStream, peer: Option<SocketAddr>) {
         // Against the request count, it shows whether mods keep their
         // connections: a new one costs the server more than a small request.
@@ -217,7 +226,7 @@ impl Listener {
             return;
         }
         let charge = BufferCharge::new(&self.context.budget);
-        self.connections.set(self.connections.get() + 1);
+        self.count_connections(1);
         glommio::spawn_local(async move {
             let handler = Handler {
                 listener: self.clone(),
@@ -226,10 +235,7 @@ impl Listener {
                 gate: crate::http::sse::WriteGate::new(),
             };
             handler.serve(stream, charge).await;
-            self.connections.set(self.connections.get() - 1);
-            if self.connections.get() == 0 {
-                self.idle.notify(usize::MAX);
-            }
+            self.count_connections(-1);
         })
         .detach();
     }
