@@ -90,7 +90,7 @@ measure() {
   local name=$1 run=$2 pid=$3 url=$4 out=$work/$1.$2.$size.txt
   echo "== $name, run $run, $size-event batches (pid $pid), $(uptime | sed 's/.*load average/load average/')"
   perf/wrk-cpu.sh "$pid" "$url" "$seconds" "$work/batch$size.lua" >"$out"
-  tail -3 "$out"
+  tail -4 "$out"
   local hwm
   hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
   echo "peak RSS $hwm kB"

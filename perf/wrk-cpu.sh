@@ -21,6 +21,13 @@
 # the gRPC edge; with one derived session, as this load has, one shard owns
 # it all. Then how long each thread was runnable but waiting for a CPU
 # (thread_waits): wrk shares the machine, so a shard waits while it runs.
+# For jimbus, the line after it gives each shard's open HTTP connections
+# halfway through the run (`jimbus_http_connections`; the sample's own
+# request is one of them): the kernel spreads wrk's connections over the
+# shards' sockets by their ports, and a request read on a shard that does
+# not own its session costs a hop, so a run's spread can be checked against
+# it (docs/perf.md, "Forty-third pass": over ten runs it did not explain
+# the spread; the other shard's share of the CPU did).
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
@@ -37,12 +44,19 @@ threads=$(mktemp -d)
 trap 'rm -rf "$threads"' EXIT
 thread_ticks "$pid" >"$threads/before"
 before=$(cpu_ticks "$pid") machine_before=$(machine_ticks)
+# A sample halfway through, while wrk's connections are open (the old bus has no such metric).
+(sleep "$(awk -v s="$seconds" 'BEGIN { print s / 2 }')"
+  curl -s "${url%%/api/*}/metrics" | awk '/^jimbus_http_connections\{/ { match($0, /shard="[0-9]+"/)
+    line = line sprintf(" %s %s", substr($0, RSTART + 7, RLENGTH - 8), $NF) }
+    END { if (line != "") print "open HTTP connections, by shard:" line }' >"$threads/split") &
 out=$(/usr/bin/time -f '%U %S' -o "$threads/wrk-time" wrk -t1 -c32 -d"${seconds}s" -s "$script" "$url")
+wait
 after=$(cpu_ticks "$pid") machine_after=$(machine_ticks)
 thread_ticks "$pid" >"$threads/after"
 echo "$out"
 thread_split "$threads/before" "$threads/after" $((after - before))
 thread_waits "$threads/before" "$threads/after"
+cat "$threads/split"
 elapsed=$(awk '/requests in/ { sub(/,$/, "", $4); v = $4 + 0
   if ($4 ~ /ms$/) v /= 1000; else if ($4 ~ /m$/) v *= 60; else if ($4 ~ /h$/) v *= 3600; print v }' <<<"$out")
 answered=$(answered_requests <<<"$out")
