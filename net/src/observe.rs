@@ -92,7 +92,6 @@ const COUNTERS: &[&str] = &[
     "jimbus_consumer_dead_lettered_total",
     "jimbus_http_overload_total",
     "jimbus_http_connections_accepted_total",
-    "jimbus_http_connections_refused_total",
     "jimbus_http_accept_failures_total",
     "jimbus_grpc_subscriptions_refused_total",
     "jimbus_aggregate_refused_total",
@@ -104,6 +103,9 @@ const COUNTERS: &[&str] = &[
 const BUDGET_COMPONENTS: &[&str] = &["http", "connection", "grpc", "subscription", "sse"];
 /// The `reason`s of `jimbus_grpc_connections_closed_total` (see `grpc::accept`).
 const GRPC_CLOSE_REASONS: &[&str] = &["over_limit", "handshake_timeout", "out_of_descriptors"];
+/// The `reason`s of `jimbus_http_connections_refused_total`: a shard's
+/// `--max-connections` open, or the process out of descriptors (`http::accept`).
+const HTTP_REFUSE_REASONS: &[&str] = &["over_limit", "out_of_descriptors"];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
 /// Counters of the JetStream backend only.
@@ -127,6 +129,9 @@ pub fn register(embedded: bool, queue_capacity: usize) {
     }
     for reason in GRPC_CLOSE_REASONS {
         metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => *reason).absolute(0);
+    }
+    for reason in HTTP_REFUSE_REASONS {
+        metrics::counter!("jimbus_http_connections_refused_total", "reason" => *reason).absolute(0);
     }
     metrics::gauge!("jimbus_grpc_connections").set(0.0);
 }

@@ -126,6 +126,11 @@ fn too_many_connections_get_503() {
     assert_eq!(response.status, 503);
     assert_eq!(response.header("retry-after"), Some("1"));
     drop(held);
+    // Read once the held connections are gone; until then the page is refused too, and counted.
+    let refused = "jimbus_http_connections_refused_total{reason=\"over_limit\"}";
+    harness::wait_for(std::time::Duration::from_secs(30), "the refusal counted at the cap", || {
+        server.metric_if(refused).is_some_and(|counted| counted >= 1.0)
+    });
 }
 
 /// `jimbus_http_connections{shard}` is the shard's open connections: a

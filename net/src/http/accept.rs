@@ -131,7 +131,8 @@ impl HttpSocket {
             let mut spare = self.spare.take();
             refused = refuse_waiting(&self.socket, &mut spare, refuse);
             self.spare.set(spare);
-            metrics::counter!("jimbus_http_connections_refused_total").increment(refused as u64);
+            metrics::counter!("jimbus_http_connections_refused_total", "reason" => "out_of_descriptors")
+                .increment(refused as u64);
         }
         if self.failures.replace(self.failures.get() + 1) == 0 {
             tracing::warn!(

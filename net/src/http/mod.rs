@@ -216,7 +216,7 @@ impl Listener {
         // connections: a new one costs the server more than a small request.
         per_thread!(Counter, counter!("jimbus_http_connections_accepted_total")).with(|c| c.increment(1));
         if self.connections.get() >= self.options.max_connections {
-            metrics::counter!("jimbus_http_connections_refused_total").increment(1);
+            metrics::counter!("jimbus_http_connections_refused_total", "reason" => "over_limit").increment(1);
             let answer = conn::answer_bytes(503, "Service Unavailable", "too many connections, retry later");
             glommio::spawn_local(async move {
                 let _ = stream.write_all(answer.as_bytes()).await;

@@ -72,7 +72,7 @@ fn connections_past_the_descriptors_are_answered_503_and_the_server_recovers() {
     let bound = elapsed.as_secs_f64() / 0.05 + 1.0;
     assert!(failures >= 1.0 && failures <= bound, "{failures} failed accepts in {elapsed:?} (at most {bound})");
     // The flood's refused connections and the late one, and any refused while waiting.
-    let counted = server.metric("jimbus_http_connections_refused_total");
+    let counted = server.metric("jimbus_http_connections_refused_total{reason=\"out_of_descriptors\"}");
     assert!(counted >= (refused + 1) as f64, "{counted} refused connections counted, {} seen", refused + 1);
     let log = server.log_text();
     let warnings = log.matches("cannot accept connections").count();
