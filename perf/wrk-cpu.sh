@@ -26,8 +26,8 @@
 # request is one of them): the kernel spreads wrk's connections over the
 # shards' sockets by their ports, and a request read on a shard that does
 # not own its session costs a hop, so a run's spread can be checked against
-# it (docs/perf.md, "Forty-third pass": over ten runs it did not explain
-# the spread; the other shard's share of the CPU did).
+# it (docs/perf.md, "Forty-third pass": over 28 runs it did not explain the
+# spread, which came from outside the process).
 set -euo pipefail
 pid=${1:?server pid}
 url=${2:?batch URL, e.g. http://127.0.0.1:8080/api/v1/events/batch}
