@@ -185,6 +185,31 @@ commit_count() {
     END { printf "%d %d\n", c, r }'
 }
 
+# answer_buckets URL: the server's answers so far by how long each took
+# (jimbus_http_request_seconds, from when a shard takes a request up to its
+# answer), one cumulative "LE COUNT" line per bucket, summed over series.
+answer_buckets() {
+  curl -sf "$1" | awk '/^jimbus_http_request_seconds_bucket/ && match($0, /le="[^"]+"/) {
+      n[substr($0, RSTART + 4, RLENGTH - 5)] += $NF
+    } END { for (le in n) print le, n[le] }'
+}
+
+# answer_shares BEFORE AFTER: of the answers between two answer_buckets
+# snapshots, the share the server gave within 2.5, 5 and 10 ms by its own
+# clock; nothing when there were none. Beside the generator's p99, it says
+# whether a latency tail lies in the server's work or outside it: before it
+# (a request waiting in its socket while the shard is off its CPU) or after
+# it (the generator's own threads).
+answer_shares() {
+  awk 'FNR == 1 { file++ } file == 1 { before[$1] = $2; next } { n[$1] = $2 - before[$1] }
+    END {
+      total = n["+Inf"]
+      if (total <= 0) exit
+      printf "the server'"'"'s own answer times: within 2.5 ms %.2f %%, 5 ms %.2f %%, 10 ms %.2f %% of %d answers\n",
+        100 * n["0.0025"] / total, 100 * n["0.005"] / total, 100 * n["0.01"] / total, total
+    }' "$1" "$2"
+}
+
 # prime_page_cache DIR: writes 2 GiB under DIR (synced), then deletes it.
 # On a fresh virtual machine, the first gigabytes written go into page-cache
 # memory the guest has never touched, and the kernel's copy into it costs

@@ -24,7 +24,9 @@
 # with each run, and how long each server thread waited for a CPU
 # (thread_waits in perf/lib.sh), which is where a latency tail on a small
 # shared machine comes from, with each thread's context switches a second
-# (thread_switches) and the group commits a second over the run. 2 GiB are
+# (thread_switches), the group commits a second over the run, and the share
+# of the run's requests the server answered within 2.5, 5 and 10 ms by its
+# own clock (answer_shares). 2 GiB are
 # written and deleted in the work directory first (prime_page_cache in
 # perf/lib.sh), so no run pays for fresh memory.
 set -euo pipefail
@@ -62,6 +64,7 @@ run() {
   before=$(load_avg)
   thread_ticks "$pid" >"$work/$name.threads-before"
   commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-before"
+  answer_buckets "http://127.0.0.1:$http/metrics" >"$work/$name.answers-before"
   date +%s.%N >"$work/$name.time-before"
   timeout $((seconds * 3 + 120)) "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" \
     --grpc "127.0.0.1:$grpc" --sessions 64 --duration "$seconds" --quiet --server-pid "$pid" \
@@ -69,6 +72,7 @@ run() {
     { echo "jimbus-load failed for $name:" >&2; tail -20 "$work/load-$name.txt" >&2; return 1; }
   thread_ticks "$pid" >"$work/$name.threads-after"
   commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-after"
+  answer_buckets "http://127.0.0.1:$http/metrics" >"$work/$name.answers-after"
   date +%s.%N >"$work/$name.time-after"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
@@ -99,6 +103,9 @@ EOF
     NR == 1 { c = $1; r = $2 } NR == 2 && $1 > c {
       printf "%-14s group commits: %.0f a second over the run (%.1f s), %.1f records each\n", "", ($1 - c) / s, s, ($2 - r) / ($1 - c)
     }'
+  local shares
+  shares=$(answer_shares "$work/$1.answers-before" "$work/$1.answers-after")
+  if [[ -n $shares ]]; then printf '%-14s %s\n' "" "$shares"; fi
 }
 
 median_of() { # median_of KEY NAMES...: the median of one report figure over runs
