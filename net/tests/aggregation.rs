@@ -26,6 +26,12 @@ async fn a_hand_without_its_complete_is_published_incomplete_after_the_timeout()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bracketless_triggers_within_the_legacy_gap_are_one_group() {
+    let server = Jimbus::start(&["--shards", "1", "--legacy-gap-ms", "3600000"]);
+    case::bracketless_triggers_within_the_legacy_gap_are_one_group(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_field_mods_cascade_fixture_becomes_one_hand_with_depth() {
     case::the_field_mods_cascade_fixture_becomes_one_hand_with_depth(&Jimbus::start(&["--shards", "1"])).await;
 }

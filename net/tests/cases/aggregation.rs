@@ -181,6 +181,31 @@ pub async fn a_hand_without_its_complete_is_published_incomplete_after_the_timeo
     assert_eq!(info.chips_delta, f64::INFINITY, "non-finite deltas are kept");
 }
 
+/// Bracketless triggers stay one legacy group while each comes within the
+/// server's legacy gap of the last (`--legacy-gap-ms`; run with an hour). A
+/// window's end falls between the two triggers here: its state-only message
+/// comes a window (100 ms) after the first, later than the default gap of
+/// 50 ms, after which the first trigger would have been a group of its own
+/// and that message would carry it. The next hand's start closes the group.
+pub async fn bracketless_triggers_within_the_legacy_gap_are_one_group(server: &Jimbus) {
+    let mut game = Game::new("legacy");
+    game.state(5.0, 1);
+    game.trigger(0, "10", 5.0);
+    game.post(server);
+    let first = server.read_all("balatro.legacy.aggregated", 1).await;
+    assert_eq!(first.len(), 1, "a window's end publishes the state");
+    let first = aggregated(&first[0]);
+    assert!(first.cascade_info.is_none() && first.triggers.is_empty(), "the group is still open: {first:?}");
+    game.trigger(1, "10", 6.0);
+    game.post(server);
+    game.start("Pair");
+    game.post(server);
+    let hands = hands(server, "legacy", 1).await;
+    assert_eq!(hands[0].cascade_info.as_ref().unwrap().trigger_count, 2, "{:?}", hands[0]);
+    let names: Vec<&str> = hands[0].triggers.iter().map(|t| t.joker_name.as_str()).collect();
+    assert_eq!(names, ["Joker 0", "Joker 1"]);
+}
+
 pub async fn the_field_mods_cascade_fixture_becomes_one_hand_with_depth(server: &Jimbus) {
     let body = std::fs::read(format!("{}/batch_cascade50.json", harness::FIXTURES)).unwrap();
     let response = server.post("/api/v1/events/batch", &body);
