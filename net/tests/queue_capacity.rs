@@ -40,7 +40,9 @@ async fn a_full_shard_queue_answers_503_and_stores_only_what_was_acknowledged() 
                 .map(|client| {
                     let server = &server;
                     scope.spawn(move || {
-                        (ids(round, client), server.post("/api/v1/events/batch", &batch(&ids(round, client))))
+                        let ids = ids(round, client);
+                        let answer = server.post("/api/v1/events/batch", &batch(&ids));
+                        (ids, answer)
                     })
                 })
                 .collect();
