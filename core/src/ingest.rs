@@ -167,13 +167,13 @@ pub fn decode_body(body: &[u8], endpoint: Endpoint) -> Result<DecodedBody, BodyE
 
 /// Decodes a request body within `limits`.
 pub fn decode_body_within(body: &[u8], endpoint: Endpoint, limits: Limits<'_>) -> Result<DecodedBody, BodyError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let mut reader = Reader::of_body(body);
+    if body[reader.offset()..].iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Empty);
     }
-    let mut reader = Reader::new(body);
     let decoded = match endpoint {
         Endpoint::Single => {
-            let start = skip_ws(body, 0);
+            let start = skip_ws(body, reader.offset());
             let event = Reservation::new(limits.reserve).read_event(&mut reader, start)?.map_err(classify)?;
             let raw = start..reader.offset();
             DecodedBody { events: vec![DecodedEvent { index: 0, event, raw }], ..DecodedBody::default() }

@@ -32,6 +32,35 @@ fn every_fixture_decodes_without_rejections() {
     }
 }
 
+/// A byte order mark before the body, as .NET's and PowerShell's UTF-8
+/// writers send it, is read past (RFC 8259 lets a reader ignore it): every
+/// fixture decodes to the same events, whose raw bytes are the same bytes of
+/// the longer body. An error's offset is still the body's own, and a mark
+/// anywhere else stays malformed.
+#[test]
+fn a_leading_byte_order_mark_is_read_past() {
+    use jimbus_core::ingest::BodyError;
+    use jimbus_core::json::BYTE_ORDER_MARK;
+    let with_mark = |body: &[u8]| [BYTE_ORDER_MARK, body].concat();
+    for (name, body) in fixtures().into_iter().filter(|(name, _)| name != "health_probe.json") {
+        let endpoint = if name.starts_with("batch_") { Endpoint::Batch } else { Endpoint::Single };
+        let (plain, marked) = (decode_body(&body, endpoint), decode_body(&with_mark(&body), endpoint));
+        let (plain, marked) =
+            (plain.unwrap_or_else(|e| panic!("{name}: {e}")), marked.unwrap_or_else(|e| panic!("{name}: {e}")));
+        assert_eq!(plain.events.len(), marked.events.len(), "{name}");
+        for (p, m) in plain.events.iter().zip(&marked.events) {
+            assert_eq!(p.event, m.event, "{name}");
+            let shifted = m.raw.start - BYTE_ORDER_MARK.len()..m.raw.end - BYTE_ORDER_MARK.len();
+            assert_eq!(p.raw, shifted, "{name}");
+        }
+    }
+    assert!(matches!(decode_body(&with_mark(b" \n"), Endpoint::Batch), Err(BodyError::Empty)));
+    let malformed = decode_body(&with_mark(b"{\"events\":[}"), Endpoint::Batch).unwrap_err();
+    assert_eq!(malformed.offset(), Some(BYTE_ORDER_MARK.len() + 11), "{malformed}");
+    let inside = [b" ", BYTE_ORDER_MARK, b"{}"].concat();
+    assert!(decode_body(&inside, Endpoint::Single).is_err(), "only a mark that opens the body is read past");
+}
+
 #[test]
 fn cascade_batch_keeps_all_fifty_events_in_order_despite_a_shared_event_id() {
     let body =

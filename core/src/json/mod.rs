@@ -123,7 +123,22 @@ const NON_FINITE: &[(&[u8], f64)] = &[
     (b"NaN", f64::NAN),
 ];
 
+/// A UTF-8 byte order mark. RFC 8259 lets a reader ignore one before a JSON
+/// text, and some clients' JSON writers put it there (.NET's and
+/// PowerShell's UTF-8 encodings, by default).
+pub const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
 impl<'a> Reader<'a> {
+    /// A reader of a whole request body: past its byte order mark, if it
+    /// opens with one. Offsets stay the body's own.
+    pub fn of_body(buf: &'a [u8]) -> Self {
+        let mut reader = Self::new(buf);
+        if buf.starts_with(BYTE_ORDER_MARK) {
+            reader.pos = BYTE_ORDER_MARK.len();
+        }
+        reader
+    }
+
     pub fn new(buf: &'a [u8]) -> Self {
         // SIMD validation: the whole body at once costs less than checking each string.
         Self {
