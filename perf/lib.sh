@@ -177,21 +177,22 @@ thread_switches() {
     sort -t' ' -k1,1 | awk '{ line = line sprintf(" %s %s", $1, $2) } END { print "context switches a second, voluntary/involuntary:" line }'
 }
 
-# commit_count URL: the group commits a server has made so far (the count of
-# jimbus_log_commit_records on its /metrics page, over its shards), and the
-# records in them; "0 0" when the page has none.
+# commit_count PAGE: the group commits a server had made when its /metrics
+# page was saved in the file PAGE (the count of jimbus_log_commit_records,
+# over its shards), and the records in them; "0 0" when the page has none.
 commit_count() {
-  curl -sf "$1" | awk '/^jimbus_log_commit_records_count/ { c += $2 } /^jimbus_log_commit_records_sum/ { r += $2 }
-    END { printf "%d %d\n", c, r }'
+  awk '/^jimbus_log_commit_records_count/ { c += $2 } /^jimbus_log_commit_records_sum/ { r += $2 }
+    END { printf "%d %d\n", c, r }' "$1"
 }
 
-# answer_buckets URL: the server's answers so far by how long each took
-# (jimbus_http_request_seconds, from when a shard takes a request up to its
-# answer), one cumulative "LE COUNT" line per bucket, summed over series.
+# answer_buckets PAGE: the server's answers by how long each took, on the
+# /metrics page saved in PAGE (jimbus_http_request_seconds, from when a shard
+# takes a request up to its answer), one cumulative "LE COUNT" line per
+# bucket, summed over series.
 answer_buckets() {
-  curl -sf "$1" | awk '/^jimbus_http_request_seconds_bucket/ && match($0, /le="[^"]+"/) {
+  awk '/^jimbus_http_request_seconds_bucket/ && match($0, /le="[^"]+"/) {
       n[substr($0, RSTART + 4, RLENGTH - 5)] += $NF
-    } END { for (le in n) print le, n[le] }'
+    } END { for (le in n) print le, n[le] }' "$1"
 }
 
 # answer_shares BEFORE AFTER: of the answers between two answer_buckets
@@ -201,7 +202,7 @@ answer_buckets() {
 # (a request waiting in its socket while the shard is off its CPU) or after
 # it (the generator's own threads).
 answer_shares() {
-  awk 'FNR == 1 { file++ } file == 1 { before[$1] = $2; next } { n[$1] = $2 - before[$1] }
+  awk 'FILENAME == ARGV[1] { before[$1] = $2; next } { n[$1] = $2 - before[$1] }
     END {
       total = n["+Inf"]
       if (total <= 0) exit

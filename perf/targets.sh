@@ -63,16 +63,14 @@ run() {
   local before
   before=$(load_avg)
   thread_ticks "$pid" >"$work/$name.threads-before"
-  commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-before"
-  answer_buckets "http://127.0.0.1:$http/metrics" >"$work/$name.answers-before"
+  curl -sf "http://127.0.0.1:$http/metrics" >"$work/$name.metrics-before"
   date +%s.%N >"$work/$name.time-before"
   timeout $((seconds * 3 + 120)) "$load" --url "http://127.0.0.1:$http/api/v1/events/batch" \
     --grpc "127.0.0.1:$grpc" --sessions 64 --duration "$seconds" --quiet --server-pid "$pid" \
     --json "$work/$name.json" ${LOAD_ARGS:-} "${largs[@]}" >"$work/load-$name.txt" 2>&1 ||
     { echo "jimbus-load failed for $name:" >&2; tail -20 "$work/load-$name.txt" >&2; return 1; }
   thread_ticks "$pid" >"$work/$name.threads-after"
-  commit_count "http://127.0.0.1:$http/metrics" >"$work/$name.commits-after"
-  answer_buckets "http://127.0.0.1:$http/metrics" >"$work/$name.answers-after"
+  curl -sf "http://127.0.0.1:$http/metrics" >"$work/$name.metrics-after"
   date +%s.%N >"$work/$name.time-after"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
@@ -99,12 +97,12 @@ EOF
   local seconds
   seconds=$(cat "$work/$1.time-before" "$work/$1.time-after" | awk 'NR == 1 { t = $1 } END { print $1 - t }')
   printf '%-14s %s\n' "" "$(thread_switches "$work/$1.threads-before" "$work/$1.threads-after" "$seconds")"
-  cat "$work/$1.commits-before" "$work/$1.commits-after" | awk -v s="$seconds" '
+  cat <(commit_count "$work/$1.metrics-before") <(commit_count "$work/$1.metrics-after") | awk -v s="$seconds" '
     NR == 1 { c = $1; r = $2 } NR == 2 && $1 > c {
       printf "%-14s group commits: %.0f a second over the run (%.1f s), %.1f records each\n", "", ($1 - c) / s, s, ($2 - r) / ($1 - c)
     }'
   local shares
-  shares=$(answer_shares "$work/$1.answers-before" "$work/$1.answers-after")
+  shares=$(answer_shares <(answer_buckets "$work/$1.metrics-before") <(answer_buckets "$work/$1.metrics-after"))
   if [[ -n $shares ]]; then printf '%-14s %s\n' "" "$shares"; fi
 }
 
