@@ -106,6 +106,13 @@ const GRPC_CLOSE_REASONS: &[&str] = &["over_limit", "handshake_timeout", "out_of
 /// The `reason`s of `jimbus_http_connections_refused_total`: a shard's
 /// `--max-connections` open, or the process out of descriptors (`http::accept`).
 const HTTP_REFUSE_REASONS: &[&str] = &["over_limit", "out_of_descriptors"];
+/// Labelled counters registered at zero for each value of their one label:
+/// name, label, values.
+const LABELLED_COUNTERS: &[(&str, &str, &[&str])] = &[
+    ("jimbus_budget_denials_total", "component", BUDGET_COMPONENTS),
+    ("jimbus_grpc_connections_closed_total", "reason", GRPC_CLOSE_REASONS),
+    ("jimbus_http_connections_refused_total", "reason", HTTP_REFUSE_REASONS),
+];
 /// Counters of the embedded log only.
 const EMBEDDED_COUNTERS: &[&str] = &["jimbus_log_commit_failures_total"];
 /// Counters of the JetStream backend only.
@@ -124,14 +131,10 @@ pub fn register(embedded: bool, queue_capacity: usize) {
     for &name in COUNTERS.iter().chain(backend) {
         metrics::counter!(name).absolute(0);
     }
-    for component in BUDGET_COMPONENTS {
-        metrics::counter!("jimbus_budget_denials_total", "component" => *component).absolute(0);
-    }
-    for reason in GRPC_CLOSE_REASONS {
-        metrics::counter!("jimbus_grpc_connections_closed_total", "reason" => *reason).absolute(0);
-    }
-    for reason in HTTP_REFUSE_REASONS {
-        metrics::counter!("jimbus_http_connections_refused_total", "reason" => *reason).absolute(0);
+    for &(name, label, values) in LABELLED_COUNTERS {
+        for &value in values {
+            metrics::counter!(name, label => value).absolute(0);
+        }
     }
     metrics::gauge!("jimbus_grpc_connections").set(0.0);
 }
